@@ -1,0 +1,468 @@
+//! Wire types and their CBOR codec.
+//!
+//! Every message is one CBOR value (cbor4ii through serde) with short field names. Every size is
+//! bounded: [`decode`] refuses input longer than its `max_len` argument (at most
+//! [`MAX_MESSAGE_BYTES`]), more than [`MAX_GOSSIP_UPDATES`] piggybacked updates, more than
+//! [`MAX_PUSH_PULL_MEMBERS`] members in a push-pull, more than [`MAX_ADDRESSES`] addresses per
+//! member and addresses longer than [`MAX_ADDRESS_LEN`]. Decoding returns a [`CodecError`] and
+//! never panics (a fuzz target in `swim/fuzz` checks it).
+
+use std::fmt;
+
+use cbor4ii::core::dec::{Read as _, Reference};
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::Identity;
+use crate::error::CodecError;
+
+/// Hard ceiling of an encoded message. Unit: bytes.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+/// Maximum number of updates piggybacked on one message.
+pub const MAX_GOSSIP_UPDATES: usize = 512;
+/// Maximum number of members in one push-pull.
+pub const MAX_PUSH_PULL_MEMBERS: usize = 8192;
+/// Maximum number of addresses of one member.
+pub const MAX_ADDRESSES: usize = 8;
+/// Maximum length of one address. Unit: bytes.
+pub const MAX_ADDRESS_LEN: usize = 256;
+
+/// An opaque transport address of a member (for libp2p, the bytes of a `Multiaddr`). Encoded as
+/// a CBOR byte string of at most [`MAX_ADDRESS_LEN`] bytes.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Address(pub Vec<u8>);
+
+impl fmt::Debug for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match std::str::from_utf8(&self.0) {
+            Ok(s) => write!(f, "Address({s:?})"),
+            Err(_) => write!(f, "Address({:02x?})", self.0),
+        }
+    }
+}
+
+impl From<&str> for Address {
+    fn from(s: &str) -> Self {
+        Address(s.as_bytes().to_vec())
+    }
+}
+
+impl Serialize for Address {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Address {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Address;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a byte string of at most {MAX_ADDRESS_LEN} bytes")
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Address, E> {
+                if v.len() > MAX_ADDRESS_LEN {
+                    return Err(E::invalid_length(v.len(), &self));
+                }
+                Ok(Address(v.to_vec()))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+/// What a member is believed to be. Ordered by precedence at equal incarnation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum State {
+    /// Answering probes.
+    #[serde(rename = "a")]
+    Alive,
+    /// Missed a probe; declared dead unless it refutes before its suspicion times out.
+    #[serde(rename = "s")]
+    Suspect,
+    /// Declared failed.
+    #[serde(rename = "d")]
+    Dead,
+    /// Left gracefully.
+    #[serde(rename = "l")]
+    Left,
+}
+
+/// One piece of membership news, piggybacked on messages or listed in a push-pull.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(bound = "T: Identity")]
+pub struct Update<T> {
+    /// The member the news is about.
+    #[serde(rename = "m")]
+    pub member: T,
+    /// The member's incarnation the news refers to.
+    #[serde(rename = "i")]
+    pub incarnation: u64,
+    /// Its state.
+    #[serde(rename = "s")]
+    pub state: State,
+    /// Its addresses (at most [`MAX_ADDRESSES`]).
+    #[serde(rename = "a", default)]
+    pub addrs: Vec<Address>,
+    /// Who suspects it, or declared it dead: present exactly for [`State::Suspect`] and
+    /// [`State::Dead`], so that Lifeguard can count independent confirmations.
+    #[serde(rename = "b", default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<T>,
+}
+
+/// The request or answer a message carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(bound = "T: Identity")]
+pub enum Payload<T> {
+    /// A probe: answer with [`Payload::Ack`] carrying the same `seq`.
+    #[serde(rename = "p")]
+    Ping {
+        /// Sequence number chosen by the prober.
+        #[serde(rename = "q")]
+        seq: u64,
+    },
+    /// Answer to a ping, sent by the target or forwarded by a ping-req helper.
+    #[serde(rename = "a")]
+    Ack {
+        /// The sequence number of the ping (or ping-req) answered.
+        #[serde(rename = "q")]
+        seq: u64,
+    },
+    /// Lifeguard's negative ack: a ping-req helper got no ack from the target in time.
+    #[serde(rename = "n")]
+    Nack {
+        /// The sequence number of the ping-req answered.
+        #[serde(rename = "q")]
+        seq: u64,
+    },
+    /// Asks a helper to ping `target` and forward its ack (or a nack).
+    #[serde(rename = "r")]
+    PingReq {
+        /// Sequence number chosen by the requester.
+        #[serde(rename = "q")]
+        seq: u64,
+        /// The member to ping.
+        #[serde(rename = "t")]
+        target: T,
+    },
+    /// Full state exchange (also how a member joins and how partitions heal).
+    #[serde(rename = "x")]
+    PushPull {
+        /// The sender is joining: the answer completes its join.
+        #[serde(rename = "j")]
+        join: bool,
+        /// The sender wants the receiver's state in return.
+        #[serde(rename = "r")]
+        reply: bool,
+        /// The sender's table, itself included (at most [`MAX_PUSH_PULL_MEMBERS`]).
+        #[serde(rename = "m")]
+        members: Vec<Update<T>>,
+    },
+}
+
+/// One SWIM message: a payload plus piggybacked updates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(bound = "T: Identity")]
+pub struct Message<T> {
+    /// The request or answer.
+    #[serde(rename = "p")]
+    pub payload: Payload<T>,
+    /// Piggybacked membership updates (at most [`MAX_GOSSIP_UPDATES`]).
+    #[serde(rename = "g", default)]
+    pub gossip: Vec<Update<T>>,
+}
+
+impl<T: Identity> Message<T> {
+    /// Checks the list bounds and field combinations that [`decode`] enforces.
+    pub fn check(&self) -> Result<(), CodecError> {
+        bound("gossip", self.gossip.len(), MAX_GOSSIP_UPDATES)?;
+        for u in &self.gossip {
+            u.check()?;
+        }
+        if let Payload::PushPull { members, .. } = &self.payload {
+            bound("push-pull members", members.len(), MAX_PUSH_PULL_MEMBERS)?;
+            for u in members {
+                u.check()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<T: Identity> Update<T> {
+    /// Checks the address bounds and that `by` is present exactly for suspect and dead.
+    pub fn check(&self) -> Result<(), CodecError> {
+        bound("addresses", self.addrs.len(), MAX_ADDRESSES)?;
+        for a in &self.addrs {
+            if a.0.len() > MAX_ADDRESS_LEN {
+                return Err(CodecError::AddressTooLong {
+                    len: a.0.len(),
+                    max: MAX_ADDRESS_LEN,
+                });
+            }
+        }
+        let needs_by = matches!(self.state, State::Suspect | State::Dead);
+        if needs_by != self.by.is_some() {
+            return Err(CodecError::Invalid(
+                "`by` must be present exactly for suspect and dead",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn bound(what: &'static str, len: usize, max: usize) -> Result<(), CodecError> {
+    if len > max {
+        Err(CodecError::TooMany { what, len, max })
+    } else {
+        Ok(())
+    }
+}
+
+/// Encodes `msg`, appending to `out`. Fails if the message breaks a bound or its encoding is
+/// longer than `max_len` (which is itself capped at [`MAX_MESSAGE_BYTES`]); `out` is then left
+/// as it was.
+pub fn encode<T: Identity>(
+    msg: &Message<T>,
+    max_len: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), CodecError> {
+    msg.check()?;
+    let start = out.len();
+    let buf = std::mem::take(out);
+    let mut buf = cbor4ii::serde::to_vec(buf, msg).map_err(|e| {
+        // Encoding into a Vec fails only on allocation failure or a serde error.
+        CodecError::Malformed(format!("encode: {e:?}"))
+    })?;
+    let len = buf.len() - start;
+    let max = max_len.min(MAX_MESSAGE_BYTES);
+    if len > max {
+        buf.truncate(start);
+        *out = buf;
+        return Err(CodecError::TooLarge { len, max });
+    }
+    *out = buf;
+    Ok(())
+}
+
+/// Encodes `msg` into a new vector. See [`encode`].
+pub fn to_vec<T: Identity>(msg: &Message<T>, max_len: usize) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::new();
+    encode(msg, max_len, &mut out)?;
+    Ok(out)
+}
+
+/// Size of the CBOR encoding of `value` (used for the gossip byte budget).
+pub fn encoded_len<V: Serialize>(value: &V) -> usize {
+    cbor4ii::serde::to_vec(Vec::new(), value)
+        .map(|v| v.len())
+        // Encoding into a Vec fails only on allocation failure: count it as unsendable.
+        .unwrap_or(usize::MAX)
+}
+
+/// Decodes one message of at most `max_len` bytes (capped at [`MAX_MESSAGE_BYTES`]), checking
+/// every bound. Never panics.
+pub fn decode<T: Identity>(bytes: &[u8], max_len: usize) -> Result<Message<T>, CodecError> {
+    let max = max_len.min(MAX_MESSAGE_BYTES);
+    if bytes.len() > max {
+        return Err(CodecError::TooLarge {
+            len: bytes.len(),
+            max,
+        });
+    }
+    let reader = cbor4ii::core::utils::SliceReader::new(bytes);
+    let mut de = cbor4ii::serde::Deserializer::new(reader);
+    let msg =
+        Message::<T>::deserialize(&mut de).map_err(|e| CodecError::Malformed(format!("{e:?}")))?;
+    let mut reader = de.into_inner();
+    let rest = match reader.fill(1) {
+        Ok(Reference::Long(b)) => b.len(),
+        Ok(Reference::Short(b)) => b.len(),
+        Err(_) => 0,
+    };
+    if rest > 0 {
+        return Err(CodecError::TrailingBytes(rest));
+    }
+    msg.check()?;
+    Ok(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn update(member: u32, state: State) -> Update<u32> {
+        let by = matches!(state, State::Suspect | State::Dead).then_some(7);
+        Update {
+            member,
+            incarnation: 3,
+            state,
+            addrs: vec![Address::from("/ip4/10.0.0.1/tcp/4001")],
+            by,
+        }
+    }
+
+    fn roundtrip(msg: &Message<u32>) {
+        let bytes = to_vec(msg, MAX_MESSAGE_BYTES).unwrap();
+        let back: Message<u32> = decode(&bytes, MAX_MESSAGE_BYTES).unwrap();
+        assert_eq!(&back, msg);
+    }
+
+    #[test]
+    fn roundtrip_every_payload() {
+        let gossip = vec![
+            update(1, State::Alive),
+            update(2, State::Suspect),
+            update(3, State::Dead),
+            update(4, State::Left),
+        ];
+        for payload in [
+            Payload::Ping { seq: 1 },
+            Payload::Ack { seq: u64::MAX },
+            Payload::Nack { seq: 0 },
+            Payload::PingReq { seq: 9, target: 5 },
+            Payload::PushPull {
+                join: true,
+                reply: false,
+                members: gossip.clone(),
+            },
+        ] {
+            roundtrip(&Message {
+                payload,
+                gossip: gossip.clone(),
+            });
+        }
+    }
+
+    #[test]
+    fn ping_is_small() {
+        let bytes = to_vec(
+            &Message::<u32> {
+                payload: Payload::Ping { seq: 1000 },
+                gossip: vec![],
+            },
+            MAX_MESSAGE_BYTES,
+        )
+        .unwrap();
+        assert!(bytes.len() < 20, "{} bytes", bytes.len());
+    }
+
+    #[test]
+    fn rejects_oversized_input() {
+        let bytes = vec![0u8; 2000];
+        assert_eq!(
+            decode::<u32>(&bytes, 1000),
+            Err(CodecError::TooLarge {
+                len: 2000,
+                max: 1000
+            })
+        );
+    }
+
+    #[test]
+    fn rejects_too_many_addresses() {
+        let mut u = update(1, State::Alive);
+        u.addrs = vec![Address::from("a"); MAX_ADDRESSES + 1];
+        let msg = Message {
+            payload: Payload::Ping { seq: 1 },
+            gossip: vec![u],
+        };
+        assert!(matches!(
+            to_vec(&msg, MAX_MESSAGE_BYTES),
+            Err(CodecError::TooMany { .. })
+        ));
+        // Bypass the encoder's check to make sure the decoder refuses it too.
+        let bytes = cbor4ii::serde::to_vec(Vec::new(), &msg).unwrap();
+        assert!(matches!(
+            decode::<u32>(&bytes, MAX_MESSAGE_BYTES),
+            Err(CodecError::TooMany { .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_long_address_and_missing_suspector() {
+        let mut u = update(1, State::Alive);
+        u.addrs = vec![Address(vec![1; MAX_ADDRESS_LEN + 1])];
+        let msg = Message {
+            payload: Payload::Ping { seq: 1 },
+            gossip: vec![u],
+        };
+        let bytes = cbor4ii::serde::to_vec(Vec::new(), &msg).unwrap();
+        assert!(matches!(
+            decode::<u32>(&bytes, MAX_MESSAGE_BYTES),
+            Err(CodecError::Malformed(_))
+        ));
+        let mut u = update(1, State::Suspect);
+        u.by = None;
+        let msg = Message {
+            payload: Payload::Ping { seq: 1 },
+            gossip: vec![u],
+        };
+        let bytes = cbor4ii::serde::to_vec(Vec::new(), &msg).unwrap();
+        assert!(matches!(
+            decode::<u32>(&bytes, MAX_MESSAGE_BYTES),
+            Err(CodecError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn rejects_trailing_bytes_and_garbage() {
+        let mut bytes = to_vec(
+            &Message::<u32> {
+                payload: Payload::Ping { seq: 1 },
+                gossip: vec![],
+            },
+            MAX_MESSAGE_BYTES,
+        )
+        .unwrap();
+        bytes.push(0);
+        assert_eq!(
+            decode::<u32>(&bytes, MAX_MESSAGE_BYTES),
+            Err(CodecError::TrailingBytes(1))
+        );
+        assert!(decode::<u32>(&[], MAX_MESSAGE_BYTES).is_err());
+        assert!(decode::<u32>(&[0xff; 64], MAX_MESSAGE_BYTES).is_err());
+        // Deeply nested arrays must fail cleanly, not overflow the stack.
+        assert!(decode::<u32>(&[0x81; 100_000], MAX_MESSAGE_BYTES).is_err());
+    }
+
+    #[test]
+    fn encoder_refuses_over_limit() {
+        let msg = Message::<u32> {
+            payload: Payload::PushPull {
+                join: false,
+                reply: false,
+                members: (0..200).map(|i| update(i, State::Alive)).collect(),
+            },
+            gossip: vec![],
+        };
+        let mut out = vec![1, 2, 3];
+        assert!(matches!(
+            encode(&msg, 1024, &mut out),
+            Err(CodecError::TooLarge { .. })
+        ));
+        assert_eq!(out, vec![1, 2, 3]);
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode::<u32>(&bytes, MAX_MESSAGE_BYTES);
+        }
+
+        #[test]
+        fn roundtrip_arbitrary(seq in any::<u64>(), inc in any::<u64>(), m in any::<u32>(),
+                               addr in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let msg = Message {
+                payload: Payload::PingReq { seq, target: m },
+                gossip: vec![Update { member: m, incarnation: inc, state: State::Dead,
+                                      addrs: vec![Address(addr)], by: Some(m ^ 1) }],
+            };
+            let bytes = to_vec(&msg, MAX_MESSAGE_BYTES).unwrap();
+            prop_assert_eq!(decode::<u32>(&bytes, MAX_MESSAGE_BYTES).unwrap(), msg);
+        }
+    }
+}
