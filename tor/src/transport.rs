@@ -1,0 +1,322 @@
+//! The libp2p [`Transport`](libp2p::core::Transport) over arti.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use arti_client::{DataStream, TorClient};
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt as _, StreamExt as _};
+use libp2p::Multiaddr;
+use libp2p::core::transport::{DialOpts, ListenerId, TransportError, TransportEvent};
+use libp2p::multiaddr::Protocol;
+use tor_hsservice::HsNickname;
+use tor_hsservice::config::OnionServiceConfigBuilder;
+use tor_rtcompat::PreferredRuntime;
+
+use crate::address::{AddrError, OnionAddr};
+use crate::config::{Config, ConfigError};
+use crate::dial::{self, DialFailure, DialPolicy};
+use crate::key;
+use crate::listener::{Listener, ListenerEvent};
+
+/// Errors of the Tor transport.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is invalid; nothing was started.
+    #[error("invalid configuration")]
+    Config(#[from] ConfigError),
+    /// No tokio runtime is running; nothing was started.
+    #[error("the Tor transport needs a running tokio runtime")]
+    NoRuntime(#[source] std::io::Error),
+    /// arti failed to bootstrap; nothing is running.
+    #[error("arti failed to bootstrap")]
+    Bootstrap(#[source] arti_client::Error),
+    /// arti did not bootstrap within `bootstrap_timeout`; nothing is running.
+    #[error("arti did not bootstrap within {0:?}")]
+    BootstrapTimeout(std::time::Duration),
+    /// The address is an onion address this transport refuses (corrupt, wrong `/p2p`
+    /// suffix, trailing protocols). No traffic was sent.
+    #[error("refused address")]
+    Addr(#[from] AddrError),
+    /// `listen_on` named an onion address whose key is not this node's key. Nothing was
+    /// launched.
+    #[error("{0} is not this node's onion address")]
+    NotOurOnion(Multiaddr),
+    /// Onion port 0 is not a valid virtual port. Nothing was launched.
+    #[error("onion port 0 is not valid")]
+    ZeroPort,
+    /// The onion service is already running on this transport (one listener at a time).
+    #[error("this transport already listens on {0}")]
+    AlreadyListening(Multiaddr),
+    /// arti could not launch the onion service; nothing is listening.
+    #[error("arti could not launch the onion service")]
+    Launch(#[source] arti_client::Error),
+    /// arti launched nothing because the service config is disabled (cannot happen with the
+    /// configs this crate builds).
+    #[error("the onion service is disabled")]
+    ServiceDisabled,
+    /// Every dial attempt failed; the number of attempts and the last failure are given.
+    /// Retrying later may succeed (the service may not be published yet).
+    #[error("dialling {addr} failed after {attempts} attempt(s)")]
+    Dial {
+        /// The onion address dialled.
+        addr: Multiaddr,
+        /// Attempts made.
+        attempts: u32,
+        /// Why the last one failed.
+        #[source]
+        last: DialFailure,
+    },
+    /// Accepting an incoming onion stream failed; the listener keeps running.
+    #[error("accepting an incoming onion stream failed")]
+    Accept(#[source] Box<tor_hsservice::ClientError>),
+}
+
+/// The future of an incoming or outgoing connection.
+type Upgrade = BoxFuture<'static, Result<DataStream, Error>>;
+
+/// The wildcard listen address: listen on this node's own onion address at `port`.
+///
+/// It is the all-zero `/onion3` (which fails the onion checksum, so it is never a real
+/// address), the counterpart of `0.0.0.0`. [`Transport`] reports the real address as a new
+/// listen address.
+pub fn any_onion(port: u16) -> Multiaddr {
+    Multiaddr::empty().with(Protocol::Onion3(([0u8; 35], port).into()))
+}
+
+/// A libp2p transport whose connections are arti streams to and from onion services.
+///
+/// It dials only `/onion3/...:port` (optionally with a trailing `/p2p/<id>` naming the onion
+/// key's peer) and listens only on this node's own onion address, launching an onion service
+/// whose key is the node key. Every other address — `/ip4`, `/ip6`, `/dns`, ... — is answered
+/// with [`TransportError::MultiaddrNotSupported`] before anything is sent, so the transport can
+/// be combined with TCP through [`libp2p::core::Transport::or_transport`] while never touching
+/// IP itself. Upgrade its output with noise and yamux as for TCP.
+pub struct Transport {
+    client: Arc<TorClient<PreferredRuntime>>,
+    node_key: ed25519_dalek::SigningKey,
+    policy: DialPolicy,
+    listeners: Vec<Listener>,
+    pending: VecDeque<TransportEvent<Upgrade, Error>>,
+    rejections: FuturesUnordered<BoxFuture<'static, ()>>,
+    launched: u32,
+    waker: Option<Waker>,
+}
+
+impl Transport {
+    /// Bootstraps an arti client for `config` and returns a transport whose onion key is
+    /// `node_key`. Must run inside a tokio runtime; waits at most `config.bootstrap_timeout`.
+    pub async fn bootstrap(
+        config: Config,
+        node_key: ed25519_dalek::SigningKey,
+    ) -> Result<Self, Error> {
+        let arti_config = crate::arti::client_config(&config)?;
+        let runtime = PreferredRuntime::current().map_err(Error::NoRuntime)?;
+        let started = std::time::Instant::now();
+        let client = tokio::time::timeout(
+            config.bootstrap_timeout,
+            TorClient::with_runtime(runtime)
+                .config(arti_config)
+                .create_bootstrapped(),
+        )
+        .await
+        .map_err(|_| Error::BootstrapTimeout(config.bootstrap_timeout))?
+        .map_err(Error::Bootstrap)?;
+        tracing::info!(elapsed = ?started.elapsed(), "arti bootstrapped");
+        Ok(Self {
+            client,
+            node_key,
+            policy: DialPolicy {
+                attempts: config.dial_attempts.get(),
+                backoff_min: config.dial_backoff_min,
+                backoff_max: config.dial_backoff_max,
+                timeout: config.connect_timeout,
+            },
+            listeners: Vec::new(),
+            pending: VecDeque::new(),
+            rejections: FuturesUnordered::new(),
+            launched: 0,
+            waker: None,
+        })
+    }
+
+    /// This node's onion address at `port`.
+    pub fn onion_address(&self, port: u16) -> Multiaddr {
+        OnionAddr::from_public_key(&self.node_key.verifying_key(), port).to_multiaddr()
+    }
+
+    /// The arti client, for callers that need Tor beyond this transport.
+    pub fn tor_client(&self) -> &Arc<TorClient<PreferredRuntime>> {
+        &self.client
+    }
+
+    /// Launches the onion service on `port` and registers its listener.
+    fn launch(&mut self, id: ListenerId, port: u16) -> Result<(), Error> {
+        if let Some(existing) = self.listeners.first() {
+            return Err(Error::AlreadyListening(existing.addr.clone()));
+        }
+        let addr = self.onion_address(port);
+        // A fresh nickname per launch: the in-memory keystore refuses to overwrite the key of
+        // a nickname it has seen, and a listener may be removed and added again.
+        self.launched += 1;
+        // Invariant: "shoal" followed by digits is a valid nickname (letters, digits, '-').
+        let nickname = HsNickname::new(format!("shoal{}", self.launched))
+            .expect("shoal<digits> is a valid onion service nickname");
+        let mut builder = OnionServiceConfigBuilder::default();
+        builder.nickname(nickname);
+        let service_config = builder
+            .build()
+            .map_err(|e| Error::Config(ConfigError::Arti(e.to_string())))?;
+        let hsid = key::onion_keypair(&self.node_key);
+        debug_assert_eq!(
+            key::onion_public_bytes(&hsid),
+            self.node_key.verifying_key().to_bytes()
+        );
+        let (service, rend_requests) = self
+            .client
+            .launch_onion_service_with_hsid(service_config, hsid)
+            .map_err(Error::Launch)?
+            .ok_or(Error::ServiceDisabled)?;
+        let requests = tor_hsservice::handle_rend_requests(rend_requests).boxed();
+        tracing::info!(%addr, "onion service launched");
+        self.listeners
+            .push(Listener::new(id, addr, port, service, requests));
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+        Ok(())
+    }
+
+    /// Interprets a listen address: the node's own onion address or [`any_onion`].
+    fn listen_port(&self, addr: &Multiaddr) -> Result<u16, TransportError<Error>> {
+        let mut iter = addr.iter();
+        let port = match (iter.next(), iter.next()) {
+            (Some(Protocol::Onion3(onion)), None) if onion.hash() == &[0u8; 35] => onion.port(),
+            (Some(Protocol::Onion3(_)), _) => {
+                let onion = OnionAddr::parse(addr).map_err(|e| TransportError::Other(e.into()))?;
+                if onion.key_bytes() != self.node_key.verifying_key().to_bytes() {
+                    return Err(TransportError::Other(Error::NotOurOnion(addr.clone())));
+                }
+                onion.port()
+            }
+            _ => return Err(TransportError::MultiaddrNotSupported(addr.clone())),
+        };
+        if port == 0 {
+            return Err(TransportError::Other(Error::ZeroPort));
+        }
+        Ok(port)
+    }
+}
+
+impl libp2p::core::Transport for Transport {
+    type Output = DataStream;
+    type Error = Error;
+    type ListenerUpgrade = Upgrade;
+    type Dial = Upgrade;
+
+    fn listen_on(&mut self, id: ListenerId, addr: Multiaddr) -> Result<(), TransportError<Error>> {
+        let port = self.listen_port(&addr)?;
+        self.launch(id, port).map_err(TransportError::Other)
+    }
+
+    fn remove_listener(&mut self, id: ListenerId) -> bool {
+        let Some(index) = self.listeners.iter().position(|l| l.id == id) else {
+            return false;
+        };
+        // Dropping the listener drops the running service, which stops it.
+        let listener = self.listeners.remove(index);
+        self.pending.push_back(TransportEvent::AddressExpired {
+            listener_id: id,
+            listen_addr: listener.addr.clone(),
+        });
+        self.pending.push_back(TransportEvent::ListenerClosed {
+            listener_id: id,
+            reason: Ok(()),
+        });
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+        true
+    }
+
+    fn dial(
+        &mut self,
+        addr: Multiaddr,
+        _opts: DialOpts,
+    ) -> Result<Self::Dial, TransportError<Error>> {
+        let onion = match OnionAddr::parse(&addr) {
+            Ok(onion) => onion,
+            Err(AddrError::IpRefused(_) | AddrError::NotOnion(_)) => {
+                tracing::debug!(%addr, "refusing a non-onion address");
+                return Err(TransportError::MultiaddrNotSupported(addr));
+            }
+            Err(e) => return Err(TransportError::Other(e.into())),
+        };
+        if onion.peer_id().is_none() {
+            return Err(TransportError::Other(AddrError::BadKey(addr).into()));
+        }
+        let client = Arc::clone(&self.client);
+        let policy = self.policy;
+        Ok(async move {
+            dial::connect(client, onion, policy)
+                .await
+                .map_err(|(attempts, last)| Error::Dial {
+                    addr: onion.to_multiaddr(),
+                    attempts,
+                    last,
+                })
+        }
+        .boxed())
+    }
+
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<TransportEvent<Self::ListenerUpgrade, Error>> {
+        let this = self.get_mut();
+        while let Poll::Ready(Some(())) = this.rejections.poll_next_unpin(cx) {}
+        if let Some(event) = this.pending.pop_front() {
+            return Poll::Ready(event);
+        }
+        let mut index = 0;
+        while index < this.listeners.len() {
+            let rejections = &this.rejections;
+            let listener = &mut this.listeners[index];
+            let event = listener.poll_event(cx, &mut |fut| rejections.push(fut));
+            match event {
+                Poll::Pending => index += 1,
+                Poll::Ready(ListenerEvent::NewAddress(listen_addr)) => {
+                    return Poll::Ready(TransportEvent::NewAddress {
+                        listener_id: listener.id,
+                        listen_addr,
+                    });
+                }
+                Poll::Ready(ListenerEvent::Incoming(accept)) => {
+                    return Poll::Ready(TransportEvent::Incoming {
+                        listener_id: listener.id,
+                        upgrade: accept
+                            .map(|r| r.map_err(|e| Error::Accept(Box::new(e))))
+                            .boxed(),
+                        local_addr: listener.addr.clone(),
+                        // The remote end of an onion connection is anonymous.
+                        send_back_addr: Multiaddr::empty(),
+                    });
+                }
+                Poll::Ready(ListenerEvent::Closed) => {
+                    let listener = this.listeners.remove(index);
+                    return Poll::Ready(TransportEvent::ListenerClosed {
+                        listener_id: listener.id,
+                        reason: Ok(()),
+                    });
+                }
+            }
+        }
+        // New rejections were pushed while polling listeners; give them a first poll.
+        while let Poll::Ready(Some(())) = this.rejections.poll_next_unpin(cx) {}
+        this.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
