@@ -28,13 +28,24 @@
 //! Messages are not authenticated here: the transport (libp2p noise) says who sent them, and the
 //! DHT admits only members whose identity proof it checked.
 
+#[cfg(test)]
+#[macro_use]
+#[path = "tests/macros.rs"]
+mod test_macros;
+
 pub mod config;
 pub mod error;
 pub mod message;
+pub mod sim;
+mod state;
+
+#[cfg(test)]
+mod tests;
 
 pub use config::Config;
 pub use error::{CodecError, CommandError, ConfigError};
 pub use message::{Address, Message, Payload, State, Update};
+pub use state::{CommandId, Event, Member, Membership, QueueLengths, Stats, Transmit};
 
 /// Name of the libp2p protocol that carries SWIM messages.
 pub const PROTOCOL_NAME: &str = "/shoal/swim/1";

@@ -1,0 +1,1385 @@
+//! The sans-IO SWIM core with the Lifeguard extensions.
+//!
+//! # Driving a [`Membership`]
+//!
+//! The core performs no I/O, reads no clock and spawns nothing. The caller owns time and the
+//! network:
+//!
+//! 1. Create it with [`Membership::new`], then call [`Membership::join`] with some seeds (or
+//!    [`Membership::restore`] with members remembered from an earlier run).
+//! 2. Whenever a message arrives, decode it ([`message::decode`](crate::message::decode)) and
+//!    pass it to [`Membership::handle_message`] with the current time and the sender's identity
+//!    as the transport authenticated it.
+//! 3. Whenever the deadline returned by [`Membership::poll_timeout`] passes, call
+//!    [`Membership::handle_timeout`] with the current time.
+//! 4. After every `handle_*` call and every command, drain [`Membership::poll_transmit`] (send
+//!    each message) and [`Membership::poll_event`] (membership changes and command results), and
+//!    read [`Membership::poll_timeout`] again.
+//!
+//! `poll_transmit` and `poll_event` only change when a `handle_*` method or a command ran;
+//! `poll_timeout` changes after any of those calls and after a drain of nothing else. Time passed
+//! in must not go backwards; an earlier `now` is treated as the latest one seen.
+//!
+//! # Protocol
+//!
+//! Every probe period the core pings the next member of a shuffled round-robin order. If no ack
+//! comes within the probe timeout it asks `k` helpers to ping the target (ping-req); helpers
+//! answer with the forwarded ack or, Lifeguard's addition, a nack when the target stays silent.
+//! A target that stays silent to the end of the probe window becomes suspect. The suspicion
+//! times out after Lifeguard's dynamic timeout, which starts at `β · min` and shrinks
+//! logarithmically towards `min = α · max(1, log10 n) · T` as independent confirmations arrive;
+//! then the member is declared dead. A member refutes a suspicion by raising its incarnation.
+//! Missed acks and nacks raise the local health multiplier, which stretches the probe interval
+//! and timeout (Lifeguard's local health awareness); the buddy system puts the suspicion into
+//! the ping sent to a suspect so it can refute at once. Updates ride on every message within a
+//! byte budget; a periodic push-pull exchanges full state, and periodic pings to dead members
+//! and push-pulls to seeds heal partitions.
+
+mod broadcast;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::seq::{IteratorRandom, SliceRandom};
+use rand::{Rng, SeedableRng};
+
+use self::broadcast::Broadcasts;
+use crate::Identity;
+use crate::config::Config;
+use crate::error::{CommandError, ConfigError};
+use crate::message::{self, Address, Message, Payload, State, Update};
+
+/// Identifies a command ([`Membership::join`], [`Membership::leave`]); the event that answers it
+/// carries the same id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CommandId(pub u64);
+
+/// A message to send: the caller encodes `msg` and delivers it to `to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit<T> {
+    /// Destination.
+    pub to: T,
+    /// The message.
+    pub msg: Message<T>,
+}
+
+/// Something the application should know about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event<T> {
+    /// A member became alive for the first time, or came back from dead or departed with a newer
+    /// incarnation.
+    Joined {
+        /// The member.
+        member: T,
+        /// Its addresses.
+        addrs: Arc<[Address]>,
+        /// Its incarnation.
+        incarnation: u64,
+    },
+    /// A member missed a probe (ours or someone else's) and is suspected.
+    Suspected {
+        /// The member.
+        member: T,
+        /// Its addresses.
+        addrs: Arc<[Address]>,
+        /// The incarnation suspected.
+        incarnation: u64,
+        /// The member whose probe failed.
+        by: T,
+    },
+    /// A suspected member did not refute in time, or someone declared it dead.
+    Failed {
+        /// The member.
+        member: T,
+        /// Its addresses.
+        addrs: Arc<[Address]>,
+        /// The incarnation declared dead.
+        incarnation: u64,
+    },
+    /// A member left gracefully.
+    Left {
+        /// The member.
+        member: T,
+        /// Its addresses.
+        addrs: Arc<[Address]>,
+        /// Its last incarnation.
+        incarnation: u64,
+    },
+    /// A suspected member proved it is alive with a newer incarnation.
+    Refuted {
+        /// The member.
+        member: T,
+        /// Its addresses.
+        addrs: Arc<[Address]>,
+        /// Its new incarnation.
+        incarnation: u64,
+    },
+    /// Answer to [`Membership::join`]: `Ok(n)` once a seed answered, `n` being the number of
+    /// live members then known.
+    JoinFinished {
+        /// The command answered.
+        id: CommandId,
+        /// Outcome.
+        result: Result<usize, CommandError>,
+    },
+    /// Answer to [`Membership::leave`]: the departure has been gossiped (or the leave timeout
+    /// passed); the core is now inert.
+    LeaveFinished {
+        /// The command answered.
+        id: CommandId,
+        /// Outcome.
+        result: Result<(), CommandError>,
+    },
+}
+
+/// What the core knows about one member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Its addresses, as last announced.
+    pub addrs: Arc<[Address]>,
+    /// Its incarnation.
+    pub incarnation: u64,
+    /// Its state.
+    pub state: State,
+}
+
+/// Counters of the core's life, for metrics and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Probes started.
+    pub probes: u64,
+    /// Probes that ended without an ack.
+    pub failed_probes: u64,
+    /// Times we refuted news of our own suspicion, death or departure.
+    pub refutations: u64,
+    /// Transmits dropped because the transmit queue was full.
+    pub transmits_dropped: u64,
+    /// Events dropped (oldest first) because the event queue was full.
+    pub events_dropped: u64,
+    /// News of new members dropped because the table was full.
+    pub members_dropped: u64,
+    /// Ping-req requests ignored because too many were in flight.
+    pub relays_dropped: u64,
+}
+
+/// Current lengths of every internal queue, to check that state stays bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLengths {
+    /// Members in the table (any state). Bound: `max_members`.
+    pub members: usize,
+    /// Pending transmits. Bound: `max_transmit_queue`.
+    pub transmits: usize,
+    /// Pending events. Bound: `max_event_queue`.
+    pub events: usize,
+    /// Queued piggyback updates. Bound: `max_members + 1`.
+    pub broadcasts: usize,
+    /// Ping-req requests being served. Bound: `max_relays`.
+    pub relays: usize,
+    /// Entries of the probe order. Bound: `2 * max_members + 1`.
+    pub probe_order: usize,
+    /// Running suspicions. Bound: `max_members`.
+    pub suspicions: usize,
+    /// Expiry entries of dead and departed members. Bound: `2 * max_members + 1`.
+    pub tombstones: usize,
+}
+
+struct Suspicion<T> {
+    started: Instant,
+    deadline: Instant,
+    /// Members whose suspicion counted, the first suspector included; at most `K + 1`.
+    confirmed: Vec<T>,
+    by: T,
+}
+
+struct Probe<T> {
+    target: T,
+    seq: u64,
+    indirect_at: Instant,
+    ends_at: Instant,
+    acked: bool,
+    indirect_sent: bool,
+    expected_nacks: u32,
+    nacks: u32,
+}
+
+struct Relay<T> {
+    origin: T,
+    origin_seq: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Active,
+    Leaving { id: CommandId, until: Instant },
+    Left,
+}
+
+/// Maximum number of reconnection pings remembered.
+const MAX_RECONNECT_PINGS: usize = 16;
+
+/// The SWIM + Lifeguard state machine of one member. See the module docs for the call order.
+pub struct Membership<T: Identity> {
+    config: Config,
+    me: T,
+    my_addrs: Arc<[Address]>,
+    incarnation: u64,
+    status: Status,
+    rng: StdRng,
+    last_now: Instant,
+
+    members: HashMap<T, Member>,
+    live: usize,
+    suspicions: HashMap<T, Suspicion<T>>,
+    suspicion_timers: BTreeSet<(Instant, T)>,
+    tombstones: VecDeque<(Instant, T, u64)>,
+
+    probe_order: Vec<T>,
+    probe_index: usize,
+    probe: Option<Probe<T>>,
+    next_probe: Instant,
+    seq: u64,
+    local_health: u32,
+
+    relays: HashMap<u64, Relay<T>>,
+    relay_timers: VecDeque<(Instant, u64)>,
+    reconnect_pings: VecDeque<(u64, T)>,
+
+    broadcasts: Broadcasts<T>,
+    next_push_pull: Instant,
+    next_reconnect: Instant,
+    seeds: Vec<T>,
+    join: Option<(CommandId, Instant)>,
+    next_command: u64,
+
+    transmits: VecDeque<Transmit<T>>,
+    events: VecDeque<Event<T>>,
+    stats: Stats,
+}
+
+impl<T: Identity> Membership<T> {
+    /// Creates the core of member `me`, reachable at `addrs`, starting at `incarnation`.
+    ///
+    /// A node that restarts should start above any incarnation it used before (wall-clock
+    /// seconds at start do); if it does not, it refutes the stale news as soon as it hears it.
+    /// Fails if the config is invalid or `addrs` breaks the message bounds.
+    pub fn new(
+        now: Instant,
+        me: T,
+        addrs: Vec<Address>,
+        incarnation: u64,
+        config: Config,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        if addrs.len() > message::MAX_ADDRESSES
+            || addrs.iter().any(|a| a.0.len() > message::MAX_ADDRESS_LEN)
+        {
+            return Err(ConfigError::OutOfRange {
+                field: "addrs",
+                limit: "at most MAX_ADDRESSES addresses of at most MAX_ADDRESS_LEN bytes",
+            });
+        }
+        let mut rng = match config.rng_seed {
+            Some(seed) => StdRng::from_seed(seed),
+            None => StdRng::from_entropy(),
+        };
+        let next_probe = now + jitter(&mut rng, config.probe_interval);
+        let next_push_pull =
+            now + config.push_pull_interval / 2 + jitter(&mut rng, config.push_pull_interval);
+        let next_reconnect = now + jitter(&mut rng, config.reconnect_interval);
+        Ok(Self {
+            me,
+            my_addrs: addrs.into(),
+            incarnation,
+            status: Status::Active,
+            rng,
+            last_now: now,
+            members: HashMap::new(),
+            live: 0,
+            suspicions: HashMap::new(),
+            suspicion_timers: BTreeSet::new(),
+            tombstones: VecDeque::new(),
+            probe_order: Vec::new(),
+            probe_index: 0,
+            probe: None,
+            next_probe,
+            seq: 0,
+            local_health: 0,
+            relays: HashMap::new(),
+            relay_timers: VecDeque::new(),
+            reconnect_pings: VecDeque::new(),
+            broadcasts: Broadcasts::new(),
+            next_push_pull,
+            next_reconnect,
+            seeds: Vec::new(),
+            join: None,
+            next_command: 0,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+            config,
+        })
+    }
+
+    // ----- accessors -----
+
+    /// Our identity.
+    pub fn local_id(&self) -> &T {
+        &self.me
+    }
+
+    /// Our current incarnation. Never decreases.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// Whether [`leave`](Self::leave) completed: the core then ignores all input.
+    pub fn has_left(&self) -> bool {
+        self.status == Status::Left
+    }
+
+    /// Lifeguard's local health score, `0..=max_local_health`; probe interval and timeout are
+    /// multiplied by `score + 1`.
+    pub fn local_health(&self) -> u32 {
+        self.local_health
+    }
+
+    /// The config in use.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// What we know about `id` (never ourselves).
+    pub fn member(&self, id: &T) -> Option<&Member> {
+        self.members.get(id)
+    }
+
+    /// Every member in the table, in any state.
+    pub fn members(&self) -> impl Iterator<Item = (&T, &Member)> {
+        self.members.iter()
+    }
+
+    /// Number of members believed alive or suspect (ourselves excluded).
+    pub fn live_members(&self) -> usize {
+        self.live
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Lengths of the internal queues.
+    pub fn queue_lengths(&self) -> QueueLengths {
+        QueueLengths {
+            members: self.members.len(),
+            transmits: self.transmits.len(),
+            events: self.events.len(),
+            broadcasts: self.broadcasts.len(),
+            relays: self.relays.len(),
+            probe_order: self.probe_order.len(),
+            suspicions: self.suspicions.len(),
+            tombstones: self.tombstones.len(),
+        }
+    }
+
+    // ----- commands -----
+
+    /// Joins the cluster through `seeds`: sends each (at most `max_seeds`, ourselves excluded) a
+    /// push-pull. [`Event::JoinFinished`] with the returned id reports the first answer, or
+    /// [`CommandError::NoSeedAnswered`] after `join_timeout`. The seeds are remembered:
+    /// reconnection keeps trying those that are not live members.
+    pub fn join(&mut self, now: Instant, seeds: impl IntoIterator<Item = T>) -> CommandId {
+        let now = self.clock(now);
+        let id = self.command_id();
+        if self.status != Status::Active {
+            self.emit(Event::JoinFinished {
+                id,
+                result: Err(CommandError::HasLeft),
+            });
+            return id;
+        }
+        let mut list: Vec<T> = Vec::new();
+        for s in seeds {
+            if s != self.me && !list.contains(&s) && list.len() < self.config.max_seeds.get() {
+                list.push(s);
+            }
+        }
+        if list.is_empty() {
+            self.emit(Event::JoinFinished {
+                id,
+                result: Err(CommandError::NoSeeds),
+            });
+            return id;
+        }
+        if let Some((old, _)) = self.join.take() {
+            self.emit(Event::JoinFinished {
+                id: old,
+                result: Err(CommandError::NoSeedAnswered),
+            });
+        }
+        self.broadcasts.push(self.my_update());
+        for seed in &list {
+            self.send_push_pull(seed.clone(), true, true);
+        }
+        self.seeds = list;
+        self.join = Some((id, now + self.config.join_timeout));
+        id
+    }
+
+    /// Leaves gracefully: gossips our departure until it has been retransmitted enough or
+    /// `leave_timeout` passed, then reports [`Event::LeaveFinished`] and stops.
+    pub fn leave(&mut self, now: Instant) -> CommandId {
+        let now = self.clock(now);
+        let id = self.command_id();
+        if self.status != Status::Active {
+            self.emit(Event::LeaveFinished {
+                id,
+                result: Err(CommandError::HasLeft),
+            });
+            return id;
+        }
+        self.status = Status::Leaving {
+            id,
+            until: now + self.config.leave_timeout,
+        };
+        let update = Update {
+            member: self.me.clone(),
+            incarnation: self.incarnation,
+            state: State::Left,
+            addrs: self.my_addrs.to_vec(),
+            by: None,
+        };
+        self.broadcasts.push(update);
+        // Tell a few members directly so the news does not wait for the next probe.
+        let fanout = self.config.indirect_probes.max(1);
+        for to in self.random_live(fanout, None) {
+            let seq = self.next_seq();
+            self.send(to, Payload::Ping { seq }, None);
+        }
+        id
+    }
+
+    /// Adds members remembered from an earlier run (a persisted snapshot, or a simulator
+    /// bootstrapping a converged cluster) as alive at incarnation 0, without events or gossip.
+    /// They are probed like any member, so one that is gone is soon suspected. Members already
+    /// known and ourselves are skipped. Returns how many were added.
+    pub fn restore(&mut self, members: impl IntoIterator<Item = (T, Arc<[Address]>)>) -> usize {
+        let mut added = 0;
+        for (id, addrs) in members {
+            if id == self.me || self.members.contains_key(&id) {
+                continue;
+            }
+            if self.members.len() >= self.config.max_members.get() {
+                self.stats.members_dropped += 1;
+                continue;
+            }
+            self.members.insert(
+                id.clone(),
+                Member {
+                    addrs,
+                    incarnation: 0,
+                    state: State::Alive,
+                },
+            );
+            self.live += 1;
+            self.probe_order.push(id);
+            added += 1;
+        }
+        self.probe_order.shuffle(&mut self.rng);
+        self.probe_index = 0;
+        added
+    }
+
+    // ----- input -----
+
+    /// Handles a message that `from` sent us.
+    pub fn handle_message(&mut self, now: Instant, from: T, msg: Message<T>) {
+        let now = self.clock(now);
+        if self.status == Status::Left || from == self.me {
+            return;
+        }
+        for update in msg.gossip.into_iter().take(message::MAX_GOSSIP_UPDATES) {
+            self.apply(now, update, false);
+        }
+        match msg.payload {
+            Payload::Ping { seq } => {
+                let buddy = self.news_about(&from);
+                self.send(from, Payload::Ack { seq }, buddy);
+            }
+            Payload::Ack { seq } => self.on_ack(now, from, seq),
+            Payload::Nack { seq } => {
+                if let Some(p) = &mut self.probe
+                    && p.seq == seq
+                {
+                    p.nacks += 1;
+                }
+            }
+            Payload::PingReq { seq, target } => self.on_ping_req(now, from, seq, target),
+            Payload::PushPull {
+                join: _,
+                reply,
+                members,
+            } => {
+                for update in members.into_iter().take(message::MAX_PUSH_PULL_MEMBERS) {
+                    self.apply(now, update, true);
+                }
+                if reply {
+                    self.send_push_pull(from, false, false);
+                }
+                if let Some((id, _)) = self.join.take() {
+                    let live = self.live;
+                    self.emit(Event::JoinFinished {
+                        id,
+                        result: Ok(live),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Handles every deadline up to `now`. Call it when [`poll_timeout`](Self::poll_timeout)
+    /// passes; calling it early is harmless.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let now = self.clock(now);
+        if self.status == Status::Left {
+            return;
+        }
+        if let Status::Leaving { id, until } = self.status
+            && (now >= until || !self.broadcasts.contains(&self.me))
+        {
+            self.status = Status::Left;
+            self.probe = None;
+            self.transmits
+                .retain(|t| matches!(t.msg.payload, Payload::Ack { .. }));
+            self.emit(Event::LeaveFinished { id, result: Ok(()) });
+            return;
+        }
+        if let Some((id, deadline)) = self.join
+            && now >= deadline
+        {
+            self.join = None;
+            self.emit(Event::JoinFinished {
+                id,
+                result: Err(CommandError::NoSeedAnswered),
+            });
+        }
+        self.expire_relays(now);
+        self.expire_suspicions(now);
+        self.expire_tombstones(now);
+        self.run_probe(now);
+        if now >= self.next_push_pull {
+            self.next_push_pull = now
+                + self.config.push_pull_interval / 2
+                + jitter(&mut self.rng, self.config.push_pull_interval);
+            if let Some(to) = self.random_live(1, None).pop() {
+                self.send_push_pull(to, false, true);
+            }
+        }
+        if now >= self.next_reconnect {
+            self.next_reconnect = now
+                + self.config.reconnect_interval / 2
+                + jitter(&mut self.rng, self.config.reconnect_interval);
+            self.reconnect();
+        }
+    }
+
+    // ----- output -----
+
+    /// Next message to send. Changes only after a `handle_*` call or a command.
+    pub fn poll_transmit(&mut self) -> Option<Transmit<T>> {
+        self.transmits.pop_front()
+    }
+
+    /// Next event. Changes only after a `handle_*` call or a command.
+    pub fn poll_event(&mut self) -> Option<Event<T>> {
+        self.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next be called; `None` once the core
+    /// has left. Changes after every `handle_*` call and command.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut next = match self.status {
+            Status::Left => return None,
+            Status::Leaving { until, .. } => until.min(self.next_probe),
+            Status::Active => self.next_probe,
+        };
+        let mut consider = |t: Instant| {
+            if t < next {
+                next = t;
+            }
+        };
+        if let Some(p) = &self.probe {
+            if !p.acked && !p.indirect_sent {
+                consider(p.indirect_at);
+            }
+            consider(p.ends_at);
+        }
+        if let Some((t, _)) = self.suspicion_timers.first() {
+            consider(*t);
+        }
+        if let Some((t, _)) = self.relay_timers.front() {
+            consider(*t);
+        }
+        if let Some((t, _, _)) = self.tombstones.front() {
+            consider(*t);
+        }
+        if let Some((_, t)) = self.join {
+            consider(t);
+        }
+        consider(self.next_push_pull);
+        consider(self.next_reconnect);
+        Some(next)
+    }
+
+    // ----- internals: probing -----
+
+    fn run_probe(&mut self, now: Instant) {
+        let mult = self.local_health + 1;
+        if let Some(p) = &mut self.probe
+            && !p.acked
+            && !p.indirect_sent
+            && now >= p.indirect_at
+        {
+            p.indirect_sent = true;
+            let (target, seq) = (p.target.clone(), p.seq);
+            let helpers = self.random_live(self.config.indirect_probes, Some(&target));
+            if let Some(p) = &mut self.probe {
+                p.expected_nacks = helpers.len() as u32;
+            }
+            for h in helpers {
+                self.send(
+                    h,
+                    Payload::PingReq {
+                        seq,
+                        target: target.clone(),
+                    },
+                    None,
+                );
+            }
+        }
+        if let Some(p) = &self.probe
+            && now >= p.ends_at
+        {
+            // Invariant: checked `is_some` just above.
+            let p = self.probe.take().expect("probe is present");
+            if p.acked {
+                self.local_health = self.local_health.saturating_sub(1);
+            } else {
+                self.stats.failed_probes += 1;
+                let missed = if p.expected_nacks > 0 {
+                    p.expected_nacks.saturating_sub(p.nacks)
+                } else {
+                    1
+                };
+                self.local_health = (self.local_health + missed).min(self.config.max_local_health);
+                self.suspect_locally(now, p.target);
+            }
+            self.next_probe = now;
+        }
+        if self.probe.is_none() && now >= self.next_probe && self.status != Status::Left {
+            match self.next_target() {
+                Some(target) => {
+                    self.stats.probes += 1;
+                    let seq = self.next_seq();
+                    let buddy = self.news_about(&target);
+                    self.send(target.clone(), Payload::Ping { seq }, buddy);
+                    let ends_at = now + self.config.probe_window() * mult;
+                    self.probe = Some(Probe {
+                        target,
+                        seq,
+                        indirect_at: now + self.config.probe_timeout * mult,
+                        ends_at,
+                        acked: false,
+                        indirect_sent: false,
+                        expected_nacks: 0,
+                        nacks: 0,
+                    });
+                    self.next_probe = ends_at;
+                }
+                None => self.next_probe = now + self.config.probe_interval * mult,
+            }
+        }
+    }
+
+    /// Next member of the shuffled round-robin order that is alive or suspect.
+    fn next_target(&mut self) -> Option<T> {
+        if self.live == 0 {
+            return None;
+        }
+        for _ in 0..2 {
+            while self.probe_index < self.probe_order.len() {
+                let id = &self.probe_order[self.probe_index];
+                self.probe_index += 1;
+                if let Some(m) = self.members.get(id)
+                    && matches!(m.state, State::Alive | State::Suspect)
+                {
+                    return Some(id.clone());
+                }
+            }
+            self.rebuild_probe_order();
+        }
+        None
+    }
+
+    fn rebuild_probe_order(&mut self) {
+        self.probe_order.clear();
+        self.probe_order.extend(
+            self.members
+                .iter()
+                .filter(|(_, m)| matches!(m.state, State::Alive | State::Suspect))
+                .map(|(id, _)| id.clone()),
+        );
+        // HashMap order is not seeded by our RNG: sort before shuffling so runs replay.
+        self.probe_order.sort_unstable();
+        self.probe_order.shuffle(&mut self.rng);
+        self.probe_index = 0;
+    }
+
+    /// Inserts a newly live member at a random place of the rest of this round.
+    fn add_to_probe_order(&mut self, id: T) {
+        if self.probe_order.len() > 2 * self.config.max_members.get() {
+            self.rebuild_probe_order();
+            return;
+        }
+        let pos = self
+            .rng
+            .gen_range(self.probe_index..=self.probe_order.len());
+        self.probe_order.insert(pos, id);
+    }
+
+    fn on_ack(&mut self, now: Instant, from: T, seq: u64) {
+        if let Some(p) = &mut self.probe
+            && p.seq == seq
+        {
+            p.acked = true;
+            return;
+        }
+        if let Some(relay) = self.relays.remove(&seq) {
+            self.send(
+                relay.origin,
+                Payload::Ack {
+                    seq: relay.origin_seq,
+                },
+                None,
+            );
+            return;
+        }
+        if let Some(pos) = self.reconnect_pings.iter().position(|(s, _)| *s == seq) {
+            // A member we believed dead answered: exchange full state to merge both views.
+            self.reconnect_pings.remove(pos);
+            let _ = now;
+            self.send_push_pull(from, false, true);
+        }
+    }
+
+    fn on_ping_req(&mut self, now: Instant, from: T, seq: u64, target: T) {
+        if target == self.me {
+            self.send(from, Payload::Ack { seq }, None);
+            return;
+        }
+        if self.relays.len() >= self.config.max_relays.get() {
+            self.stats.relays_dropped += 1;
+            return;
+        }
+        let my_seq = self.next_seq();
+        self.relays.insert(
+            my_seq,
+            Relay {
+                origin: from,
+                origin_seq: seq,
+            },
+        );
+        // Nack early enough for the requester to count it within its probe window.
+        self.relay_timers
+            .push_back((now + self.config.probe_timeout * 4 / 5, my_seq));
+        let buddy = self.news_about(&target);
+        self.send(target, Payload::Ping { seq: my_seq }, buddy);
+    }
+
+    fn expire_relays(&mut self, now: Instant) {
+        while let Some(&(t, seq)) = self.relay_timers.front() {
+            if t > now {
+                break;
+            }
+            self.relay_timers.pop_front();
+            if let Some(relay) = self.relays.remove(&seq) {
+                self.send(
+                    relay.origin,
+                    Payload::Nack {
+                        seq: relay.origin_seq,
+                    },
+                    None,
+                );
+            }
+        }
+    }
+
+    fn reconnect(&mut self) {
+        if self.status != Status::Active {
+            return;
+        }
+        // Candidates: a random dead member (from the tombstones) or a seed that is not live.
+        let mut dead = None;
+        for _ in 0..8 {
+            if self.tombstones.is_empty() {
+                break;
+            }
+            let i = self.rng.gen_range(0..self.tombstones.len());
+            let (_, id, _) = &self.tombstones[i];
+            if let Some(m) = self.members.get(id)
+                && m.state == State::Dead
+            {
+                dead = Some(id.clone());
+                break;
+            }
+        }
+        let seeds: Vec<T> = self
+            .seeds
+            .iter()
+            .filter(|s| {
+                self.members
+                    .get(*s)
+                    .is_none_or(|m| !matches!(m.state, State::Alive | State::Suspect))
+            })
+            .cloned()
+            .collect();
+        let use_seed = match (&dead, seeds.is_empty()) {
+            (None, true) => return,
+            (None, false) => true,
+            (Some(_), true) => false,
+            (Some(_), false) => self.rng.gen_bool(0.5),
+        };
+        if use_seed {
+            // Invariant: `use_seed` implies `seeds` is not empty.
+            let seed = seeds
+                .choose(&mut self.rng)
+                .expect("seeds not empty")
+                .clone();
+            self.send_push_pull(seed, false, true);
+        } else if let Some(id) = dead {
+            let seq = self.next_seq();
+            if self.reconnect_pings.len() >= MAX_RECONNECT_PINGS {
+                self.reconnect_pings.pop_front();
+            }
+            self.reconnect_pings.push_back((seq, id.clone()));
+            let buddy = self.news_about(&id);
+            self.send(id, Payload::Ping { seq }, buddy);
+        }
+    }
+
+    // ----- internals: suspicion -----
+
+    /// Our own probe of `target` failed.
+    fn suspect_locally(&mut self, now: Instant, target: T) {
+        let Some(m) = self.members.get(&target) else {
+            return;
+        };
+        if !matches!(m.state, State::Alive | State::Suspect) {
+            return;
+        }
+        let update = Update {
+            member: target,
+            incarnation: m.incarnation,
+            state: State::Suspect,
+            addrs: Vec::new(),
+            by: Some(self.me.clone()),
+        };
+        self.apply(now, update, false);
+    }
+
+    /// `(min, max)` suspicion timeouts for the current cluster size.
+    fn suspicion_bounds(&self) -> (Duration, Duration) {
+        let n = (self.live + 1) as f64;
+        let scale = n.log10().max(1.0);
+        let min = self
+            .config
+            .probe_interval
+            .mul_f64(self.config.suspicion_alpha.get() as f64 * scale);
+        (min, min * self.config.suspicion_beta.get())
+    }
+
+    /// Lifeguard: `max - (max - min) · log(c + 1) / log(K + 1)`, never below `min`.
+    fn suspicion_timeout(&self, confirmations: usize) -> Duration {
+        let (min, max) = self.suspicion_bounds();
+        let k = self.config.suspicion_confirmations.get() as f64;
+        let c = (confirmations as f64).min(k);
+        let frac = (c + 1.0).ln() / (k + 1.0).ln();
+        let t = max.as_secs_f64() - (max - min).as_secs_f64() * frac;
+        Duration::from_secs_f64(t.max(min.as_secs_f64()))
+    }
+
+    fn start_suspicion(&mut self, now: Instant, member: T, by: T) {
+        self.stop_suspicion(&member);
+        let deadline = now + self.suspicion_timeout(0);
+        self.suspicion_timers.insert((deadline, member.clone()));
+        self.suspicions.insert(
+            member,
+            Suspicion {
+                started: now,
+                deadline,
+                confirmed: vec![by.clone()],
+                by,
+            },
+        );
+    }
+
+    /// Counts an independent confirmation; returns whether it was new.
+    fn confirm_suspicion(&mut self, member: &T, by: &T) -> bool {
+        let k = self.config.suspicion_confirmations.get() as usize;
+        let timeout_of = |c| self.suspicion_timeout(c);
+        let Some(s) = self.suspicions.get(member) else {
+            return false;
+        };
+        if s.confirmed.contains(by) || s.confirmed.len() > k {
+            return false;
+        }
+        let new_deadline = s.started + timeout_of(s.confirmed.len());
+        // Invariant: looked up just above.
+        let s = self.suspicions.get_mut(member).expect("suspicion exists");
+        s.confirmed.push(by.clone());
+        if new_deadline < s.deadline {
+            self.suspicion_timers.remove(&(s.deadline, member.clone()));
+            s.deadline = new_deadline;
+            self.suspicion_timers.insert((new_deadline, member.clone()));
+        }
+        true
+    }
+
+    fn stop_suspicion(&mut self, member: &T) {
+        if let Some(s) = self.suspicions.remove(member) {
+            self.suspicion_timers.remove(&(s.deadline, member.clone()));
+        }
+    }
+
+    fn expire_suspicions(&mut self, now: Instant) {
+        while let Some((t, _)) = self.suspicion_timers.first() {
+            if *t > now {
+                break;
+            }
+            // Invariant: `first` returned an entry just above.
+            let (_, member) = self.suspicion_timers.pop_first().expect("timer exists");
+            self.suspicions.remove(&member);
+            let Some(m) = self.members.get(&member) else {
+                continue;
+            };
+            if m.state != State::Suspect {
+                continue;
+            }
+            let update = Update {
+                member,
+                incarnation: m.incarnation,
+                state: State::Dead,
+                addrs: Vec::new(),
+                by: Some(self.me.clone()),
+            };
+            self.apply(now, update, false);
+        }
+    }
+
+    fn expire_tombstones(&mut self, now: Instant) {
+        while let Some((t, _, _)) = self.tombstones.front() {
+            if *t > now {
+                break;
+            }
+            // Invariant: `front` returned an entry just above.
+            let (_, id, inc) = self.tombstones.pop_front().expect("tombstone exists");
+            if let Some(m) = self.members.get(&id)
+                && matches!(m.state, State::Dead | State::Left)
+                && m.incarnation == inc
+            {
+                self.members.remove(&id);
+            }
+        }
+    }
+
+    fn add_tombstone(&mut self, now: Instant, id: T, incarnation: u64) {
+        if self.tombstones.len() > 2 * self.config.max_members.get() {
+            let members = &self.members;
+            self.tombstones.retain(|(_, id, inc)| {
+                members.get(id).is_some_and(|m| {
+                    matches!(m.state, State::Dead | State::Left) && m.incarnation == *inc
+                })
+            });
+        }
+        self.tombstones
+            .push_back((now + self.config.dead_retention, id, incarnation));
+    }
+
+    // ----- internals: merging news -----
+
+    /// Applies one piece of news; `push_pull` marks state lists, where "dead" is softened to
+    /// "suspect" (memberlist's rule) so that a stale view cannot kill a live member outright.
+    fn apply(&mut self, now: Instant, u: Update<T>, push_pull: bool) {
+        if u.check().is_err() {
+            return;
+        }
+        if u.member == self.me {
+            self.news_about_me(u);
+            return;
+        }
+        let Some(m) = self.members.get(&u.member) else {
+            self.apply_unknown(now, u);
+            return;
+        };
+        let (cur_inc, cur_state) = (m.incarnation, m.state);
+        let live = matches!(cur_state, State::Alive | State::Suspect);
+        match u.state {
+            State::Alive => {
+                if u.incarnation <= cur_inc {
+                    return;
+                }
+                let addrs = self.intern_addrs(&u.member, u.addrs.clone());
+                self.set_member(&u.member, u.incarnation, State::Alive, addrs.clone());
+                self.stop_suspicion(&u.member);
+                match cur_state {
+                    State::Alive => {}
+                    State::Suspect => self.emit(Event::Refuted {
+                        member: u.member.clone(),
+                        addrs,
+                        incarnation: u.incarnation,
+                    }),
+                    State::Dead | State::Left => {
+                        self.live += 1;
+                        self.add_to_probe_order(u.member.clone());
+                        self.emit(Event::Joined {
+                            member: u.member.clone(),
+                            addrs,
+                            incarnation: u.incarnation,
+                        });
+                    }
+                }
+                self.broadcasts.push(u);
+            }
+            State::Suspect | State::Dead if push_pull && live => {
+                // A push-pull says suspect or dead: suspect it ourselves.
+                let mut u = u;
+                u.state = State::Suspect;
+                self.apply_suspect(now, u, cur_inc, cur_state);
+            }
+            State::Suspect => {
+                if live {
+                    self.apply_suspect(now, u, cur_inc, cur_state);
+                }
+            }
+            State::Dead | State::Left => {
+                if live && u.incarnation >= cur_inc {
+                    let member = u.member.clone();
+                    let addrs = self.members[&member].addrs.clone();
+                    self.set_member(&member, u.incarnation, u.state, addrs.clone());
+                    self.stop_suspicion(&member);
+                    self.live -= 1;
+                    self.add_tombstone(now, member.clone(), u.incarnation);
+                    let incarnation = u.incarnation;
+                    self.emit(if u.state == State::Dead {
+                        Event::Failed {
+                            member,
+                            addrs,
+                            incarnation,
+                        }
+                    } else {
+                        Event::Left {
+                            member,
+                            addrs,
+                            incarnation,
+                        }
+                    });
+                    self.broadcasts.push(u);
+                } else if !live
+                    && (u.incarnation > cur_inc
+                        || (u.incarnation == cur_inc && u.state > cur_state))
+                {
+                    // Newer news of a member already gone: remember it silently so that stale
+                    // gossip cannot revive it.
+                    let member = u.member.clone();
+                    let addrs = self.members[&member].addrs.clone();
+                    self.set_member(&member, u.incarnation, u.state, addrs);
+                    self.add_tombstone(now, member, u.incarnation);
+                }
+            }
+        }
+    }
+
+    fn apply_suspect(&mut self, now: Instant, u: Update<T>, cur_inc: u64, cur_state: State) {
+        // Invariant: `check` passed, so a suspect update has `by`.
+        let Some(by) = u.by.clone() else { return };
+        if cur_state == State::Suspect && u.incarnation == cur_inc {
+            if self.confirm_suspicion(&u.member, &by) {
+                self.broadcasts.push(u);
+            }
+            return;
+        }
+        if u.incarnation < cur_inc || (u.incarnation == cur_inc && cur_state == State::Suspect) {
+            return;
+        }
+        let member = u.member.clone();
+        let addrs = self.members[&member].addrs.clone();
+        self.set_member(&member, u.incarnation, State::Suspect, addrs.clone());
+        self.start_suspicion(now, member.clone(), by.clone());
+        self.emit(Event::Suspected {
+            member,
+            addrs: addrs.clone(),
+            incarnation: u.incarnation,
+            by,
+        });
+        let mut u = u;
+        u.addrs = addrs.to_vec();
+        self.broadcasts.push(u);
+    }
+
+    fn apply_unknown(&mut self, now: Instant, u: Update<T>) {
+        // Suspicion of a member we never heard of is ignored (as in memberlist): we could not
+        // probe it, and its own refutation or death will reach us.
+        if u.state == State::Suspect {
+            return;
+        }
+        if self.members.len() >= self.config.max_members.get() {
+            self.stats.members_dropped += 1;
+            return;
+        }
+        let addrs: Arc<[Address]> = u.addrs.clone().into();
+        self.members.insert(
+            u.member.clone(),
+            Member {
+                addrs: addrs.clone(),
+                incarnation: u.incarnation,
+                state: u.state,
+            },
+        );
+        if u.state == State::Alive {
+            self.live += 1;
+            self.add_to_probe_order(u.member.clone());
+            self.emit(Event::Joined {
+                member: u.member.clone(),
+                addrs,
+                incarnation: u.incarnation,
+            });
+            self.broadcasts.push(u);
+        } else {
+            // Dead or left: a tombstone, so that older "alive" news cannot resurrect it.
+            self.add_tombstone(now, u.member, u.incarnation);
+        }
+    }
+
+    fn news_about_me(&mut self, u: Update<T>) {
+        if self.status == Status::Left {
+            return;
+        }
+        let leaving = matches!(self.status, Status::Leaving { .. });
+        let refute = match u.state {
+            State::Alive => u.incarnation > self.incarnation,
+            State::Suspect | State::Dead => u.incarnation >= self.incarnation,
+            State::Left => !leaving && u.incarnation >= self.incarnation,
+        };
+        if !refute {
+            return;
+        }
+        if u.state != State::Alive {
+            // Lifeguard: having to refute means others could not reach us in time.
+            self.local_health = (self.local_health + 1).min(self.config.max_local_health);
+            self.stats.refutations += 1;
+        }
+        self.incarnation = u.incarnation.saturating_add(1);
+        if leaving {
+            self.broadcasts.push(Update {
+                member: self.me.clone(),
+                incarnation: self.incarnation,
+                state: State::Left,
+                addrs: self.my_addrs.to_vec(),
+                by: None,
+            });
+        } else {
+            self.broadcasts.push(self.my_update());
+        }
+    }
+
+    fn set_member(&mut self, id: &T, incarnation: u64, state: State, addrs: Arc<[Address]>) {
+        if let Some(m) = self.members.get_mut(id) {
+            m.incarnation = incarnation;
+            m.state = state;
+            m.addrs = addrs;
+        }
+    }
+
+    /// Keeps the stored allocation when the addresses did not change.
+    fn intern_addrs(&self, id: &T, addrs: Vec<Address>) -> Arc<[Address]> {
+        match self.members.get(id) {
+            Some(m) if *m.addrs == *addrs || addrs.is_empty() => m.addrs.clone(),
+            _ => addrs.into(),
+        }
+    }
+
+    /// The news to tell `id` about itself if we do not believe it alive (the buddy system).
+    fn news_about(&self, id: &T) -> Option<Update<T>> {
+        let m = self.members.get(id)?;
+        if m.state == State::Alive {
+            return None;
+        }
+        let by = match m.state {
+            State::Suspect => Some(
+                self.suspicions
+                    .get(id)
+                    .map_or_else(|| self.me.clone(), |s| s.by.clone()),
+            ),
+            State::Dead => Some(self.me.clone()),
+            _ => None,
+        };
+        Some(Update {
+            member: id.clone(),
+            incarnation: m.incarnation,
+            state: m.state,
+            addrs: Vec::new(),
+            by,
+        })
+    }
+
+    fn my_update(&self) -> Update<T> {
+        Update {
+            member: self.me.clone(),
+            incarnation: self.incarnation,
+            state: State::Alive,
+            addrs: self.my_addrs.to_vec(),
+            by: None,
+        }
+    }
+
+    // ----- internals: output -----
+
+    fn send(&mut self, to: T, payload: Payload<T>, buddy: Option<Update<T>>) {
+        let mut gossip = Vec::new();
+        let mut budget = self.config.gossip_budget.get();
+        if let Some(b) = buddy {
+            budget = budget.saturating_sub(message::encoded_len(&b));
+            gossip.push(b);
+        }
+        let n = (self.live + 2) as f64;
+        let limit = self.config.retransmit_mult.get() * n.log10().ceil().max(1.0) as u32;
+        let skip = gossip.first().map(|u: &Update<T>| u.member.clone());
+        self.broadcasts.fill(
+            budget,
+            message::MAX_GOSSIP_UPDATES - 1,
+            limit,
+            skip.as_ref(),
+            &mut gossip,
+        );
+        self.push_transmit(Transmit {
+            to,
+            msg: Message { payload, gossip },
+        });
+    }
+
+    fn send_push_pull(&mut self, to: T, join: bool, reply: bool) {
+        let max = self.config.max_push_pull_members.get();
+        let mut members = Vec::with_capacity(max.min(self.members.len() + 1));
+        members.push(self.my_update());
+        let to_update = |(id, m): (&T, &Member)| Update {
+            member: id.clone(),
+            incarnation: m.incarnation,
+            state: m.state,
+            addrs: m.addrs.to_vec(),
+            by: matches!(m.state, State::Suspect | State::Dead).then(|| self.me.clone()),
+        };
+        if self.members.len() < max {
+            members.extend(self.members.iter().map(to_update));
+        } else {
+            let mut sample = self.members.iter().choose_multiple(&mut self.rng, max - 1);
+            sample.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            members.extend(sample.into_iter().map(to_update));
+        }
+        // Stay within the message size: drop entries from the end until it fits.
+        let limit = self.config.max_message_bytes.get();
+        let mut size: usize = members.iter().map(message::encoded_len).sum::<usize>() + 16;
+        while size > limit && members.len() > 1 {
+            // Invariant: `members.len() > 1` checked in the loop condition.
+            let last = members.pop().expect("non-empty");
+            size -= message::encoded_len(&last);
+        }
+        self.push_transmit(Transmit {
+            to,
+            msg: Message {
+                payload: Payload::PushPull {
+                    join,
+                    reply,
+                    members,
+                },
+                gossip: Vec::new(),
+            },
+        });
+    }
+
+    fn push_transmit(&mut self, t: Transmit<T>) {
+        if self.transmits.len() >= self.config.max_transmit_queue.get() {
+            self.stats.transmits_dropped += 1;
+            return;
+        }
+        self.transmits.push_back(t);
+    }
+
+    fn emit(&mut self, event: Event<T>) {
+        if self.events.len() >= self.config.max_event_queue.get() {
+            self.events.pop_front();
+            self.stats.events_dropped += 1;
+        }
+        self.events.push_back(event);
+    }
+
+    // ----- internals: helpers -----
+
+    /// Up to `count` random members believed alive, excluding `except`.
+    fn random_live(&mut self, count: usize, except: Option<&T>) -> Vec<T> {
+        if count == 0 || self.live == 0 {
+            return Vec::new();
+        }
+        // Sample from the probe order (a shuffled superset of the live members) to avoid a
+        // full table scan; a few tries per helper.
+        let mut out: Vec<T> = Vec::with_capacity(count);
+        if self.probe_order.is_empty() {
+            self.rebuild_probe_order();
+        }
+        let tries = count * 4 + 8;
+        for _ in 0..tries {
+            if out.len() >= count || self.probe_order.is_empty() {
+                break;
+            }
+            let i = self.rng.gen_range(0..self.probe_order.len());
+            let id = &self.probe_order[i];
+            if Some(id) == except || out.contains(id) {
+                continue;
+            }
+            if self
+                .members
+                .get(id)
+                .is_some_and(|m| m.state == State::Alive)
+            {
+                out.push(id.clone());
+            }
+        }
+        out
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    fn command_id(&mut self) -> CommandId {
+        self.next_command += 1;
+        CommandId(self.next_command)
+    }
+
+    fn clock(&mut self, now: Instant) -> Instant {
+        if now > self.last_now {
+            self.last_now = now;
+        }
+        self.last_now
+    }
+}
+
+/// A random duration in `[0, d)`.
+fn jitter(rng: &mut StdRng, d: Duration) -> Duration {
+    d.mul_f64(rng.r#gen::<f64>())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,504 @@
+//! Unit tests of the core, driven by hand.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+
+fn config() -> Config {
+    Config {
+        rng_seed: Some([7; 32]),
+        ..Config::lan()
+    }
+}
+
+fn addrs(id: u32) -> Vec<Address> {
+    vec![Address(format!("/sim/{id}").into_bytes())]
+}
+
+fn core(t0: Instant, id: u32) -> Membership<u32> {
+    Membership::new(t0, id, addrs(id), 0, config()).unwrap()
+}
+
+/// A core that knows `others` as alive.
+fn core_with(t0: Instant, id: u32, others: &[u32]) -> Membership<u32> {
+    let mut c = core(t0, id);
+    c.restore(others.iter().map(|&o| (o, Arc::from(addrs(o)))));
+    c
+}
+
+fn update(member: u32, incarnation: u64, state: State, by: Option<u32>) -> Update<u32> {
+    Update {
+        member,
+        incarnation,
+        state,
+        addrs: addrs(member),
+        by,
+    }
+}
+
+fn gossip(payload: Payload<u32>, updates: Vec<Update<u32>>) -> Message<u32> {
+    Message {
+        payload,
+        gossip: updates,
+    }
+}
+
+/// Runs timeouts of `c` until `until`, returning every transmit.
+fn advance(c: &mut Membership<u32>, until: Instant) -> Vec<Transmit<u32>> {
+    let mut out = Vec::new();
+    while let Some(t) = c.poll_timeout() {
+        if t > until {
+            break;
+        }
+        c.handle_timeout(t);
+        while let Some(tx) = c.poll_transmit() {
+            out.push(tx);
+        }
+    }
+    c.handle_timeout(until);
+    while let Some(tx) = c.poll_transmit() {
+        out.push(tx);
+    }
+    out
+}
+
+/// Advances to the first probe and returns (target, seq, time sent).
+fn first_probe(c: &mut Membership<u32>) -> (u32, u64, Instant) {
+    loop {
+        let t = c.poll_timeout().unwrap();
+        c.handle_timeout(t);
+        while let Some(tx) = c.poll_transmit() {
+            if let Payload::Ping { seq } = tx.msg.payload {
+                return (tx.to, seq, t);
+            }
+        }
+    }
+}
+
+#[test]
+fn ping_is_acked() {
+    let t0 = Instant::now();
+    let mut b = core(t0, 2);
+    b.handle_message(t0, 1, gossip(Payload::Ping { seq: 7 }, vec![]));
+    expect_message!(b, 1, Payload::Ack { seq: 7 });
+}
+
+#[test]
+fn silent_target_gets_ping_req_then_suspected_then_failed() {
+    let t0 = Instant::now();
+    let mut a = core_with(t0, 1, &[2, 3, 4, 5]);
+    let (target, seq, sent) = first_probe(&mut a);
+    let tx = advance(&mut a, sent + Duration::from_millis(500));
+    let reqs: Vec<_> = tx
+        .iter()
+        .filter(|t| matches!(t.msg.payload, Payload::PingReq { target: x, seq: s } if x == target && s == seq))
+        .collect();
+    assert_eq!(reqs.len(), 3, "k = 3 helpers: {tx:#?}");
+    assert!(reqs.iter().all(|t| t.to != target && t.to != 1));
+    // One helper nacks; two stay silent.
+    a.handle_message(
+        sent + Duration::from_millis(900),
+        reqs[0].to,
+        gossip(Payload::Nack { seq }, vec![]),
+    );
+    advance(&mut a, sent + Duration::from_secs(1));
+    let e = expect_event!(a, Event::Suspected { .. });
+    assert!(matches!(e, Event::Suspected { member, by: 1, .. } if member == target));
+    assert_eq!(a.local_health(), 2, "two missed nacks");
+    assert_eq!(a.member(&target).unwrap().state, State::Suspect);
+    // No confirmation: the suspicion lasts β · α · max(1, log10 5) · T = 24 s.
+    let suspected_at = sent + Duration::from_secs(1);
+    advance(&mut a, suspected_at + Duration::from_millis(23_900));
+    expect_no_event!(a, Event::Failed { .. });
+    advance(&mut a, suspected_at + Duration::from_millis(24_100));
+    let e = expect_event!(a, Event::Failed { .. });
+    assert!(matches!(e, Event::Failed { member, incarnation: 0, .. } if member == target));
+    assert_eq!(a.live_members(), 3);
+}
+
+#[test]
+fn ack_keeps_target_alive_and_lowers_local_health() {
+    let t0 = Instant::now();
+    let mut a = core_with(t0, 1, &[2, 3]);
+    a.local_health = 3;
+    let (target, seq, sent) = first_probe(&mut a);
+    a.handle_message(
+        sent + Duration::from_millis(3),
+        target,
+        gossip(Payload::Ack { seq }, vec![]),
+    );
+    // Local health 3 stretches the probe window to 4 s.
+    advance(&mut a, sent + Duration::from_millis(3_990));
+    assert_eq!(a.local_health(), 3);
+    advance(&mut a, sent + Duration::from_secs(4));
+    expect_no_event!(a, Event::Suspected { .. });
+    assert_eq!(a.local_health(), 2);
+}
+
+#[test]
+fn confirmations_shrink_the_suspicion() {
+    let t0 = Instant::now();
+    let mut a = core_with(t0, 1, &[2, 3, 4, 5, 6]);
+    a.handle_message(
+        t0,
+        3,
+        gossip(
+            Payload::Ping { seq: 1 },
+            vec![update(2, 0, State::Suspect, Some(3))],
+        ),
+    );
+    expect_event!(
+        a,
+        Event::Suspected {
+            member: 2,
+            by: 3,
+            ..
+        }
+    );
+    for by in [4, 5, 6] {
+        a.handle_message(
+            t0,
+            by,
+            gossip(
+                Payload::Ping { seq: 1 },
+                vec![update(2, 0, State::Suspect, Some(by))],
+            ),
+        );
+    }
+    // K = 3 confirmations: the timeout is down to its minimum α · max(1, log10 6) · T = 4 s.
+    advance(&mut a, t0 + Duration::from_millis(3_900));
+    expect_no_event!(a, Event::Failed { member: 2, .. });
+    advance(&mut a, t0 + Duration::from_millis(4_100));
+    expect_event!(a, Event::Failed { member: 2, .. });
+}
+
+#[test]
+fn suspicion_timeout_formula() {
+    let t0 = Instant::now();
+    let ids: Vec<u32> = (2..=100).collect();
+    let a = core_with(t0, 1, &ids);
+    // n = 100 live: min = 4 · log10(100) · 1 s = 8 s, max = 48 s.
+    assert_eq!(
+        a.suspicion_bounds(),
+        (Duration::from_secs(8), Duration::from_secs(48))
+    );
+    assert_eq!(a.suspicion_timeout(0), Duration::from_secs(48));
+    assert_eq!(a.suspicion_timeout(3), Duration::from_secs(8));
+    assert_eq!(a.suspicion_timeout(30), Duration::from_secs(8));
+    let one = a.suspicion_timeout(1).as_secs_f64();
+    // 48 - 40 · ln 2 / ln 4 = 28.
+    assert!((one - 28.0).abs() < 1e-6, "{one}");
+}
+
+#[test]
+fn refutes_suspicion_and_uses_the_buddy_system() {
+    let t0 = Instant::now();
+    let mut a = core_with(t0, 1, &[2, 3]);
+    a.handle_message(
+        t0,
+        2,
+        gossip(
+            Payload::Ping { seq: 1 },
+            vec![update(1, 0, State::Suspect, Some(3))],
+        ),
+    );
+    assert_eq!(a.incarnation(), 1);
+    assert_eq!(a.local_health(), 1);
+    assert_eq!(a.stats().refutations, 1);
+    let ack = expect_message!(a, 2, Payload::Ack { seq: 1 });
+    assert!(
+        ack.msg.gossip.contains(&update(1, 1, State::Alive, None)),
+        "{ack:?}"
+    );
+
+    // Buddy system: a ping to a suspect carries its suspicion first.
+    let mut b = core_with(t0, 2, &[3]);
+    b.handle_message(
+        t0,
+        1,
+        gossip(
+            Payload::Ping { seq: 1 },
+            vec![update(3, 0, State::Suspect, Some(1))],
+        ),
+    );
+    let (target, _, _) = (3, 0, 0);
+    let mut found = false;
+    for _ in 0..3 {
+        let t = b.poll_timeout().unwrap();
+        b.handle_timeout(t);
+        while let Some(tx) = b.poll_transmit() {
+            if tx.to == target && matches!(tx.msg.payload, Payload::Ping { .. }) {
+                assert_eq!(tx.msg.gossip[0].member, 3);
+                assert_eq!(tx.msg.gossip[0].state, State::Suspect);
+                found = true;
+            }
+        }
+    }
+    assert!(found);
+}
+
+#[test]
+fn helper_forwards_ack_or_nacks() {
+    let t0 = Instant::now();
+    let mut h = core_with(t0, 2, &[1, 3]);
+    h.handle_message(
+        t0,
+        1,
+        gossip(Payload::PingReq { seq: 40, target: 3 }, vec![]),
+    );
+    let ping = expect_message!(h, 3, Payload::Ping { .. });
+    let Payload::Ping { seq } = ping.msg.payload else {
+        unreachable!()
+    };
+    h.handle_message(
+        t0 + Duration::from_millis(5),
+        3,
+        gossip(Payload::Ack { seq }, vec![]),
+    );
+    expect_message!(h, 1, Payload::Ack { seq: 40 });
+
+    h.handle_message(
+        t0,
+        1,
+        gossip(Payload::PingReq { seq: 41, target: 3 }, vec![]),
+    );
+    expect_message!(h, 3, Payload::Ping { .. });
+    let tx = advance(&mut h, t0 + Duration::from_millis(450));
+    assert!(
+        tx.iter()
+            .any(|t| t.to == 1 && t.msg.payload == Payload::Nack { seq: 41 }),
+        "{tx:#?}"
+    );
+}
+
+#[test]
+fn join_through_a_seed() {
+    let t0 = Instant::now();
+    let mut a = core(t0, 1);
+    let mut seed = core_with(t0, 2, &[3]);
+    let id = a.join(t0, [2, 1, 2]);
+    let tx = expect_message!(
+        a,
+        2,
+        Payload::PushPull {
+            join: true,
+            reply: true,
+            ..
+        }
+    );
+    seed.handle_message(t0, 1, tx.msg);
+    expect_event!(seed, Event::Joined { member: 1, .. });
+    let reply = expect_message!(seed, 1, Payload::PushPull { reply: false, .. });
+    a.handle_message(t0, 2, reply.msg);
+    let mut events = Vec::new();
+    while let Some(e) = a.poll_event() {
+        events.push(e);
+    }
+    assert!(
+        events.contains(&Event::JoinFinished { id, result: Ok(2) }),
+        "{events:#?}"
+    );
+    assert_eq!(a.live_members(), 2);
+
+    let mut lonely = core(t0, 9);
+    let id = lonely.join(t0, [9]);
+    expect_event!(lonely, Event::JoinFinished { id: i, result: Err(CommandError::NoSeeds) } if *i == id);
+    let id = lonely.join(t0, [5]);
+    advance(&mut lonely, t0 + Duration::from_secs(4));
+    expect_event!(lonely, Event::JoinFinished { id: i, result: Err(CommandError::NoSeedAnswered) } if *i == id);
+}
+
+#[test]
+fn incarnation_rules() {
+    let t0 = Instant::now();
+    let mut a = core_with(t0, 1, &[2]);
+    a.handle_message(
+        t0,
+        2,
+        gossip(
+            Payload::Ping { seq: 1 },
+            vec![update(2, 3, State::Dead, Some(4))],
+        ),
+    );
+    expect_event!(
+        a,
+        Event::Failed {
+            member: 2,
+            incarnation: 3,
+            ..
+        }
+    );
+    // Same incarnation cannot revive it; neither can suspicion.
+    a.handle_message(
+        t0,
+        2,
+        gossip(
+            Payload::Ping { seq: 1 },
+            vec![
+                update(2, 3, State::Alive, None),
+                update(2, 5, State::Suspect, Some(4)),
+            ],
+        ),
+    );
+    assert_eq!(a.member(&2).unwrap().state, State::Dead);
+    a.handle_message(
+        t0,
+        2,
+        gossip(
+            Payload::Ping { seq: 1 },
+            vec![update(2, 4, State::Alive, None)],
+        ),
+    );
+    expect_event!(
+        a,
+        Event::Joined {
+            member: 2,
+            incarnation: 4,
+            ..
+        }
+    );
+
+    // Unknown members: suspicion ignored, death remembered as a tombstone.
+    a.handle_message(
+        t0,
+        2,
+        gossip(
+            Payload::Ping { seq: 1 },
+            vec![
+                update(7, 0, State::Suspect, Some(2)),
+                update(8, 2, State::Dead, Some(2)),
+            ],
+        ),
+    );
+    assert!(a.member(&7).is_none());
+    assert_eq!(a.member(&8).unwrap().state, State::Dead);
+    expect_no_event!(a, Event::Failed { member: 8, .. });
+    a.handle_message(
+        t0,
+        2,
+        gossip(
+            Payload::Ping { seq: 1 },
+            vec![update(8, 1, State::Alive, None)],
+        ),
+    );
+    assert_eq!(a.member(&8).unwrap().state, State::Dead);
+    // Older news never lowers an incarnation.
+    a.handle_message(
+        t0,
+        2,
+        gossip(
+            Payload::Ping { seq: 1 },
+            vec![update(2, 1, State::Suspect, Some(5))],
+        ),
+    );
+    assert_eq!(a.member(&2).unwrap().incarnation, 4);
+    assert_eq!(a.member(&2).unwrap().state, State::Alive);
+}
+
+#[test]
+fn push_pull_softens_dead_to_suspect() {
+    let t0 = Instant::now();
+    let mut a = core_with(t0, 1, &[2, 3]);
+    let msg = gossip(
+        Payload::PushPull {
+            join: false,
+            reply: true,
+            members: vec![
+                update(3, 0, State::Alive, None),
+                update(2, 0, State::Dead, Some(3)),
+            ],
+        },
+        vec![],
+    );
+    a.handle_message(t0, 3, msg);
+    expect_event!(
+        a,
+        Event::Suspected {
+            member: 2,
+            by: 3,
+            ..
+        }
+    );
+    assert_eq!(a.member(&2).unwrap().state, State::Suspect);
+    expect_message!(a, 3, Payload::PushPull { reply: false, .. });
+}
+
+#[test]
+fn leave_gossips_then_stops() {
+    let t0 = Instant::now();
+    let mut a = core_with(t0, 1, &[2, 3, 4]);
+    let mut b = core_with(t0, 2, &[1, 3, 4]);
+    let id = a.leave(t0);
+    let mut sent = Vec::new();
+    while let Some(t) = a.poll_transmit() {
+        sent.push(t);
+    }
+    // Invariant of the test: leave pings `indirect_probes` live members at once.
+    let tx = sent
+        .into_iter()
+        .find(|t| matches!(t.msg.payload, Payload::Ping { .. }))
+        .unwrap();
+    assert!(
+        tx.msg
+            .gossip
+            .iter()
+            .any(|u| u.member == 1 && u.state == State::Left)
+    );
+    b.handle_message(t0, 1, tx.msg.clone());
+    // `b` may or may not be the one pinged; feed it the gossip directly.
+    b.handle_message(t0, 1, gossip(Payload::Ping { seq: 5 }, tx.msg.gossip));
+    expect_event!(b, Event::Left { member: 1, .. });
+    advance(&mut a, t0 + Duration::from_secs(3));
+    expect_event!(a, Event::LeaveFinished { id: i, result: Ok(()) } if *i == id);
+    assert!(a.has_left());
+    assert_eq!(a.poll_timeout(), None);
+    let again = a.leave(t0 + Duration::from_secs(4));
+    expect_event!(a, Event::LeaveFinished { id: i, result: Err(CommandError::HasLeft) } if *i == again);
+}
+
+#[test]
+fn reconnect_pings_dead_members_and_seeds() {
+    let t0 = Instant::now();
+    let mut a = core_with(t0, 1, &[2]);
+    a.seeds = vec![9];
+    a.handle_message(
+        t0,
+        3,
+        gossip(
+            Payload::Ping { seq: 1 },
+            vec![update(2, 0, State::Dead, Some(3))],
+        ),
+    );
+    let tx = advance(&mut a, t0 + Duration::from_secs(60));
+    let pinged_dead = tx.iter().any(|t| {
+        t.to == 2
+            && matches!(t.msg.payload, Payload::Ping { .. })
+            && t.msg
+                .gossip
+                .first()
+                .is_some_and(|u| u.member == 2 && u.state == State::Dead)
+    });
+    let pushed_seed = tx
+        .iter()
+        .any(|t| t.to == 9 && matches!(t.msg.payload, Payload::PushPull { reply: true, .. }));
+    assert!(pinged_dead && pushed_seed, "{tx:#?}");
+}
+
+#[test]
+fn time_never_goes_backwards_and_timeout_is_not_in_the_past() {
+    let t0 = Instant::now();
+    let mut a = core_with(t0, 1, &[2, 3]);
+    a.handle_timeout(t0 + Duration::from_secs(5));
+    a.handle_timeout(t0);
+    assert!(a.poll_timeout().unwrap() > t0 + Duration::from_secs(5));
+}
+
+#[test]
+fn rejects_bad_own_addresses() {
+    let t0 = Instant::now();
+    let too_many = vec![Address::from("x"); message::MAX_ADDRESSES + 1];
+    assert!(Membership::new(t0, 1u32, too_many, 0, config()).is_err());
+    let mut bad = config();
+    bad.probe_timeout = Duration::ZERO;
+    assert!(Membership::new(t0, 1u32, vec![], 0, bad).is_err());
+}
