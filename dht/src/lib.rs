@@ -1,0 +1,13 @@
+//! Shoal's DHT: Kademlia over a SWIM-driven overlay, with an identity gate, signed stamped
+//! records and lockstep.
+//!
+//! This crate is being built up in layers. Present so far:
+//!
+//! - [`record`]: the signed CBOR record envelope and its validation.
+//! - [`lockstep`]: lockstep notices and the book of the latest notice per key and publisher.
+
+mod envelope;
+pub mod lockstep;
+pub mod record;
+
+pub use envelope::EnvelopeError;
