@@ -247,7 +247,7 @@ impl Config {
     }
 
     /// The time a probe may take before its target is suspected, before local health scaling.
-    pub(crate) fn probe_window(&self) -> Duration {
+    pub fn probe_window(&self) -> Duration {
         self.probe_interval.max(self.probe_timeout * 2)
     }
 }

@@ -514,6 +514,9 @@ impl<T: Identity> Membership<T> {
                     && p.seq == seq
                 {
                     p.nacks += 1;
+                    if p.nacks >= p.expected_nacks {
+                        self.run_probe(now);
+                    }
                 }
             }
             Payload::PingReq { seq, target } => self.on_ping_req(now, from, seq, target),
@@ -659,11 +662,15 @@ impl<T: Identity> Membership<T> {
                 );
             }
         }
+        // The probe ends at the end of its window or, earlier, once every helper has nacked:
+        // then no indirect ack can come, and a direct one is long overdue.
         if let Some(p) = &self.probe
-            && now >= p.ends_at
+            && (now >= p.ends_at
+                || (!p.acked && p.expected_nacks > 0 && p.nacks >= p.expected_nacks))
         {
             // Invariant: checked `is_some` just above.
             let p = self.probe.take().expect("probe is present");
+            let ends_at = p.ends_at;
             if p.acked {
                 self.local_health = self.local_health.saturating_sub(1);
             } else {
@@ -676,7 +683,8 @@ impl<T: Identity> Membership<T> {
                 self.local_health = (self.local_health + missed).min(self.config.max_local_health);
                 self.suspect_locally(now, p.target);
             }
-            self.next_probe = now;
+            // Keep the probe rate: the next probe starts when this window would have ended.
+            self.next_probe = ends_at.max(now);
         }
         if self.probe.is_none() && now >= self.next_probe && self.status != Status::Left {
             match self.next_target() {
@@ -1173,6 +1181,15 @@ impl<T: Identity> Membership<T> {
             State::Left => !leaving && u.incarnation >= self.incarnation,
         };
         if !refute {
+            // Someone still holds older bad news about us: our refutation missed them. Queue
+            // our current state again so the answer to their message carries it.
+            if u.state != State::Alive
+                && !leaving
+                && u.incarnation < self.incarnation
+                && !self.broadcasts.contains(&self.me)
+            {
+                self.broadcasts.push(self.my_update());
+            }
             return;
         }
         if u.state != State::Alive {

@@ -1,1 +1,272 @@
-//! Scenario tests on the simulator.
+//! Scenario tests on the simulator, at small `n` with fixed seeds, asserting bounds.
+//!
+//! Every simulated run prints its seed (`swim sim seed: N`) so a failure can be replayed.
+
+mod props;
+
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::message::State;
+use crate::sim::scenario::{self, period};
+use crate::sim::{LinkModel, NodeId, Sim, percentile};
+use crate::state::Event;
+
+fn lan() -> Config {
+    Config::lan()
+}
+
+fn crash_case(seed: u64, n: usize, crashes: usize) {
+    let config = lan();
+    let report = scenario::crash_detection(
+        seed,
+        n,
+        crashes,
+        &config,
+        LinkModel::lan(),
+        Duration::from_secs(120),
+    );
+    let bound = scenario::crash_bound_periods(&config, n);
+    assert_eq!(report.undetected, 0, "seed {seed}: {report:?}");
+    assert_eq!(report.false_failures, 0, "seed {seed}: {report:?}");
+    assert_eq!(report.first_suspicion.len(), crashes, "seed {seed}");
+    let mut first = report.first_suspicion.clone();
+    let mut all = report.all_failed.clone();
+    // Someone probes the crashed member about once a period (a superposition of n round-robin
+    // orders), and suspects it one window later: the median is near 1.7 periods, and every
+    // member probes it within one round of n - 1 periods.
+    let first_p50 = percentile(&mut first, 0.5).unwrap();
+    assert!(first_p50 <= 2.5, "seed {seed}: first suspicion {first:?}");
+    let first_max = percentile(&mut first, 1.0).unwrap();
+    assert!(
+        first_max <= n as f64,
+        "seed {seed}: first suspicion {first:?}"
+    );
+    let all_max = percentile(&mut all, 1.0).unwrap();
+    assert!(
+        all_max <= bound,
+        "seed {seed}: all failed {all:?} > bound {bound}"
+    );
+}
+
+#[test]
+fn crash_is_detected_within_the_lifeguard_bound() {
+    crash_case(1, 48, 12);
+}
+
+#[test]
+fn no_false_failure_at_ten_percent_loss() {
+    let config = lan();
+    let report = scenario::false_positives(
+        2,
+        24,
+        0.10,
+        Duration::from_secs(300),
+        &config,
+        LinkModel::lan(),
+    );
+    assert_eq!(report.failed_events, 0, "{report:?}");
+    assert_eq!(report.members_failed, 0, "{report:?}");
+}
+
+#[test]
+fn slow_node_causes_no_false_failure() {
+    let config = lan();
+    let report = scenario::slow_node(
+        3,
+        16,
+        config.probe_timeout * 2,
+        Duration::from_secs(180),
+        &config,
+        LinkModel::lan(),
+    );
+    // The slow node itself answers later than the probe window, so it may be declared failed;
+    // healthy members must not be.
+    assert_eq!(report.healthy.failed_events, 0, "{report:?}");
+    // Lifeguard: the slow node notices it is slow.
+    assert!(report.slow_max_local_health > 0, "{report:?}");
+}
+
+#[test]
+fn partition_heals_within_bound() {
+    let config = lan();
+    let n = 16;
+    let report = scenario::partition(
+        4,
+        n,
+        Duration::from_secs(60),
+        &config,
+        LinkModel::lan(),
+        Duration::from_secs(300),
+    );
+    assert!(report.split_detected, "{report:?}");
+    let bound = scenario::partition_bound(&config, n);
+    let took = report.converge.expect("converged");
+    assert!(took <= bound, "converged in {took:?} > bound {bound:?}");
+}
+
+#[test]
+fn join_reaches_every_member() {
+    let config = lan();
+    let n = 48;
+    let report = scenario::dissemination(5, n, &config, LinkModel::lan(), Duration::from_secs(120));
+    let all = report.all.expect("every member learned the join");
+    // Infection-style dissemination: O(log n) periods; λ · ceil(log10(n + 1)) = 8 here.
+    let bound = config.retransmit_mult.get() as f64 * ((n + 1) as f64).log10().ceil();
+    assert!(all <= bound, "{report:?} > {bound}");
+    assert!(report.half.unwrap() <= all);
+}
+
+#[test]
+fn cluster_forms_from_scratch_through_one_seed() {
+    let config = lan();
+    let mut sim = Sim::new(6, config, LinkModel::lan());
+    sim.add_nodes(12);
+    for i in 1..12 {
+        sim.join(i, &[0]);
+        sim.run_for(Duration::from_millis(300));
+    }
+    let took = sim.run_until_cond(
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        scenario::converged,
+    );
+    assert!(took.is_some(), "did not converge");
+    let joined_ok = sim
+        .take_events()
+        .iter()
+        .filter(|e| matches!(e.event, Event::JoinFinished { result: Ok(_), .. }))
+        .count();
+    assert_eq!(joined_ok, 11);
+}
+
+#[test]
+fn restarted_node_rejoins_with_a_newer_incarnation() {
+    let config = lan();
+    let n = 12;
+    let mut sim = Sim::new(7, config, LinkModel::lan());
+    sim.add_converged(n);
+    sim.run_for(Duration::from_secs(3));
+    sim.crash(5);
+    let gone = sim.run_until_cond(Duration::from_secs(120), Duration::from_millis(500), |s| {
+        (0..n as NodeId)
+            .filter(|&i| i != 5)
+            .all(|i| s.node(i).unwrap().member(&5).unwrap().state == State::Dead)
+    });
+    assert!(gone.is_some(), "crash not detected");
+    sim.take_events();
+    sim.restart(5, &[0]);
+    let back = sim.run_until_cond(
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        scenario::converged,
+    );
+    assert!(back.is_some(), "restarted node did not rejoin");
+    let rejoined: Vec<u64> = sim
+        .take_events()
+        .iter()
+        .filter_map(|e| match e.event {
+            Event::Joined {
+                member: 5,
+                incarnation,
+                ..
+            } => Some(incarnation),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rejoined.len(), n - 1, "{rejoined:?}");
+    assert!(rejoined.iter().all(|&i| i > 0));
+}
+
+#[test]
+fn graceful_leave_is_seen_as_left_not_failed() {
+    let mut sim = Sim::new(8, lan(), LinkModel::lan());
+    let n = 16;
+    sim.add_converged(n);
+    sim.run_for(Duration::from_secs(2));
+    sim.leave(3);
+    sim.run_for(Duration::from_secs(20));
+    let events = sim.take_events();
+    let left = events
+        .iter()
+        .filter(|e| matches!(e.event, Event::Left { member: 3, .. }))
+        .count();
+    assert_eq!(left, n - 1);
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e.event, Event::Failed { .. }))
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.node == 3 && matches!(e.event, Event::LeaveFinished { result: Ok(()), .. }))
+    );
+    assert!(sim.node(3).unwrap().has_left());
+}
+
+#[test]
+fn one_way_loss_is_bridged_by_ping_req() {
+    let mut sim = Sim::new(9, lan(), LinkModel::lan());
+    sim.add_converged(10);
+    // Node 1 never hears node 2 directly: its probes of 2 need helpers.
+    sim.set_one_way_loss(2, 1, 1.0);
+    sim.run_for(Duration::from_secs(120));
+    let events = sim.take_events();
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e.event, Event::Failed { .. })),
+        "{events:#?}"
+    );
+}
+
+#[test]
+fn short_seed_sweep() {
+    for seed in 100..103 {
+        crash_case(seed, 16, 3);
+        let r = scenario::false_positives(
+            seed,
+            16,
+            0.10,
+            Duration::from_secs(120),
+            &lan(),
+            LinkModel::lan(),
+        );
+        assert_eq!(r.failed_events, 0, "seed {seed}: {r:?}");
+    }
+}
+
+#[test]
+#[ignore = "long sweep: cargo test -p shoal-swim --release -- --ignored"]
+fn long_seed_sweep() {
+    for seed in 1000..1040 {
+        crash_case(seed, 64, 8);
+        let r = scenario::false_positives(
+            seed,
+            64,
+            0.10,
+            Duration::from_secs(900),
+            &lan(),
+            LinkModel::lan(),
+        );
+        assert_eq!(r.failed_events, 0, "seed {seed}: {r:?}");
+        let p = scenario::partition(
+            seed,
+            32,
+            Duration::from_secs(60),
+            &lan(),
+            LinkModel::lan(),
+            Duration::from_secs(300),
+        );
+        assert!(p.split_detected, "seed {seed}: {p:?}");
+        let bound = scenario::partition_bound(&lan(), 32);
+        assert!(p.converge.is_some_and(|t| t <= bound), "seed {seed}: {p:?}");
+    }
+}
+
+#[test]
+fn probe_period_of_presets() {
+    assert_eq!(period(&Config::lan()), Duration::from_secs(1));
+    assert_eq!(period(&Config::wan()), Duration::from_secs(6));
+}

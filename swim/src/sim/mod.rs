@@ -20,6 +20,8 @@
 //! The module is public (it has no dependency beyond the crate's own) so that the benchmark
 //! binary and other crates' tests can drive clusters; it is not meant for production use.
 
+pub mod scenario;
+
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
