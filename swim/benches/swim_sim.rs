@@ -1,0 +1,285 @@
+//! SWIM + Lifeguard benchmark on the simulator: prints a markdown table.
+//!
+//! `cargo bench -p shoal-swim --bench swim_sim` runs the full table (about ten minutes in a
+//! release build on two cores). Without `--bench` (as under `cargo test --benches`) it runs a
+//! tiny version so that CI keeps it compiling and working. `SWIM_BENCH_SEED` overrides the seed.
+
+use std::time::{Duration, Instant};
+
+use shoal_swim::Config;
+use shoal_swim::sim::scenario::{self, period};
+use shoal_swim::sim::{LinkModel, Sim, percentile};
+
+struct Scale {
+    crash_n: [usize; 2],
+    crashes: usize,
+    fp_n: usize,
+    fp_time: Duration,
+    slow_time: Duration,
+    part_n: usize,
+    diss_n: usize,
+    cost_n: [usize; 2],
+    big_n: usize,
+    big_time: Duration,
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let seed: u64 = std::env::var("SWIM_BENCH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(42);
+    let s = if full {
+        Scale {
+            crash_n: [100, 1000],
+            crashes: 20,
+            fp_n: 100,
+            fp_time: Duration::from_secs(3600),
+            slow_time: Duration::from_secs(600),
+            part_n: 100,
+            diss_n: 1000,
+            cost_n: [100, 1000],
+            big_n: 10_000,
+            big_time: Duration::from_secs(600),
+        }
+    } else {
+        Scale {
+            crash_n: [16, 32],
+            crashes: 3,
+            fp_n: 16,
+            fp_time: Duration::from_secs(60),
+            slow_time: Duration::from_secs(30),
+            part_n: 12,
+            diss_n: 32,
+            cost_n: [16, 32],
+            big_n: 64,
+            big_time: Duration::from_secs(30),
+        }
+    };
+    let config = Config::lan();
+    let link = LinkModel::lan();
+    let p = period(&config).as_secs_f64();
+    println!("## shoal-swim simulator benchmark\n");
+    println!(
+        "seed {seed}; LAN preset (probe {:?}, timeout {:?}, k = {}, α = {}, β = {}, K = {}, λ = {}, \
+         S = {}, push-pull {:?}, reconnect {:?}); link latency {:?}-{:?} uniform; \
+         1 period = {p} s{}\n",
+        config.probe_interval,
+        config.probe_timeout,
+        config.indirect_probes,
+        config.suspicion_alpha,
+        config.suspicion_beta,
+        config.suspicion_confirmations,
+        config.retransmit_mult,
+        config.max_local_health,
+        config.push_pull_interval,
+        config.reconnect_interval,
+        link.latency_min,
+        link.latency_max,
+        if full { "" } else { " (TINY run: pass --bench for the real table)" },
+    );
+    println!("| scenario | parameters | result | target / bound | ok |");
+    println!("|---|---|---|---|---|");
+
+    for n in s.crash_n {
+        let wall = Instant::now();
+        let r = scenario::crash_detection(
+            seed,
+            n,
+            s.crashes,
+            &config,
+            link.clone(),
+            Duration::from_secs(300),
+        );
+        let mut first = r.first_suspicion.clone();
+        let mut all = r.all_failed.clone();
+        let f50 = percentile(&mut first, 0.5).unwrap_or(f64::NAN);
+        let f99 = percentile(&mut first, 0.99).unwrap_or(f64::NAN);
+        let a50 = percentile(&mut all, 0.5).unwrap_or(f64::NAN);
+        let a99 = percentile(&mut all, 0.99).unwrap_or(f64::NAN);
+        let bound = scenario::crash_bound_periods(&config, n);
+        let expected = scenario::crash_expected_periods(&config, n);
+        row(
+            "crash detection",
+            &format!("n = {n}, {} crashes", r.first_suspicion.len()),
+            &format!(
+                "first suspicion p50 {f50:.2} / p99 {f99:.2} periods; all failed p50 {a50:.2} / \
+                 p99 {a99:.2} periods; undetected {}; false failures {} ({:.1} s wall)",
+                r.undetected,
+                r.false_failures,
+                wall.elapsed().as_secs_f64()
+            ),
+            &format!(
+                "first p50 ≤ 1.6; all-failed p99 ≤ {bound:.1} (Lifeguard bound: 2 windows + \
+                 β·α·max(1,log10 n) + λ·ceil(log10(n+1)) periods; with K confirmations \
+                 {expected:.1})"
+            ),
+            f50 <= 1.6 && a99 <= bound && r.undetected == 0 && r.false_failures == 0,
+        );
+    }
+
+    for loss in [0.10, 0.20, 0.30] {
+        let wall = Instant::now();
+        let r = scenario::false_positives(seed, s.fp_n, loss, s.fp_time, &config, link.clone());
+        row(
+            "false positives",
+            &format!(
+                "n = {}, {:.0}% uniform loss, {} virtual s",
+                s.fp_n,
+                loss * 100.0,
+                s.fp_time.as_secs()
+            ),
+            &format!(
+                "{} healthy members declared failed ({} failed events); {} suspicion events, \
+                 {} refutations ({:.1} s wall)",
+                r.members_failed,
+                r.failed_events,
+                r.suspicions,
+                r.refutations,
+                wall.elapsed().as_secs_f64()
+            ),
+            if loss <= 0.10 { "0 failed" } else { "reported" },
+            loss > 0.10 || r.failed_events == 0,
+        );
+    }
+
+    {
+        let delay = config.probe_timeout * 2;
+        let r = scenario::slow_node(seed, s.fp_n, delay, s.slow_time, &config, link.clone());
+        row(
+            "slow node",
+            &format!(
+                "n = {}, node 0 processes every message {delay:?} late, {} virtual s",
+                s.fp_n,
+                s.slow_time.as_secs()
+            ),
+            &format!(
+                "{} healthy members declared failed; {} suspicions of healthy members; slow \
+                 node's local health reached {}; slow node itself declared failed: {}",
+                r.healthy.members_failed,
+                r.healthy.suspicions,
+                r.slow_max_local_health,
+                r.slow_failed
+            ),
+            "0 healthy failed",
+            r.healthy.failed_events == 0,
+        );
+    }
+
+    {
+        let wall = Instant::now();
+        let n = s.part_n;
+        let r = scenario::partition(
+            seed,
+            n,
+            Duration::from_secs(60),
+            &config,
+            link.clone(),
+            Duration::from_secs(600),
+        );
+        let bound = scenario::partition_bound(&config, n);
+        row(
+            "partition",
+            &format!("n = {n}, 50/50 split for 60 s, then healed"),
+            &format!(
+                "split detected by all: {}; full membership again {} after heal ({:.1} s wall)",
+                r.split_detected,
+                r.converge
+                    .map_or("NOT within 600 s".to_string(), |d| format!("{:.1} s", d.as_secs_f64())),
+                wall.elapsed().as_secs_f64()
+            ),
+            &format!(
+                "≤ {:.1} s (1.5·reconnect + (2·λ·ceil(log10(n+1)) + 1) periods)",
+                bound.as_secs_f64()
+            ),
+            r.split_detected && r.converge.is_some_and(|d| d <= bound),
+        );
+    }
+
+    {
+        let n = s.diss_n;
+        let r = scenario::dissemination(seed, n, &config, link.clone(), Duration::from_secs(300));
+        let bound = config.retransmit_mult.get() as f64 * ((n + 1) as f64).log10().ceil();
+        row(
+            "dissemination",
+            &format!("n = {n}, one member joins through one seed"),
+            &format!(
+                "known by half after {} periods, by all after {} periods",
+                fmt_opt(r.half),
+                fmt_opt(r.all)
+            ),
+            &format!("≤ λ·ceil(log10(n+1)) = {bound} periods"),
+            r.all.is_some_and(|a| a <= bound),
+        );
+    }
+
+    for n in s.cost_n {
+        let r = scenario::cost(seed, n, Duration::from_secs(60), &config, link.clone());
+        row(
+            "cost",
+            &format!("n = {n}, steady state, 60 virtual s"),
+            &format!(
+                "{:.2} messages and {:.0} bytes sent per node per second",
+                r.messages_per_node_s, r.bytes_per_node_s
+            ),
+            "reported",
+            true,
+        );
+    }
+
+    {
+        let n = s.big_n;
+        let wall = Instant::now();
+        let mut sim = Sim::new(seed, config.clone(), link.clone());
+        sim.check_views = false;
+        sim.wire_roundtrip = false;
+        sim.add_converged(n);
+        let built = wall.elapsed();
+        sim.run_for(s.big_time);
+        let failed = sim
+            .take_events()
+            .iter()
+            .filter(|e| matches!(e.event, shoal_swim::Event::Failed { .. }))
+            .count();
+        let secs = s.big_time.as_secs_f64() * n as f64;
+        row(
+            "scale",
+            &format!("n = {n}, converged start, {} virtual s", s.big_time.as_secs()),
+            &format!(
+                "wall {:.1} s ({:.1} s to build the tables); peak memory (VmHWM) {}; {:.2} \
+                 messages and {:.0} bytes per node per s; {} failed events",
+                wall.elapsed().as_secs_f64(),
+                built.as_secs_f64(),
+                vm_hwm(),
+                sim.stats.messages as f64 / secs,
+                sim.stats.bytes as f64 / secs,
+                failed
+            ),
+            "reported; 0 failed",
+            failed == 0,
+        );
+    }
+}
+
+fn row(scenario: &str, params: &str, result: &str, target: &str, ok: bool) {
+    println!(
+        "| {scenario} | {params} | {result} | {target} | {} |",
+        if ok { "yes" } else { "NO" }
+    );
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map_or("never".to_string(), |v| format!("{v:.2}"))
+}
+
+/// Peak resident memory of this process, from `/proc/self/status` (Linux).
+fn vm_hwm() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(|l| l.trim_start_matches("VmHWM:").trim().to_string())
+        })
+        .unwrap_or_else(|| "unavailable".to_string())
+}
