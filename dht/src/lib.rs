@@ -5,9 +5,11 @@
 //!
 //! - [`record`]: the signed CBOR record envelope and its validation.
 //! - [`lockstep`]: lockstep notices and the book of the latest notice per key and publisher.
+//! - [`store`]: the record store behind Kademlia, in memory or written through to redb.
 
 mod envelope;
 pub mod lockstep;
 pub mod record;
+pub mod store;
 
 pub use envelope::EnvelopeError;
