@@ -18,7 +18,7 @@ use libp2p::PeerId;
 use libp2p::kad::store::{self as kad_store, MemoryStore};
 use libp2p::kad::{ProviderRecord, Record as KadRecord, RecordKey};
 
-pub use persist::{Persist, StorageError};
+pub use persist::{Pairs, Persist, StorageError};
 
 use crate::record::{MAX_RECORD_LEN, SignedRecord};
 

@@ -15,6 +15,9 @@ const NOTICES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("notices");
 /// Known peers: PeerId bytes to a CBOR list of multiaddr bytes.
 const ROUTING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("routing");
 
+/// Key/value pairs read from a table, in key order.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A storage failure. The operation that returned it did not take effect.
 #[derive(Debug, thiserror::Error)]
 #[error("storage: {0}")]
@@ -72,7 +75,7 @@ impl Persist {
     }
 
     /// Every stored record envelope, with its key.
-    pub fn records(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    pub fn records(&self) -> Result<Pairs, StorageError> {
         self.read_all(RECORDS)
     }
 
@@ -123,7 +126,7 @@ impl Persist {
     }
 
     /// The routing-table snapshot.
-    pub fn routing(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    pub fn routing(&self) -> Result<Pairs, StorageError> {
         self.read_all(ROUTING)
     }
 
@@ -141,10 +144,7 @@ impl Persist {
         Ok(())
     }
 
-    fn read_all(
-        &self,
-        def: TableDefinition<&[u8], &[u8]>,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    fn read_all(&self, def: TableDefinition<&[u8], &[u8]>) -> Result<Pairs, StorageError> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(def)?;
         let mut out = Vec::new();
