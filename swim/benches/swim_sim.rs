@@ -76,7 +76,11 @@ fn main() {
         config.reconnect_interval,
         link.latency_min,
         link.latency_max,
-        if full { "" } else { " (TINY run: pass --bench for the real table)" },
+        if full {
+            ""
+        } else {
+            " (TINY run: pass --bench for the real table)"
+        },
     );
     println!("| scenario | parameters | result | target / bound | ok |");
     println!("|---|---|---|---|---|");
@@ -185,7 +189,10 @@ fn main() {
                 "split detected by all: {}; full membership again {} after heal ({:.1} s wall)",
                 r.split_detected,
                 r.converge
-                    .map_or("NOT within 600 s".to_string(), |d| format!("{:.1} s", d.as_secs_f64())),
+                    .map_or("NOT within 600 s".to_string(), |d| format!(
+                        "{:.1} s",
+                        d.as_secs_f64()
+                    )),
                 wall.elapsed().as_secs_f64()
             ),
             &format!(
@@ -244,7 +251,10 @@ fn main() {
         let secs = s.big_time.as_secs_f64() * n as f64;
         row(
             "scale",
-            &format!("n = {n}, converged start, {} virtual s", s.big_time.as_secs()),
+            &format!(
+                "n = {n}, converged start, {} virtual s",
+                s.big_time.as_secs()
+            ),
             &format!(
                 "wall {:.1} s ({:.1} s to build the tables); peak memory (VmHWM) {}; {:.2} \
                  messages and {:.0} bytes per node per s; {} failed events",

@@ -146,6 +146,9 @@ pub enum Payload<T> {
         #[serde(rename = "t")]
         target: T,
     },
+    /// Carries only piggybacked updates; no answer is expected.
+    #[serde(rename = "g")]
+    Gossip,
     /// Full state exchange (also how a member joins and how partitions heal).
     #[serde(rename = "x")]
     PushPull {
@@ -323,6 +326,7 @@ mod tests {
             Payload::Ping { seq: 1 },
             Payload::Ack { seq: u64::MAX },
             Payload::Nack { seq: 0 },
+            Payload::Gossip,
             Payload::PingReq { seq: 9, target: 5 },
             Payload::PushPull {
                 join: true,

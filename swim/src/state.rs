@@ -28,7 +28,9 @@
 //! A target that stays silent to the end of the probe window becomes suspect. The suspicion
 //! times out after Lifeguard's dynamic timeout, which starts at `β · min` and shrinks
 //! logarithmically towards `min = α · max(1, log10 n) · T` as independent confirmations arrive;
-//! then the member is declared dead. A member refutes a suspicion by raising its incarnation.
+//! then the member is declared dead. A member whose own local health is poor stretches its
+//! suspicion timeouts by the same multiplier as its probes (`score + 1`), so that a slow or
+//! overloaded member, which misses acks, does not get healthy members declared dead. A member refutes a suspicion by raising its incarnation.
 //! Missed acks and nacks raise the local health multiplier, which stretches the probe interval
 //! and timeout (Lifeguard's local health awareness); the buddy system puts the suspicion into
 //! the ping sent to a suspect so it can refute at once. Updates ride on every message within a
@@ -249,6 +251,7 @@ pub struct Membership<T: Identity> {
     broadcasts: Broadcasts<T>,
     next_push_pull: Instant,
     next_reconnect: Instant,
+    next_gossip: Instant,
     seeds: Vec<T>,
     join: Option<(CommandId, Instant)>,
     next_command: u64,
@@ -312,6 +315,7 @@ impl<T: Identity> Membership<T> {
             broadcasts: Broadcasts::new(),
             next_push_pull,
             next_reconnect,
+            next_gossip: now,
             seeds: Vec::new(),
             join: None,
             next_command: 0,
@@ -520,6 +524,7 @@ impl<T: Identity> Membership<T> {
                 }
             }
             Payload::PingReq { seq, target } => self.on_ping_req(now, from, seq, target),
+            Payload::Gossip => {}
             Payload::PushPull {
                 join: _,
                 reply,
@@ -580,6 +585,14 @@ impl<T: Identity> Membership<T> {
                 self.send_push_pull(to, false, true);
             }
         }
+        if now >= self.next_gossip {
+            self.next_gossip = now + self.config.gossip_interval;
+            if self.broadcasts.len() > 0 {
+                for to in self.random_live(self.config.gossip_fanout, None) {
+                    self.send(to, Payload::Gossip, None);
+                }
+            }
+        }
         if now >= self.next_reconnect {
             self.next_reconnect = now
                 + self.config.reconnect_interval / 2
@@ -633,6 +646,9 @@ impl<T: Identity> Membership<T> {
         }
         consider(self.next_push_pull);
         consider(self.next_reconnect);
+        if self.broadcasts.len() > 0 && self.config.gossip_fanout > 0 {
+            consider(self.next_gossip);
+        }
         Some(next)
     }
 
@@ -920,7 +936,7 @@ impl<T: Identity> Membership<T> {
 
     fn start_suspicion(&mut self, now: Instant, member: T, by: T) {
         self.stop_suspicion(&member);
-        let deadline = now + self.suspicion_timeout(0);
+        let deadline = now + self.suspicion_timeout(0) * (self.local_health + 1);
         self.suspicion_timers.insert((deadline, member.clone()));
         self.suspicions.insert(
             member,
@@ -936,7 +952,8 @@ impl<T: Identity> Membership<T> {
     /// Counts an independent confirmation; returns whether it was new.
     fn confirm_suspicion(&mut self, member: &T, by: &T) -> bool {
         let k = self.config.suspicion_confirmations.get() as usize;
-        let timeout_of = |c| self.suspicion_timeout(c);
+        let mult = self.local_health + 1;
+        let timeout_of = |c| self.suspicion_timeout(c) * mult;
         let Some(s) = self.suspicions.get(member) else {
             return false;
         };
@@ -1280,6 +1297,9 @@ impl<T: Identity> Membership<T> {
             skip.as_ref(),
             &mut gossip,
         );
+        if payload == Payload::Gossip && gossip.is_empty() {
+            return;
+        }
         self.push_transmit(Transmit {
             to,
             msg: Message { payload, gossip },
