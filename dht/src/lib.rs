@@ -4,10 +4,12 @@
 //! This crate is being built up in layers. Present so far:
 //!
 //! - [`record`]: the signed CBOR record envelope and its validation.
+//! - [`gate`]: the identity gate behaviour on `/shoal/identity/1`.
 //! - [`lockstep`]: lockstep notices and the book of the latest notice per key and publisher.
 //! - [`store`]: the record store behind Kademlia, in memory or written through to redb.
 
 mod envelope;
+pub mod gate;
 pub mod lockstep;
 pub mod record;
 pub mod store;

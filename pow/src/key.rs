@@ -108,6 +108,20 @@ impl NodeKey {
         libp2p_identity::Keypair::from(libp2p_identity::ed25519::Keypair::from(secret))
     }
 
+    /// Recovers the key from a libp2p keypair; fails for non-ed25519 keypairs.
+    pub fn from_libp2p(keypair: &libp2p_identity::Keypair) -> Result<Self, KeyError> {
+        let ed = keypair
+            .clone()
+            .try_into_ed25519()
+            .map_err(|_| KeyError::InvalidPublicKey)?;
+        let secret = ed.secret();
+        let seed: [u8; 32] = secret
+            .as_ref()
+            .try_into()
+            .map_err(|_| KeyError::InvalidPublicKey)?;
+        Ok(Self::from_seed(seed))
+    }
+
     /// Signs `message`.
     pub fn sign(&self, message: &[u8]) -> [u8; SIGNATURE_LEN] {
         self.signing.sign(message).to_bytes()
@@ -259,6 +273,8 @@ mod tests {
         let peer = key.peer_id();
         assert_eq!(peer, key.to_libp2p().public().to_peer_id());
         assert_eq!(PublicKey::from_peer_id(&peer).unwrap(), key.public());
+        let back = NodeKey::from_libp2p(&key.to_libp2p()).unwrap();
+        assert_eq!(back.seed(), key.seed());
     }
 
     #[test]
