@@ -2,6 +2,8 @@
 //! the nodes closest to the key keep the latest notice per key and publisher, refuse a later put
 //! whose value does not match, and tell readers whether a value was announced.
 
+pub mod protocol;
+
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
