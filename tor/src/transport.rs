@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use arti_client::{DataStream, TorClient};
+use arti_client::{BootstrapBehavior, DataStream, TorClient};
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt as _, StreamExt as _};
@@ -31,8 +31,8 @@ pub enum Error {
     /// No tokio runtime is running; nothing was started.
     #[error("the Tor transport needs a running tokio runtime")]
     NoRuntime(#[source] std::io::Error),
-    /// arti failed to bootstrap; nothing is running.
-    #[error("arti failed to bootstrap")]
+    /// arti could not be created or failed to bootstrap; nothing is running.
+    #[error("arti failed to start or bootstrap")]
     Bootstrap(#[source] arti_client::Error),
     /// arti did not bootstrap within `bootstrap_timeout`; nothing is running.
     #[error("arti did not bootstrap within {0:?}")]
@@ -107,25 +107,17 @@ pub struct Transport {
 }
 
 impl Transport {
-    /// Bootstraps an arti client for `config` and returns a transport whose onion key is
-    /// `node_key`. Must run inside a tokio runtime; waits at most `config.bootstrap_timeout`.
-    pub async fn bootstrap(
-        config: Config,
-        node_key: ed25519_dalek::SigningKey,
-    ) -> Result<Self, Error> {
+    /// A transport whose onion key is `node_key`, with an arti client that bootstraps on first
+    /// use (the first dial or listen) rather than now. Must run inside a tokio runtime. Opens
+    /// (and locks) arti's state directory but sends nothing.
+    pub fn new(config: Config, node_key: ed25519_dalek::SigningKey) -> Result<Self, Error> {
         let arti_config = crate::arti::client_config(&config)?;
         let runtime = PreferredRuntime::current().map_err(Error::NoRuntime)?;
-        let started = std::time::Instant::now();
-        let client = tokio::time::timeout(
-            config.bootstrap_timeout,
-            TorClient::with_runtime(runtime)
-                .config(arti_config)
-                .create_bootstrapped(),
-        )
-        .await
-        .map_err(|_| Error::BootstrapTimeout(config.bootstrap_timeout))?
-        .map_err(Error::Bootstrap)?;
-        tracing::info!(elapsed = ?started.elapsed(), "arti bootstrapped");
+        let client = TorClient::with_runtime(runtime)
+            .config(arti_config)
+            .bootstrap_behavior(BootstrapBehavior::OnDemand)
+            .create_unbootstrapped()
+            .map_err(Error::Bootstrap)?;
         Ok(Self {
             client,
             node_key,
@@ -141,6 +133,23 @@ impl Transport {
             launched: 0,
             waker: None,
         })
+    }
+
+    /// [`Transport::new`], then waits (at most `config.bootstrap_timeout`) until arti has a
+    /// usable directory. Start Tor-dependent work after this returns.
+    pub async fn bootstrap(
+        config: Config,
+        node_key: ed25519_dalek::SigningKey,
+    ) -> Result<Self, Error> {
+        let limit = config.bootstrap_timeout;
+        let transport = Self::new(config, node_key)?;
+        let started = std::time::Instant::now();
+        tokio::time::timeout(limit, transport.client.bootstrap())
+            .await
+            .map_err(|_| Error::BootstrapTimeout(limit))?
+            .map_err(Error::Bootstrap)?;
+        tracing::info!(elapsed = ?started.elapsed(), "arti bootstrapped");
+        Ok(transport)
     }
 
     /// This node's onion address at `port`.
@@ -318,5 +327,112 @@ impl libp2p::core::Transport for Transport {
         while let Poll::Ready(Some(())) = this.rejections.poll_next_unpin(cx) {}
         this.waker = Some(cx.waker().clone());
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+
+    use libp2p::core::Endpoint;
+    use libp2p::core::Transport as _;
+    use libp2p::core::transport::PortUse;
+
+    use super::*;
+    use crate::config::{Fallback, PrivateNetwork};
+
+    /// A transport on a private network whose only directory is a closed loopback port, so
+    /// nothing can leave the machine even if arti tried. These tests never bootstrap it.
+    fn transport(dir: &std::path::Path) -> Transport {
+        let net = PrivateNetwork {
+            authority_v3idents: vec!["0123456789ABCDEF0123456789ABCDEF01234567".into()],
+            fallbacks: vec![Fallback {
+                rsa_identity: "89ABCDEF0123456789ABCDEF0123456789ABCDEF".into(),
+                ed_identity: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8".into(),
+                orports: vec!["127.0.0.1:1".parse().expect("socket address")],
+            }],
+            hsdir_interval_minutes: NonZeroU32::new(8),
+            dangerous_ignore_subnet_families: true,
+        };
+        let mut config = Config::private(net, dir);
+        config.dangerous_trust_all_file_permissions = true;
+        let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        Transport::new(config, key).expect("an unbootstrapped transport")
+    }
+
+    fn opts() -> DialOpts {
+        DialOpts {
+            role: Endpoint::Dialer,
+            port_use: PortUse::New,
+        }
+    }
+
+    fn other_onion(port: u16) -> Multiaddr {
+        let other = ed25519_dalek::SigningKey::from_bytes(&[8; 32]);
+        OnionAddr::from_public_key(&other.verifying_key(), port).to_multiaddr()
+    }
+
+    #[tokio::test]
+    async fn ip_and_dns_addresses_are_not_supported() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut t = transport(dir.path());
+        for text in [
+            "/ip4/127.0.0.1/tcp/1",
+            "/ip6/::1/tcp/1",
+            "/dns/localhost/tcp/1",
+        ] {
+            let addr: Multiaddr = text.parse().expect("valid multiaddr");
+            assert!(matches!(
+                t.dial(addr.clone(), opts()),
+                Err(TransportError::MultiaddrNotSupported(_))
+            ));
+            assert!(matches!(
+                t.listen_on(ListenerId::next(), addr),
+                Err(TransportError::MultiaddrNotSupported(_))
+            ));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_forged_or_corrupt_onion_is_refused_before_dialling() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut t = transport(dir.path());
+        let someone = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        let forged = other_onion(5).with(Protocol::P2p(someone));
+        assert!(matches!(
+            t.dial(forged, opts()),
+            Err(TransportError::Other(Error::Addr(
+                AddrError::PeerMismatch { .. }
+            )))
+        ));
+        let corrupt = Multiaddr::empty().with(Protocol::Onion3(([7u8; 35], 5).into()));
+        assert!(matches!(
+            t.dial(corrupt, opts()),
+            Err(TransportError::Other(Error::Addr(AddrError::BadOnion(_))))
+        ));
+    }
+
+    #[tokio::test]
+    async fn only_our_own_onion_can_be_listened_on() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut t = transport(dir.path());
+        assert!(matches!(
+            t.listen_on(ListenerId::next(), other_onion(80)),
+            Err(TransportError::Other(Error::NotOurOnion(_)))
+        ));
+        assert!(matches!(
+            t.listen_on(ListenerId::next(), any_onion(0)),
+            Err(TransportError::Other(Error::ZeroPort))
+        ));
+        let own = t.onion_address(80);
+        let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        assert_eq!(
+            OnionAddr::parse(&own)
+                .expect("own onion parses")
+                .key_bytes(),
+            key.verifying_key().to_bytes()
+        );
     }
 }

@@ -416,7 +416,11 @@ impl TestNetwork {
                 match node.child.try_wait() {
                     Ok(Some(_)) | Err(_) => break,
                     Ok(None) if Instant::now() >= deadline => {
-                        tracing::warn!(node = %node.nickname, "tor ignored SIGINT; killing it");
+                        tracing::warn!(
+                            node = %node.nickname,
+                            log = %log_tail(&node.data_dir, 5),
+                            "tor did not stop within 5 s of SIGINT; killing it"
+                        );
                         let _ = node.child.kill();
                         let _ = node.child.wait();
                         break;
