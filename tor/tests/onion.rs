@@ -4,8 +4,10 @@
 //! It needs Debian's `tor` and `tor-gencert` (`apt-get install -y tor`); without them it fails.
 
 use std::net::{Ipv4Addr, TcpListener};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arti_client::TorClient;
 use futures::StreamExt as _;
 use libp2p::core::transport::TransportError;
 use libp2p::core::upgrade::Version;
@@ -16,6 +18,7 @@ use libp2p::swarm::{DialError, NetworkBehaviour, SwarmEvent};
 use libp2p::{PeerId, Swarm, kad, noise, ping, yamux};
 use shoal_tor::testnet::{TestNetConfig, TestNetwork};
 use shoal_tor::{any_onion, onion_address_of, onion_matches_peer};
+use tor_rtcompat::PreferredRuntime;
 
 /// Onion virtual port every node listens on.
 const PORT: u16 = 4001;
@@ -30,8 +33,11 @@ struct Behaviour {
 
 struct Node {
     name: &'static str,
+    keypair: Keypair,
     swarm: Swarm<Behaviour>,
     onion: Multiaddr,
+    /// The arti client inside the swarm's transport, to wait for it to stop.
+    tor: Arc<TorClient<PreferredRuntime>>,
 }
 
 impl Node {
@@ -40,8 +46,7 @@ impl Node {
     }
 }
 
-async fn node(net: &TestNetwork, name: &'static str) -> Node {
-    let keypair = Keypair::generate_ed25519();
+async fn node(net: &TestNetwork, name: &'static str, keypair: Keypair) -> Node {
     let peer = keypair.public().to_peer_id();
     let node_key = shoal_tor::signing_key_from_libp2p(&keypair).expect("an ed25519 keypair");
     let started = Instant::now();
@@ -50,6 +55,7 @@ async fn node(net: &TestNetwork, name: &'static str) -> Node {
         .unwrap_or_else(|e| panic!("{name}: arti bootstrap failed: {e:?}"));
     println!("{name}: arti bootstrapped in {:?}", started.elapsed());
     let onion = tor.onion_address(PORT);
+    let tor_client = Arc::clone(tor.tor_client());
     assert_eq!(
         Some(onion.clone()),
         onion_address_of(&keypair.public(), PORT)
@@ -71,7 +77,13 @@ async fn node(net: &TestNetwork, name: &'static str) -> Node {
         .with_idle_connection_timeout(Duration::from_secs(120));
     let mut swarm = Swarm::new(transport, behaviour, peer, config);
     swarm.add_external_address(onion.clone());
-    Node { name, swarm, onion }
+    Node {
+        name,
+        keypair,
+        swarm,
+        onion,
+        tor: tor_client,
+    }
 }
 
 /// The next event of any of three nodes, with the node's index.
@@ -180,7 +192,11 @@ async fn scenarios() {
     );
 
     let started = Instant::now();
-    let (a, b, c) = tokio::join!(node(&net, "a"), node(&net, "b"), node(&net, "c"));
+    let (a, b, c) = tokio::join!(
+        node(&net, "a", Keypair::generate_ed25519()),
+        node(&net, "b", Keypair::generate_ed25519()),
+        node(&net, "c", Keypair::generate_ed25519())
+    );
     println!("three arti clients bootstrapped in {:?}", started.elapsed());
     let mut nodes = [a, b, c];
 
@@ -400,6 +416,74 @@ async fn scenarios() {
     .await;
     println!("kad get b->a over onions took {:?}", get_started.elapsed());
     assert_eq!(found, value);
+
+    // A stream to a port the service does not listen on is refused.
+    let wrong_port = onion_address_of(&nodes[0].keypair.public(), PORT + 1)
+        .expect("ed25519 key")
+        .with(libp2p::multiaddr::Protocol::P2p(a_peer));
+    let refused = Instant::now();
+    let errors = failed_dial(&mut nodes, 1, wrong_port).await;
+    assert!(
+        errors
+            .iter()
+            .all(|(_, e)| matches!(e, TransportError::Other(_))),
+        "{errors:?}"
+    );
+    println!(
+        "a dial to an unserved port failed after {:?}",
+        refused.elapsed()
+    );
+
+    // A restarted node (same key, same state directory) serves the same onion address again.
+    let [a, b, c] = nodes;
+    let Node {
+        keypair: a_keypair,
+        swarm: a_swarm,
+        tor: a_tor,
+        ..
+    } = a;
+    drop(a_swarm);
+    let stopped = a_tor.wait_for_stop();
+    drop(a_tor);
+    tokio::time::timeout(Duration::from_secs(30), stopped)
+        .await
+        .expect("a's arti client stops once its swarm is dropped");
+    let restarted = Instant::now();
+    let a = node(&net, "a", a_keypair).await;
+    assert_eq!(a.peer(), a_peer);
+    let mut nodes = [a, b, c];
+    nodes[0]
+        .swarm
+        .listen_on(any_onion(PORT))
+        .expect("listen again after a restart");
+    let dial_addr = nodes[0]
+        .onion
+        .clone()
+        .with(libp2p::multiaddr::Protocol::P2p(a_peer));
+    let opts = DialOpts::from(dial_addr);
+    let wanted = opts.connection_id();
+    nodes[1].swarm.dial(opts).expect("dial a's onion again");
+    drive_until(
+        &mut nodes,
+        Duration::from_secs(120),
+        "b reconnected to a",
+        |i, e| match e {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                ..
+            } if i == 1 && connection_id == wanted => {
+                assert_eq!(peer_id, a_peer);
+                Some(())
+            }
+            _ => None,
+        },
+    )
+    .await;
+    println!(
+        "a restarted and was reachable again after {:?}",
+        restarted.elapsed()
+    );
 
     drop(nodes);
     drop(net);
