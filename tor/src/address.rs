@@ -171,6 +171,24 @@ pub fn onion_matches_peer(addr: &Multiaddr, peer: &PeerId) -> bool {
     }
 }
 
+/// Whether `addr` names an IP host or a DNS name anywhere (`/ip4`, `/ip6`, `/ip6zone`, `/dns`,
+/// `/dns4`, `/dns6`, `/dnsaddr`). A Tor-only node must never dial, listen on or advertise such
+/// an address; use this to filter what identify, Kademlia or membership would send.
+pub fn reveals_ip(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| {
+        matches!(
+            p,
+            Protocol::Ip4(_)
+                | Protocol::Ip6(_)
+                | Protocol::Ip6zone(_)
+                | Protocol::Dns(_)
+                | Protocol::Dns4(_)
+                | Protocol::Dns6(_)
+                | Protocol::Dnsaddr(_)
+        )
+    })
+}
+
 /// RFC 4648 base32 alphabet, as used in onion addresses.
 const BASE32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
 

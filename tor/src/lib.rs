@@ -14,7 +14,8 @@
 //!
 //! Because the onion key is the node key, an onion address and a [`PeerId`](libp2p::PeerId)
 //! prove each other: [`onion_address_of`] computes a peer's address, [`onion_matches_peer`]
-//! tells whether an advertised onion address really belongs to the peer advertising it.
+//! tells whether an advertised onion address really belongs to the peer advertising it, and
+//! [`reveals_ip`] finds addresses a Tor-only node must never dial, listen on or advertise.
 //!
 //! # Driving it
 //! ```no_run
@@ -59,7 +60,7 @@ mod listener;
 pub mod testnet;
 mod transport;
 
-pub use address::{AddrError, OnionAddr, onion_address_of, onion_matches_peer};
+pub use address::{AddrError, OnionAddr, onion_address_of, onion_matches_peer, reveals_ip};
 pub use config::{Config, ConfigError, Fallback, Network, PrivateNetwork};
 pub use dial::DialFailure;
 pub use key::{KeyError, signing_key_from_libp2p};
