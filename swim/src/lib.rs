@@ -33,15 +33,18 @@
 #[path = "tests/macros.rs"]
 mod test_macros;
 
+pub mod behaviour;
 pub mod config;
 pub mod error;
 pub mod message;
+pub mod protocol;
 pub mod sim;
 mod state;
 
 #[cfg(test)]
 mod tests;
 
+pub use behaviour::{Behaviour, WireStats};
 pub use config::Config;
 pub use error::{CodecError, CommandError, ConfigError};
 pub use message::{Address, Message, Payload, State, Update};

@@ -38,6 +38,7 @@
 //! and push-pulls to seeds heal partitions.
 
 mod broadcast;
+mod local_addrs;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
