@@ -278,6 +278,43 @@ mod tests {
         assert!(IdentityProof::from_bytes(&[0u8; 41]).is_err());
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// A minted proof verifies; changing its nonce or its key makes it fail, unless the
+        /// change happens to land on another genuine solution (odds 2^-12 a case), which the test
+        /// recognises by evaluating the puzzle for the changed proof.
+        #[test]
+        fn changing_a_proof_breaks_it(seed in proptest::prelude::any::<[u8; 32]>(),
+                                      flip in 1u64..,
+                                      change_key in proptest::prelude::any::<bool>()) {
+            use crate::mint::{CancelToken, MintOptions, mint};
+            let puzzle = Puzzle::new(PuzzleConfig { log_n: 4, difficulty: 12, ..PuzzleConfig::testnet() })
+                .unwrap();
+            let key = NodeKey::from_seed(seed).public();
+            let options = MintOptions { threads: std::num::NonZeroUsize::MIN, ..MintOptions::default() };
+            let proof = mint(&puzzle, &key, &options, &CancelToken::new(), |_| {}).unwrap().proof;
+            proptest::prop_assert!(puzzle.verify(&proof).is_ok());
+            let mut changed = proof;
+            if change_key {
+                let mut other = seed;
+                other[0] ^= 1;
+                changed.key = NodeKey::from_seed(other).public();
+            } else {
+                changed.nonce ^= flip;
+            }
+            let genuine = leading_zero_bits(&puzzle.evaluate(&changed.key, changed.nonce)) >= 12;
+            proptest::prop_assert_eq!(puzzle.verify(&changed).is_ok(), genuine);
+            if !genuine {
+                let is_too_few_bits = matches!(
+                    puzzle.verify(&changed),
+                    Err(ProofError::TooFewBits { required: 12, .. })
+                );
+                proptest::prop_assert!(is_too_few_bits);
+            }
+        }
+    }
+
     #[test]
     fn network_id_is_the_salt() {
         let key = NodeKey::from_seed([7; 32]).public();
