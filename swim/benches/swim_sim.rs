@@ -3,6 +3,11 @@
 //! `cargo bench -p shoal-swim --bench swim_sim` runs the full table (about ten minutes in a
 //! release build on two cores). Without `--bench` (as under `cargo test --benches`) it runs a
 //! tiny version so that CI keeps it compiling and working. `SWIM_BENCH_SEED` overrides the seed.
+//!
+//! Further arguments (or `SWIM_BENCH_ONLY`, comma-separated) select rows by name, to iterate on
+//! a few: `crash` (both sizes), `crash100`, `crash1000`, `fp` (every loss), `fp10`, `fp20`,
+//! `fp30`, `slow`, `partition`, `dissemination`, `cost`, `scale`. For example
+//! `cargo bench -p shoal-swim --bench swim_sim -- --bench crash fp10`. No selector runs them all.
 
 use std::time::{Duration, Instant};
 
@@ -23,8 +28,34 @@ struct Scale {
     big_time: Duration,
 }
 
+/// Which rows to run: every row unless selectors were given.
+struct Select(Vec<String>);
+
+impl Select {
+    fn from_env() -> Self {
+        let mut names: Vec<String> = std::env::args()
+            .skip(1)
+            .filter(|a| !a.starts_with('-'))
+            .collect();
+        if let Ok(only) = std::env::var("SWIM_BENCH_ONLY") {
+            names.extend(
+                only.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty()),
+            );
+        }
+        Self(names)
+    }
+
+    /// Whether row `name` (or its group `group`) was selected.
+    fn wants(&self, group: &str, name: &str) -> bool {
+        self.0.is_empty() || self.0.iter().any(|s| s == group || s == name)
+    }
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
+    let select = Select::from_env();
     let seed: u64 = std::env::var("SWIM_BENCH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -85,7 +116,10 @@ fn main() {
     println!("| scenario | parameters | result | target / bound | ok |");
     println!("|---|---|---|---|---|");
 
-    for n in s.crash_n {
+    for (i, n) in s.crash_n.into_iter().enumerate() {
+        if !select.wants("crash", ["crash100", "crash1000"][i]) {
+            continue;
+        }
         let wall = Instant::now();
         let r = scenario::crash_detection(
             seed,
@@ -122,7 +156,10 @@ fn main() {
         );
     }
 
-    for loss in [0.10, 0.20, 0.30] {
+    for (loss, name) in [(0.10, "fp10"), (0.20, "fp20"), (0.30, "fp30")] {
+        if !select.wants("fp", name) {
+            continue;
+        }
         let wall = Instant::now();
         let r = scenario::false_positives(seed, s.fp_n, loss, s.fp_time, &config, link.clone());
         row(
@@ -147,7 +184,7 @@ fn main() {
         );
     }
 
-    {
+    if select.wants("slow", "slow") {
         let delay = config.probe_timeout * 2;
         let r = scenario::slow_node(seed, s.fp_n, delay, s.slow_time, &config, link.clone());
         row(
@@ -170,7 +207,7 @@ fn main() {
         );
     }
 
-    {
+    if select.wants("partition", "partition") {
         let wall = Instant::now();
         let n = s.part_n;
         let r = scenario::partition(
@@ -203,7 +240,7 @@ fn main() {
         );
     }
 
-    {
+    if select.wants("dissemination", "dissemination") {
         let n = s.diss_n;
         let r = scenario::dissemination(seed, n, &config, link.clone(), Duration::from_secs(300));
         let bound = config.retransmit_mult.get() as f64 * ((n + 1) as f64).log10().ceil();
@@ -221,6 +258,9 @@ fn main() {
     }
 
     for n in s.cost_n {
+        if !select.wants("cost", "cost") {
+            continue;
+        }
         let r = scenario::cost(seed, n, Duration::from_secs(60), &config, link.clone());
         row(
             "cost",
@@ -234,7 +274,7 @@ fn main() {
         );
     }
 
-    {
+    if select.wants("scale", "scale") {
         let n = s.big_n;
         let wall = Instant::now();
         let mut sim = Sim::new(seed, config.clone(), link.clone());

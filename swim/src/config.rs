@@ -51,7 +51,12 @@ pub struct Config {
     /// 200 ms. Limits: at least 1 ms.
     pub gossip_interval: Duration,
     /// Members a gossip round sends to; 0 disables dedicated gossip (updates then ride only on
-    /// probes and acks). Default: 3. Limits: 0 to 16.
+    /// probes and acks, as in SWIM). Default: 0. Limits: 0 to 16.
+    ///
+    /// Off by default: each round spends the `λ · log(n + 1)` transmissions of every queued
+    /// update on random members, so refutations stop reaching the members that still suspect
+    /// (simulator, n = 100 at 10% loss for an hour: 14 healthy members declared failed instead
+    /// of 0), and first suspicion after a crash came later (p50 1.83 instead of 1.51 periods).
     pub gossip_fanout: usize,
     /// Byte budget of the updates piggybacked on one message (on top of the message itself).
     /// Unit: bytes of CBOR. Default: 512. Limits: 64 to `max_message_bytes / 2`.
@@ -114,7 +119,7 @@ impl Config {
             retransmit_mult: nz32(4),
             max_local_health: 8,
             gossip_interval: Duration::from_millis(200),
-            gossip_fanout: 3,
+            gossip_fanout: 0,
             gossip_budget: nzu(512),
             push_pull_interval: Duration::from_secs(30),
             reconnect_interval: Duration::from_secs(5),

@@ -505,9 +505,14 @@ impl<T: Identity> Membership<T> {
         if self.status == Status::Left || from == self.me {
             return;
         }
+        let mut corrections = Vec::new();
         for update in msg.gossip.into_iter().take(message::MAX_GOSSIP_UPDATES) {
+            if let Some(fresher) = self.fresher_than(&update) {
+                corrections.push(fresher);
+            }
             self.apply(now, update, false);
         }
+        self.correct(from.clone(), corrections);
         match msg.payload {
             Payload::Ping { seq } => {
                 let buddy = self.news_about(&from);
@@ -1227,6 +1232,53 @@ impl<T: Identity> Membership<T> {
         } else {
             self.broadcasts.push(self.my_update());
         }
+    }
+
+    /// Our fresher news when `u` is stale bad news: a suspicion or death of a member we know
+    /// alive at a newer incarnation. Its sender missed the refutation, and its
+    /// own suspicion timer may still run: we tell it directly (see [`Self::correct`]).
+    fn fresher_than(&self, u: &Update<T>) -> Option<Update<T>> {
+        if !matches!(u.state, State::Suspect | State::Dead) || u.member == self.me {
+            return None;
+        }
+        let m = self.members.get(&u.member)?;
+        if m.incarnation <= u.incarnation || m.state != State::Alive {
+            return None;
+        }
+        Some(Update {
+            member: u.member.clone(),
+            incarnation: m.incarnation,
+            state: State::Alive,
+            addrs: m.addrs.to_vec(),
+            by: None,
+        })
+    }
+
+    /// Sends `to` the refutations it missed, in a gossip-only message of their own (bounded by
+    /// the gossip budget), so that a member holding a stale suspicion learns the refutation
+    /// before its suspicion timer declares a live member dead. Piggyback alone retransmits a
+    /// refutation only `λ · log(n + 1)` times to random members and can miss it.
+    fn correct(&mut self, to: T, updates: Vec<Update<T>>) {
+        if updates.is_empty() || self.status != Status::Active {
+            return;
+        }
+        let mut budget = self.config.gossip_budget.get();
+        let mut gossip = Vec::new();
+        for u in updates {
+            let size = message::encoded_len(&u);
+            if size > budget || gossip.len() >= message::MAX_GOSSIP_UPDATES {
+                break;
+            }
+            budget -= size;
+            gossip.push(u);
+        }
+        self.push_transmit(Transmit {
+            to,
+            msg: Message {
+                payload: Payload::Gossip,
+                gossip,
+            },
+        });
     }
 
     fn set_member(&mut self, id: &T, incarnation: u64, state: State, addrs: Arc<[Address]>) {

@@ -33,10 +33,10 @@ fn crash_case(seed: u64, n: usize, crashes: usize) {
     let mut first = report.first_suspicion.clone();
     let mut all = report.all_failed.clone();
     // Someone probes the crashed member about once a period (a superposition of n round-robin
-    // orders), and suspects it one window later: the median is near 1.7 periods, and every
-    // member probes it within one round of n - 1 periods.
+    // orders), and suspects it one window later: SWIM's expectation is e/(e-1) ≈ 1.58 periods,
+    // and every member probes it within one round of n - 1 periods.
     let first_p50 = percentile(&mut first, 0.5).unwrap();
-    assert!(first_p50 <= 2.5, "seed {seed}: first suspicion {first:?}");
+    assert!(first_p50 <= 1.6, "seed {seed}: first suspicion {first:?}");
     let first_max = percentile(&mut first, 1.0).unwrap();
     assert!(
         first_max <= n as f64,
@@ -54,14 +54,23 @@ fn crash_is_detected_within_the_lifeguard_bound() {
     crash_case(1, 48, 12);
 }
 
+/// The benchmark's n = 100 row with its seed (20 crashes): first suspicion p50 ≤ 1.6 periods.
+/// Dedicated gossip rounds on by default pushed it to 1.83.
+#[test]
+fn first_suspicion_at_a_hundred_members() {
+    crash_case(42, 100, 20);
+}
+
 #[test]
 fn no_false_failure_at_ten_percent_loss() {
     let config = lan();
+    // n = 48 for ten minutes: with dedicated gossip rounds on, or without the direct
+    // correction of stale suspicions, seed 2 declares a healthy member dead.
     let report = scenario::false_positives(
         2,
-        24,
+        48,
         0.10,
-        Duration::from_secs(300),
+        Duration::from_secs(600),
         &config,
         LinkModel::lan(),
     );
