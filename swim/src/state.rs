@@ -28,9 +28,7 @@
 //! A target that stays silent to the end of the probe window becomes suspect. The suspicion
 //! times out after Lifeguard's dynamic timeout, which starts at `β · min` and shrinks
 //! logarithmically towards `min = α · max(1, log10 n) · T` as independent confirmations arrive;
-//! then the member is declared dead. A member whose own local health is poor stretches its
-//! suspicion timeouts by the same multiplier as its probes (`score + 1`), so that a slow or
-//! overloaded member, which misses acks, does not get healthy members declared dead. A member refutes a suspicion by raising its incarnation.
+//! then the member is declared dead. A member refutes a suspicion by raising its incarnation.
 //! Missed acks and nacks raise the local health multiplier, which stretches the probe interval
 //! and timeout (Lifeguard's local health awareness); the buddy system puts the suspicion into
 //! the ping sent to a suspect so it can refute at once. Updates ride on every message within a
@@ -942,7 +940,7 @@ impl<T: Identity> Membership<T> {
 
     fn start_suspicion(&mut self, now: Instant, member: T, by: T) {
         self.stop_suspicion(&member);
-        let deadline = now + self.suspicion_timeout(0) * (self.local_health + 1);
+        let deadline = now + self.suspicion_timeout(0);
         self.suspicion_timers.insert((deadline, member.clone()));
         self.suspicions.insert(
             member,
@@ -958,8 +956,7 @@ impl<T: Identity> Membership<T> {
     /// Counts an independent confirmation; returns whether it was new.
     fn confirm_suspicion(&mut self, member: &T, by: &T) -> bool {
         let k = self.config.suspicion_confirmations.get() as usize;
-        let mult = self.local_health + 1;
-        let timeout_of = |c| self.suspicion_timeout(c) * mult;
+        let timeout_of = |c| self.suspicion_timeout(c);
         let Some(s) = self.suspicions.get(member) else {
             return false;
         };

@@ -106,12 +106,12 @@ fn silent_target_gets_ping_req_then_suspected_then_failed() {
     assert!(matches!(e, Event::Suspected { member, by: 1, .. } if member == target));
     assert_eq!(a.local_health(), 2, "two missed nacks");
     assert_eq!(a.member(&target).unwrap().state, State::Suspect);
-    // No confirmation: the suspicion lasts β · α · max(1, log10 5) · T = 24 s, stretched by
-    // our local health multiplier (2 + 1).
+    // No confirmation: the suspicion lasts β · α · max(1, log10 5) · T = 24 s; local health
+    // stretches probes, not suspicions (Lifeguard).
     let suspected_at = sent + Duration::from_secs(1);
-    advance(&mut a, suspected_at + Duration::from_millis(71_900));
-    assert!(a.member(&target).unwrap().state == State::Suspect);
-    advance(&mut a, suspected_at + Duration::from_millis(72_100));
+    advance(&mut a, suspected_at + Duration::from_millis(23_900));
+    expect_no_event!(a, Event::Failed { .. });
+    advance(&mut a, suspected_at + Duration::from_millis(24_100));
     let e = expect_event!(a, Event::Failed { .. });
     assert!(matches!(e, Event::Failed { member, incarnation: 0, .. } if member == target));
     assert_eq!(a.live_members(), 3);
