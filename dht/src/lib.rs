@@ -8,10 +8,14 @@
 //! - [`lockstep`]: lockstep notices and the book of the latest notice per key and publisher.
 //! - [`store`]: the record store behind Kademlia, in memory or written through to redb.
 
+pub mod behaviour;
+pub mod config;
 mod envelope;
 pub mod gate;
 pub mod lockstep;
 pub mod record;
 pub mod store;
 
+pub use behaviour::Behaviour;
+pub use config::{Config, ConfigError};
 pub use envelope::EnvelopeError;

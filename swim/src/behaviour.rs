@@ -6,8 +6,14 @@
 //! peer. The behaviour reads the clock once per `poll`, keeps one timer set to the core's
 //! `poll_timeout`, and keeps the core's own addresses in step with the swarm's listen and
 //! external addresses.
+//!
+//! With [`Behaviour::require_admission`], only admitted peers take part: messages from other
+//! peers are dropped (counted in [`WireStats::unadmitted`]), and membership updates about members
+//! not admitted are cut from gossip and push-pull before the core sees them; each such member is
+//! reported once as [`Event::Discovered`] so the embedding node can verify it and call
+//! [`Behaviour::admit`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -24,7 +30,7 @@ use libp2p::{Multiaddr, PeerId};
 
 use crate::config::Config;
 use crate::error::{CommandError, ConfigError};
-use crate::message::{self, Address};
+use crate::message::{self, Address, Message, Payload, Update};
 use crate::protocol::{Codec, PROTOCOL};
 use crate::state::{self, CommandId, Member, Membership, Stats};
 
@@ -91,6 +97,15 @@ pub enum Event {
         id: CommandId,
         /// Outcome.
         result: Result<(), CommandError>,
+    },
+    /// Only with admission required: a member not admitted was named in gossip or a push-pull.
+    /// The updates about it were dropped; admit it to let later ones through. Reported once per
+    /// peer (up to a bound of remembered peers).
+    Discovered {
+        /// The member.
+        peer: PeerId,
+        /// The addresses the update gave.
+        addrs: Vec<Multiaddr>,
     },
 }
 
@@ -170,6 +185,21 @@ pub struct WireStats {
     pub malformed: u64,
     /// Transmits dropped: no address known for the destination, or encoding over the bound.
     pub undeliverable: u64,
+    /// Inbound messages dropped because their sender is not admitted.
+    pub unadmitted: u64,
+    /// Membership updates about members not admitted, cut from inbound messages.
+    pub updates_dropped: u64,
+}
+
+/// Peers reported as [`Event::Discovered`] and remembered so they are reported once, at most
+/// this many.
+const MAX_DISCOVERED: usize = 16_384;
+
+/// The admission set: who may talk to the core and be named to it.
+#[derive(Debug, Default)]
+struct Admission {
+    admitted: HashSet<PeerId>,
+    reported: HashSet<PeerId>,
 }
 
 /// Seeds remembered for dialing, at most this many.
@@ -186,6 +216,7 @@ pub struct Behaviour {
     seed_addrs: HashMap<PeerId, Vec<Multiaddr>>,
     events: VecDeque<Event>,
     wire: WireStats,
+    admission: Option<Admission>,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -222,6 +253,7 @@ impl Behaviour {
             seed_addrs: HashMap::new(),
             events: VecDeque::new(),
             wire: WireStats::default(),
+            admission: None,
         })
     }
 
@@ -236,6 +268,67 @@ impl Behaviour {
             ids.push(peer);
         }
         self.core.join(Instant::now(), ids)
+    }
+
+    /// From now on only admitted peers take part (see the module docs). Off by default: every
+    /// peer is admitted.
+    pub fn require_admission(&mut self) {
+        self.admission.get_or_insert_with(Admission::default);
+    }
+
+    /// Admits `peer`: its messages and updates about it reach the core. A no-op unless
+    /// admission is required.
+    pub fn admit(&mut self, peer: PeerId) {
+        if let Some(a) = self.admission.as_mut() {
+            a.reported.remove(&peer);
+            a.admitted.insert(peer);
+        }
+    }
+
+    /// Revokes `peer`'s admission: its messages and updates about it are dropped again (it is
+    /// not reported as discovered again). A no-op unless admission is required.
+    pub fn revoke(&mut self, peer: &PeerId) {
+        if let Some(a) = self.admission.as_mut()
+            && a.admitted.remove(peer)
+            && a.reported.len() < MAX_DISCOVERED
+        {
+            a.reported.insert(*peer);
+        }
+    }
+
+    /// Whether `peer` is admitted (always true when admission is not required).
+    pub fn is_admitted(&self, peer: &PeerId) -> bool {
+        self.admission
+            .as_ref()
+            .is_none_or(|a| a.admitted.contains(peer))
+    }
+
+    /// Cuts updates about members not admitted from `msg`, reporting each new one. Updates about
+    /// ourselves always pass (we must see suspicions of us to refute them).
+    fn filter_updates(&mut self, msg: &mut Message<PeerId>) {
+        let local = *self.core.local_id();
+        let Some(admission) = self.admission.as_mut() else {
+            return;
+        };
+        let mut dropped = 0u64;
+        let mut keep = |u: &Update<PeerId>| {
+            if u.member == local || admission.admitted.contains(&u.member) {
+                return true;
+            }
+            dropped += 1;
+            if admission.reported.len() < MAX_DISCOVERED && admission.reported.insert(u.member) {
+                self.events.push_back(Event::Discovered {
+                    peer: u.member,
+                    addrs: to_multiaddrs(&u.addrs),
+                });
+            }
+            false
+        };
+        msg.gossip.retain(&mut keep);
+        if let Payload::PushPull { members, .. } = &mut msg.payload {
+            members.retain(&mut keep);
+        }
+        self.wire.updates_dropped += dropped;
     }
 
     /// Leaves gracefully; [`Event::LeaveFinished`] reports when the departure was gossiped.
@@ -318,9 +411,15 @@ impl Behaviour {
             } => {
                 // The acknowledgement only closes the stream; SWIM's acks are messages.
                 let _ = self.inner.send_response(channel, ());
+                if !self.is_admitted(&peer) {
+                    self.wire.unadmitted += 1;
+                    tracing::trace!(%peer, "SWIM message from a peer not admitted dropped");
+                    return;
+                }
                 match message::decode::<PeerId>(&request, self.max_message_bytes) {
-                    Ok(msg) => {
+                    Ok(mut msg) => {
                         self.wire.received += 1;
+                        self.filter_updates(&mut msg);
                         self.core.handle_message(now, peer, msg);
                     }
                     Err(error) => {

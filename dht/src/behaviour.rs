@@ -1,0 +1,117 @@
+//! The DHT's network behaviour: identify, Kademlia, SWIM, the identity gate and lockstep, side by
+//! side in one swarm. The rules tying them together live in the event loop ([`crate::node`]).
+
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{StreamProtocol, identify, kad};
+use shoal_pow::{IdentityProof, IdentityVerifier, NodeKey, Puzzle, unix_now};
+
+use crate::config::{Config, ConfigError};
+use crate::gate;
+use crate::lockstep::protocol as lockstep;
+use crate::record::MAX_RECORD_LEN;
+use crate::store::RecordStore;
+
+/// Kad's packet limit: one record envelope plus room for the message around it.
+pub const MAX_KAD_PACKET: usize = MAX_RECORD_LEN + 16 * 1024;
+
+/// The combined behaviour.
+#[derive(NetworkBehaviour)]
+#[behaviour(to_swarm = "Event", prelude = "libp2p::swarm::derive_prelude")]
+pub struct Behaviour {
+    /// Identify on `/shoal/<network>/id/1.0.0`.
+    pub identify: identify::Behaviour,
+    /// Kademlia on `/shoal/<network>/kad/1.0.0`, manual bucket inserts, filtered stores.
+    pub kad: kad::Behaviour<RecordStore>,
+    /// SWIM membership with admission required.
+    pub swim: shoal_swim::Behaviour,
+    /// The identity gate.
+    pub gate: gate::Behaviour,
+    /// Lockstep requests.
+    pub lockstep: lockstep::Behaviour,
+}
+
+/// An event of one of the parts.
+#[derive(Debug)]
+pub enum Event {
+    /// From identify.
+    Identify(Box<identify::Event>),
+    /// From kad.
+    Kad(Box<kad::Event>),
+    /// From SWIM.
+    Swim(shoal_swim::behaviour::Event),
+    /// From the gate.
+    Gate(gate::Event),
+    /// From lockstep.
+    Lockstep(libp2p::request_response::Event<lockstep::Request, lockstep::Response>),
+}
+
+impl From<identify::Event> for Event {
+    fn from(e: identify::Event) -> Self {
+        Self::Identify(Box::new(e))
+    }
+}
+
+impl From<kad::Event> for Event {
+    fn from(e: kad::Event) -> Self {
+        Self::Kad(Box::new(e))
+    }
+}
+
+impl From<shoal_swim::behaviour::Event> for Event {
+    fn from(e: shoal_swim::behaviour::Event) -> Self {
+        Self::Swim(e)
+    }
+}
+
+impl From<gate::Event> for Event {
+    fn from(e: gate::Event) -> Self {
+        Self::Gate(e)
+    }
+}
+
+impl From<libp2p::request_response::Event<lockstep::Request, lockstep::Response>> for Event {
+    fn from(e: libp2p::request_response::Event<lockstep::Request, lockstep::Response>) -> Self {
+        Self::Lockstep(e)
+    }
+}
+
+impl Behaviour {
+    /// The behaviour of the node with `key`, presenting `proof`, serving `store`.
+    pub fn new(
+        key: &NodeKey,
+        proof: IdentityProof,
+        config: &Config,
+        store: RecordStore,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let peer = key.peer_id();
+        let keypair = key.to_libp2p();
+        let identify = identify::Behaviour::new(identify::Config::new(
+            config.identify_protocol(),
+            keypair.public(),
+        ));
+        let kad_protocol = StreamProtocol::try_from_owned(config.kad_protocol())
+            .map_err(|_| ConfigError::BadNetwork(config.network.clone()))?;
+        let mut kad_config = kad::Config::new(kad_protocol);
+        kad_config
+            .set_kbucket_inserts(kad::BucketInserts::Manual)
+            .set_record_filtering(kad::StoreInserts::FilterBoth)
+            .set_max_packet_size(MAX_KAD_PACKET)
+            .set_query_timeout(config.query_timeout)
+            .set_replication_factor(config.replication_factor)
+            .set_periodic_bootstrap_interval(None);
+        let mut kad = kad::Behaviour::with_config(peer, store, kad_config);
+        kad.set_mode(Some(kad::Mode::Server));
+        let mut swim = shoal_swim::Behaviour::new(peer, unix_now(), config.swim.clone())?;
+        swim.require_admission();
+        let verifier =
+            IdentityVerifier::new(Puzzle::new(config.puzzle.clone())?, config.verifier.clone());
+        Ok(Self {
+            identify,
+            kad,
+            swim,
+            gate: gate::Behaviour::new(proof, verifier, config.gate_timeout),
+            lockstep: lockstep::behaviour(config.lockstep_timeout),
+        })
+    }
+}

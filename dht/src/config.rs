@@ -1,0 +1,232 @@
+//! The DHT node's configuration: one plain struct with presets.
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use shoal_pow::{PolicyError, PuzzleConfig, StampPolicy, VerifierConfig};
+
+use crate::lockstep::NoticeBookConfig;
+use crate::record::RecordRules;
+use crate::store::StoreConfig;
+
+/// Why a [`Config`] is unusable. Validation changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The network name is empty, longer than 64 bytes, or not lowercase ASCII letters, digits
+    /// and `-` (it becomes part of protocol names).
+    #[error("network name {0:?} must be 1 to 64 of [a-z0-9-]")]
+    BadNetwork(String),
+    /// The identity puzzle parameters are invalid.
+    #[error("identity puzzle: {0}")]
+    Puzzle(#[from] shoal_pow::ConfigError),
+    /// The stamp policy is invalid.
+    #[error("stamp policy: {0}")]
+    Stamps(#[from] PolicyError),
+    /// The SWIM configuration is invalid.
+    #[error("swim: {0}")]
+    Swim(#[from] shoal_swim::ConfigError),
+    /// A timeout is zero.
+    #[error("{0} must be above zero")]
+    ZeroTimeout(&'static str),
+    /// The default put quorum exceeds the replication factor.
+    #[error("put quorum {quorum} exceeds the replication factor {replication}")]
+    QuorumAboveReplication {
+        /// The quorum.
+        quorum: usize,
+        /// The replication factor.
+        replication: usize,
+    },
+}
+
+/// Configuration of a DHT node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Network name, part of the identify and kad protocol names (`/shoal/<network>/kad/1.0.0`),
+    /// so networks never mix. 1 to 64 of `[a-z0-9-]`. Default `"main"`.
+    pub network: String,
+    /// The identity puzzle every peer's proof must solve. Default [`PuzzleConfig::mainnet`].
+    pub puzzle: PuzzleConfig,
+    /// Cache and rate limit of identity verification. Default [`VerifierConfig::default`].
+    pub verifier: VerifierConfig,
+    /// Stamp bits required of records and lockstep notices. Default [`StampPolicy::default`].
+    pub stamps: StampPolicy,
+    /// TTL and clock-skew limits of records. Default [`RecordRules::default`] (7 days, 120 s).
+    pub records: RecordRules,
+    /// SWIM membership. Default [`shoal_swim::Config::wan`].
+    pub swim: shoal_swim::Config,
+    /// Kademlia's k: replicas of a record and peers per bucket. Default 20.
+    pub replication_factor: NonZeroUsize,
+    /// Bound of one kad query (lookups, puts, gets), also how long a get keeps looking for a
+    /// higher sequence. Default 30 s; must be above zero.
+    pub query_timeout: Duration,
+    /// Replicas that must acknowledge a put when the caller gives no quorum. At most
+    /// `replication_factor`. Default 3.
+    pub put_quorum: NonZeroUsize,
+    /// Peers asked whether a found value was announced. Default 3.
+    pub announced_checks: NonZeroUsize,
+    /// Bound of one identity-proof exchange. Default 10 s; must be above zero.
+    pub gate_timeout: Duration,
+    /// Bound of one lockstep request. Default 10 s; must be above zero.
+    pub lockstep_timeout: Duration,
+    /// How long a connection with no open stream is kept. Default 60 s.
+    pub idle_connection_timeout: Duration,
+    /// Record store limits. Default [`StoreConfig::default`].
+    pub store: StoreConfig,
+    /// Lockstep notice book limits. Default [`NoticeBookConfig::default`].
+    pub notices: NoticeBookConfig,
+    /// Directory of the redb database (records and notices survive restarts); `None` keeps
+    /// everything in memory. Default `None`.
+    pub data_dir: Option<PathBuf>,
+    /// Commands queued from clients before senders wait. Default 64.
+    pub command_queue: NonZeroUsize,
+    /// Accepted notices buffered per subscriber before a slow one lags. Default 256.
+    pub notice_buffer: NonZeroUsize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            network: "main".to_owned(),
+            puzzle: PuzzleConfig::mainnet(),
+            verifier: VerifierConfig::default(),
+            stamps: StampPolicy::default(),
+            records: RecordRules::default(),
+            swim: shoal_swim::Config::wan(),
+            replication_factor: nz(20),
+            query_timeout: Duration::from_secs(30),
+            put_quorum: nz(3),
+            announced_checks: nz(3),
+            gate_timeout: Duration::from_secs(10),
+            lockstep_timeout: Duration::from_secs(10),
+            idle_connection_timeout: Duration::from_secs(60),
+            store: StoreConfig::default(),
+            notices: NoticeBookConfig::default(),
+            data_dir: None,
+            command_queue: nz(64),
+            notice_buffer: nz(256),
+        }
+    }
+}
+
+fn nz(n: usize) -> NonZeroUsize {
+    // Invariant: only called with literal non-zero constants.
+    NonZeroUsize::new(n).expect("non-zero constant")
+}
+
+impl Config {
+    /// The public test network: testnet puzzle (difficulty 4) and cheap stamps, LAN SWIM timing.
+    pub fn testnet() -> Self {
+        Self {
+            network: "testnet".to_owned(),
+            puzzle: PuzzleConfig::testnet(),
+            stamps: StampPolicy::testnet(),
+            swim: shoal_swim::Config::lan(),
+            ..Self::default()
+        }
+    }
+
+    /// Many nodes in one process (tests, simulations): a tiny scrypt (`log_n` 4, difficulty 2),
+    /// cheap stamps, fast SWIM and short timeouts, k = 8, put quorum 2.
+    pub fn local() -> Self {
+        Self {
+            network: "local".to_owned(),
+            puzzle: PuzzleConfig {
+                network_id: "shoal-local".to_owned(),
+                log_n: 4,
+                difficulty: 2,
+                ..PuzzleConfig::testnet()
+            },
+            stamps: StampPolicy::testnet(),
+            swim: shoal_swim::Config {
+                probe_interval: Duration::from_millis(300),
+                probe_timeout: Duration::from_millis(150),
+                gossip_interval: Duration::from_millis(100),
+                push_pull_interval: Duration::from_secs(2),
+                reconnect_interval: Duration::from_secs(1),
+                ..shoal_swim::Config::lan()
+            },
+            replication_factor: nz(8),
+            query_timeout: Duration::from_secs(10),
+            put_quorum: nz(2),
+            gate_timeout: Duration::from_secs(5),
+            lockstep_timeout: Duration::from_secs(5),
+            ..Self::default()
+        }
+    }
+
+    /// Checks every part.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+        if self.network.is_empty() || self.network.len() > 64 || !self.network.chars().all(ok) {
+            return Err(ConfigError::BadNetwork(self.network.clone()));
+        }
+        self.puzzle.validate()?;
+        self.stamps.validate()?;
+        self.swim.validate()?;
+        for (name, t) in [
+            ("query_timeout", self.query_timeout),
+            ("gate_timeout", self.gate_timeout),
+            ("lockstep_timeout", self.lockstep_timeout),
+        ] {
+            if t.is_zero() {
+                return Err(ConfigError::ZeroTimeout(name));
+            }
+        }
+        if self.put_quorum > self.replication_factor {
+            return Err(ConfigError::QuorumAboveReplication {
+                quorum: self.put_quorum.get(),
+                replication: self.replication_factor.get(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The identify protocol name: `/shoal/<network>/id/1.0.0`.
+    pub fn identify_protocol(&self) -> String {
+        format!("/shoal/{}/id/1.0.0", self.network)
+    }
+
+    /// The kad protocol name: `/shoal/<network>/kad/1.0.0`.
+    pub fn kad_protocol(&self) -> String {
+        format!("/shoal/{}/kad/1.0.0", self.network)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_validate() {
+        for c in [Config::default(), Config::testnet(), Config::local()] {
+            c.validate().unwrap();
+        }
+        assert_eq!(Config::local().kad_protocol(), "/shoal/local/kad/1.0.0");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let bad = Config {
+            network: "Main Net".into(),
+            ..Config::local()
+        };
+        assert!(matches!(bad.validate(), Err(ConfigError::BadNetwork(_))));
+        let bad = Config {
+            put_quorum: nz(9),
+            ..Config::local()
+        };
+        assert!(matches!(
+            bad.validate(),
+            Err(ConfigError::QuorumAboveReplication { .. })
+        ));
+        let bad = Config {
+            gate_timeout: Duration::ZERO,
+            ..Config::local()
+        };
+        assert_eq!(
+            bad.validate(),
+            Err(ConfigError::ZeroTimeout("gate_timeout"))
+        );
+    }
+}
