@@ -47,7 +47,7 @@
 //! [`Config::dangerous_trust_all_file_permissions`] are for loopback test networks only.
 //!
 //! # Features
-//! - `testnet`: [`testnet::TestNetwork`], a private Tor network on 127.0.0.1 run with Debian's
+//! - `testnet`: `testnet::TestNetwork`, a private Tor network on 127.0.0.1 run with Debian's
 //!   `tor` and `tor-gencert` (tests, local demos).
 
 mod address;
