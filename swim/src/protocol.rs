@@ -48,10 +48,20 @@ impl rr::Codec for Codec {
         Ok(buf)
     }
 
-    async fn read_response<T>(&mut self, _: &StreamProtocol, _io: &mut T) -> io::Result<()>
+    /// Waits for the empty acknowledgement: the stream's clean end, which the other side sends
+    /// only after its behaviour took the message. A reset or any byte is an error.
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<()>
     where
         T: AsyncRead + Unpin + Send,
     {
+        let mut buf = Vec::new();
+        io.take(1).read_to_end(&mut buf).await?;
+        if !buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "SWIM acknowledgement is not empty",
+            ));
+        }
         Ok(())
     }
 

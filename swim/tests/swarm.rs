@@ -175,6 +175,9 @@ async fn oversized_and_garbage_messages_are_refused() {
     // The garbage was decoded and refused; the oversized message was cut off by the codec at
     // the bound, so it never reached the decoder nor the core.
     assert_eq!(target.behaviour().wire_stats().malformed, 1, "{outcomes:?}");
+    // The garbage was taken (and acknowledged); the oversized message was not.
+    assert!(outcomes.contains(&Ok(())), "{outcomes:?}");
+    assert!(outcomes.iter().any(|o| o.is_err()), "{outcomes:?}");
     assert_eq!(target.behaviour().wire_stats().received, 0);
     assert_eq!(target.behaviour().live_members(), 0);
 }
