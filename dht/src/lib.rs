@@ -13,9 +13,11 @@ pub mod config;
 mod envelope;
 pub mod gate;
 pub mod lockstep;
+pub mod node;
 pub mod record;
 pub mod store;
 
 pub use behaviour::Behaviour;
 pub use config::{Config, ConfigError};
 pub use envelope::EnvelopeError;
+pub use node::{Client, EventLoop};

@@ -1,0 +1,280 @@
+//! Whole nodes in one process over the memory transport: they join through one seed, put and get
+//! records from random nodes, keep a node without a valid proof out, and refuse a tampered
+//! envelope and a put that contradicts its lockstep notice.
+
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use libp2p::{Multiaddr, PeerId};
+use shoal_dht::lockstep::Announced;
+use shoal_dht::node::{EventLoop, JoinError, PutError, PutRequest, memory_transport};
+use shoal_dht::record::{NewRecord, SignedRecord};
+use shoal_dht::{Client, Config};
+use shoal_pow::{CancelToken, IdentityProof, MintOptions, NodeKey, Puzzle, mint, unix_now};
+
+const TTL: Duration = Duration::from_secs(3600);
+
+fn config() -> Config {
+    Config::local()
+}
+
+fn valid_proof(key: &NodeKey) -> IdentityProof {
+    let puzzle = Puzzle::new(config().puzzle).expect("the local preset is valid");
+    let options = MintOptions {
+        threads: NonZeroUsize::MIN,
+        ..MintOptions::default()
+    };
+    mint(
+        &puzzle,
+        &key.public(),
+        &options,
+        &CancelToken::new(),
+        |_| {},
+    )
+    .expect("minting at difficulty 2 succeeds")
+    .proof
+}
+
+fn invalid_proof(key: &NodeKey) -> IdentityProof {
+    let puzzle = Puzzle::new(config().puzzle).expect("the local preset is valid");
+    let mut proof = valid_proof(key);
+    while puzzle.verify(&proof).is_ok() {
+        proof.nonce = proof.nonce.wrapping_add(1);
+    }
+    proof
+}
+
+/// Starts a node listening on the memory transport; returns its client and address.
+async fn start(proof: impl FnOnce(&NodeKey) -> IdentityProof) -> (Client, Multiaddr) {
+    let key = NodeKey::generate();
+    let proof = proof(&key);
+    let transport = memory_transport(&key.to_libp2p());
+    let (client, event_loop) =
+        EventLoop::new(key, proof, config(), transport).expect("the local preset starts");
+    tokio::spawn(event_loop.run());
+    let addr = client
+        .listen("/memory/0".parse().expect("valid multiaddr"))
+        .await
+        .expect("memory listen");
+    (client, addr)
+}
+
+/// Starts `n` honest nodes, all joined through node 0, and waits until every node has every
+/// other in its membership and routing table.
+async fn cluster(n: usize) -> Vec<Client> {
+    let mut nodes = Vec::new();
+    let mut seed = None;
+    for _ in 0..n {
+        let (client, addr) = start(valid_proof).await;
+        if seed.is_none() {
+            seed = Some((client.peer_id(), addr));
+        }
+        nodes.push(client);
+    }
+    let seed = seed.expect("n > 0");
+    let joins = nodes[1..].iter().map(|c| {
+        let seed = seed.clone();
+        async move { c.join(vec![seed]).await }
+    });
+    for result in futures::future::join_all(joins).await {
+        result.expect("join through the seed");
+    }
+    let converged = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let mut done = true;
+            for c in &nodes {
+                if c.members().await.len() < n - 1 || c.peers().await.len() < n - 1 {
+                    done = false;
+                    break;
+                }
+            }
+            if done {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    if converged.is_err() {
+        for c in &nodes {
+            eprintln!(
+                "{}: {} members, {} peers",
+                c.peer_id(),
+                c.members().await.len(),
+                c.peers().await.len()
+            );
+        }
+        panic!("the cluster did not converge in 30 s");
+    }
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_and_get_across_the_cluster() {
+    const N: usize = 8;
+    let nodes = cluster(N).await;
+    for i in 0..6 {
+        let writer = &nodes[(i * 3 + 1) % N];
+        let reader = &nodes[(i * 5 + 2) % N];
+        let key = format!("key-{i}").into_bytes();
+        let value = format!("value-{i}").into_bytes();
+        let put = writer
+            .put(key.clone(), value.clone(), TTL, None)
+            .await
+            .expect("put reaches its quorum");
+        let got = reader.get(key.clone()).await.expect("the record is found");
+        assert_eq!(got.record.value, value);
+        assert_eq!(got.record.seq, put.seq);
+        assert_eq!(got.record.publisher.peer_id(), writer.peer_id());
+        assert_eq!(got.invalid, 0);
+        assert_eq!(got.announced, Announced::No);
+    }
+    // A newer put of the same key by the same publisher wins.
+    let key = b"key-0".to_vec();
+    let writer = &nodes[1];
+    let first = writer.get(key.clone()).await.expect("found").record.seq;
+    let second = writer
+        .put(key.clone(), b"newer".to_vec(), TTL, None)
+        .await
+        .expect("second put");
+    assert!(second.seq > first);
+    let got = nodes[6].get(key).await.expect("found");
+    assert_eq!(got.record.value, b"newer");
+    // Lookups find the peers.
+    let closest = nodes[3]
+        .find_node(nodes[5].peer_id())
+        .await
+        .expect("lookup");
+    assert!(closest.contains(&nodes[5].peer_id()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_without_valid_proof_stays_out() {
+    const N: usize = 6;
+    let nodes = cluster(N).await;
+    let seed = (
+        nodes[0].peer_id(),
+        // The seed's address is found again by listening: ask the seed for a second address.
+        nodes[0]
+            .listen("/memory/0".parse().expect("valid multiaddr"))
+            .await
+            .expect("listen"),
+    );
+    let (cheat, _) = start(invalid_proof).await;
+    let joined = cheat.join(vec![seed]).await;
+    assert!(
+        matches!(
+            joined,
+            Err(JoinError::NoSeedVerified { .. } | JoinError::Swim(_))
+        ),
+        "{joined:?}"
+    );
+    let put = cheat.put(b"cheat".to_vec(), b"x".to_vec(), TTL, None).await;
+    assert!(
+        matches!(put, Err(PutError::Quorum { acked: 0, .. })),
+        "{put:?}"
+    );
+    // Give gossip time to spread anything it would.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for c in &nodes {
+        assert!(!c.members().await.contains(&cheat.peer_id()));
+        assert!(!c.peers().await.contains(&cheat.peer_id()));
+        assert!(c.stored(b"cheat".to_vec()).await.is_none());
+    }
+    let stats = nodes[0].stats().await.expect("running");
+    assert!(stats.refused_peers >= 1, "{stats:?}");
+    assert!(cheat.members().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_envelope_and_lockstep_mismatch_are_refused() {
+    const N: usize = 6;
+    let nodes = cluster(N).await;
+    let others: Vec<PeerId> = nodes[1..].iter().map(Client::peer_id).collect();
+
+    // A record whose value was altered after signing.
+    let signer = NodeKey::generate();
+    let record = SignedRecord::create(
+        &signer,
+        NewRecord {
+            key: b"tampered".to_vec(),
+            value: b"original value".to_vec(),
+            seq: 1,
+            ttl: 3600,
+        },
+        unix_now(),
+        &config().stamps,
+    )
+    .expect("create");
+    let mut bytes = record.into_bytes();
+    let at = bytes
+        .windows(8)
+        .position(|w| w == b"original")
+        .expect("the value is in the envelope");
+    bytes[at] = b'O';
+    assert!(SignedRecord::decode(&bytes).is_err());
+    nodes[0]
+        .dangerous_put_to(b"tampered".to_vec(), bytes, others.clone())
+        .await
+        .expect("peers acknowledge before filtering");
+    // Peers refuse it: nobody stores it, and each counted a refusal from the sender.
+    for c in &nodes[1..] {
+        assert!(c.stored(b"tampered".to_vec()).await.is_none());
+        let stats = c.stats().await.expect("running");
+        assert_eq!(stats.refused_puts.get(&nodes[0].peer_id()), Some(&1));
+    }
+
+    // Lockstep: announce one value, then put another under the announced sequence.
+    let publisher = &nodes[2];
+    let announced = publisher
+        .announce(b"locked".to_vec(), b"promised".to_vec(), None)
+        .await
+        .expect("announce");
+    assert_eq!(announced.accepted, N - 1);
+    publisher
+        .put_request(PutRequest {
+            key: b"locked".to_vec(),
+            value: b"something else".to_vec(),
+            ttl: TTL,
+            quorum: None,
+            seq: Some(announced.seq),
+        })
+        .await
+        .expect("kad acknowledges before filtering");
+    for (i, c) in nodes.iter().enumerate() {
+        if i != 2 {
+            assert!(c.stored(b"locked".to_vec()).await.is_none(), "node {i}");
+            let refused = c.stats().await.expect("running").refused_puts;
+            assert_eq!(refused.get(&publisher.peer_id()), Some(&1), "node {i}");
+        }
+    }
+    // The publisher's own copy contradicts the notices its readers hold: a get refuses it.
+    let got = nodes[4].get(b"locked".to_vec()).await;
+    assert!(got.is_err(), "{got:?}");
+
+    // A put matching its notice is stored and reported announced.
+    let publisher = &nodes[3];
+    let mut notices = nodes[5].subscribe();
+    let announced = publisher
+        .announce(b"kept".to_vec(), b"promised".to_vec(), None)
+        .await
+        .expect("announce");
+    let notice = tokio::time::timeout(Duration::from_secs(5), notices.recv())
+        .await
+        .expect("the subscriber hears the notice")
+        .expect("no lag");
+    assert_eq!(notice.notice().key, b"kept");
+    publisher
+        .put_request(PutRequest {
+            key: b"kept".to_vec(),
+            value: b"promised".to_vec(),
+            ttl: TTL,
+            quorum: None,
+            seq: Some(announced.seq),
+        })
+        .await
+        .expect("put");
+    let got = nodes[1].get(b"kept".to_vec()).await.expect("found");
+    assert_eq!(got.record.value, b"promised");
+    assert_eq!(got.announced, Announced::Yes);
+}
