@@ -1,6 +1,6 @@
 //! The DHT node's configuration: one plain struct with presets.
 
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -127,7 +127,8 @@ impl Config {
     }
 
     /// Many nodes in one process (tests, simulations): a tiny scrypt (`log_n` 4, difficulty 2),
-    /// cheap stamps, fast SWIM and short timeouts, k = 8, put quorum 2.
+    /// no verification rate limit, cheap stamps, LAN SWIM with frequent push-pulls, short timeouts, k = 8, put quorum
+    /// 2.
     pub fn local() -> Self {
         Self {
             network: "local".to_owned(),
@@ -137,11 +138,15 @@ impl Config {
                 difficulty: 2,
                 ..PuzzleConfig::testnet()
             },
+            // A log_n 4 evaluation costs microseconds: lift the rate limit so a whole cluster
+            // joining through one seed is not refused.
+            verifier: VerifierConfig {
+                rate_per_second: NonZeroU32::new(100_000).expect("non-zero constant"),
+                burst: NonZeroU32::new(100_000).expect("non-zero constant"),
+                ..VerifierConfig::default()
+            },
             stamps: StampPolicy::testnet(),
             swim: shoal_swim::Config {
-                probe_interval: Duration::from_millis(300),
-                probe_timeout: Duration::from_millis(150),
-                gossip_interval: Duration::from_millis(100),
                 push_pull_interval: Duration::from_secs(2),
                 reconnect_interval: Duration::from_secs(1),
                 ..shoal_swim::Config::lan()

@@ -1037,25 +1037,33 @@ impl EventLoop {
 
     fn on_inbound_put(&mut self, source: PeerId, record: kad::Record) {
         let now_unix = unix_now();
-        let outcome = SignedRecord::validate(
-            &record.value,
-            Some(record.key.as_ref()),
-            now_unix,
-            &self.config.records,
-            &self.stamps,
-        )
-        .map_err(|e| e.to_string())
-        .and_then(|signed| {
-            self.book
-                .check_put(signed.record())
-                .map_err(|e| e.to_string())?;
-            self.swarm
-                .behaviour_mut()
-                .kad
-                .store_mut()
-                .insert(signed, Instant::now(), now_unix)
+        let verified = if self.verified.contains(&source) {
+            Ok(())
+        } else {
+            Err("sender's identity not verified".to_owned())
+        };
+        let outcome = verified
+            .and_then(|()| {
+                SignedRecord::validate(
+                    &record.value,
+                    Some(record.key.as_ref()),
+                    now_unix,
+                    &self.config.records,
+                    &self.stamps,
+                )
                 .map_err(|e| e.to_string())
-        });
+            })
+            .and_then(|signed| {
+                self.book
+                    .check_put(signed.record())
+                    .map_err(|e| e.to_string())?;
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .store_mut()
+                    .insert(signed, Instant::now(), now_unix)
+                    .map_err(|e| e.to_string())
+            });
         match outcome {
             Ok(_) => self.stats.stored_puts += 1,
             Err(reason) => {

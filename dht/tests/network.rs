@@ -60,8 +60,8 @@ async fn start(proof: impl FnOnce(&NodeKey) -> IdentityProof) -> (Client, Multia
 }
 
 /// Starts `n` honest nodes, all joined through node 0, and waits until every node has every
-/// other in its membership and routing table.
-async fn cluster(n: usize) -> Vec<Client> {
+/// other in its membership and at least `min_peers` in its routing table.
+async fn cluster(n: usize, min_peers: usize) -> Vec<Client> {
     let mut nodes = Vec::new();
     let mut seed = None;
     for _ in 0..n {
@@ -72,6 +72,7 @@ async fn cluster(n: usize) -> Vec<Client> {
         nodes.push(client);
     }
     let seed = seed.expect("n > 0");
+    eprintln!("seed {}", seed.0);
     let joins = nodes[1..].iter().map(|c| {
         let seed = seed.clone();
         async move { c.join(vec![seed]).await }
@@ -79,17 +80,30 @@ async fn cluster(n: usize) -> Vec<Client> {
     for result in futures::future::join_all(joins).await {
         result.expect("join through the seed");
     }
-    let converged = tokio::time::timeout(Duration::from_secs(30), async {
+    let converged = tokio::time::timeout(Duration::from_secs(50), async {
         loop {
             let mut done = true;
             for c in &nodes {
-                if c.members().await.len() < n - 1 || c.peers().await.len() < n - 1 {
+                if c.members().await.len() < n - 1 || c.peers().await.len() < min_peers {
                     done = false;
                     break;
                 }
             }
             if done {
                 return;
+            }
+            if std::env::var_os("SHOAL_TEST_PROGRESS").is_some() {
+                let mut members = Vec::new();
+                let mut refused = 0;
+                for c in &nodes {
+                    members.push(c.members().await.len());
+                    refused += c.stats().await.map_or(0, |s| s.refused_peers);
+                }
+                members.sort_unstable();
+                eprintln!(
+                    "members (lowest 5) {:?}, gate refusals {refused}",
+                    &members[..5]
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -98,13 +112,14 @@ async fn cluster(n: usize) -> Vec<Client> {
     if converged.is_err() {
         for c in &nodes {
             eprintln!(
-                "{}: {} members, {} peers",
+                "{}: {} members, {} peers, {:?}",
                 c.peer_id(),
                 c.members().await.len(),
-                c.peers().await.len()
+                c.peers().await.len(),
+                c.stats().await
             );
         }
-        panic!("the cluster did not converge in 30 s");
+        panic!("the cluster did not converge in 50 s");
     }
     nodes
 }
@@ -112,7 +127,7 @@ async fn cluster(n: usize) -> Vec<Client> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_and_get_across_the_cluster() {
     const N: usize = 8;
-    let nodes = cluster(N).await;
+    let nodes = cluster(N, N - 1).await;
     for i in 0..6 {
         let writer = &nodes[(i * 3 + 1) % N];
         let reader = &nodes[(i * 5 + 2) % N];
@@ -151,7 +166,7 @@ async fn put_and_get_across_the_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_without_valid_proof_stays_out() {
     const N: usize = 6;
-    let nodes = cluster(N).await;
+    let nodes = cluster(N, N - 1).await;
     let seed = (
         nodes[0].peer_id(),
         // The seed's address is found again by listening: ask the seed for a second address.
@@ -189,7 +204,7 @@ async fn node_without_valid_proof_stays_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampered_envelope_and_lockstep_mismatch_are_refused() {
     const N: usize = 6;
-    let nodes = cluster(N).await;
+    let nodes = cluster(N, N - 1).await;
     let others: Vec<PeerId> = nodes[1..].iter().map(Client::peer_id).collect();
 
     // A record whose value was altered after signing.
@@ -277,4 +292,38 @@ async fn tampered_envelope_and_lockstep_mismatch_are_refused() {
     let got = nodes[1].get(b"kept".to_vec()).await.expect("found");
     assert_eq!(got.record.value, b"promised");
     assert_eq!(got.announced, Announced::Yes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_nodes_put_and_get_from_random_nodes() {
+    const N: usize = 50;
+    let started = std::time::Instant::now();
+    let nodes = cluster(N, Config::local().replication_factor.get()).await;
+    eprintln!("{N} nodes converged in {:?}", started.elapsed());
+    // A fixed pseudo-random walk over writers and readers (printed, so a failure can be replayed).
+    let mut x: usize = 0x5eed;
+    let mut next = || {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (x >> 33) % N
+    };
+    for i in 0..20 {
+        let (w, r) = (next(), next());
+        let key = format!("big-{i}").into_bytes();
+        let value = vec![i as u8; 1000 + i * 3000];
+        nodes[w]
+            .put(key.clone(), value.clone(), TTL, None)
+            .await
+            .unwrap_or_else(|e| panic!("put {i} from node {w}: {e}"));
+        let got = nodes[r]
+            .get(key)
+            .await
+            .unwrap_or_else(|e| panic!("get {i} at node {r}: {e}"));
+        assert_eq!(
+            got.record.value, value,
+            "key {i} written by {w}, read by {r}"
+        );
+    }
+    eprintln!("done in {:?}", started.elapsed());
 }

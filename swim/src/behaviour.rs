@@ -8,10 +8,11 @@
 //! external addresses.
 //!
 //! With [`Behaviour::require_admission`], only admitted peers take part: messages from other
-//! peers are dropped (counted in [`WireStats::unadmitted`]), and membership updates about members
-//! not admitted are cut from gossip and push-pull before the core sees them; each such member is
-//! reported once as [`Event::Discovered`] so the embedding node can verify it and call
-//! [`Behaviour::admit`].
+//! peers do not reach the core (counted in [`WireStats::unadmitted`]; the last few per peer are
+//! held and replayed if it is admitted), and membership updates about members not admitted are
+//! cut from gossip and push-pull before the core sees them; each such member is reported once as
+//! [`Event::Discovered`] so the embedding node can verify it and call [`Behaviour::admit`], which
+//! hands the core the latest update cut about it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::task::{Context, Poll};
@@ -185,7 +186,8 @@ pub struct WireStats {
     pub malformed: u64,
     /// Transmits dropped: no address known for the destination, or encoding over the bound.
     pub undeliverable: u64,
-    /// Inbound messages dropped because their sender is not admitted.
+    /// Inbound messages kept from the core because their sender is not admitted (the last few
+    /// per sender are held for replay on admission).
     pub unadmitted: u64,
     /// Membership updates about members not admitted, cut from inbound messages.
     pub updates_dropped: u64,
@@ -195,11 +197,22 @@ pub struct WireStats {
 /// this many.
 const MAX_DISCOVERED: usize = 16_384;
 
+/// Messages from peers not yet admitted held for replay on admission, per peer.
+const MAX_HELD_MESSAGES: usize = 4;
+
+/// Peers not yet admitted whose messages are held, at most this many.
+const MAX_HELD_PEERS: usize = 256;
+
 /// The admission set: who may talk to the core and be named to it.
 #[derive(Debug, Default)]
 struct Admission {
     admitted: HashSet<PeerId>,
-    reported: HashSet<PeerId>,
+    /// Members reported as discovered, with the sender and the latest update cut about them, to
+    /// hand to the core on admission (gossip is not repeated forever).
+    reported: HashMap<PeerId, (PeerId, Update<PeerId>)>,
+    /// Messages from senders not admitted yet, replayed on admission: a peer that verified us
+    /// first may probe us before we verified it.
+    held: HashMap<PeerId, Vec<Message<PeerId>>>,
 }
 
 /// Seeds remembered for dialing, at most this many.
@@ -279,20 +292,38 @@ impl Behaviour {
     /// Admits `peer`: its messages and updates about it reach the core. A no-op unless
     /// admission is required.
     pub fn admit(&mut self, peer: PeerId) {
-        if let Some(a) = self.admission.as_mut() {
-            a.reported.remove(&peer);
-            a.admitted.insert(peer);
+        let Some(a) = self.admission.as_mut() else {
+            return;
+        };
+        if !a.admitted.insert(peer) {
+            return;
+        }
+        let update = a.reported.remove(&peer);
+        let held = a.held.remove(&peer).unwrap_or_default();
+        let now = Instant::now();
+        if let Some((from, update)) = update
+            && self.is_admitted(&from)
+        {
+            let msg = Message {
+                payload: Payload::Gossip,
+                gossip: vec![update],
+            };
+            self.core.handle_message(now, from, msg);
+        }
+        for mut msg in held {
+            self.filter_updates(peer, &mut msg);
+            self.core.handle_message(now, peer, msg);
         }
     }
 
-    /// Revokes `peer`'s admission: its messages and updates about it are dropped again (it is
-    /// not reported as discovered again). A no-op unless admission is required.
+    /// Revokes `peer`'s admission: its messages and updates about it are dropped again, and the
+    /// next update naming it reports it as discovered again. A no-op unless admission is
+    /// required.
     pub fn revoke(&mut self, peer: &PeerId) {
-        if let Some(a) = self.admission.as_mut()
-            && a.admitted.remove(peer)
-            && a.reported.len() < MAX_DISCOVERED
-        {
-            a.reported.insert(*peer);
+        if let Some(a) = self.admission.as_mut() {
+            a.admitted.remove(peer);
+            a.reported.remove(peer);
+            a.held.remove(peer);
         }
     }
 
@@ -305,7 +336,7 @@ impl Behaviour {
 
     /// Cuts updates about members not admitted from `msg`, reporting each new one. Updates about
     /// ourselves always pass (we must see suspicions of us to refute them).
-    fn filter_updates(&mut self, msg: &mut Message<PeerId>) {
+    fn filter_updates(&mut self, from: PeerId, msg: &mut Message<PeerId>) {
         let local = *self.core.local_id();
         let Some(admission) = self.admission.as_mut() else {
             return;
@@ -316,7 +347,13 @@ impl Behaviour {
                 return true;
             }
             dropped += 1;
-            if admission.reported.len() < MAX_DISCOVERED && admission.reported.insert(u.member) {
+            if let Some(held) = admission.reported.get_mut(&u.member) {
+                // Keep the newest news for replay on admission.
+                if (u.incarnation, u.state) >= (held.1.incarnation, held.1.state) {
+                    *held = (from, u.clone());
+                }
+            } else if admission.reported.len() < MAX_DISCOVERED {
+                admission.reported.insert(u.member, (from, u.clone()));
                 self.events.push_back(Event::Discovered {
                     peer: u.member,
                     addrs: to_multiaddrs(&u.addrs),
@@ -411,15 +448,24 @@ impl Behaviour {
             } => {
                 // The acknowledgement only closes the stream; SWIM's acks are messages.
                 let _ = self.inner.send_response(channel, ());
-                if !self.is_admitted(&peer) {
-                    self.wire.unadmitted += 1;
-                    tracing::trace!(%peer, "SWIM message from a peer not admitted dropped");
-                    return;
-                }
+                let admitted = self.is_admitted(&peer);
                 match message::decode::<PeerId>(&request, self.max_message_bytes) {
+                    Ok(msg) if !admitted => {
+                        self.wire.unadmitted += 1;
+                        tracing::trace!(%peer, "SWIM message from a peer not admitted held");
+                        if let Some(a) = self.admission.as_mut()
+                            && (a.held.len() < MAX_HELD_PEERS || a.held.contains_key(&peer))
+                        {
+                            let held = a.held.entry(peer).or_default();
+                            if held.len() == MAX_HELD_MESSAGES {
+                                held.remove(0);
+                            }
+                            held.push(msg);
+                        }
+                    }
                     Ok(mut msg) => {
                         self.wire.received += 1;
-                        self.filter_updates(&mut msg);
+                        self.filter_updates(peer, &mut msg);
                         self.core.handle_message(now, peer, msg);
                     }
                     Err(error) => {
