@@ -181,3 +181,73 @@ async fn oversized_and_garbage_messages_are_refused() {
     assert_eq!(target.behaviour().wire_stats().received, 0);
     assert_eq!(target.behaviour().live_members(), 0);
 }
+
+/// With admission required, a member known only through gossip is reported as discovered but
+/// kept out of the membership until admitted; admitting it lets it in.
+#[tokio::test]
+async fn admission_keeps_unadmitted_members_out_until_admitted() {
+    use futures::StreamExt;
+
+    let mut nodes: Vec<Swarm<Behaviour>> = (0..3).map(|_| node()).collect();
+    let mut addrs = Vec::new();
+    for n in &mut nodes {
+        n.behaviour_mut().require_admission();
+        addrs.push(n.listen().with_memory_addr_external().await.0);
+    }
+    let ids: Vec<PeerId> = nodes.iter().map(|n| *n.local_peer_id()).collect();
+    let (a, b, c) = (ids[0], ids[1], ids[2]);
+    // B admits everyone; A and C admit only B.
+    nodes[1].behaviour_mut().admit(a);
+    nodes[1].behaviour_mut().admit(c);
+    nodes[0].behaviour_mut().admit(b);
+    nodes[2].behaviour_mut().admit(b);
+    nodes[0].behaviour_mut().join([(b, vec![addrs[1].clone()])]);
+    nodes[2].behaviour_mut().join([(b, vec![addrs[1].clone()])]);
+
+    let mut swarm_a = nodes.remove(0);
+    let (tx, mut rx) = mpsc::channel(1024);
+    let _others: Vec<JoinHandle<()>> = nodes.into_iter().map(|n| spawn(n, tx.clone())).collect();
+    let mut discovered = false;
+    let mut joined_a = HashSet::new();
+    tokio::time::timeout(Duration::from_secs(15), async {
+        // Until A has heard of C and C has joined B, A must never take C in.
+        while !(discovered && joined_a.contains(&b)) {
+            tokio::select! {
+                e = swarm_a.select_next_some() => if let SwarmEvent::Behaviour(e) = e {
+                    match e {
+                        Event::Discovered { peer, .. } if peer == c => discovered = true,
+                        Event::Joined { peer, .. } => {
+                            assert_ne!(peer, c, "an unadmitted member joined");
+                            joined_a.insert(peer);
+                        }
+                        _ => {}
+                    }
+                },
+                Some(_) = rx.recv() => {}
+            }
+        }
+    })
+    .await
+    .expect("A hears of C through B");
+    assert!(swarm_a.behaviour().member(&c).is_none());
+    assert!(swarm_a.behaviour().wire_stats().updates_dropped > 0);
+
+    // Once admitted, C becomes a member of A.
+    swarm_a.behaviour_mut().admit(c);
+    tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            tokio::select! {
+                e = swarm_a.select_next_some() => {
+                    if let SwarmEvent::Behaviour(Event::Joined { peer, .. }) = e
+                        && peer == c
+                    {
+                        return;
+                    }
+                }
+                Some(_) = rx.recv() => {}
+            }
+        }
+    })
+    .await
+    .expect("C joins A's membership once admitted");
+}
