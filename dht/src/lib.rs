@@ -1,12 +1,22 @@
 //! Shoal's DHT: Kademlia over a SWIM-driven overlay, with an identity gate, signed stamped
 //! records and lockstep.
 //!
-//! This crate is being built up in layers. Present so far:
+//! Run a node by building an [`EventLoop`] (key, identity proof, [`Config`], transport), spawning
+//! [`EventLoop::run`] on a tokio runtime and driving it through the cloneable [`Client`]: listen,
+//! join through seeds, put, get, find nodes, announce values and subscribe to notices.
 //!
+//! - [`node`]: the client and event loop, and the rules tying the parts together (a peer enters
+//!   the routing table only once the gate verified it and SWIM holds it alive).
+//! - [`behaviour`]: the combined libp2p behaviour (identify, kad, SWIM, gate, lockstep).
+//! - [`config`]: the node's configuration and presets.
 //! - [`record`]: the signed CBOR record envelope and its validation.
 //! - [`gate`]: the identity gate behaviour on `/shoal/identity/1`.
 //! - [`lockstep`]: lockstep notices and the book of the latest notice per key and publisher.
 //! - [`store`]: the record store behind Kademlia, in memory or written through to redb.
+//!
+//! Caveats: kad acknowledges an inbound put before the node validates it, so a put's quorum
+//! counts acknowledgements, not validated copies; the routing-table snapshot for rejoining after
+//! a restart is not written yet.
 
 pub mod behaviour;
 pub mod config;

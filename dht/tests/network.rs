@@ -327,3 +327,47 @@ async fn fifty_nodes_put_and_get_from_random_nodes() {
     }
     eprintln!("done in {:?}", started.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_is_durable_before_replication_and_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = NodeKey::generate();
+    let proof = valid_proof(&key);
+    let config = Config {
+        data_dir: Some(dir.path().to_path_buf()),
+        ..config()
+    };
+    let run = |key: NodeKey| {
+        let transport = memory_transport(&key.to_libp2p());
+        let (client, event_loop) =
+            EventLoop::new(key, proof, config.clone(), transport).expect("the local preset starts");
+        (client, tokio::spawn(event_loop.run()))
+    };
+    let (client, task) = run(NodeKey::from_seed(key.seed()));
+    // Alone, the put cannot reach its quorum, but it was stored durably first.
+    let put = client
+        .put(b"durable".to_vec(), b"kept".to_vec(), TTL, None)
+        .await;
+    let Err(PutError::Quorum { seq, acked: 0, .. }) = put else {
+        panic!("{put:?}");
+    };
+    drop(client);
+    task.await
+        .expect("the event loop ends when its clients are gone");
+
+    let (client, _task) = run(key);
+    let held = client
+        .stored(b"durable".to_vec())
+        .await
+        .expect("the record was loaded back from redb");
+    assert_eq!(held.record().value, b"kept");
+    assert_eq!(held.record().seq, seq);
+    // The sequence rule continues above the stored record.
+    let again = client
+        .put(b"durable".to_vec(), b"newer".to_vec(), TTL, None)
+        .await;
+    assert!(
+        matches!(again, Err(PutError::Quorum { seq: s, .. }) if s > seq),
+        "{again:?}"
+    );
+}
