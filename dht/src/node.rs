@@ -997,7 +997,15 @@ impl EventLoop {
                 self.route(peer, &addrs);
             }
             SwimEvent::Failed { peer, .. } | SwimEvent::Left { peer, .. } => {
-                self.swarm.behaviour_mut().kad.remove_peer(&peer);
+                let b = self.swarm.behaviour_mut();
+                b.kad.remove_peer(&peer);
+                // Forget a departed peer unless it is still connected and verified, so the sets
+                // stay bounded by the live membership; if it comes back, gossip names it again
+                // and it is dialed and verified anew (a cache hit for the verifier).
+                if !b.gate.is_verified(&peer) {
+                    b.swim.revoke(&peer);
+                    self.verified.remove(&peer);
+                }
             }
             SwimEvent::Discovered { peer, addrs } => self.dial(peer, addrs),
             SwimEvent::JoinFinished { id, result } => self.on_join_finished(id, result),
@@ -1165,6 +1173,11 @@ impl EventLoop {
             }));
             return;
         };
+        if best.record().publisher == self.key.public() {
+            let seq = best.record().seq;
+            let seen = self.last_seq.entry(get.key.clone()).or_default();
+            *seen = (*seen).max(seq);
+        }
         if matches!(self.book.check_put(best.record()), Ok(Announced::Yes)) {
             get.announced = Announced::Yes;
             return self.reply_get(get);
