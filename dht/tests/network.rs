@@ -44,6 +44,21 @@ fn invalid_proof(key: &NodeKey) -> IdentityProof {
     proof
 }
 
+/// Event loops of the nodes started, so a test can kill some.
+static TASKS: std::sync::Mutex<Vec<(PeerId, tokio::task::AbortHandle)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Kills the node `peer` (its event loop and swarm are dropped).
+fn kill(peer: PeerId) {
+    // Invariant: no test panics while holding the lock.
+    let tasks = TASKS.lock().expect("lock not poisoned");
+    for (p, task) in tasks.iter() {
+        if *p == peer {
+            task.abort();
+        }
+    }
+}
+
 /// Starts a node listening on the memory transport; returns its client and address.
 async fn start(proof: impl FnOnce(&NodeKey) -> IdentityProof) -> (Client, Multiaddr) {
     let key = NodeKey::generate();
@@ -51,7 +66,12 @@ async fn start(proof: impl FnOnce(&NodeKey) -> IdentityProof) -> (Client, Multia
     let transport = memory_transport(&key.to_libp2p());
     let (client, event_loop) =
         EventLoop::new(key, proof, config(), transport).expect("the local preset starts");
-    tokio::spawn(event_loop.run());
+    let task = tokio::spawn(event_loop.run());
+    // Invariant: no test panics while holding the lock.
+    TASKS
+        .lock()
+        .expect("lock not poisoned")
+        .push((client.peer_id(), task.abort_handle()));
     let addr = client
         .listen("/memory/0".parse().expect("valid multiaddr"))
         .await
@@ -295,7 +315,7 @@ async fn tampered_envelope_and_lockstep_mismatch_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_nodes_put_and_get_from_random_nodes() {
+async fn fifty_nodes_put_get_and_survive_killing_a_fifth() {
     const N: usize = 50;
     let started = std::time::Instant::now();
     let nodes = cluster(N, Config::local().replication_factor.get()).await;
@@ -324,6 +344,21 @@ async fn fifty_nodes_put_and_get_from_random_nodes() {
             got.record.value, value,
             "key {i} written by {w}, read by {r}"
         );
+    }
+    eprintln!("puts and gets done in {:?}", started.elapsed());
+    // Kill 20% of the nodes (writers among them): every record is still found by the others.
+    let dead = N / 5;
+    for n in &nodes[N - dead..] {
+        kill(n.peer_id());
+    }
+    let survivors = &nodes[..N - dead];
+    for i in 0..20 {
+        let r = next() % survivors.len();
+        let got = survivors[r]
+            .get(format!("big-{i}").into_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("get {i} at node {r} after the kill: {e}"));
+        assert_eq!(got.record.value, vec![i as u8; 1000 + i * 3000]);
     }
     eprintln!("done in {:?}", started.elapsed());
 }
