@@ -298,6 +298,11 @@ enum Command {
     Peers(oneshot::Sender<Vec<PeerId>>),
     Stored(Vec<u8>, oneshot::Sender<Option<SignedRecord>>),
     Stats(oneshot::Sender<NodeStats>),
+    RawNotice {
+        peer: PeerId,
+        envelope: Vec<u8>,
+        reply: oneshot::Sender<Option<Response>>,
+    },
     RawPut {
         key: Vec<u8>,
         envelope: Vec<u8>,
@@ -434,6 +439,19 @@ impl Client {
         .unwrap_or(Err(PutError::Stopped))
     }
 
+    /// Sends `envelope` as a lockstep announcement straight to `peer`, unchecked. Dangerous: for
+    /// tests of what peers do with bad or replayed notices. Returns the peer's answer, or `None`
+    /// if it did not answer (or the node stopped).
+    pub async fn dangerous_announce_to(&self, peer: PeerId, envelope: Vec<u8>) -> Option<Response> {
+        self.ask(|reply| Command::RawNotice {
+            peer,
+            envelope,
+            reply,
+        })
+        .await
+        .flatten()
+    }
+
     /// Lockstep notices this node accepts from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<SignedNotice> {
         self.notices.subscribe()
@@ -476,6 +494,7 @@ struct Announcing {
 enum Pending {
     Announce(usize),
     Check(usize),
+    Raw(oneshot::Sender<Option<Response>>),
 }
 
 /// SWIM join attempts before a join is reported failed.
@@ -743,6 +762,15 @@ impl EventLoop {
             }
             Command::Stored(key, reply) => {
                 let _ = reply.send(self.swarm.behaviour_mut().kad.store_mut().signed(&key));
+            }
+            Command::RawNotice {
+                peer,
+                envelope,
+                reply,
+            } => {
+                let req = Request::Announce(ByteBuf::from(envelope));
+                let rid = self.swarm.behaviour_mut().lockstep.send_request(&peer, req);
+                self.requests.insert(rid, Pending::Raw(reply));
             }
             Command::RawPut {
                 key,
@@ -1352,6 +1380,9 @@ impl EventLoop {
                 {
                     self.reply_get(get);
                 }
+            }
+            Some(Pending::Raw(reply)) => {
+                let _ = reply.send(response);
             }
             None => {}
         }

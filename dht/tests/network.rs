@@ -1,12 +1,14 @@
 //! Whole nodes in one process over the memory transport: they join through one seed, put and get
-//! records from random nodes, keep a node without a valid proof out, and refuse a tampered
-//! envelope and a put that contradicts its lockstep notice.
+//! records from random nodes, keep them through the loss of a fifth of the nodes, keep a node
+//! without a valid proof out, refuse a tampered envelope, a replayed notice and a put that
+//! contradicts its lockstep notice, and keep a put on redb across a restart.
 
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId};
 use shoal_dht::lockstep::Announced;
+use shoal_dht::lockstep::protocol::Response;
 use shoal_dht::node::{EventLoop, JoinError, PutError, PutRequest, memory_transport};
 use shoal_dht::record::{NewRecord, SignedRecord};
 use shoal_dht::{Client, Config};
@@ -222,7 +224,7 @@ async fn node_without_valid_proof_stays_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tampered_envelope_and_lockstep_mismatch_are_refused() {
+async fn tampered_envelope_replayed_notice_and_lockstep_mismatch_are_refused() {
     const N: usize = 6;
     let nodes = cluster(N, N - 1).await;
     let others: Vec<PeerId> = nodes[1..].iter().map(Client::peer_id).collect();
@@ -271,7 +273,8 @@ async fn tampered_envelope_and_lockstep_mismatch_are_refused() {
             key: b"locked".to_vec(),
             value: b"something else".to_vec(),
             ttl: TTL,
-            quorum: None,
+            // Every other node must have answered before we look at their counters.
+            quorum: NonZeroUsize::new(N - 1),
             seq: Some(announced.seq),
         })
         .await
@@ -299,6 +302,14 @@ async fn tampered_envelope_and_lockstep_mismatch_are_refused() {
         .expect("the subscriber hears the notice")
         .expect("no lag");
     assert_eq!(notice.notice().key, b"kept");
+    // The same notice sent again is a replay of its stamp, and refused.
+    let replay = nodes[0]
+        .dangerous_announce_to(nodes[5].peer_id(), notice.as_bytes().to_vec())
+        .await;
+    assert!(
+        matches!(replay, Some(Response::Refused(ref why)) if why.contains("replayed")),
+        "{replay:?}"
+    );
     publisher
         .put_request(PutRequest {
             key: b"kept".to_vec(),
