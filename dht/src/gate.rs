@@ -36,7 +36,10 @@ pub enum Event {
         /// Whether the proof cost a scrypt evaluation now (`Verified`) or came from the cache.
         how: Verification,
     },
-    /// The peer's proof was refused; the gate closed every connection to it.
+    /// The peer's proof was refused (invalid, for another key, unreadable, or the peer does not
+    /// speak the protocol); the gate closed every connection to it. A rate-limited check or a
+    /// transient failure is not a refusal: the connection is closed, or left, without this event,
+    /// and the next connection repeats the exchange.
     Refused {
         /// The peer.
         peer: PeerId,
@@ -173,6 +176,13 @@ impl Behaviour {
                 }
                 Ok(())
             }
+            Err(ProofError::RateLimited) => {
+                // Not the peer's fault: shed the connection without holding it against the peer;
+                // its next connection repeats the exchange.
+                self.pending.remove(&peer);
+                self.close(peer);
+                Err(ProofError::RateLimited)
+            }
             Err(error) => {
                 self.refuse(peer, error.clone());
                 Err(error)
@@ -180,13 +190,17 @@ impl Behaviour {
         }
     }
 
-    fn refuse(&mut self, peer: PeerId, error: ProofError) {
-        self.pending.remove(&peer);
-        self.verified.remove(&peer);
+    fn close(&mut self, peer: PeerId) {
         self.events.push_back(ToSwarm::CloseConnection {
             peer_id: peer,
             connection: CloseConnection::All,
         });
+    }
+
+    fn refuse(&mut self, peer: PeerId, error: ProofError) {
+        self.pending.remove(&peer);
+        self.verified.remove(&peer);
+        self.close(peer);
         self.events
             .push_back(ToSwarm::GenerateEvent(Event::Refused { peer, error }));
     }
@@ -216,12 +230,23 @@ impl Behaviour {
             }
             rr::Event::OutboundFailure { peer, error, .. } => {
                 self.pending.remove(&peer);
-                if !self.verified.contains(&peer) {
-                    tracing::debug!(%peer, %error, "identity exchange failed");
-                    self.refuse(
-                        peer,
-                        ProofError::Malformed("no valid identity proof received"),
-                    );
+                if self.verified.contains(&peer) {
+                    return;
+                }
+                tracing::debug!(%peer, %error, "identity exchange failed");
+                match error {
+                    // The peer does not speak the gate's protocol, or sent something unreadable.
+                    rr::OutboundFailure::UnsupportedProtocols | rr::OutboundFailure::Io(_) => {
+                        self.refuse(
+                            peer,
+                            ProofError::Malformed("no valid identity proof received"),
+                        );
+                    }
+                    // Transient: the connection went away, or the answer was late. Nothing is held
+                    // against the peer; a late peer is disconnected so its next connection
+                    // repeats the exchange.
+                    rr::OutboundFailure::Timeout => self.close(peer),
+                    rr::OutboundFailure::ConnectionClosed | rr::OutboundFailure::DialFailure => {}
                 }
             }
             rr::Event::InboundFailure { peer, error, .. } => {
@@ -432,6 +457,57 @@ mod tests {
         .await;
         assert!(closed.is_ok(), "the cheat's connection was not closed");
         assert!(!honest.behaviour().is_verified(&cheat_id));
+    }
+
+    #[tokio::test]
+    async fn a_rate_limited_check_closes_without_refusing() {
+        use shoal_pow::{NodeKey, VerifierConfig};
+        // The honest node may run one scrypt, then none for a long while.
+        let mut honest = Swarm::new_ephemeral_tokio(|keypair| {
+            let key = NodeKey::from_libp2p(&keypair).unwrap();
+            let config = VerifierConfig {
+                rate_per_second: std::num::NonZeroU32::MIN,
+                burst: std::num::NonZeroU32::MIN,
+                ..VerifierConfig::default()
+            };
+            let verifier = IdentityVerifier::new(puzzle(), config);
+            Behaviour::new(valid_proof(&key), verifier, Duration::from_secs(5))
+        });
+        let (addr, _) = honest.listen().with_memory_addr_external().await;
+        for _ in 0..2 {
+            let mut peer = gate(valid_proof);
+            peer.dial(addr.clone()).unwrap();
+            tokio::spawn(peer.loop_on_next());
+        }
+        // Watch every event of the honest node: one peer gets verified, the other is
+        // disconnected, and nobody is refused.
+        let mut verified = Vec::new();
+        let mut closed = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while verified.is_empty() || closed.is_empty() {
+                match honest.next_swarm_event().await {
+                    SwarmEvent::Behaviour(Event::Refused { peer, error }) => {
+                        panic!("{peer} refused for {error}")
+                    }
+                    SwarmEvent::Behaviour(Event::Verified { peer, .. }) => verified.push(peer),
+                    SwarmEvent::ConnectionClosed { peer_id, .. } => closed.push(peer_id),
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .expect("one peer verified, the other disconnected");
+        assert_eq!(verified.len(), 1);
+        assert!(!closed.contains(&verified[0]));
+        assert!(!honest.behaviour().is_verified(&closed[0]));
+        let stats = honest.behaviour().stats();
+        // The limited peer's request and its answer to ours were both turned away unchecked.
+        assert!(stats.rate_limited >= 1, "{stats:?}");
+        assert_eq!(
+            (stats.scrypt_evaluations, stats.rejected),
+            (1, 0),
+            "{stats:?}"
+        );
     }
 
     #[tokio::test]
