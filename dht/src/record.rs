@@ -294,10 +294,21 @@ impl SignedRecord {
     /// Whether `self` should replace `other` for the same key: higher sequence wins; on a tie the
     /// later creation, then the larger envelope bytes, so every node picks the same one.
     pub fn supersedes(&self, other: &SignedRecord) -> bool {
-        let a = (self.record.seq, self.record.created_at, &self.bytes);
-        let b = (other.record.seq, other.record.created_at, &other.bytes);
-        a > b
+        self.precedence() > other.precedence()
     }
+
+    /// The order in which records of one key replace each other (see [`Self::supersedes`]).
+    pub(crate) fn precedence(&self) -> Precedence<'_> {
+        precedence(self.record.seq, self.record.created_at, &self.bytes)
+    }
+}
+
+/// Sort key of a record among the records of its key: sequence, then creation, then envelope.
+pub(crate) type Precedence<'a> = (u64, u64, &'a [u8]);
+
+/// The [`Precedence`] of a record known only by these fields (as the store keeps them).
+pub(crate) fn precedence(seq: u64, created_at: u64, envelope: &[u8]) -> Precedence<'_> {
+    (seq, created_at, envelope)
 }
 
 #[cfg(test)]

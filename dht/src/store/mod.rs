@@ -20,7 +20,7 @@ use libp2p::kad::{ProviderRecord, Record as KadRecord, RecordKey};
 
 pub use persist::{Pairs, Persist, StorageError};
 
-use crate::record::{MAX_RECORD_LEN, SignedRecord};
+use crate::record::{MAX_RECORD_LEN, SignedRecord, precedence};
 
 /// Limits of a [`RecordStore`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,9 +140,7 @@ impl RecordStore {
             Some(held) if held.kad.value == signed.as_bytes() => return Ok(Inserted::Unchanged),
             Some(held) => {
                 let r = signed.record();
-                if (r.seq, r.created_at, signed.as_bytes())
-                    <= (held.seq, held.created_at, held.kad.value.as_slice())
-                {
+                if signed.precedence() <= precedence(held.seq, held.created_at, &held.kad.value) {
                     return Err(StoreError::Stale {
                         held: held.seq,
                         got: r.seq,
