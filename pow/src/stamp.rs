@@ -133,10 +133,10 @@ impl Stamp {
             rand,
             counter: 0,
         };
-        let prefix = stamp.prefix();
         if date::format(date).is_none() {
             return Err(StampError::Malformed("date outside 2000..=2099"));
         }
+        let prefix = stamp.prefix();
         let mut base = Sha256::new();
         base.update(prefix.as_bytes());
         let mut buf = [0u8; 16];
