@@ -3,7 +3,8 @@
 //!
 //! Run a node by building an [`EventLoop`] (key, identity proof, [`Config`], transport), spawning
 //! [`EventLoop::run`] on a tokio runtime and driving it through the cloneable [`Client`]: listen,
-//! join through seeds, put, get, find nodes, announce values and subscribe to notices.
+//! join through seeds, put, get, find nodes, announce values, read and subscribe to notices,
+//! read counters and the member list, and shut down gracefully ([`Client::shutdown`]).
 //!
 //! - [`node`]: the client and event loop, and the rules tying the parts together (a peer enters
 //!   the routing table only once the gate verified it and SWIM holds it alive).

@@ -1,7 +1,8 @@
 //! Whole nodes in one process over the memory transport: they join through one seed, put and get
 //! records from random nodes, keep them through the loss of a fifth of the nodes, keep a node
 //! without a valid proof out, refuse a tampered envelope, a replayed notice and a put that
-//! contradicts its lockstep notice, and keep a put on redb across a restart.
+//! contradicts its lockstep notice, and keep a put on redb across a restart; report their
+//! counters, members and notices, and shut down gracefully.
 
 use std::num::NonZeroUsize;
 use std::time::Duration;
@@ -9,7 +10,9 @@ use std::time::Duration;
 use libp2p::{Multiaddr, PeerId};
 use shoal_dht::lockstep::Announced;
 use shoal_dht::lockstep::protocol::Response;
-use shoal_dht::node::{EventLoop, JoinError, PutError, PutRequest, memory_transport};
+use shoal_dht::node::{
+    EventLoop, GetError, JoinError, PutError, PutRequest, StartError, memory_transport,
+};
 use shoal_dht::record::{NewRecord, SignedRecord};
 use shoal_dht::{Client, Config};
 use shoal_pow::{CancelToken, IdentityProof, MintOptions, NodeKey, Puzzle, mint, unix_now};
@@ -65,9 +68,19 @@ fn kill(peer: PeerId) {
 async fn start(proof: impl FnOnce(&NodeKey) -> IdentityProof) -> (Client, Multiaddr) {
     let key = NodeKey::generate();
     let proof = proof(&key);
+    let (client, addr, _) = start_with(key, proof, config()).await;
+    (client, addr)
+}
+
+/// Starts a node with `config`; returns its client, address and event loop task.
+async fn start_with(
+    key: NodeKey,
+    proof: IdentityProof,
+    config: Config,
+) -> (Client, Multiaddr, tokio::task::JoinHandle<()>) {
     let transport = memory_transport(&key.to_libp2p());
     let (client, event_loop) =
-        EventLoop::new(key, proof, config(), transport).expect("the local preset starts");
+        EventLoop::new(key, proof, config, transport).expect("the local preset starts");
     let task = tokio::spawn(event_loop.run());
     // Invariant: no test panics while holding the lock.
     TASKS
@@ -78,7 +91,19 @@ async fn start(proof: impl FnOnce(&NodeKey) -> IdentityProof) -> (Client, Multia
         .listen("/memory/0".parse().expect("valid multiaddr"))
         .await
         .expect("memory listen");
-    (client, addr)
+    (client, addr, task)
+}
+
+/// Waits up to `secs` seconds for `check` to hold, polling every 100 ms.
+async fn eventually<F: Future<Output = bool>>(secs: u64, mut check: impl FnMut() -> F) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    check().await
 }
 
 /// Starts `n` honest nodes, all joined through node 0, and waits until every node has every
@@ -416,4 +441,161 @@ async fn put_is_durable_before_replication_and_survives_a_restart() {
         matches!(again, Err(PutError::Quorum { seq: s, .. }) if s > seq),
         "{again:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_members_notices_and_graceful_shutdown() {
+    const N: usize = 6;
+    let nodes = cluster(N, N - 1).await;
+
+    // Counters and gauges.
+    let before = nodes[1].stats().await.expect("running");
+    assert_eq!(before.members.alive, N - 1, "{before:?}");
+    assert_eq!(before.members.dead + before.members.left, 0, "{before:?}");
+    assert_eq!(before.routing_peers, N - 1, "{before:?}");
+    assert!(before.swim.probes > 0, "{before:?}");
+    assert!(before.swim_wire.sent > 0 && before.swim_wire.received > 0);
+    assert!(
+        before.verifier.scrypt_evaluations + before.verifier.cache_hits >= (N - 1) as u64,
+        "{before:?}"
+    );
+    assert_eq!(before.listen_addrs.len(), 1, "{before:?}");
+    let lookup = nodes[1]
+        .find_node_with_stats(nodes[4].peer_id())
+        .await
+        .expect("lookup");
+    assert!(lookup.peers.contains(&nodes[4].peer_id()));
+    assert!(lookup.stats.requests >= 1 && lookup.stats.successes >= 1);
+    nodes[1]
+        .put(b"counted".to_vec(), b"v".to_vec(), TTL, None)
+        .await
+        .expect("put");
+    let after = nodes[1].stats().await.expect("running");
+    assert!(after.kad_queries >= before.kad_queries + 2, "{after:?}");
+    assert_eq!(after.records, before.records + 1);
+
+    // The member list names every other node, alive, with its address.
+    let list = nodes[2].member_list().await;
+    assert_eq!(list.len(), N - 1);
+    for m in &list {
+        assert_eq!(m.state, shoal_swim::State::Alive, "{m:?}");
+        assert!(!m.addrs.is_empty(), "{m:?}");
+        assert!(nodes.iter().any(|c| c.peer_id() == m.peer));
+    }
+
+    // Notices: nothing known is an empty answer; then the latest per publisher, newest first.
+    assert!(
+        nodes[0]
+            .notices(b"quiet".to_vec())
+            .await
+            .expect("ok")
+            .is_empty()
+    );
+    let first = nodes[3]
+        .announce(b"noted".to_vec(), b"one".to_vec(), Some(1))
+        .await
+        .expect("announce");
+    nodes[3]
+        .announce(b"noted".to_vec(), b"two".to_vec(), Some(2))
+        .await
+        .expect("announce");
+    // A second publisher, a second later so the order by creation time is certain.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    nodes[4]
+        .announce(b"noted".to_vec(), b"other".to_vec(), Some(7))
+        .await
+        .expect("announce");
+    assert_eq!(first.seq, 1);
+    for reader in [&nodes[0], &nodes[3]] {
+        let found = reader.notices(b"noted".to_vec()).await.expect("ok");
+        let got: Vec<(PeerId, u64)> = found
+            .iter()
+            .map(|n| (n.notice().publisher.peer_id(), n.notice().seq))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(nodes[4].peer_id(), 7), (nodes[3].peer_id(), 2)],
+            "at {}",
+            reader.peer_id()
+        );
+    }
+    assert!(nodes[0].stats().await.expect("running").notices >= 2);
+
+    // A node on redb joins, puts, and shuts down gracefully.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let on_disk = Config {
+        data_dir: Some(dir.path().to_path_buf()),
+        ..config()
+    };
+    let key = NodeKey::generate();
+    let proof = valid_proof(&key);
+    let seed_addr = nodes[0]
+        .listen("/memory/0".parse().expect("valid multiaddr"))
+        .await
+        .expect("listen");
+    let (leaver, _, task) =
+        start_with(NodeKey::from_seed(key.seed()), proof, on_disk.clone()).await;
+    leaver
+        .join(vec![(nodes[0].peer_id(), seed_addr)])
+        .await
+        .expect("join");
+    assert!(
+        eventually(20, || async { leaver.members().await.len() == N }).await,
+        "the new node sees everyone"
+    );
+    let put = leaver
+        .put(b"on-disk".to_vec(), b"kept".to_vec(), TTL, None)
+        .await
+        .expect("put");
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), leaver.shutdown())
+        .await
+        .expect("shutdown returns within its bound");
+    tokio::time::timeout(Duration::from_secs(1), task)
+        .await
+        .expect("the event loop has ended")
+        .expect("the event loop did not panic");
+    eprintln!("shutdown took {:?}", started.elapsed());
+    assert!(matches!(
+        leaver.get(b"on-disk".to_vec()).await,
+        Err(GetError::Stopped)
+    ));
+    assert!(leaver.stats().await.is_none());
+    leaver.shutdown().await; // Harmless when already stopped.
+
+    // The others saw it leave (not fail).
+    let gone = leaver.peer_id();
+    let saw_leave = eventually(10, || async {
+        for c in &nodes {
+            let state = c
+                .member_list()
+                .await
+                .into_iter()
+                .find(|m| m.peer == gone)
+                .map(|m| m.state);
+            if state != Some(shoal_swim::State::Left) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert!(saw_leave, "every node saw the departure");
+    for c in &nodes {
+        assert!(!c.peers().await.contains(&gone));
+    }
+
+    // The database was closed: it reopens at once, with the record.
+    let transport = memory_transport(&key.to_libp2p());
+    let (client, _task) = match EventLoop::new(key, proof, on_disk, transport) {
+        Ok((client, event_loop)) => (client, tokio::spawn(event_loop.run())),
+        Err(StartError::Storage(e)) => panic!("the database is still open: {e}"),
+        Err(e) => panic!("{e}"),
+    };
+    let held = client
+        .stored(b"on-disk".to_vec())
+        .await
+        .expect("the record was loaded back");
+    assert_eq!(held.record().value, b"kept");
+    assert_eq!(held.record().seq, put.seq);
 }

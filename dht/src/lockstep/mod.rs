@@ -169,6 +169,24 @@ impl SignedNotice {
         Ok(signed)
     }
 
+    /// Checks a decoded notice kept by a peer, long after it was announced: its stamp must have
+    /// paid for it when it was made (resource, bits, validity at `created_at`; replays are not
+    /// checked, the stamp was consumed when the notice was first accepted), and it must not be
+    /// dated beyond the future skew from `now` (Unix seconds).
+    pub fn check_kept(&self, now: u64, stamps: &StampChecker) -> Result<(), LockstepError> {
+        let n = &self.notice;
+        let payload = stamp_payload(&n.value_hash, n.seq, n.created_at);
+        stamps.check_stateless(
+            n.created_at.min(now),
+            &n.stamp,
+            MessageClass::LockstepNotice,
+            &n.publisher.to_bytes(),
+            &n.key,
+            &payload,
+        )?;
+        Ok(())
+    }
+
     /// Decodes a notice and checks its signature only (for notices read back from storage).
     pub fn decode(bytes: &[u8]) -> Result<Self, LockstepError> {
         let opened = envelope::open("lockstep notice", DOMAIN, bytes, MAX_NOTICE_LEN)?;

@@ -1,0 +1,612 @@
+//! Puts, gets, lookups and lockstep: starting kad queries and lockstep requests, and folding
+//! their answers into the replies.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use libp2p::kad::{self, QueryId, QueryResult, Quorum};
+use libp2p::request_response::{self as rr, OutboundRequestId};
+use serde_bytes::ByteBuf;
+use shoal_pow::unix_now;
+use tokio::sync::oneshot;
+
+use super::event_loop::EventLoop;
+use super::{
+    AnnounceError, AnnounceOk, AnnounceResult, FindNodeError, GetError, GetOk, GetResult, LookupOk,
+    LookupResult, LookupStats, NoticesResult, PutError, PutOk, PutRequest, PutResult,
+};
+use crate::lockstep::protocol::{self as lockstep, Request, Response};
+use crate::lockstep::{Announced, SignedNotice, value_hash};
+use crate::record::{NewRecord, SignedRecord};
+
+/// A get under way: copies are validated as they come, then holders are asked whether the
+/// winner was announced.
+pub(super) struct Get {
+    key: Vec<u8>,
+    reply: oneshot::Sender<GetResult>,
+    best: Option<SignedRecord>,
+    holders: Vec<PeerId>,
+    valid: usize,
+    invalid: usize,
+    asking: usize,
+    announced: Announced,
+}
+
+/// What a closest-peers query is for.
+pub(super) enum Closest {
+    FindNode(oneshot::Sender<LookupResult>),
+    Announce(Box<SignedNotice>, oneshot::Sender<AnnounceResult>),
+    Notices(Box<NoticesQuery>),
+}
+
+/// An announcement waiting for its peers' answers.
+pub(super) struct Announcing {
+    seq: u64,
+    reply: oneshot::Sender<AnnounceResult>,
+    outstanding: usize,
+    accepted: usize,
+    refused: usize,
+}
+
+/// A [`Client::notices`](super::Client::notices) call: the notices found so far, and the peers
+/// still to answer.
+pub(super) struct NoticesQuery {
+    key: Vec<u8>,
+    reply: oneshot::Sender<NoticesResult>,
+    found: Vec<SignedNotice>,
+    outstanding: usize,
+}
+
+/// What an outbound lockstep request is for.
+pub(super) enum Pending {
+    Announce(usize),
+    Check(usize),
+    Notices(usize),
+    Raw(oneshot::Sender<Option<Response>>),
+}
+
+impl EventLoop {
+    pub(super) fn start_get(&mut self, key: Vec<u8>, reply: oneshot::Sender<GetResult>) {
+        let id = self.kad_mut().get_record(kad::RecordKey::new(&key));
+        self.stats.kad_queries += 1;
+        self.gets.insert(
+            id,
+            Get {
+                key,
+                reply,
+                best: None,
+                holders: Vec::new(),
+                valid: 0,
+                invalid: 0,
+                asking: 0,
+                announced: Announced::No,
+            },
+        );
+    }
+
+    pub(super) fn start_find_node(&mut self, peer: PeerId, reply: oneshot::Sender<LookupResult>) {
+        let id = self.kad_mut().get_closest_peers(peer);
+        self.stats.kad_queries += 1;
+        self.closest.insert(id, Closest::FindNode(reply));
+    }
+
+    pub(super) fn start_announce(
+        &mut self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        seq: Option<u64>,
+        reply: oneshot::Sender<AnnounceResult>,
+    ) {
+        let seq = self.next_seq(&key, seq);
+        match SignedNotice::create(
+            &self.key,
+            &key,
+            &value,
+            seq,
+            unix_now(),
+            &self.config.stamps,
+        ) {
+            Ok(notice) => {
+                let id = self.kad_mut().get_closest_peers(key);
+                self.stats.kad_queries += 1;
+                self.closest
+                    .insert(id, Closest::Announce(Box::new(notice), reply));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e.into()));
+            }
+        }
+    }
+
+    /// Collects the notices for `key`: ours now, then those of the closest peers a lookup finds.
+    pub(super) fn start_notices(&mut self, key: Vec<u8>, reply: oneshot::Sender<NoticesResult>) {
+        let found = self.book.for_key(&key).into_iter().cloned().collect();
+        let id = self.kad_mut().get_closest_peers(key.clone());
+        self.stats.kad_queries += 1;
+        let query = NoticesQuery {
+            key,
+            reply,
+            found,
+            outstanding: 0,
+        };
+        self.closest.insert(id, Closest::Notices(Box::new(query)));
+    }
+
+    fn ask_notices(&mut self, mut query: NoticesQuery, peers: Vec<PeerId>) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let local = *self.swarm.local_peer_id();
+        for peer in peers
+            .into_iter()
+            .filter(|p| *p != local)
+            .take(self.config.replication_factor.get())
+        {
+            let req = Request::Notices(ByteBuf::from(query.key.clone()));
+            let rid = self.swarm.behaviour_mut().lockstep.send_request(&peer, req);
+            self.requests.insert(rid, Pending::Notices(id));
+            query.outstanding += 1;
+        }
+        if query.outstanding == 0 {
+            self.finish_notices(query);
+        } else {
+            self.notice_queries.insert(id, query);
+        }
+    }
+
+    /// Keeps the valid notices of a peer's answer for the query.
+    fn on_notices_answer(&mut self, id: usize, response: Option<Response>) {
+        let Some(query) = self.notice_queries.get_mut(&id) else {
+            return;
+        };
+        if let Some(response) = response
+            && let Ok(notices) = lockstep::notices_from(&query.key, response)
+        {
+            let now = unix_now();
+            query.found.extend(
+                notices
+                    .into_iter()
+                    .filter(|n| n.check_kept(now, &self.stamps).is_ok()),
+            );
+        }
+        query.outstanding -= 1;
+        if query.outstanding == 0
+            && let Some(query) = self.notice_queries.remove(&id)
+        {
+            self.finish_notices(query);
+        }
+    }
+
+    /// Replies with the latest notice per publisher, newest first.
+    fn finish_notices(&mut self, query: NoticesQuery) {
+        let mut latest: HashMap<[u8; 32], SignedNotice> = HashMap::new();
+        for n in query.found {
+            let publisher = n.notice().publisher.to_bytes();
+            match latest.get(&publisher) {
+                Some(kept) if notice_order(kept) >= notice_order(&n) => {}
+                _ => {
+                    latest.insert(publisher, n);
+                }
+            }
+        }
+        let mut list: Vec<SignedNotice> = latest.into_values().collect();
+        list.sort_by_key(|n| std::cmp::Reverse((n.notice().created_at, n.notice().seq)));
+        let _ = query.reply.send(Ok(list));
+    }
+
+    pub(super) fn start_put(&mut self, request: PutRequest, reply: oneshot::Sender<PutResult>) {
+        let seq = self.next_seq(&request.key, request.seq);
+        let now_unix = unix_now();
+        let quorum = request.quorum.unwrap_or(self.config.put_quorum);
+        let signed = match SignedRecord::create(
+            &self.key,
+            NewRecord {
+                key: request.key.clone(),
+                value: request.value,
+                seq,
+                ttl: request.ttl.as_secs().max(1),
+            },
+            now_unix,
+            &self.config.stamps,
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = reply.send(Err(e.into()));
+                return;
+            }
+        };
+        let expires = Instant::now() + request.ttl.max(Duration::from_secs(1));
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        if let Err(e) = kad
+            .store_mut()
+            .insert(signed.clone(), Instant::now(), now_unix)
+        {
+            let _ = reply.send(Err(e.into()));
+            return;
+        }
+        self.last_seq.insert(request.key.clone(), seq);
+        let record = kad::Record {
+            key: kad::RecordKey::new(&request.key),
+            value: signed.into_bytes(),
+            publisher: Some(self.key.peer_id()),
+            expires: Some(expires),
+        };
+        match kad.put_record(record, Quorum::N(quorum)) {
+            Ok(id) => {
+                self.stats.kad_queries += 1;
+                self.puts
+                    .insert(id, (request.key, seq, quorum.get(), reply));
+            }
+            Err(e) => {
+                // Invariant: the record was just inserted in this store, which accepts it again.
+                tracing::warn!(error = %e, "kad refused a record our store accepted");
+                let _ = reply.send(Err(PutError::Quorum {
+                    key: request.key,
+                    seq,
+                    acked: 0,
+                    quorum: quorum.get(),
+                }));
+            }
+        }
+    }
+
+    pub(super) fn on_kad(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::RoutablePeer { peer, address }
+            | kad::Event::PendingRoutablePeer { peer, address } => {
+                if self.verified.contains(&peer) {
+                    self.route(peer, &[address]);
+                } else {
+                    self.dial(peer, vec![address]);
+                }
+            }
+            kad::Event::UnroutablePeer { peer } => {
+                // Connected without a known address: the gate checks it on this connection, and
+                // SWIM supplies its addresses once it is admitted.
+                tracing::trace!(%peer, "unroutable peer");
+            }
+            kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::PutRecord {
+                        source,
+                        record: Some(record),
+                        ..
+                    },
+            } => self.on_inbound_put(source, record),
+            kad::Event::OutboundQueryProgressed {
+                id,
+                result,
+                step,
+                stats,
+            } => self.on_query(id, result, &stats, step.last),
+            _ => {}
+        }
+    }
+
+    fn on_inbound_put(&mut self, source: PeerId, record: kad::Record) {
+        let now_unix = unix_now();
+        let verified = if self.verified.contains(&source) {
+            Ok(())
+        } else {
+            Err("sender's identity not verified".to_owned())
+        };
+        let outcome = verified
+            .and_then(|()| {
+                SignedRecord::validate(
+                    &record.value,
+                    Some(record.key.as_ref()),
+                    now_unix,
+                    &self.config.records,
+                    &self.stamps,
+                )
+                .map_err(|e| e.to_string())
+            })
+            .and_then(|signed| {
+                self.book
+                    .check_put(signed.record())
+                    .map_err(|e| e.to_string())?;
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .store_mut()
+                    .insert(signed, Instant::now(), now_unix)
+                    .map_err(|e| e.to_string())
+            });
+        match outcome {
+            Ok(_) => self.stats.stored_puts += 1,
+            Err(reason) => {
+                tracing::debug!(peer = %source, %reason, "inbound put refused");
+                *self.stats.refused_puts.entry(source).or_default() += 1;
+            }
+        }
+    }
+
+    fn on_query(&mut self, id: QueryId, result: QueryResult, stats: &kad::QueryStats, last: bool) {
+        match result {
+            QueryResult::PutRecord(r) => {
+                let Some((key, seq, quorum, reply)) = self.puts.remove(&id) else {
+                    return;
+                };
+                let result = match r {
+                    Ok(_) => Ok(PutOk { key, seq }),
+                    Err(kad::PutRecordError::QuorumFailed { success, .. })
+                    | Err(kad::PutRecordError::Timeout { success, .. }) => Err(PutError::Quorum {
+                        key,
+                        seq,
+                        acked: success.len(),
+                        quorum,
+                    }),
+                };
+                let _ = reply.send(result);
+            }
+            QueryResult::GetRecord(r) => {
+                let Some(get) = self.gets.get_mut(&id) else {
+                    return;
+                };
+                if let Ok(kad::GetRecordOk::FoundRecord(found)) = r {
+                    let book = &self.book;
+                    match SignedRecord::validate(
+                        &found.record.value,
+                        Some(&get.key),
+                        unix_now(),
+                        &self.config.records,
+                        &self.stamps,
+                    )
+                    .map_err(|e| e.to_string())
+                    .and_then(|s| match book.check_put(s.record()) {
+                        // A copy contradicting a notice we hold is refused like a bad one.
+                        Err(e) => Err(e.to_string()),
+                        Ok(_) => Ok(s),
+                    }) {
+                        Ok(signed) => {
+                            get.valid += 1;
+                            if let Some(peer) = found.peer {
+                                get.holders.push(peer);
+                            }
+                            if get.best.as_ref().is_none_or(|b| signed.supersedes(b)) {
+                                get.best = Some(signed);
+                            }
+                        }
+                        Err(error) => {
+                            tracing::debug!(peer = ?found.peer, %error, "invalid record copy");
+                            get.invalid += 1;
+                        }
+                    }
+                    if !last {
+                        return;
+                    }
+                }
+                if let Some(get) = self.gets.remove(&id) {
+                    self.finish_get(get);
+                }
+            }
+            QueryResult::GetClosestPeers(r) => {
+                let Some(what) = self.closest.remove(&id) else {
+                    return;
+                };
+                let (peers, timed_out) = match r {
+                    Ok(ok) => (ok.peers.into_iter().map(|p| p.peer_id).collect(), false),
+                    Err(kad::GetClosestPeersError::Timeout { peers, .. }) => {
+                        (peers.into_iter().map(|p| p.peer_id).collect(), true)
+                    }
+                };
+                match what {
+                    Closest::FindNode(reply) => {
+                        let _ = reply.send(if timed_out {
+                            Err(FindNodeError::Timeout { found: peers })
+                        } else {
+                            Ok(LookupOk {
+                                peers,
+                                stats: LookupStats::from_kad(stats),
+                            })
+                        });
+                    }
+                    Closest::Announce(notice, reply) => self.send_notice(*notice, peers, reply),
+                    Closest::Notices(query) => self.ask_notices(*query, peers),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn finish_get(&mut self, mut get: Get) {
+        let Some(best) = &get.best else {
+            let _ = get.reply.send(Err(GetError::NotFound {
+                key: get.key,
+                invalid: get.invalid,
+            }));
+            return;
+        };
+        if best.record().publisher == self.key.public() {
+            let seq = best.record().seq;
+            let seen = self.last_seq.entry(get.key.clone()).or_default();
+            *seen = (*seen).max(seq);
+        }
+        if matches!(self.book.check_put(best.record()), Ok(Announced::Yes)) {
+            get.announced = Announced::Yes;
+            return self.reply_get(get);
+        }
+        let mut holders = std::mem::take(&mut get.holders);
+        holders.dedup();
+        let id = self.next_id;
+        self.next_id += 1;
+        for peer in holders.into_iter().take(self.config.announced_checks.get()) {
+            let req = Request::Notices(ByteBuf::from(get.key.clone()));
+            let rid = self.swarm.behaviour_mut().lockstep.send_request(&peer, req);
+            self.requests.insert(rid, Pending::Check(id));
+            get.asking += 1;
+        }
+        if get.asking == 0 {
+            return self.reply_get(get);
+        }
+        self.checks.insert(id, get);
+    }
+
+    fn reply_get(&mut self, get: Get) {
+        // Invariant: only called with a winning record.
+        let Some(best) = get.best else { return };
+        let _ = get.reply.send(Ok(GetOk {
+            record: best.record().clone(),
+            signed: best,
+            announced: get.announced,
+            valid: get.valid,
+            invalid: get.invalid,
+        }));
+    }
+
+    fn send_notice(
+        &mut self,
+        notice: SignedNotice,
+        peers: Vec<PeerId>,
+        reply: oneshot::Sender<AnnounceResult>,
+    ) {
+        let peers: Vec<PeerId> = peers
+            .into_iter()
+            .take(self.config.replication_factor.get())
+            .collect();
+        if peers.is_empty() {
+            let _ = reply.send(Err(AnnounceError::NoPeers));
+            return;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        for peer in &peers {
+            let req = Request::Announce(ByteBuf::from(notice.as_bytes().to_vec()));
+            let rid = self.swarm.behaviour_mut().lockstep.send_request(peer, req);
+            self.requests.insert(rid, Pending::Announce(id));
+        }
+        self.announcing.insert(
+            id,
+            Announcing {
+                seq: notice.notice().seq,
+                reply,
+                outstanding: peers.len(),
+                accepted: 0,
+                refused: 0,
+            },
+        );
+    }
+
+    pub(super) fn on_lockstep(&mut self, event: rr::Event<Request, Response>) {
+        match event {
+            rr::Event::Message {
+                peer,
+                message:
+                    rr::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                if !self.verified.contains(&peer) {
+                    let refusal = Response::Refused("identity not verified".into());
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .lockstep
+                        .send_response(channel, refusal);
+                    return;
+                }
+                let answer =
+                    lockstep::answer(&mut self.book, &mut self.stamps, unix_now(), request);
+                if let Some(persist) = &self.persist {
+                    for n in &answer.dropped {
+                        let n = n.notice();
+                        if let Err(e) = persist.remove_notice(&n.key, &n.publisher.to_bytes()) {
+                            tracing::warn!(error = %e, "cannot delete a notice");
+                        }
+                    }
+                    if let Some(n) = &answer.accepted {
+                        let p = n.notice().publisher.to_bytes();
+                        if let Err(e) = persist.put_notice(&n.notice().key, &p, n.as_bytes()) {
+                            tracing::warn!(error = %e, "cannot persist a notice");
+                        }
+                    }
+                }
+                if let Some(n) = answer.accepted {
+                    // No subscriber is fine.
+                    let _ = self.notices.send(n);
+                }
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .lockstep
+                    .send_response(channel, answer.response);
+            }
+            rr::Event::Message {
+                message:
+                    rr::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => self.on_lockstep_answer(request_id, Some(response)),
+            rr::Event::OutboundFailure { request_id, .. } => {
+                self.on_lockstep_answer(request_id, None)
+            }
+            _ => {}
+        }
+    }
+
+    fn on_lockstep_answer(&mut self, request: OutboundRequestId, response: Option<Response>) {
+        match self.requests.remove(&request) {
+            Some(Pending::Announce(id)) => {
+                let Some(a) = self.announcing.get_mut(&id) else {
+                    return;
+                };
+                if matches!(response, Some(Response::Accepted)) {
+                    a.accepted += 1;
+                } else {
+                    a.refused += 1;
+                }
+                a.outstanding -= 1;
+                if a.outstanding == 0
+                    && let Some(a) = self.announcing.remove(&id)
+                {
+                    let tried = a.accepted + a.refused;
+                    let _ = a.reply.send(if a.accepted == 0 {
+                        Err(AnnounceError::NoneAccepted { tried })
+                    } else {
+                        Ok(AnnounceOk {
+                            seq: a.seq,
+                            accepted: a.accepted,
+                            refused: a.refused,
+                        })
+                    });
+                }
+            }
+            Some(Pending::Check(id)) => {
+                let Some(get) = self.checks.get_mut(&id) else {
+                    return;
+                };
+                if let (Some(best), Some(response)) = (&get.best, response)
+                    && let Ok(notices) = lockstep::notices_from(&get.key, response)
+                {
+                    let r = best.record();
+                    let hash = value_hash(&r.key, &r.value);
+                    if notices.iter().any(|n| {
+                        let n = n.notice();
+                        n.publisher == r.publisher && n.seq == r.seq && n.value_hash == hash
+                    }) {
+                        get.announced = Announced::Yes;
+                    }
+                }
+                get.asking -= 1;
+                if get.asking == 0
+                    && let Some(get) = self.checks.remove(&id)
+                {
+                    self.reply_get(get);
+                }
+            }
+            Some(Pending::Notices(id)) => self.on_notices_answer(id, response),
+            Some(Pending::Raw(reply)) => {
+                let _ = reply.send(response);
+            }
+            None => {}
+        }
+    }
+}
+
+/// The order in which one publisher's notices for a key replace each other.
+fn notice_order(n: &SignedNotice) -> (u64, u64) {
+    (n.notice().seq, n.notice().created_at)
+}
