@@ -1,0 +1,22 @@
+//! The `shoal` node: what people run. A command line (`shoal init`, `run`, `testnet`, `rpc`,
+//! `config default`), a documented TOML configuration, a JSON-RPC endpoint over HTTP and
+//! WebSocket on one port (with Prometheus metrics at `/metrics`), and a local testnet of
+//! processes on loopback.
+//!
+//! - [`cli`]: the command line.
+//! - [`config`]: the TOML configuration, its documented defaults and overrides.
+//! - [`init`]: the data directory, node key and identity proof.
+//! - [`run`]: starting a node and its endpoints, and shutting them down cleanly.
+//! - [`testnet`]: a local testnet of `shoal run` processes.
+//! - [`client`]: the `shoal rpc` client.
+//! - [`rpc`]: the JSON-RPC server, its methods, errors and OpenRPC document.
+//! - [`metrics`]: the Prometheus metrics.
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod init;
+pub mod metrics;
+pub mod rpc;
+pub mod run;
+pub mod testnet;

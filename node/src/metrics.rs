@@ -1,0 +1,315 @@
+//! Prometheus metrics, served at `GET /metrics` on the JSON-RPC port in the OpenMetrics text
+//! format.
+//!
+//! Two sources: the JSON-RPC layer counts calls and times them by method (the latency of
+//! lookups, gets and puts as clients see it), and each scrape asks the DHT node for its counters
+//! (SWIM members by state, probes, refutations, kad queries, records, notices, identity-proof
+//! checks and refusals).
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use shoal_dht::node::NodeStats;
+
+/// Labels of a JSON-RPC call counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    method: String,
+    outcome: String,
+}
+
+/// Labels of a per-method histogram.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: String,
+}
+
+/// Labels naming a state or kind.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+/// Gauges and counters mirrored from the DHT node at each scrape.
+#[derive(Debug, Default)]
+struct Mirrored {
+    members: Family<KindLabels, Gauge>,
+    probes: Counter,
+    failed_probes: Counter,
+    refutations: Counter,
+    swim_messages: Family<KindLabels, Counter>,
+    kad_queries: Counter,
+    records: Gauge,
+    notices: Gauge,
+    routing_peers: Gauge,
+    puts_stored: Counter,
+    puts_refused: Counter,
+    proof_checks: Family<KindLabels, Counter>,
+    peers_verified: Counter,
+    peers_refused: Counter,
+}
+
+/// The node's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    calls: Family<CallLabels, Counter>,
+    latency: Family<MethodLabels, Histogram>,
+    rate_limited: Counter,
+    unauthorized: Counter,
+    mirrored: Mirrored,
+    /// Serialises scrapes so mirrored counters are updated by one scrape at a time.
+    scrape: Mutex<()>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Brings a mirrored counter up to `value` (counters only grow; a smaller value is ignored).
+fn mirror(counter: &Counter, value: u64) {
+    let current = counter.get();
+    if value > current {
+        counter.inc_by(value - current);
+    }
+}
+
+fn gauge(value: usize) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+impl Metrics {
+    /// A registry with every metric at zero.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("shoal");
+        let calls = Family::<CallLabels, Counter>::default();
+        let latency = Family::<MethodLabels, Histogram>::new_with_constructor(|| {
+            // 100 µs to about 52 s.
+            Histogram::new(exponential_buckets(0.0001, 2.0, 20))
+        });
+        let (rate_limited, unauthorized) = (Counter::default(), Counter::default());
+        let m = Mirrored::default();
+        registry.register(
+            "rpc_calls",
+            "JSON-RPC calls by method and outcome",
+            calls.clone(),
+        );
+        registry.register(
+            "rpc_call_duration_seconds",
+            "Time to answer a JSON-RPC call, by method (dht_get and dht_findNode are lookups)",
+            latency.clone(),
+        );
+        registry.register(
+            "rpc_rate_limited",
+            "JSON-RPC calls refused by the per-connection rate limit",
+            rate_limited.clone(),
+        );
+        registry.register(
+            "rpc_unauthorized",
+            "HTTP requests refused for a missing or wrong bearer token",
+            unauthorized.clone(),
+        );
+        registry.register(
+            "swim_members",
+            "SWIM members known, by state (alive, suspect, dead, left)",
+            m.members.clone(),
+        );
+        registry.register("swim_probes", "SWIM probes started", m.probes.clone());
+        registry.register(
+            "swim_failed_probes",
+            "SWIM probes that ended without an ack",
+            m.failed_probes.clone(),
+        );
+        registry.register(
+            "swim_refutations",
+            "Times this node refuted news of its own suspicion or death",
+            m.refutations.clone(),
+        );
+        registry.register(
+            "swim_messages",
+            "SWIM messages by kind (sent, received, malformed)",
+            m.swim_messages.clone(),
+        );
+        registry.register(
+            "dht_queries",
+            "Kademlia queries started",
+            m.kad_queries.clone(),
+        );
+        registry.register(
+            "dht_records",
+            "Records held by this node",
+            m.records.clone(),
+        );
+        registry.register(
+            "lockstep_notices",
+            "Lockstep notices held by this node",
+            m.notices.clone(),
+        );
+        registry.register(
+            "dht_routing_peers",
+            "Peers in the Kademlia routing table",
+            m.routing_peers.clone(),
+        );
+        registry.register(
+            "dht_puts_stored",
+            "Inbound puts validated and stored",
+            m.puts_stored.clone(),
+        );
+        registry.register(
+            "dht_puts_refused",
+            "Inbound puts refused (invalid record, lockstep, store)",
+            m.puts_refused.clone(),
+        );
+        registry.register(
+            "identity_proof_checks",
+            "Identity-proof checks by kind (scrypt, cached, rejected, rate_limited)",
+            m.proof_checks.clone(),
+        );
+        registry.register(
+            "peers_verified",
+            "Peers whose identity proof was verified",
+            m.peers_verified.clone(),
+        );
+        registry.register(
+            "peers_refused",
+            "Peers refused for an invalid identity proof",
+            m.peers_refused.clone(),
+        );
+        Self {
+            registry,
+            calls,
+            latency,
+            rate_limited,
+            unauthorized,
+            mirrored: m,
+            scrape: Mutex::new(()),
+        }
+    }
+
+    /// Records one JSON-RPC call: its method, its outcome (`"ok"` or an error name) and how long
+    /// it took.
+    pub fn observe(&self, method: &str, outcome: &str, elapsed: Duration) {
+        self.calls
+            .get_or_create(&CallLabels {
+                method: method.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&MethodLabels {
+                method: method.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts calls refused by the rate limit.
+    pub fn rate_limited(&self, calls: u64) {
+        self.rate_limited.inc_by(calls);
+    }
+
+    /// Counts a request refused for its token.
+    pub fn unauthorized(&self) {
+        self.unauthorized.inc();
+    }
+
+    /// Mirrors the DHT node's counters.
+    fn update(&self, stats: &NodeStats) {
+        let m = &self.mirrored;
+        for (kind, n) in [
+            ("alive", stats.members.alive),
+            ("suspect", stats.members.suspect),
+            ("dead", stats.members.dead),
+            ("left", stats.members.left),
+        ] {
+            m.members
+                .get_or_create(&KindLabels { kind: kind.into() })
+                .set(gauge(n));
+        }
+        mirror(&m.probes, stats.swim.probes);
+        mirror(&m.failed_probes, stats.swim.failed_probes);
+        mirror(&m.refutations, stats.swim.refutations);
+        for (kind, n) in [
+            ("sent", stats.swim_wire.sent),
+            ("received", stats.swim_wire.received),
+            ("malformed", stats.swim_wire.malformed),
+        ] {
+            mirror(
+                &m.swim_messages
+                    .get_or_create(&KindLabels { kind: kind.into() }),
+                n,
+            );
+        }
+        mirror(&m.kad_queries, stats.kad_queries);
+        m.records.set(gauge(stats.records));
+        m.notices.set(gauge(stats.notices));
+        m.routing_peers.set(gauge(stats.routing_peers));
+        mirror(&m.puts_stored, stats.stored_puts);
+        mirror(&m.puts_refused, stats.refused_puts.values().sum());
+        for (kind, n) in [
+            ("scrypt", stats.verifier.scrypt_evaluations),
+            ("cached", stats.verifier.cache_hits),
+            ("rejected", stats.verifier.rejected),
+            ("rate_limited", stats.verifier.rate_limited),
+        ] {
+            mirror(
+                &m.proof_checks
+                    .get_or_create(&KindLabels { kind: kind.into() }),
+                n,
+            );
+        }
+        mirror(&m.peers_verified, stats.verified as u64);
+        mirror(&m.peers_refused, stats.refused_peers as u64);
+    }
+
+    /// Asks `node` for its counters and renders every metric in the OpenMetrics text format.
+    pub async fn render(&self, node: &shoal_dht::Client) -> String {
+        let stats = node.stats().await;
+        // Invariant: no code panics while holding the lock.
+        let _one_scrape = self.scrape.lock().expect("scrape lock not poisoned");
+        if let Some(stats) = &stats {
+            self.update(stats);
+        }
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirrored_counters_follow_the_node() {
+        let metrics = Metrics::new();
+        let mut stats = NodeStats::default();
+        stats.swim.probes = 10;
+        stats.members.alive = 4;
+        metrics.update(&stats);
+        stats.swim.probes = 12;
+        metrics.update(&stats);
+        assert_eq!(metrics.mirrored.probes.get(), 12);
+        metrics.observe("dht_get", "ok", Duration::from_millis(3));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &metrics.registry)
+            .expect("encoding to a String succeeds");
+        assert!(text.contains("shoal_swim_probes_total 12"), "{text}");
+        assert!(
+            text.contains("shoal_swim_members{kind=\"alive\"} 4"),
+            "{text}"
+        );
+        assert!(
+            text.contains("shoal_rpc_calls_total{method=\"dht_get\",outcome=\"ok\"} 1"),
+            "{text}"
+        );
+    }
+}

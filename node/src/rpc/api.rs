@@ -1,0 +1,505 @@
+//! The JSON-RPC methods. Parameters are passed by name (a JSON object); unknown fields are
+//! refused. Keys and values are UTF-8 text by default, or hex or base64 (`encoding` for the
+//! value, `key_encoding` for the key).
+//!
+//! | method | params | result |
+//! |---|---|---|
+//! | `dht_put` | `key, value, encoding?, key_encoding?, ttl?, quorum?, seq?` | `{key, seq, quorum}` |
+//! | `dht_get` | `key, encoding?, key_encoding?` | `{key, value, encoding, publisher, seq, created_at, expires_at, lockstep, copies}` |
+//! | `dht_findNode` | `peer` | `{target, peers}` |
+//! | `lockstep_announce` | `key, value, encoding?, key_encoding?, seq?` | `{key, seq, value_hash, accepted, refused}` |
+//! | `lockstep_get` | `key, key_encoding?` | `{key, notices: [{publisher, seq, value_hash, created_at}]}` |
+//! | `lockstep_subscribe` | `key?, key_encoding?` | subscription; notifications `lockstep_notice` |
+//! | `swim_members` | none | `[{peer, state, incarnation, addrs}]` |
+//! | `node_peers` | none | `[peer id]` |
+//! | `node_info` | none | `{peer_id, network, version, ...}` |
+//! | `rpc.discover` | none | the OpenRPC document |
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jsonrpsee::core::SubscriptionResult;
+use jsonrpsee::server::{PendingSubscriptionSink, RegisterMethodError, RpcModule};
+use jsonrpsee::types::{ErrorObjectOwned, Params};
+use libp2p::PeerId;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use shoal_dht::lockstep::{Announced, SignedNotice};
+use shoal_dht::node::PutRequest;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::metrics::Metrics;
+use crate::rpc::Context;
+use crate::rpc::encoding::Encoding;
+use crate::rpc::error::{Code, RpcError};
+use crate::rpc::openrpc;
+
+/// What every method shares.
+#[derive(Debug)]
+pub struct State {
+    node: shoal_dht::Client,
+    context: Context,
+    metrics: Arc<Metrics>,
+    call_timeout: Duration,
+    started: Instant,
+}
+
+impl State {
+    /// The state of a server for `node`.
+    pub fn new(
+        node: shoal_dht::Client,
+        context: Context,
+        metrics: Arc<Metrics>,
+        call_timeout: Duration,
+    ) -> Self {
+        Self {
+            node,
+            context,
+            metrics,
+            call_timeout,
+            started: Instant::now(),
+        }
+    }
+}
+
+/// Parses by-name params into `T`; absent params count as `{}`.
+fn parse<T: DeserializeOwned>(params: &Params<'_>) -> Result<T, RpcError> {
+    let value: Value = match params.as_str() {
+        None => json!({}),
+        Some(raw) => serde_json::from_str(raw)
+            .map_err(|e| RpcError::new(Code::InvalidParams, e.to_string(), json!({})))?,
+    };
+    let value = match value {
+        Value::Null => json!({}),
+        Value::Array(a) if a.is_empty() => json!({}),
+        Value::Object(o) => Value::Object(o),
+        _ => {
+            return Err(RpcError::new(
+                Code::InvalidParams,
+                "params must be an object of named parameters",
+                json!({}),
+            ));
+        }
+    };
+    serde_json::from_value(value).map_err(|e| {
+        RpcError::new(
+            Code::InvalidParams,
+            format!("invalid params: {e}"),
+            json!({ "detail": e.to_string() }),
+        )
+    })
+}
+
+fn decode(param: &str, text: &str, encoding: Encoding) -> Result<Vec<u8>, RpcError> {
+    encoding
+        .decode(text)
+        .map_err(|e| RpcError::invalid_param(param, e))
+}
+
+fn peer_id(param: &str, text: &str) -> Result<PeerId, RpcError> {
+    text.parse()
+        .map_err(|e| RpcError::invalid_param(param, format!("not a peer id: {e}")))
+}
+
+/// Params of `dht_put`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutParams {
+    key: String,
+    value: String,
+    #[serde(default)]
+    encoding: Encoding,
+    #[serde(default)]
+    key_encoding: Encoding,
+    ttl: Option<u64>,
+    quorum: Option<NonZeroUsize>,
+    seq: Option<u64>,
+}
+
+/// Params of `dht_get`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetParams {
+    key: String,
+    #[serde(default)]
+    encoding: Encoding,
+    #[serde(default)]
+    key_encoding: Encoding,
+}
+
+/// Params of `dht_findNode`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FindNodeParams {
+    peer: String,
+}
+
+/// Params of `lockstep_announce`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnnounceParams {
+    key: String,
+    value: String,
+    #[serde(default)]
+    encoding: Encoding,
+    #[serde(default)]
+    key_encoding: Encoding,
+    seq: Option<u64>,
+}
+
+/// Params of `lockstep_get` and `lockstep_subscribe`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyParams {
+    key: Option<String>,
+    #[serde(default)]
+    key_encoding: Encoding,
+}
+
+/// Params of the methods that take none.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoParams {}
+
+fn notice_json(notice: &SignedNotice, key_encoding: Encoding) -> Value {
+    let n = notice.notice();
+    let (key, key_encoding) = key_encoding.encode(&n.key);
+    json!({
+        "key": key,
+        "key_encoding": key_encoding,
+        "publisher": n.publisher.peer_id().to_string(),
+        "seq": n.seq,
+        "value_hash": hex::encode(n.value_hash),
+        "created_at": n.created_at,
+    })
+}
+
+async fn put(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
+    let p: PutParams = parse(&params)?;
+    let key = decode("key", &p.key, p.key_encoding)?;
+    let value = decode("value", &p.value, p.encoding)?;
+    let ttl = match p.ttl {
+        Some(0) => return Err(RpcError::invalid_param("ttl", "must be at least 1 second")),
+        Some(secs) => Duration::from_secs(secs),
+        None => state.context.default_ttl,
+    };
+    let ok = state
+        .node
+        .put_request(PutRequest {
+            key,
+            value,
+            ttl,
+            quorum: p.quorum,
+            seq: p.seq,
+        })
+        .await?;
+    Ok(json!({ "key": p.key, "seq": ok.seq }))
+}
+
+async fn get(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
+    let p: GetParams = parse(&params)?;
+    let key = decode("key", &p.key, p.key_encoding)?;
+    let found = state.node.get(key).await?;
+    let r = &found.record;
+    let (value, encoding) = p.encoding.encode(&r.value);
+    Ok(json!({
+        "key": p.key,
+        "value": value,
+        "encoding": encoding,
+        "publisher": r.publisher.peer_id().to_string(),
+        "seq": r.seq,
+        "created_at": r.created_at,
+        "expires_at": r.expires_at(),
+        "lockstep": found.announced == Announced::Yes,
+        "copies": { "valid": found.valid, "invalid": found.invalid },
+    }))
+}
+
+async fn find_node(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
+    let p: FindNodeParams = parse(&params)?;
+    let target = peer_id("peer", &p.peer)?;
+    let peers = state.node.find_node(target).await?;
+    let peers: Vec<String> = peers.iter().map(ToString::to_string).collect();
+    Ok(json!({ "target": p.peer, "peers": peers }))
+}
+
+async fn announce(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
+    let p: AnnounceParams = parse(&params)?;
+    let key = decode("key", &p.key, p.key_encoding)?;
+    let value = decode("value", &p.value, p.encoding)?;
+    let hash = shoal_dht::lockstep::value_hash(&key, &value);
+    let ok = state.node.announce(key, value, p.seq).await?;
+    Ok(json!({
+        "key": p.key,
+        "seq": ok.seq,
+        "value_hash": hex::encode(hash),
+        "accepted": ok.accepted,
+        "refused": ok.refused,
+    }))
+}
+
+async fn lockstep_get(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
+    let p: KeyParams = parse(&params)?;
+    let Some(text) = p.key else {
+        return Err(RpcError::invalid_param("key", "missing"));
+    };
+    let key = decode("key", &text, p.key_encoding)?;
+    let notices = state
+        .node
+        .notices(key)
+        .await
+        .map_err(|_| RpcError::unavailable())?;
+    let notices: Vec<Value> = notices
+        .iter()
+        .map(|n| notice_json(n, p.key_encoding))
+        .collect();
+    Ok(json!({ "key": text, "notices": notices }))
+}
+
+async fn members(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
+    let _: NoParams = parse(&params)?;
+    let members: Vec<Value> = state
+        .node
+        .member_list()
+        .await
+        .iter()
+        .map(|m| {
+            let addrs: Vec<String> = m.addrs.iter().map(ToString::to_string).collect();
+            json!({
+                "peer": m.peer.to_string(),
+                "state": format!("{:?}", m.state).to_lowercase(),
+                "incarnation": m.incarnation,
+                "addrs": addrs,
+            })
+        })
+        .collect();
+    Ok(Value::Array(members))
+}
+
+async fn peers(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
+    let _: NoParams = parse(&params)?;
+    let peers: Vec<String> = state
+        .node
+        .peers()
+        .await
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    Ok(json!(peers))
+}
+
+async fn info(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
+    let _: NoParams = parse(&params)?;
+    let stats = state.node.stats().await.ok_or_else(RpcError::unavailable)?;
+    let addrs = |a: &[libp2p::Multiaddr]| a.iter().map(ToString::to_string).collect::<Vec<_>>();
+    Ok(json!({
+        "peer_id": state.node.peer_id().to_string(),
+        "network": state.context.network,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_secs": state.started.elapsed().as_secs(),
+        "data_dir": state.context.data_dir,
+        "listen_addrs": addrs(&stats.listen_addrs),
+        "external_addrs": addrs(&stats.external_addrs),
+        "members": {
+            "alive": stats.members.alive,
+            "suspect": stats.members.suspect,
+            "dead": stats.members.dead,
+            "left": stats.members.left,
+        },
+        "routing_peers": stats.routing_peers,
+        "records": stats.records,
+        "notices": stats.notices,
+    }))
+}
+
+/// Runs one call: bounds it in time, maps its error and records it in the metrics.
+async fn call<F, Fut>(
+    state: Arc<State>,
+    method: &'static str,
+    f: F,
+) -> Result<Value, ErrorObjectOwned>
+where
+    F: FnOnce(Arc<State>) -> Fut,
+    Fut: Future<Output = Result<Value, RpcError>>,
+{
+    let start = Instant::now();
+    let timeout = state.call_timeout;
+    let result = match tokio::time::timeout(timeout, f(state.clone())).await {
+        Ok(r) => r,
+        Err(_) => Err(RpcError::new(
+            Code::Timeout,
+            format!("no answer within {} s", timeout.as_secs()),
+            json!({ "timeout_secs": timeout.as_secs() }),
+        )),
+    };
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.code.name(),
+    };
+    state.metrics.observe(method, outcome, start.elapsed());
+    result.map_err(Into::into)
+}
+
+/// Registers one async method that maps its `RpcError` into a JSON-RPC error.
+macro_rules! method {
+    ($module:expr, $name:literal, $f:path) => {
+        $module.register_async_method($name, |params, state, _| async move {
+            call(state, $name, |s| async move { $f(&s, params).await }).await
+        })?;
+    };
+}
+
+/// Every method with the server's state; `rpc.discover` lists exactly these.
+pub fn module(state: State) -> Result<RpcModule<State>, RegisterMethodError> {
+    let mut module = RpcModule::new(state);
+    method!(module, "dht_put", put);
+    method!(module, "dht_get", get);
+    method!(module, "dht_findNode", find_node);
+    method!(module, "lockstep_announce", announce);
+    method!(module, "lockstep_get", lockstep_get);
+    method!(module, "swim_members", members);
+    method!(module, "node_peers", peers);
+    method!(module, "node_info", info);
+    module.register_subscription(
+        "lockstep_subscribe",
+        "lockstep_notice",
+        "lockstep_unsubscribe",
+        subscribe,
+    )?;
+    let document = openrpc::document();
+    module.register_method("rpc.discover", move |params, _, _| {
+        let _: NoParams = parse(&params).map_err(ErrorObjectOwned::from)?;
+        Ok::<Value, ErrorObjectOwned>(document.clone())
+    })?;
+    Ok(module)
+}
+
+/// `lockstep_subscribe`: notices this node accepts, optionally only for one key.
+async fn subscribe(
+    params: Params<'static>,
+    pending: PendingSubscriptionSink,
+    state: Arc<State>,
+    _: jsonrpsee::Extensions,
+) -> SubscriptionResult {
+    let filter = match parse::<KeyParams>(&params).and_then(|p| {
+        p.key
+            .map(|k| decode("key", &k, p.key_encoding))
+            .transpose()
+            .map(|k| (k, p.key_encoding))
+    }) {
+        Ok(f) => f,
+        Err(e) => {
+            pending.reject(ErrorObjectOwned::from(e)).await;
+            return Ok(());
+        }
+    };
+    let mut notices = state.node.subscribe();
+    let sink = pending.accept().await?;
+    loop {
+        tokio::select! {
+            _ = sink.closed() => return Ok(()),
+            received = notices.recv() => match received {
+                Ok(notice) => {
+                    if filter.0.as_ref().is_some_and(|k| *k != notice.notice().key) {
+                        continue;
+                    }
+                    let message = serde_json::value::to_raw_value(&notice_json(&notice, filter.1))?;
+                    sink.send(message).await?;
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    let message = serde_json::value::to_raw_value(&json!({ "lagged": missed }))?;
+                    sink.send(message).await?;
+                }
+                Err(RecvError::Closed) => return Ok(()),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(json: &'static str) -> Params<'static> {
+        Params::new(Some(json))
+    }
+
+    #[test]
+    fn put_params_parse_by_name() {
+        let p: PutParams = parse(&params(
+            r#"{"key":"a","value":"00ff","encoding":"hex","ttl":60}"#,
+        ))
+        .expect("valid params");
+        assert_eq!(p.encoding, Encoding::Hex);
+        assert_eq!(p.ttl, Some(60));
+        assert_eq!(p.key_encoding, Encoding::Utf8);
+    }
+
+    #[test]
+    fn bad_params_get_invalid_params() {
+        for bad in [
+            r#"{"key":5,"value":"v"}"#,
+            r#"{"value":"v"}"#,
+            r#"{"key":"k","value":"v","colour":"red"}"#,
+            r#"{"key":"k","value":"v","encoding":"rot13"}"#,
+            r#"{"key":"k","value":"v","quorum":0}"#,
+            r#"["k","v"]"#,
+            r#""k""#,
+        ] {
+            let e = parse::<PutParams>(&params(bad)).expect_err(bad);
+            assert_eq!(e.code, Code::InvalidParams, "{bad}");
+        }
+    }
+
+    /// The methods a real server registers.
+    fn registered_methods() -> Vec<&'static str> {
+        let key = shoal_pow::NodeKey::generate();
+        let config = shoal_dht::Config::local();
+        let puzzle =
+            shoal_pow::Puzzle::new(config.puzzle.clone()).expect("the local preset is valid");
+        let proof = shoal_pow::mint(
+            &puzzle,
+            &key.public(),
+            &shoal_pow::MintOptions::default(),
+            &shoal_pow::CancelToken::new(),
+            |_| {},
+        )
+        .expect("minting at the local difficulty succeeds")
+        .proof;
+        let transport = shoal_dht::node::memory_transport(&key.to_libp2p());
+        let (node, _event_loop) = shoal_dht::EventLoop::new(key, proof, config, transport)
+            .expect("the local preset starts");
+        let context = Context {
+            network: "local".into(),
+            data_dir: None,
+            default_ttl: Duration::from_secs(60),
+        };
+        let state = State::new(
+            node,
+            context,
+            Arc::new(Metrics::new()),
+            Duration::from_secs(1),
+        );
+        let module = module(state).expect("methods register");
+        module.method_names().collect()
+    }
+
+    #[tokio::test]
+    async fn openrpc_documents_exactly_the_registered_methods() {
+        let mut documented = openrpc::documented_methods();
+        documented.push("rpc.discover");
+        documented.sort_unstable();
+        let mut registered = registered_methods();
+        registered.sort_unstable();
+        assert_eq!(documented, registered);
+    }
+
+    #[test]
+    fn absent_params_are_empty() {
+        parse::<NoParams>(&Params::new(None)).expect("no params");
+        parse::<NoParams>(&params("[]")).expect("empty array");
+        assert!(parse::<NoParams>(&params(r#"{"x":1}"#)).is_err());
+    }
+}

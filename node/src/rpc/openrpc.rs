@@ -1,0 +1,318 @@
+//! The OpenRPC document (<https://spec.open-rpc.org>) returned by `rpc.discover`: every method
+//! with its parameters, result and errors. A test checks it against the methods the server
+//! really registers.
+
+use serde_json::{Value, json};
+
+use crate::rpc::error::Code;
+
+/// One documented parameter.
+struct Param {
+    name: &'static str,
+    summary: &'static str,
+    required: bool,
+    schema: fn() -> Value,
+}
+
+/// One documented method.
+struct Method {
+    name: &'static str,
+    summary: &'static str,
+    params: &'static [Param],
+    result: fn() -> Value,
+    errors: &'static [Code],
+}
+
+fn string() -> Value {
+    json!({ "type": "string" })
+}
+
+fn integer() -> Value {
+    json!({ "type": "integer", "minimum": 0 })
+}
+
+fn positive() -> Value {
+    json!({ "type": "integer", "minimum": 1 })
+}
+
+fn encoding() -> Value {
+    json!({ "type": "string", "enum": ["utf8", "hex", "base64"], "default": "utf8" })
+}
+
+fn object(properties: Value) -> Value {
+    json!({ "type": "object", "properties": properties })
+}
+
+fn strings() -> Value {
+    json!({ "type": "array", "items": { "type": "string" } })
+}
+
+const KEY: Param = Param {
+    name: "key",
+    summary: "The key (at most 512 bytes once decoded)",
+    required: true,
+    schema: string,
+};
+const VALUE: Param = Param {
+    name: "value",
+    summary: "The value (at most 65,536 bytes once decoded)",
+    required: true,
+    schema: string,
+};
+const ENCODING: Param = Param {
+    name: "encoding",
+    summary: "Encoding of the value: utf8 (default), hex or base64",
+    required: false,
+    schema: encoding,
+};
+const KEY_ENCODING: Param = Param {
+    name: "key_encoding",
+    summary: "Encoding of the key: utf8 (default), hex or base64",
+    required: false,
+    schema: encoding,
+};
+const SEQ: Param = Param {
+    name: "seq",
+    summary: "Sequence number; default: one above the last one seen, at least the Unix time",
+    required: false,
+    schema: integer,
+};
+
+fn put_result() -> Value {
+    object(json!({ "key": string(), "seq": integer() }))
+}
+
+fn get_result() -> Value {
+    object(json!({
+        "key": string(),
+        "value": string(),
+        "encoding": encoding(),
+        "publisher": string(),
+        "seq": integer(),
+        "created_at": integer(),
+        "expires_at": integer(),
+        "lockstep": { "type": "boolean", "description": "Whether the value was announced" },
+        "copies": object(json!({ "valid": integer(), "invalid": integer() })),
+    }))
+}
+
+fn notice() -> Value {
+    object(json!({
+        "key": string(),
+        "key_encoding": encoding(),
+        "publisher": string(),
+        "seq": integer(),
+        "value_hash": string(),
+        "created_at": integer(),
+    }))
+}
+
+const METHODS: &[Method] = &[
+    Method {
+        name: "dht_put",
+        summary: "Signs, stamps and stores a record; returns once the quorum of replicas \
+                  acknowledged it and keeps replicating in the background",
+        params: &[
+            KEY,
+            VALUE,
+            ENCODING,
+            KEY_ENCODING,
+            Param {
+                name: "ttl",
+                summary: "Lifetime in seconds (default from the config, at most 7 days)",
+                required: false,
+                schema: positive,
+            },
+            Param {
+                name: "quorum",
+                summary: "Replicas that must acknowledge (default from the config)",
+                required: false,
+                schema: positive,
+            },
+            SEQ,
+        ],
+        result: put_result,
+        errors: &[
+            Code::InvalidParams,
+            Code::TooLarge,
+            Code::QuorumFailed,
+            Code::ProofInvalid,
+            Code::LockstepMismatch,
+            Code::Refused,
+            Code::Timeout,
+        ],
+    },
+    Method {
+        name: "dht_get",
+        summary: "Finds the valid record with the highest sequence number for a key",
+        params: &[KEY, ENCODING, KEY_ENCODING],
+        result: get_result,
+        errors: &[Code::InvalidParams, Code::NotFound, Code::Timeout],
+    },
+    Method {
+        name: "dht_findNode",
+        summary: "The peers closest to a peer id, closest first",
+        params: &[Param {
+            name: "peer",
+            summary: "The target peer id",
+            required: true,
+            schema: string,
+        }],
+        result: || object(json!({ "target": string(), "peers": strings() })),
+        errors: &[Code::InvalidParams, Code::Timeout],
+    },
+    Method {
+        name: "lockstep_announce",
+        summary: "Announces sha256(key || value) for a sequence number to the closest peers, \
+                  before the value is put",
+        params: &[KEY, VALUE, ENCODING, KEY_ENCODING, SEQ],
+        result: || {
+            object(json!({
+                "key": string(),
+                "seq": integer(),
+                "value_hash": string(),
+                "accepted": integer(),
+                "refused": integer(),
+            }))
+        },
+        errors: &[
+            Code::InvalidParams,
+            Code::TooLarge,
+            Code::ProofInvalid,
+            Code::Refused,
+            Code::Timeout,
+        ],
+    },
+    Method {
+        name: "lockstep_get",
+        summary: "The latest notice of each publisher for a key, newest first",
+        params: &[KEY, KEY_ENCODING],
+        result: || {
+            object(json!({ "key": string(), "notices": { "type": "array", "items": notice() } }))
+        },
+        errors: &[Code::InvalidParams, Code::Timeout],
+    },
+    Method {
+        name: "lockstep_subscribe",
+        summary: "Subscribes (WebSocket) to the notices this node accepts; notifications are \
+                  lockstep_notice",
+        params: &[
+            Param {
+                name: "key",
+                summary: "Only notices for this key",
+                required: false,
+                schema: string,
+            },
+            KEY_ENCODING,
+        ],
+        result: || json!({ "type": "string", "description": "The subscription id" }),
+        errors: &[Code::InvalidParams],
+    },
+    Method {
+        name: "lockstep_unsubscribe",
+        summary: "Ends a lockstep_subscribe subscription",
+        params: &[Param {
+            name: "subscription",
+            summary: "The subscription id",
+            required: true,
+            schema: string,
+        }],
+        result: || json!({ "type": "boolean" }),
+        errors: &[],
+    },
+    Method {
+        name: "swim_members",
+        summary: "Every member SWIM knows, with its state, incarnation and addresses",
+        params: &[],
+        result: || {
+            json!({ "type": "array", "items": object(json!({
+                "peer": string(),
+                "state": { "type": "string", "enum": ["alive", "suspect", "dead", "left"] },
+                "incarnation": integer(),
+                "addrs": strings(),
+            })) })
+        },
+        errors: &[],
+    },
+    Method {
+        name: "node_peers",
+        summary: "The peers in the Kademlia routing table",
+        params: &[],
+        result: strings,
+        errors: &[],
+    },
+    Method {
+        name: "node_info",
+        summary: "This node: peer id, network, version, addresses, members, records",
+        params: &[],
+        result: || {
+            object(json!({
+                "peer_id": string(),
+                "network": string(),
+                "version": string(),
+                "uptime_secs": integer(),
+                "listen_addrs": strings(),
+                "external_addrs": strings(),
+                "members": object(json!({
+                    "alive": integer(), "suspect": integer(), "dead": integer(), "left": integer(),
+                })),
+                "routing_peers": integer(),
+                "records": integer(),
+                "notices": integer(),
+            }))
+        },
+        errors: &[Code::Unavailable],
+    },
+];
+
+/// The names of every method the document describes.
+pub fn documented_methods() -> Vec<&'static str> {
+    METHODS.iter().map(|m| m.name).collect()
+}
+
+fn error_json(code: Code) -> Value {
+    json!({ "code": code.number(), "message": code.name() })
+}
+
+/// The OpenRPC document.
+pub fn document() -> Value {
+    let methods: Vec<Value> = METHODS
+        .iter()
+        .map(|m| {
+            let params: Vec<Value> = m
+                .params
+                .iter()
+                .map(|p| {
+                    json!({
+                        "name": p.name,
+                        "summary": p.summary,
+                        "required": p.required,
+                        "schema": (p.schema)(),
+                    })
+                })
+                .collect();
+            let mut errors: Vec<Value> = m.errors.iter().copied().map(error_json).collect();
+            errors.push(error_json(Code::RateLimited));
+            errors.push(error_json(Code::Unavailable));
+            errors.dedup();
+            json!({
+                "name": m.name,
+                "summary": m.summary,
+                "paramStructure": "by-name",
+                "params": params,
+                "result": { "name": "result", "schema": (m.result)() },
+                "errors": errors,
+            })
+        })
+        .collect();
+    json!({
+        "openrpc": "1.3.2",
+        "info": {
+            "title": "Shoal node JSON-RPC",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Store and find keys on Shoal's DHT, announce values through \
+                            lockstep, inspect membership. HTTP and WebSocket on one port.",
+        },
+        "methods": methods,
+    })
+}
