@@ -1,0 +1,386 @@
+//! `shoal run`: start a node and its JSON-RPC endpoint, and shut both down cleanly.
+//!
+//! [`Node::start`] loads the key and checks the identity proof against the network's puzzle,
+//! builds the DHT event loop over TCP, listens, joins through the seeds in the background
+//! (retrying with backoff while no seed can be verified), starts the JSON-RPC server and writes
+//! its URL to `<data dir>/rpc.url`. [`Node::stop`] stops the server, shuts the DHT down (SWIM
+//! leave, storage flushed) and removes `rpc.url`. [`run`] does both around a wait for SIGINT or
+//! SIGTERM.
+
+use std::io::{self, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use libp2p::{Multiaddr, PeerId};
+use shoal_dht::node::{JoinError, ListenError, StartError, tcp_transport};
+use shoal_dht::{Client, EventLoop};
+use shoal_pow::{KeyError, NodeKey, Puzzle};
+use tokio::task::JoinHandle;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, ConfigError, LogConfig, LogFormat};
+use crate::init::{self, KEY_FILE, PROOF_FILE, ProofFileError};
+use crate::rpc::{self, RpcServer, RpcStartError};
+
+/// The file in the data directory holding the bound JSON-RPC URL while the node runs.
+pub const RPC_URL_FILE: &str = "rpc.url";
+
+/// Longest wait for the DHT event loop to finish after shutdown.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest wait between join attempts while no seed can be verified.
+const MAX_JOIN_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Why the node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The configuration is unusable; nothing was started.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The data directory holds no node key; nothing was started.
+    #[error(
+        "no node key at {}: run `shoal init --data-dir {} --network {network}` first",
+        key.display(), data_dir.display()
+    )]
+    NotInitialized {
+        /// The key file looked for.
+        key: PathBuf,
+        /// The data directory.
+        data_dir: PathBuf,
+        /// The network.
+        network: String,
+    },
+    /// The key file is unusable; nothing was started.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The identity proof is missing, malformed or does not solve the network's puzzle; nothing
+    /// was started.
+    #[error(
+        "{source}\n`shoal init --data-dir {} --network {network}` mints a proof for the existing key",
+        data_dir.display()
+    )]
+    Proof {
+        /// What is wrong with the proof.
+        source: ProofFileError,
+        /// The data directory.
+        data_dir: PathBuf,
+        /// The network.
+        network: String,
+    },
+    /// The network's puzzle parameters are invalid; nothing was started.
+    #[error("identity puzzle: {0}")]
+    Puzzle(#[from] shoal_pow::ConfigError),
+    /// The DHT node could not start (database, data directory); nothing was started.
+    #[error("starting the DHT node: {0}")]
+    Start(#[from] StartError),
+    /// A p2p listen address could not be bound; the node was shut down.
+    #[error("p2p: {0}")]
+    Listen(#[from] ListenError),
+    /// The JSON-RPC server could not start; the node was shut down.
+    #[error("JSON-RPC: {0}")]
+    Rpc(#[from] RpcStartError),
+    /// The RPC URL file could not be written; the node was shut down.
+    #[error("{}: {source}", path.display())]
+    RpcUrlFile {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// Signal handlers could not be installed; the node was shut down.
+    #[error("installing signal handlers: {0}")]
+    Signal(io::Error),
+    /// The DHT event loop stopped on its own (it panicked); the RPC server was stopped.
+    #[error("the DHT event loop stopped unexpectedly")]
+    EventLoopDied,
+    /// Logging could not be set up.
+    #[error("logging: {0}")]
+    Tracing(String),
+}
+
+/// Sets up logging to stderr in the configured format and filter.
+pub fn init_tracing(log: &LogConfig) -> Result<(), RunError> {
+    let filter = EnvFilter::try_new(&log.level).map_err(|e| RunError::Tracing(format!("{e}")))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(io::stderr().is_terminal())
+        .with_writer(io::stderr);
+    let result = match log.format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    result.map_err(|e| RunError::Tracing(e.to_string()))
+}
+
+/// A running node: the DHT event loop, the join task and the JSON-RPC server.
+#[derive(Debug)]
+pub struct Node {
+    client: Client,
+    rpc: RpcServer,
+    event_loop: JoinHandle<()>,
+    joiner: Option<JoinHandle<()>>,
+    listen_addrs: Vec<Multiaddr>,
+    rpc_url_file: PathBuf,
+}
+
+impl Node {
+    /// Starts a node for `config` (validated again here). On error, whatever had started is
+    /// shut down.
+    pub async fn start(config: &Config) -> Result<Self, RunError> {
+        config.validate()?;
+        let dht_config = config.to_dht_config()?;
+        let data_dir = config.resolved_data_dir();
+        let network = config.network.as_str().to_owned();
+        let key_path = data_dir.join(KEY_FILE);
+        let key = match NodeKey::load(&key_path) {
+            Ok(key) => key,
+            Err(KeyError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                return Err(RunError::NotInitialized {
+                    key: key_path,
+                    data_dir,
+                    network,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let puzzle = Puzzle::new(dht_config.puzzle.clone())?;
+        let proof =
+            init::load_proof(&data_dir.join(PROOF_FILE), &key, &puzzle).map_err(|source| {
+                RunError::Proof {
+                    source,
+                    data_dir: data_dir.clone(),
+                    network: network.clone(),
+                }
+            })?;
+        let listen = config.p2p.listen_addrs()?;
+        let seeds = config.p2p.seed_addrs()?;
+        let peer = key.peer_id();
+        tracing::info!(%peer, %network, data_dir = %data_dir.display(), "starting node");
+
+        let transport = tcp_transport(&key.to_libp2p());
+        let (client, event_loop) = EventLoop::new(key, proof, dht_config, transport)?;
+        let event_loop = tokio::spawn(event_loop.run());
+        let rpc_url_file = data_dir.join(RPC_URL_FILE);
+        match bring_up(&client, config, listen, seeds, &data_dir, &rpc_url_file).await {
+            Ok((listen_addrs, joiner, rpc)) => Ok(Self {
+                client,
+                rpc,
+                event_loop,
+                joiner,
+                listen_addrs,
+                rpc_url_file,
+            }),
+            Err(e) => {
+                shutdown_dht(client, event_loop).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.client.peer_id()
+    }
+
+    /// The p2p addresses bound.
+    pub fn listen_addrs(&self) -> &[Multiaddr] {
+        &self.listen_addrs
+    }
+
+    /// The JSON-RPC URL, `http://ADDR`.
+    pub fn rpc_url(&self) -> String {
+        self.rpc.url()
+    }
+
+    /// A client of the DHT node.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Waits until `signals` reports SIGINT or SIGTERM, or the event loop dies.
+    pub async fn wait_for(&mut self, signals: &mut Signals) -> Result<(), RunError> {
+        tokio::select! {
+            name = signals.recv() => {
+                tracing::info!(signal = name, "shutting down");
+                Ok(())
+            }
+            _ = &mut self.event_loop => {
+                // Finished handles must not be polled again by `stop`.
+                self.event_loop = tokio::spawn(async {});
+                Err(RunError::EventLoopDied)
+            }
+        }
+    }
+
+    /// Stops the JSON-RPC server, shuts the DHT node down (leaving SWIM and flushing storage)
+    /// and removes the RPC URL file.
+    pub async fn stop(self) {
+        self.rpc.stop().await;
+        if let Some(joiner) = self.joiner {
+            joiner.abort();
+        }
+        shutdown_dht(self.client, self.event_loop).await;
+        if let Err(e) = std::fs::remove_file(&self.rpc_url_file)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(file = %self.rpc_url_file.display(), error = %e, "cannot remove");
+        }
+        tracing::info!("node stopped");
+    }
+}
+
+/// Listens, starts joining, starts the RPC server and writes its URL file.
+async fn bring_up(
+    client: &Client,
+    config: &Config,
+    listen: Vec<Multiaddr>,
+    seeds: Vec<(PeerId, Multiaddr)>,
+    data_dir: &Path,
+    rpc_url_file: &Path,
+) -> Result<(Vec<Multiaddr>, Option<JoinHandle<()>>, RpcServer), RunError> {
+    let mut bound = Vec::with_capacity(listen.len());
+    for addr in listen {
+        let addr = client.listen(addr).await?;
+        tracing::info!(%addr, "p2p listening");
+        bound.push(addr);
+    }
+    let joiner = if seeds.is_empty() {
+        tracing::info!("no seeds: this is the first node of its network");
+        None
+    } else {
+        Some(tokio::spawn(join_with_backoff(client.clone(), seeds)))
+    };
+    let context = rpc::Context {
+        network: config.network.as_str().to_owned(),
+        data_dir: Some(data_dir.to_owned()),
+        default_ttl: config.default_ttl(),
+    };
+    let rpc = match rpc::start(&config.rpc, client.clone(), context).await {
+        Ok(rpc) => rpc,
+        Err(e) => {
+            if let Some(j) = joiner {
+                j.abort();
+            }
+            return Err(e.into());
+        }
+    };
+    let url = rpc.url();
+    if let Err(source) = init::write_atomic(rpc_url_file, format!("{url}\n").as_bytes()) {
+        if let Some(j) = joiner {
+            j.abort();
+        }
+        rpc.stop().await;
+        return Err(RunError::RpcUrlFile {
+            path: rpc_url_file.to_owned(),
+            source,
+        });
+    }
+    Ok((bound, joiner, rpc))
+}
+
+/// Joins through `seeds`, retrying with a doubling backoff while none can be verified.
+async fn join_with_backoff(client: Client, seeds: Vec<(PeerId, Multiaddr)>) {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match client.join(seeds.clone()).await {
+            Ok(ok) => {
+                tracing::info!(
+                    verified_seeds = ok.verified_seeds,
+                    members = ok.members,
+                    "joined the network"
+                );
+                return;
+            }
+            Err(JoinError::NoSeedVerified { tried }) => {
+                tracing::warn!(
+                    tried,
+                    retry_in_secs = delay.as_secs(),
+                    "no seed could be reached and verified; retrying"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_JOIN_BACKOFF);
+            }
+            Err(JoinError::Swim(error)) => {
+                tracing::warn!(%error, "SWIM join failed; SWIM keeps trying the seeds");
+                return;
+            }
+            Err(JoinError::Stopped) => return,
+        }
+    }
+}
+
+/// Shuts the DHT node down (SWIM leave, database closed) and waits, bounded, for its event loop
+/// to finish.
+async fn shutdown_dht(client: Client, mut event_loop: JoinHandle<()>) {
+    let graceful = tokio::time::timeout(SHUTDOWN_TIMEOUT, client.shutdown()).await;
+    // The loop also ends once every client is gone.
+    drop(client);
+    let ended = match graceful {
+        Ok(()) => tokio::time::timeout(SHUTDOWN_TIMEOUT, &mut event_loop)
+            .await
+            .is_ok(),
+        Err(_) => false,
+    };
+    if !ended {
+        tracing::warn!("the DHT node did not stop in time; aborting it");
+        event_loop.abort();
+    }
+}
+
+/// The shutdown signals, SIGINT and SIGTERM (Ctrl-C off Unix), caught from creation on.
+#[derive(Debug)]
+pub struct Signals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers: from now on these signals no longer kill the process.
+    pub fn new() -> Result<Self, RunError> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt()).map_err(RunError::Signal)?,
+                terminate: signal(SignalKind::terminate()).map_err(RunError::Signal)?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// Waits for the next signal; returns its name.
+    pub async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.interrupt.recv() => "SIGINT",
+                _ = self.terminate.recv() => "SIGTERM",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            // Without a handler Ctrl-C ends the process, which is the best left to do.
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
+    }
+}
+
+/// `shoal run`: starts the node, prints `rpc http://ADDR` on stdout, waits for SIGINT or
+/// SIGTERM, and stops cleanly.
+pub async fn run(config: &Config) -> Result<(), RunError> {
+    // Installed first, so that a signal during startup stops the node cleanly once started.
+    let mut signals = Signals::new()?;
+    let mut node = Node::start(config).await?;
+    let url = node.rpc_url();
+    tracing::info!(%url, peer = %node.peer_id(), "node ready");
+    let mut out = io::stdout().lock();
+    // A closed stdout (a parent that stopped reading) must not stop the node.
+    let _ = writeln!(out, "rpc {url}").and_then(|()| out.flush());
+    drop(out);
+    let waited = node.wait_for(&mut signals).await;
+    node.stop().await;
+    waited
+}
