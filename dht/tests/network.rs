@@ -8,8 +8,8 @@ use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId};
-use shoal_dht::lockstep::Announced;
 use shoal_dht::lockstep::protocol::Response;
+use shoal_dht::lockstep::{Announced, LockstepError};
 use shoal_dht::node::{
     EventLoop, GetError, JoinError, PutError, PutRequest, StartError, memory_transport,
 };
@@ -65,8 +65,27 @@ fn kill(peer: PeerId) {
 }
 
 /// Starts a node listening on the memory transport; returns its client and address.
+/// Key seeds of the nodes started, so a test can sign as one of them.
+static SEEDS: std::sync::Mutex<Vec<(PeerId, [u8; 32])>> = std::sync::Mutex::new(Vec::new());
+
+/// The key of the node `peer` started by [`start`].
+fn key_of(peer: PeerId) -> NodeKey {
+    // Invariant: no test panics while holding the lock.
+    let seeds = SEEDS.lock().expect("lock not poisoned");
+    let (_, seed) = seeds
+        .iter()
+        .find(|(p, _)| *p == peer)
+        .expect("the node was started by start()");
+    NodeKey::from_seed(*seed)
+}
+
 async fn start(proof: impl FnOnce(&NodeKey) -> IdentityProof) -> (Client, Multiaddr) {
     let key = NodeKey::generate();
+    // Invariant: no test panics while holding the lock.
+    SEEDS
+        .lock()
+        .expect("lock not poisoned")
+        .push((key.peer_id(), key.seed()));
     let proof = proof(&key);
     let (client, addr, _) = start_with(key, proof, config()).await;
     (client, addr)
@@ -293,15 +312,44 @@ async fn tampered_envelope_replayed_notice_and_lockstep_mismatch_are_refused() {
         .await
         .expect("announce");
     assert_eq!(announced.accepted, N - 1);
-    publisher
+    // The publisher's own node refuses it: it holds its own notice.
+    let own = publisher
         .put_request(PutRequest {
             key: b"locked".to_vec(),
             value: b"something else".to_vec(),
             ttl: TTL,
-            // Every other node must have answered before we look at their counters.
-            quorum: NonZeroUsize::new(N - 1),
+            quorum: None,
             seq: Some(announced.seq),
         })
+        .await;
+    assert!(
+        matches!(own, Err(PutError::Lockstep(LockstepError::Mismatch { seq })) if seq == announced.seq),
+        "{own:?}"
+    );
+    // Signed by the publisher and sent straight to every other node, peers refuse it too.
+    let contradicting = SignedRecord::create(
+        &key_of(publisher.peer_id()),
+        NewRecord {
+            key: b"locked".to_vec(),
+            value: b"something else".to_vec(),
+            seq: announced.seq,
+            ttl: 3600,
+        },
+        unix_now(),
+        &config().stamps,
+    )
+    .expect("create");
+    let everyone_else: Vec<PeerId> = nodes
+        .iter()
+        .filter(|c| c.peer_id() != publisher.peer_id())
+        .map(Client::peer_id)
+        .collect();
+    publisher
+        .dangerous_put_to(
+            b"locked".to_vec(),
+            contradicting.into_bytes(),
+            everyone_else,
+        )
         .await
         .expect("kad acknowledges before filtering");
     for (i, c) in nodes.iter().enumerate() {
@@ -311,7 +359,7 @@ async fn tampered_envelope_replayed_notice_and_lockstep_mismatch_are_refused() {
             assert_eq!(refused.get(&publisher.peer_id()), Some(&1), "node {i}");
         }
     }
-    // The publisher's own copy contradicts the notices its readers hold: a get refuses it.
+    // Nobody holds a copy: a get finds nothing.
     let got = nodes[4].get(b"locked".to_vec()).await;
     assert!(got.is_err(), "{got:?}");
 

@@ -250,6 +250,40 @@ async fn json_rpc_end_to_end_in_one_process() {
         .expect("get");
     assert_eq!(got["lockstep"], true);
     assert_eq!(got["value"], "v1.0");
+    // Another value for the announced sequence, or an older sequence, is a lockstep mismatch.
+    let (code, data) = error_of(
+        call(
+            &writer,
+            "dht_put",
+            json!({"key": "release", "value": "v1.0-evil", "seq": announced["seq"]}),
+        )
+        .await,
+    );
+    assert_eq!(code, -32043);
+    assert_eq!(data["announced_seq"], announced["seq"]);
+    // A put without a sequence number takes the announced one.
+    let second = call(
+        &writer,
+        "lockstep_announce",
+        json!({"key": "release", "value": "v2.0"}),
+    )
+    .await
+    .expect("second announce");
+    let put = call(
+        &writer,
+        "dht_put",
+        json!({"key": "release", "value": "v2.0"}),
+    )
+    .await
+    .expect("put");
+    assert_eq!(put["seq"], second["seq"]);
+    let got = call(&reader, "dht_get", json!({"key": "release"}))
+        .await
+        .expect("get");
+    assert_eq!(
+        (got["value"].as_str(), got["lockstep"].as_bool()),
+        (Some("v2.0"), Some(true))
+    );
 
     // Membership, peers, info, OpenRPC.
     let members = call(&reader, "swim_members", json!({}))

@@ -178,6 +178,10 @@ pub enum PutError {
         /// Replicas needed.
         quorum: usize,
     },
+    /// The value contradicts this node's own lockstep announcement for the key: another value
+    /// for the announced sequence, or a sequence older than the announced one. Nothing changed.
+    #[error("lockstep: {0}")]
+    Lockstep(LockstepError),
     /// The event loop has stopped; the put may or may not have happened.
     #[error("the node has stopped")]
     Stopped,

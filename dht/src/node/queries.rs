@@ -108,6 +108,12 @@ impl EventLoop {
             &self.config.stamps,
         ) {
             Ok(notice) => {
+                // Keep our own notice, so our later puts are checked against it and a put
+                // without a sequence number takes the announced one.
+                if let Err(e) = self.book.insert(notice.clone()) {
+                    let _ = reply.send(Err(e.into()));
+                    return;
+                }
                 let id = self.kad_mut().get_closest_peers(key);
                 self.stats.kad_queries += 1;
                 self.closest
@@ -194,8 +200,29 @@ impl EventLoop {
         let _ = query.reply.send(Ok(list));
     }
 
+    /// The sequence number of our own latest notice for `key` if we have not put it yet.
+    fn announced_unput_seq(&mut self, key: &[u8]) -> Option<u64> {
+        let us = self.key.public();
+        let announced = self.book.get(key, &us)?.notice().seq;
+        let held = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .store_mut()
+            .signed(key)
+            .filter(|s| s.record().publisher == us)
+            .map(|s| s.record().seq);
+        let put = self.last_seq.get(key).copied().max(held);
+        put.is_none_or(|p| announced > p).then_some(announced)
+    }
+
     pub(super) fn start_put(&mut self, request: PutRequest, reply: oneshot::Sender<PutResult>) {
-        let seq = self.next_seq(&request.key, request.seq);
+        let seq = match request.seq {
+            Some(seq) => seq,
+            None => self
+                .announced_unput_seq(&request.key)
+                .unwrap_or_else(|| self.next_seq(&request.key, None)),
+        };
         let now_unix = unix_now();
         let quorum = request.quorum.unwrap_or(self.config.put_quorum);
         let signed = match SignedRecord::create(
@@ -215,6 +242,10 @@ impl EventLoop {
                 return;
             }
         };
+        if let Err(e) = self.book.check_put(signed.record()) {
+            let _ = reply.send(Err(PutError::Lockstep(e)));
+            return;
+        }
         let expires = Instant::now() + request.ttl.max(Duration::from_secs(1));
         let kad = &mut self.swarm.behaviour_mut().kad;
         if let Err(e) = kad

@@ -193,6 +193,7 @@ impl From<PutError> for RpcError {
         let message = e.to_string();
         match e {
             PutError::Record(e) => e.into(),
+            PutError::Lockstep(e) => e.into(),
             PutError::Store(e) => {
                 Self::new(Code::Refused, message, json!({ "reason": e.to_string() }))
             }
