@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use jsonrpsee::core::client::{ClientT, Error as JsonRpcError};
 use jsonrpsee::core::params::{ArrayParams, ObjectParams};
+use jsonrpsee::http_client::transport::Error as HttpTransportError;
 use jsonrpsee::http_client::{HeaderMap, HeaderValue, HttpClient, HttpClientBuilder};
 use serde_json::Value;
 
@@ -48,6 +49,11 @@ pub enum ClientError {
         /// Extra data, if any.
         data: Option<Value>,
     },
+    /// The node refused the request for a missing or wrong bearer token; nothing was done.
+    #[error(
+        "the node refused the request (401): pass its rpc.auth_token with --token or SHOAL_RPC_TOKEN"
+    )]
+    Unauthorized,
     /// No answer in time; the call may or may not have taken effect.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
@@ -119,6 +125,14 @@ impl RpcClient {
                     .and_then(|raw| serde_json::from_str(raw.get()).ok()),
             },
             JsonRpcError::RequestTimeout => ClientError::Timeout(self.timeout),
+            JsonRpcError::Transport(e)
+                if matches!(
+                    e.downcast_ref::<HttpTransportError>(),
+                    Some(HttpTransportError::Rejected { status_code: 401 })
+                ) =>
+            {
+                ClientError::Unauthorized
+            }
             other => ClientError::Transport(other.to_string()),
         })
     }

@@ -203,6 +203,10 @@ async fn run_in(
     );
     let dirs: Vec<PathBuf> = (1..=n).map(|i| root.join(format!("node-{i}"))).collect();
     let minted = mint_all(dirs.clone()).await?;
+    eprintln!(
+        "identities ready after {:.1} s; starting {n} nodes",
+        started.elapsed().as_secs_f64()
+    );
 
     let first_seed = format!(
         "/ip4/127.0.0.1/tcp/{}/p2p/{}",
