@@ -221,6 +221,62 @@ async fn put_and_get_across_the_cluster() {
     assert!(second.seq > first);
     let got = nodes[6].get(key).await.expect("found");
     assert_eq!(got.record.value, b"newer");
+    // A get answers with the first valid copy (here the reader's own) and keeps looking: a
+    // higher sequence held elsewhere replaces the reader's copy, so the next get sees it.
+    let signer = NodeKey::generate();
+    let record = |seq: u64, value: &[u8]| {
+        SignedRecord::create(
+            &signer,
+            NewRecord {
+                key: b"repaired".to_vec(),
+                value: value.to_vec(),
+                seq,
+                ttl: 3600,
+            },
+            unix_now(),
+            &config().stamps,
+        )
+        .expect("create")
+        .into_bytes()
+    };
+    let reader = &nodes[4];
+    // Everyone but the sender, which cannot send to itself.
+    let all: Vec<PeerId> = nodes[1..].iter().map(Client::peer_id).collect();
+    let others: Vec<PeerId> = all
+        .iter()
+        .copied()
+        .filter(|p| *p != reader.peer_id())
+        .collect();
+    nodes[0]
+        .dangerous_put_to(b"repaired".to_vec(), record(1, b"old"), all)
+        .await
+        .expect("everyone acknowledges");
+    nodes[0]
+        .dangerous_put_to(b"repaired".to_vec(), record(2, b"new"), others)
+        .await
+        .expect("everyone else acknowledges");
+    let first = reader.get(b"repaired".to_vec()).await.expect("found");
+    assert_eq!(first.record.seq, 1, "the reader's own copy answers first");
+    let repaired = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let got = reader.get(b"repaired".to_vec()).await.expect("found");
+            if got.record.seq == 2 {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the higher sequence reaches the reader within the query bound");
+    assert_eq!(repaired.record.value, b"new");
+    assert_eq!(
+        reader
+            .stored(b"repaired".to_vec())
+            .await
+            .map(|s| s.record().seq),
+        Some(2)
+    );
+
     // Lookups find the peers.
     let closest = nodes[3]
         .find_node(nodes[5].peer_id())

@@ -24,7 +24,8 @@ use crate::record::{NewRecord, SignedRecord};
 /// winner was announced.
 pub(super) struct Get {
     key: Vec<u8>,
-    reply: oneshot::Sender<GetResult>,
+    /// `None` once the caller was answered early; the query then only repairs our copy.
+    reply: Option<oneshot::Sender<GetResult>>,
     best: Option<SignedRecord>,
     holders: Vec<PeerId>,
     valid: usize,
@@ -74,7 +75,7 @@ impl EventLoop {
             id,
             Get {
                 key,
-                reply,
+                reply: Some(reply),
                 best: None,
                 holders: Vec::new(),
                 valid: 0,
@@ -397,6 +398,9 @@ impl EventLoop {
                             if get.best.as_ref().is_none_or(|b| signed.supersedes(b)) {
                                 get.best = Some(signed);
                             }
+                            if get.reply.is_some() {
+                                self.answer_early(id);
+                            }
                         }
                         Err(error) => {
                             tracing::debug!(peer = ?found.peer, %error, "invalid record copy");
@@ -440,12 +444,75 @@ impl EventLoop {
         }
     }
 
-    fn finish_get(&mut self, mut get: Get) {
-        let Some(best) = &get.best else {
-            let _ = get.reply.send(Err(GetError::NotFound {
-                key: get.key,
+    /// Whether this node is one of the `k` closest to `key` in its own routing table, and so
+    /// should hold every lockstep notice for it.
+    fn among_closest(&mut self, key: &[u8]) -> bool {
+        let target = kad::KBucketKey::new(kad::RecordKey::new(&key));
+        let ours = kad::KBucketKey::from(*self.swarm.local_peer_id()).distance(&target);
+        let k = self.config.replication_factor.get();
+        let closer = self
+            .kad_mut()
+            .get_closest_local_peers(&target)
+            .take(k)
+            .filter(|p| p.distance(&target) < ours)
+            .count();
+        closer < k
+    }
+
+    /// Answers a get with its first valid record when this node can say on its own whether the
+    /// value was announced (its book holds a matching notice, or it is one of the `k` closest to
+    /// the key and so holds every notice). The query goes on: a higher sequence found later
+    /// replaces our copy, so the next get sees it.
+    fn answer_early(&mut self, id: QueryId) {
+        let Some(get) = self.gets.get(&id) else {
+            return;
+        };
+        let Some(best) = get.best.clone() else {
+            return;
+        };
+        let key = get.key.clone();
+        let announced = match self.book.check_put(best.record()) {
+            Ok(Announced::Yes) => Announced::Yes,
+            _ if self.among_closest(&key) => Announced::No,
+            _ => return,
+        };
+        let Some(get) = self.gets.get_mut(&id) else {
+            return;
+        };
+        if let Some(reply) = get.reply.take() {
+            let _ = reply.send(Ok(GetOk {
+                record: best.record().clone(),
+                signed: best,
+                announced,
+                valid: get.valid,
                 invalid: get.invalid,
             }));
+        }
+    }
+
+    /// After an early answer: keeps the best copy found if it supersedes ours.
+    fn repair_copy(&mut self, get: Get) {
+        let Some(best) = get.best else { return };
+        let store = self.swarm.behaviour_mut().kad.store_mut();
+        let newer = store
+            .signed(&get.key)
+            .is_some_and(|ours| best.supersedes(&ours));
+        if newer && let Err(error) = store.insert(best, Instant::now(), unix_now()) {
+            tracing::debug!(%error, "a newer copy found by a get was not kept");
+        }
+    }
+
+    fn finish_get(&mut self, mut get: Get) {
+        if get.reply.is_none() {
+            return self.repair_copy(get);
+        }
+        let Some(best) = &get.best else {
+            if let Some(reply) = get.reply {
+                let _ = reply.send(Err(GetError::NotFound {
+                    key: get.key,
+                    invalid: get.invalid,
+                }));
+            }
             return;
         };
         if best.record().publisher == self.key.public() {
@@ -475,8 +542,10 @@ impl EventLoop {
 
     fn reply_get(&mut self, get: Get) {
         // Invariant: only called with a winning record.
-        let Some(best) = get.best else { return };
-        let _ = get.reply.send(Ok(GetOk {
+        let (Some(best), Some(reply)) = (get.best, get.reply) else {
+            return;
+        };
+        let _ = reply.send(Ok(GetOk {
             record: best.record().clone(),
             signed: best,
             announced: get.announced,
