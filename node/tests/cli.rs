@@ -32,8 +32,23 @@ fn shoal() -> Command {
     command
 }
 
+/// Runs a command that should exit by itself, killing it after 60 s (a hang fails the test
+/// instead of stalling it).
 fn run(command: &mut Command) -> Output {
-    command.output().expect("the shoal binary runs")
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the shoal binary runs");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
 }
 
 fn stdout(output: &Output) -> String {
@@ -112,6 +127,36 @@ fn run_without_a_key_says_to_run_init() {
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains("run `shoal init"), "{err}");
+}
+
+#[test]
+fn run_refuses_a_proof_that_does_not_solve_the_network_puzzle() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let out = run(shoal()
+        .args(["init", "--quiet", "--network", "local", "--data-dir"])
+        .arg(tmp.path()));
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Replace the proof with one for the same key that fails the testnet puzzle.
+    let key = shoal_pow::NodeKey::load(&tmp.path().join("node.key")).expect("key");
+    let puzzle = Puzzle::new(Network::Testnet.preset().puzzle).expect("preset is valid");
+    let bad = (0u64..)
+        .map(|nonce| IdentityProof {
+            key: key.public(),
+            nonce,
+        })
+        .find(|p| puzzle.verify(p).is_err())
+        .expect("most nonces fail");
+    std::fs::write(tmp.path().join("identity.proof"), bad.to_bytes()).expect("write");
+    let out = run(shoal()
+        .args(["run", "--network", "testnet", "--rpc-listen", "127.0.0.1:0"])
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir"])
+        .arg(tmp.path()));
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("does not solve") && err.contains("mints a proof for the existing key"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -293,6 +338,14 @@ fn testnet_of_three_answers_and_stops_on_sigint() {
         assert_eq!(info["peer_id"], words[4], "{info}");
         assert_eq!(info["network"], "testnet", "{info}");
     }
+    let unknown = run(shoal().args([
+        "rpc",
+        "no_such_method",
+        "--url",
+        lines[0].split_whitespace().nth(2).unwrap_or(""),
+    ]));
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(stderr(&unknown).contains("-32601"), "{}", stderr(&unknown));
     assert!(pids.iter().all(|p| alive(*p)));
 
     // SAFETY: kill(2) on our own child's pid.
