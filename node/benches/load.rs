@@ -1,0 +1,302 @@
+//! Load benchmark through JSON-RPC against a local testnet of real `shoal` processes.
+//!
+//! `cargo bench -p shoal-node --bench load` starts `shoal testnet --nodes 5` (release build), puts
+//! a working set of keys, then for each concurrency (1, 16, 64 by default) runs gets and then puts
+//! through node 1 for a fixed time and prints a table: throughput, latency p50/p95/p99, errors,
+//! and each node's resident memory at the end.
+//!
+//! Options after `--`: `--secs S` (per phase, default 10), `--concurrency 1,16,64`,
+//! `--nodes N` (default 5), `--keys K` (working set, default 500), `--value-bytes B` (default
+//! 100). Under `cargo test --benches` it runs a short smoke version (1 s phases, concurrency 1
+//! and 4) so the benchmark keeps working.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jsonrpsee::core::client::ClientT;
+use jsonrpsee::core::params::ObjectParams;
+use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
+use serde_json::Value;
+
+const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
+
+struct Options {
+    secs: u64,
+    concurrency: Vec<usize>,
+    nodes: usize,
+    keys: usize,
+    value_bytes: usize,
+}
+
+fn options() -> Options {
+    let args: Vec<String> = std::env::args().collect();
+    let full = args.iter().any(|a| a == "--bench");
+    let mut o = if full {
+        Options {
+            secs: 10,
+            concurrency: vec![1, 16, 64],
+            nodes: 5,
+            keys: 500,
+            value_bytes: 100,
+        }
+    } else {
+        Options {
+            secs: 1,
+            concurrency: vec![1, 4],
+            nodes: 5,
+            keys: 20,
+            value_bytes: 100,
+        }
+    };
+    let value = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    if let Some(v) = value("--secs").and_then(|v| v.parse().ok()) {
+        o.secs = v;
+    }
+    if let Some(v) = value("--nodes").and_then(|v| v.parse().ok()) {
+        o.nodes = v;
+    }
+    if let Some(v) = value("--keys").and_then(|v| v.parse().ok()) {
+        o.keys = v;
+    }
+    if let Some(v) = value("--value-bytes").and_then(|v| v.parse().ok()) {
+        o.value_bytes = v;
+    }
+    if let Some(v) = value("--concurrency") {
+        o.concurrency = v.split(',').filter_map(|c| c.parse().ok()).collect();
+    }
+    o
+}
+
+struct Testnet {
+    child: Child,
+    urls: Vec<String>,
+    pids: Vec<u32>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Testnet {
+    fn drop(&mut self) {
+        // SIGINT lets the testnet stop its nodes cleanly.
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_testnet(nodes: usize) -> Testnet {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut child = Command::new(SHOAL)
+        .args(["testnet", "--nodes", &nodes.to_string(), "--dir"])
+        .arg(dir.path())
+        .env("SHOAL_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("shoal testnet starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (mut urls, mut pids) = (Vec::new(), Vec::new());
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("utf-8 output");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let Some(url) = words.iter().find(|w| w.starts_with("http://")) {
+            urls.push(url.to_string());
+            let pid = words
+                .iter()
+                .position(|w| *w == "pid")
+                .and_then(|i| words.get(i + 1))
+                .and_then(|p| p.parse().ok())
+                .expect("a pid on each node line");
+            pids.push(pid);
+        }
+        if line.contains("ready") {
+            break;
+        }
+    }
+    assert_eq!(urls.len(), nodes, "every node reported");
+    Testnet {
+        child,
+        urls,
+        pids,
+        _dir: dir,
+    }
+}
+
+fn client(url: &str) -> HttpClient {
+    HttpClientBuilder::default()
+        .request_timeout(Duration::from_secs(30))
+        .build(url)
+        .expect("valid URL")
+}
+
+fn params(pairs: &[(&str, Value)]) -> ObjectParams {
+    let mut p = ObjectParams::new();
+    for (k, v) in pairs {
+        p.insert(k, v).expect("JSON values serialize");
+    }
+    p
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Op {
+    Get,
+    Put,
+}
+
+struct Phase {
+    latencies: Vec<Duration>,
+    errors: usize,
+    elapsed: Duration,
+}
+
+async fn run_phase(
+    url: &str,
+    op: Op,
+    workers: usize,
+    secs: u64,
+    keys: usize,
+    value: Arc<String>,
+) -> Phase {
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(secs);
+    let tasks: Vec<_> = (0..workers)
+        .map(|w| {
+            let (c, value) = (client(url), value.clone());
+            tokio::spawn(async move {
+                let (mut latencies, mut errors, mut i) = (Vec::new(), 0usize, 0usize);
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let result: Result<Value, _> = match op {
+                        Op::Get => {
+                            let key = format!("key-{}", (w * 7919 + i * 31) % keys);
+                            c.request("dht_get", params(&[("key", key.into())])).await
+                        }
+                        Op::Put => {
+                            let key = format!("load-{w}-{i}");
+                            c.request(
+                                "dht_put",
+                                params(&[("key", key.into()), ("value", value.as_str().into())]),
+                            )
+                            .await
+                        }
+                    };
+                    match result {
+                        Ok(_) => latencies.push(t.elapsed()),
+                        Err(_) => errors += 1,
+                    }
+                    i += 1;
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut phase = Phase {
+        latencies: Vec::new(),
+        errors: 0,
+        elapsed: Duration::ZERO,
+    };
+    for t in tasks {
+        let (l, e) = t.await.expect("worker");
+        phase.latencies.extend(l);
+        phase.errors += e;
+    }
+    phase.elapsed = start.elapsed();
+    phase.latencies.sort_unstable();
+    phase
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpu
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("unknown")
+        .trim()
+        .to_owned();
+    let cores = cpu.lines().filter(|l| l.starts_with("processor")).count();
+    format!("{model}, {cores} cores")
+}
+
+#[tokio::main]
+async fn main() {
+    let o = options();
+    println!(
+        "# shoal JSON-RPC load: {} nodes, {} s per phase; machine: {}",
+        o.nodes,
+        o.secs,
+        machine()
+    );
+    let started = Instant::now();
+    let net = start_testnet(o.nodes);
+    println!("testnet ready in {:.1} s", started.elapsed().as_secs_f64());
+    let url = net.urls[0].clone();
+    let value = Arc::new("v".repeat(o.value_bytes));
+    // The working set, put through node 2 so node 1 serves records it did not publish.
+    let loader = client(&net.urls[1 % net.urls.len()]);
+    for k in 0..o.keys {
+        let _: Value = loader
+            .request(
+                "dht_put",
+                params(&[
+                    ("key", format!("key-{k}").into()),
+                    ("value", value.as_str().into()),
+                ]),
+            )
+            .await
+            .expect("preload put");
+    }
+    println!(
+        "\n| op | concurrency | ops/s | p50 ms | p95 ms | p99 ms | ok | errors |\n|---|---|---|---|---|---|---|---|"
+    );
+    for &c in &o.concurrency {
+        for op in [Op::Get, Op::Put] {
+            let phase = run_phase(&url, op, c, o.secs, o.keys, value.clone()).await;
+            let ops = phase.latencies.len() as f64 / phase.elapsed.as_secs_f64();
+            println!(
+                "| {} | {c} | {ops:.0} | {:.2} | {:.2} | {:.2} | {} | {} |",
+                if op == Op::Get {
+                    "get"
+                } else {
+                    "put (to quorum)"
+                },
+                percentile(&phase.latencies, 0.50),
+                percentile(&phase.latencies, 0.95),
+                percentile(&phase.latencies, 0.99),
+                phase.latencies.len(),
+                phase.errors,
+            );
+        }
+    }
+    let rss: Vec<f64> = net.pids.iter().map(|p| rss_mib(*p)).collect();
+    let mean = rss.iter().sum::<f64>() / rss.len() as f64;
+    let max = rss.iter().cloned().fold(f64::MIN, f64::max);
+    println!("\nresident memory per node: mean {mean:.1} MiB, max {max:.1} MiB ({rss:.1?})");
+}
