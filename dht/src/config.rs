@@ -78,6 +78,10 @@ pub struct Config {
     /// Directory of the redb database (records and notices survive restarts); `None` keeps
     /// everything in memory. Default `None`.
     pub data_dir: Option<PathBuf>,
+    /// How often the routing-table snapshot (verified, live members with their addresses) is
+    /// written to the data directory; it is also written on shutdown. Only with
+    /// [`data_dir`](Self::data_dir). Default 60 s; must be above zero.
+    pub routing_snapshot_interval: Duration,
     /// Commands queued from clients before senders wait. Default 64.
     pub command_queue: NonZeroUsize,
     /// Accepted notices buffered per subscriber before a slow one lags. Default 256.
@@ -103,6 +107,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             notices: NoticeBookConfig::default(),
             data_dir: None,
+            routing_snapshot_interval: Duration::from_secs(60),
             command_queue: nz(64),
             notice_buffer: nz(256),
         }
@@ -173,6 +178,7 @@ impl Config {
             ("query_timeout", self.query_timeout),
             ("gate_timeout", self.gate_timeout),
             ("lockstep_timeout", self.lockstep_timeout),
+            ("routing_snapshot_interval", self.routing_snapshot_interval),
         ] {
             if t.is_zero() {
                 return Err(ConfigError::ZeroTimeout(name));

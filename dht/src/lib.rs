@@ -16,8 +16,12 @@
 //! - [`store`]: the record store behind Kademlia, in memory or written through to redb.
 //!
 //! Caveats: kad acknowledges an inbound put before the node validates it, so a put's quorum
-//! counts acknowledgements, not validated copies; the routing-table snapshot for rejoining after
-//! a restart is not written yet.
+//! counts acknowledgements, not validated copies. With a data directory, the verified live
+//! members are written as a routing-table snapshot every
+//! [`Config::routing_snapshot_interval`] and on shutdown; after a restart they are dialed and
+//! a join without seeds goes through them. Every member is verified over a connection of its
+//! own, so a node opens a connection to each member it learns of (they close when idle): see
+//! `benches/lookup.rs` for what that costs.
 
 pub mod behaviour;
 pub mod config;

@@ -703,3 +703,65 @@ async fn stats_members_notices_and_graceful_shutdown() {
     assert_eq!(held.record().value, b"kept");
     assert_eq!(held.record().seq, put.seq);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_snapshot_rejoins_without_seeds_after_a_restart() {
+    const N: usize = 4;
+    let nodes = cluster(N, N - 1).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let on_disk = Config {
+        data_dir: Some(dir.path().to_path_buf()),
+        ..config()
+    };
+    let key = NodeKey::generate();
+    let proof = valid_proof(&key);
+
+    // Alone and without a snapshot, a join without seeds has nobody to ask.
+    let (node, _, task) = start_with(NodeKey::from_seed(key.seed()), proof, on_disk.clone()).await;
+    assert!(matches!(
+        node.join(Vec::new()).await,
+        Err(JoinError::NoSeedVerified { tried: 0 })
+    ));
+    let seed_addr = nodes[0]
+        .listen("/memory/0".parse().expect("valid multiaddr"))
+        .await
+        .expect("listen");
+    node.join(vec![(nodes[0].peer_id(), seed_addr)])
+        .await
+        .expect("join");
+    assert!(
+        eventually(20, || async { node.members().await.len() == N }).await,
+        "the new node sees everyone"
+    );
+    // Shutdown writes the snapshot.
+    node.shutdown().await;
+    task.await.expect("the event loop ended cleanly");
+
+    // Restarted on the same data directory, it joins without seeds and is seen alive again.
+    let (node, _, _task) = start_with(key, proof, on_disk).await;
+    // Under a loaded test run SWIM's join can time out; a node retries, and so does the test.
+    let mut joined = node.join(Vec::new()).await;
+    for _ in 0..2 {
+        match &joined {
+            Err(JoinError::Swim(e)) => eprintln!("join through the snapshot: {e}; again"),
+            _ => break,
+        }
+        joined = node.join(Vec::new()).await;
+    }
+    let joined = joined.expect("join through the snapshot");
+    assert!(joined.verified_seeds >= 1, "{joined:?}");
+    let me = node.peer_id();
+    let back = eventually(20, || async {
+        if node.members().await.len() != N {
+            return false;
+        }
+        for c in &nodes {
+            if !c.members().await.contains(&me) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert!(back, "the restarted node rejoined everyone");
+}

@@ -10,7 +10,7 @@ use libp2p::core::transport::ListenerId;
 use libp2p::kad::{self, QueryId};
 use libp2p::request_response::OutboundRequestId;
 use libp2p::swarm::dial_opts::DialOpts;
-use libp2p::swarm::{Swarm, SwarmEvent};
+use libp2p::swarm::{DialError, Swarm, SwarmEvent};
 use libp2p::{Multiaddr, PeerId};
 use serde_bytes::ByteBuf;
 use shoal_pow::{IdentityProof, NodeKey, StampChecker, unix_now};
@@ -21,7 +21,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use super::queries::{Announcing, Closest, Get, NoticesQuery, Pending};
 use super::{
     BoxedTransport, Client, Command, JoinError, JoinOk, JoinResult, ListenError, ListenResult,
-    MemberCounts, MemberInfo, NodeStats, PutResult, SHUTDOWN_LEAVE_BOUND, StartError,
+    MAX_SNAPSHOT_PEERS, MAX_SNAPSHOT_SEEDS, MemberCounts, MemberInfo, NodeStats, PutResult,
+    SHUTDOWN_LEAVE_BOUND, StartError,
 };
 use crate::behaviour::{Behaviour, Event};
 use crate::config::{Config, ConfigError};
@@ -67,6 +68,9 @@ pub struct EventLoop {
     pub(super) requests: HashMap<OutboundRequestId, Pending>,
     pub(super) next_id: usize,
     stopping: Option<Stopping>,
+    /// Peers of the routing-table snapshot read on start: dialed on start, and the seeds of a
+    /// join without seeds. At most [`MAX_SNAPSHOT_SEEDS`].
+    snapshot: Vec<(PeerId, Vec<Multiaddr>)>,
 }
 
 /// A shutdown under way: SWIM is leaving.
@@ -103,6 +107,7 @@ impl EventLoop {
         let local = key.peer_id();
         let stamps = StampChecker::new(config.stamps.clone()).map_err(ConfigError::from)?;
         let mut book = NoticeBook::new(config.notices.clone());
+        let mut snapshot = Vec::new();
         let (store, persist) = match &config.data_dir {
             None => (RecordStore::in_memory(local, config.store.clone()), None),
             Some(dir) => {
@@ -129,6 +134,7 @@ impl EventLoop {
                         let _ = book.insert(n);
                     }
                 }
+                snapshot = decode_snapshot(persist.routing()?, local);
                 (store, Some(persist))
             }
         };
@@ -170,6 +176,7 @@ impl EventLoop {
             requests: HashMap::new(),
             next_id: 0,
             stopping: None,
+            snapshot,
         };
         Ok((client, event_loop))
     }
@@ -177,6 +184,13 @@ impl EventLoop {
     /// Runs until [`Client::shutdown`] completes or every [`Client`] is dropped, then closes the
     /// node (the swarm and the redb database are dropped before it returns).
     pub async fn run(mut self) {
+        for (peer, addrs) in self.snapshot.clone() {
+            self.dial(peer, addrs);
+        }
+        let every = self.config.routing_snapshot_interval;
+        let mut snapshot_tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        snapshot_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self.stopping.as_ref().map(|s| s.deadline);
             let stop_timer = async move {
@@ -192,6 +206,7 @@ impl EventLoop {
                     None => break,
                 },
                 () = stop_timer => break,
+                _ = snapshot_tick.tick(), if self.persist.is_some() => self.save_snapshot(),
             }
         }
         self.close();
@@ -227,11 +242,46 @@ impl EventLoop {
     /// Ends the node: everything is dropped (the redb database is closed once the swarm's store
     /// and this loop let go of it), then a pending shutdown is answered.
     fn close(mut self) {
+        self.save_snapshot();
         let reply = self.stopping.take().map(|s| s.reply);
         drop(self);
         if let Some(reply) = reply {
             // The caller may have stopped waiting.
             let _ = reply.send(());
+        }
+    }
+
+    /// Writes the verified, live members with their addresses (at most [`MAX_SNAPSHOT_PEERS`])
+    /// as the routing-table snapshot. Nothing is written while no member is known, so a node
+    /// that restarts alone keeps the snapshot it had.
+    fn save_snapshot(&mut self) {
+        let Some(persist) = &self.persist else {
+            return;
+        };
+        let peers: Vec<(Vec<u8>, Vec<u8>)> = self
+            .swarm
+            .behaviour()
+            .swim
+            .members()
+            .filter(|(p, m)| {
+                matches!(m.state, State::Alive | State::Suspect) && self.verified.contains(p)
+            })
+            .take(MAX_SNAPSHOT_PEERS)
+            .map(|(p, m)| {
+                let addrs: Vec<ByteBuf> = shoal_swim::behaviour::to_multiaddrs(&m.addrs)
+                    .into_iter()
+                    .map(|a| ByteBuf::from(a.to_vec()))
+                    .collect();
+                // Invariant: a list of byte strings always encodes.
+                let addrs = cbor4ii::serde::to_vec(Vec::new(), &addrs).expect("bytes encode");
+                (p.to_bytes(), addrs)
+            })
+            .collect();
+        if peers.is_empty() {
+            return;
+        }
+        if let Err(e) = persist.save_routing(&peers) {
+            tracing::warn!(error = %e, "cannot save the routing-table snapshot");
         }
     }
 
@@ -262,6 +312,9 @@ impl EventLoop {
                 State::Left => stats.members.left += 1,
             }
         }
+        let info = self.swarm.network_info();
+        stats.connections = info.connection_counters().num_established() as usize;
+        stats.connected_peers = info.num_peers();
         stats.listen_addrs = self.swarm.listeners().cloned().collect();
         stats.external_addrs = self.swarm.external_addresses().cloned().collect();
         stats
@@ -414,6 +467,9 @@ impl EventLoop {
 
     fn start_join(&mut self, seeds: Vec<(PeerId, Multiaddr)>, reply: oneshot::Sender<JoinResult>) {
         let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+        if seeds.is_empty() {
+            by_peer.extend(self.snapshot.iter().cloned());
+        }
         for (peer, addr) in seeds {
             by_peer.entry(peer).or_default().push(addr);
         }
@@ -427,9 +483,14 @@ impl EventLoop {
                     continue; // The gate is at work on the open connection.
                 }
                 let opts = DialOpts::peer_id(*peer).addresses(addrs.clone()).build();
-                if let Err(error) = self.swarm.dial(opts) {
-                    tracing::debug!(%peer, %error, "cannot dial seed");
-                    waiting.remove(peer);
+                match self.swarm.dial(opts) {
+                    // Already being dialed (e.g. a snapshot peer dialed on start): that dial's
+                    // outcome settles the wait.
+                    Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {}
+                    Err(error) => {
+                        tracing::debug!(%peer, %error, "cannot dial seed");
+                        waiting.remove(peer);
+                    }
                 }
             }
         }
@@ -600,4 +661,23 @@ impl EventLoop {
             SwimEvent::Suspected { .. } => {}
         }
     }
+}
+
+/// Decodes the snapshot's entries, skipping unreadable ones and ourselves; at most
+/// [`MAX_SNAPSHOT_SEEDS`] peers with at least one address.
+fn decode_snapshot(pairs: crate::store::Pairs, local: PeerId) -> Vec<(PeerId, Vec<Multiaddr>)> {
+    pairs
+        .into_iter()
+        .filter_map(|(peer, addrs)| {
+            let peer = PeerId::from_bytes(&peer).ok()?;
+            let addrs: Vec<ByteBuf> = cbor4ii::serde::from_slice(&addrs).ok()?;
+            let addrs: Vec<Multiaddr> = addrs
+                .into_iter()
+                .take(16)
+                .filter_map(|a| Multiaddr::try_from(a.into_vec()).ok())
+                .collect();
+            (peer != local && !addrs.is_empty()).then_some((peer, addrs))
+        })
+        .take(MAX_SNAPSHOT_SEEDS)
+        .collect()
 }

@@ -350,8 +350,13 @@ pub struct MemberInfo {
 /// Counters and gauges of the node, from [`Client::stats`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeStats {
-    /// Inbound puts refused (invalid record, lockstep, store), per sending peer.
+    /// Inbound puts refused (invalid record, lockstep, store), per sending peer. At most
+    /// [`MAX_REFUSAL_PEERS`] peers are kept: when a new peer's refusal finds the map full, the
+    /// peer with the fewest refusals makes room (its count still shows in
+    /// [`refused_puts_total`](Self::refused_puts_total)).
     pub refused_puts: HashMap<PeerId, u64>,
+    /// Inbound puts refused in all.
+    pub refused_puts_total: u64,
     /// Inbound puts stored.
     pub stored_puts: u64,
     /// Peers the gate verified (and SWIM admitted) since start.
@@ -376,10 +381,42 @@ pub struct NodeStats {
     pub routing_peers: usize,
     /// Kad queries this node started (puts, gets, lookups, bootstraps) since start.
     pub kad_queries: u64,
+    /// Established connections.
+    pub connections: usize,
+    /// Peers with at least one established connection.
+    pub connected_peers: usize,
     /// The swarm's listen addresses.
     pub listen_addrs: Vec<Multiaddr>,
     /// The swarm's confirmed external addresses.
     pub external_addrs: Vec<Multiaddr>,
+}
+
+/// Most peers written to the routing-table snapshot.
+pub const MAX_SNAPSHOT_PEERS: usize = 256;
+
+/// Most snapshot peers dialed on start and used as seeds by a join without seeds.
+pub const MAX_SNAPSHOT_SEEDS: usize = 32;
+
+/// Peers whose put refusals [`NodeStats::refused_puts`] keeps.
+pub const MAX_REFUSAL_PEERS: usize = 1024;
+
+impl NodeStats {
+    /// Counts a refused put from `peer`, keeping the map bounded (see
+    /// [`refused_puts`](Self::refused_puts)).
+    pub(crate) fn count_refused_put(&mut self, peer: PeerId) {
+        self.refused_puts_total += 1;
+        if !self.refused_puts.contains_key(&peer) && self.refused_puts.len() >= MAX_REFUSAL_PEERS {
+            let fewest = self
+                .refused_puts
+                .iter()
+                .min_by_key(|(_, n)| **n)
+                .map(|(p, _)| *p);
+            if let Some(fewest) = fewest {
+                self.refused_puts.remove(&fewest);
+            }
+        }
+        *self.refused_puts.entry(peer).or_default() += 1;
+    }
 }
 
 /// How long [`Client::shutdown`] waits for SWIM's graceful leave to be gossiped before it closes
@@ -446,7 +483,8 @@ impl Client {
     }
 
     /// Joins through `seeds`: dials them, waits for the identity gate, joins SWIM through those
-    /// verified, and starts a kad bootstrap.
+    /// verified, and starts a kad bootstrap. With no seeds, the peers of the routing-table
+    /// snapshot saved in the data directory (at most [`MAX_SNAPSHOT_SEEDS`]) are the seeds.
     pub async fn join(&self, seeds: Vec<(PeerId, Multiaddr)>) -> JoinResult {
         self.ask(|r| Command::Join(seeds, r))
             .await
@@ -593,5 +631,25 @@ impl Client {
     /// Lockstep notices this node accepts from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<SignedNotice> {
         self.notices.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_map_stays_bounded_and_keeps_the_worst() {
+        let mut stats = NodeStats::default();
+        let worst = PeerId::random();
+        for _ in 0..5 {
+            stats.count_refused_put(worst);
+        }
+        for _ in 0..3 * MAX_REFUSAL_PEERS {
+            stats.count_refused_put(PeerId::random());
+        }
+        assert_eq!(stats.refused_puts.len(), MAX_REFUSAL_PEERS);
+        assert_eq!(stats.refused_puts.get(&worst), Some(&5));
+        assert_eq!(stats.refused_puts_total, 5 + 3 * MAX_REFUSAL_PEERS as u64);
     }
 }

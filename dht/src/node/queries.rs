@@ -348,7 +348,7 @@ impl EventLoop {
             Ok(_) => self.stats.stored_puts += 1,
             Err(reason) => {
                 tracing::debug!(peer = %source, %reason, "inbound put refused");
-                *self.stats.refused_puts.entry(source).or_default() += 1;
+                self.stats.count_refused_put(source);
             }
         }
     }
