@@ -133,9 +133,24 @@ impl RpcClient {
             {
                 ClientError::Unauthorized
             }
-            other => ClientError::Transport(other.to_string()),
+            other => ClientError::Transport(chain_text(&other)),
         })
     }
+}
+
+/// An error with its causes (hyper's "client error (Connect)" alone hides "connection refused").
+fn chain_text(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !text.contains(&c_text) {
+            text.push_str(": ");
+            text.push_str(&c_text);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// Parses PARAMS text: a JSON object or array.
