@@ -20,6 +20,9 @@ use crate::lockstep::protocol::{self as lockstep, Request, Response};
 use crate::lockstep::{Announced, SignedNotice, value_hash};
 use crate::record::{NewRecord, SignedRecord};
 
+/// Gets answered early whose search for a higher sequence goes on in the background, at most.
+const MAX_BACKGROUND_GETS: usize = 16;
+
 /// A get under way: copies are validated as they come, then holders are asked whether the
 /// winner was announced.
 pub(super) struct Get {
@@ -487,6 +490,20 @@ impl EventLoop {
                 valid: get.valid,
                 invalid: get.invalid,
             }));
+        }
+        // The search goes on within a budget: one background search per key, at most
+        // MAX_BACKGROUND_GETS in all, so a burst of gets does not turn into a flood of queries.
+        let background = self
+            .gets
+            .iter()
+            .filter(|(other, g)| g.reply.is_none() && **other != id)
+            .fold((0, false), |(n, same), (_, g)| {
+                (n + 1, same || g.key == key)
+            });
+        if (background.0 >= MAX_BACKGROUND_GETS || background.1)
+            && let Some(mut query) = self.kad_mut().query_mut(&id)
+        {
+            query.finish();
         }
     }
 
