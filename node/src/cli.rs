@@ -13,7 +13,7 @@ use crate::config::{LogFormat, Network, Overrides};
 
 /// The shoal node: a Kademlia DHT over SWIM membership with proof-of-work identities.
 #[derive(Debug, Parser)]
-#[command(name = "shoal", version, about, propagate_version = true)]
+#[command(name = "shoal", version, propagate_version = true)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -91,7 +91,7 @@ pub struct RunArgs {
         value_name = "MULTIADDR"
     )]
     pub listen: Vec<String>,
-    /// Seeds: multiaddrs ending in /p2p/<peer id> (repeat or comma-separate). Overrides
+    /// Seeds: multiaddrs ending in /p2p/PEER_ID (repeat or comma-separate). Overrides
     /// `p2p.seeds`.
     #[arg(
         long = "seed",

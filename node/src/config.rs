@@ -95,12 +95,12 @@ fn invalid(field: impl Into<String>, reason: impl fmt::Display) -> ConfigError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Network {
-    /// The main network ([`shoal_dht::Config::default`]): identity puzzle difficulty 11.
+    /// The main network: identity puzzle difficulty 11 (the DHT's default preset).
     #[default]
     Main,
-    /// The test network ([`shoal_dht::Config::testnet`]): difficulty 4, LAN SWIM timing.
+    /// The test network: puzzle difficulty 4, LAN SWIM timing (the DHT's testnet preset).
     Testnet,
-    /// Many nodes on one machine ([`shoal_dht::Config::local`]): a tiny puzzle, short timeouts.
+    /// Many nodes on one machine: a tiny puzzle, short timeouts (the DHT's local preset).
     Local,
 }
 

@@ -326,8 +326,20 @@ fn spawn(options: &TestnetOptions, node: &mut TestNode) -> Result<(), TestnetErr
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
-        // A safety net should the launcher be dropped without stopping its nodes.
+        // A safety net should the launcher return without stopping its nodes.
         .kill_on_drop(true);
+    // Should the launcher die without stopping its nodes (SIGKILL), they get SIGTERM.
+    #[cfg(target_os = "linux")]
+    // SAFETY: between fork and exec the closure only calls prctl(2), which is async-signal-safe
+    // and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     // The nodes' settings come from their config files only.
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("SHOAL_") {
