@@ -384,3 +384,65 @@ pub async fn run(config: &Config) -> Result<(), RunError> {
     node.stop().await;
     waited
 }
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroUsize;
+
+    use shoal_dht::node::PutError;
+    use shoal_pow::CancelToken;
+
+    use super::*;
+    use crate::config::{Network, P2pConfig};
+    use crate::init::InitOptions;
+
+    fn local_config(dir: &Path) -> Config {
+        let mut config = Config {
+            network: Network::Local,
+            data_dir: dir.to_owned(),
+            p2p: P2pConfig {
+                listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+                ..P2pConfig::default()
+            },
+            ..Config::default()
+        };
+        config.rpc.listen = "127.0.0.1:0".parse().expect("valid address");
+        config
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stopped_node_keeps_its_records_and_removes_its_url_file() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let config = local_config(tmp.path());
+        let options = InitOptions {
+            data_dir: tmp.path().to_owned(),
+            puzzle: Network::Local.preset().puzzle,
+            force: false,
+            reuse: false,
+            threads: NonZeroUsize::MIN,
+        };
+        init::init(&options, &CancelToken::new(), |_| {}).expect("init");
+
+        let node = Node::start(&config).await.expect("node starts");
+        let url_file = tmp.path().join(RPC_URL_FILE);
+        let written = std::fs::read_to_string(&url_file).expect("rpc.url written");
+        assert_eq!(written.trim(), node.rpc_url());
+        assert_eq!(node.listen_addrs().len(), 1);
+        let put = node
+            .client()
+            .put(b"k".to_vec(), b"v".to_vec(), config.default_ttl(), None)
+            .await;
+        // Alone, the put reaches no replica, but it is stored locally and durably first.
+        assert!(
+            matches!(put, Ok(_) | Err(PutError::Quorum { .. })),
+            "{put:?}"
+        );
+        node.stop().await;
+        assert!(!url_file.exists(), "rpc.url removed on a clean stop");
+
+        let node = Node::start(&config).await.expect("node restarts");
+        let stored = node.client().stored(b"k".to_vec()).await;
+        assert!(stored.is_some(), "the record survived the restart");
+        node.stop().await;
+    }
+}
