@@ -92,7 +92,7 @@ pub struct RunArgs {
     )]
     pub listen: Vec<String>,
     /// Seeds: multiaddrs ending in /p2p/PEER_ID (repeat or comma-separate). Overrides
-    /// `p2p.seeds`.
+    /// `p2p.seeds`; an empty value (SHOAL_SEEDS=) means no seeds.
     #[arg(
         long = "seed",
         env = "SHOAL_SEEDS",
@@ -133,10 +133,12 @@ impl ConfigArgs {
 impl RunArgs {
     /// The overrides these flags and variables set.
     pub fn overrides(&self) -> Overrides {
-        let some = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+        let given = |v: &Vec<String>| {
+            (!v.is_empty()).then(|| v.iter().filter(|s| !s.is_empty()).cloned().collect())
+        };
         Overrides {
-            listen: some(&self.listen),
-            seeds: some(&self.seeds),
+            listen: given(&self.listen).filter(|l: &Vec<String>| !l.is_empty()),
+            seeds: given(&self.seeds),
             rpc_listen: self.rpc_listen,
             rpc_token: self.rpc_token.clone(),
             log_format: self.log_format,
@@ -216,6 +218,13 @@ mod tests {
         assert_eq!(o.data_dir, Some(PathBuf::from("/d")));
         assert_eq!(o.seeds.map(|s| s.len()), Some(2));
         assert_eq!(o.log_format, Some(LogFormat::Json));
+
+        let cli = Cli::try_parse_from(["shoal", "run", "--seed", ""]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("expected run");
+        };
+        assert_eq!(args.overrides().seeds, Some(Vec::new()), "empty clears");
+        assert_eq!(args.overrides().listen, None, "not given");
     }
 
     #[test]
