@@ -29,6 +29,9 @@ pub enum Command {
     Run(RunArgs),
     /// Run a local testnet of `shoal run` processes on loopback until Ctrl-C.
     Testnet(TestnetArgs),
+    /// Run a private Tor network on loopback (Debian's `tor`) until Ctrl-C, to try Tor-only
+    /// nodes locally; writes the `[tor]` table nodes need to DIR/tor.toml.
+    TorTestnet(TorTestnetArgs),
     /// Call a JSON-RPC method of a running node and print the result.
     Rpc(RpcArgs),
     /// Print configuration files.
@@ -146,6 +149,14 @@ impl RunArgs {
             ..self.config.overrides()
         }
     }
+}
+
+/// `shoal tor-testnet`.
+#[derive(Debug, Clone, Args)]
+pub struct TorTestnetArgs {
+    /// Directory for the network's keys, torrcs and logs, and its `tor.toml`; kept at exit.
+    #[arg(long, default_value = "shoal-tor-testnet", value_name = "DIR")]
+    pub dir: PathBuf,
 }
 
 /// `shoal testnet`.

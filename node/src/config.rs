@@ -17,6 +17,7 @@ use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 
 use crate::rpc::RpcConfig;
+use crate::tor::TorConfig;
 
 /// The documented default configuration file, printed by `shoal config default`.
 pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
@@ -137,9 +138,9 @@ pub enum Transport {
     /// Plain TCP with noise and yamux.
     #[default]
     Tcp,
-    /// Tor onion services only. Not wired into the node yet: refused by validation.
+    /// Tor onion services only: the node never dials, listens on or advertises an IP address.
     Tor,
-    /// TCP and Tor. Not wired into the node yet: refused by validation.
+    /// TCP and Tor: the node bridges TCP-only and Tor-only nodes (and reveals its IP address).
     Both,
 }
 
@@ -158,12 +159,13 @@ pub enum LogFormat {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct P2pConfig {
-    /// Multiaddrs to listen on, 1 to [`MAX_LISTEN`]. Default `["/ip4/0.0.0.0/tcp/7401"]`.
+    /// TCP multiaddrs to listen on, 1 to [`MAX_LISTEN`] (none with transport `"tor"`, which
+    /// listens only on its onion address). Default `["/ip4/0.0.0.0/tcp/7401"]`.
     pub listen: Vec<String>,
     /// Multiaddrs of peers to join through, each ending in `/p2p/<peer id>`; at most
     /// [`MAX_SEEDS`]. Empty means this is its network's first node. Default empty.
     pub seeds: Vec<String>,
-    /// The transport. Only [`Transport::Tcp`] is accepted for now. Default `"tcp"`.
+    /// The transport: `"tcp"`, `"tor"` or `"both"` (see [`crate::tor`]). Default `"tcp"`.
     pub transport: Transport,
 }
 
@@ -291,6 +293,8 @@ pub struct Config {
     pub p2p: P2pConfig,
     /// Overrides of the network's DHT preset.
     pub dht: DhtSettings,
+    /// Tor, used when `p2p.transport` is `"tor"` or `"both"`.
+    pub tor: TorConfig,
     /// The JSON-RPC endpoint.
     pub rpc: RpcConfig,
     /// Logging.
@@ -304,6 +308,7 @@ impl Default for Config {
             data_dir: PathBuf::from("~/.shoal"),
             p2p: P2pConfig::default(),
             dht: DhtSettings::default(),
+            tor: TorConfig::default(),
             rpc: RpcConfig::default(),
             log: LogConfig::default(),
         }
@@ -414,8 +419,9 @@ impl Config {
                 format!("longer than {MAX_STRING} bytes"),
             ));
         }
+        let tor_only = self.p2p.transport == Transport::Tor;
         match self.p2p.listen.len() {
-            0 => return Err(invalid("p2p.listen", "needs at least one address")),
+            0 if !tor_only => return Err(invalid("p2p.listen", "needs at least one address")),
             n if n > MAX_LISTEN => {
                 return Err(invalid(
                     "p2p.listen",
@@ -431,12 +437,29 @@ impl Config {
                 format!("{} seeds, at most {MAX_SEEDS}", self.p2p.seeds.len()),
             ));
         }
-        self.p2p.seed_addrs()?;
+        let seeds = self.p2p.seed_addrs()?;
+        if tor_only {
+            // A Tor-only node never listens on or dials an IP address.
+            if let Some(a) = self.p2p.listen.first() {
+                return Err(invalid(
+                    "p2p.listen",
+                    format!(
+                        "{a:?}: a Tor-only node listens only on its onion address; \
+                         set listen = [] (or transport = \"both\")"
+                    ),
+                ));
+            }
+            if let Some((_, a)) = seeds.iter().find(|(_, a)| crate::tor::reveals_ip(a)) {
+                return Err(invalid(
+                    "p2p.seeds",
+                    format!("{a}: a Tor-only node accepts only /onion3 seeds"),
+                ));
+            }
+        }
         if self.p2p.transport != Transport::Tcp {
-            return Err(invalid(
-                "p2p.transport",
-                "Tor mode is not wired into the node yet; use transport = \"tcp\"",
-            ));
+            self.tor
+                .transport_config(&self.resolved_data_dir())
+                .map_err(|e| invalid("tor", e))?;
         }
         let dht = &self.dht;
         if let Some(k) = dht.replication_factor
@@ -534,6 +557,9 @@ impl Config {
             c.store.max_records = n.get();
         }
         c.data_dir = Some(self.resolved_data_dir());
+        if self.p2p.transport != Transport::Tcp {
+            crate::tor::fit_for_onions(&mut c);
+        }
         c.validate().map_err(|e| invalid("dht", e))?;
         Ok(c)
     }
@@ -631,6 +657,20 @@ mod tests {
                 max_ttl_secs: NonZeroU64::new(7200),
                 max_records: NonZeroUsize::new(1000),
             },
+            tor: TorConfig {
+                onion_port: 4001,
+                network: crate::tor::TorNetwork::Private,
+                authorities: vec!["0123456789ABCDEF0123456789ABCDEF01234567".into()],
+                fallbacks: vec![crate::tor::TorFallback {
+                    rsa_identity: "0123456789ABCDEF0123456789ABCDEF01234567".into(),
+                    ed_identity: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8".into(),
+                    orports: vec!["127.0.0.1:5000".parse().unwrap()],
+                }],
+                hsdir_interval_minutes: std::num::NonZeroU32::new(8),
+                dangerous_ignore_subnet_families: true,
+                state_dir: Some(PathBuf::from("/var/lib/shoal/arti")),
+                dangerous_trust_all_file_permissions: true,
+            },
             rpc: RpcConfig {
                 listen: "0.0.0.0:9001".parse().unwrap(),
                 auth_token: Some("a-\"secret\"-token-0123456789".into()),
@@ -701,10 +741,28 @@ mod tests {
         let mut c = Config::default();
         c.p2p.listen.clear();
         assert_eq!(field_of(c), "p2p.listen");
+        // A Tor-only node: no IP listen address, only onion seeds, a usable [tor] table.
         let mut c = Config::default();
         c.p2p.transport = Transport::Tor;
-        let err = c.validate().unwrap_err().to_string();
-        assert!(err.contains("Tor mode is not wired"), "{err}");
+        assert_eq!(field_of(c.clone()), "p2p.listen");
+        c.p2p.listen.clear();
+        c.validate().expect("Tor-only on the public network");
+        c.p2p.seeds = vec![
+            "/ip4/192.0.2.1/tcp/7401/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
+                .into(),
+        ];
+        assert_eq!(field_of(c.clone()), "p2p.seeds");
+        c.p2p.seeds.clear();
+        c.tor.network = crate::tor::TorNetwork::Private;
+        assert_eq!(field_of(c.clone()), "tor");
+        // "both" keeps TCP listen addresses and IP seeds.
+        let mut c = Config::default();
+        c.p2p.transport = Transport::Both;
+        c.validate().expect("both on the public network");
+        assert_eq!(
+            c.to_dht_config().expect("valid").swim,
+            shoal_swim::Config::tor()
+        );
         let mut c = Config::default();
         c.rpc.listen = "0.0.0.0:7400".parse().unwrap();
         assert_eq!(field_of(c), "rpc");

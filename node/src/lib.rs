@@ -11,6 +11,8 @@
 //! - [`client`]: the `shoal rpc` client.
 //! - [`rpc`]: the JSON-RPC server, its methods, errors and OpenRPC document.
 //! - [`metrics`]: the Prometheus metrics.
+//! - [`tor`]: the `[tor]` table, the transport of each `p2p.transport` mode, onion timing.
+//! - [`tor_testnet`]: `shoal tor-testnet`, a private Tor network on loopback.
 
 pub mod cli;
 pub mod client;
@@ -20,3 +22,5 @@ pub mod metrics;
 pub mod rpc;
 pub mod run;
 pub mod testnet;
+pub mod tor;
+pub mod tor_testnet;

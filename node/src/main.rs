@@ -62,6 +62,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(testnet::run(options))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::TorTestnet(args) => {
+            runtime()?.block_on(shoal_node::tor_testnet::run(&args.dir))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Rpc(args) => rpc_command(&args),
         Command::Config(ConfigCommand::Default) => {
             print!("{DEFAULT_CONFIG}");

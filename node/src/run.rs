@@ -18,7 +18,7 @@ use shoal_pow::{KeyError, NodeKey, Puzzle};
 use tokio::task::JoinHandle;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{Config, ConfigError, LogConfig, LogFormat};
+use crate::config::{Config, ConfigError, LogConfig, LogFormat, Transport};
 use crate::init::{self, KEY_FILE, PROOF_FILE, ProofFileError};
 use crate::rpc::{self, RpcServer, RpcStartError};
 
@@ -69,6 +69,9 @@ pub enum RunError {
     /// The network's puzzle parameters are invalid; nothing was started.
     #[error("identity puzzle: {0}")]
     Puzzle(#[from] shoal_pow::ConfigError),
+    /// arti could not start or bootstrap; nothing was started.
+    #[error(transparent)]
+    Tor(#[from] crate::tor::TorError),
     /// The DHT node could not start (database, data directory); nothing was started.
     #[error("starting the DHT node: {0}")]
     Start(#[from] StartError),
@@ -151,12 +154,22 @@ impl Node {
                     network: network.clone(),
                 }
             })?;
-        let listen = config.p2p.listen_addrs()?;
+        let mut listen = config.p2p.listen_addrs()?;
         let seeds = config.p2p.seed_addrs()?;
         let peer = key.peer_id();
-        tracing::info!(%peer, %network, data_dir = %data_dir.display(), "starting node");
+        let mode = config.p2p.transport;
+        tracing::info!(%peer, %network, ?mode, data_dir = %data_dir.display(), "starting node");
 
-        let transport = tcp_transport(&key.to_libp2p());
+        let transport = match mode {
+            Transport::Tcp => tcp_transport(&key.to_libp2p()),
+            Transport::Tor | Transport::Both => {
+                let with_tcp = mode == Transport::Both;
+                let tor = crate::tor::transport(&key, &config.tor, &data_dir, with_tcp).await?;
+                tracing::info!(onion = ?tor.onion, "Tor ready");
+                listen.push(shoal_tor::any_onion(config.tor.onion_port));
+                tor.transport
+            }
+        };
         let (client, event_loop) = EventLoop::new(key, proof, dht_config, transport)?;
         let event_loop = tokio::spawn(event_loop.run());
         let rpc_url_file = data_dir.join(RPC_URL_FILE);

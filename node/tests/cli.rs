@@ -175,7 +175,10 @@ fn bad_config_names_the_file_and_the_field() {
     let err = stderr(&run(shoal()
         .args(["config", "show", "--config"])
         .arg(&file)));
-    assert!(err.contains("Tor mode is not wired"), "{err}");
+    assert!(
+        err.contains("p2p.listen") && err.contains("Tor-only"),
+        "a Tor-only node with the default TCP listen address is refused: {err}"
+    );
 }
 
 #[test]
