@@ -176,7 +176,7 @@ async fn tor_only_and_mixed_networks() {
         nodes[3].peer
     );
     let mut procs = Vec::new();
-    for i in 0..nodes.len() {
+    for (i, node) in nodes.iter_mut().enumerate() {
         let (transport, seeds) = match i {
             0 => (Transport::Tor, vec![]),
             1 | 2 => (Transport::Tor, vec![seed_onion.clone()]),
@@ -184,11 +184,11 @@ async fn tor_only_and_mixed_networks() {
             _ => (Transport::Tcp, vec![bridge_tcp.clone()]),
         };
         let rpc_port = free_port();
-        nodes[i].url = format!("http://127.0.0.1:{rpc_port}");
-        let file = nodes[i].dir.join("shoal.toml");
-        std::fs::write(&file, config(&nodes[i], transport, seeds, &tor, rpc_port))
+        node.url = format!("http://127.0.0.1:{rpc_port}");
+        let file = node.dir.join("shoal.toml");
+        std::fs::write(&file, config(node, transport, seeds, &tor, rpc_port))
             .expect("write config");
-        let log = std::fs::File::create(nodes[i].dir.join("node.log")).expect("log file");
+        let log = std::fs::File::create(node.dir.join("node.log")).expect("log file");
         procs.push(Proc(
             Command::new(SHOAL)
                 .args(["run", "--config"])
