@@ -25,7 +25,7 @@ use shoal_pow::CancelToken;
 use tokio::process::{Child, Command};
 
 use crate::client::{ClientError, RpcClient};
-use crate::config::{Config, ConfigError, LogConfig, Network, P2pConfig};
+use crate::config::{Config, ConfigError, DhtSettings, LogConfig, Network, P2pConfig};
 use crate::init::{self, InitError, InitOptions};
 use crate::rpc::RpcConfig;
 use crate::run::{RunError, Signals};
@@ -226,6 +226,10 @@ async fn run_in(
                     vec![first_seed.clone()]
                 },
                 ..P2pConfig::default()
+            },
+            dht: DhtSettings {
+                put_quorum: testnet_quorum(n),
+                ..DhtSettings::default()
             },
             rpc: RpcConfig {
                 listen: SocketAddr::from((Ipv4Addr::LOCALHOST, *rpc)),
@@ -607,9 +611,23 @@ fn log_tail(path: &Path) -> String {
     read().unwrap_or_else(|e| format!("(cannot read the log: {e})"))
 }
 
+/// The put quorum of an `n`-node testnet: the preset's 3, or every other node when there are
+/// fewer than 4 (a put can only be acknowledged by the others); `None` keeps the preset.
+fn testnet_quorum(n: usize) -> Option<NonZeroUsize> {
+    (n < 4).then(|| NonZeroUsize::new(n.saturating_sub(1)).unwrap_or(NonZeroUsize::MIN))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_testnets_lower_the_quorum() {
+        assert_eq!(testnet_quorum(1).map(NonZeroUsize::get), Some(1));
+        assert_eq!(testnet_quorum(2).map(NonZeroUsize::get), Some(1));
+        assert_eq!(testnet_quorum(3).map(NonZeroUsize::get), Some(2));
+        assert_eq!(testnet_quorum(4), None);
+    }
 
     #[test]
     fn base_ports_are_consecutive_and_bounded() {
