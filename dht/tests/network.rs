@@ -219,7 +219,20 @@ async fn put_and_get_across_the_cluster() {
         .await
         .expect("second put");
     assert!(second.seq > first);
-    let got = nodes[6].get(key).await.expect("found");
+    // A get answers with the first valid copy, which may be the reader's older one while the
+    // put still travels; its search goes on and replaces that copy, so the newer value wins
+    // within the query bound.
+    let got = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let got = nodes[6].get(key.clone()).await.expect("found");
+            if got.record.seq == second.seq {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the newer put reaches the reader");
     assert_eq!(got.record.value, b"newer");
     // A get answers with the first valid copy (here the reader's own) and keeps looking: a
     // higher sequence held elsewhere replaces the reader's copy, so the next get sees it.

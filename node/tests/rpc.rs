@@ -277,9 +277,21 @@ async fn json_rpc_end_to_end_in_one_process() {
     .await
     .expect("put");
     assert_eq!(put["seq"], second["seq"]);
-    let got = call(&reader, "dht_get", json!({"key": "release"}))
-        .await
-        .expect("get");
+    // The reader may answer first with its older copy while the put travels; its search goes
+    // on and the newer value wins within the query bound.
+    let got = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let got = call(&reader, "dht_get", json!({"key": "release"}))
+                .await
+                .expect("get");
+            if got["seq"] == put["seq"] {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the newer put reaches the reader");
     assert_eq!(
         (got["value"].as_str(), got["lockstep"].as_bool()),
         (Some("v2.0"), Some(true))

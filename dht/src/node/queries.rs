@@ -72,6 +72,10 @@ pub(super) enum Pending {
 
 impl EventLoop {
     pub(super) fn start_get(&mut self, key: Vec<u8>, reply: oneshot::Sender<GetResult>) {
+        let reply = match self.answer_from_copy(&key, reply) {
+            Ok(()) => return,
+            Err(reply) => reply,
+        };
         let id = self.kad_mut().get_record(kad::RecordKey::new(&key));
         self.stats.kad_queries += 1;
         self.gets.insert(
@@ -505,6 +509,49 @@ impl EventLoop {
         {
             query.finish();
         }
+    }
+
+    /// Answers a get from this node's own valid copy without a query when a query could add
+    /// nothing now: a background search for the key is already under way, or the background
+    /// budget is spent (the search is then left to later gets). Gives `reply` back otherwise.
+    fn answer_from_copy(
+        &mut self,
+        key: &[u8],
+        reply: oneshot::Sender<GetResult>,
+    ) -> Result<(), oneshot::Sender<GetResult>> {
+        let (background, same) = self
+            .gets
+            .values()
+            .filter(|g| g.reply.is_none())
+            .fold((0, false), |(n, same), g| (n + 1, same || g.key == key));
+        if !same && background < MAX_BACKGROUND_GETS {
+            return Err(reply);
+        }
+        let Some(copy) = self.swarm.behaviour_mut().kad.store_mut().signed(key) else {
+            return Err(reply);
+        };
+        let Ok(signed) = SignedRecord::validate(
+            copy.as_bytes(),
+            Some(key),
+            unix_now(),
+            &self.config.records,
+            &self.stamps,
+        ) else {
+            return Err(reply);
+        };
+        let announced = match self.book.check_put(signed.record()) {
+            Ok(Announced::Yes) => Announced::Yes,
+            Ok(Announced::No) if self.among_closest(key) => Announced::No,
+            _ => return Err(reply),
+        };
+        let _ = reply.send(Ok(GetOk {
+            record: signed.record().clone(),
+            signed,
+            announced,
+            valid: 1,
+            invalid: 0,
+        }));
+        Ok(())
     }
 
     /// After an early answer: keeps the best copy found if it supersedes ours.
