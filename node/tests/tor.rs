@@ -288,8 +288,11 @@ async fn tor_only_and_mixed_networks() {
     // The Tor-only nodes' own view of their addresses holds only the onion address.
     for n in &nodes[..3] {
         let info = call(&n.url, "node_info", json!({})).await.expect("info");
-        for a in info["listen_addrs"].as_array().expect("listen_addrs") {
-            assert!(!reveals_ip(a.as_str().expect("address")), "{}: {a}", n.name);
+        // Identify advertises the listen and external addresses: neither holds an IP.
+        for field in ["listen_addrs", "external_addrs"] {
+            for a in info[field].as_array().expect("an address list") {
+                assert!(!reveals_ip(a.as_str().expect("address")), "{}: {a}", n.name);
+            }
         }
     }
     drop(procs);
