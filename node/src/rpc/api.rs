@@ -314,6 +314,63 @@ async fn info(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
     }))
 }
 
+/// Parses and decodes the params of `method` exactly as the method does (its params struct, the
+/// key and value in their encodings, the TTL, peer ids) without touching the network, for fuzzing
+/// and validation. `params` is the raw JSON, `None` when the call has none.
+///
+/// Covers every method whose params Shoal decodes; `lockstep_unsubscribe`'s subscription id is
+/// jsonrpsee's. Any other method is refused with [`Code::InvalidParams`].
+pub fn check_params(method: &str, params: Option<&str>) -> Result<(), RpcError> {
+    let params = Params::new(params);
+    match method {
+        "dht_put" => {
+            let p: PutParams = parse(&params)?;
+            decode("key", &p.key, p.key_encoding)?;
+            decode("value", &p.value, p.encoding)?;
+            if p.ttl == Some(0) {
+                return Err(RpcError::invalid_param("ttl", "must be at least 1 second"));
+            }
+        }
+        "dht_get" => {
+            let p: GetParams = parse(&params)?;
+            decode("key", &p.key, p.key_encoding)?;
+        }
+        "dht_findNode" => {
+            let p: FindNodeParams = parse(&params)?;
+            peer_id("peer", &p.peer)?;
+        }
+        "lockstep_announce" => {
+            let p: AnnounceParams = parse(&params)?;
+            decode("key", &p.key, p.key_encoding)?;
+            decode("value", &p.value, p.encoding)?;
+        }
+        "lockstep_get" => {
+            let p: KeyParams = parse(&params)?;
+            let Some(text) = p.key else {
+                return Err(RpcError::invalid_param("key", "missing"));
+            };
+            decode("key", &text, p.key_encoding)?;
+        }
+        "lockstep_subscribe" => {
+            let p: KeyParams = parse(&params)?;
+            if let Some(text) = p.key {
+                decode("key", &text, p.key_encoding)?;
+            }
+        }
+        "swim_members" | "node_peers" | "node_info" | "rpc.discover" => {
+            let _: NoParams = parse(&params)?;
+        }
+        _ => {
+            return Err(RpcError::new(
+                Code::InvalidParams,
+                format!("unknown method {method}"),
+                json!({ "method": method }),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Runs one call: bounds it in time, maps its error and records it in the metrics.
 async fn call<F, Fut>(
     state: Arc<State>,
@@ -494,6 +551,40 @@ mod tests {
         let mut registered = registered_methods();
         registered.sort_unstable();
         assert_eq!(documented, registered);
+    }
+
+    #[test]
+    fn check_params_decodes_like_the_methods() {
+        let peer = PeerId::random().to_string();
+        let find_node = format!(r#"{{"peer":"{peer}"}}"#);
+        for (method, ok) in [
+            (
+                "dht_put",
+                r#"{"key":"a","value":"00ff","encoding":"hex","ttl":60}"#,
+            ),
+            ("dht_get", r#"{"key":"YQ==","key_encoding":"base64"}"#),
+            ("dht_findNode", find_node.as_str()),
+            ("lockstep_announce", r#"{"key":"k","value":"v","seq":3}"#),
+            ("lockstep_get", r#"{"key":"k"}"#),
+            ("lockstep_subscribe", "{}"),
+            ("node_info", "[]"),
+        ] {
+            check_params(method, Some(ok)).unwrap_or_else(|e| panic!("{method} {ok}: {e:?}"));
+        }
+        check_params("swim_members", None).expect("no params");
+        for (method, bad) in [
+            ("dht_put", r#"{"key":"a","value":"0f0","encoding":"hex"}"#),
+            ("dht_put", r#"{"key":"a","value":"v","ttl":0}"#),
+            ("dht_get", r#"{"key":"***","key_encoding":"base64"}"#),
+            ("dht_findNode", r#"{"peer":"not-a-peer"}"#),
+            ("lockstep_get", "{}"),
+            ("lockstep_subscribe", r#"{"key":"zz","key_encoding":"hex"}"#),
+            ("node_peers", r#"{"x":1}"#),
+            ("dht_nope", "{}"),
+        ] {
+            let e = check_params(method, Some(bad)).expect_err(bad);
+            assert_eq!(e.code, Code::InvalidParams, "{method} {bad}");
+        }
     }
 
     #[test]
