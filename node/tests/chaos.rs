@@ -23,7 +23,8 @@
 //! Needs root, `ip` (iproute2) and `nft` (nftables); without them it fails saying so, unless
 //! `SHOAL_CHAOS=skip`. `SHOAL_CHAOS_ONLY=partition,freeze` runs only the named scenarios;
 //! `SHOAL_CHAOS_SEED=N` fixes the seed (printed otherwise). Node logs and configs are kept in
-//! the printed directory when the suite fails. The long version: `scripts/chaos`.
+//! the printed directory when the suite fails, or always with `SHOAL_CHAOS_KEEP=1`. The long
+//! version: `scripts/chaos`.
 
 mod chaos {
     pub(crate) mod cluster;
@@ -519,13 +520,15 @@ fn chaos_suite() {
         }
     }
     let missed: Vec<String> = rows.iter().flat_map(Row::missed).collect();
-    if missed.is_empty() {
-        let _ = std::fs::remove_dir_all(&root);
+    assert!(
+        missed.is_empty(),
+        "chaos targets missed (node logs kept in {}):\n{}",
+        root.display(),
+        missed.join("\n")
+    );
+    if std::env::var_os("SHOAL_CHAOS_KEEP").is_some() {
+        println!("node logs and configs kept in {}", root.display());
     } else {
-        panic!(
-            "chaos targets missed (node logs kept in {}):\n{}",
-            root.display(),
-            missed.join("\n")
-        );
+        let _ = std::fs::remove_dir_all(&root);
     }
 }
