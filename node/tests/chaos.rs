@@ -270,6 +270,7 @@ async fn run_scenario(
         Scenario::Loss => {
             net.inject(&Fault::Loss(10)).expect("nft loss rules");
             tokio::time::sleep(mode.loss).await;
+            notes.push(format!("nft dropped {} packets", net.dropped()));
             net.clear().expect("clearing nft rules");
             heal = observer
                 .wait_converged(Instant::now(), mode.heal_limit)
@@ -282,6 +283,7 @@ async fn run_scenario(
                 .expect("nft partition rules");
             truth.lock().expect("truth").separate(&a, &b, true);
             tokio::time::sleep(mode.partition).await;
+            notes.push(format!("nft dropped {} packets", net.dropped()));
             net.clear().expect("clearing nft rules");
             truth.lock().expect("truth").separate(&a, &b, false);
             heal = observer
@@ -299,6 +301,7 @@ async fn run_scenario(
                 .expect("truth")
                 .separate(&others, &[deaf], true);
             tokio::time::sleep(mode.one_way).await;
+            notes.push(format!("nft dropped {} packets", net.dropped()));
             net.clear().expect("clearing nft rules");
             truth
                 .lock()

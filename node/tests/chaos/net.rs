@@ -149,22 +149,22 @@ impl Net {
                     let others: Vec<usize> = (0..self.addrs.len()).filter(|&j| j != i).collect();
                     // Only node-to-node packets: the host's RPC traffic is never dropped.
                     r.push(format!(
-                        "ip saddr {} numgen random mod 100 < {percent} drop",
+                        "ip saddr {} numgen random mod 100 < {percent} counter drop",
                         set(&others)
                     ));
                 }
             }
             Fault::Partition(a, b) => {
                 for &i in a {
-                    rules[i].push(format!("ip saddr {} drop", set(b)));
+                    rules[i].push(format!("ip saddr {} counter drop", set(b)));
                 }
                 for &i in b {
-                    rules[i].push(format!("ip saddr {} drop", set(a)));
+                    rules[i].push(format!("ip saddr {} counter drop", set(a)));
                 }
             }
             Fault::OneWay(from, to) => {
                 for &i in to {
-                    rules[i].push(format!("ip saddr {} drop", set(from)));
+                    rules[i].push(format!("ip saddr {} counter drop", set(from)));
                 }
             }
         }
@@ -184,6 +184,28 @@ impl Net {
             )?;
         }
         Ok(())
+    }
+
+    /// Packets the current fault's rules dropped so far, in every namespace.
+    pub(crate) fn dropped(&self) -> u64 {
+        let mut total = 0;
+        for ns in &self.node_ns {
+            // No table (no fault in this namespace) counts nothing.
+            let Ok(text) = run(
+                "ip",
+                &["netns", "exec", ns, "nft", "list", "table", "inet", "chaos"],
+                None,
+            ) else {
+                continue;
+            };
+            let words: Vec<&str> = text.split_whitespace().collect();
+            total += words
+                .windows(2)
+                .filter(|w| w[0] == "packets")
+                .filter_map(|w| w[1].parse::<u64>().ok())
+                .sum::<u64>();
+        }
+        total
     }
 
     /// Removes every fault.
