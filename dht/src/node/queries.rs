@@ -18,7 +18,7 @@ use super::{
 };
 use crate::lockstep::protocol::{self as lockstep, Request, Response};
 use crate::lockstep::{Announced, SignedNotice, value_hash};
-use crate::record::{NewRecord, SignedRecord};
+use crate::record::{NewRecord, Record, SignedRecord};
 
 /// Gets answered early whose search for a higher sequence goes on in the background, at most.
 const MAX_BACKGROUND_GETS: usize = 16;
@@ -478,10 +478,8 @@ impl EventLoop {
             return;
         };
         let key = get.key.clone();
-        let announced = match self.book.check_put(best.record()) {
-            Ok(Announced::Yes) => Announced::Yes,
-            _ if self.among_closest(&key) => Announced::No,
-            _ => return,
+        let Some(announced) = self.announced_by_own_judgement(best.record()) else {
+            return;
         };
         let Some(get) = self.gets.get_mut(&id) else {
             return;
@@ -497,17 +495,33 @@ impl EventLoop {
         }
         // The search goes on within a budget: one background search per key, at most
         // MAX_BACKGROUND_GETS in all, so a burst of gets does not turn into a flood of queries.
-        let background = self
-            .gets
-            .iter()
-            .filter(|(other, g)| g.reply.is_none() && **other != id)
-            .fold((0, false), |(n, same), (_, g)| {
-                (n + 1, same || g.key == key)
-            });
-        if (background.0 >= MAX_BACKGROUND_GETS || background.1)
+        let (background, same) = self.background_searches(&key, Some(id));
+        if (background >= MAX_BACKGROUND_GETS || same)
             && let Some(mut query) = self.kad_mut().query_mut(&id)
         {
             query.finish();
+        }
+    }
+
+    /// Background searches (gets answered early, other than `except`), and whether one of them
+    /// is for `key`.
+    fn background_searches(&self, key: &[u8], except: Option<QueryId>) -> (usize, bool) {
+        self.gets
+            .iter()
+            .filter(|(id, g)| g.reply.is_none() && Some(**id) != except)
+            .fold((0, false), |(n, same), (_, g)| {
+                (n + 1, same || g.key == key)
+            })
+    }
+
+    /// Whether `record` was announced, when this node can say so on its own: its book holds a
+    /// matching notice, or it is one of the `k` closest to the key and so holds every notice.
+    /// `None` when peers must be asked (or the record contradicts a notice).
+    fn announced_by_own_judgement(&mut self, record: &Record) -> Option<Announced> {
+        match self.book.check_put(record) {
+            Ok(Announced::Yes) => Some(Announced::Yes),
+            Ok(Announced::No) if self.among_closest(&record.key) => Some(Announced::No),
+            _ => None,
         }
     }
 
@@ -519,11 +533,7 @@ impl EventLoop {
         key: &[u8],
         reply: oneshot::Sender<GetResult>,
     ) -> Result<(), oneshot::Sender<GetResult>> {
-        let (background, same) = self
-            .gets
-            .values()
-            .filter(|g| g.reply.is_none())
-            .fold((0, false), |(n, same), g| (n + 1, same || g.key == key));
+        let (background, same) = self.background_searches(key, None);
         if !same && background < MAX_BACKGROUND_GETS {
             return Err(reply);
         }
@@ -539,10 +549,8 @@ impl EventLoop {
         ) else {
             return Err(reply);
         };
-        let announced = match self.book.check_put(signed.record()) {
-            Ok(Announced::Yes) => Announced::Yes,
-            Ok(Announced::No) if self.among_closest(key) => Announced::No,
-            _ => return Err(reply),
+        let Some(announced) = self.announced_by_own_judgement(signed.record()) else {
+            return Err(reply);
         };
         let _ = reply.send(Ok(GetOk {
             record: signed.record().clone(),
