@@ -240,7 +240,20 @@ impl SignedRecord {
         stamps: &StampChecker,
     ) -> Result<Self, RecordError> {
         let signed = Self::decode(bytes)?;
-        let r = &signed.record;
+        signed.check(expected_key, now, rules, stamps)?;
+        Ok(signed)
+    }
+
+    /// Every check of [`Self::validate`] but the signature, which decoding already made: the key
+    /// it was stored or looked up under, TTL, creation time, expiry and the stamp.
+    pub fn check(
+        &self,
+        expected_key: Option<&[u8]>,
+        now: u64,
+        rules: &RecordRules,
+        stamps: &StampChecker,
+    ) -> Result<(), RecordError> {
+        let r = &self.record;
         if expected_key.is_some_and(|k| k != r.key.as_slice()) {
             return Err(RecordError::KeyMismatch);
         }
@@ -256,7 +269,7 @@ impl SignedRecord {
                 now,
             });
         }
-        if now >= r.expires_at() {
+        if self.is_expired(now) {
             return Err(RecordError::Expired {
                 expires_at: r.expires_at(),
                 now,
@@ -273,7 +286,7 @@ impl SignedRecord {
             &r.key,
             &payload,
         )?;
-        Ok(signed)
+        Ok(())
     }
 
     /// The record's fields.
@@ -298,17 +311,14 @@ impl SignedRecord {
     }
 
     /// The order in which records of one key replace each other (see [`Self::supersedes`]).
-    pub(crate) fn precedence(&self) -> Precedence<'_> {
-        precedence(self.record.seq, self.record.created_at, &self.bytes)
+    fn precedence(&self) -> (u64, u64, &[u8]) {
+        (self.record.seq, self.record.created_at, &self.bytes)
     }
-}
 
-/// Sort key of a record among the records of its key: sequence, then creation, then envelope.
-pub(crate) type Precedence<'a> = (u64, u64, &'a [u8]);
-
-/// The [`Precedence`] of a record known only by these fields (as the store keeps them).
-pub(crate) fn precedence(seq: u64, created_at: u64, envelope: &[u8]) -> Precedence<'_> {
-    (seq, created_at, envelope)
+    /// Whether the record's lifetime has ended at `now` (Unix seconds).
+    pub fn is_expired(&self, now: u64) -> bool {
+        now >= self.record.expires_at()
+    }
 }
 
 #[cfg(test)]

@@ -276,10 +276,12 @@ async fn main() {
     println!(
         "\n| op | concurrency | ops/s | p50 ms | p95 ms | p99 ms | ok | errors |\n|---|---|---|---|---|---|---|---|"
     );
+    let mut targets = Targets::default();
     for &c in &o.concurrency {
         for op in [Op::Get, Op::Put] {
             let phase = run_phase(&url, op, c, o.secs, o.keys, value.clone()).await;
             let ops = phase.latencies.len() as f64 / phase.elapsed.as_secs_f64();
+            targets.record(op, c, ops, percentile(&phase.latencies, 0.50));
             println!(
                 "| {} | {c} | {ops:.0} | {:.2} | {:.2} | {:.2} | {} | {} |",
                 if op == Op::Get {
@@ -299,4 +301,47 @@ async fn main() {
     let mean = rss.iter().sum::<f64>() / rss.len() as f64;
     let max = rss.iter().cloned().fold(f64::MIN, f64::max);
     println!("\nresident memory per node: mean {mean:.1} MiB, max {max:.1} MiB ({rss:.1?})");
+    targets.print();
+}
+
+/// The targets, judged from the phases run: get p50 and put-to-quorum p50 at
+/// concurrency 1, and the best get throughput at any concurrency.
+#[derive(Default)]
+struct Targets {
+    get_p50_c1: Option<f64>,
+    put_p50_c1: Option<f64>,
+    best_gets: Option<(f64, usize)>,
+}
+
+impl Targets {
+    fn record(&mut self, op: Op, concurrency: usize, ops: f64, p50_ms: f64) {
+        match op {
+            Op::Get if concurrency == 1 => self.get_p50_c1 = Some(p50_ms),
+            Op::Put if concurrency == 1 => self.put_p50_c1 = Some(p50_ms),
+            _ => {}
+        }
+        if op == Op::Get && self.best_gets.is_none_or(|(best, _)| ops > best) {
+            self.best_gets = Some((ops, concurrency));
+        }
+    }
+
+    fn print(&self) {
+        let verdict = |met: bool| if met { "met" } else { "NOT met" };
+        println!("\ntargets (2-core machine):");
+        if let Some(p50) = self.get_p50_c1 {
+            println!("- get p50 < 5 ms at concurrency 1: {p50:.2} ms, {}", verdict(p50 < 5.0));
+        }
+        if let Some(p50) = self.put_p50_c1 {
+            println!(
+                "- put-to-quorum p50 < 20 ms at concurrency 1: {p50:.2} ms, {}",
+                verdict(p50 < 20.0)
+            );
+        }
+        if let Some((ops, c)) = self.best_gets {
+            println!(
+                "- >= 2,000 gets/s through one node: {ops:.0}/s at concurrency {c}, {}",
+                verdict(ops >= 2000.0)
+            );
+        }
+    }
 }

@@ -412,7 +412,8 @@ impl EventLoop {
                 let _ = reply.send(peers);
             }
             Command::Stored(key, reply) => {
-                let _ = reply.send(self.swarm.behaviour_mut().kad.store_mut().signed(&key));
+                let held = self.swarm.behaviour_mut().kad.store_mut().signed(&key);
+                let _ = reply.send(held.cloned());
             }
             Command::RawNotice {
                 peer,

@@ -379,24 +379,15 @@ impl EventLoop {
                 let _ = reply.send(result);
             }
             QueryResult::GetRecord(r) => {
-                let Some(get) = self.gets.get_mut(&id) else {
+                if !self.gets.contains_key(&id) {
                     return;
-                };
+                }
                 if let Ok(kad::GetRecordOk::FoundRecord(found)) = r {
-                    let book = &self.book;
-                    match SignedRecord::validate(
-                        &found.record.value,
-                        Some(&get.key),
-                        unix_now(),
-                        &self.config.records,
-                        &self.stamps,
-                    )
-                    .map_err(|e| e.to_string())
-                    .and_then(|s| match book.check_put(s.record()) {
-                        // A copy contradicting a notice we hold is refused like a bad one.
-                        Err(e) => Err(e.to_string()),
-                        Ok(_) => Ok(s),
-                    }) {
+                    let copy = self.accept_copy(id, &found.record.value);
+                    let Some(get) = self.gets.get_mut(&id) else {
+                        return;
+                    };
+                    match copy {
                         Ok(signed) => {
                             get.valid += 1;
                             if let Some(peer) = found.peer {
@@ -449,6 +440,40 @@ impl EventLoop {
             }
             _ => {}
         }
+    }
+
+    /// Validates a copy of a record found by get query `id`. A copy byte for byte equal to one
+    /// already validated (the node's own, or the query's best so far) is not verified again: only
+    /// its expiry is checked. A copy contradicting a notice we hold is refused like a bad one.
+    fn accept_copy(&mut self, id: QueryId, bytes: &[u8]) -> Result<SignedRecord, String> {
+        let now = unix_now();
+        let Some(get) = self.gets.get(&id) else {
+            return Err("query gone".to_owned());
+        };
+        let key = get.key.clone();
+        let known = match get.best.as_ref().filter(|b| b.as_bytes() == bytes) {
+            Some(best) => Some(best.clone()),
+            None => {
+                let store = self.swarm.behaviour_mut().kad.store_mut();
+                store.signed(&key).filter(|s| s.as_bytes() == bytes).cloned()
+            }
+        };
+        let signed = match known {
+            Some(s) if s.is_expired(now) => return Err("record expired".to_owned()),
+            Some(s) => s,
+            None => SignedRecord::validate(
+                bytes,
+                Some(&key),
+                now,
+                &self.config.records,
+                &self.stamps,
+            )
+            .map_err(|e| e.to_string())?,
+        };
+        self.book
+            .check_put(signed.record())
+            .map_err(|e| e.to_string())?;
+        Ok(signed)
     }
 
     /// Whether this node is one of the `k` closest to `key` in its own routing table, and so
@@ -537,16 +562,8 @@ impl EventLoop {
         if !same && background < MAX_BACKGROUND_GETS {
             return Err(reply);
         }
-        let Some(copy) = self.swarm.behaviour_mut().kad.store_mut().signed(key) else {
-            return Err(reply);
-        };
-        let Ok(signed) = SignedRecord::validate(
-            copy.as_bytes(),
-            Some(key),
-            unix_now(),
-            &self.config.records,
-            &self.stamps,
-        ) else {
+        let held = self.swarm.behaviour_mut().kad.store_mut().signed(key);
+        let Some(signed) = held.filter(|s| !s.is_expired(unix_now())).cloned() else {
             return Err(reply);
         };
         let Some(announced) = self.announced_by_own_judgement(signed.record()) else {
@@ -568,7 +585,7 @@ impl EventLoop {
         let store = self.swarm.behaviour_mut().kad.store_mut();
         let newer = store
             .signed(&get.key)
-            .is_some_and(|ours| best.supersedes(&ours));
+            .is_some_and(|ours| best.supersedes(ours));
         if newer && let Err(error) = store.insert(best, Instant::now(), unix_now()) {
             tracing::debug!(%error, "a newer copy found by a get was not kept");
         }

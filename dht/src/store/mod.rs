@@ -20,7 +20,7 @@ use libp2p::kad::{ProviderRecord, Record as KadRecord, RecordKey};
 
 pub use persist::{Pairs, Persist, StorageError};
 
-use crate::record::{MAX_RECORD_LEN, SignedRecord, precedence};
+use crate::record::{MAX_RECORD_LEN, SignedRecord};
 
 /// Limits of a [`RecordStore`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,12 +67,24 @@ pub enum Inserted {
     Unchanged,
 }
 
+/// A held record, decoded once when it was validated, with its expiry on kad's clock (opaque).
 #[derive(Debug, Clone)]
-/// A held record with the ordering fields kad does not keep (opaque).
 pub struct Entry {
-    kad: KadRecord,
-    seq: u64,
-    created_at: u64,
+    signed: SignedRecord,
+    expires: Instant,
+}
+
+impl Entry {
+    /// The record as kad sees it: the envelope is its value.
+    fn kad(&self) -> KadRecord {
+        let r = self.signed.record();
+        KadRecord {
+            key: RecordKey::new(&r.key),
+            value: self.signed.as_bytes().to_vec(),
+            publisher: Some(r.publisher.peer_id()),
+            expires: Some(self.expires),
+        }
+    }
 }
 
 /// The record store: memory, optionally written through to a [`Persist`] database.
@@ -137,13 +149,14 @@ impl RecordStore {
     ) -> Result<Inserted, StoreError> {
         let key = RecordKey::new(&signed.record().key);
         let outcome = match self.records.get(&key) {
-            Some(held) if held.kad.value == signed.as_bytes() => return Ok(Inserted::Unchanged),
+            Some(held) if held.signed.as_bytes() == signed.as_bytes() => {
+                return Ok(Inserted::Unchanged);
+            }
             Some(held) => {
-                let r = signed.record();
-                if signed.precedence() <= precedence(held.seq, held.created_at, &held.kad.value) {
+                if !signed.supersedes(&held.signed) {
                     return Err(StoreError::Stale {
-                        held: held.seq,
-                        got: r.seq,
+                        held: held.signed.record().seq,
+                        got: signed.record().seq,
                     });
                 }
                 Inserted::Replaced
@@ -160,10 +173,10 @@ impl RecordStore {
         Ok(outcome)
     }
 
-    /// The record held under `key`, decoded.
-    pub fn signed(&self, key: &[u8]) -> Option<SignedRecord> {
-        let entry = self.records.get(&RecordKey::new(&key))?;
-        SignedRecord::decode(&entry.kad.value).ok()
+    /// The record held under `key`. It was validated when it was kept and is not verified
+    /// again; only its expiry may have passed since (see [`SignedRecord::is_expired`]).
+    pub fn signed(&self, key: &[u8]) -> Option<&SignedRecord> {
+        self.records.get(&RecordKey::new(&key)).map(|e| &e.signed)
     }
 
     /// Records held.
@@ -181,7 +194,7 @@ impl RecordStore {
         let expired: Vec<RecordKey> = self
             .records
             .iter()
-            .filter(|(_, e)| e.kad.is_expired(now))
+            .filter(|(_, e)| now >= e.expires)
             .map(|(k, _)| k.clone())
             .collect();
         for key in &expired {
@@ -192,24 +205,9 @@ impl RecordStore {
 
     fn insert_memory(&mut self, signed: SignedRecord, now: Instant, now_unix: u64) {
         let r = signed.record();
-        let (seq, created_at) = (r.seq, r.created_at);
         let key = RecordKey::new(&r.key);
         let expires = expiry_instant(r.expires_at(), now_unix, now);
-        let publisher = Some(r.publisher.peer_id());
-        let kad = KadRecord {
-            key: key.clone(),
-            value: signed.into_bytes(),
-            publisher,
-            expires: Some(expires),
-        };
-        self.records.insert(
-            key,
-            Entry {
-                kad,
-                seq,
-                created_at,
-            },
-        );
+        self.records.insert(key, Entry { signed, expires });
     }
 }
 
@@ -230,7 +228,7 @@ impl kad_store::RecordStore for RecordStore {
     type ProvidedIter<'a> = <MemoryStore as kad_store::RecordStore>::ProvidedIter<'a>;
 
     fn get(&self, k: &RecordKey) -> Option<Cow<'_, KadRecord>> {
-        self.records.get(k).map(|e| Cow::Borrowed(&e.kad))
+        self.records.get(k).map(|e| Cow::Owned(e.kad()))
     }
 
     /// Called by kad for the node's own publications. The DHT inserts (durably) before calling
@@ -243,7 +241,7 @@ impl kad_store::RecordStore for RecordStore {
         if self
             .records
             .get(&r.key)
-            .is_some_and(|e| e.kad.value == r.value)
+            .is_some_and(|e| e.signed.as_bytes() == r.value)
         {
             return Ok(());
         }
@@ -272,7 +270,7 @@ impl kad_store::RecordStore for RecordStore {
     }
 
     fn records(&self) -> Self::RecordsIter<'_> {
-        self.records.values().map(|e| Cow::Borrowed(&e.kad))
+        self.records.values().map(|e| Cow::Owned(e.kad()))
     }
 
     fn add_provider(&mut self, record: ProviderRecord) -> kad_store::Result<()> {
