@@ -65,6 +65,10 @@ pub struct IdentityVerifier {
     puzzle: Puzzle,
     verified: LruCache<PublicKey, ()>,
     rejected: LruCache<IdentityProof, ProofError>,
+    /// Bounds of the two caches, kept by hand: `LruCache::new` would allocate the whole table up
+    /// front (over half a MiB at the default 16,384), which a node holding a few hundred peers,
+    /// or a thousand nodes in one test process, should not pay.
+    capacity: (usize, usize),
     bucket: TokenBucket,
     stats: VerifierStats,
 }
@@ -74,8 +78,9 @@ impl IdentityVerifier {
     pub fn new(puzzle: Puzzle, config: VerifierConfig) -> Self {
         Self {
             puzzle,
-            verified: LruCache::new(config.cache_capacity),
-            rejected: LruCache::new(config.rejected_capacity),
+            verified: LruCache::unbounded(),
+            rejected: LruCache::unbounded(),
+            capacity: (config.cache_capacity.get(), config.rejected_capacity.get()),
             bucket: TokenBucket::new(config.rate_per_second, config.burst),
             stats: VerifierStats::default(),
         }
@@ -103,11 +108,17 @@ impl IdentityVerifier {
         self.stats.scrypt_evaluations += 1;
         match self.puzzle.verify(proof) {
             Ok(()) => {
+                if self.verified.len() >= self.capacity.0 {
+                    self.verified.pop_lru();
+                }
                 self.verified.put(proof.key, ());
                 Ok(Verification::Verified)
             }
             Err(err) => {
                 self.stats.rejected += 1;
+                if self.rejected.len() >= self.capacity.1 {
+                    self.rejected.pop_lru();
+                }
                 self.rejected.put(*proof, err.clone());
                 Err(err)
             }
