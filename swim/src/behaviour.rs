@@ -31,7 +31,7 @@ use libp2p::{Multiaddr, PeerId};
 
 use crate::config::Config;
 use crate::error::{CommandError, ConfigError};
-use crate::message::{self, Address, Message, Payload, Update};
+use crate::message::{self, Address, Message, Payload, State, Update};
 use crate::protocol::{Codec, PROTOCOL};
 use crate::state::{self, CommandId, Member, Membership, Stats};
 
@@ -101,12 +101,16 @@ pub enum Event {
     },
     /// Only with admission required: a member not admitted was named in gossip or a push-pull.
     /// The updates about it were dropped; admit it to let later ones through. Reported once per
-    /// peer (up to a bound of remembered peers).
+    /// peer (up to a bound of remembered peers) until it is admitted or revoked.
     Discovered {
         /// The member.
         peer: PeerId,
         /// The addresses the update gave.
         addrs: Vec<Multiaddr>,
+        /// The state the update gave it.
+        state: State,
+        /// The admitted member whose message named it.
+        from: PeerId,
     },
 }
 
@@ -357,6 +361,8 @@ impl Behaviour {
                 self.events.push_back(Event::Discovered {
                     peer: u.member,
                     addrs: to_multiaddrs(&u.addrs),
+                    state: u.state,
+                    from,
                 });
             }
             false

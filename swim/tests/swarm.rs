@@ -215,7 +215,10 @@ async fn admission_keeps_unadmitted_members_out_until_admitted() {
             tokio::select! {
                 e = swarm_a.select_next_some() => if let SwarmEvent::Behaviour(e) = e {
                     match e {
-                        Event::Discovered { peer, .. } if peer == c => discovered = true,
+                        Event::Discovered { peer, from, .. } if peer == c => {
+                            assert_eq!(from, b, "C is named by B, the only one who knows it");
+                            discovered = true;
+                        }
                         Event::Joined { peer, .. } => {
                             assert_ne!(peer, c, "an unadmitted member joined");
                             joined_a.insert(peer);
