@@ -9,6 +9,7 @@ use crate::config::{Config, ConfigError};
 use crate::gate;
 use crate::lockstep::protocol as lockstep;
 use crate::record::MAX_RECORD_LEN;
+use crate::relay;
 use crate::store::RecordStore;
 
 /// Kad's packet limit: one record envelope plus room for the message around it.
@@ -28,6 +29,8 @@ pub struct Behaviour {
     pub gate: gate::Behaviour,
     /// Lockstep requests.
     pub lockstep: lockstep::Behaviour,
+    /// Relayed identity proofs of members learned through gossip.
+    pub relay: relay::Behaviour,
 }
 
 /// An event of one of the parts.
@@ -43,6 +46,8 @@ pub enum Event {
     Gate(gate::Event),
     /// From lockstep.
     Lockstep(libp2p::request_response::Event<lockstep::Request, lockstep::Response>),
+    /// From the proof relay.
+    Relay(libp2p::request_response::Event<relay::Request, relay::Response>),
 }
 
 impl From<identify::Event> for Event {
@@ -75,6 +80,12 @@ impl From<libp2p::request_response::Event<lockstep::Request, lockstep::Response>
     }
 }
 
+impl From<libp2p::request_response::Event<relay::Request, relay::Response>> for Event {
+    fn from(e: libp2p::request_response::Event<relay::Request, relay::Response>) -> Self {
+        Self::Relay(e)
+    }
+}
+
 impl Behaviour {
     /// The behaviour of the node with `key`, presenting `proof`, serving `store`.
     pub fn new(
@@ -99,6 +110,7 @@ impl Behaviour {
             .set_max_packet_size(MAX_KAD_PACKET)
             .set_query_timeout(config.query_timeout)
             .set_replication_factor(config.replication_factor)
+            .set_parallelism(config.lookup_parallelism)
             .set_periodic_bootstrap_interval(None);
         let mut kad = kad::Behaviour::with_config(peer, store, kad_config);
         kad.set_mode(Some(kad::Mode::Server));
@@ -112,6 +124,7 @@ impl Behaviour {
             swim,
             gate: gate::Behaviour::new(proof, verifier, config.gate_timeout),
             lockstep: lockstep::behaviour(config.lockstep_timeout),
+            relay: relay::behaviour(config.gate_timeout),
         })
     }
 }

@@ -57,6 +57,8 @@ pub struct Config {
     pub swim: shoal_swim::Config,
     /// Kademlia's k: replicas of a record and peers per bucket. Default 20.
     pub replication_factor: NonZeroUsize,
+    /// Kademlia's alpha: requests a lookup keeps in flight. Default 3.
+    pub lookup_parallelism: NonZeroUsize,
     /// Bound of one kad query (lookups, puts, gets), also how long a get keeps looking for a
     /// higher sequence. Default 30 s; must be above zero.
     pub query_timeout: Duration,
@@ -98,6 +100,7 @@ impl Default for Config {
             records: RecordRules::default(),
             swim: shoal_swim::Config::wan(),
             replication_factor: nz(20),
+            lookup_parallelism: nz(3),
             query_timeout: Duration::from_secs(30),
             put_quorum: nz(3),
             announced_checks: nz(3),

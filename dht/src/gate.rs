@@ -33,6 +33,8 @@ pub enum Event {
     Verified {
         /// The peer.
         peer: PeerId,
+        /// Its proof, which the node can relay to members that learn of the peer by gossip.
+        proof: IdentityProof,
         /// Whether the proof cost a scrypt evaluation now (`Verified`) or came from the cache.
         how: Verification,
     },
@@ -165,6 +167,20 @@ impl Behaviour {
         self.verifier.stats()
     }
 
+    /// Checks a proof for `peer` that another member relayed (see [`crate::relay`]): the same
+    /// cached, rate-limited check as on a connection, but no connection is involved, so nothing
+    /// is closed or reported here.
+    pub fn check_relayed(
+        &mut self,
+        now: Instant,
+        peer: &PeerId,
+        bytes: &[u8],
+    ) -> Result<(IdentityProof, Verification), ProofError> {
+        let proof = IdentityProof::from_bytes(bytes)?;
+        let how = self.verifier.verify_peer(now, peer, &proof)?;
+        Ok((proof, how))
+    }
+
     fn check(&mut self, now: Instant, peer: PeerId, bytes: &[u8]) -> Result<(), ProofError> {
         let proof = IdentityProof::from_bytes(bytes)?;
         match self.verifier.verify_peer(now, &peer, &proof) {
@@ -172,7 +188,7 @@ impl Behaviour {
                 self.pending.remove(&peer);
                 if self.verified.insert(peer) {
                     self.events
-                        .push_back(ToSwarm::GenerateEvent(Event::Verified { peer, how }));
+                        .push_back(ToSwarm::GenerateEvent(Event::Verified { peer, proof, how }));
                 }
                 Ok(())
             }
@@ -416,12 +432,13 @@ mod tests {
         a.connect(&mut b).await;
         let (ea, eb) = libp2p_swarm_test::drive(&mut a, &mut b).await;
         let ([ea], [eb]): ([Event; 1], [Event; 1]) = (ea, eb);
-        let verified = |peer| Event::Verified {
-            peer,
-            how: Verification::Verified,
+        let (a_id, b_id) = (*a.local_peer_id(), *b.local_peer_id());
+        let verified = |event: &Event, peer: PeerId| {
+            matches!(event, Event::Verified { peer: p, proof, how: Verification::Verified }
+                if *p == peer && proof.key.peer_id() == peer)
         };
-        assert_eq!(ea, verified(*b.local_peer_id()));
-        assert_eq!(eb, verified(*a.local_peer_id()));
+        assert!(verified(&ea, b_id), "{ea:?}");
+        assert!(verified(&eb, a_id), "{eb:?}");
         assert!(a.behaviour().is_verified(b.local_peer_id()));
         assert_eq!(a.behaviour().stats().scrypt_evaluations, 1);
     }

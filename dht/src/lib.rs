@@ -12,6 +12,7 @@
 //! - [`config`]: the node's configuration and presets.
 //! - [`record`]: the signed CBOR record envelope and its validation.
 //! - [`gate`]: the identity gate behaviour on `/shoal/identity/1`.
+//! - [`relay`]: proofs of members learned through gossip, asked of the member that named them.
 //! - [`lockstep`]: lockstep notices and the book of the latest notice per key and publisher.
 //! - [`store`]: the record store behind Kademlia, in memory or written through to redb.
 //!
@@ -19,9 +20,10 @@
 //! counts acknowledgements, not validated copies. With a data directory, the verified live
 //! members are written as a routing-table snapshot every
 //! [`Config::routing_snapshot_interval`] and on shutdown; after a restart they are dialed and
-//! a join without seeds goes through them. Every member is verified over a connection of its
-//! own, so a node opens a connection to each member it learns of (they close when idle): see
-//! `benches/lookup.rs` for what that costs.
+//! a join without seeds goes through them. A member learned through gossip is verified with the
+//! proof the member that named it relays ([`relay`]), so a node connects only to the peers it
+//! talks to (connections close when idle): see `benches/lookup.rs` for what a large cluster
+//! costs.
 
 pub mod behaviour;
 pub mod config;
@@ -30,6 +32,7 @@ pub mod gate;
 pub mod lockstep;
 pub mod node;
 pub mod record;
+pub mod relay;
 pub mod store;
 
 pub use behaviour::Behaviour;

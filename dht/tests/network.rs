@@ -473,6 +473,26 @@ async fn fifty_nodes_put_get_and_survive_killing_a_fifth() {
     let started = std::time::Instant::now();
     let nodes = cluster(N, Config::local().replication_factor.get()).await;
     eprintln!("{N} nodes converged in {:?}", started.elapsed());
+    // Every node verified every member, most of them through proofs relayed by the member that
+    // named them rather than over a connection of their own.
+    let (mut by_relay, mut connected) = (0, 0);
+    for n in &nodes {
+        let s = n.stats().await.expect("node running");
+        assert!(
+            s.verified >= N - 1,
+            "{} verified only {}",
+            n.peer_id(),
+            s.verified
+        );
+        assert_eq!(s.refused_relayed, 0);
+        by_relay += s.verified_by_relay;
+        connected += s.connected_peers;
+    }
+    eprintln!("{by_relay} members verified by relay; {connected} connected pairs (both ends)");
+    assert!(
+        by_relay > N,
+        "members are verified through relayed proofs ({by_relay})"
+    );
     // A fixed pseudo-random walk over writers and readers (printed, so a failure can be replayed).
     let mut x: usize = 0x5eed;
     let mut next = || {

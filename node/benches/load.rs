@@ -329,7 +329,10 @@ impl Targets {
         let verdict = |met: bool| if met { "met" } else { "NOT met" };
         println!("\ntargets (2-core machine):");
         if let Some(p50) = self.get_p50_c1 {
-            println!("- get p50 < 5 ms at concurrency 1: {p50:.2} ms, {}", verdict(p50 < 5.0));
+            println!(
+                "- get p50 < 5 ms at concurrency 1: {p50:.2} ms, {}",
+                verdict(p50 < 5.0)
+            );
         }
         if let Some(p50) = self.put_p50_c1 {
             println!(

@@ -53,6 +53,8 @@ struct Mirrored {
     proof_checks: Family<KindLabels, Counter>,
     peers_verified: Counter,
     peers_refused: Counter,
+    peers_verified_by_relay: Counter,
+    relayed_proofs_refused: Counter,
 }
 
 /// The node's metrics.
@@ -183,6 +185,16 @@ impl Metrics {
             "Peers refused for an invalid identity proof",
             m.peers_refused.clone(),
         );
+        registry.register(
+            "peers_verified_by_relay",
+            "Members verified through a proof relayed by the member that named them",
+            m.peers_verified_by_relay.clone(),
+        );
+        registry.register(
+            "relayed_proofs_refused",
+            "Relayed identity proofs that did not verify",
+            m.relayed_proofs_refused.clone(),
+        );
         Self {
             registry,
             calls,
@@ -267,6 +279,8 @@ impl Metrics {
         }
         mirror(&m.peers_verified, stats.verified as u64);
         mirror(&m.peers_refused, stats.refused_peers as u64);
+        mirror(&m.peers_verified_by_relay, stats.verified_by_relay as u64);
+        mirror(&m.relayed_proofs_refused, stats.refused_relayed as u64);
     }
 
     /// Asks `node` for its counters and renders every metric in the OpenMetrics text format.

@@ -18,6 +18,7 @@ use shoal_swim::behaviour::Event as SwimEvent;
 use shoal_swim::{CommandError, CommandId, State};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use super::admission::Admission;
 use super::queries::{Announcing, Closest, Get, NoticesQuery, Pending};
 use super::{
     BoxedTransport, Client, Command, JoinError, JoinOk, JoinResult, ListenError, ListenResult,
@@ -54,7 +55,9 @@ pub struct EventLoop {
     pub(super) stamps: StampChecker,
     pub(super) book: NoticeBook,
     pub(super) persist: Option<Arc<Persist>>,
-    pub(super) verified: HashSet<PeerId>,
+    /// Members verified (by the gate, or through a relayed proof), with their proofs.
+    pub(super) verified: HashMap<PeerId, IdentityProof>,
+    pub(super) admission: Admission,
     pub(super) stats: NodeStats,
     pub(super) last_seq: HashMap<Vec<u8>, u64>,
     listens: HashMap<ListenerId, (Multiaddr, oneshot::Sender<ListenResult>)>,
@@ -162,7 +165,8 @@ impl EventLoop {
             stamps,
             book,
             persist,
-            verified: HashSet::new(),
+            verified: HashMap::new(),
+            admission: Admission::default(),
             stats: NodeStats::default(),
             last_seq: HashMap::new(),
             listens: HashMap::new(),
@@ -191,6 +195,8 @@ impl EventLoop {
         let mut snapshot_tick =
             tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         snapshot_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut retry_tick = tokio::time::interval(Duration::from_secs(1));
+        retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self.stopping.as_ref().map(|s| s.deadline);
             let stop_timer = async move {
@@ -199,7 +205,11 @@ impl EventLoop {
                     None => futures::future::pending().await,
                 }
             };
+            let batches = self.admission.has_batches();
             tokio::select! {
+                // Biased, so the proof requests queued by a burst of swarm events go out in
+                // batches once the swarm has nothing more ready.
+                biased;
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 command = self.commands.recv(), if self.stopping.is_none() => match command {
                     Some(c) => self.on_command(c),
@@ -207,6 +217,8 @@ impl EventLoop {
                 },
                 () = stop_timer => break,
                 _ = snapshot_tick.tick(), if self.persist.is_some() => self.save_snapshot(),
+                _ = retry_tick.tick() => self.retry_wanted(),
+                () = std::future::ready(()), if batches => self.flush_relay_requests(),
             }
         }
         self.close();
@@ -264,7 +276,7 @@ impl EventLoop {
             .swim
             .members()
             .filter(|(p, m)| {
-                matches!(m.state, State::Alive | State::Suspect) && self.verified.contains(p)
+                matches!(m.state, State::Alive | State::Suspect) && self.verified.contains_key(p)
             })
             .take(MAX_SNAPSHOT_PEERS)
             .map(|(p, m)| {
@@ -340,17 +352,45 @@ impl EventLoop {
             .then(|| shoal_swim::behaviour::to_multiaddrs(&m.addrs))
     }
 
-    /// Adds `peer` to kad's routing table if it is verified and alive.
+    /// Adds `peer` to kad's routing table if it is verified, alive, and its bucket has room.
+    /// A full bucket is left alone: kad would dial its least recently seen entry to make room,
+    /// but SWIM already says every entry is alive, and evicts those that fail.
     pub(super) fn route(&mut self, peer: PeerId, addrs: &[Multiaddr]) {
-        if !self.verified.contains(&peer) {
+        if !self.verified.contains_key(&peer) {
             return;
         }
         let Some(mut known) = self.is_alive(&peer) else {
             return;
         };
+        let k = self.config.replication_factor.get();
+        let full = self.kad_mut().kbucket(peer).is_some_and(|b| {
+            b.num_entries() >= k && !b.iter().any(|e| *e.node.key.preimage() == peer)
+        });
+        if full {
+            return;
+        }
         known.extend(addrs.iter().cloned());
         for addr in known {
             self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+        }
+    }
+
+    /// After a routed peer failed or left: offers every verified live member to the routing
+    /// table again, so the freed slot goes to one that [`Self::route`] skipped while the bucket
+    /// was full.
+    fn refill_routing(&mut self) {
+        let members: Vec<PeerId> = self
+            .swarm
+            .behaviour()
+            .swim
+            .members()
+            .filter(|(p, m)| {
+                matches!(m.state, State::Alive | State::Suspect) && self.verified.contains_key(*p)
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in members {
+            self.route(peer, &[]);
         }
     }
 
@@ -477,7 +517,7 @@ impl EventLoop {
         let tried = by_peer.len();
         let mut waiting = HashSet::new();
         for (peer, addrs) in &by_peer {
-            let ready = self.verified.contains(peer) && self.swarm.is_connected(peer);
+            let ready = self.verified.contains_key(peer) && self.swarm.is_connected(peer);
             if !ready {
                 waiting.insert(*peer);
                 if self.swarm.is_connected(peer) {
@@ -497,7 +537,7 @@ impl EventLoop {
         }
         let seeds = by_peer
             .into_iter()
-            .filter(|(p, _)| waiting.contains(p) || self.verified.contains(p))
+            .filter(|(p, _)| waiting.contains(p) || self.verified.contains_key(p))
             .collect();
         self.joins.push(Join {
             reply,
@@ -518,7 +558,7 @@ impl EventLoop {
                 i += 1;
                 continue;
             }
-            j.seeds.retain(|(p, _)| self.verified.contains(p));
+            j.seeds.retain(|(p, _)| self.verified.contains_key(p));
             if j.seeds.is_empty() {
                 let j = self.joins.swap_remove(i);
                 let _ = j
@@ -540,10 +580,9 @@ impl EventLoop {
         match result {
             Ok(members) => {
                 let j = self.joins.swap_remove(i);
-                // No routable peer yet is not an error: SWIM will add them.
-                if self.kad_mut().bootstrap().is_ok() {
-                    self.stats.kad_queries += 1;
-                }
+                // No kad bootstrap: inserts are manual, so the peers a bootstrap finds would not
+                // enter the routing table anyway; SWIM's member list fills it instead, without
+                // a connection to each peer a bootstrap lookup would reach.
                 let _ = j.reply.send(Ok(JoinOk {
                     verified_seeds: j.seeds.len(),
                     members,
@@ -568,7 +607,13 @@ impl EventLoop {
             SwarmEvent::Behaviour(Event::Swim(e)) => self.on_swim(e),
             SwarmEvent::Behaviour(Event::Kad(e)) => self.on_kad(*e),
             SwarmEvent::Behaviour(Event::Lockstep(e)) => self.on_lockstep(e),
+            SwarmEvent::Behaviour(Event::Relay(e)) => self.on_relay(e),
             SwarmEvent::Behaviour(Event::Identify(_)) => {}
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } if !self.verified.contains_key(&peer_id) => self.drop_held(&peer_id),
             SwarmEvent::NewListenAddr {
                 listener_id,
                 address,
@@ -608,12 +653,8 @@ impl EventLoop {
 
     fn on_gate(&mut self, event: gate::Event) {
         match event {
-            gate::Event::Verified { peer, .. } => {
-                if self.verified.insert(peer) {
-                    self.stats.verified += 1;
-                }
-                self.swarm.behaviour_mut().swim.admit(peer);
-                self.route(peer, &[]);
+            gate::Event::Verified { peer, proof, .. } => {
+                self.admit_verified(peer, proof);
                 let mut changed = false;
                 for j in &mut self.joins {
                     changed |= j.waiting.remove(&peer);
@@ -625,7 +666,7 @@ impl EventLoop {
             gate::Event::Refused { peer, error } => {
                 tracing::info!(%peer, %error, "identity proof refused");
                 self.stats.refused_peers += 1;
-                self.verified.remove(&peer);
+                self.forget(&peer);
                 let b = self.swarm.behaviour_mut();
                 b.swim.revoke(&peer);
                 b.kad.remove_peer(&peer);
@@ -647,16 +688,24 @@ impl EventLoop {
             }
             SwimEvent::Failed { peer, .. } | SwimEvent::Left { peer, .. } => {
                 let b = self.swarm.behaviour_mut();
-                b.kad.remove_peer(&peer);
+                let routed = b.kad.remove_peer(&peer).is_some();
                 // Forget a departed peer unless it is still connected and verified, so the sets
                 // stay bounded by the live membership; if it comes back, gossip names it again
-                // and it is dialed and verified anew (a cache hit for the verifier).
+                // and its proof is relayed and checked anew (a cache hit for the verifier).
                 if !b.gate.is_verified(&peer) {
                     b.swim.revoke(&peer);
-                    self.verified.remove(&peer);
+                    self.forget(&peer);
+                }
+                if routed {
+                    self.refill_routing();
                 }
             }
-            SwimEvent::Discovered { peer, addrs } => self.dial(peer, addrs),
+            SwimEvent::Discovered {
+                peer,
+                addrs,
+                state,
+                from,
+            } => self.on_discovered(peer, addrs, state, from),
             SwimEvent::JoinFinished { id, result } => self.on_join_finished(id, result),
             SwimEvent::LeaveFinished { id, result } => self.on_leave_finished(id, result),
             SwimEvent::Suspected { .. } => {}

@@ -37,6 +37,7 @@ use crate::lockstep::{Announced, LockstepError, SignedNotice};
 use crate::record::{Record, RecordError, SignedRecord};
 use crate::store::{StorageError, StoreError};
 
+mod admission;
 mod event_loop;
 mod queries;
 
@@ -363,6 +364,11 @@ pub struct NodeStats {
     pub verified: usize,
     /// Peers the gate refused since start.
     pub refused_peers: usize,
+    /// Members verified through a relayed proof since start (see [`crate::relay`]); counted in
+    /// [`verified`](Self::verified) too.
+    pub verified_by_relay: usize,
+    /// Relayed identity proofs refused since start.
+    pub refused_relayed: usize,
     /// SWIM messages dropped because the sender was not admitted.
     pub swim_unadmitted: u64,
     /// Members of the SWIM table by state.
@@ -379,7 +385,7 @@ pub struct NodeStats {
     pub notices: usize,
     /// Peers in kad's routing table.
     pub routing_peers: usize,
-    /// Kad queries this node started (puts, gets, lookups, bootstraps) since start.
+    /// Kad queries this node started (puts, gets, lookups) since start.
     pub kad_queries: u64,
     /// Established connections.
     pub connections: usize,
@@ -482,8 +488,8 @@ impl Client {
             .unwrap_or(Err(ListenError::Stopped))
     }
 
-    /// Joins through `seeds`: dials them, waits for the identity gate, joins SWIM through those
-    /// verified, and starts a kad bootstrap. With no seeds, the peers of the routing-table
+    /// Joins through `seeds`: dials them, waits for the identity gate, and joins SWIM through
+    /// those verified; the members SWIM learns fill kad's routing table. With no seeds, the peers of the routing-table
     /// snapshot saved in the data directory (at most [`MAX_SNAPSHOT_SEEDS`]) are the seeds.
     pub async fn join(&self, seeds: Vec<(PeerId, Multiaddr)>) -> JoinResult {
         self.ask(|r| Command::Join(seeds, r))

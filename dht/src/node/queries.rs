@@ -11,6 +11,7 @@ use serde_bytes::ByteBuf;
 use shoal_pow::unix_now;
 use tokio::sync::oneshot;
 
+use super::admission::Held;
 use super::event_loop::EventLoop;
 use super::{
     AnnounceError, AnnounceOk, AnnounceResult, FindNodeError, GetError, GetOk, GetResult, LookupOk,
@@ -293,7 +294,7 @@ impl EventLoop {
         match event {
             kad::Event::RoutablePeer { peer, address }
             | kad::Event::PendingRoutablePeer { peer, address } => {
-                if self.verified.contains(&peer) {
+                if self.verified.contains_key(&peer) {
                     self.route(peer, &[address]);
                 } else {
                     self.dial(peer, vec![address]);
@@ -322,35 +323,36 @@ impl EventLoop {
         }
     }
 
-    fn on_inbound_put(&mut self, source: PeerId, record: kad::Record) {
+    /// Validates and keeps a record a peer put. A put from a connected peer whose identity check
+    /// is under way waits for it; anyone else not verified is refused.
+    pub(super) fn on_inbound_put(&mut self, source: PeerId, record: kad::Record) {
+        if !self.verified.contains_key(&source) {
+            if self.hold(source, Held::Put(Box::new(record))).is_err() {
+                tracing::debug!(peer = %source, "inbound put refused: identity not verified");
+                self.stats.count_refused_put(source);
+            }
+            return;
+        }
         let now_unix = unix_now();
-        let verified = if self.verified.contains(&source) {
-            Ok(())
-        } else {
-            Err("sender's identity not verified".to_owned())
-        };
-        let outcome = verified
-            .and_then(|()| {
-                SignedRecord::validate(
-                    &record.value,
-                    Some(record.key.as_ref()),
-                    now_unix,
-                    &self.config.records,
-                    &self.stamps,
-                )
+        let outcome = SignedRecord::validate(
+            &record.value,
+            Some(record.key.as_ref()),
+            now_unix,
+            &self.config.records,
+            &self.stamps,
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|signed| {
+            self.book
+                .check_put(signed.record())
+                .map_err(|e| e.to_string())?;
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .store_mut()
+                .insert(signed, Instant::now(), now_unix)
                 .map_err(|e| e.to_string())
-            })
-            .and_then(|signed| {
-                self.book
-                    .check_put(signed.record())
-                    .map_err(|e| e.to_string())?;
-                self.swarm
-                    .behaviour_mut()
-                    .kad
-                    .store_mut()
-                    .insert(signed, Instant::now(), now_unix)
-                    .map_err(|e| e.to_string())
-            });
+        });
         match outcome {
             Ok(_) => self.stats.stored_puts += 1,
             Err(reason) => {
@@ -455,20 +457,19 @@ impl EventLoop {
             Some(best) => Some(best.clone()),
             None => {
                 let store = self.swarm.behaviour_mut().kad.store_mut();
-                store.signed(&key).filter(|s| s.as_bytes() == bytes).cloned()
+                store
+                    .signed(&key)
+                    .filter(|s| s.as_bytes() == bytes)
+                    .cloned()
             }
         };
         let signed = match known {
             Some(s) if s.is_expired(now) => return Err("record expired".to_owned()),
             Some(s) => s,
-            None => SignedRecord::validate(
-                bytes,
-                Some(&key),
-                now,
-                &self.config.records,
-                &self.stamps,
-            )
-            .map_err(|e| e.to_string())?,
+            None => {
+                SignedRecord::validate(bytes, Some(&key), now, &self.config.records, &self.stamps)
+                    .map_err(|e| e.to_string())?
+            }
         };
         self.book
             .check_put(signed.record())
@@ -685,42 +686,7 @@ impl EventLoop {
                         request, channel, ..
                     },
                 ..
-            } => {
-                if !self.verified.contains(&peer) {
-                    let refusal = Response::Refused("identity not verified".into());
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .lockstep
-                        .send_response(channel, refusal);
-                    return;
-                }
-                let answer =
-                    lockstep::answer(&mut self.book, &mut self.stamps, unix_now(), request);
-                if let Some(persist) = &self.persist {
-                    for n in &answer.dropped {
-                        let n = n.notice();
-                        if let Err(e) = persist.remove_notice(&n.key, &n.publisher.to_bytes()) {
-                            tracing::warn!(error = %e, "cannot delete a notice");
-                        }
-                    }
-                    if let Some(n) = &answer.accepted {
-                        let p = n.notice().publisher.to_bytes();
-                        if let Err(e) = persist.put_notice(&n.notice().key, &p, n.as_bytes()) {
-                            tracing::warn!(error = %e, "cannot persist a notice");
-                        }
-                    }
-                }
-                if let Some(n) = answer.accepted {
-                    // No subscriber is fine.
-                    let _ = self.notices.send(n);
-                }
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .lockstep
-                    .send_response(channel, answer.response);
-            }
+            } => self.on_lockstep_request(peer, request, channel),
             rr::Event::Message {
                 message:
                     rr::Message::Response {
@@ -734,6 +700,53 @@ impl EventLoop {
             }
             _ => {}
         }
+    }
+
+    /// Answers a lockstep request. A request from a connected peer whose identity check is under
+    /// way waits for it; anyone else not verified is refused.
+    pub(super) fn on_lockstep_request(
+        &mut self,
+        peer: PeerId,
+        request: Request,
+        channel: rr::ResponseChannel<Response>,
+    ) {
+        if !self.verified.contains_key(&peer) {
+            if let Err(Held::Lockstep(_, channel)) =
+                self.hold(peer, Held::Lockstep(request, channel))
+            {
+                let refusal = Response::Refused("identity not verified".into());
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .lockstep
+                    .send_response(channel, refusal);
+            }
+            return;
+        }
+        let answer = lockstep::answer(&mut self.book, &mut self.stamps, unix_now(), request);
+        if let Some(persist) = &self.persist {
+            for n in &answer.dropped {
+                let n = n.notice();
+                if let Err(e) = persist.remove_notice(&n.key, &n.publisher.to_bytes()) {
+                    tracing::warn!(error = %e, "cannot delete a notice");
+                }
+            }
+            if let Some(n) = &answer.accepted {
+                let p = n.notice().publisher.to_bytes();
+                if let Err(e) = persist.put_notice(&n.notice().key, &p, n.as_bytes()) {
+                    tracing::warn!(error = %e, "cannot persist a notice");
+                }
+            }
+        }
+        if let Some(n) = answer.accepted {
+            // No subscriber is fine.
+            let _ = self.notices.send(n);
+        }
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .lockstep
+            .send_response(channel, answer.response);
     }
 
     fn on_lockstep_answer(&mut self, request: OutboundRequestId, response: Option<Response>) {

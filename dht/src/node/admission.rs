@@ -1,0 +1,296 @@
+//! Admitting members: peers verified by the gate on a connection, and members learned through
+//! gossip, whose proofs are asked of the member that named them ([`crate::relay`]).
+//!
+//! A member named in gossip is not dialed: its proof is fetched from the admitted member whose
+//! message named it, in batches sent when the swarm has nothing else ready, and checked here. A
+//! proof the relayer does not hold, or a failed request, falls back to dialing the member so the
+//! gate checks it directly; a rate-limited check is retried a little later.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use libp2p::kad;
+use libp2p::request_response::{self as rr, OutboundRequestId, ResponseChannel};
+use libp2p::{Multiaddr, PeerId};
+use shoal_pow::{IdentityProof, ProofError};
+use shoal_swim::State;
+
+use super::event_loop::EventLoop;
+use crate::lockstep::protocol::{Request, Response};
+use crate::relay;
+
+/// Members whose proofs are awaited, at most; news of more is dropped (gossip names them again).
+const MAX_WANTED: usize = 8192;
+
+/// How long a rate-limited check waits before the proof is asked for again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Requests held per connected peer whose identity check is under way, at most.
+const MAX_HELD_PER_PEER: usize = 16;
+
+/// Peers with held requests, at most.
+const MAX_HELD_PEERS: usize = 256;
+
+/// A request from a connected peer not verified yet: kad put its record before the gate's
+/// exchange on the same new connection finished. Processed when the peer is verified, dropped
+/// when it is refused or disconnects.
+pub(super) enum Held {
+    /// An inbound kad put (kad already acknowledged it).
+    Put(Box<kad::Record>),
+    /// A lockstep request and the channel to answer it on.
+    Lockstep(Request, ResponseChannel<Response>),
+}
+
+/// A member learned through gossip, waiting for its proof.
+struct Wanted {
+    addrs: Vec<Multiaddr>,
+    /// The admitted member whose message named it: asked for the proof.
+    from: PeerId,
+    /// When to ask again (after a rate-limited check); `None` while asked or queued.
+    retry_at: Option<Instant>,
+}
+
+/// The admission state kept by the event loop.
+#[derive(Default)]
+pub(super) struct Admission {
+    wanted: HashMap<PeerId, Wanted>,
+    /// Peers to ask each relayer about, sent by [`EventLoop::flush_relay_requests`].
+    batches: HashMap<PeerId, Vec<PeerId>>,
+    requests: HashMap<OutboundRequestId, Vec<PeerId>>,
+    held: HashMap<PeerId, Vec<Held>>,
+}
+
+impl Admission {
+    /// Whether requests wait to be sent.
+    pub(super) fn has_batches(&self) -> bool {
+        !self.batches.is_empty()
+    }
+}
+
+impl EventLoop {
+    /// A peer showed a valid proof (to the gate, or relayed): it enters the membership and, if
+    /// SWIM holds it alive, the routing table.
+    pub(super) fn admit_verified(&mut self, peer: PeerId, proof: IdentityProof) {
+        if self.verified.insert(peer, proof).is_none() {
+            self.stats.verified += 1;
+        }
+        let addrs = self
+            .admission
+            .wanted
+            .remove(&peer)
+            .map(|w| w.addrs)
+            .unwrap_or_default();
+        self.swarm.behaviour_mut().swim.admit(peer);
+        self.route(peer, &addrs);
+        for request in self.admission.held.remove(&peer).unwrap_or_default() {
+            match request {
+                Held::Put(record) => self.on_inbound_put(peer, *record),
+                Held::Lockstep(request, channel) => {
+                    self.on_lockstep_request(peer, request, channel);
+                }
+            }
+        }
+    }
+
+    /// Holds `request` from `peer`, not verified, until the gate's check on its connection ends.
+    /// Gives it back if the peer is not connected (no check can be under way) or the bounds
+    /// are reached.
+    pub(super) fn hold(&mut self, peer: PeerId, request: Held) -> Result<(), Held> {
+        if !self.swarm.is_connected(&peer) {
+            return Err(request);
+        }
+        let held = &mut self.admission.held;
+        if !held.contains_key(&peer) && held.len() >= MAX_HELD_PEERS {
+            return Err(request);
+        }
+        let queue = held.entry(peer).or_default();
+        if queue.len() >= MAX_HELD_PER_PEER {
+            return Err(request);
+        }
+        queue.push(request);
+        Ok(())
+    }
+
+    /// Drops what `peer` sent while unverified: it was refused, or its last connection closed.
+    pub(super) fn drop_held(&mut self, peer: &PeerId) {
+        for request in self.admission.held.remove(peer).unwrap_or_default() {
+            match request {
+                Held::Put(_) => self.stats.count_refused_put(*peer),
+                Held::Lockstep(_, channel) => {
+                    let refusal = Response::Refused("identity not verified".into());
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .lockstep
+                        .send_response(channel, refusal);
+                }
+            }
+        }
+    }
+
+    /// SWIM named `peer`, not admitted yet, in a message from `from`.
+    pub(super) fn on_discovered(
+        &mut self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        state: State,
+        from: PeerId,
+    ) {
+        if !matches!(state, State::Alive | State::Suspect) {
+            // News of a departure: nothing to admit. Forget it so that news of its return is
+            // reported again.
+            self.swarm.behaviour_mut().swim.revoke(&peer);
+            return;
+        }
+        if let Some(proof) = self.verified.get(&peer).copied() {
+            return self.admit_verified(peer, proof);
+        }
+        let a = &mut self.admission;
+        if a.wanted.contains_key(&peer) {
+            return;
+        }
+        if a.wanted.len() >= MAX_WANTED {
+            self.swarm.behaviour_mut().swim.revoke(&peer);
+            return;
+        }
+        a.wanted.insert(
+            peer,
+            Wanted {
+                addrs,
+                from,
+                retry_at: None,
+            },
+        );
+        a.batches.entry(from).or_default().push(peer);
+    }
+
+    /// Sends the queued proof requests, [`relay::MAX_PEERS`] peers per request.
+    pub(super) fn flush_relay_requests(&mut self) {
+        for (from, peers) in std::mem::take(&mut self.admission.batches) {
+            for chunk in peers.chunks(relay::MAX_PEERS) {
+                let request = relay::request(chunk);
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .relay
+                    .send_request(&from, request);
+                self.admission.requests.insert(id, chunk.to_vec());
+            }
+        }
+    }
+
+    /// Asks again for the proofs whose check was rate-limited.
+    pub(super) fn retry_wanted(&mut self) {
+        let now = Instant::now();
+        let a = &mut self.admission;
+        for (peer, w) in &mut a.wanted {
+            if w.retry_at.is_some_and(|at| at <= now) {
+                w.retry_at = None;
+                a.batches.entry(w.from).or_default().push(*peer);
+            }
+        }
+    }
+
+    pub(super) fn on_relay(&mut self, event: rr::Event<relay::Request, relay::Response>) {
+        match event {
+            rr::Event::Message {
+                peer,
+                message:
+                    rr::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                // Only admitted members are answered: anyone else gets an empty list.
+                let response = if self.verified.contains_key(&peer) {
+                    relay::answer(request, |p| self.verified.get(p).copied())
+                } else {
+                    relay::Response(Vec::new())
+                };
+                // The peer may have gone; then there is nobody to answer.
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .relay
+                    .send_response(channel, response);
+            }
+            rr::Event::Message {
+                peer,
+                message:
+                    rr::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                let asked = self
+                    .admission
+                    .requests
+                    .remove(&request_id)
+                    .unwrap_or_default();
+                let asked_set: HashSet<PeerId> = asked.iter().copied().collect();
+                let mut answered = HashSet::new();
+                for (member, bytes) in relay::proofs_from(response, &asked_set) {
+                    answered.insert(member);
+                    self.check_relayed(peer, member, &bytes);
+                }
+                self.fall_back_to_dialing(asked.into_iter().filter(|p| !answered.contains(p)));
+            }
+            rr::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                tracing::debug!(%error, "proof relay request failed");
+                let asked = self
+                    .admission
+                    .requests
+                    .remove(&request_id)
+                    .unwrap_or_default();
+                self.fall_back_to_dialing(asked.into_iter());
+            }
+            rr::Event::InboundFailure { .. } | rr::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// Checks the proof `relayer` sent for `member`.
+    fn check_relayed(&mut self, relayer: PeerId, member: PeerId, bytes: &[u8]) {
+        let now = Instant::now();
+        let b = self.swarm.behaviour_mut();
+        match b.gate.check_relayed(now, &member, bytes) {
+            Ok((proof, _)) => {
+                if !self.verified.contains_key(&member) {
+                    self.stats.verified_by_relay += 1;
+                }
+                self.admit_verified(member, proof);
+            }
+            Err(ProofError::RateLimited) => {
+                if let Some(w) = self.admission.wanted.get_mut(&member) {
+                    w.retry_at = Some(now + RETRY_AFTER);
+                }
+            }
+            Err(error) => {
+                // A relayer passes on only proofs it checked itself: this one did not.
+                tracing::info!(%relayer, %member, %error, "relayed identity proof refused");
+                self.stats.refused_relayed += 1;
+                self.admission.wanted.remove(&member);
+                b.swim.revoke(&member);
+            }
+        }
+    }
+
+    /// The relayer held no proof for these members (or could not be asked): dial them, so the
+    /// gate checks them on a connection of their own.
+    fn fall_back_to_dialing(&mut self, members: impl Iterator<Item = PeerId>) {
+        for member in members {
+            if let Some(w) = self.admission.wanted.remove(&member) {
+                self.dial(member, w.addrs);
+            }
+        }
+    }
+
+    /// Forgets `peer` (it failed, left, or was refused): its proof is no longer relayed.
+    pub(super) fn forget(&mut self, peer: &PeerId) {
+        self.verified.remove(peer);
+        self.admission.wanted.remove(peer);
+        self.drop_held(peer);
+    }
+}
