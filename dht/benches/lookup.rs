@@ -26,6 +26,13 @@ use shoal_pow::{CancelToken, MintOptions, NodeKey, Puzzle, mint};
 /// Peers a lookup should find, and kad's k.
 const K: usize = 20;
 
+/// Default idle-connection timeout (`--idle S`): a SWIM probe goes to another member every
+/// second, so connections kept a minute would hold about 120 per node.
+const IDLE_SECS: u64 = 10;
+
+/// Nodes joining at once (see `run_size`).
+const WAVE: usize = 100;
+
 /// Node count of the first nodes, which the others join through.
 const SEEDS: usize = 8;
 
@@ -36,6 +43,8 @@ struct Options {
     puts: usize,
     churn: bool,
     wan: bool,
+    idle: Duration,
+    alpha: usize,
 }
 
 impl Options {
@@ -70,6 +79,12 @@ impl Options {
             puts: number("--puts", 50, 20, 5),
             churn: !args.iter().any(|a| a == "--no-churn"),
             wan: value("--swim").is_some_and(|v| v == "wan"),
+            alpha: value("--alpha").and_then(|v| v.parse().ok()).unwrap_or(3),
+            idle: Duration::from_secs(
+                value("--idle")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(IDLE_SECS),
+            ),
         }
     }
 }
@@ -78,8 +93,11 @@ impl Options {
 /// kad's usual k = 20, a quorum of 3, and SWIM's plain LAN timing (push-pull every 30 s: the
 /// local preset's 2 s push-pull of the whole member list is meant for small test clusters), or
 /// its WAN timing with `--swim wan`.
-fn config(wan: bool) -> Config {
+fn config(options: &Options) -> Config {
+    let wan = options.wan;
     Config {
+        idle_connection_timeout: options.idle,
+        lookup_parallelism: NonZeroUsize::new(options.alpha).unwrap_or(NonZeroUsize::MIN),
         replication_factor: NonZeroUsize::new(K).expect("non-zero constant"),
         put_quorum: NonZeroUsize::new(3).expect("non-zero constant"),
         swim: if wan {
@@ -105,6 +123,22 @@ impl Rng {
 
     fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
+    }
+}
+
+/// Heap bytes the allocator has handed out and not had back (glibc's `mallinfo2`).
+fn heap_in_use() -> u64 {
+    // SAFETY: mallinfo2 only reads the allocator's counters.
+    let info = unsafe { libc::mallinfo2() };
+    (info.uordblks + info.hblkhd) as u64
+}
+
+/// Gives free heap pages back to the system, so resident memory counts what is held rather than
+/// what a busier moment once needed.
+fn trim_heap() {
+    // SAFETY: malloc_trim only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -150,18 +184,18 @@ struct Node {
     task: tokio::task::JoinHandle<()>,
 }
 
-async fn start_node(puzzle: &Puzzle, wan: bool) -> Node {
+async fn start_node(puzzle: &Puzzle, options: &Options) -> Node {
     let key = NodeKey::generate();
-    let options = MintOptions {
+    let minting = MintOptions {
         threads: NonZeroUsize::MIN,
         ..MintOptions::default()
     };
-    let proof = mint(puzzle, &key.public(), &options, &CancelToken::new(), |_| {})
+    let proof = mint(puzzle, &key.public(), &minting, &CancelToken::new(), |_| {})
         .expect("minting at the local difficulty succeeds")
         .proof;
     let transport = memory_transport(&key.to_libp2p());
     let (client, event_loop) =
-        EventLoop::new(key, proof, config(wan), transport).expect("the bench preset starts");
+        EventLoop::new(key, proof, config(options), transport).expect("the bench preset starts");
     let task = tokio::spawn(event_loop.run());
     let addr = client
         .listen("/memory/0".parse().expect("valid multiaddr"))
@@ -211,6 +245,16 @@ async fn converge(nodes: &[Node], live: &[usize], bound: Duration) -> Option<Dur
         }
         tokio::time::sleep(Duration::from_millis(1000)).await;
     }
+}
+
+/// Open connections per node (each connection counts at both ends).
+async fn connections_per_node(nodes: &[Node], live: &[usize]) -> f64 {
+    let total: usize = futures::stream::iter(live.iter().copied())
+        .map(|i| async move { nodes[i].client.stats().await.map_or(0, |s| s.connections) })
+        .buffer_unordered(32)
+        .fold(0, |a, b| async move { a + b })
+        .await;
+    total as f64 / live.len().max(1) as f64
 }
 
 #[derive(Default)]
@@ -307,6 +351,7 @@ struct Row {
     start: Duration,
     converge: Option<Duration>,
     mem_mib: f64,
+    connections: f64,
     before: Lookups,
     io: PutsGets,
     churn: Option<Churn>,
@@ -322,13 +367,18 @@ struct Churn {
 
 async fn run_size(n: usize, options: &Options, rng: &mut Rng) -> Row {
     eprintln!("== {n} nodes");
-    let puzzle = Puzzle::new(config(options.wan).puzzle).expect("the local preset is valid");
-    let rss_before = rss_kib();
+    let puzzle = Puzzle::new(config(options).puzzle).expect("the local preset is valid");
+    trim_heap();
+    let (rss_before, heap_before) = (rss_kib(), heap_in_use());
     let t = Instant::now();
     let mut nodes = Vec::with_capacity(n);
     for _ in 0..n {
-        nodes.push(start_node(&puzzle, options.wan).await);
+        nodes.push(start_node(&puzzle, options).await);
     }
+    eprintln!(
+        "  started, not joined: {:.2} MiB heap in use per node",
+        heap_in_use().saturating_sub(heap_before) as f64 / (1024.0 * 1024.0) / n as f64
+    );
     let seeds = n.min(SEEDS);
     for i in 1..seeds {
         let seed = (nodes[0].client.peer_id(), nodes[0].addr.clone());
@@ -336,30 +386,56 @@ async fn run_size(n: usize, options: &Options, rng: &mut Rng) -> Row {
             eprintln!("  seed {i} join: {e}");
         }
     }
-    let joins: Vec<(usize, usize)> = (seeds..n).map(|i| (i, rng.below(seeds))).collect();
-    let failed: usize = futures::stream::iter(joins)
-        .map(|(i, s)| {
-            let nodes = &nodes;
-            async move {
-                let seed = (nodes[s].client.peer_id(), nodes[s].addr.clone());
-                for _ in 0..3 {
-                    if nodes[i].client.join(vec![seed.clone()]).await.is_ok() {
-                        return 0;
+    // Nodes join in waves of WAVE, each wave waiting (within a bound) until the nodes already
+    // joined count one another, as a network grows, rather than a thousand joins at once.
+    let mut failed = 0;
+    let mut joined = seeds;
+    while joined < n {
+        let wave: Vec<(usize, usize)> = (joined..(joined + WAVE).min(n))
+            .map(|i| (i, rng.below(seeds)))
+            .collect();
+        joined += wave.len();
+        failed += futures::stream::iter(wave)
+            .map(|(i, s)| {
+                let nodes = &nodes;
+                async move {
+                    let seed = (nodes[s].client.peer_id(), nodes[s].addr.clone());
+                    for _ in 0..3 {
+                        if nodes[i].client.join(vec![seed.clone()]).await.is_ok() {
+                            return 0;
+                        }
                     }
+                    1
                 }
-                1
-            }
-        })
-        .buffer_unordered(16)
-        .fold(0, |a, b| async move { a + b })
-        .await;
+            })
+            .buffer_unordered(16)
+            .fold(0, |a, b| async move { a + b })
+            .await;
+        let members: Vec<usize> = (0..joined).collect();
+        let settled = converge(&nodes, &members, Duration::from_secs(120)).await;
+        eprintln!(
+            "  {joined} joined at {:.0} s (wave settled: {}), heap in use {} MiB",
+            t.elapsed().as_secs_f64(),
+            settled.is_some(),
+            heap_in_use() >> 20
+        );
+    }
     let start = t.elapsed();
     eprintln!("  started and joined in {start:?} ({failed} joins failed)");
     let live: Vec<usize> = (0..n).collect();
     let bound = Duration::from_secs(if options.full { 300 } else { 60 });
     let converged = converge(&nodes, &live, bound).await;
     eprintln!("  converged: {converged:?}");
+    // Memory in steady state: the connections the joins opened have gone idle and closed.
+    tokio::time::sleep(options.idle + Duration::from_secs(5)).await;
+    let connections = connections_per_node(&nodes, &live).await;
+    trim_heap();
     let mem_mib = (rss_kib().saturating_sub(rss_before)) as f64 / 1024.0 / n as f64;
+    let heap_mib = heap_in_use().saturating_sub(heap_before) as f64 / (1024.0 * 1024.0) / n as f64;
+    eprintln!(
+        "  memory per node: {mem_mib:.2} MiB resident, {heap_mib:.2} MiB heap in use, \
+         {connections:.1} connections"
+    );
     if let Some(settle) = std::env::var("BENCH_SETTLE")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -407,6 +483,7 @@ async fn run_size(n: usize, options: &Options, rng: &mut Rng) -> Row {
         start,
         converge: converged,
         mem_mib,
+        connections,
         before,
         io,
         churn,
@@ -444,7 +521,7 @@ fn print(rows: &[Row], options: &Options) {
         options.puts
     );
     println!(
-        "| nodes | start+join | converged | mem/node | recall@20 | RPCs/lookup p50/p95 | \
+        "| nodes | start+join | converged | mem/node (connections) | recall@20 | RPCs/lookup p50/p95 | \
          lookup p50/p95 | failed lookups | put p50/p95 (ok) | get p50/p95 (found) |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
@@ -452,11 +529,12 @@ fn print(rows: &[Row], options: &Options) {
         let put = sorted(r.io.put_ms.clone());
         let get = sorted(r.io.get_ms.clone());
         println!(
-            "| {} | {:.1} s | {} | {:.2} MiB | {} | {:.0} / {:.0} ms ({}/{}) | {:.0} / {:.0} ms ({}/{}) |",
+            "| {} | {:.1} s | {} | {:.2} MiB ({:.1}) | {} | {:.0} / {:.0} ms ({}/{}) | {:.0} / {:.0} ms ({}/{}) |",
             r.n,
             r.start.as_secs_f64(),
             secs(r.converge),
             r.mem_mib,
+            r.connections,
             lookup_cells(&r.before),
             percentile(&put, 0.5),
             percentile(&put, 0.95),
