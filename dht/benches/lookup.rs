@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use libp2p::kad::KBucketKey;
 use libp2p::{Multiaddr, PeerId};
+use shoal_dht::node::NodeStats;
 use shoal_dht::node::{EventLoop, memory_transport};
 use shoal_dht::{Client, Config};
 use shoal_pow::{CancelToken, MintOptions, NodeKey, Puzzle, mint};
@@ -211,32 +212,34 @@ async fn converge(nodes: &[Node], live: &[usize], bound: Duration) -> Option<Dur
     let want = live.len() - 1;
     let mut last_report = Instant::now();
     loop {
-        let counts: Vec<(usize, usize, usize)> = futures::stream::iter(live.iter().copied())
-            .map(|i| async move {
-                let s = nodes[i].client.stats().await.unwrap_or_default();
-                (
-                    s.members.alive + s.members.suspect,
-                    s.routing_peers,
-                    s.connections,
-                )
-            })
+        let stats: Vec<NodeStats> = futures::stream::iter(live.iter().copied())
+            .map(|i| async move { nodes[i].client.stats().await.unwrap_or_default() })
             .buffer_unordered(32)
             .collect()
             .await;
-        let done = counts.iter().filter(|c| c.0 == want).count();
+        let members = |s: &NodeStats| s.members.alive + s.members.suspect;
+        let done = stats.iter().filter(|s| members(s) == want).count();
         if done == live.len() {
             return Some(start.elapsed());
         }
         if last_report.elapsed() > Duration::from_secs(10) {
-            let min = counts.iter().map(|c| c.0).min().unwrap_or(0);
-            let max = counts.iter().map(|c| c.0).max().unwrap_or(0);
-            let routing = counts.iter().map(|c| c.1).min().unwrap_or(0);
-            let connections: usize = counts.iter().map(|c| c.2).sum();
+            let min = stats.iter().map(members).min().unwrap_or(0);
+            let max = stats.iter().map(members).max().unwrap_or(0);
+            let routing = stats.iter().map(|s| s.routing_peers).min().unwrap_or(0);
+            let sum = |f: fn(&NodeStats) -> u64| stats.iter().map(f).sum::<u64>();
             eprintln!(
                 "  {:>5.0} s: {done}/{} nodes converged, members {min}..{max} of {want}, \
-                 routing ≥ {routing}, {connections} connections",
+                 routing ≥ {routing}, {} connections, {} dials ({} for want of a relayed \
+                 proof), {} relay requests, SWIM {} sent, {} probes, {} failed",
                 start.elapsed().as_secs_f64(),
-                live.len()
+                live.len(),
+                sum(|s| s.connections as u64),
+                sum(|s| s.dials as u64),
+                sum(|s| s.relay_fallback_dials as u64),
+                sum(|s| s.relay_requests as u64),
+                sum(|s| s.swim_wire.sent),
+                sum(|s| s.swim.probes),
+                sum(|s| s.swim.failed_probes),
             );
             last_report = Instant::now();
         }

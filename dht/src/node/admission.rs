@@ -22,6 +22,9 @@ use crate::relay;
 /// Members whose proofs are awaited, at most; news of more is dropped (gossip names them again).
 const MAX_WANTED: usize = 8192;
 
+/// Swarm events handled at most before queued proof requests are sent anyway.
+const FLUSH_EVERY: usize = 64;
+
 /// How long a rate-limited check waits before the proof is asked for again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -58,6 +61,7 @@ pub(super) struct Admission {
     batches: HashMap<PeerId, Vec<PeerId>>,
     requests: HashMap<OutboundRequestId, Vec<PeerId>>,
     held: HashMap<PeerId, Vec<Held>>,
+    events_since_flush: usize,
 }
 
 impl Admission {
@@ -161,21 +165,44 @@ impl EventLoop {
                 retry_at: None,
             },
         );
-        a.batches.entry(from).or_default().push(peer);
+        let batch = a.batches.entry(from).or_default();
+        batch.push(peer);
+        // A full batch goes out at once: on a busy node the swarm always has an event ready,
+        // and the loop's idle-time flush would wait.
+        if batch.len() >= relay::MAX_PEERS {
+            let peers = std::mem::take(batch);
+            a.batches.remove(&from);
+            self.send_relay_request(from, peers);
+        }
+    }
+
+    fn send_relay_request(&mut self, from: PeerId, peers: Vec<PeerId>) {
+        self.stats.relay_requests += 1;
+        let request = relay::request(&peers);
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .relay
+            .send_request(&from, request);
+        self.admission.requests.insert(id, peers);
     }
 
     /// Sends the queued proof requests, [`relay::MAX_PEERS`] peers per request.
     pub(super) fn flush_relay_requests(&mut self) {
+        self.admission.events_since_flush = 0;
         for (from, peers) in std::mem::take(&mut self.admission.batches) {
             for chunk in peers.chunks(relay::MAX_PEERS) {
-                let request = relay::request(chunk);
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .relay
-                    .send_request(&from, request);
-                self.admission.requests.insert(id, chunk.to_vec());
+                self.send_relay_request(from, chunk.to_vec());
             }
+        }
+    }
+
+    /// Counts one event handled; flushes the queued requests every [`FLUSH_EVERY`] events, so a
+    /// node whose swarm is never idle still sends them.
+    pub(super) fn count_event(&mut self) {
+        self.admission.events_since_flush += 1;
+        if self.admission.events_since_flush >= FLUSH_EVERY && self.admission.has_batches() {
+            self.flush_relay_requests();
         }
     }
 
@@ -282,6 +309,7 @@ impl EventLoop {
     fn fall_back_to_dialing(&mut self, members: impl Iterator<Item = PeerId>) {
         for member in members {
             if let Some(w) = self.admission.wanted.remove(&member) {
+                self.stats.relay_fallback_dials += 1;
                 self.dial(member, w.addrs);
             }
         }

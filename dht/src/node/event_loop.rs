@@ -210,7 +210,10 @@ impl EventLoop {
                 // Biased, so the proof requests queued by a burst of swarm events go out in
                 // batches once the swarm has nothing more ready.
                 biased;
-                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                event = self.swarm.select_next_some() => {
+                    self.on_swarm_event(event);
+                    self.count_event();
+                }
                 command = self.commands.recv(), if self.stopping.is_none() => match command {
                     Some(c) => self.on_command(c),
                     None => break,
@@ -608,6 +611,7 @@ impl EventLoop {
             SwarmEvent::Behaviour(Event::Kad(e)) => self.on_kad(*e),
             SwarmEvent::Behaviour(Event::Lockstep(e)) => self.on_lockstep(e),
             SwarmEvent::Behaviour(Event::Relay(e)) => self.on_relay(e),
+            SwarmEvent::Dialing { .. } => self.stats.dials += 1,
             SwarmEvent::Behaviour(Event::Identify(_)) => {}
             SwarmEvent::ConnectionClosed {
                 peer_id,

@@ -369,6 +369,12 @@ pub struct NodeStats {
     pub verified_by_relay: usize,
     /// Relayed identity proofs refused since start.
     pub refused_relayed: usize,
+    /// Members dialed because the member that named them relayed no proof for them.
+    pub relay_fallback_dials: usize,
+    /// Outbound connection attempts since start (any behaviour's).
+    pub dials: usize,
+    /// Proof-relay requests sent since start.
+    pub relay_requests: usize,
     /// SWIM messages dropped because the sender was not admitted.
     pub swim_unadmitted: u64,
     /// Members of the SWIM table by state.
