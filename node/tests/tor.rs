@@ -215,9 +215,9 @@ async fn tor_only_and_mixed_networks() {
     }
     println!("every node serves JSON-RPC after {:?}", started.elapsed());
 
-    // Membership converges. The identity gate verifies a peer over a direct connection, so a
-    // node admits only peers it can reach: Tor-only nodes see each other and the bridge, the
-    // bridge sees everyone, the TCP-only node sees the bridge.
+    // Membership converges. A node admits only members whose addresses it can dial: Tor-only
+    // nodes see each other and the bridge, the bridge sees everyone, the TCP-only node sees the
+    // bridge.
     let expect = [3, 3, 3, 4, 1];
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {

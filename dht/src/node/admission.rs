@@ -146,6 +146,13 @@ impl EventLoop {
             self.swarm.behaviour_mut().swim.revoke(&peer);
             return;
         }
+        if !self.can_reach(&addrs) {
+            // A member this node cannot dial (an onion address seen from a TCP-only node, an IP
+            // address from a Tor-only one) would only ever be suspected here: it stays out, as
+            // it would if the gate had to meet it on a connection. A "both" node bridges them.
+            self.swarm.behaviour_mut().swim.revoke(&peer);
+            return;
+        }
         if let Some(proof) = self.verified.get(&peer).copied() {
             return self.admit_verified(peer, proof);
         }
@@ -185,6 +192,17 @@ impl EventLoop {
             .relay
             .send_request(&from, request);
         self.admission.requests.insert(id, peers);
+    }
+
+    /// Whether one of `addrs` is of a kind this node listens on (onion, IP or DNS, memory), and
+    /// so of a kind its transport dials. A node not listening yet reaches everything.
+    fn can_reach(&self, addrs: &[Multiaddr]) -> bool {
+        let ours: Vec<AddressKind> = self.swarm.listeners().filter_map(address_kind).collect();
+        ours.is_empty()
+            || addrs
+                .iter()
+                .filter_map(address_kind)
+                .any(|kind| ours.contains(&kind))
     }
 
     /// Sends the queued proof requests, [`relay::MAX_PEERS`] peers per request.
@@ -320,5 +338,45 @@ impl EventLoop {
         self.verified.remove(peer);
         self.admission.wanted.remove(peer);
         self.drop_held(peer);
+    }
+}
+
+/// The kinds of address a transport dials, told apart by an address's first protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AddressKind {
+    Ip,
+    Onion,
+    Memory,
+}
+
+fn address_kind(addr: &Multiaddr) -> Option<AddressKind> {
+    use libp2p::multiaddr::Protocol;
+    match addr.iter().next()? {
+        Protocol::Ip4(_)
+        | Protocol::Ip6(_)
+        | Protocol::Dns(_)
+        | Protocol::Dns4(_)
+        | Protocol::Dns6(_)
+        | Protocol::Dnsaddr(_) => Some(AddressKind::Ip),
+        Protocol::Onion3(_) | Protocol::Onion(..) => Some(AddressKind::Onion),
+        Protocol::Memory(_) => Some(AddressKind::Memory),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_kinds() {
+        let kind = |a: &str| address_kind(&a.parse().unwrap());
+        assert_eq!(kind("/ip4/127.0.0.1/tcp/4001"), Some(AddressKind::Ip));
+        assert_eq!(kind("/dns4/example.org/tcp/4001"), Some(AddressKind::Ip));
+        assert_eq!(
+            kind("/onion3/vww6ybal4bd7szmgncyruucpgfkqahzddi37ktceo3ah7ngmcopnpyyd:4001"),
+            Some(AddressKind::Onion)
+        );
+        assert_eq!(kind("/memory/7"), Some(AddressKind::Memory));
     }
 }
