@@ -86,6 +86,29 @@ impl From<libp2p::request_response::Event<relay::Request, relay::Response>> for 
     }
 }
 
+/// A CBOR request-response behaviour on `protocol` with bounded message sizes: the shape of the
+/// lockstep and proof-relay protocols.
+pub(crate) fn cbor_request_response<Req, Resp>(
+    protocol: StreamProtocol,
+    max_request: usize,
+    max_response: usize,
+    timeout: std::time::Duration,
+    max_streams: usize,
+) -> libp2p::request_response::cbor::Behaviour<Req, Resp>
+where
+    Req: Send + Clone + serde::Serialize + serde::de::DeserializeOwned + 'static,
+    Resp: Send + Clone + serde::Serialize + serde::de::DeserializeOwned + 'static,
+{
+    use libp2p::request_response as rr;
+    let codec = rr::cbor::codec::Codec::default()
+        .set_request_size_maximum(max_request as u64)
+        .set_response_size_maximum(max_response as u64);
+    let config = rr::Config::default()
+        .with_request_timeout(timeout)
+        .with_max_concurrent_streams(max_streams);
+    rr::Behaviour::with_codec(codec, [(protocol, rr::ProtocolSupport::Full)], config)
+}
+
 impl Behaviour {
     /// The behaviour of the node with `key`, presenting `proof`, serving `store`.
     pub fn new(

@@ -13,7 +13,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use libp2p::request_response::{self as rr, ProtocolSupport};
+use libp2p::request_response as rr;
 use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -49,13 +49,13 @@ pub type Behaviour = rr::cbor::Behaviour<Request, Response>;
 
 /// A relay behaviour whose requests time out after `timeout`.
 pub fn behaviour(timeout: Duration) -> Behaviour {
-    let codec = rr::cbor::codec::Codec::default()
-        .set_request_size_maximum(MAX_REQUEST_LEN as u64)
-        .set_response_size_maximum(MAX_RESPONSE_LEN as u64);
-    let config = rr::Config::default()
-        .with_request_timeout(timeout)
-        .with_max_concurrent_streams(16);
-    rr::Behaviour::with_codec(codec, [(PROTOCOL, ProtocolSupport::Full)], config)
+    crate::behaviour::cbor_request_response(
+        PROTOCOL,
+        MAX_REQUEST_LEN,
+        MAX_RESPONSE_LEN,
+        timeout,
+        16,
+    )
 }
 
 /// The request asking for `peers` (at most [`MAX_PEERS`] are taken).

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use libp2p::StreamProtocol;
-use libp2p::request_response::{self as rr, ProtocolSupport};
+use libp2p::request_response as rr;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use shoal_pow::StampChecker;
@@ -48,13 +48,13 @@ pub type Behaviour = rr::cbor::Behaviour<Request, Response>;
 
 /// A lockstep behaviour whose requests time out after `timeout`.
 pub fn behaviour(timeout: Duration) -> Behaviour {
-    let codec = rr::cbor::codec::Codec::default()
-        .set_request_size_maximum(MAX_REQUEST_LEN as u64)
-        .set_response_size_maximum(MAX_RESPONSE_LEN as u64);
-    let config = rr::Config::default()
-        .with_request_timeout(timeout)
-        .with_max_concurrent_streams(64);
-    rr::Behaviour::with_codec(codec, [(PROTOCOL, ProtocolSupport::Full)], config)
+    crate::behaviour::cbor_request_response(
+        PROTOCOL,
+        MAX_REQUEST_LEN,
+        MAX_RESPONSE_LEN,
+        timeout,
+        64,
+    )
 }
 
 /// What answering a request did.

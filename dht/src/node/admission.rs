@@ -115,19 +115,23 @@ impl EventLoop {
         Ok(())
     }
 
+    /// Answers a lockstep request from a peer that is not verified with a refusal.
+    pub(super) fn refuse_unverified(&mut self, channel: ResponseChannel<Response>) {
+        let refusal = Response::Refused("identity not verified".into());
+        // The peer may have gone; then there is nobody to answer.
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .lockstep
+            .send_response(channel, refusal);
+    }
+
     /// Drops what `peer` sent while unverified: it was refused, or its last connection closed.
     pub(super) fn drop_held(&mut self, peer: &PeerId) {
         for request in self.admission.held.remove(peer).unwrap_or_default() {
             match request {
                 Held::Put(_) => self.stats.count_refused_put(*peer),
-                Held::Lockstep(_, channel) => {
-                    let refusal = Response::Refused("identity not verified".into());
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .lockstep
-                        .send_response(channel, refusal);
-                }
+                Held::Lockstep(_, channel) => self.refuse_unverified(channel),
             }
         }
     }

@@ -714,12 +714,7 @@ impl EventLoop {
             if let Err(Held::Lockstep(_, channel)) =
                 self.hold(peer, Held::Lockstep(request, channel))
             {
-                let refusal = Response::Refused("identity not verified".into());
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .lockstep
-                    .send_response(channel, refusal);
+                self.refuse_unverified(channel);
             }
             return;
         }
