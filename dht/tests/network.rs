@@ -585,7 +585,13 @@ async fn stats_members_notices_and_graceful_shutdown() {
     const N: usize = 6;
     let nodes = cluster(N, N - 1).await;
 
-    // Counters and gauges.
+    // Counters and gauges. Membership can converge (through relayed proofs) before node 1's
+    // first probe period ends: wait for its first probe.
+    let probed = eventually(5, || async {
+        nodes[1].stats().await.is_some_and(|s| s.swim.probes > 0)
+    })
+    .await;
+    assert!(probed, "node 1 never probed");
     let before = nodes[1].stats().await.expect("running");
     assert_eq!(before.members.alive, N - 1, "{before:?}");
     assert_eq!(before.members.dead + before.members.left, 0, "{before:?}");
