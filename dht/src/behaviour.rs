@@ -1,5 +1,5 @@
-//! The DHT's network behaviour: identify, Kademlia, SWIM, the identity gate and lockstep, side by
-//! side in one swarm. The rules tying them together live in the event loop ([`crate::node`]).
+//! The DHT's network behaviour: identify, Kademlia, SWIM, the identity gate, lockstep, replica
+//! puts and the proof relay, side by side in one swarm. The rules tying them together live in the event loop ([`crate::node`]).
 
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{StreamProtocol, identify, kad};
@@ -10,6 +10,7 @@ use crate::gate;
 use crate::lockstep::protocol as lockstep;
 use crate::record::MAX_RECORD_LEN;
 use crate::relay;
+use crate::replica;
 use crate::store::RecordStore;
 
 /// Kad's packet limit: one record envelope plus room for the message around it.
@@ -31,6 +32,8 @@ pub struct Behaviour {
     pub lockstep: lockstep::Behaviour,
     /// Relayed identity proofs of members learned through gossip.
     pub relay: relay::Behaviour,
+    /// Puts acknowledged once the replica validated and kept the record.
+    pub replica: replica::Behaviour,
 }
 
 /// An event of one of the parts.
@@ -48,6 +51,8 @@ pub enum Event {
     Lockstep(libp2p::request_response::Event<lockstep::Request, lockstep::Response>),
     /// From the proof relay.
     Relay(libp2p::request_response::Event<relay::Request, relay::Response>),
+    /// From replica puts.
+    Replica(libp2p::request_response::Event<replica::Request, replica::Response>),
 }
 
 impl From<identify::Event> for Event {
@@ -86,8 +91,14 @@ impl From<libp2p::request_response::Event<relay::Request, relay::Response>> for 
     }
 }
 
+impl From<libp2p::request_response::Event<replica::Request, replica::Response>> for Event {
+    fn from(e: libp2p::request_response::Event<replica::Request, replica::Response>) -> Self {
+        Self::Replica(e)
+    }
+}
+
 /// A CBOR request-response behaviour on `protocol` with bounded message sizes: the shape of the
-/// lockstep and proof-relay protocols.
+/// lockstep, proof-relay and replica protocols.
 pub(crate) fn cbor_request_response<Req, Resp>(
     protocol: StreamProtocol,
     max_request: usize,
@@ -148,6 +159,7 @@ impl Behaviour {
             gate: gate::Behaviour::new(proof, verifier, config.gate_timeout),
             lockstep: lockstep::behaviour(config.lockstep_timeout),
             relay: relay::behaviour(config.gate_timeout),
+            replica: replica::behaviour(config.lockstep_timeout),
         })
     }
 }

@@ -62,14 +62,15 @@ pub struct Config {
     /// Bound of one kad query (lookups, puts, gets), also how long a get keeps looking for a
     /// higher sequence. Default 30 s; must be above zero.
     pub query_timeout: Duration,
-    /// Replicas that must acknowledge a put when the caller gives no quorum. At most
-    /// `replication_factor`. Default 3.
+    /// Replicas that must acknowledge a put (each after validating and keeping the record, see
+    /// [`crate::replica`]) when the caller gives no quorum. At most `replication_factor`.
+    /// Default 3.
     pub put_quorum: NonZeroUsize,
     /// Peers asked whether a found value was announced. Default 3.
     pub announced_checks: NonZeroUsize,
     /// Bound of one identity-proof exchange. Default 10 s; must be above zero.
     pub gate_timeout: Duration,
-    /// Bound of one lockstep request. Default 10 s; must be above zero.
+    /// Bound of one lockstep request, and of one replica put. Default 10 s; must be above zero.
     pub lockstep_timeout: Duration,
     /// How long a connection with no open stream is kept. Default 60 s.
     pub idle_connection_timeout: Duration,

@@ -8,16 +8,19 @@
 //!
 //! - [`node`]: the client and event loop, and the rules tying the parts together (a peer enters
 //!   the routing table only once the gate verified it and SWIM holds it alive).
-//! - [`behaviour`]: the combined libp2p behaviour (identify, kad, SWIM, gate, lockstep).
+//! - [`behaviour`]: the combined libp2p behaviour (identify, kad, SWIM, gate, lockstep, replica
+//!   puts, proof relay).
 //! - [`config`]: the node's configuration and presets.
 //! - [`record`]: the signed CBOR record envelope and its validation.
 //! - [`gate`]: the identity gate behaviour on `/shoal/identity/1`.
 //! - [`relay`]: proofs of members learned through gossip, asked of the member that named them.
 //! - [`lockstep`]: lockstep notices and the book of the latest notice per key and publisher.
+//! - [`replica`]: puts a replica acknowledges only once it validated and kept the record.
 //! - [`store`]: the record store behind Kademlia, in memory or written through to redb.
 //!
-//! Caveats: kad acknowledges an inbound put before the node validates it, so a put's quorum
-//! counts acknowledgements, not validated copies. With a data directory, the verified live
+//! A put's quorum counts replicas that validated and kept the record ([`replica`]); kad's own
+//! replication still moves records with `PUT_VALUE`, filtered and validated the same way. With
+//! a data directory, the verified live
 //! members are written as a routing-table snapshot every
 //! [`Config::routing_snapshot_interval`] and on shutdown; after a restart they are dialed and
 //! a join without seeds goes through them. A member learned through gossip is verified with the
@@ -33,6 +36,7 @@ pub mod lockstep;
 pub mod node;
 pub mod record;
 pub mod relay;
+pub mod replica;
 pub mod store;
 
 pub use behaviour::Behaviour;

@@ -203,6 +203,14 @@ async fn put_and_get_across_the_cluster() {
             .put(key.clone(), value.clone(), TTL, None)
             .await
             .expect("put reaches its quorum");
+        // The quorum counts replicas that kept the record: they hold it the moment the put
+        // returns.
+        let mut holders = 0;
+        for other in nodes.iter().filter(|c| c.peer_id() != writer.peer_id()) {
+            let held = other.stored(key.clone()).await;
+            holders += usize::from(held.is_some_and(|s| s.record().seq == put.seq));
+        }
+        assert!(holders >= config().put_quorum.get(), "{holders} holders");
         let got = reader.get(key.clone()).await.expect("the record is found");
         assert_eq!(got.record.value, value);
         assert_eq!(got.record.seq, put.seq);
@@ -363,10 +371,13 @@ async fn tampered_envelope_replayed_notice_and_lockstep_mismatch_are_refused() {
         .expect("the value is in the envelope");
     bytes[at] = b'O';
     assert!(SignedRecord::decode(&bytes).is_err());
-    nodes[0]
+    let put = nodes[0]
         .dangerous_put_to(b"tampered".to_vec(), bytes, others.clone())
-        .await
-        .expect("peers acknowledge before filtering");
+        .await;
+    assert!(
+        matches!(put, Err(PutError::Quorum { acked: 0, refused, reason: Some(_), .. }) if refused == N - 1),
+        "every replica refuses it, and says so: {put:?}"
+    );
     // Peers refuse it: nobody stores it, and each counted a refusal from the sender.
     for c in &nodes[1..] {
         assert!(c.stored(b"tampered".to_vec()).await.is_none());
@@ -413,14 +424,18 @@ async fn tampered_envelope_replayed_notice_and_lockstep_mismatch_are_refused() {
         .filter(|c| c.peer_id() != publisher.peer_id())
         .map(Client::peer_id)
         .collect();
-    publisher
+    let put = publisher
         .dangerous_put_to(
             b"locked".to_vec(),
             contradicting.into_bytes(),
             everyone_else,
         )
-        .await
-        .expect("kad acknowledges before filtering");
+        .await;
+    assert!(
+        matches!(put, Err(PutError::Quorum { acked: 0, refused, reason: Some(ref why), .. })
+            if refused == N - 1 && why.contains("announced")),
+        "{put:?}"
+    );
     for (i, c) in nodes.iter().enumerate() {
         if i != 2 {
             assert!(c.stored(b"locked".to_vec()).await.is_none(), "node {i}");

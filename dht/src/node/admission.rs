@@ -17,7 +17,7 @@ use shoal_swim::State;
 
 use super::event_loop::EventLoop;
 use crate::lockstep::protocol::{Request, Response};
-use crate::relay;
+use crate::{relay, replica};
 
 /// Members whose proofs are awaited, at most; news of more is dropped (gossip names them again).
 const MAX_WANTED: usize = 8192;
@@ -42,6 +42,8 @@ pub(super) enum Held {
     Put(Box<kad::Record>),
     /// A lockstep request and the channel to answer it on.
     Lockstep(Request, ResponseChannel<Response>),
+    /// A replica put and the channel to answer it on.
+    Replica(replica::Request, ResponseChannel<replica::Response>),
 }
 
 /// A member learned through gossip, waiting for its proof.
@@ -92,6 +94,9 @@ impl EventLoop {
                 Held::Lockstep(request, channel) => {
                     self.on_lockstep_request(peer, request, channel);
                 }
+                Held::Replica(request, channel) => {
+                    self.on_replica_request(peer, request, channel);
+                }
             }
         }
     }
@@ -132,6 +137,13 @@ impl EventLoop {
             match request {
                 Held::Put(_) => self.stats.count_refused_put(*peer),
                 Held::Lockstep(_, channel) => self.refuse_unverified(channel),
+                Held::Replica(_, channel) => {
+                    self.stats.count_refused_put(*peer);
+                    self.answer_replica(
+                        channel,
+                        replica::Response::refused("identity not verified"),
+                    );
+                }
             }
         }
     }

@@ -20,9 +20,10 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::admission::Admission;
 use super::queries::{Announcing, Closest, Get, NoticesQuery, Pending};
+use super::replicate::{PutJob, Replicating};
 use super::{
     BoxedTransport, Client, Command, JoinError, JoinOk, JoinResult, ListenError, ListenResult,
-    MAX_SNAPSHOT_PEERS, MAX_SNAPSHOT_SEEDS, MemberCounts, MemberInfo, NodeStats, PutResult,
+    MAX_SNAPSHOT_PEERS, MAX_SNAPSHOT_SEEDS, MemberCounts, MemberInfo, NodeStats,
     SHUTDOWN_LEAVE_BOUND, StartError,
 };
 use crate::behaviour::{Behaviour, Event};
@@ -62,7 +63,8 @@ pub struct EventLoop {
     pub(super) last_seq: HashMap<Vec<u8>, u64>,
     listens: HashMap<ListenerId, (Multiaddr, oneshot::Sender<ListenResult>)>,
     joins: Vec<Join>,
-    pub(super) puts: HashMap<QueryId, (Vec<u8>, u64, usize, oneshot::Sender<PutResult>)>,
+    pub(super) replicating: HashMap<usize, Replicating>,
+    pub(super) replica_requests: HashMap<OutboundRequestId, usize>,
     pub(super) gets: HashMap<QueryId, Get>,
     pub(super) checks: HashMap<usize, Get>,
     pub(super) closest: HashMap<QueryId, Closest>,
@@ -171,7 +173,8 @@ impl EventLoop {
             last_seq: HashMap::new(),
             listens: HashMap::new(),
             joins: Vec::new(),
-            puts: HashMap::new(),
+            replicating: HashMap::new(),
+            replica_requests: HashMap::new(),
             gets: HashMap::new(),
             checks: HashMap::new(),
             closest: HashMap::new(),
@@ -473,18 +476,14 @@ impl EventLoop {
                 peers,
                 reply,
             } => {
-                let quorum = peers.len().max(1);
-                let record = kad::Record {
-                    key: kad::RecordKey::new(&key),
-                    value: envelope,
-                    publisher: None,
-                    expires: None,
+                let job = PutJob {
+                    key,
+                    seq: 0,
+                    quorum: peers.len().max(1),
+                    envelope,
+                    reply,
                 };
-                let id = self
-                    .kad_mut()
-                    .put_record_to(record, peers.into_iter(), kad::Quorum::All);
-                self.stats.kad_queries += 1;
-                self.puts.insert(id, (key, 0, quorum, reply));
+                self.replicate(job, peers);
             }
             Command::Stats(reply) => {
                 let _ = reply.send(self.full_stats());
@@ -611,6 +610,7 @@ impl EventLoop {
             SwarmEvent::Behaviour(Event::Kad(e)) => self.on_kad(*e),
             SwarmEvent::Behaviour(Event::Lockstep(e)) => self.on_lockstep(e),
             SwarmEvent::Behaviour(Event::Relay(e)) => self.on_relay(e),
+            SwarmEvent::Behaviour(Event::Replica(e)) => self.on_replica(e),
             SwarmEvent::Dialing { .. } => self.stats.dials += 1,
             SwarmEvent::Behaviour(Event::Identify(_)) => {}
             SwarmEvent::ConnectionClosed {

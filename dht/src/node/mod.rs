@@ -16,8 +16,8 @@
 //!   after it report `Stopped`.
 //!
 //! Model: libp2p `examples/file-sharing/src/network.rs`. Files: this one holds the client and the
-//! public types, `event_loop.rs` the loop, membership and joins, `queries.rs` puts, gets, lookups
-//! and lockstep.
+//! public types, `event_loop.rs` the loop, membership and joins, `admission.rs` who enters the
+//! membership, `queries.rs` gets, lookups and lockstep, `replicate.rs` puts and their replicas.
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -40,6 +40,7 @@ use crate::store::{StorageError, StoreError};
 mod admission;
 mod event_loop;
 mod queries;
+mod replicate;
 
 pub use event_loop::EventLoop;
 
@@ -166,18 +167,24 @@ pub enum PutError {
     /// The local store refused it (stale sequence, full, disk error); nothing changed.
     #[error("local store refused the record: {0}")]
     Store(#[from] StoreError),
-    /// Stored locally and durably, but fewer replicas than the quorum acknowledged in time; kad
-    /// keeps replicating in the background. Retrying with the same `seq` is safe.
-    #[error("put of seq {seq} reached {acked} of {quorum} replicas")]
+    /// Stored locally and durably, but fewer replicas than the quorum kept it in time (a
+    /// replica acknowledges only once it validated and kept the record); kad's periodic
+    /// replication goes on offering it. Retrying with the same `seq` is safe.
+    #[error("put of seq {seq} reached {acked} of {quorum} replicas ({refused} refused{})",
+        reason.as_ref().map(|r| format!(", first: {r}")).unwrap_or_default())]
     Quorum {
         /// The key.
         key: Vec<u8>,
         /// The sequence number used.
         seq: u64,
-        /// Replicas that acknowledged.
+        /// Replicas that kept the record.
         acked: usize,
         /// Replicas needed.
         quorum: usize,
+        /// Replicas that refused it.
+        refused: usize,
+        /// The first refusal's reason, if any replica refused.
+        reason: Option<String>,
     },
     /// The value contradicts this node's own lockstep announcement for the key: another value
     /// for the announced sequence, or a sequence older than the announced one. Nothing changed.
@@ -597,10 +604,10 @@ impl Client {
         self.ask(Command::Stats).await
     }
 
-    /// Sends `envelope` as the record for `key` straight to `peers`, unchecked and not stored
-    /// locally. Dangerous: for tests of what peers do with bad records. Succeeds when every peer
-    /// acknowledged (kad acknowledges before filtering, so an acknowledgement is not storage);
-    /// the reported `seq` is 0.
+    /// Sends `envelope` as the record for `key` straight to `peers` on the replica protocol,
+    /// unchecked and not stored locally. Dangerous: for tests of what peers do with bad records.
+    /// Succeeds when every peer kept it; otherwise [`PutError::Quorum`] counts those that kept
+    /// and refused it. The reported `seq` is 0.
     pub async fn dangerous_put_to(
         &self,
         key: Vec<u8>,

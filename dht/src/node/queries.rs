@@ -2,10 +2,10 @@
 //! their answers into the replies.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use libp2p::PeerId;
-use libp2p::kad::{self, QueryId, QueryResult, Quorum};
+use libp2p::kad::{self, QueryId, QueryResult};
 use libp2p::request_response::{self as rr, OutboundRequestId};
 use serde_bytes::ByteBuf;
 use shoal_pow::unix_now;
@@ -13,9 +13,10 @@ use tokio::sync::oneshot;
 
 use super::admission::Held;
 use super::event_loop::EventLoop;
+use super::replicate::PutJob;
 use super::{
     AnnounceError, AnnounceOk, AnnounceResult, FindNodeError, GetError, GetOk, GetResult, LookupOk,
-    LookupResult, LookupStats, NoticesResult, PutError, PutOk, PutRequest, PutResult,
+    LookupResult, LookupStats, NoticesResult, PutError, PutRequest, PutResult,
 };
 use crate::lockstep::protocol::{self as lockstep, Request, Response};
 use crate::lockstep::{Announced, SignedNotice, value_hash};
@@ -43,6 +44,7 @@ pub(super) enum Closest {
     FindNode(oneshot::Sender<LookupResult>),
     Announce(Box<SignedNotice>, oneshot::Sender<AnnounceResult>),
     Notices(Box<NoticesQuery>),
+    Put(Box<PutJob>),
 }
 
 /// An announcement waiting for its peers' answers.
@@ -255,39 +257,20 @@ impl EventLoop {
             let _ = reply.send(Err(PutError::Lockstep(e)));
             return;
         }
-        let expires = Instant::now() + request.ttl.max(Duration::from_secs(1));
-        let kad = &mut self.swarm.behaviour_mut().kad;
-        if let Err(e) = kad
-            .store_mut()
-            .insert(signed.clone(), Instant::now(), now_unix)
-        {
+        let envelope = signed.as_bytes().to_vec();
+        let store = self.swarm.behaviour_mut().kad.store_mut();
+        if let Err(e) = store.insert(signed, Instant::now(), now_unix) {
             let _ = reply.send(Err(e.into()));
             return;
         }
         self.last_seq.insert(request.key.clone(), seq);
-        let record = kad::Record {
-            key: kad::RecordKey::new(&request.key),
-            value: signed.into_bytes(),
-            publisher: Some(self.key.peer_id()),
-            expires: Some(expires),
-        };
-        match kad.put_record(record, Quorum::N(quorum)) {
-            Ok(id) => {
-                self.stats.kad_queries += 1;
-                self.puts
-                    .insert(id, (request.key, seq, quorum.get(), reply));
-            }
-            Err(e) => {
-                // Invariant: the record was just inserted in this store, which accepts it again.
-                tracing::warn!(error = %e, "kad refused a record our store accepted");
-                let _ = reply.send(Err(PutError::Quorum {
-                    key: request.key,
-                    seq,
-                    acked: 0,
-                    quorum: quorum.get(),
-                }));
-            }
-        }
+        self.start_replication(PutJob {
+            key: request.key,
+            seq,
+            quorum: quorum.get(),
+            envelope,
+            reply,
+        });
     }
 
     pub(super) fn on_kad(&mut self, event: kad::Event) {
@@ -323,7 +306,8 @@ impl EventLoop {
         }
     }
 
-    /// Validates and keeps a record a peer put. A put from a connected peer whose identity check
+    /// Validates and keeps a record a peer put through kad (its replication, or a peer that
+    /// does not use [`crate::replica`]). A put from a connected peer whose identity check
     /// is under way waits for it; anyone else not verified is refused.
     pub(super) fn on_inbound_put(&mut self, source: PeerId, record: kad::Record) {
         if !self.verified.contains_key(&source) {
@@ -333,53 +317,12 @@ impl EventLoop {
             }
             return;
         }
-        let now_unix = unix_now();
-        let outcome = SignedRecord::validate(
-            &record.value,
-            Some(record.key.as_ref()),
-            now_unix,
-            &self.config.records,
-            &self.stamps,
-        )
-        .map_err(|e| e.to_string())
-        .and_then(|signed| {
-            self.book
-                .check_put(signed.record())
-                .map_err(|e| e.to_string())?;
-            self.swarm
-                .behaviour_mut()
-                .kad
-                .store_mut()
-                .insert(signed, Instant::now(), now_unix)
-                .map_err(|e| e.to_string())
-        });
-        match outcome {
-            Ok(_) => self.stats.stored_puts += 1,
-            Err(reason) => {
-                tracing::debug!(peer = %source, %reason, "inbound put refused");
-                self.stats.count_refused_put(source);
-            }
-        }
+        // kad has already acknowledged it; a refusal is counted and logged.
+        let _ = self.keep_record(source, &record.value, Some(record.key.as_ref()));
     }
 
     fn on_query(&mut self, id: QueryId, result: QueryResult, stats: &kad::QueryStats, last: bool) {
         match result {
-            QueryResult::PutRecord(r) => {
-                let Some((key, seq, quorum, reply)) = self.puts.remove(&id) else {
-                    return;
-                };
-                let result = match r {
-                    Ok(_) => Ok(PutOk { key, seq }),
-                    Err(kad::PutRecordError::QuorumFailed { success, .. })
-                    | Err(kad::PutRecordError::Timeout { success, .. }) => Err(PutError::Quorum {
-                        key,
-                        seq,
-                        acked: success.len(),
-                        quorum,
-                    }),
-                };
-                let _ = reply.send(result);
-            }
             QueryResult::GetRecord(r) => {
                 if !self.gets.contains_key(&id) {
                     return;
@@ -438,6 +381,7 @@ impl EventLoop {
                     }
                     Closest::Announce(notice, reply) => self.send_notice(*notice, peers, reply),
                     Closest::Notices(query) => self.ask_notices(*query, peers),
+                    Closest::Put(job) => self.replicate(*job, peers),
                 }
             }
             _ => {}

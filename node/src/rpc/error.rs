@@ -18,8 +18,9 @@ pub enum Code {
     InvalidParams,
     /// `-32040`: no valid record was found for the key.
     NotFound,
-    /// `-32041`: the put was stored locally but fewer replicas than the quorum acknowledged in
-    /// time; it keeps replicating and retrying with the same `seq` is safe.
+    /// `-32041`: the put was stored locally but fewer replicas than the quorum kept it in time
+    /// (data: `acked`, `quorum`, `refused`, the first refusal's `reason`); retrying with the same
+    /// `seq` is safe.
     QuorumFailed,
     /// `-32042`: a proof of work was refused: a record's or notice's hashcash stamp, or an
     /// identity proof.
@@ -198,11 +199,22 @@ impl From<PutError> for RpcError {
                 Self::new(Code::Refused, message, json!({ "reason": e.to_string() }))
             }
             PutError::Quorum {
-                seq, acked, quorum, ..
+                seq,
+                acked,
+                quorum,
+                refused,
+                reason,
+                ..
             } => Self::new(
                 Code::QuorumFailed,
                 message,
-                json!({ "seq": seq, "acked": acked, "quorum": quorum }),
+                json!({
+                    "seq": seq,
+                    "acked": acked,
+                    "quorum": quorum,
+                    "refused": refused,
+                    "reason": reason,
+                }),
             ),
             PutError::Stopped => Self::unavailable(),
         }
@@ -269,6 +281,8 @@ mod tests {
             seq: 7,
             acked: 1,
             quorum: 3,
+            refused: 1,
+            reason: Some("stale sequence".into()),
         })
         .into();
         assert_eq!(e.code(), -32041);
@@ -277,5 +291,7 @@ mod tests {
         assert_eq!(data["error"], "quorum failed");
         assert_eq!(data["acked"], 1);
         assert_eq!(data["quorum"], 3);
+        assert_eq!(data["refused"], 1);
+        assert_eq!(data["reason"], "stale sequence");
     }
 }

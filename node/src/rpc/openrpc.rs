@@ -111,7 +111,7 @@ const METHODS: &[Method] = &[
     Method {
         name: "dht_put",
         summary: "Signs, stamps and stores a record; returns once the quorum of replicas \
-                  acknowledged it and keeps replicating in the background",
+                  validated and kept it, while the other replicas still receive it",
         params: &[
             KEY,
             VALUE,
