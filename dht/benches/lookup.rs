@@ -230,16 +230,24 @@ async fn converge(nodes: &[Node], live: &[usize], bound: Duration) -> Option<Dur
             eprintln!(
                 "  {:>5.0} s: {done}/{} nodes converged, members {min}..{max} of {want}, \
                  routing ≥ {routing}, {} connections, {} dials ({} for want of a relayed \
-                 proof), {} relay requests, SWIM {} sent, {} probes, {} failed",
+                 proof), {} relay requests ({} unconnected), SWIM {} sent ({} unconnected), \
+                 {} probes, {} failed, kad RPCs {} lookups {} gets {} bootstrap ({} runs) {} other",
                 start.elapsed().as_secs_f64(),
                 live.len(),
                 sum(|s| s.connections as u64),
                 sum(|s| s.dials as u64),
                 sum(|s| s.relay_fallback_dials as u64),
                 sum(|s| s.relay_requests as u64),
+                sum(|s| s.relay_requests_unconnected as u64),
                 sum(|s| s.swim_wire.sent),
+                sum(|s| s.swim_wire.sent_unconnected),
                 sum(|s| s.swim.probes),
                 sum(|s| s.swim.failed_probes),
+                sum(|s| s.kad_rpcs.lookups),
+                sum(|s| s.kad_rpcs.gets),
+                sum(|s| s.kad_rpcs.bootstrap),
+                sum(|s| s.kad_rpcs.bootstraps),
+                sum(|s| s.kad_rpcs.other),
             );
             last_report = Instant::now();
         }

@@ -631,6 +631,18 @@ async fn stats_members_notices_and_graceful_shutdown() {
     let after = nodes[1].stats().await.expect("running");
     assert!(after.kad_queries >= before.kad_queries + 2, "{after:?}");
     assert_eq!(after.records, before.records + 1);
+    assert!(after.kad_rpcs.lookups >= 1, "{after:?}");
+    // Every insert into these small tables makes libp2p-kad schedule a bootstrap of its own
+    // (half a second later); each is ended before it sends a request. The lookup's requests
+    // were served by the others.
+    let mut served = 0;
+    for c in &nodes {
+        let stats = c.stats().await.expect("running");
+        assert!(stats.kad_rpcs.bootstraps >= 1, "{stats:?}");
+        assert_eq!(stats.kad_rpcs.bootstrap, 0, "{stats:?}");
+        served += stats.kad_served;
+    }
+    assert!(served >= after.kad_rpcs.lookups, "{served} served");
 
     // The member list names every other node, alive, with its address.
     let list = nodes[2].member_list().await;

@@ -184,6 +184,8 @@ impl From<state::Event<PeerId>> for Event {
 pub struct WireStats {
     /// Messages sent.
     pub sent: u64,
+    /// Messages sent to a member with no open connection (each makes request-response dial).
+    pub sent_unconnected: u64,
     /// Messages received and decoded.
     pub received: u64,
     /// Inbound messages refused by the decoder (malformed or oversized).
@@ -508,6 +510,9 @@ impl Behaviour {
             if addrs.is_empty() && !self.inner.is_connected(&t.to) {
                 self.wire.undeliverable += 1;
                 continue;
+            }
+            if !self.inner.is_connected(&t.to) {
+                self.wire.sent_unconnected += 1;
             }
             self.inner.send_request_with_addresses(&t.to, bytes, addrs);
             self.wire.sent += 1;

@@ -201,6 +201,9 @@ impl EventLoop {
 
     fn send_relay_request(&mut self, from: PeerId, peers: Vec<PeerId>) {
         self.stats.relay_requests += 1;
+        if !self.swarm.is_connected(&from) {
+            self.stats.relay_requests_unconnected += 1;
+        }
         let request = relay::request(&peers);
         let id = self
             .swarm

@@ -195,6 +195,21 @@ pub enum PutError {
     Stopped,
 }
 
+/// Requests sent by kad queries, by what started them (see [`NodeStats::kad_rpcs`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KadRpcs {
+    /// Sent by closest-peer lookups (find node, puts, lockstep).
+    pub lookups: u64,
+    /// Sent by record gets.
+    pub gets: u64,
+    /// Sent by kad's own bootstraps.
+    pub bootstrap: u64,
+    /// Bootstraps kad ran.
+    pub bootstraps: u64,
+    /// Sent by anything else (kad's record replication).
+    pub other: u64,
+}
+
 /// A record found by [`Client::get`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GetOk {
@@ -382,6 +397,14 @@ pub struct NodeStats {
     pub dials: usize,
     /// Proof-relay requests sent since start.
     pub relay_requests: usize,
+    /// Proof-relay requests sent to a relayer with no open connection (each dials it).
+    pub relay_requests_unconnected: usize,
+    /// Requests sent by kad queries that ended since start, by what started them: this node's
+    /// lookups, puts and gets, and kad's own bootstraps (libp2p-kad runs one on its own while
+    /// its table holds fewer than `k` peers).
+    pub kad_rpcs: KadRpcs,
+    /// Kad requests served since start (`FIND_NODE`, `GET_VALUE`, `PUT_VALUE`, others).
+    pub kad_served: u64,
     /// SWIM messages dropped because the sender was not admitted.
     pub swim_unadmitted: u64,
     /// Members of the SWIM table by state.

@@ -274,6 +274,31 @@ impl EventLoop {
     }
 
     pub(super) fn on_kad(&mut self, event: kad::Event) {
+        if let kad::Event::InboundRequest { .. } = &event {
+            self.stats.kad_served += 1;
+        }
+        if let kad::Event::OutboundQueryProgressed {
+            result,
+            stats,
+            step,
+            ..
+        } = &event
+        {
+            // A bootstrap's steps are queries of their own, each with its own counts; the other
+            // kinds report their whole count with the last step.
+            let rpcs = &mut self.stats.kad_rpcs;
+            let sent = u64::from(stats.num_requests());
+            match result {
+                QueryResult::Bootstrap(_) => {
+                    rpcs.bootstrap += sent;
+                    rpcs.bootstraps += u64::from(step.last);
+                }
+                _ if !step.last => {}
+                QueryResult::GetClosestPeers(_) => rpcs.lookups += sent,
+                QueryResult::GetRecord(_) => rpcs.gets += sent,
+                _ => rpcs.other += sent,
+            }
+        }
         match event {
             kad::Event::RoutablePeer { peer, address }
             | kad::Event::PendingRoutablePeer { peer, address } => {
@@ -296,6 +321,20 @@ impl EventLoop {
                         ..
                     },
             } => self.on_inbound_put(source, record),
+            kad::Event::OutboundQueryProgressed {
+                id,
+                result: QueryResult::Bootstrap(_),
+                step,
+                ..
+            } => {
+                // The next step of a bootstrap (see `EventLoop::suppress_kad_bootstrap`) ends
+                // before it sends anything.
+                if !step.last
+                    && let Some(mut query) = self.kad_mut().query_mut(&id)
+                {
+                    query.finish();
+                }
+            }
             kad::Event::OutboundQueryProgressed {
                 id,
                 result,
