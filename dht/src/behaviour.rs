@@ -1,8 +1,9 @@
 //! The DHT's network behaviour: identify, Kademlia, SWIM, the identity gate, lockstep, replica
 //! puts and the proof relay, side by side in one swarm. The rules tying them together live in the event loop ([`crate::node`]).
 
+use libp2p::request_response::{self as rr, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{StreamProtocol, identify, kad};
+use libp2p::{PeerId, StreamProtocol, identify, kad};
 use shoal_pow::{IdentityProof, IdentityVerifier, NodeKey, Puzzle, unix_now};
 
 use crate::config::{Config, ConfigError};
@@ -97,6 +98,71 @@ impl From<libp2p::request_response::Event<replica::Request, replica::Response>> 
     }
 }
 
+/// What a request-response event of the lockstep, relay or replica protocol asks of the node.
+pub(crate) enum Exchange<Req, Resp> {
+    /// A peer's request, and the channel to answer it on.
+    Request {
+        peer: PeerId,
+        request: Req,
+        channel: ResponseChannel<Resp>,
+    },
+    /// The outcome of a request this node sent to `peer`: its answer, or `None` if it failed
+    /// (timeout, dial failure, connection closed, refused protocol).
+    Outcome {
+        peer: PeerId,
+        request_id: OutboundRequestId,
+        response: Option<Resp>,
+    },
+}
+
+impl<Req, Resp> Exchange<Req, Resp> {
+    /// The exchange `event` is part of; `None` for events the node has nothing to do about
+    /// (an inbound failure, a response sent).
+    pub(crate) fn of(event: rr::Event<Req, Resp>) -> Option<Self> {
+        match event {
+            rr::Event::Message {
+                peer,
+                message:
+                    rr::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => Some(Self::Request {
+                peer,
+                request,
+                channel,
+            }),
+            rr::Event::Message {
+                peer,
+                message:
+                    rr::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => Some(Self::Outcome {
+                peer,
+                request_id,
+                response: Some(response),
+            }),
+            rr::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                tracing::debug!(%peer, %error, "request failed");
+                Some(Self::Outcome {
+                    peer,
+                    request_id,
+                    response: None,
+                })
+            }
+            rr::Event::InboundFailure { .. } | rr::Event::ResponseSent { .. } => None,
+        }
+    }
+}
+
 /// A CBOR request-response behaviour on `protocol` with bounded message sizes: the shape of the
 /// lockstep, proof-relay and replica protocols.
 pub(crate) fn cbor_request_response<Req, Resp>(
@@ -110,7 +176,6 @@ where
     Req: Send + Clone + serde::Serialize + serde::de::DeserializeOwned + 'static,
     Resp: Send + Clone + serde::Serialize + serde::de::DeserializeOwned + 'static,
 {
-    use libp2p::request_response as rr;
     let codec = rr::cbor::codec::Codec::default()
         .set_request_size_maximum(max_request as u64)
         .set_response_size_maximum(max_response as u64);

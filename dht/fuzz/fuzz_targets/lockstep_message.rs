@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use futures::executor::block_on;
 use futures::io::Cursor;
 use libfuzzer_sys::fuzz_target;
-use libp2p::request_response::{Codec as _, cbor};
+use libp2p::request_response::Codec as _;
 use shoal_dht::lockstep::protocol::{
     self, MAX_NOTICES_PER_RESPONSE, MAX_REQUEST_LEN, MAX_RESPONSE_LEN, Request, Response,
 };
@@ -22,15 +22,6 @@ use shoal_dht::lockstep::{NoticeBook, NoticeBookConfig, SignedNotice};
 use shoal_pow::{StampChecker, StampPolicy};
 
 const NOW: u64 = 1_795_435_200;
-
-type Codec = cbor::codec::Codec<Request, Response>;
-
-/// The codec as `protocol::behaviour` configures it.
-fn codec() -> Codec {
-    Codec::default()
-        .set_request_size_maximum(MAX_REQUEST_LEN as u64)
-        .set_response_size_maximum(MAX_RESPONSE_LEN as u64)
-}
 
 /// A notice for key `k`, kept in every fresh book.
 fn notice() -> &'static SignedNotice {
@@ -41,25 +32,17 @@ fn notice() -> &'static SignedNotice {
     })
 }
 
-fn round_trip<T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>(
-    msg: &T,
-) {
-    let bytes = cbor4ii::serde::to_vec(Vec::new(), msg).expect("a decoded message re-encodes");
-    let back: T = cbor4ii::serde::from_slice(&bytes).expect("its encoding decodes");
-    assert_eq!(&back, msg);
-}
-
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    let mut codec = codec();
+    let mut codec = common::cbor_codec::<Request, Response>(MAX_REQUEST_LEN, MAX_RESPONSE_LEN);
     let mut io = Cursor::new(rest);
     if mode % 2 == 0 {
         let Ok(request) = block_on(codec.read_request(&protocol::PROTOCOL, &mut io)) else {
             return;
         };
-        round_trip(&request);
+        common::round_trip(&request);
         let mut book = NoticeBook::new(NoticeBookConfig::default());
         book.insert(notice().clone())
             .expect("an empty book keeps it");
@@ -85,7 +68,7 @@ fuzz_target!(|data: &[u8]| {
         let Ok(response) = block_on(codec.read_response(&protocol::PROTOCOL, &mut io)) else {
             return;
         };
-        round_trip(&response);
+        common::round_trip(&response);
         let is_list = matches!(response, Response::Notices(_));
         let key = notice().notice().key.clone();
         match protocol::notices_from(&key, response) {

@@ -8,12 +8,14 @@
 
 #![no_main]
 
+mod common;
+
 use std::sync::OnceLock;
 
 use futures::executor::block_on;
 use futures::io::Cursor;
 use libfuzzer_sys::fuzz_target;
-use libp2p::request_response::{Codec as _, cbor};
+use libp2p::request_response::Codec as _;
 use shoal_dht::record::{RecordRules, SignedRecord};
 use shoal_dht::replica::{
     self, MAX_REASON_LEN, MAX_REQUEST_LEN, MAX_RESPONSE_LEN, Request, Response,
@@ -22,39 +24,22 @@ use shoal_pow::{StampChecker, StampPolicy};
 
 const NOW: u64 = 1_795_435_200;
 
-type Codec = cbor::codec::Codec<Request, Response>;
-
-/// The codec as `replica::behaviour` configures it.
-fn codec() -> Codec {
-    Codec::default()
-        .set_request_size_maximum(MAX_REQUEST_LEN as u64)
-        .set_response_size_maximum(MAX_RESPONSE_LEN as u64)
-}
-
 fn stamps() -> &'static StampChecker {
     static CHECKER: OnceLock<StampChecker> = OnceLock::new();
     CHECKER.get_or_init(|| StampChecker::new(StampPolicy::testnet()).expect("valid policy"))
-}
-
-fn round_trip<T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>(
-    msg: &T,
-) {
-    let bytes = cbor4ii::serde::to_vec(Vec::new(), msg).expect("a decoded message re-encodes");
-    let back: T = cbor4ii::serde::from_slice(&bytes).expect("its encoding decodes");
-    assert_eq!(&back, msg);
 }
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    let mut codec = codec();
+    let mut codec = common::cbor_codec::<Request, Response>(MAX_REQUEST_LEN, MAX_RESPONSE_LEN);
     let mut io = Cursor::new(rest);
     if mode % 2 == 0 {
         let Ok(request) = block_on(codec.read_request(&replica::PROTOCOL, &mut io)) else {
             return;
         };
-        round_trip(&request);
+        common::round_trip(&request);
         // What a replica does with it: validate (decode first, to keep signature checks, the
         // cost of a run, for envelopes that decode), and refuse with a bounded reason.
         if SignedRecord::decode(&request.0).is_ok()
@@ -70,6 +55,6 @@ fuzz_target!(|data: &[u8]| {
         let Ok(response) = block_on(codec.read_response(&replica::PROTOCOL, &mut io)) else {
             return;
         };
-        round_trip(&response);
+        common::round_trip(&response);
     }
 });

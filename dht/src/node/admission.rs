@@ -16,6 +16,7 @@ use shoal_pow::{IdentityProof, ProofError};
 use shoal_swim::State;
 
 use super::event_loop::EventLoop;
+use crate::behaviour::Exchange;
 use crate::lockstep::protocol::{Request, Response};
 use crate::{relay, replica};
 
@@ -256,15 +257,12 @@ impl EventLoop {
     }
 
     pub(super) fn on_relay(&mut self, event: rr::Event<relay::Request, relay::Response>) {
-        match event {
-            rr::Event::Message {
+        match Exchange::of(event) {
+            Some(Exchange::Request {
                 peer,
-                message:
-                    rr::Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
+                request,
+                channel,
+            }) => {
                 // Only admitted members are answered: anyone else gets an empty list.
                 let response = if self.verified.contains_key(&peer) {
                     relay::answer(request, |p| self.verified.get(p).copied())
@@ -278,15 +276,11 @@ impl EventLoop {
                     .relay
                     .send_response(channel, response);
             }
-            rr::Event::Message {
+            Some(Exchange::Outcome {
                 peer,
-                message:
-                    rr::Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => {
+                request_id,
+                response: Some(response),
+            }) => {
                 let asked = self
                     .admission
                     .requests
@@ -300,10 +294,11 @@ impl EventLoop {
                 }
                 self.fall_back_to_dialing(asked.into_iter().filter(|p| !answered.contains(p)));
             }
-            rr::Event::OutboundFailure {
-                request_id, error, ..
-            } => {
-                tracing::debug!(%error, "proof relay request failed");
+            Some(Exchange::Outcome {
+                request_id,
+                response: None,
+                ..
+            }) => {
                 let asked = self
                     .admission
                     .requests
@@ -311,7 +306,7 @@ impl EventLoop {
                     .unwrap_or_default();
                 self.fall_back_to_dialing(asked.into_iter());
             }
-            rr::Event::InboundFailure { .. } | rr::Event::ResponseSent { .. } => {}
+            None => {}
         }
     }
 

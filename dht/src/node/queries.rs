@@ -18,6 +18,7 @@ use super::{
     AnnounceError, AnnounceOk, AnnounceResult, FindNodeError, GetError, GetOk, GetResult, LookupOk,
     LookupResult, LookupStats, NoticesResult, PutError, PutRequest, PutResult,
 };
+use crate::behaviour::Exchange;
 use crate::lockstep::protocol::{self as lockstep, Request, Response};
 use crate::lockstep::{Announced, SignedNotice, value_hash};
 use crate::record::{NewRecord, Record, SignedRecord};
@@ -661,27 +662,18 @@ impl EventLoop {
     }
 
     pub(super) fn on_lockstep(&mut self, event: rr::Event<Request, Response>) {
-        match event {
-            rr::Event::Message {
+        match Exchange::of(event) {
+            Some(Exchange::Request {
                 peer,
-                message:
-                    rr::Message::Request {
-                        request, channel, ..
-                    },
+                request,
+                channel,
+            }) => self.on_lockstep_request(peer, request, channel),
+            Some(Exchange::Outcome {
+                request_id,
+                response,
                 ..
-            } => self.on_lockstep_request(peer, request, channel),
-            rr::Event::Message {
-                message:
-                    rr::Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => self.on_lockstep_answer(request_id, Some(response)),
-            rr::Event::OutboundFailure { request_id, .. } => {
-                self.on_lockstep_answer(request_id, None)
-            }
-            _ => {}
+            }) => self.on_lockstep_answer(request_id, response),
+            None => {}
         }
     }
 

@@ -14,6 +14,7 @@ use super::admission::Held;
 use super::event_loop::EventLoop;
 use super::queries::Closest;
 use super::{PutError, PutOk, PutResult};
+use crate::behaviour::Exchange;
 use crate::record::SignedRecord;
 use crate::replica::{Request, Response};
 
@@ -86,27 +87,18 @@ impl EventLoop {
     }
 
     pub(super) fn on_replica(&mut self, event: rr::Event<Request, Response>) {
-        match event {
-            rr::Event::Message {
+        match Exchange::of(event) {
+            Some(Exchange::Request {
                 peer,
-                message:
-                    rr::Message::Request {
-                        request, channel, ..
-                    },
+                request,
+                channel,
+            }) => self.on_replica_request(peer, request, channel),
+            Some(Exchange::Outcome {
+                request_id,
+                response,
                 ..
-            } => self.on_replica_request(peer, request, channel),
-            rr::Event::Message {
-                message:
-                    rr::Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => self.on_replica_answer(request_id, Some(response)),
-            rr::Event::OutboundFailure { request_id, .. } => {
-                self.on_replica_answer(request_id, None)
-            }
-            _ => {}
+            }) => self.on_replica_answer(request_id, response),
+            None => {}
         }
     }
 

@@ -83,3 +83,23 @@ impl<'a> Input<'a> {
         self.0
     }
 }
+
+/// A request-response CBOR codec with the size limits a protocol module sets.
+pub fn cbor_codec<Req, Resp>(
+    max_request: usize,
+    max_response: usize,
+) -> libp2p::request_response::cbor::codec::Codec<Req, Resp> {
+    libp2p::request_response::cbor::codec::Codec::default()
+        .set_request_size_maximum(max_request as u64)
+        .set_response_size_maximum(max_response as u64)
+}
+
+/// Checks that a decoded message re-encodes to itself.
+pub fn round_trip<T>(msg: &T)
+where
+    T: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    let bytes = cbor4ii::serde::to_vec(Vec::new(), msg).expect("a decoded message re-encodes");
+    let back: T = cbor4ii::serde::from_slice(&bytes).expect("its encoding decodes");
+    assert_eq!(&back, msg);
+}
