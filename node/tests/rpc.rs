@@ -116,7 +116,7 @@ fn params(value: Value) -> ObjectParams {
     p
 }
 
-async fn call(client: &HttpClient, method: &str, p: Value) -> Result<Value, ClientError> {
+async fn call(client: &impl ClientT, method: &str, p: Value) -> Result<Value, ClientError> {
     client.request(method, params(p)).await
 }
 
@@ -521,16 +521,19 @@ async fn auth_token_and_rate_limit() {
         "metrics need the token too: {status}"
     );
     let auth = format!("Authorization: Bearer {token}\r\n");
-    // One keep-alive connection: three calls fit the burst, the fourth is limited.
+    // One WebSocket, so one connection by construction (an HTTP client may open a second
+    // keep-alive connection, with a bucket of its own): three calls fit the burst, the fourth
+    // is limited.
     let mut headers = http::HeaderMap::new();
     headers.insert(
         http::header::AUTHORIZATION,
         format!("Bearer {token}").parse().expect("valid header"),
     );
-    let client = HttpClientBuilder::default()
+    let client = WsClientBuilder::default()
         .set_headers(headers)
-        .build(server.url())
-        .expect("valid URL");
+        .build(format!("ws://{}", server.local_addr()))
+        .await
+        .expect("the WebSocket opens with the token");
     let (mut allowed, mut limited) = (0u64, 0u64);
     let started = std::time::Instant::now();
     for _ in 0..10 {
