@@ -20,7 +20,7 @@ use futures::StreamExt;
 use libp2p::kad::KBucketKey;
 use libp2p::{Multiaddr, PeerId};
 use shoal_dht::node::NodeStats;
-use shoal_dht::node::{EventLoop, memory_transport};
+use shoal_dht::node::{EventLoop, dangerous_plaintext_memory_transport, memory_transport};
 use shoal_dht::{Client, Config};
 use shoal_pow::{CancelToken, MintOptions, NodeKey, Puzzle, mint};
 
@@ -31,7 +31,7 @@ const K: usize = 20;
 /// second, so connections kept a minute would hold about 120 per node.
 const IDLE_SECS: u64 = 10;
 
-/// Nodes joining at once (see `run_size`).
+/// Nodes joining at once by default (`--wave W`, see `run_size`).
 const WAVE: usize = 100;
 
 /// Node count of the first nodes, which the others join through.
@@ -46,6 +46,9 @@ struct Options {
     wan: bool,
     idle: Duration,
     alpha: usize,
+    gossip_budget: Option<usize>,
+    wave: usize,
+    plaintext: bool,
 }
 
 impl Options {
@@ -81,6 +84,12 @@ impl Options {
             churn: !args.iter().any(|a| a == "--no-churn"),
             wan: value("--swim").is_some_and(|v| v == "wan"),
             alpha: value("--alpha").and_then(|v| v.parse().ok()).unwrap_or(3),
+            gossip_budget: value("--gossip-budget").and_then(|v| v.parse().ok()),
+            plaintext: value("--security").is_some_and(|v| v == "plaintext"),
+            wave: value("--wave")
+                .and_then(|v| v.parse().ok())
+                .filter(|&w| w > 0)
+                .unwrap_or(WAVE),
             idle: Duration::from_secs(
                 value("--idle")
                     .and_then(|v| v.parse().ok())
@@ -96,16 +105,20 @@ impl Options {
 /// its WAN timing with `--swim wan`.
 fn config(options: &Options) -> Config {
     let wan = options.wan;
+    let mut swim = if wan {
+        shoal_swim::Config::wan()
+    } else {
+        shoal_swim::Config::lan()
+    };
+    if let Some(budget) = options.gossip_budget.and_then(NonZeroUsize::new) {
+        swim.gossip_budget = budget;
+    }
     Config {
         idle_connection_timeout: options.idle,
         lookup_parallelism: NonZeroUsize::new(options.alpha).unwrap_or(NonZeroUsize::MIN),
         replication_factor: NonZeroUsize::new(K).expect("non-zero constant"),
         put_quorum: NonZeroUsize::new(3).expect("non-zero constant"),
-        swim: if wan {
-            shoal_swim::Config::wan()
-        } else {
-            shoal_swim::Config::lan()
-        },
+        swim,
         ..Config::local()
     }
 }
@@ -194,7 +207,11 @@ async fn start_node(puzzle: &Puzzle, options: &Options) -> Node {
     let proof = mint(puzzle, &key.public(), &minting, &CancelToken::new(), |_| {})
         .expect("minting at the local difficulty succeeds")
         .proof;
-    let transport = memory_transport(&key.to_libp2p());
+    let transport = if options.plaintext {
+        dangerous_plaintext_memory_transport(&key.to_libp2p())
+    } else {
+        memory_transport(&key.to_libp2p())
+    };
     let (client, event_loop) =
         EventLoop::new(key, proof, config(options), transport).expect("the bench preset starts");
     let task = tokio::spawn(event_loop.run());
@@ -212,42 +229,18 @@ async fn converge(nodes: &[Node], live: &[usize], bound: Duration) -> Option<Dur
     let want = live.len() - 1;
     let mut last_report = Instant::now();
     loop {
-        let stats: Vec<NodeStats> = futures::stream::iter(live.iter().copied())
-            .map(|i| async move { nodes[i].client.stats().await.unwrap_or_default() })
-            .buffer_unordered(32)
-            .collect()
-            .await;
+        let stats = all_stats(nodes, live).await;
         let members = |s: &NodeStats| s.members.alive + s.members.suspect;
         let done = stats.iter().filter(|s| members(s) == want).count();
         if done == live.len() {
             return Some(start.elapsed());
         }
         if last_report.elapsed() > Duration::from_secs(10) {
-            let min = stats.iter().map(members).min().unwrap_or(0);
-            let max = stats.iter().map(members).max().unwrap_or(0);
-            let routing = stats.iter().map(|s| s.routing_peers).min().unwrap_or(0);
-            let sum = |f: fn(&NodeStats) -> u64| stats.iter().map(f).sum::<u64>();
             eprintln!(
-                "  {:>5.0} s: {done}/{} nodes converged, members {min}..{max} of {want}, \
-                 routing ≥ {routing}, {} connections, {} dials ({} for want of a relayed \
-                 proof), {} relay requests ({} unconnected), SWIM {} sent ({} unconnected), \
-                 {} probes, {} failed, kad RPCs {} lookups {} gets {} bootstrap ({} runs) {} other",
+                "  {:>5.0} s: {done}/{} nodes converged, {}",
                 start.elapsed().as_secs_f64(),
                 live.len(),
-                sum(|s| s.connections as u64),
-                sum(|s| s.dials as u64),
-                sum(|s| s.relay_fallback_dials as u64),
-                sum(|s| s.relay_requests as u64),
-                sum(|s| s.relay_requests_unconnected as u64),
-                sum(|s| s.swim_wire.sent),
-                sum(|s| s.swim_wire.sent_unconnected),
-                sum(|s| s.swim.probes),
-                sum(|s| s.swim.failed_probes),
-                sum(|s| s.kad_rpcs.lookups),
-                sum(|s| s.kad_rpcs.gets),
-                sum(|s| s.kad_rpcs.bootstrap),
-                sum(|s| s.kad_rpcs.bootstraps),
-                sum(|s| s.kad_rpcs.other),
+                progress(&stats, want)
             );
             last_report = Instant::now();
         }
@@ -256,6 +249,45 @@ async fn converge(nodes: &[Node], live: &[usize], bound: Duration) -> Option<Dur
         }
         tokio::time::sleep(Duration::from_millis(1000)).await;
     }
+}
+
+/// One progress line's counters, summed over `stats`, members counted against `want`.
+fn progress(stats: &[NodeStats], want: usize) -> String {
+    let members = |s: &NodeStats| s.members.alive + s.members.suspect;
+    let min = stats.iter().map(members).min().unwrap_or(0);
+    let max = stats.iter().map(members).max().unwrap_or(0);
+    let routing = stats.iter().map(|s| s.routing_peers).min().unwrap_or(0);
+    let sum = |f: fn(&NodeStats) -> u64| stats.iter().map(f).sum::<u64>();
+    format!(
+        "members {min}..{max} of {want}, routing ≥ {routing}, {} connections, {} dials ({} for \
+         want of a relayed proof), {} relay requests ({} unconnected), SWIM {} sent ({} \
+         unconnected), {} probes, {} failed, {} refutations, kad RPCs {} lookups {} gets {} \
+         bootstrap ({} runs) {} other",
+        sum(|s| s.connections as u64),
+        sum(|s| s.dials as u64),
+        sum(|s| s.relay_fallback_dials as u64),
+        sum(|s| s.relay_requests as u64),
+        sum(|s| s.relay_requests_unconnected as u64),
+        sum(|s| s.swim_wire.sent),
+        sum(|s| s.swim_wire.sent_unconnected),
+        sum(|s| s.swim.probes),
+        sum(|s| s.swim.failed_probes),
+        sum(|s| s.swim.refutations),
+        sum(|s| s.kad_rpcs.lookups),
+        sum(|s| s.kad_rpcs.gets),
+        sum(|s| s.kad_rpcs.bootstrap),
+        sum(|s| s.kad_rpcs.bootstraps),
+        sum(|s| s.kad_rpcs.other),
+    )
+}
+
+/// Every node's counters.
+async fn all_stats(nodes: &[Node], live: &[usize]) -> Vec<NodeStats> {
+    futures::stream::iter(live.iter().copied())
+        .map(|i| async move { nodes[i].client.stats().await.unwrap_or_default() })
+        .buffer_unordered(32)
+        .collect()
+        .await
 }
 
 /// Open connections per node (each connection counts at both ends).
@@ -402,11 +434,33 @@ async fn run_size(n: usize, options: &Options, rng: &mut Rng) -> Row {
     let mut failed = 0;
     let mut joined = seeds;
     while joined < n {
-        let wave: Vec<(usize, usize)> = (joined..(joined + WAVE).min(n))
+        let wave: Vec<(usize, usize)> = (joined..(joined + options.wave).min(n))
             .map(|i| (i, rng.below(seeds)))
             .collect();
+        let before = joined;
         joined += wave.len();
-        failed += futures::stream::iter(wave)
+        let joining = std::cell::Cell::new(true);
+        let report = async {
+            let started = Instant::now();
+            let mut last = Instant::now();
+            while joining.get() {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if last.elapsed() >= Duration::from_secs(10) && joining.get() {
+                    let members: Vec<usize> = (0..before).collect();
+                    let stats = all_stats(&nodes, &members).await;
+                    let new: Vec<usize> = (before..joined).collect();
+                    let new_stats = all_stats(&nodes, &new).await;
+                    eprintln!(
+                        "  {:>5.0} s joining {before}..{joined}: members: {}\n    joiners: {}",
+                        started.elapsed().as_secs_f64(),
+                        progress(&stats, joined - 1),
+                        progress(&new_stats, joined - 1)
+                    );
+                    last = Instant::now();
+                }
+            }
+        };
+        let joins = futures::stream::iter(wave)
             .map(|(i, s)| {
                 let nodes = &nodes;
                 async move {
@@ -420,8 +474,14 @@ async fn run_size(n: usize, options: &Options, rng: &mut Rng) -> Row {
                 }
             })
             .buffer_unordered(16)
-            .fold(0, |a, b| async move { a + b })
-            .await;
+            .fold(0, |a, b| async move { a + b });
+        let joins = async {
+            let failed = joins.await;
+            joining.set(false);
+            failed
+        };
+        let (failed_now, ()) = futures::join!(joins, report);
+        failed += failed_now;
         let members: Vec<usize> = (0..joined).collect();
         let settled = converge(&nodes, &members, Duration::from_secs(120)).await;
         eprintln!(

@@ -1,5 +1,5 @@
 //! The DHT's network behaviour: identify, Kademlia, SWIM, the identity gate, lockstep, replica
-//! puts and the proof relay, side by side in one swarm. The rules tying them together live in the event loop ([`crate::node`]).
+//! puts, the proof relay and closest-peer lookups, side by side in one swarm. The rules tying them together live in the event loop ([`crate::node`]).
 
 use libp2p::request_response::{self as rr, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::NetworkBehaviour;
@@ -9,6 +9,7 @@ use shoal_pow::{IdentityProof, IdentityVerifier, NodeKey, Puzzle, unix_now};
 use crate::config::{Config, ConfigError};
 use crate::gate;
 use crate::lockstep::protocol as lockstep;
+use crate::lookup;
 use crate::record::MAX_RECORD_LEN;
 use crate::relay;
 use crate::replica;
@@ -35,6 +36,8 @@ pub struct Behaviour {
     pub relay: relay::Behaviour,
     /// Puts acknowledged once the replica validated and kept the record.
     pub replica: replica::Behaviour,
+    /// Closest-peer lookups seeded from the membership.
+    pub find: lookup::Behaviour,
 }
 
 /// An event of one of the parts.
@@ -54,6 +57,8 @@ pub enum Event {
     Relay(libp2p::request_response::Event<relay::Request, relay::Response>),
     /// From replica puts.
     Replica(libp2p::request_response::Event<replica::Request, replica::Response>),
+    /// From closest-peer lookups.
+    Find(libp2p::request_response::Event<lookup::Request, lookup::Response>),
 }
 
 impl From<identify::Event> for Event {
@@ -95,6 +100,12 @@ impl From<libp2p::request_response::Event<relay::Request, relay::Response>> for 
 impl From<libp2p::request_response::Event<replica::Request, replica::Response>> for Event {
     fn from(e: libp2p::request_response::Event<replica::Request, replica::Response>) -> Self {
         Self::Replica(e)
+    }
+}
+
+impl From<libp2p::request_response::Event<lookup::Request, lookup::Response>> for Event {
+    fn from(e: libp2p::request_response::Event<lookup::Request, lookup::Response>) -> Self {
+        Self::Find(e)
     }
 }
 
@@ -225,6 +236,7 @@ impl Behaviour {
             lockstep: lockstep::behaviour(config.lockstep_timeout),
             relay: relay::behaviour(config.gate_timeout),
             replica: replica::behaviour(config.lockstep_timeout),
+            find: lookup::behaviour(config.lockstep_timeout),
         })
     }
 }

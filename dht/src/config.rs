@@ -57,7 +57,8 @@ pub struct Config {
     pub swim: shoal_swim::Config,
     /// Kademlia's k: replicas of a record and peers per bucket. Default 20.
     pub replication_factor: NonZeroUsize,
-    /// Kademlia's alpha: requests a lookup keeps in flight. Default 3.
+    /// Kademlia's alpha: requests a lookup ([`crate::lookup`]) or a kad get keeps in flight.
+    /// Default 3.
     pub lookup_parallelism: NonZeroUsize,
     /// Bound of one kad query (lookups, puts, gets), also how long a get keeps looking for a
     /// higher sequence. Default 30 s; must be above zero.
@@ -70,7 +71,8 @@ pub struct Config {
     pub announced_checks: NonZeroUsize,
     /// Bound of one identity-proof exchange. Default 10 s; must be above zero.
     pub gate_timeout: Duration,
-    /// Bound of one lockstep request, and of one replica put. Default 10 s; must be above zero.
+    /// Bound of one lockstep request, of one replica put, and of one lookup request. Default
+    /// 10 s; must be above zero.
     pub lockstep_timeout: Duration,
     /// How long a connection with no open stream is kept. Default 60 s.
     pub idle_connection_timeout: Duration,

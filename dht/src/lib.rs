@@ -16,6 +16,7 @@
 //! - [`relay`]: proofs of members learned through gossip, asked of the member that named them.
 //! - [`lockstep`]: lockstep notices and the book of the latest notice per key and publisher.
 //! - [`replica`]: puts a replica acknowledges only once it validated and kept the record.
+//! - [`lookup`]: closest-peer lookups seeded from the verified membership, ended strictly.
 //! - [`store`]: the record store behind Kademlia, in memory or written through to redb.
 //!
 //! A put's quorum counts replicas that validated and kept the record ([`replica`]); kad's own
@@ -33,6 +34,7 @@ pub mod config;
 mod envelope;
 pub mod gate;
 pub mod lockstep;
+pub mod lookup;
 pub mod node;
 pub mod record;
 pub mod relay;

@@ -7,6 +7,7 @@
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
+use libp2p::kad::KBucketKey;
 use libp2p::{Multiaddr, PeerId};
 use shoal_dht::lockstep::protocol::Response;
 use shoal_dht::lockstep::{Announced, LockstepError};
@@ -534,6 +535,31 @@ async fn fifty_nodes_put_get_and_survive_killing_a_fifth() {
         );
     }
     eprintln!("puts and gets done in {:?}", started.elapsed());
+    // Lookups from random nodes find exactly the k closest peers to random targets, asking each
+    // of them and hardly anyone else (the seeds come from the verified membership).
+    let k = Config::local().replication_factor.get();
+    for i in 0..10 {
+        let from = next();
+        let target = NodeKey::generate().peer_id();
+        let key = KBucketKey::from(target);
+        let mut truth: Vec<PeerId> = nodes
+            .iter()
+            .map(|n| n.peer_id())
+            .filter(|p| *p != nodes[from].peer_id())
+            .collect();
+        truth.sort_by_key(|p| key.distance(&KBucketKey::from(*p)));
+        truth.truncate(k);
+        let found = nodes[from]
+            .find_node_with_stats(target)
+            .await
+            .unwrap_or_else(|e| panic!("lookup {i} from node {from}: {e}"));
+        assert_eq!(found.peers, truth, "lookup {i} from node {from}");
+        assert!(
+            found.stats.requests as usize <= 2 * k && found.stats.failures == 0,
+            "lookup {i} from node {from}: {:?}",
+            found.stats
+        );
+    }
     // Kill 20% of the nodes (writers among them): every record is still found by the others.
     let dead = N / 5;
     for n in &nodes[N - dead..] {
@@ -633,14 +659,14 @@ async fn stats_members_notices_and_graceful_shutdown() {
     assert_eq!(after.records, before.records + 1);
     assert!(after.kad_rpcs.lookups >= 1, "{after:?}");
     // Every insert into these small tables makes libp2p-kad schedule a bootstrap of its own
-    // (half a second later); each is ended before it sends a request. The lookup's requests
-    // were served by the others.
+    // (half a second later); each is ended before it sends a request. The lookups' requests
+    // (`/shoal/find/1`) were served by the others.
     let mut served = 0;
     for c in &nodes {
         let stats = c.stats().await.expect("running");
         assert!(stats.kad_rpcs.bootstraps >= 1, "{stats:?}");
         assert_eq!(stats.kad_rpcs.bootstrap, 0, "{stats:?}");
-        served += stats.kad_served;
+        served += stats.lookups_served;
     }
     assert!(served >= after.kad_rpcs.lookups, "{served} served");
 

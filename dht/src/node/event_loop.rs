@@ -19,7 +19,8 @@ use shoal_swim::{CommandError, CommandId, State};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::admission::Admission;
-use super::queries::{Announcing, Closest, Get, NoticesQuery, Pending};
+use super::lookups::Lookups;
+use super::queries::{Announcing, Get, NoticesQuery, Pending};
 use super::replicate::{PutJob, Replicating};
 use super::{
     BoxedTransport, Client, Command, JoinError, JoinOk, JoinResult, ListenError, ListenResult,
@@ -71,7 +72,7 @@ pub struct EventLoop {
     pub(super) replica_requests: HashMap<OutboundRequestId, usize>,
     pub(super) gets: HashMap<QueryId, Get>,
     pub(super) checks: HashMap<usize, Get>,
-    pub(super) closest: HashMap<QueryId, Closest>,
+    pub(super) lookups: Lookups,
     pub(super) announcing: HashMap<usize, Announcing>,
     pub(super) notice_queries: HashMap<usize, NoticesQuery>,
     pub(super) requests: HashMap<OutboundRequestId, Pending>,
@@ -181,7 +182,7 @@ impl EventLoop {
             replica_requests: HashMap::new(),
             gets: HashMap::new(),
             checks: HashMap::new(),
-            closest: HashMap::new(),
+            lookups: Lookups::default(),
             announcing: HashMap::new(),
             notice_queries: HashMap::new(),
             requests: HashMap::new(),
@@ -227,7 +228,10 @@ impl EventLoop {
                 },
                 () = stop_timer => break,
                 _ = snapshot_tick.tick(), if self.persist.is_some() => self.save_snapshot(),
-                _ = retry_tick.tick() => self.retry_wanted(),
+                _ = retry_tick.tick() => {
+                    self.retry_wanted();
+                    self.expire_lookups(Instant::now());
+                }
                 () = std::future::ready(()), if batches => self.flush_relay_requests(),
             }
         }
@@ -636,6 +640,7 @@ impl EventLoop {
             SwarmEvent::Behaviour(Event::Lockstep(e)) => self.on_lockstep(e),
             SwarmEvent::Behaviour(Event::Relay(e)) => self.on_relay(e),
             SwarmEvent::Behaviour(Event::Replica(e)) => self.on_replica(e),
+            SwarmEvent::Behaviour(Event::Find(e)) => self.on_find(e),
             SwarmEvent::Dialing { .. } => self.stats.dials += 1,
             SwarmEvent::Behaviour(Event::Identify(_)) => {}
             SwarmEvent::ConnectionClosed {

@@ -39,6 +39,7 @@ use crate::store::{StorageError, StoreError};
 
 mod admission;
 mod event_loop;
+mod lookups;
 mod queries;
 mod replicate;
 
@@ -53,6 +54,19 @@ pub fn memory_transport(keypair: &identity::Keypair) -> BoxedTransport {
         .upgrade(Version::V1)
         // Invariant: noise accepts every ed25519 keypair.
         .authenticate(noise::Config::new(keypair).expect("noise accepts ed25519 keys"))
+        .multiplex(yamux::Config::default())
+        .boxed()
+}
+
+/// The in-process memory transport with libp2p's plaintext upgrade (public keys exchanged, no
+/// encryption, no Diffie-Hellman) and yamux, for simulations of many nodes in one process only:
+/// the cost of a real node's noise handshakes is spread over its own machine, while one process
+/// running a thousand nodes pays for all of theirs (see `benches/lookup.rs`). Never use it
+/// between processes: it neither encrypts nor proves the remote key.
+pub fn dangerous_plaintext_memory_transport(keypair: &identity::Keypair) -> BoxedTransport {
+    MemoryTransport::default()
+        .upgrade(Version::V1)
+        .authenticate(libp2p::plaintext::Config::new(keypair))
         .multiplex(yamux::Config::default())
         .boxed()
 }
@@ -195,10 +209,11 @@ pub enum PutError {
     Stopped,
 }
 
-/// Requests sent by kad queries, by what started them (see [`NodeStats::kad_rpcs`]).
+/// Requests sent by this node's queries, by what started them (see [`NodeStats::kad_rpcs`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KadRpcs {
-    /// Sent by closest-peer lookups (find node, puts, lockstep).
+    /// Sent by closest-peer lookups (find node, puts, lockstep) on `/shoal/find/1`
+    /// ([`crate::lookup`]), counted as they are sent.
     pub lookups: u64,
     /// Sent by record gets.
     pub gets: u64,
@@ -261,10 +276,10 @@ pub enum FindNodeError {
     Stopped,
 }
 
-/// Kad's counters of one lookup.
+/// The counters of one lookup ([`crate::lookup`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LookupStats {
-    /// Requests sent (FIND_NODE RPCs).
+    /// Requests sent (`/shoal/find/1`, Kademlia's `FIND_NODE`).
     pub requests: u32,
     /// Requests answered.
     pub successes: u32,
@@ -272,17 +287,6 @@ pub struct LookupStats {
     pub failures: u32,
     /// Time from the first request to the last answer, if any request was sent.
     pub duration: Option<Duration>,
-}
-
-impl LookupStats {
-    pub(crate) fn from_kad(stats: &libp2p::kad::QueryStats) -> Self {
-        Self {
-            requests: stats.num_requests(),
-            successes: stats.num_successes(),
-            failures: stats.num_failures(),
-            duration: stats.duration(),
-        }
-    }
 }
 
 /// A lookup with its cost, from [`Client::find_node_with_stats`].
@@ -399,12 +403,14 @@ pub struct NodeStats {
     pub relay_requests: usize,
     /// Proof-relay requests sent to a relayer with no open connection (each dials it).
     pub relay_requests_unconnected: usize,
-    /// Requests sent by kad queries that ended since start, by what started them: this node's
-    /// lookups, puts and gets, and kad's own bootstraps (libp2p-kad runs one on its own while
-    /// its table holds fewer than `k` peers).
+    /// Requests sent since start by this node's lookups (as sent), and by the kad queries that
+    /// ended (gets, and kad's own bootstraps: libp2p-kad runs one on its own while its table
+    /// holds fewer than `k` peers).
     pub kad_rpcs: KadRpcs,
     /// Kad requests served since start (`FIND_NODE`, `GET_VALUE`, `PUT_VALUE`, others).
     pub kad_served: u64,
+    /// Lookup requests ([`crate::lookup`], `/shoal/find/1`) served since start.
+    pub lookups_served: u64,
     /// SWIM messages dropped because the sender was not admitted.
     pub swim_unadmitted: u64,
     /// Members of the SWIM table by state.

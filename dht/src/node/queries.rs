@@ -98,9 +98,7 @@ impl EventLoop {
     }
 
     pub(super) fn start_find_node(&mut self, peer: PeerId, reply: oneshot::Sender<LookupResult>) {
-        let id = self.kad_mut().get_closest_peers(peer);
-        self.stats.kad_queries += 1;
-        self.closest.insert(id, Closest::FindNode(reply));
+        self.start_lookup(&peer.to_bytes(), Closest::FindNode(reply));
     }
 
     pub(super) fn start_announce(
@@ -126,10 +124,7 @@ impl EventLoop {
                     let _ = reply.send(Err(e.into()));
                     return;
                 }
-                let id = self.kad_mut().get_closest_peers(key);
-                self.stats.kad_queries += 1;
-                self.closest
-                    .insert(id, Closest::Announce(Box::new(notice), reply));
+                self.start_lookup(&key, Closest::Announce(Box::new(notice), reply));
             }
             Err(e) => {
                 let _ = reply.send(Err(e.into()));
@@ -140,15 +135,14 @@ impl EventLoop {
     /// Collects the notices for `key`: ours now, then those of the closest peers a lookup finds.
     pub(super) fn start_notices(&mut self, key: Vec<u8>, reply: oneshot::Sender<NoticesResult>) {
         let found = self.book.for_key(&key).into_iter().cloned().collect();
-        let id = self.kad_mut().get_closest_peers(key.clone());
-        self.stats.kad_queries += 1;
+        let target = key.clone();
         let query = NoticesQuery {
             key,
             reply,
             found,
             outstanding: 0,
         };
-        self.closest.insert(id, Closest::Notices(Box::new(query)));
+        self.start_lookup(&target, Closest::Notices(Box::new(query)));
     }
 
     fn ask_notices(&mut self, mut query: NoticesQuery, peers: Vec<PeerId>) {
@@ -295,7 +289,6 @@ impl EventLoop {
                     rpcs.bootstraps += u64::from(step.last);
                 }
                 _ if !step.last => {}
-                QueryResult::GetClosestPeers(_) => rpcs.lookups += sent,
                 QueryResult::GetRecord(_) => rpcs.gets += sent,
                 _ => rpcs.other += sent,
             }
@@ -337,11 +330,8 @@ impl EventLoop {
                 }
             }
             kad::Event::OutboundQueryProgressed {
-                id,
-                result,
-                step,
-                stats,
-            } => self.on_query(id, result, &stats, step.last),
+                id, result, step, ..
+            } => self.on_query(id, result, step.last),
             _ => {}
         }
     }
@@ -361,70 +351,65 @@ impl EventLoop {
         let _ = self.keep_record(source, &record.value, Some(record.key.as_ref()));
     }
 
-    fn on_query(&mut self, id: QueryId, result: QueryResult, stats: &kad::QueryStats, last: bool) {
-        match result {
-            QueryResult::GetRecord(r) => {
-                if !self.gets.contains_key(&id) {
-                    return;
-                }
-                if let Ok(kad::GetRecordOk::FoundRecord(found)) = r {
-                    let copy = self.accept_copy(id, &found.record.value);
-                    let Some(get) = self.gets.get_mut(&id) else {
-                        return;
-                    };
-                    match copy {
-                        Ok(signed) => {
-                            get.valid += 1;
-                            if let Some(peer) = found.peer {
-                                get.holders.push(peer);
-                            }
-                            if get.best.as_ref().is_none_or(|b| signed.supersedes(b)) {
-                                get.best = Some(signed);
-                            }
-                            if get.reply.is_some() {
-                                self.answer_early(id);
-                            }
-                        }
-                        Err(error) => {
-                            tracing::debug!(peer = ?found.peer, %error, "invalid record copy");
-                            get.invalid += 1;
-                        }
+    /// A kad get's progress: each copy found is validated as it comes; the last step ends it.
+    fn on_query(&mut self, id: QueryId, result: QueryResult, last: bool) {
+        let QueryResult::GetRecord(r) = result else {
+            return;
+        };
+        if !self.gets.contains_key(&id) {
+            return;
+        }
+        if let Ok(kad::GetRecordOk::FoundRecord(found)) = r {
+            let copy = self.accept_copy(id, &found.record.value);
+            let Some(get) = self.gets.get_mut(&id) else {
+                return;
+            };
+            match copy {
+                Ok(signed) => {
+                    get.valid += 1;
+                    if let Some(peer) = found.peer {
+                        get.holders.push(peer);
                     }
-                    if !last {
-                        return;
+                    if get.best.as_ref().is_none_or(|b| signed.supersedes(b)) {
+                        get.best = Some(signed);
+                    }
+                    if get.reply.is_some() {
+                        self.answer_early(id);
                     }
                 }
-                if let Some(get) = self.gets.remove(&id) {
-                    self.finish_get(get);
+                Err(error) => {
+                    tracing::debug!(peer = ?found.peer, %error, "invalid record copy");
+                    get.invalid += 1;
                 }
             }
-            QueryResult::GetClosestPeers(r) => {
-                let Some(what) = self.closest.remove(&id) else {
-                    return;
-                };
-                let (peers, timed_out) = match r {
-                    Ok(ok) => (ok.peers.into_iter().map(|p| p.peer_id).collect(), false),
-                    Err(kad::GetClosestPeersError::Timeout { peers, .. }) => {
-                        (peers.into_iter().map(|p| p.peer_id).collect(), true)
-                    }
-                };
-                match what {
-                    Closest::FindNode(reply) => {
-                        let _ = reply.send(if timed_out {
-                            Err(FindNodeError::Timeout { found: peers })
-                        } else {
-                            Ok(LookupOk {
-                                peers,
-                                stats: LookupStats::from_kad(stats),
-                            })
-                        });
-                    }
-                    Closest::Announce(notice, reply) => self.send_notice(*notice, peers, reply),
-                    Closest::Notices(query) => self.ask_notices(*query, peers),
-                    Closest::Put(job) => self.replicate(*job, peers),
-                }
+            if !last {
+                return;
             }
-            _ => {}
+        }
+        if let Some(get) = self.gets.remove(&id) {
+            self.finish_get(get);
+        }
+    }
+
+    /// Hands the peers a lookup found (closest first) to what it was for.
+    pub(super) fn on_closest(
+        &mut self,
+        what: Closest,
+        peers: Vec<PeerId>,
+        timed_out: bool,
+        stats: LookupStats,
+    ) {
+        match what {
+            Closest::FindNode(reply) => {
+                let _ = reply.send(if timed_out {
+                    Err(FindNodeError::Timeout { found: peers })
+                } else {
+                    Ok(LookupOk { peers, stats })
+                });
+            }
+            Closest::Announce(notice, reply) => self.send_notice(*notice, peers, reply),
+            Closest::Notices(query) => self.ask_notices(*query, peers),
+            Closest::Put(job) => self.replicate(*job, peers),
         }
     }
 

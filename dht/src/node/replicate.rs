@@ -45,9 +45,8 @@ pub(super) struct Replicating {
 impl EventLoop {
     /// Looks up the peers closest to the job's key, then sends them the record.
     pub(super) fn start_replication(&mut self, job: PutJob) {
-        let id = self.kad_mut().get_closest_peers(job.key.clone());
-        self.stats.kad_queries += 1;
-        self.closest.insert(id, Closest::Put(Box::new(job)));
+        let key = job.key.clone();
+        self.start_lookup(&key, Closest::Put(Box::new(job)));
     }
 
     /// Sends the job's record to up to `k` of `peers` (this node left out). The caller is
