@@ -5,8 +5,13 @@
 //!
 //! `cargo bench -p shoal-dht --bench lookup` runs N = 200 and 1000 (tens of minutes on two
 //! cores). Options after `--`: `--nodes 200,1000`, `--quick` (fewer lookups and puts),
-//! `--lookups L`, `--puts P`, `--no-churn`. Without `--bench` (as under `cargo test --benches`)
-//! it runs 20 nodes with a few lookups, so CI keeps it compiling and working.
+//! `--lookups L`, `--puts P`, `--no-churn`, `--swim wan` (SWIM's WAN timing instead of LAN),
+//! `--security plaintext` (libp2p's plaintext upgrade instead of noise: one process cannot pay
+//! for a thousand nodes' handshakes on two cores, while each real node pays only for its own),
+//! `--wave W` (nodes joining at once, 100), `--idle S` (idle-connection timeout, 10 s),
+//! `--alpha A` (lookup parallelism, 3), `--bucket B` (k-bucket size, 20), `--gossip-budget B` (SWIM's piggyback bytes). Without
+//! `--bench` (as under `cargo test --benches`) it runs 20 nodes with a few lookups, so CI keeps
+//! it compiling and working.
 //!
 //! Memory per node is (VmRSS after convergence − VmRSS before the nodes started) / N, so run
 //! one size per process for a clean figure (`--nodes 1000`); later sizes start on a heap the
@@ -49,6 +54,7 @@ struct Options {
     gossip_budget: Option<usize>,
     wave: usize,
     plaintext: bool,
+    bucket: usize,
 }
 
 impl Options {
@@ -85,6 +91,10 @@ impl Options {
             wan: value("--swim").is_some_and(|v| v == "wan"),
             alpha: value("--alpha").and_then(|v| v.parse().ok()).unwrap_or(3),
             gossip_budget: value("--gossip-budget").and_then(|v| v.parse().ok()),
+            bucket: value("--bucket")
+                .and_then(|v| v.parse().ok())
+                .filter(|&b| b > 0)
+                .unwrap_or(K),
             plaintext: value("--security").is_some_and(|v| v == "plaintext"),
             wave: value("--wave")
                 .and_then(|v| v.parse().ok())
@@ -117,6 +127,7 @@ fn config(options: &Options) -> Config {
         idle_connection_timeout: options.idle,
         lookup_parallelism: NonZeroUsize::new(options.alpha).unwrap_or(NonZeroUsize::MIN),
         replication_factor: NonZeroUsize::new(K).expect("non-zero constant"),
+        kbucket_size: NonZeroUsize::new(options.bucket).unwrap_or(NonZeroUsize::MIN),
         put_quorum: NonZeroUsize::new(3).expect("non-zero constant"),
         swim,
         ..Config::local()
@@ -260,7 +271,7 @@ fn progress(stats: &[NodeStats], want: usize) -> String {
     let sum = |f: fn(&NodeStats) -> u64| stats.iter().map(f).sum::<u64>();
     format!(
         "members {min}..{max} of {want}, routing ≥ {routing}, {} connections, {} dials ({} for \
-         want of a relayed proof), {} relay requests ({} unconnected), SWIM {} sent ({} \
+         want of a relayed proof), {} relay requests ({} unconnected, {} failed), SWIM {} sent ({} \
          unconnected), {} probes, {} failed, {} refutations, kad RPCs {} lookups {} gets {} \
          bootstrap ({} runs) {} other",
         sum(|s| s.connections as u64),
@@ -268,6 +279,7 @@ fn progress(stats: &[NodeStats], want: usize) -> String {
         sum(|s| s.relay_fallback_dials as u64),
         sum(|s| s.relay_requests as u64),
         sum(|s| s.relay_requests_unconnected as u64),
+        sum(|s| s.relay_request_failures as u64),
         sum(|s| s.swim_wire.sent),
         sum(|s| s.swim_wire.sent_unconnected),
         sum(|s| s.swim.probes),
@@ -585,9 +597,18 @@ fn print(rows: &[Row], options: &Options) {
     println!("## shoal-dht lookup benchmark\n");
     println!("machine: {}", machine());
     println!(
-        "preset: Config::local() with k = {K}, put quorum 3, SWIM Config::{}(); \
-         memory transport; {} lookups (random source, random target), {} puts and gets per size\n",
+        "preset: Config::local() with k = {K}, k-buckets of {}, put quorum 3, SWIM \
+         Config::{}(); memory transport with {}, idle connections closed after {} s, waves of {}; \
+         {} lookups (random source, random target), {} puts and gets per size\n",
+        options.bucket,
         if options.wan { "wan" } else { "lan" },
+        if options.plaintext {
+            "plaintext"
+        } else {
+            "noise"
+        },
+        options.idle.as_secs(),
+        options.wave,
         options.lookups,
         options.puts
     );

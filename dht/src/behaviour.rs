@@ -221,6 +221,7 @@ impl Behaviour {
             .set_query_timeout(config.query_timeout)
             .set_replication_factor(config.replication_factor)
             .set_parallelism(config.lookup_parallelism)
+            .set_kbucket_size(config.kbucket_size)
             .set_periodic_bootstrap_interval(None);
         let mut kad = kad::Behaviour::with_config(peer, store, kad_config);
         kad.set_mode(Some(kad::Mode::Server));

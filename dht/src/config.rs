@@ -57,6 +57,13 @@ pub struct Config {
     pub swim: shoal_swim::Config,
     /// Kademlia's k: replicas of a record and peers per bucket. Default 20.
     pub replication_factor: NonZeroUsize,
+    /// Entries per k-bucket of kad's routing table. Default 20 (kad's k).
+    ///
+    /// libp2p-kad allocates all 256 buckets at this size up front (about 82 KiB a slot across
+    /// them, 1.64 MiB at 20). SWIM holds every verified live member and seeds lookups from them
+    /// ([`crate::lookup`]), so the table only answers other nodes' lookups and kad's gets; a
+    /// smaller bucket trades routing-table breadth for memory (see `benches/lookup.rs`).
+    pub kbucket_size: NonZeroUsize,
     /// Kademlia's alpha: requests a lookup ([`crate::lookup`]) or a kad get keeps in flight.
     /// Default 3.
     pub lookup_parallelism: NonZeroUsize,
@@ -103,6 +110,7 @@ impl Default for Config {
             records: RecordRules::default(),
             swim: shoal_swim::Config::wan(),
             replication_factor: nz(20),
+            kbucket_size: nz(20),
             lookup_parallelism: nz(3),
             query_timeout: Duration::from_secs(30),
             put_quorum: nz(3),
@@ -138,8 +146,8 @@ impl Config {
     }
 
     /// Many nodes in one process (tests, simulations): a tiny scrypt (`log_n` 4, difficulty 2),
-    /// no verification rate limit, cheap stamps, LAN SWIM with frequent push-pulls, short timeouts, k = 8, put quorum
-    /// 2.
+    /// no verification rate limit, cheap stamps, LAN SWIM with frequent push-pulls, short
+    /// timeouts, k = 8 (replicas and bucket size), put quorum 2.
     pub fn local() -> Self {
         Self {
             network: "local".to_owned(),
@@ -163,6 +171,7 @@ impl Config {
                 ..shoal_swim::Config::lan()
             },
             replication_factor: nz(8),
+            kbucket_size: nz(8),
             query_timeout: Duration::from_secs(10),
             put_quorum: nz(2),
             gate_timeout: Duration::from_secs(5),

@@ -3,8 +3,10 @@
 //!
 //! A member named in gossip is not dialed: its proof is fetched from the admitted member whose
 //! message named it, in batches sent when the swarm has nothing else ready, and checked here. A
-//! proof the relayer does not hold, or a failed request, falls back to dialing the member so the
-//! gate checks it directly; a rate-limited check is retried a little later.
+//! proof the relayer does not hold falls back to dialing the member so the gate checks it
+//! directly; a failed request (a relayer too busy to answer in time) is sent again a little later,
+//! and its members are dialed only after a few failures; a rate-limited check is retried a little
+//! later.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -29,6 +31,14 @@ const FLUSH_EVERY: usize = 64;
 /// How long a rate-limited check waits before the proof is asked for again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// Proof requests about one member that may fail (time out, lose their connection) before the
+/// member is dialed instead. A relayer too busy to answer in time is asked again a little
+/// later: dialing the members of a 64-peer batch is the dearest answer to a busy network.
+const RELAY_ATTEMPTS: u8 = 3;
+
+/// How long a member whose proof request failed waits before it is asked for again.
+const RELAY_RETRY_AFTER: Duration = Duration::from_secs(2);
+
 /// Requests held per connected peer whose identity check is under way, at most.
 const MAX_HELD_PER_PEER: usize = 16;
 
@@ -52,8 +62,11 @@ struct Wanted {
     addrs: Vec<Multiaddr>,
     /// The admitted member whose message named it: asked for the proof.
     from: PeerId,
-    /// When to ask again (after a rate-limited check); `None` while asked or queued.
+    /// When to ask again (after a rate-limited check or a failed request); `None` while asked
+    /// or queued.
     retry_at: Option<Instant>,
+    /// Proof requests about it that failed so far.
+    failed_requests: u8,
 }
 
 /// The admission state kept by the event loop.
@@ -187,6 +200,7 @@ impl EventLoop {
                 addrs,
                 from,
                 retry_at: None,
+                failed_requests: 0,
             },
         );
         let batch = a.batches.entry(from).or_default();
@@ -244,7 +258,7 @@ impl EventLoop {
         }
     }
 
-    /// Asks again for the proofs whose check was rate-limited.
+    /// Asks again for the proofs whose check was rate-limited or whose request failed.
     pub(super) fn retry_wanted(&mut self) {
         let now = Instant::now();
         let a = &mut self.admission;
@@ -304,7 +318,7 @@ impl EventLoop {
                     .requests
                     .remove(&request_id)
                     .unwrap_or_default();
-                self.fall_back_to_dialing(asked.into_iter());
+                self.relay_request_failed(asked);
             }
             None => {}
         }
@@ -334,6 +348,26 @@ impl EventLoop {
                 b.swim.revoke(&member);
             }
         }
+    }
+
+    /// A proof request about `asked` failed: each is asked again later, or dialed once
+    /// [`RELAY_ATTEMPTS`] requests about it failed.
+    fn relay_request_failed(&mut self, asked: Vec<PeerId>) {
+        self.stats.relay_request_failures += 1;
+        let retry_at = Instant::now() + RELAY_RETRY_AFTER;
+        let mut give_up = Vec::new();
+        for member in asked {
+            let Some(w) = self.admission.wanted.get_mut(&member) else {
+                continue;
+            };
+            w.failed_requests = w.failed_requests.saturating_add(1);
+            if w.failed_requests >= RELAY_ATTEMPTS {
+                give_up.push(member);
+            } else {
+                w.retry_at = Some(retry_at);
+            }
+        }
+        self.fall_back_to_dialing(give_up.into_iter());
     }
 
     /// The relayer held no proof for these members (or could not be asked): dial them, so the

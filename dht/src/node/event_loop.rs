@@ -376,7 +376,7 @@ impl EventLoop {
         let Some(mut known) = self.is_alive(&peer) else {
             return;
         };
-        let k = self.config.replication_factor.get();
+        let k = self.config.kbucket_size.get();
         let (full, present) = self.kad_mut().kbucket(peer).map_or((false, false), |b| {
             let present = b.iter().any(|e| *e.node.key.preimage() == peer);
             (b.num_entries() >= k, present)

@@ -401,6 +401,9 @@ pub struct NodeStats {
     pub dials: usize,
     /// Proof-relay requests sent since start.
     pub relay_requests: usize,
+    /// Proof-relay requests that failed (timed out, lost their connection) since start; their
+    /// members are asked again later, and dialed after a few failures.
+    pub relay_request_failures: usize,
     /// Proof-relay requests sent to a relayer with no open connection (each dials it).
     pub relay_requests_unconnected: usize,
     /// Requests sent since start by this node's lookups (as sent), and by the kad queries that
