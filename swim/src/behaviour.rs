@@ -306,6 +306,8 @@ impl Behaviour {
         }
         let update = a.reported.remove(&peer);
         let held = a.held.remove(&peer).unwrap_or_default();
+        crate::state::shrink_sparse(&mut a.reported);
+        crate::state::shrink_sparse(&mut a.held);
         let now = Instant::now();
         if let Some((from, update)) = update
             && self.is_admitted(&from)
@@ -634,6 +636,7 @@ impl NetworkBehaviour for Behaviour {
             if sent || !self.events.is_empty() {
                 continue;
             }
+            crate::state::shrink_drained(&mut self.events);
             let Some(deadline) = self.core.poll_timeout() else {
                 self.timer = None;
                 return Poll::Pending;

@@ -580,6 +580,10 @@ impl<T: Identity> Membership<T> {
         self.expire_relays(now);
         self.expire_suspicions(now);
         self.expire_tombstones(now);
+        self.broadcasts.shrink();
+        shrink_sparse(&mut self.suspicions);
+        shrink_drained(&mut self.events);
+        shrink_drained(&mut self.transmits);
         self.run_probe(now);
         if now >= self.next_push_pull {
             self.next_push_pull = now
@@ -1466,6 +1470,23 @@ impl<T: Identity> Membership<T> {
 /// A random duration in `[0, d)`.
 fn jitter(rng: &mut StdRng, d: Duration) -> Duration {
     d.mul_f64(rng.r#gen::<f64>())
+}
+
+/// Gives back the memory of a map that holds a quarter of its capacity or less: a burst (a
+/// hundred members joining, a wave of suspicions) must not keep its peak allocation for good.
+/// Amortised: after shrinking, the map must lose three quarters again before the next one.
+pub(crate) fn shrink_sparse<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() * 4 <= map.capacity() {
+        map.shrink_to_fit();
+    }
+}
+
+/// Gives back the memory of a drained queue that once held a burst (a joining node's thousand
+/// `Joined` events).
+pub(crate) fn shrink_drained<T>(queue: &mut VecDeque<T>) {
+    if queue.is_empty() && queue.capacity() > 64 {
+        queue.shrink_to_fit();
+    }
 }
 
 #[cfg(test)]

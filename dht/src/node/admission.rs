@@ -258,10 +258,14 @@ impl EventLoop {
         }
     }
 
-    /// Asks again for the proofs whose check was rate-limited or whose request failed.
+    /// Asks again for the proofs whose check was rate-limited or whose request failed. Also
+    /// gives back the memory of drained bursts (a joining node wants a proof for every member).
     pub(super) fn retry_wanted(&mut self) {
         let now = Instant::now();
         let a = &mut self.admission;
+        shrink_sparse(&mut a.wanted);
+        shrink_sparse(&mut a.requests);
+        shrink_sparse(&mut a.held);
         for (peer, w) in &mut a.wanted {
             if w.retry_at.is_some_and(|at| at <= now) {
                 w.retry_at = None;
@@ -386,6 +390,13 @@ impl EventLoop {
         self.verified.remove(peer);
         self.admission.wanted.remove(peer);
         self.drop_held(peer);
+    }
+}
+
+/// Shrinks a map holding a quarter of its capacity or less (amortised, as in SWIM's core).
+fn shrink_sparse<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() * 4 <= map.capacity() {
+        map.shrink_to_fit();
     }
 }
 

@@ -60,6 +60,11 @@ impl<T: Identity> Broadcasts<T> {
         );
     }
 
+    /// Gives back the memory of a drained burst (see [`super::shrink_sparse`]).
+    pub(crate) fn shrink(&mut self) {
+        super::shrink_sparse(&mut self.entries);
+    }
+
     /// Whether news about `member` is still queued.
     pub(crate) fn contains(&self, member: &T) -> bool {
         self.entries.contains_key(member)
