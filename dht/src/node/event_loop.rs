@@ -414,8 +414,14 @@ impl EventLoop {
     /// table again, so the freed slot goes to one that [`Self::route`] skipped while the bucket
     /// was full.
     fn refill_routing(&mut self) {
-        let members: Vec<PeerId> = self
-            .swarm
+        for peer in self.verified_live_members() {
+            self.route(peer, &[]);
+        }
+    }
+
+    /// The members SWIM holds alive (or suspect) whose proofs this node checked.
+    pub(super) fn verified_live_members(&self) -> Vec<PeerId> {
+        self.swarm
             .behaviour()
             .swim
             .members()
@@ -423,10 +429,7 @@ impl EventLoop {
                 matches!(m.state, State::Alive | State::Suspect) && self.verified.contains_key(*p)
             })
             .map(|(p, _)| *p)
-            .collect();
-        for peer in members {
-            self.route(peer, &[]);
-        }
+            .collect()
     }
 
     pub(super) fn dial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {

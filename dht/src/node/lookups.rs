@@ -8,7 +8,6 @@ use libp2p::PeerId;
 use libp2p::kad::KBucketKey;
 use libp2p::request_response::{self as rr, OutboundRequestId};
 use serde_bytes::ByteBuf;
-use shoal_swim::State;
 
 use super::LookupStats;
 use super::event_loop::EventLoop;
@@ -38,16 +37,7 @@ impl EventLoop {
         let hash = KeyHash::of(target);
         let local = *self.swarm.local_peer_id();
         let k = self.config.replication_factor;
-        let members: Vec<PeerId> = self
-            .swarm
-            .behaviour()
-            .swim
-            .members()
-            .filter(|(p, m)| {
-                matches!(m.state, State::Alive | State::Suspect) && self.verified.contains_key(*p)
-            })
-            .map(|(p, _)| *p)
-            .collect();
+        let members = self.verified_live_members();
         // Twice k: members that fail (SWIM has not evicted them yet) are replaced by the next
         // closest without waiting for an answer to name them.
         let seeds = lookup::closest(&hash, members, 2 * k.get());
