@@ -17,7 +17,8 @@ use crate::lookup::{self, ClosestPeers, KeyHash};
 
 /// A lookup under way.
 pub(super) struct Lookup {
-    target: Vec<u8>,
+    /// The key as sent in each request.
+    target: ByteBuf,
     state: ClosestPeers,
     what: Closest,
     started: Instant,
@@ -48,7 +49,7 @@ impl EventLoop {
         self.lookups.running.insert(
             id,
             Lookup {
-                target: target.to_vec(),
+                target: ByteBuf::from(target),
                 state,
                 what,
                 started: Instant::now(),
@@ -70,7 +71,7 @@ impl EventLoop {
         let finished = l.state.is_finished();
         for peer in sent {
             let request = lookup::Request {
-                target: ByteBuf::from(target.clone()),
+                target: target.clone(),
             };
             let rid = self.swarm.behaviour_mut().find.send_request(&peer, request);
             self.lookups.requests.insert(rid, id);
@@ -127,7 +128,7 @@ impl EventLoop {
                     let closest: Vec<PeerId> = self
                         .kad_mut()
                         .get_closest_local_peers(&key)
-                        .map(|k| *k.preimage())
+                        .map(|entry| *entry.preimage())
                         .filter(|p| *p != peer)
                         .take(k)
                         .collect();
