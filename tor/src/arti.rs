@@ -26,6 +26,8 @@ pub(crate) fn client_config(config: &Config) -> Result<TorClientConfig, ConfigEr
         .keystore()
         .primary()
         .kind(ExplicitOrAuto::Explicit(ArtiKeystoreKind::Ephemeral));
+    b.circuit_timing()
+        .hs_dir_requery_interval(config.hsdir_requery_interval);
 
     if let Network::Private(net) = &config.network {
         let v3idents = net

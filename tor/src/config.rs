@@ -101,6 +101,14 @@ pub struct Config {
     /// Time limit for arti to bootstrap (fetch a consensus and enough microdescriptors).
     /// Default 120 s.
     pub bootstrap_timeout: Duration,
+    /// How long arti waits before asking one onion-service directory again for a service's
+    /// descriptor. When an introduction is refused (the service restarted with new
+    /// introduction points), arti refetches the descriptor once per connect, each time from a
+    /// directory not asked within this interval: while the restarted service has not published
+    /// yet, every dial attempt uses up one directory, and once all were asked the stale
+    /// descriptor stays in use until the interval ends. Default 15 min (arti's and C tor's);
+    /// the private preset uses 5 s, since test services restart within seconds.
+    pub hsdir_requery_interval: Duration,
 }
 
 impl Default for Config {
@@ -115,6 +123,7 @@ impl Default for Config {
             dial_backoff_max: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(60),
             bootstrap_timeout: Duration::from_secs(120),
+            hsdir_requery_interval: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -137,6 +146,7 @@ impl Config {
             dial_backoff_max: Duration::from_secs(2),
             dial_attempts: NonZeroU32::new(8).expect("8 is not zero"),
             connect_timeout: Duration::from_secs(30),
+            hsdir_requery_interval: Duration::from_secs(5),
             ..Self::default()
         }
     }
@@ -156,6 +166,9 @@ impl Config {
         }
         if self.bootstrap_timeout.is_zero() {
             return Err(ConfigError::BadDuration("bootstrap_timeout is zero"));
+        }
+        if self.hsdir_requery_interval.is_zero() {
+            return Err(ConfigError::BadDuration("hsdir_requery_interval is zero"));
         }
         if let Network::Private(net) = &self.network {
             net.validate()?;
@@ -258,5 +271,13 @@ mod tests {
             config.validate(),
             Err(ConfigError::BadDuration(_))
         ));
+        let config = Config {
+            hsdir_requery_interval: Duration::ZERO,
+            ..Config::default()
+        };
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::BadDuration("hsdir_requery_interval is zero"))
+        );
     }
 }
