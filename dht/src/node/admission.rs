@@ -94,6 +94,7 @@ impl EventLoop {
         if self.verified.insert(peer, proof).is_none() {
             self.stats.verified += 1;
         }
+        self.departed.remove(&peer);
         let addrs = self
             .admission
             .wanted
@@ -184,6 +185,10 @@ impl EventLoop {
             return;
         }
         if let Some(proof) = self.verified.get(&peer).copied() {
+            return self.admit_verified(peer, proof);
+        }
+        if let Some(proof) = self.departed.get(&peer) {
+            self.stats.readmitted_departed += 1;
             return self.admit_verified(peer, proof);
         }
         let a = &mut self.admission;
@@ -283,7 +288,12 @@ impl EventLoop {
             }) => {
                 // Only admitted members are answered: anyone else gets an empty list.
                 let response = if self.verified.contains_key(&peer) {
-                    relay::answer(request, |p| self.verified.get(p).copied())
+                    relay::answer(request, |p| {
+                        self.verified
+                            .get(p)
+                            .copied()
+                            .or_else(|| self.departed.get(p))
+                    })
                 } else {
                     relay::Response(Vec::new())
                 };
@@ -388,6 +398,7 @@ impl EventLoop {
     /// Forgets `peer` (it failed, left, or was refused): its proof is no longer relayed.
     pub(super) fn forget(&mut self, peer: &PeerId) {
         self.verified.remove(peer);
+        self.departed.remove(peer);
         self.admission.wanted.remove(peer);
         self.drop_held(peer);
     }

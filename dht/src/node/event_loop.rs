@@ -19,6 +19,7 @@ use shoal_swim::{CommandError, CommandId, State};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::admission::Admission;
+use super::departed::Departed;
 use super::lookups::Lookups;
 use super::queries::{Announcing, Get, NoticesQuery, Pending};
 use super::replicate::{PutJob, Replicating};
@@ -63,6 +64,9 @@ pub struct EventLoop {
     pub(super) persist: Option<Arc<Persist>>,
     /// Members verified (by the gate, or through a relayed proof), with their proofs.
     pub(super) verified: HashMap<PeerId, IdentityProof>,
+    /// Proofs of members SWIM declared failed or gone lately, readmitted without a request
+    /// if they come back.
+    pub(super) departed: Departed,
     pub(super) admission: Admission,
     pub(super) stats: NodeStats,
     pub(super) last_seq: HashMap<Vec<u8>, u64>,
@@ -173,6 +177,7 @@ impl EventLoop {
             book,
             persist,
             verified: HashMap::new(),
+            departed: Departed::default(),
             admission: Admission::default(),
             stats: NodeStats::default(),
             last_seq: HashMap::new(),
@@ -230,6 +235,7 @@ impl EventLoop {
                 _ = snapshot_tick.tick(), if self.persist.is_some() => self.save_snapshot(),
                 _ = retry_tick.tick() => {
                     self.retry_wanted();
+                    self.departed.expire(Instant::now());
                     self.expire_lookups(Instant::now());
                 }
                 () = std::future::ready(()), if batches => self.flush_relay_requests(),
@@ -340,6 +346,7 @@ impl EventLoop {
         }
         let info = self.swarm.network_info();
         stats.connections = info.connection_counters().num_established() as usize;
+        stats.departed_proofs = self.departed.len();
         stats.connected_peers = info.num_peers();
         stats.listen_addrs = self.swarm.listeners().cloned().collect();
         stats.external_addrs = self.swarm.external_addresses().cloned().collect();
@@ -727,11 +734,15 @@ impl EventLoop {
                 let b = self.swarm.behaviour_mut();
                 let routed = b.kad.remove_peer(&peer).is_some();
                 // Forget a departed peer unless it is still connected and verified, so the sets
-                // stay bounded by the live membership; if it comes back, gossip names it again
-                // and its proof is relayed and checked anew (a cache hit for the verifier).
+                // stay bounded by the live membership; its proof is kept a while (bounded), so
+                // that if it refutes or comes back, gossip naming it readmits it at once.
                 if !b.gate.is_verified(&peer) {
                     b.swim.revoke(&peer);
+                    let proof = self.verified.get(&peer).copied();
                     self.forget(&peer);
+                    if let Some(proof) = proof {
+                        self.departed.insert(peer, proof, Instant::now());
+                    }
                 }
                 if routed {
                     self.refill_routing();

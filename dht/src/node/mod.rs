@@ -38,6 +38,7 @@ use crate::record::{Record, RecordError, SignedRecord};
 use crate::store::{StorageError, StoreError};
 
 mod admission;
+mod departed;
 mod event_loop;
 mod lookups;
 mod queries;
@@ -397,6 +398,11 @@ pub struct NodeStats {
     pub refused_relayed: usize,
     /// Members dialed because the member that named them relayed no proof for them.
     pub relay_fallback_dials: usize,
+    /// Members readmitted since start on the proof kept when SWIM declared them failed or
+    /// gone (they refuted, or came back), without asking anyone for it.
+    pub readmitted_departed: usize,
+    /// Proofs of departed members kept now (bounded, expiring).
+    pub departed_proofs: usize,
     /// Outbound connection attempts since start (any behaviour's).
     pub dials: usize,
     /// Proof-relay requests sent since start.
