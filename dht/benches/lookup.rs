@@ -272,7 +272,7 @@ fn progress(stats: &[NodeStats], want: usize) -> String {
     format!(
         "members {min}..{max} of {want}, routing ≥ {routing}, {} connections, {} dials ({} for \
          want of a relayed proof), {} readmitted on a kept proof, {} relay requests ({} unconnected, {} failed), SWIM {} sent ({} \
-         unconnected), {} probes, {} failed, {} refutations, kad RPCs {} lookups {} gets {} \
+         unconnected, {} stale updates cut), {} probes, {} failed, {} refutations, kad RPCs {} lookups {} gets {} \
          bootstrap ({} runs) {} other",
         sum(|s| s.connections as u64),
         sum(|s| s.dials as u64),
@@ -283,6 +283,7 @@ fn progress(stats: &[NodeStats], want: usize) -> String {
         sum(|s| s.relay_request_failures as u64),
         sum(|s| s.swim_wire.sent),
         sum(|s| s.swim_wire.sent_unconnected),
+        sum(|s| s.swim_wire.stale_updates),
         sum(|s| s.swim.probes),
         sum(|s| s.swim.failed_probes),
         sum(|s| s.swim.refutations),

@@ -197,6 +197,9 @@ pub struct WireStats {
     pub unadmitted: u64,
     /// Membership updates about members not admitted, cut from inbound messages.
     pub updates_dropped: u64,
+    /// Of those, updates about members the core holds as dead or gone that were no newer
+    /// than what it holds: cut without an [`Event::Discovered`].
+    pub stale_updates: u64,
 }
 
 /// Peers reported as [`Event::Discovered`] and remembered so they are reported once, at most
@@ -343,18 +346,30 @@ impl Behaviour {
     }
 
     /// Cuts updates about members not admitted from `msg`, reporting each new one. Updates about
-    /// ourselves always pass (we must see suspicions of us to refute them).
+    /// ourselves always pass (we must see suspicions of us to refute them). An update about a
+    /// member the core holds as dead or gone, no newer than what it holds (a stale "alive" or
+    /// "suspect" still travelling after the death), is cut without a report: the core would
+    /// ignore it, and a report would have the node verify a member that is gone.
     fn filter_updates(&mut self, from: PeerId, msg: &mut Message<PeerId>) {
         let local = *self.core.local_id();
         let Some(admission) = self.admission.as_mut() else {
             return;
         };
+        let core = &self.core;
         let mut dropped = 0u64;
+        let mut stale = 0u64;
         let mut keep = |u: &Update<PeerId>| {
             if u.member == local || admission.admitted.contains(&u.member) {
                 return true;
             }
             dropped += 1;
+            if core.member(&u.member).is_some_and(|m| {
+                matches!(m.state, State::Dead | State::Left)
+                    && (u.incarnation, u.state) <= (m.incarnation, m.state)
+            }) {
+                stale += 1;
+                return false;
+            }
             if let Some(held) = admission.reported.get_mut(&u.member) {
                 // Keep the newest news for replay on admission.
                 if (u.incarnation, u.state) >= (held.1.incarnation, held.1.state) {
@@ -376,6 +391,7 @@ impl Behaviour {
             members.retain(&mut keep);
         }
         self.wire.updates_dropped += dropped;
+        self.wire.stale_updates += stale;
     }
 
     /// Leaves gracefully; [`Event::LeaveFinished`] reports when the departure was gossiped.
@@ -655,5 +671,80 @@ impl NetworkBehaviour for Behaviour {
             }
             return Poll::Pending;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(member: PeerId, incarnation: u64, state: State, by: PeerId) -> Update<PeerId> {
+        Update {
+            member,
+            incarnation,
+            state,
+            addrs: Vec::new(),
+            by: matches!(state, State::Suspect | State::Dead).then_some(by),
+        }
+    }
+
+    fn gossip(updates: Vec<Update<PeerId>>) -> Message<PeerId> {
+        Message {
+            payload: Payload::Gossip,
+            gossip: updates,
+        }
+    }
+
+    fn discovered(b: &mut Behaviour) -> Vec<(PeerId, State)> {
+        b.events
+            .drain(..)
+            .filter_map(|e| match e {
+                Event::Discovered { peer, state, .. } => Some((peer, state)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// After a member died and was revoked, stale news of it alive or suspected is cut without
+    /// a report; news newer than its death (a refutation) is reported.
+    #[test]
+    fn stale_news_of_a_dead_member_is_not_reported() {
+        let (me, relayer, gone) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let mut b = Behaviour::new(me, 1, Config::lan()).expect("the LAN preset is valid");
+        b.require_admission();
+        b.admit(relayer);
+        b.admit(gone);
+        let now = Instant::now();
+        b.core.handle_message(
+            now,
+            relayer,
+            gossip(vec![update(gone, 3, State::Alive, relayer)]),
+        );
+        b.core.handle_message(
+            now,
+            relayer,
+            gossip(vec![update(gone, 3, State::Dead, relayer)]),
+        );
+        assert_eq!(b.core.member(&gone).map(|m| m.state), Some(State::Dead));
+        b.revoke(&gone);
+        b.events.clear();
+
+        for stale in [State::Alive, State::Suspect, State::Dead] {
+            let mut msg = gossip(vec![update(gone, 3, stale, relayer)]);
+            b.filter_updates(relayer, &mut msg);
+            assert!(
+                msg.gossip.is_empty(),
+                "news of a member not admitted is cut"
+            );
+        }
+        let mut older = gossip(vec![update(gone, 2, State::Alive, relayer)]);
+        b.filter_updates(relayer, &mut older);
+        assert_eq!(discovered(&mut b), Vec::new());
+        assert_eq!(b.wire.stale_updates, 4);
+
+        let mut refuted = gossip(vec![update(gone, 4, State::Alive, relayer)]);
+        b.filter_updates(relayer, &mut refuted);
+        assert_eq!(discovered(&mut b), vec![(gone, State::Alive)]);
+        assert_eq!(b.wire.stale_updates, 4);
     }
 }
