@@ -405,7 +405,7 @@ impl EventLoop {
 }
 
 /// Shrinks a map holding a quarter of its capacity or less (amortised, as in SWIM's core).
-fn shrink_sparse<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+pub(super) fn shrink_sparse<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
     if map.capacity() > 64 && map.len() * 4 <= map.capacity() {
         map.shrink_to_fit();
     }

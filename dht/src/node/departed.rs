@@ -55,9 +55,7 @@ impl Departed {
     pub(super) fn expire(&mut self, now: Instant) {
         self.proofs
             .retain(|_, (_, at)| now.saturating_duration_since(*at) < DEPARTED_RETENTION);
-        if self.proofs.capacity() > 64 && self.proofs.len() * 4 <= self.proofs.capacity() {
-            self.proofs.shrink_to_fit();
-        }
+        super::admission::shrink_sparse(&mut self.proofs);
     }
 
     /// How many proofs are kept.

@@ -6,8 +6,9 @@
 //!   [`Refuted`](shoal_swim::behaviour::Event::Refuted)); a failed or departed member is removed.
 //!   SWIM runs with admission required: the loop admits a peer on
 //!   [`Verified`](crate::gate::Event::Verified) and revokes it on
-//!   [`Refused`](crate::gate::Event::Refused); members SWIM discovers in gossip, and peers kad
-//!   finds routable, are dialed so the gate checks them first.
+//!   [`Refused`](crate::gate::Event::Refused); a member SWIM discovers in gossip is admitted
+//!   on the proof the member who named it relays, or dialed so the gate checks it. A member
+//!   declared failed or gone keeps its proof a while, so its refutation readmits it at once.
 //! - **Records.** Inbound puts are validated, checked against lockstep notices and only then
 //!   stored; refusals are counted per peer. A get validates every copy; the highest valid
 //!   sequence wins.
@@ -17,7 +18,8 @@
 //!
 //! Model: libp2p `examples/file-sharing/src/network.rs`. Files: this one holds the client and the
 //! public types, `event_loop.rs` the loop, membership and joins, `admission.rs` who enters the
-//! membership, `queries.rs` gets, lookups and lockstep, `replicate.rs` puts and their replicas.
+//! membership, `departed.rs` the proofs of departed members, `lookups.rs` closest-peer lookups,
+//! `queries.rs` gets and lockstep, `replicate.rs` puts and their replicas.
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
