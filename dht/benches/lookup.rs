@@ -271,9 +271,10 @@ fn progress(stats: &[NodeStats], want: usize) -> String {
     let sum = |f: fn(&NodeStats) -> u64| stats.iter().map(f).sum::<u64>();
     format!(
         "members {min}..{max} of {want}, routing ≥ {routing}, {} connections, {} dials ({} for \
-         want of a relayed proof), {} readmitted on a kept proof, {} relay requests ({} unconnected, {} failed), SWIM {} sent ({} \
-         unconnected, {} stale updates cut), {} probes, {} failed, {} refutations, kad RPCs {} lookups {} gets {} \
-         bootstrap ({} runs) {} other",
+         want of a relayed proof), {} readmitted on a kept proof, {} relay requests ({} \
+         unconnected, {} failed), SWIM {} sent ({} unconnected, {} stale updates cut), {} \
+         probes, {} failed, {} refutations, kad RPCs {} lookups {} gets {} bootstrap ({} runs) \
+         {} other",
         sum(|s| s.connections as u64),
         sum(|s| s.dials as u64),
         sum(|s| s.relay_fallback_dials as u64),
