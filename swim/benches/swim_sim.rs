@@ -6,14 +6,20 @@
 //!
 //! Further arguments (or `SWIM_BENCH_ONLY`, comma-separated) select rows by name, to iterate on
 //! a few: `crash` (both sizes), `crash100`, `crash1000`, `fp` (every loss), `fp10`, `fp20`,
-//! `fp30`, `slow`, `partition`, `dissemination`, `cost`, `scale`. For example
+//! `fp30`, `slow`, `partition`, `dissemination`, `cost`, `table`, `scale`. For example
 //! `cargo bench -p shoal-swim --bench swim_sim -- --bench crash fp10`. No selector runs them all.
+//!
+//! Options of the `table` and `scale` rows: `--scale-n N` (members, default 10,000 with
+//! `--bench`), `--scale-secs S` (virtual seconds of `scale`, default 600) and `--no-addrs`
+//! (nodes carry no addresses, as in the DHT simulator, which routes by id). For example
+//! `cargo bench -p shoal-swim --bench swim_sim -- --bench scale --scale-secs 60 --no-addrs`.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shoal_swim::Config;
 use shoal_swim::sim::scenario::{self, period};
 use shoal_swim::sim::{LinkModel, Sim, percentile};
+use shoal_swim::{Address, Config, Membership};
 
 struct Scale {
     crash_n: [usize; 2],
@@ -28,23 +34,64 @@ struct Scale {
     big_time: Duration,
 }
 
+/// The command line: `--bench`, row selectors and the options of the `table` and `scale` rows.
+struct Args {
+    full: bool,
+    select: Select,
+    scale_n: Option<usize>,
+    scale_secs: Option<u64>,
+    no_addrs: bool,
+}
+
+impl Args {
+    fn parse() -> Self {
+        let mut args = Args {
+            full: false,
+            select: Select(Vec::new()),
+            scale_n: None,
+            scale_secs: None,
+            no_addrs: false,
+        };
+        let mut it = std::env::args().skip(1);
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--bench" => args.full = true,
+                "--no-addrs" => args.no_addrs = true,
+                "--scale-n" => args.scale_n = Some(number(&a, it.next())),
+                "--scale-secs" => args.scale_secs = Some(number(&a, it.next())),
+                // Other flags come from cargo's harness conventions; ignore them.
+                _ if a.starts_with('-') => {}
+                _ => args.select.0.push(a),
+            }
+        }
+        args.select.add_env();
+        args
+    }
+}
+
+/// The value of option `name`, or exit with a usage error.
+fn number<N: std::str::FromStr>(name: &str, value: Option<String>) -> N {
+    match value.as_deref().map(str::parse) {
+        Some(Ok(v)) => v,
+        _ => {
+            eprintln!("{name} takes a number");
+            std::process::exit(2);
+        }
+    }
+}
+
 /// Which rows to run: every row unless selectors were given.
 struct Select(Vec<String>);
 
 impl Select {
-    fn from_env() -> Self {
-        let mut names: Vec<String> = std::env::args()
-            .skip(1)
-            .filter(|a| !a.starts_with('-'))
-            .collect();
+    fn add_env(&mut self) {
         if let Ok(only) = std::env::var("SWIM_BENCH_ONLY") {
-            names.extend(
+            self.0.extend(
                 only.split(',')
                     .map(|s| s.trim().to_string())
                     .filter(|s| !s.is_empty()),
             );
         }
-        Self(names)
     }
 
     /// Whether row `name` (or its group `group`) was selected.
@@ -54,8 +101,8 @@ impl Select {
 }
 
 fn main() {
-    let full = std::env::args().any(|a| a == "--bench");
-    let select = Select::from_env();
+    let args = Args::parse();
+    let (full, select) = (args.full, &args.select);
     let seed: u64 = std::env::var("SWIM_BENCH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -70,8 +117,8 @@ fn main() {
             part_n: 100,
             diss_n: 1000,
             cost_n: [100, 1000],
-            big_n: 10_000,
-            big_time: Duration::from_secs(600),
+            big_n: args.scale_n.unwrap_or(10_000),
+            big_time: Duration::from_secs(args.scale_secs.unwrap_or(600)),
         }
     } else {
         Scale {
@@ -83,10 +130,15 @@ fn main() {
             part_n: 12,
             diss_n: 32,
             cost_n: [16, 32],
-            big_n: 64,
-            big_time: Duration::from_secs(30),
+            big_n: args.scale_n.unwrap_or(64),
+            big_time: Duration::from_secs(args.scale_secs.unwrap_or(30)),
         }
     };
+    // Measured first, while the allocator holds no memory freed by other rows that it could
+    // hand out again without the resident size growing.
+    let table = select
+        .wants("table", "table")
+        .then(|| table_bytes(s.big_n, TABLE_CORES, !args.no_addrs));
     let config = Config::lan();
     let link = LinkModel::lan();
     let p = period(&config).as_secs_f64();
@@ -274,14 +326,37 @@ fn main() {
         );
     }
 
+    let addrs_note = if args.no_addrs {
+        "no addresses"
+    } else {
+        "one address each"
+    };
+    if let Some(r) = table {
+        let (n, cores) = (s.big_n, TABLE_CORES);
+        row(
+            "member table",
+            &format!("{cores} cores of {n} members restored, {addrs_note}"),
+            &format!(
+                "{:.0} bytes per core ({:.1} per member): table, probe order and the rest, \
+                 measured as the growth of VmRSS (address lists are shared, not counted)",
+                r,
+                r / n as f64
+            ),
+            "reported",
+            true,
+        );
+    }
+
     if select.wants("scale", "scale") {
         let n = s.big_n;
         let wall = Instant::now();
         let mut sim = Sim::new(seed, config.clone(), link.clone());
         sim.check_views = false;
         sim.wire_roundtrip = false;
+        sim.addresses = !args.no_addrs;
         sim.add_converged(n);
         let built = wall.elapsed();
+        let built_rss = vm_status("VmRSS:");
         sim.run_for(s.big_time);
         let failed = sim
             .take_events()
@@ -292,15 +367,15 @@ fn main() {
         row(
             "scale",
             &format!(
-                "n = {n}, converged start, {} virtual s",
+                "n = {n}, converged start, {} virtual s, {addrs_note}",
                 s.big_time.as_secs()
             ),
             &format!(
-                "wall {:.1} s ({:.1} s to build the tables); peak memory (VmHWM) {}; {:.2} \
-                 messages and {:.0} bytes per node per s; {} failed events",
+                "wall {:.1} s ({:.1} s to build the tables, VmRSS then {built_rss}); peak memory \
+                 (VmHWM) {}; {:.2} messages and {:.0} bytes per node per s; {} failed events",
                 wall.elapsed().as_secs_f64(),
                 built.as_secs_f64(),
-                vm_hwm(),
+                vm_status("VmHWM:"),
                 sim.stats.messages as f64 / secs,
                 sim.stats.bytes as f64 / secs,
                 failed
@@ -322,14 +397,56 @@ fn fmt_opt(v: Option<f64>) -> String {
     v.map_or("never".to_string(), |v| format!("{v:.2}"))
 }
 
-/// Peak resident memory of this process, from `/proc/self/status` (Linux).
-fn vm_hwm() -> String {
+/// A memory figure of this process from `/proc/self/status` (Linux): `VmHWM:` is the peak
+/// resident memory, `VmRSS:` the current one.
+fn vm_status(key: &str) -> String {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .map(|l| l.trim_start_matches("VmHWM:").trim().to_string())
+                .find(|l| l.starts_with(key))
+                .map(|l| l.trim_start_matches(key).trim().to_string())
         })
         .unwrap_or_else(|| "unavailable".to_string())
+}
+
+/// Current resident memory in bytes, if `/proc/self/status` tells.
+fn rss_bytes() -> Option<f64> {
+    let kb: f64 = vm_status("VmRSS:")
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024.0)
+}
+
+/// Cores built by the `table` row, so that the allocator's page granularity does not matter.
+const TABLE_CORES: usize = 50;
+
+/// Heap of one core holding `n` restored members, averaged over `cores` cores: the growth of
+/// VmRSS while building them.
+fn table_bytes(n: usize, cores: usize, with_addrs: bool) -> f64 {
+    let list: Vec<(u32, Arc<[Address]>)> = (1..=n as u32)
+        .map(|id| {
+            let addrs: Vec<Address> = if with_addrs {
+                vec![Address(format!("/sim/{id}").into_bytes())]
+            } else {
+                Vec::new()
+            };
+            (id, addrs.into())
+        })
+        .collect();
+    let before = rss_bytes().unwrap_or(f64::NAN);
+    let now = Instant::now();
+    let built: Vec<Membership<u32>> = (0..cores)
+        .map(|_| {
+            // Invariant: the LAN preset is valid and the core has no addresses of its own.
+            let mut core = Membership::new(now, 0, Vec::new(), 0, Config::lan()).expect("valid");
+            core.restore(list.iter().map(|(id, a)| (*id, a.clone())));
+            core
+        })
+        .collect();
+    let after = rss_bytes().unwrap_or(f64::NAN);
+    drop(built);
+    (after - before) / cores as f64
 }

@@ -7,14 +7,11 @@
 //! `poll_timeout`, and keeps the core's own addresses in step with the swarm's listen and
 //! external addresses.
 //!
-//! With [`Behaviour::require_admission`], only admitted peers take part: messages from other
-//! peers do not reach the core (counted in [`WireStats::unadmitted`]; the last few per peer are
-//! held and replayed if it is admitted), and membership updates about members not admitted are
-//! cut from gossip and push-pull before the core sees them; each such member is reported once as
-//! [`Event::Discovered`] so the embedding node can verify it and call [`Behaviour::admit`], which
-//! hands the core the latest update cut about it.
+//! Every peer that speaks the protocol takes part. An embedding that must vet members first (the
+//! DHT admits only peers whose identity proof it checked) drives the core itself, as
+//! `shoal_dht::core` does, instead of using this behaviour.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -31,7 +28,7 @@ use libp2p::{Multiaddr, PeerId};
 
 use crate::config::Config;
 use crate::error::{CommandError, ConfigError};
-use crate::message::{self, Address, Message, Payload, State, Update};
+use crate::message::{self, Address, State};
 use crate::protocol::{Codec, PROTOCOL};
 use crate::state::{self, CommandId, Member, Membership, Stats};
 
@@ -98,19 +95,6 @@ pub enum Event {
         id: CommandId,
         /// Outcome.
         result: Result<(), CommandError>,
-    },
-    /// Only with admission required: a member not admitted was named in gossip or a push-pull.
-    /// The updates about it were dropped; admit it to let later ones through. Reported once per
-    /// peer (up to a bound of remembered peers) until it is admitted or revoked.
-    Discovered {
-        /// The member.
-        peer: PeerId,
-        /// The addresses the update gave.
-        addrs: Vec<Multiaddr>,
-        /// The state the update gave it.
-        state: State,
-        /// The admitted member whose message named it.
-        from: PeerId,
     },
 }
 
@@ -192,36 +176,6 @@ pub struct WireStats {
     pub malformed: u64,
     /// Transmits dropped: no address known for the destination, or encoding over the bound.
     pub undeliverable: u64,
-    /// Inbound messages kept from the core because their sender is not admitted (the last few
-    /// per sender are held for replay on admission).
-    pub unadmitted: u64,
-    /// Membership updates about members not admitted, cut from inbound messages.
-    pub updates_dropped: u64,
-    /// Of those, updates about members the core holds as dead or gone that were no newer
-    /// than what it holds: cut without an [`Event::Discovered`].
-    pub stale_updates: u64,
-}
-
-/// Peers reported as [`Event::Discovered`] and remembered so they are reported once, at most
-/// this many.
-const MAX_DISCOVERED: usize = 16_384;
-
-/// Messages from peers not yet admitted held for replay on admission, per peer.
-const MAX_HELD_MESSAGES: usize = 4;
-
-/// Peers not yet admitted whose messages are held, at most this many.
-const MAX_HELD_PEERS: usize = 256;
-
-/// The admission set: who may talk to the core and be named to it.
-#[derive(Debug, Default)]
-struct Admission {
-    admitted: HashSet<PeerId>,
-    /// Members reported as discovered, with the sender and the latest update cut about them, to
-    /// hand to the core on admission (gossip is not repeated forever).
-    reported: HashMap<PeerId, (PeerId, Update<PeerId>)>,
-    /// Messages from senders not admitted yet, replayed on admission: a peer that verified us
-    /// first may probe us before we verified it.
-    held: HashMap<PeerId, Vec<Message<PeerId>>>,
 }
 
 /// Seeds remembered for dialing, at most this many.
@@ -238,7 +192,6 @@ pub struct Behaviour {
     seed_addrs: HashMap<PeerId, Vec<Multiaddr>>,
     events: VecDeque<Event>,
     wire: WireStats,
-    admission: Option<Admission>,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -275,7 +228,6 @@ impl Behaviour {
             seed_addrs: HashMap::new(),
             events: VecDeque::new(),
             wire: WireStats::default(),
-            admission: None,
         })
     }
 
@@ -292,120 +244,24 @@ impl Behaviour {
         self.core.join(Instant::now(), ids)
     }
 
-    /// From now on only admitted peers take part (see the module docs). Off by default: every
-    /// peer is admitted.
-    pub fn require_admission(&mut self) {
-        self.admission.get_or_insert_with(Admission::default);
-    }
-
-    /// Admits `peer`: its messages and updates about it reach the core. A no-op unless
-    /// admission is required.
-    pub fn admit(&mut self, peer: PeerId) {
-        let Some(a) = self.admission.as_mut() else {
-            return;
-        };
-        if !a.admitted.insert(peer) {
-            return;
-        }
-        let update = a.reported.remove(&peer);
-        let held = a.held.remove(&peer).unwrap_or_default();
-        crate::state::shrink_sparse(&mut a.reported);
-        crate::state::shrink_sparse(&mut a.held);
-        let now = Instant::now();
-        if let Some((from, update)) = update
-            && self.is_admitted(&from)
-        {
-            let msg = Message {
-                payload: Payload::Gossip,
-                gossip: vec![update],
-            };
-            self.core.handle_message(now, from, msg);
-        }
-        for mut msg in held {
-            self.filter_updates(peer, &mut msg);
-            self.core.handle_message(now, peer, msg);
-        }
-    }
-
-    /// Revokes `peer`'s admission: its messages and updates about it are dropped again, and the
-    /// next update naming it reports it as discovered again. A no-op unless admission is
-    /// required.
-    pub fn revoke(&mut self, peer: &PeerId) {
-        if let Some(a) = self.admission.as_mut() {
-            a.admitted.remove(peer);
-            a.reported.remove(peer);
-            a.held.remove(peer);
-        }
-    }
-
-    /// Whether `peer` is admitted (always true when admission is not required).
-    pub fn is_admitted(&self, peer: &PeerId) -> bool {
-        self.admission
-            .as_ref()
-            .is_none_or(|a| a.admitted.contains(peer))
-    }
-
-    /// Cuts updates about members not admitted from `msg`, reporting each new one. Updates about
-    /// ourselves always pass (we must see suspicions of us to refute them). An update about a
-    /// member the core holds as dead or gone, no newer than what it holds (a stale "alive" or
-    /// "suspect" still travelling after the death), is cut without a report: the core would
-    /// ignore it, and a report would have the node verify a member that is gone.
-    fn filter_updates(&mut self, from: PeerId, msg: &mut Message<PeerId>) {
-        let local = *self.core.local_id();
-        let Some(admission) = self.admission.as_mut() else {
-            return;
-        };
-        let core = &self.core;
-        let mut dropped = 0u64;
-        let mut stale = 0u64;
-        let mut keep = |u: &Update<PeerId>| {
-            if u.member == local || admission.admitted.contains(&u.member) {
-                return true;
-            }
-            dropped += 1;
-            if core.member(&u.member).is_some_and(|m| {
-                matches!(m.state, State::Dead | State::Left)
-                    && (u.incarnation, u.state) <= (m.incarnation, m.state)
-            }) {
-                stale += 1;
-                return false;
-            }
-            if let Some(held) = admission.reported.get_mut(&u.member) {
-                // Keep the newest news for replay on admission.
-                if (u.incarnation, u.state) >= (held.1.incarnation, held.1.state) {
-                    *held = (from, u.clone());
-                }
-            } else if admission.reported.len() < MAX_DISCOVERED {
-                admission.reported.insert(u.member, (from, u.clone()));
-                self.events.push_back(Event::Discovered {
-                    peer: u.member,
-                    addrs: to_multiaddrs(&u.addrs),
-                    state: u.state,
-                    from,
-                });
-            }
-            false
-        };
-        msg.gossip.retain(&mut keep);
-        if let Payload::PushPull { members, .. } = &mut msg.payload {
-            members.retain(&mut keep);
-        }
-        self.wire.updates_dropped += dropped;
-        self.wire.stale_updates += stale;
-    }
-
     /// Leaves gracefully; [`Event::LeaveFinished`] reports when the departure was gossiped.
     pub fn leave(&mut self) -> CommandId {
         self.core.leave(Instant::now())
     }
 
-    /// Every member known, with its state.
-    pub fn members(&self) -> impl Iterator<Item = (&PeerId, &Member)> {
+    /// Every member known, with its state and addresses. [`states`](Self::states) is cheaper
+    /// when addresses are not needed.
+    pub fn members(&self) -> impl Iterator<Item = (&PeerId, Member)> {
         self.core.members()
     }
 
+    /// Every member known, with its state and incarnation.
+    pub fn states(&self) -> impl Iterator<Item = (&PeerId, State, u64)> {
+        self.core.states()
+    }
+
     /// The member `peer`, if known.
-    pub fn member(&self, peer: &PeerId) -> Option<&Member> {
+    pub fn member(&self, peer: &PeerId) -> Option<Member> {
         self.core.member(peer)
     }
 
@@ -474,24 +330,9 @@ impl Behaviour {
             } => {
                 // The acknowledgement only closes the stream; SWIM's acks are messages.
                 let _ = self.inner.send_response(channel, ());
-                let admitted = self.is_admitted(&peer);
                 match message::decode::<PeerId>(&request, self.max_message_bytes) {
-                    Ok(msg) if !admitted => {
-                        self.wire.unadmitted += 1;
-                        tracing::trace!(%peer, "SWIM message from a peer not admitted held");
-                        if let Some(a) = self.admission.as_mut()
-                            && (a.held.len() < MAX_HELD_PEERS || a.held.contains_key(&peer))
-                        {
-                            let held = a.held.entry(peer).or_default();
-                            if held.len() == MAX_HELD_MESSAGES {
-                                held.remove(0);
-                            }
-                            held.push(msg);
-                        }
-                    }
-                    Ok(mut msg) => {
+                    Ok(msg) => {
                         self.wire.received += 1;
-                        self.filter_updates(peer, &mut msg);
                         self.core.handle_message(now, peer, msg);
                     }
                     Err(error) => {
@@ -671,80 +512,5 @@ impl NetworkBehaviour for Behaviour {
             }
             return Poll::Pending;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn update(member: PeerId, incarnation: u64, state: State, by: PeerId) -> Update<PeerId> {
-        Update {
-            member,
-            incarnation,
-            state,
-            addrs: Vec::new(),
-            by: matches!(state, State::Suspect | State::Dead).then_some(by),
-        }
-    }
-
-    fn gossip(updates: Vec<Update<PeerId>>) -> Message<PeerId> {
-        Message {
-            payload: Payload::Gossip,
-            gossip: updates,
-        }
-    }
-
-    fn discovered(b: &mut Behaviour) -> Vec<(PeerId, State)> {
-        b.events
-            .drain(..)
-            .filter_map(|e| match e {
-                Event::Discovered { peer, state, .. } => Some((peer, state)),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// After a member died and was revoked, stale news of it alive or suspected is cut without
-    /// a report; news newer than its death (a refutation) is reported.
-    #[test]
-    fn stale_news_of_a_dead_member_is_not_reported() {
-        let (me, relayer, gone) = (PeerId::random(), PeerId::random(), PeerId::random());
-        let mut b = Behaviour::new(me, 1, Config::lan()).expect("the LAN preset is valid");
-        b.require_admission();
-        b.admit(relayer);
-        b.admit(gone);
-        let now = Instant::now();
-        b.core.handle_message(
-            now,
-            relayer,
-            gossip(vec![update(gone, 3, State::Alive, relayer)]),
-        );
-        b.core.handle_message(
-            now,
-            relayer,
-            gossip(vec![update(gone, 3, State::Dead, relayer)]),
-        );
-        assert_eq!(b.core.member(&gone).map(|m| m.state), Some(State::Dead));
-        b.revoke(&gone);
-        b.events.clear();
-
-        for stale in [State::Alive, State::Suspect, State::Dead] {
-            let mut msg = gossip(vec![update(gone, 3, stale, relayer)]);
-            b.filter_updates(relayer, &mut msg);
-            assert!(
-                msg.gossip.is_empty(),
-                "news of a member not admitted is cut"
-            );
-        }
-        let mut older = gossip(vec![update(gone, 2, State::Alive, relayer)]);
-        b.filter_updates(relayer, &mut older);
-        assert_eq!(discovered(&mut b), Vec::new());
-        assert_eq!(b.wire.stale_updates, 4);
-
-        let mut refuted = gossip(vec![update(gone, 4, State::Alive, relayer)]);
-        b.filter_updates(relayer, &mut refuted);
-        assert_eq!(discovered(&mut b), vec![(gone, State::Alive)]);
-        assert_eq!(b.wire.stale_updates, 4);
     }
 }

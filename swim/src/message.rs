@@ -256,12 +256,27 @@ pub fn to_vec<T: Identity>(msg: &Message<T>, max_len: usize) -> Result<Vec<u8>, 
     Ok(out)
 }
 
-/// Size of the CBOR encoding of `value` (used for the gossip byte budget).
+/// Size of the CBOR encoding of `value` (used for the gossip byte budget). The encoder writes
+/// into a counter, not a buffer: sizing a push-pull's thousands of entries allocates nothing.
 pub fn encoded_len<V: Serialize>(value: &V) -> usize {
-    cbor4ii::serde::to_vec(Vec::new(), value)
-        .map(|v| v.len())
-        // Encoding into a Vec fails only on allocation failure: count it as unsendable.
-        .unwrap_or(usize::MAX)
+    let mut counter = cbor4ii::serde::Serializer::new(ByteCounter(0));
+    match value.serialize(&mut counter) {
+        Ok(()) => counter.into_inner().0,
+        // Only a serde error can fail: count the value as unsendable.
+        Err(_) => usize::MAX,
+    }
+}
+
+/// A CBOR sink that only counts the bytes written to it.
+struct ByteCounter(usize);
+
+impl cbor4ii::core::enc::Write for ByteCounter {
+    type Error = std::convert::Infallible;
+
+    fn push(&mut self, input: &[u8]) -> Result<(), Self::Error> {
+        self.0 += input.len();
+        Ok(())
+    }
 }
 
 /// Decodes one message of at most `max_len` bytes (capped at [`MAX_MESSAGE_BYTES`]), checking
@@ -310,6 +325,15 @@ mod tests {
 
     fn roundtrip(msg: &Message<u32>) {
         let bytes = to_vec(msg, MAX_MESSAGE_BYTES).unwrap();
+        assert_eq!(
+            encoded_len(msg),
+            bytes.len(),
+            "the counted size is the encoded size"
+        );
+        for u in msg.gossip.iter() {
+            let one = cbor4ii::serde::to_vec(Vec::new(), u).unwrap();
+            assert_eq!(encoded_len(u), one.len(), "{u:?}");
+        }
         let back: Message<u32> = decode(&bytes, MAX_MESSAGE_BYTES).unwrap();
         assert_eq!(&back, msg);
     }

@@ -34,19 +34,37 @@
 //! the ping sent to a suspect so it can refute at once. Updates ride on every message within a
 //! byte budget; a periodic push-pull exchanges full state, and periodic pings to dead members
 //! and push-pulls to seeds heal partitions.
+//!
+//! # Cost at scale
+//!
+//! Nothing done per message scans the member table. Probe targets, ping-req helpers and
+//! push-pull partners are drawn from the probe order (an array of every member) in time that
+//! does not grow with the table; a push-pull costs in proportion to the members it carries, and
+//! the sizes of its entries are counted without encoding them into a buffer. Only the start of
+//! a probe round, once every `n` probes, reshuffles the whole order. A push-pull's entries are
+//! looked up in a tight first pass before they are merged: a table of thousands of members does
+//! not stay in the processor's cache between messages, and independent lookups done back to
+//! back overlap their cache misses. The table costs a few words per member and nothing more for
+//! a member without addresses (the `table` module explains the layout). Precedence between
+//! pieces of news is decided in one place, the `merge` module, which [`Membership::effect`]
+//! exposes.
 
 mod broadcast;
 mod local_addrs;
+mod merge;
+mod table;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
-use rand::seq::{IteratorRandom, SliceRandom};
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use self::broadcast::Broadcasts;
+pub use self::merge::Effect;
+use self::table::Table;
 use crate::Identity;
 use crate::config::Config;
 use crate::error::{CommandError, ConfigError};
@@ -135,7 +153,8 @@ pub enum Event<T> {
     },
 }
 
-/// What the core knows about one member.
+/// What the core knows about one member, as [`Membership::member`] and [`Membership::members`]
+/// build it: the addresses are shared with the core's table, not copied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
     /// Its addresses, as last announced.
@@ -178,7 +197,7 @@ pub struct QueueLengths {
     pub broadcasts: usize,
     /// Ping-req requests being served. Bound: `max_relays`.
     pub relays: usize,
-    /// Entries of the probe order. Bound: `2 * max_members + 1`.
+    /// Entries of the probe order: one per member, in any state. Bound: `max_members`.
     pub probe_order: usize,
     /// Running suspicions. Bound: `max_members`.
     pub suspicions: usize,
@@ -230,14 +249,13 @@ pub struct Membership<T: Identity> {
     rng: StdRng,
     last_now: Instant,
 
-    members: HashMap<T, Member>,
+    /// Every member with its record, addresses and place in the probe order.
+    members: Table<T>,
     live: usize,
     suspicions: HashMap<T, Suspicion<T>>,
     suspicion_timers: BTreeSet<(Instant, T)>,
     tombstones: VecDeque<(Instant, T, u64)>,
 
-    probe_order: Vec<T>,
-    probe_index: usize,
     probe: Option<Probe<T>>,
     next_probe: Instant,
     seq: u64,
@@ -297,13 +315,11 @@ impl<T: Identity> Membership<T> {
             status: Status::Active,
             rng,
             last_now: now,
-            members: HashMap::new(),
+            members: Table::new(),
             live: 0,
             suspicions: HashMap::new(),
             suspicion_timers: BTreeSet::new(),
             tombstones: VecDeque::new(),
-            probe_order: Vec::new(),
-            probe_index: 0,
             probe: None,
             next_probe,
             seq: 0,
@@ -354,12 +370,27 @@ impl<T: Identity> Membership<T> {
     }
 
     /// What we know about `id` (never ourselves).
-    pub fn member(&self, id: &T) -> Option<&Member> {
-        self.members.get(id)
+    pub fn member(&self, id: &T) -> Option<Member> {
+        self.members.member(id)
     }
 
-    /// Every member in the table, in any state.
-    pub fn members(&self) -> impl Iterator<Item = (&T, &Member)> {
+    /// Every member in the table, in any state, in no particular order. Each item holds a
+    /// counted reference to the member's addresses; [`states`](Self::states) is cheaper when
+    /// only states are needed.
+    pub fn members(&self) -> impl Iterator<Item = (&T, Member)> {
+        self.members.iter().map(|(id, state, incarnation)| {
+            let member = Member {
+                addrs: self.members.addrs(id).clone(),
+                incarnation,
+                state,
+            };
+            (id, member)
+        })
+    }
+
+    /// Every member in the table with its state and incarnation, in no particular order,
+    /// without touching addresses.
+    pub fn states(&self) -> impl Iterator<Item = (&T, State, u64)> {
         self.members.iter()
     }
 
@@ -373,6 +404,17 @@ impl<T: Identity> Membership<T> {
         &self.stats
     }
 
+    /// Panics unless the member table is consistent and `live` counts its live members.
+    #[cfg(test)]
+    pub(crate) fn check_table(&self) {
+        self.members.check_invariants();
+        let live = self
+            .states()
+            .filter(|(_, s, _)| matches!(s, State::Alive | State::Suspect))
+            .count();
+        assert_eq!(live, self.live, "live count out of sync");
+    }
+
     /// Lengths of the internal queues.
     pub fn queue_lengths(&self) -> QueueLengths {
         QueueLengths {
@@ -381,7 +423,7 @@ impl<T: Identity> Membership<T> {
             events: self.events.len(),
             broadcasts: self.broadcasts.len(),
             relays: self.relays.len(),
-            probe_order: self.probe_order.len(),
+            probe_order: self.members.len(),
             suspicions: self.suspicions.len(),
             tombstones: self.tombstones.len(),
         }
@@ -469,29 +511,35 @@ impl<T: Identity> Membership<T> {
     /// They are probed like any member, so one that is gone is soon suspected. Members already
     /// known and ourselves are skipped. Returns how many were added.
     pub fn restore(&mut self, members: impl IntoIterator<Item = (T, Arc<[Address]>)>) -> usize {
+        self.restore_at(members.into_iter().map(|(id, addrs)| (id, addrs, 0)))
+    }
+
+    /// [`restore`](Self::restore) with each member's incarnation: for a caller that knows them
+    /// (a simulator starting a converged network), so their first messages are not news to
+    /// gossip again.
+    pub fn restore_at(
+        &mut self,
+        members: impl IntoIterator<Item = (T, Arc<[Address]>, u64)>,
+    ) -> usize {
+        let members = members.into_iter();
+        // Room for the whole list at once: no rehash at every doubling while it is copied in.
+        let room = self.config.max_members.get() - self.members.len();
+        self.members.reserve(members.size_hint().0.min(room));
         let mut added = 0;
-        for (id, addrs) in members {
-            if id == self.me || self.members.contains_key(&id) {
+        for (id, addrs, incarnation) in members {
+            if id == self.me || self.members.contains(&id) {
                 continue;
             }
             if self.members.len() >= self.config.max_members.get() {
                 self.stats.members_dropped += 1;
                 continue;
             }
-            self.members.insert(
-                id.clone(),
-                Member {
-                    addrs,
-                    incarnation: 0,
-                    state: State::Alive,
-                },
-            );
+            // Empty lists are not stored: every member without addresses shares one.
+            self.members.push(id, incarnation, State::Alive, addrs);
             self.live += 1;
-            self.probe_order.push(id);
             added += 1;
         }
-        self.probe_order.shuffle(&mut self.rng);
-        self.probe_index = 0;
+        self.members.new_round(&mut self.rng);
         added
     }
 
@@ -534,7 +582,10 @@ impl<T: Identity> Membership<T> {
                 reply,
                 members,
             } => {
-                for update in members.into_iter().take(message::MAX_PUSH_PULL_MEMBERS) {
+                let mut members = members;
+                members.truncate(message::MAX_PUSH_PULL_MEMBERS);
+                self.members.warm(members.iter().map(|u| &u.member));
+                for update in members {
                     self.apply(now, update, true);
                 }
                 if reply {
@@ -581,6 +632,7 @@ impl<T: Identity> Membership<T> {
         self.expire_suspicions(now);
         self.expire_tombstones(now);
         self.broadcasts.shrink();
+        self.members.shrink();
         shrink_sparse(&mut self.suspicions);
         shrink_drained(&mut self.events);
         shrink_drained(&mut self.transmits);
@@ -740,45 +792,7 @@ impl<T: Identity> Membership<T> {
         if self.live == 0 {
             return None;
         }
-        for _ in 0..2 {
-            while self.probe_index < self.probe_order.len() {
-                let id = &self.probe_order[self.probe_index];
-                self.probe_index += 1;
-                if let Some(m) = self.members.get(id)
-                    && matches!(m.state, State::Alive | State::Suspect)
-                {
-                    return Some(id.clone());
-                }
-            }
-            self.rebuild_probe_order();
-        }
-        None
-    }
-
-    fn rebuild_probe_order(&mut self) {
-        self.probe_order.clear();
-        self.probe_order.extend(
-            self.members
-                .iter()
-                .filter(|(_, m)| matches!(m.state, State::Alive | State::Suspect))
-                .map(|(id, _)| id.clone()),
-        );
-        // HashMap order is not seeded by our RNG: sort before shuffling so runs replay.
-        self.probe_order.sort_unstable();
-        self.probe_order.shuffle(&mut self.rng);
-        self.probe_index = 0;
-    }
-
-    /// Inserts a newly live member at a random place of the rest of this round.
-    fn add_to_probe_order(&mut self, id: T) {
-        if self.probe_order.len() > 2 * self.config.max_members.get() {
-            self.rebuild_probe_order();
-            return;
-        }
-        let pos = self
-            .rng
-            .gen_range(self.probe_index..=self.probe_order.len());
-        self.probe_order.insert(pos, id);
+        self.members.next_live(&mut self.rng)
     }
 
     fn on_ack(&mut self, now: Instant, from: T, seq: u64) {
@@ -860,9 +874,7 @@ impl<T: Identity> Membership<T> {
             }
             let i = self.rng.gen_range(0..self.tombstones.len());
             let (_, id, _) = &self.tombstones[i];
-            if let Some(m) = self.members.get(id)
-                && m.state == State::Dead
-            {
+            if self.members.state(id) == Some(State::Dead) {
                 dead = Some(id.clone());
                 break;
             }
@@ -872,8 +884,8 @@ impl<T: Identity> Membership<T> {
             .iter()
             .filter(|s| {
                 self.members
-                    .get(*s)
-                    .is_none_or(|m| !matches!(m.state, State::Alive | State::Suspect))
+                    .state(s)
+                    .is_none_or(|state| !matches!(state, State::Alive | State::Suspect))
             })
             .cloned()
             .collect();
@@ -905,15 +917,15 @@ impl<T: Identity> Membership<T> {
 
     /// Our own probe of `target` failed.
     fn suspect_locally(&mut self, now: Instant, target: T) {
-        let Some(m) = self.members.get(&target) else {
+        let Some((incarnation, state)) = self.members.get(&target) else {
             return;
         };
-        if !matches!(m.state, State::Alive | State::Suspect) {
+        if !matches!(state, State::Alive | State::Suspect) {
             return;
         }
         let update = Update {
             member: target,
-            incarnation: m.incarnation,
+            incarnation,
             state: State::Suspect,
             addrs: Vec::new(),
             by: Some(self.me.clone()),
@@ -957,16 +969,22 @@ impl<T: Identity> Membership<T> {
         );
     }
 
-    /// Counts an independent confirmation; returns whether it was new.
-    fn confirm_suspicion(&mut self, member: &T, by: &T) -> bool {
+    /// Whether `by` suspecting `member` counts as a new independent confirmation of the
+    /// suspicion we hold (Lifeguard counts at most `K` besides the first suspector).
+    fn counts_as_confirmation(&self, member: &T, by: &T) -> bool {
         let k = self.config.suspicion_confirmations.get() as usize;
+        self.suspicions
+            .get(member)
+            .is_some_and(|s| !s.confirmed.contains(by) && s.confirmed.len() <= k)
+    }
+
+    /// Counts a confirmation that [`Self::counts_as_confirmation`] accepted, shortening the
+    /// suspicion.
+    fn confirm_suspicion(&mut self, member: &T, by: &T) {
         let timeout_of = |c| self.suspicion_timeout(c);
         let Some(s) = self.suspicions.get(member) else {
-            return false;
+            return;
         };
-        if s.confirmed.contains(by) || s.confirmed.len() > k {
-            return false;
-        }
         let new_deadline = s.started + timeout_of(s.confirmed.len());
         // Invariant: looked up just above.
         let s = self.suspicions.get_mut(member).expect("suspicion exists");
@@ -976,7 +994,6 @@ impl<T: Identity> Membership<T> {
             s.deadline = new_deadline;
             self.suspicion_timers.insert((new_deadline, member.clone()));
         }
-        true
     }
 
     fn stop_suspicion(&mut self, member: &T) {
@@ -993,15 +1010,12 @@ impl<T: Identity> Membership<T> {
             // Invariant: `first` returned an entry just above.
             let (_, member) = self.suspicion_timers.pop_first().expect("timer exists");
             self.suspicions.remove(&member);
-            let Some(m) = self.members.get(&member) else {
+            let Some((incarnation, State::Suspect)) = self.members.get(&member) else {
                 continue;
             };
-            if m.state != State::Suspect {
-                continue;
-            }
             let update = Update {
                 member,
-                incarnation: m.incarnation,
+                incarnation,
                 state: State::Dead,
                 addrs: Vec::new(),
                 by: Some(self.me.clone()),
@@ -1017,9 +1031,8 @@ impl<T: Identity> Membership<T> {
             }
             // Invariant: `front` returned an entry just above.
             let (_, id, inc) = self.tombstones.pop_front().expect("tombstone exists");
-            if let Some(m) = self.members.get(&id)
-                && matches!(m.state, State::Dead | State::Left)
-                && m.incarnation == inc
+            if let Some((incarnation, State::Dead | State::Left)) = self.members.get(&id)
+                && incarnation == inc
             {
                 self.members.remove(&id);
             }
@@ -1030,8 +1043,8 @@ impl<T: Identity> Membership<T> {
         if self.tombstones.len() > 2 * self.config.max_members.get() {
             let members = &self.members;
             self.tombstones.retain(|(_, id, inc)| {
-                members.get(id).is_some_and(|m| {
-                    matches!(m.state, State::Dead | State::Left) && m.incarnation == *inc
+                members.get(id).is_some_and(|(incarnation, state)| {
+                    matches!(state, State::Dead | State::Left) && incarnation == *inc
                 })
             });
         }
@@ -1039,221 +1052,7 @@ impl<T: Identity> Membership<T> {
             .push_back((now + self.config.dead_retention, id, incarnation));
     }
 
-    // ----- internals: merging news -----
-
-    /// Applies one piece of news; `push_pull` marks state lists, where "dead" is softened to
-    /// "suspect" (memberlist's rule) so that a stale view cannot kill a live member outright.
-    fn apply(&mut self, now: Instant, u: Update<T>, push_pull: bool) {
-        if u.check().is_err() {
-            return;
-        }
-        if u.member == self.me {
-            self.news_about_me(u);
-            return;
-        }
-        let Some(m) = self.members.get(&u.member) else {
-            self.apply_unknown(now, u);
-            return;
-        };
-        let (cur_inc, cur_state) = (m.incarnation, m.state);
-        let live = matches!(cur_state, State::Alive | State::Suspect);
-        match u.state {
-            State::Alive => {
-                if u.incarnation <= cur_inc {
-                    return;
-                }
-                let addrs = self.intern_addrs(&u.member, u.addrs.clone());
-                self.set_member(&u.member, u.incarnation, State::Alive, addrs.clone());
-                self.stop_suspicion(&u.member);
-                match cur_state {
-                    State::Alive => {}
-                    State::Suspect => self.emit(Event::Refuted {
-                        member: u.member.clone(),
-                        addrs,
-                        incarnation: u.incarnation,
-                    }),
-                    State::Dead | State::Left => {
-                        self.live += 1;
-                        self.add_to_probe_order(u.member.clone());
-                        self.emit(Event::Joined {
-                            member: u.member.clone(),
-                            addrs,
-                            incarnation: u.incarnation,
-                        });
-                    }
-                }
-                self.broadcasts.push(u);
-            }
-            State::Suspect | State::Dead if push_pull && live => {
-                // A push-pull says suspect or dead: suspect it ourselves.
-                let mut u = u;
-                u.state = State::Suspect;
-                self.apply_suspect(now, u, cur_inc, cur_state);
-            }
-            State::Suspect => {
-                if live {
-                    self.apply_suspect(now, u, cur_inc, cur_state);
-                }
-            }
-            State::Dead | State::Left => {
-                if live && u.incarnation >= cur_inc {
-                    let member = u.member.clone();
-                    let addrs = self.members[&member].addrs.clone();
-                    self.set_member(&member, u.incarnation, u.state, addrs.clone());
-                    self.stop_suspicion(&member);
-                    self.live -= 1;
-                    self.add_tombstone(now, member.clone(), u.incarnation);
-                    let incarnation = u.incarnation;
-                    self.emit(if u.state == State::Dead {
-                        Event::Failed {
-                            member,
-                            addrs,
-                            incarnation,
-                        }
-                    } else {
-                        Event::Left {
-                            member,
-                            addrs,
-                            incarnation,
-                        }
-                    });
-                    self.broadcasts.push(u);
-                } else if !live
-                    && (u.incarnation > cur_inc
-                        || (u.incarnation == cur_inc && u.state > cur_state))
-                {
-                    // Newer news of a member already gone: remember it silently so that stale
-                    // gossip cannot revive it.
-                    let member = u.member.clone();
-                    let addrs = self.members[&member].addrs.clone();
-                    self.set_member(&member, u.incarnation, u.state, addrs);
-                    self.add_tombstone(now, member, u.incarnation);
-                }
-            }
-        }
-    }
-
-    fn apply_suspect(&mut self, now: Instant, u: Update<T>, cur_inc: u64, cur_state: State) {
-        // Invariant: `check` passed, so a suspect update has `by`.
-        let Some(by) = u.by.clone() else { return };
-        if cur_state == State::Suspect && u.incarnation == cur_inc {
-            if self.confirm_suspicion(&u.member, &by) {
-                self.broadcasts.push(u);
-            }
-            return;
-        }
-        if u.incarnation < cur_inc || (u.incarnation == cur_inc && cur_state == State::Suspect) {
-            return;
-        }
-        let member = u.member.clone();
-        let addrs = self.members[&member].addrs.clone();
-        self.set_member(&member, u.incarnation, State::Suspect, addrs.clone());
-        self.start_suspicion(now, member.clone(), by.clone());
-        self.emit(Event::Suspected {
-            member,
-            addrs: addrs.clone(),
-            incarnation: u.incarnation,
-            by,
-        });
-        let mut u = u;
-        u.addrs = addrs.to_vec();
-        self.broadcasts.push(u);
-    }
-
-    fn apply_unknown(&mut self, now: Instant, u: Update<T>) {
-        // Suspicion of a member we never heard of is ignored (as in memberlist): we could not
-        // probe it, and its own refutation or death will reach us.
-        if u.state == State::Suspect {
-            return;
-        }
-        if self.members.len() >= self.config.max_members.get() {
-            self.stats.members_dropped += 1;
-            return;
-        }
-        let addrs: Arc<[Address]> = u.addrs.clone().into();
-        self.members.insert(
-            u.member.clone(),
-            Member {
-                addrs: addrs.clone(),
-                incarnation: u.incarnation,
-                state: u.state,
-            },
-        );
-        if u.state == State::Alive {
-            self.live += 1;
-            self.add_to_probe_order(u.member.clone());
-            self.emit(Event::Joined {
-                member: u.member.clone(),
-                addrs,
-                incarnation: u.incarnation,
-            });
-            self.broadcasts.push(u);
-        } else {
-            // Dead or left: a tombstone, so that older "alive" news cannot resurrect it.
-            self.add_tombstone(now, u.member, u.incarnation);
-        }
-    }
-
-    fn news_about_me(&mut self, u: Update<T>) {
-        if self.status == Status::Left {
-            return;
-        }
-        let leaving = matches!(self.status, Status::Leaving { .. });
-        let refute = match u.state {
-            State::Alive => u.incarnation > self.incarnation,
-            State::Suspect | State::Dead => u.incarnation >= self.incarnation,
-            State::Left => !leaving && u.incarnation >= self.incarnation,
-        };
-        if !refute {
-            // Someone still holds older bad news about us: our refutation missed them. Queue
-            // our current state again so the answer to their message carries it.
-            if u.state != State::Alive
-                && !leaving
-                && u.incarnation < self.incarnation
-                && !self.broadcasts.contains(&self.me)
-            {
-                self.broadcasts.push(self.my_update());
-            }
-            return;
-        }
-        if u.state != State::Alive {
-            // Lifeguard: having to refute means others could not reach us in time.
-            self.local_health = (self.local_health + 1).min(self.config.max_local_health);
-            self.stats.refutations += 1;
-        }
-        self.incarnation = u.incarnation.saturating_add(1);
-        if leaving {
-            self.broadcasts.push(Update {
-                member: self.me.clone(),
-                incarnation: self.incarnation,
-                state: State::Left,
-                addrs: self.my_addrs.to_vec(),
-                by: None,
-            });
-        } else {
-            self.broadcasts.push(self.my_update());
-        }
-    }
-
-    /// Our fresher news when `u` is stale bad news: a suspicion or death of a member we know
-    /// alive at a newer incarnation. Its sender missed the refutation, and its
-    /// own suspicion timer may still run: we tell it directly (see [`Self::correct`]).
-    fn fresher_than(&self, u: &Update<T>) -> Option<Update<T>> {
-        if !matches!(u.state, State::Suspect | State::Dead) || u.member == self.me {
-            return None;
-        }
-        let m = self.members.get(&u.member)?;
-        if m.incarnation <= u.incarnation || m.state != State::Alive {
-            return None;
-        }
-        Some(Update {
-            member: u.member.clone(),
-            incarnation: m.incarnation,
-            state: State::Alive,
-            addrs: m.addrs.to_vec(),
-            by: None,
-        })
-    }
+    // ----- internals: news -----
 
     /// Sends `to` the refutations it missed, in a gossip-only message of their own (bounded by
     /// the gossip budget), so that a member holding a stale suspicion learns the refutation
@@ -1282,29 +1081,13 @@ impl<T: Identity> Membership<T> {
         });
     }
 
-    fn set_member(&mut self, id: &T, incarnation: u64, state: State, addrs: Arc<[Address]>) {
-        if let Some(m) = self.members.get_mut(id) {
-            m.incarnation = incarnation;
-            m.state = state;
-            m.addrs = addrs;
-        }
-    }
-
-    /// Keeps the stored allocation when the addresses did not change.
-    fn intern_addrs(&self, id: &T, addrs: Vec<Address>) -> Arc<[Address]> {
-        match self.members.get(id) {
-            Some(m) if *m.addrs == *addrs || addrs.is_empty() => m.addrs.clone(),
-            _ => addrs.into(),
-        }
-    }
-
     /// The news to tell `id` about itself if we do not believe it alive (the buddy system).
     fn news_about(&self, id: &T) -> Option<Update<T>> {
-        let m = self.members.get(id)?;
-        if m.state == State::Alive {
+        let (incarnation, state) = self.members.get(id)?;
+        if state == State::Alive {
             return None;
         }
-        let by = match m.state {
+        let by = match state {
             State::Suspect => Some(
                 self.suspicions
                     .get(id)
@@ -1315,8 +1098,8 @@ impl<T: Identity> Membership<T> {
         };
         Some(Update {
             member: id.clone(),
-            incarnation: m.incarnation,
-            state: m.state,
+            incarnation,
+            state,
             addrs: Vec::new(),
             by,
         })
@@ -1362,29 +1145,43 @@ impl<T: Identity> Membership<T> {
 
     fn send_push_pull(&mut self, to: T, join: bool, reply: bool) {
         let max = self.config.max_push_pull_members.get();
+        let mine = self.my_update();
+        // Stay within the message size: stop before the first entry that would not fit, leaving
+        // room for the envelope (payload tag, flags, list header).
+        let mut budget = self
+            .config
+            .max_message_bytes
+            .get()
+            .saturating_sub(16 + message::encoded_len(&mine));
         let mut members = Vec::with_capacity(max.min(self.members.len() + 1));
-        members.push(self.my_update());
-        let to_update = |(id, m): (&T, &Member)| Update {
-            member: id.clone(),
-            incarnation: m.incarnation,
-            state: m.state,
-            addrs: m.addrs.to_vec(),
-            by: matches!(m.state, State::Suspect | State::Dead).then(|| self.me.clone()),
-        };
-        if self.members.len() < max {
-            members.extend(self.members.iter().map(to_update));
+        members.push(mine);
+        // A table larger than a push-pull holds is sampled uniformly, in random order: every
+        // member, live or gone, has the same chance to be told, whatever the size cut drops. A
+        // smaller one is sent whole, in probe order (already shuffled).
+        let table = &self.members;
+        let ids: Vec<&T> = if table.len() < max {
+            table.in_order().collect()
         } else {
-            let mut sample = self.members.iter().choose_multiple(&mut self.rng, max - 1);
-            sample.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            members.extend(sample.into_iter().map(to_update));
-        }
-        // Stay within the message size: drop entries from the end until it fits.
-        let limit = self.config.max_message_bytes.get();
-        let mut size: usize = members.iter().map(message::encoded_len).sum::<usize>() + 16;
-        while size > limit && members.len() > 1 {
-            // Invariant: `members.len() > 1` checked in the loop condition.
-            let last = members.pop().expect("non-empty");
-            size -= message::encoded_len(&last);
+            table.sample(&mut self.rng, max - 1).collect()
+        };
+        table.warm(ids.iter().copied());
+        for id in ids {
+            let Some((incarnation, state, addrs)) = table.record(id) else {
+                continue;
+            };
+            let u = Update {
+                member: id.clone(),
+                incarnation,
+                state,
+                addrs: addrs.to_vec(),
+                by: matches!(state, State::Suspect | State::Dead).then(|| self.me.clone()),
+            };
+            let size = message::encoded_len(&u);
+            if size > budget {
+                break;
+            }
+            budget -= size;
+            members.push(u);
         }
         self.push_transmit(Transmit {
             to,
@@ -1422,27 +1219,23 @@ impl<T: Identity> Membership<T> {
         if count == 0 || self.live == 0 {
             return Vec::new();
         }
-        // Sample from the probe order (a shuffled superset of the live members) to avoid a
-        // full table scan; a few tries per helper.
+        // Draw from this probe round's members (live when it started or since) and skip those
+        // not alive: a few tries per member wanted, more when many died during the round, never
+        // a scan.
+        let spread = self.members.active_len().div_ceil(self.live).min(8);
+        let tries = (count * 4 + 8) * spread;
         let mut out: Vec<T> = Vec::with_capacity(count);
-        if self.probe_order.is_empty() {
-            self.rebuild_probe_order();
-        }
-        let tries = count * 4 + 8;
         for _ in 0..tries {
-            if out.len() >= count || self.probe_order.is_empty() {
+            if out.len() >= count {
                 break;
             }
-            let i = self.rng.gen_range(0..self.probe_order.len());
-            let id = &self.probe_order[i];
+            let Some(id) = self.members.random_active(&mut self.rng) else {
+                break;
+            };
             if Some(id) == except || out.contains(id) {
                 continue;
             }
-            if self
-                .members
-                .get(id)
-                .is_some_and(|m| m.state == State::Alive)
-            {
+            if self.members.state(id) == Some(State::Alive) {
                 out.push(id.clone());
             }
         }

@@ -129,6 +129,10 @@ pub struct Sim {
     pub check_views: bool,
     /// Keep emitted events for [`Sim::take_events`].
     pub record_events: bool,
+    /// Give every node added from now on the address `/sim/{id}`. When false, nodes have no
+    /// addresses, as in a simulator that routes by id (the DHT's): the member tables then hold
+    /// no address lists at all. Default: true.
+    pub addresses: bool,
     /// Traffic counters.
     pub stats: SimStats,
     start: Instant,
@@ -159,6 +163,7 @@ impl Sim {
             wire_roundtrip: true,
             check_views: true,
             record_events: true,
+            addresses: true,
             stats: SimStats::default(),
             start,
             time: start,
@@ -241,10 +246,16 @@ impl Sim {
             panic!("invalid sim config: {e}");
         }
         let first = self.nodes.len() as NodeId;
+        // One shared empty list, so that address-less nodes cost no allocation each.
+        let none: Arc<[Address]> = Arc::from(Vec::new());
         for i in 0..n as NodeId {
             let id = first + i;
-            self.addrs
-                .push(vec![Address(format!("/sim/{id}").into_bytes())].into());
+            if self.addresses {
+                self.addrs
+                    .push(vec![Address(format!("/sim/{id}").into_bytes())].into());
+            } else {
+                self.addrs.push(none.clone());
+            }
             let core = self.make_core(id, 0, 0);
             self.nodes.push(Node {
                 core: Some(core),
@@ -266,12 +277,9 @@ impl Sim {
         let first = self.add_nodes(n);
         let ids: Vec<NodeId> = (first..first + n as NodeId).collect();
         for &id in &ids {
-            let list: Vec<(NodeId, Arc<[Address]>)> = ids
-                .iter()
-                .map(|&o| (o, self.addrs[o as usize].clone()))
-                .collect();
+            let addrs = &self.addrs;
             if let Some(core) = self.nodes[id as usize].core.as_mut() {
-                core.restore(list);
+                core.restore(ids.iter().map(|&o| (o, addrs[o as usize].clone())));
             }
             if self.check_views {
                 for &o in &ids {
@@ -580,7 +588,7 @@ impl Sim {
             && q.events <= c.max_event_queue.get()
             && q.broadcasts <= max_members + 1
             && q.relays <= c.max_relays.get()
-            && q.probe_order <= 2 * max_members + 1
+            && q.probe_order <= max_members
             && q.suspicions <= max_members
             && q.tombstones <= 2 * max_members + 1;
         assert!(ok, "seed {seed}: node {id} state out of bounds: {q:?}");

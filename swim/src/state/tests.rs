@@ -503,3 +503,247 @@ fn rejects_bad_own_addresses() {
     bad.probe_timeout = Duration::ZERO;
     assert!(Membership::new(t0, 1u32, vec![], 0, bad).is_err());
 }
+
+/// A core (member 1) holding 2 alive, 3 suspect (suspected by 2), 4 dead and 5 departed, all at
+/// incarnation 1.
+fn effect_core(config: Config) -> Membership<u32> {
+    let t0 = Instant::now();
+    let mut c = Membership::new(t0, 1, addrs(1), 0, config).unwrap();
+    c.restore([2, 3, 4, 5].map(|o| (o, Arc::from(addrs(o)))));
+    let news = vec![
+        update(2, 1, State::Alive, None),
+        update(3, 1, State::Suspect, Some(2)),
+        update(4, 1, State::Dead, Some(2)),
+        update(5, 1, State::Left, None),
+    ];
+    c.handle_message(t0, 2, gossip(Payload::Gossip, news));
+    while c.poll_event().is_some() {}
+    while c.poll_transmit().is_some() {}
+    c
+}
+
+/// News about `member` at `incarnation` in `state`, suspected by `by` where that applies.
+fn news(member: u32, incarnation: u64, state: State, by: u32) -> Update<u32> {
+    let by = matches!(state, State::Suspect | State::Dead).then_some(by);
+    update(member, incarnation, state, by)
+}
+
+#[test]
+fn effect_of_every_kind_of_news() {
+    use Effect::{Changes, Ignored, Local, Revives};
+    use State::{Alive, Dead, Left, Suspect};
+    let c = effect_core(config());
+    let e = |member, incarnation, state, push_pull| {
+        c.effect(&news(member, incarnation, state, 6), push_pull)
+    };
+    // Malformed news, and news about ourselves.
+    assert_eq!(c.effect(&update(2, 5, Suspect, None), false), Ignored);
+    for state in [Alive, Suspect, Dead, Left] {
+        assert_eq!(e(1, 0, state, false), Local);
+        assert_eq!(e(1, 0, state, true), Local);
+    }
+    // A member we never heard of: alive news makes it join, suspicion is ignored, death and
+    // departure leave a tombstone (a push-pull's "dead" is not softened: nothing to suspect).
+    for pp in [false, true] {
+        assert_eq!(e(9, 0, Alive, pp), Revives);
+        assert_eq!(e(9, 0, Suspect, pp), Ignored);
+        assert_eq!(e(9, 0, Dead, pp), Changes);
+        assert_eq!(e(9, 0, Left, pp), Changes);
+    }
+    // Alive at 1: only a newer incarnation refreshes it; suspicion and death at its incarnation
+    // or a newer one change it; older news never does.
+    let table = [
+        // (incarnation, state, effect in gossip, effect in a push-pull)
+        (0, Alive, Ignored, Ignored),
+        (1, Alive, Ignored, Ignored),
+        (2, Alive, Changes, Changes),
+        (0, Suspect, Ignored, Ignored),
+        (1, Suspect, Changes, Changes),
+        (2, Suspect, Changes, Changes),
+        (0, Dead, Ignored, Ignored),
+        // A push-pull's "dead" only suspects it: still a change.
+        (1, Dead, Changes, Changes),
+        (1, Left, Changes, Changes),
+        (0, Left, Ignored, Ignored),
+    ];
+    for (inc, state, gossip, push_pull) in table {
+        assert_eq!(
+            e(2, inc, state, false),
+            gossip,
+            "alive member, {state:?} at {inc}"
+        );
+        assert_eq!(
+            e(2, inc, state, true),
+            push_pull,
+            "alive member, {state:?} at {inc}"
+        );
+    }
+    // Suspect at 1 (suspected by 2): a new suspector confirms (a change), the same one does not;
+    // so does a push-pull's "dead", softened; refutation needs a newer incarnation.
+    let table = [
+        (0, Alive, Ignored, Ignored),
+        (1, Alive, Ignored, Ignored),
+        (2, Alive, Changes, Changes),
+        (0, Suspect, Ignored, Ignored),
+        (1, Suspect, Changes, Changes),
+        (2, Suspect, Changes, Changes),
+        (1, Dead, Changes, Changes),
+        (0, Dead, Ignored, Ignored),
+        (1, Left, Changes, Changes),
+    ];
+    for (inc, state, gossip, push_pull) in table {
+        assert_eq!(
+            e(3, inc, state, false),
+            gossip,
+            "suspect member, {state:?} at {inc}"
+        );
+        assert_eq!(
+            e(3, inc, state, true),
+            push_pull,
+            "suspect member, {state:?} at {inc}"
+        );
+    }
+    assert_eq!(c.effect(&news(3, 1, Suspect, 2), false), Ignored);
+    assert_eq!(c.effect(&news(3, 1, Dead, 2), true), Ignored);
+    // Dead at 1: only alive news at a newer incarnation revives it; suspicion never touches
+    // it; a later state or a newer incarnation of bad news is a newer tombstone.
+    let table = [
+        (1, Alive, Ignored),
+        (2, Alive, Revives),
+        (2, Suspect, Ignored),
+        (0, Dead, Ignored),
+        (1, Dead, Ignored),
+        (2, Dead, Changes),
+        (1, Left, Changes),
+        (0, Left, Ignored),
+    ];
+    for (inc, state, effect) in table {
+        for pp in [false, true] {
+            assert_eq!(
+                e(4, inc, state, pp),
+                effect,
+                "dead member, {state:?} at {inc}"
+            );
+        }
+    }
+    // Departed at 1: "dead" at the same incarnation is older news.
+    let table = [
+        (1, Alive, Ignored),
+        (2, Alive, Revives),
+        (1, Dead, Ignored),
+        (2, Dead, Changes),
+        (1, Left, Ignored),
+        (2, Left, Changes),
+    ];
+    for (inc, state, effect) in table {
+        for pp in [false, true] {
+            assert_eq!(
+                e(5, inc, state, pp),
+                effect,
+                "departed member, {state:?} at {inc}"
+            );
+        }
+    }
+}
+
+#[test]
+fn effect_once_the_suspicion_is_fully_confirmed() {
+    let t0 = Instant::now();
+    let mut c = effect_core(config());
+    // K = 3 confirmations besides the first suspector.
+    for by in [6, 7, 8] {
+        assert_eq!(
+            c.effect(&news(3, 1, State::Suspect, by), false),
+            Effect::Changes
+        );
+        c.handle_message(
+            t0,
+            2,
+            gossip(Payload::Gossip, vec![news(3, 1, State::Suspect, by)]),
+        );
+    }
+    assert_eq!(
+        c.effect(&news(3, 1, State::Suspect, 9), false),
+        Effect::Ignored
+    );
+    assert_eq!(
+        c.effect(&news(3, 2, State::Suspect, 9), false),
+        Effect::Changes,
+        "a newer incarnation starts a new suspicion"
+    );
+}
+
+#[test]
+fn effect_when_the_table_is_full() {
+    let full = effect_core(Config {
+        max_members: std::num::NonZeroUsize::new(4).unwrap(),
+        ..config()
+    });
+    for state in [State::Alive, State::Suspect, State::Dead, State::Left] {
+        assert_eq!(full.effect(&news(9, 0, state, 6), false), Effect::Ignored);
+    }
+    assert_eq!(
+        full.effect(&news(4, 2, State::Alive, 6), false),
+        Effect::Revives,
+        "members already held are not affected"
+    );
+    assert_eq!(
+        full.effect(&news(1, 0, State::Suspect, 6), false),
+        Effect::Local
+    );
+}
+
+/// `apply` does what `effect` announced, for every kind of news about every kind of member.
+#[test]
+fn apply_does_what_effect_says() {
+    let t0 = Instant::now();
+    for member in [2, 3, 4, 5, 9] {
+        for inc in 0..3 {
+            for state in [State::Alive, State::Suspect, State::Dead, State::Left] {
+                for by in [2, 6] {
+                    for push_pull in [false, true] {
+                        let mut c = effect_core(config());
+                        let u = news(member, inc, state, by);
+                        let effect = c.effect(&u, push_pull);
+                        let before = c.member(&member);
+                        let confirmations = c.suspicions.get(&member).map(|s| s.confirmed.len());
+                        let msg = if push_pull {
+                            let members = vec![u.clone()];
+                            gossip(
+                                Payload::PushPull {
+                                    join: false,
+                                    reply: false,
+                                    members,
+                                },
+                                vec![],
+                            )
+                        } else {
+                            gossip(Payload::Gossip, vec![u.clone()])
+                        };
+                        c.handle_message(t0, 7, msg);
+                        let after = c.member(&member);
+                        let joined = std::iter::from_fn(|| c.poll_event())
+                            .any(|e| matches!(e, Event::Joined { member: m, .. } if m == member));
+                        let confirmed = c.suspicions.get(&member).map(|s| s.confirmed.len());
+                        let case = format!("{u:?}, push-pull {push_pull}: {effect:?}");
+                        match effect {
+                            Effect::Ignored => {
+                                assert_eq!(before, after, "{case}");
+                                assert_eq!(confirmations, confirmed, "{case}");
+                            }
+                            Effect::Revives => {
+                                assert!(joined, "{case}");
+                                assert_eq!(after.map(|m| m.state), Some(State::Alive), "{case}");
+                            }
+                            Effect::Changes => {
+                                assert!(!joined, "{case}");
+                                assert!(before != after || confirmations < confirmed, "{case}");
+                            }
+                            Effect::Local => unreachable!("{case}"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -187,6 +187,36 @@ fn restarted_node_rejoins_with_a_newer_incarnation() {
     assert!(rejoined.iter().all(|&i| i > 0));
 }
 
+/// Nodes without addresses (as in a simulator that routes by id) detect a crash, take the
+/// restarted node back, and never store an address list.
+#[test]
+fn cluster_without_addresses_detects_a_crash_and_a_return() {
+    let n = 16;
+    let mut sim = Sim::new(8, lan(), LinkModel::lan());
+    sim.addresses = false;
+    sim.add_converged(n);
+    sim.run_for(Duration::from_secs(3));
+    sim.crash(3);
+    let gone = sim.run_until_cond(Duration::from_secs(120), Duration::from_millis(500), |s| {
+        (0..n as NodeId)
+            .filter(|&i| i != 3)
+            .all(|i| s.node(i).unwrap().member(&3).unwrap().state == State::Dead)
+    });
+    assert!(gone.is_some(), "crash not detected");
+    sim.restart(3, &[0]);
+    let back = sim.run_until_cond(
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        scenario::converged,
+    );
+    assert!(back.is_some(), "restarted node did not rejoin");
+    for i in 0..n as NodeId {
+        let core = sim.node(i).unwrap();
+        assert!(core.members().all(|(_, m)| m.addrs.is_empty()));
+        core.check_table();
+    }
+}
+
 #[test]
 fn graceful_leave_is_seen_as_left_not_failed() {
     let mut sim = Sim::new(8, lan(), LinkModel::lan());

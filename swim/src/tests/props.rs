@@ -79,6 +79,7 @@ fn check(cores: &[Membership<u32>], last: &mut HashMap<(u32, u32), (u64, State)>
             }
             last.insert((i, *id), (m.incarnation, m.state));
         }
+        c.check_table();
         let q = c.queue_lengths();
         assert!(q.transmits <= c.config().max_transmit_queue.get());
         assert!(q.events <= c.config().max_event_queue.get());
