@@ -1,4 +1,4 @@
-//! Whole-DHT benchmark: N real nodes (gate, SWIM, kad, lockstep) in one process over the memory
+//! Whole-DHT benchmark: N real nodes (gate, SWIM, the DHT core) in one process over the memory
 //! transport. Prints a markdown table: convergence time, memory per node, recall@20 of lookups
 //! against the true 20 closest live peers, RPCs per lookup, lookup/put/get latency, and the same
 //! after killing a fifth of the nodes and letting SWIM evict them.
@@ -22,14 +22,14 @@ use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use libp2p::kad::KBucketKey;
 use libp2p::{Multiaddr, PeerId};
+use shoal_dht::core::KeyHash;
 use shoal_dht::node::NodeStats;
 use shoal_dht::node::{EventLoop, dangerous_plaintext_memory_transport, memory_transport};
 use shoal_dht::{Client, Config};
 use shoal_pow::{CancelToken, MintOptions, NodeKey, Puzzle, mint};
 
-/// Peers a lookup should find, and kad's k.
+/// Peers a lookup should find, and Kademlia's k.
 const K: usize = 20;
 
 /// Default idle-connection timeout (`--idle S`): a SWIM probe goes to another member every
@@ -272,9 +272,8 @@ fn progress(stats: &[NodeStats], want: usize) -> String {
     format!(
         "members {min}..{max} of {want}, routing ≥ {routing}, {} connections, {} dials ({} for \
          want of a relayed proof), {} readmitted on a kept proof, {} relay requests ({} \
-         unconnected, {} failed), SWIM {} sent ({} unconnected, {} stale updates cut), {} \
-         probes, {} failed, {} refutations, kad RPCs {} lookups {} gets {} bootstrap ({} runs) \
-         {} other",
+         unconnected, {} failed), SWIM {} sent ({} unconnected, {} updates cut), {} \
+         probes, {} failed, {} refutations, RPCs {} lookups {} gets {} background",
         sum(|s| s.connections as u64),
         sum(|s| s.dials as u64),
         sum(|s| s.relay_fallback_dials as u64),
@@ -284,15 +283,13 @@ fn progress(stats: &[NodeStats], want: usize) -> String {
         sum(|s| s.relay_request_failures as u64),
         sum(|s| s.swim_wire.sent),
         sum(|s| s.swim_wire.sent_unconnected),
-        sum(|s| s.swim_wire.stale_updates),
+        sum(|s| s.swim_updates_cut),
         sum(|s| s.swim.probes),
         sum(|s| s.swim.failed_probes),
         sum(|s| s.swim.refutations),
-        sum(|s| s.kad_rpcs.lookups),
-        sum(|s| s.kad_rpcs.gets),
-        sum(|s| s.kad_rpcs.bootstrap),
-        sum(|s| s.kad_rpcs.bootstraps),
-        sum(|s| s.kad_rpcs.other),
+        sum(|s| s.rpcs.lookups),
+        sum(|s| s.rpcs.gets),
+        sum(|s| s.rpcs.background),
     )
 }
 
@@ -328,13 +325,13 @@ async fn lookups(nodes: &[Node], live: &[usize], count: usize, rng: &mut Rng) ->
     for _ in 0..count {
         let source = live[rng.below(live.len())];
         let target = NodeKey::generate().peer_id();
-        let target_key = KBucketKey::from(target);
+        let target_key = KeyHash::of(&target.to_bytes());
         let mut truth: Vec<PeerId> = live
             .iter()
             .filter(|&&i| i != source)
             .map(|&i| nodes[i].client.peer_id())
             .collect();
-        truth.sort_by_key(|p| target_key.distance(&KBucketKey::from(*p)));
+        truth.sort_by_key(|p| target_key.distance(&KeyHash::of(&p.to_bytes())));
         truth.truncate(K);
         let truth: HashSet<PeerId> = truth.into_iter().collect();
         let started = Instant::now();

@@ -1,22 +1,18 @@
-//! The DHT's network behaviour: identify, Kademlia, SWIM, the identity gate, lockstep, replica
-//! puts, the proof relay and closest-peer lookups, side by side in one swarm. The rules tying them together live in the event loop ([`crate::node`]).
+//! The DHT's network behaviour: identify, SWIM's transport, the identity gate and the DHT's own
+//! protocol side by side in one swarm. None of them holds a rule of the DHT: they carry
+//! messages, and the event loop ([`crate::node`]) hands those to the core ([`crate::core`]).
+
+use std::time::Duration;
 
 use libp2p::request_response::{self as rr, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{PeerId, StreamProtocol, identify, kad};
-use shoal_pow::{IdentityProof, IdentityVerifier, NodeKey, Puzzle, unix_now};
+use libp2p::{PeerId, StreamProtocol, identify};
+use shoal_pow::IdentityProof;
 
 use crate::config::{Config, ConfigError};
 use crate::gate;
-use crate::lockstep::protocol as lockstep;
-use crate::lookup;
-use crate::record::MAX_RECORD_LEN;
-use crate::relay;
-use crate::replica;
-use crate::store::RecordStore;
-
-/// Kad's packet limit: one record envelope plus room for the message around it.
-pub const MAX_KAD_PACKET: usize = MAX_RECORD_LEN + 16 * 1024;
+use crate::node::SharedVerifier;
+use crate::wire;
 
 /// The combined behaviour.
 #[derive(NetworkBehaviour)]
@@ -24,20 +20,12 @@ pub const MAX_KAD_PACKET: usize = MAX_RECORD_LEN + 16 * 1024;
 pub struct Behaviour {
     /// Identify on `/shoal/<network>/id/1.0.0`.
     pub identify: identify::Behaviour,
-    /// Kademlia on `/shoal/<network>/kad/1.0.0`, manual bucket inserts, filtered stores.
-    pub kad: kad::Behaviour<RecordStore>,
-    /// SWIM membership with admission required.
-    pub swim: shoal_swim::Behaviour,
-    /// The identity gate.
+    /// SWIM's messages on `/shoal/swim/1` (one message a stream, acknowledged empty).
+    pub swim: rr::Behaviour<shoal_swim::protocol::Codec>,
+    /// The identity gate on `/shoal/identity/1`.
     pub gate: gate::Behaviour,
-    /// Lockstep requests.
-    pub lockstep: lockstep::Behaviour,
-    /// Relayed identity proofs of members learned through gossip.
-    pub relay: relay::Behaviour,
-    /// Puts acknowledged once the replica validated and kept the record.
-    pub replica: replica::Behaviour,
-    /// Closest-peer lookups seeded from the membership.
-    pub find: lookup::Behaviour,
+    /// The DHT's requests on `/shoal/<network>/dht/1.0.0`.
+    pub dht: wire::Behaviour,
 }
 
 /// An event of one of the parts.
@@ -45,20 +33,12 @@ pub struct Behaviour {
 pub enum Event {
     /// From identify.
     Identify(Box<identify::Event>),
-    /// From kad.
-    Kad(Box<kad::Event>),
-    /// From SWIM.
-    Swim(shoal_swim::behaviour::Event),
+    /// From SWIM's transport.
+    Swim(rr::Event<Vec<u8>, ()>),
     /// From the gate.
     Gate(gate::Event),
-    /// From lockstep.
-    Lockstep(libp2p::request_response::Event<lockstep::Request, lockstep::Response>),
-    /// From the proof relay.
-    Relay(libp2p::request_response::Event<relay::Request, relay::Response>),
-    /// From replica puts.
-    Replica(libp2p::request_response::Event<replica::Request, replica::Response>),
-    /// From closest-peer lookups.
-    Find(libp2p::request_response::Event<lookup::Request, lookup::Response>),
+    /// From the DHT protocol.
+    Dht(rr::Event<wire::Request, wire::Response>),
 }
 
 impl From<identify::Event> for Event {
@@ -67,14 +47,8 @@ impl From<identify::Event> for Event {
     }
 }
 
-impl From<kad::Event> for Event {
-    fn from(e: kad::Event) -> Self {
-        Self::Kad(Box::new(e))
-    }
-}
-
-impl From<shoal_swim::behaviour::Event> for Event {
-    fn from(e: shoal_swim::behaviour::Event) -> Self {
+impl From<rr::Event<Vec<u8>, ()>> for Event {
+    fn from(e: rr::Event<Vec<u8>, ()>) -> Self {
         Self::Swim(e)
     }
 }
@@ -85,31 +59,13 @@ impl From<gate::Event> for Event {
     }
 }
 
-impl From<libp2p::request_response::Event<lockstep::Request, lockstep::Response>> for Event {
-    fn from(e: libp2p::request_response::Event<lockstep::Request, lockstep::Response>) -> Self {
-        Self::Lockstep(e)
+impl From<rr::Event<wire::Request, wire::Response>> for Event {
+    fn from(e: rr::Event<wire::Request, wire::Response>) -> Self {
+        Self::Dht(e)
     }
 }
 
-impl From<libp2p::request_response::Event<relay::Request, relay::Response>> for Event {
-    fn from(e: libp2p::request_response::Event<relay::Request, relay::Response>) -> Self {
-        Self::Relay(e)
-    }
-}
-
-impl From<libp2p::request_response::Event<replica::Request, replica::Response>> for Event {
-    fn from(e: libp2p::request_response::Event<replica::Request, replica::Response>) -> Self {
-        Self::Replica(e)
-    }
-}
-
-impl From<libp2p::request_response::Event<lookup::Request, lookup::Response>> for Event {
-    fn from(e: libp2p::request_response::Event<lookup::Request, lookup::Response>) -> Self {
-        Self::Find(e)
-    }
-}
-
-/// What a request-response event of the lockstep, relay or replica protocol asks of the node.
+/// What a request-response event asks of the node.
 pub(crate) enum Exchange<Req, Resp> {
     /// A peer's request, and the channel to answer it on.
     Request {
@@ -117,12 +73,10 @@ pub(crate) enum Exchange<Req, Resp> {
         request: Req,
         channel: ResponseChannel<Resp>,
     },
-    /// The outcome of a request this node sent to `peer`: its answer, or `None` if it failed
-    /// (timeout, dial failure, connection closed, refused protocol).
+    /// The outcome of a request this node sent: its answer, or why it failed.
     Outcome {
-        peer: PeerId,
         request_id: OutboundRequestId,
-        response: Option<Resp>,
+        response: Result<Resp, rr::OutboundFailure>,
     },
 }
 
@@ -144,7 +98,6 @@ impl<Req, Resp> Exchange<Req, Resp> {
                 channel,
             }),
             rr::Event::Message {
-                peer,
                 message:
                     rr::Message::Response {
                         request_id,
@@ -152,9 +105,8 @@ impl<Req, Resp> Exchange<Req, Resp> {
                     },
                 ..
             } => Some(Self::Outcome {
-                peer,
                 request_id,
-                response: Some(response),
+                response: Ok(response),
             }),
             rr::Event::OutboundFailure {
                 peer,
@@ -164,9 +116,8 @@ impl<Req, Resp> Exchange<Req, Resp> {
             } => {
                 tracing::debug!(%peer, %error, "request failed");
                 Some(Self::Outcome {
-                    peer,
                     request_id,
-                    response: None,
+                    response: Err(error),
                 })
             }
             rr::Event::InboundFailure { .. } | rr::Event::ResponseSent { .. } => None,
@@ -174,13 +125,12 @@ impl<Req, Resp> Exchange<Req, Resp> {
     }
 }
 
-/// A CBOR request-response behaviour on `protocol` with bounded message sizes: the shape of the
-/// lockstep, proof-relay and replica protocols.
+/// A CBOR request-response behaviour on `protocol` with bounded message sizes.
 pub(crate) fn cbor_request_response<Req, Resp>(
     protocol: StreamProtocol,
     max_request: usize,
     max_response: usize,
-    timeout: std::time::Duration,
+    timeout: Duration,
     max_streams: usize,
 ) -> libp2p::request_response::cbor::Behaviour<Req, Resp>
 where
@@ -197,47 +147,36 @@ where
 }
 
 impl Behaviour {
-    /// The behaviour of the node with `key`, presenting `proof`, serving `store`.
+    /// The behaviour of the node with `keypair`, presenting `proof` to the gate, which checks
+    /// peers with `verifier`.
     pub fn new(
-        key: &NodeKey,
+        keypair: &libp2p::identity::Keypair,
         proof: IdentityProof,
+        verifier: SharedVerifier,
         config: &Config,
-        store: RecordStore,
     ) -> Result<Self, ConfigError> {
         config.validate()?;
-        let peer = key.peer_id();
-        let keypair = key.to_libp2p();
         let identify = identify::Behaviour::new(identify::Config::new(
             config.identify_protocol(),
             keypair.public(),
         ));
-        let kad_protocol = StreamProtocol::try_from_owned(config.kad_protocol())
+        let swim_timeout = (config.swim.probe_timeout * 4).max(Duration::from_secs(5));
+        let swim = rr::Behaviour::with_codec(
+            shoal_swim::protocol::Codec::new(config.swim.max_message_bytes.get()),
+            [(shoal_swim::protocol::PROTOCOL, rr::ProtocolSupport::Full)],
+            rr::Config::default()
+                .with_request_timeout(swim_timeout)
+                .with_max_concurrent_streams(256),
+        );
+        // The core keeps its own, shorter deadlines; the transport's is a backstop.
+        let backstop = 2 * config.request_timeout.max(config.gate_timeout);
+        let protocol = StreamProtocol::try_from_owned(config.dht_protocol())
             .map_err(|_| ConfigError::BadNetwork(config.network.clone()))?;
-        let mut kad_config = kad::Config::new(kad_protocol);
-        kad_config
-            .set_kbucket_inserts(kad::BucketInserts::Manual)
-            .set_record_filtering(kad::StoreInserts::FilterBoth)
-            .set_max_packet_size(MAX_KAD_PACKET)
-            .set_query_timeout(config.query_timeout)
-            .set_replication_factor(config.replication_factor)
-            .set_parallelism(config.lookup_parallelism)
-            .set_kbucket_size(config.kbucket_size)
-            .set_periodic_bootstrap_interval(None);
-        let mut kad = kad::Behaviour::with_config(peer, store, kad_config);
-        kad.set_mode(Some(kad::Mode::Server));
-        let mut swim = shoal_swim::Behaviour::new(peer, unix_now(), config.swim.clone())?;
-        swim.require_admission();
-        let verifier =
-            IdentityVerifier::new(Puzzle::new(config.puzzle.clone())?, config.verifier.clone());
         Ok(Self {
             identify,
-            kad,
             swim,
             gate: gate::Behaviour::new(proof, verifier, config.gate_timeout),
-            lockstep: lockstep::behaviour(config.lockstep_timeout),
-            relay: relay::behaviour(config.gate_timeout),
-            replica: replica::behaviour(config.lockstep_timeout),
-            find: lookup::behaviour(config.lockstep_timeout),
+            dht: wire::behaviour(protocol, backstop, 256),
         })
     }
 }

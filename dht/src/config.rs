@@ -42,7 +42,7 @@ pub enum ConfigError {
 /// Configuration of a DHT node.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Network name, part of the identify and kad protocol names (`/shoal/<network>/kad/1.0.0`),
+    /// Network name, part of the identify and DHT protocol names (`/shoal/<network>/dht/1.0.0`),
     /// so networks never mix. 1 to 64 of `[a-z0-9-]`. Default `"main"`.
     pub network: String,
     /// The identity puzzle every peer's proof must solve. Default [`PuzzleConfig::mainnet`].
@@ -55,32 +55,33 @@ pub struct Config {
     pub records: RecordRules,
     /// SWIM membership. Default [`shoal_swim::Config::wan`].
     pub swim: shoal_swim::Config,
-    /// Kademlia's k: replicas of a record and peers per bucket. Default 20.
+    /// Kademlia's k: replicas of a record, peers a lookup finds and an answer names. Default 20.
     pub replication_factor: NonZeroUsize,
-    /// Entries per k-bucket of kad's routing table. Default 20 (kad's k).
-    ///
-    /// libp2p-kad allocates all 256 buckets at this size up front (about 82 KiB a slot across
-    /// them, 1.64 MiB at 20). SWIM holds every verified live member and seeds lookups from them
-    /// ([`crate::lookup`]), so the table only answers other nodes' lookups and kad's gets; a
-    /// smaller bucket trades routing-table breadth for memory (see `benches/lookup.rs`).
+    /// Entries per k-bucket of the routing table (and replacements kept per bucket). Default 20.
+    /// SWIM holds every verified live member and seeds lookups from them, so the table answers
+    /// other nodes' lookups and tells whether this node is among the closest to a key.
     pub kbucket_size: NonZeroUsize,
-    /// Kademlia's alpha: requests a lookup ([`crate::lookup`]) or a kad get keeps in flight.
-    /// Default 3.
+    /// Kademlia's alpha: requests a lookup or a get keeps in flight. Default 3.
     pub lookup_parallelism: NonZeroUsize,
-    /// Bound of one kad query (lookups, puts, gets), also how long a get keeps looking for a
+    /// Bound of one query (lookups, puts, gets), also how long a get keeps looking for a
     /// higher sequence. Default 30 s; must be above zero.
     pub query_timeout: Duration,
     /// Replicas that must acknowledge a put (each after validating and keeping the record, see
-    /// [`crate::replica`]) when the caller gives no quorum. At most `replication_factor`.
-    /// Default 3.
+    /// [`crate::wire::Request::PutRecord`]) when the caller gives no quorum. At most
+    /// `replication_factor`. Default 3.
     pub put_quorum: NonZeroUsize,
     /// Peers asked whether a found value was announced. Default 3.
     pub announced_checks: NonZeroUsize,
-    /// Bound of one identity-proof exchange. Default 10 s; must be above zero.
+    /// Bound of one identity-proof exchange, of a proof-relay request, and of how long a peer's
+    /// requests wait for its check. Default 10 s; must be above zero.
     pub gate_timeout: Duration,
-    /// Bound of one lockstep request, of one replica put, and of one lookup request. Default
-    /// 10 s; must be above zero.
-    pub lockstep_timeout: Duration,
+    /// Bound of one request to a peer: a lookup step, a get step, a replica put, a lockstep
+    /// announcement or read. Default 10 s; must be above zero.
+    pub request_timeout: Duration,
+    /// How often every record held is sent again to the nodes closest to its key in the local
+    /// view, so copies lost with failed nodes are made again (libp2p-kad's replication
+    /// interval). Default 1 h; must be above zero.
+    pub republish_interval: Duration,
     /// How long a connection with no open stream is kept. Default 60 s.
     pub idle_connection_timeout: Duration,
     /// Record store limits. Default [`StoreConfig::default`].
@@ -98,6 +99,9 @@ pub struct Config {
     pub command_queue: NonZeroUsize,
     /// Accepted notices buffered per subscriber before a slow one lags. Default 256.
     pub notice_buffer: NonZeroUsize,
+    /// Seed of the core's random number generator (lookup order, SWIM's choices). `None`
+    /// (default) seeds from OS entropy; the simulator and tests set it.
+    pub rng_seed: Option<[u8; 32]>,
 }
 
 impl Default for Config {
@@ -116,7 +120,8 @@ impl Default for Config {
             put_quorum: nz(3),
             announced_checks: nz(3),
             gate_timeout: Duration::from_secs(10),
-            lockstep_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            republish_interval: Duration::from_secs(3600),
             idle_connection_timeout: Duration::from_secs(60),
             store: StoreConfig::default(),
             notices: NoticeBookConfig::default(),
@@ -124,6 +129,7 @@ impl Default for Config {
             routing_snapshot_interval: Duration::from_secs(60),
             command_queue: nz(64),
             notice_buffer: nz(256),
+            rng_seed: None,
         }
     }
 }
@@ -175,7 +181,7 @@ impl Config {
             query_timeout: Duration::from_secs(10),
             put_quorum: nz(2),
             gate_timeout: Duration::from_secs(5),
-            lockstep_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
             ..Self::default()
         }
     }
@@ -192,7 +198,8 @@ impl Config {
         for (name, t) in [
             ("query_timeout", self.query_timeout),
             ("gate_timeout", self.gate_timeout),
-            ("lockstep_timeout", self.lockstep_timeout),
+            ("request_timeout", self.request_timeout),
+            ("republish_interval", self.republish_interval),
             ("routing_snapshot_interval", self.routing_snapshot_interval),
         ] {
             if t.is_zero() {
@@ -213,9 +220,9 @@ impl Config {
         format!("/shoal/{}/id/1.0.0", self.network)
     }
 
-    /// The kad protocol name: `/shoal/<network>/kad/1.0.0`.
-    pub fn kad_protocol(&self) -> String {
-        format!("/shoal/{}/kad/1.0.0", self.network)
+    /// The DHT protocol name: `/shoal/<network>/dht/1.0.0`, so networks never mix.
+    pub fn dht_protocol(&self) -> String {
+        format!("/shoal/{}/dht/1.0.0", self.network)
     }
 }
 
@@ -228,7 +235,7 @@ mod tests {
         for c in [Config::default(), Config::testnet(), Config::local()] {
             c.validate().unwrap();
         }
-        assert_eq!(Config::local().kad_protocol(), "/shoal/local/kad/1.0.0");
+        assert_eq!(Config::local().dht_protocol(), "/shoal/local/dht/1.0.0");
     }
 
     #[test]

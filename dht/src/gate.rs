@@ -4,7 +4,7 @@
 //! When a connection to a peer not yet verified is established, the gate sends its own proof as a
 //! request; the other side checks it and answers with its own proof, which the gate checks in
 //! turn. Both sides do this, so each verifies the other whoever dialed. Checks go through
-//! [`IdentityVerifier`]: one scrypt evaluation per new peer, cached, rate-limited. The DHT lets a
+//! [`shoal_pow::IdentityVerifier`]: one scrypt evaluation per new peer, cached, rate-limited. The DHT lets a
 //! peer into its routing table and membership only after [`Event::Verified`].
 
 use std::collections::{HashSet, VecDeque};
@@ -21,7 +21,9 @@ use libp2p::swarm::{
     THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
-use shoal_pow::{IdentityProof, IdentityVerifier, PROOF_LEN, ProofError, Verification};
+use shoal_pow::{IdentityProof, PROOF_LEN, ProofError, Verification};
+
+use crate::node::SharedVerifier;
 
 /// The gate's protocol name.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/identity/1");
@@ -116,7 +118,7 @@ impl rr::Codec for ProofCodec {
 pub struct Behaviour {
     inner: rr::Behaviour<ProofCodec>,
     own_proof: IdentityProof,
-    verifier: IdentityVerifier,
+    verifier: SharedVerifier,
     verified: HashSet<PeerId>,
     pending: HashSet<PeerId>,
     events: VecDeque<ToSwarm<Event, THandlerInEvent<rr::Behaviour<ProofCodec>>>>,
@@ -132,9 +134,10 @@ impl std::fmt::Debug for Behaviour {
 }
 
 impl Behaviour {
-    /// A gate presenting `own_proof` and checking peers with `verifier`. `timeout` bounds one
+    /// A gate presenting `own_proof` and checking peers with `verifier` (shared with the core,
+    /// which checks relayed proofs with the same cache and rate limit). `timeout` bounds one
     /// exchange (use seconds on TCP, tens of seconds on Tor).
-    pub fn new(own_proof: IdentityProof, verifier: IdentityVerifier, timeout: Duration) -> Self {
+    pub fn new(own_proof: IdentityProof, verifier: SharedVerifier, timeout: Duration) -> Self {
         let config = rr::Config::default()
             .with_request_timeout(timeout)
             .with_max_concurrent_streams(16);
@@ -164,26 +167,13 @@ impl Behaviour {
 
     /// The verifier's counters (scrypt evaluations, cache hits, refusals).
     pub fn stats(&self) -> shoal_pow::VerifierStats {
-        self.verifier.stats()
-    }
-
-    /// Checks a proof for `peer` that another member relayed (see [`crate::relay`]): the same
-    /// cached, rate-limited check as on a connection, but no connection is involved, so nothing
-    /// is closed or reported here.
-    pub fn check_relayed(
-        &mut self,
-        now: Instant,
-        peer: &PeerId,
-        bytes: &[u8],
-    ) -> Result<(IdentityProof, Verification), ProofError> {
-        let proof = IdentityProof::from_bytes(bytes)?;
-        let how = self.verifier.verify_peer(now, peer, &proof)?;
-        Ok((proof, how))
+        crate::node::checks::lock(&self.verifier).stats()
     }
 
     fn check(&mut self, now: Instant, peer: PeerId, bytes: &[u8]) -> Result<(), ProofError> {
         let proof = IdentityProof::from_bytes(bytes)?;
-        match self.verifier.verify_peer(now, &peer, &proof) {
+        let checked = crate::node::checks::lock(&self.verifier).verify_peer(now, &peer, &proof);
+        match checked {
             Ok(how) => {
                 self.pending.remove(&peer);
                 if self.verified.insert(peer) {
@@ -373,7 +363,8 @@ mod tests {
     use libp2p::swarm::SwarmEvent;
     use libp2p_swarm_test::SwarmExt;
     use shoal_pow::{
-        CancelToken, MintOptions, NodeKey, Puzzle, PuzzleConfig, VerifierConfig, mint,
+        CancelToken, IdentityVerifier, MintOptions, NodeKey, Puzzle, PuzzleConfig, VerifierConfig,
+        mint,
     };
 
     use super::*;
@@ -412,6 +403,7 @@ mod tests {
         Swarm::new_ephemeral_tokio(|keypair| {
             let key = NodeKey::from_libp2p(&keypair).unwrap();
             let verifier = IdentityVerifier::new(puzzle(), VerifierConfig::default());
+            let verifier = std::sync::Arc::new(std::sync::Mutex::new(verifier));
             Behaviour::new(proof(&key), verifier, Duration::from_secs(5))
         })
     }
@@ -488,6 +480,7 @@ mod tests {
                 ..VerifierConfig::default()
             };
             let verifier = IdentityVerifier::new(puzzle(), config);
+            let verifier = std::sync::Arc::new(std::sync::Mutex::new(verifier));
             Behaviour::new(valid_proof(&key), verifier, Duration::from_secs(5))
         });
         let (addr, _) = honest.listen().with_memory_addr_external().await;

@@ -259,7 +259,7 @@ impl Metrics {
                 n,
             );
         }
-        mirror(&m.kad_queries, stats.kad_queries);
+        mirror(&m.kad_queries, stats.queries);
         m.records.set(gauge(stats.records));
         m.notices.set(gauge(stats.notices));
         m.routing_peers.set(gauge(stats.routing_peers));

@@ -215,12 +215,12 @@ pub async fn transport(
 }
 
 /// Fits a DHT configuration to onion round trips (hundreds of milliseconds to seconds, and
-/// slow first connections): SWIM's Tor preset and longer kad, gate and lockstep bounds.
+/// slow first connections): SWIM's Tor preset and longer query, gate and request bounds.
 pub fn fit_for_onions(config: &mut shoal_dht::Config) {
     config.swim = shoal_swim::Config::tor();
     config.query_timeout = config.query_timeout.max(Duration::from_secs(90));
     config.gate_timeout = config.gate_timeout.max(Duration::from_secs(60));
-    config.lockstep_timeout = config.lockstep_timeout.max(Duration::from_secs(60));
+    config.request_timeout = config.request_timeout.max(Duration::from_secs(60));
     config.idle_connection_timeout = config.idle_connection_timeout.max(Duration::from_secs(300));
 }
 

@@ -237,20 +237,24 @@ async fn tor_only_and_mixed_networks() {
     println!("membership converged after {:?}", started.elapsed());
 
     // Puts and gets across the kinds.
-    let put = |from: usize, key: &'static str| {
+    // A put returns once `quorum` replicas kept it. The Tor-only writer's replicas are b, c and
+    // the bridge; the TCP-only reader finds the value only on the bridge, so that put waits for
+    // all three (with a quorum of one it could return before the bridge's copy is written, and
+    // the read race it). The TCP-only writer reaches the bridge alone: a quorum of one.
+    let put = |from: usize, key: &'static str, quorum: usize| {
         let url = nodes[from].url.clone();
         async move {
             call(
                 &url,
                 "dht_put",
-                json!({"key": key, "value": format!("from {from}")}),
+                json!({"key": key, "value": format!("from {from}"), "quorum": quorum}),
             )
             .await
             .unwrap_or_else(|e| panic!("put {key} through node {from}: {e}"))
         }
     };
-    put(0, "tor-key").await;
-    put(4, "tcp-key").await;
+    put(0, "tor-key", 3).await;
+    put(4, "tcp-key", 1).await;
     for (reader, key, from) in [
         (2, "tor-key", 0),
         (4, "tor-key", 0),

@@ -221,10 +221,36 @@ impl SignedNotice {
         &self.notice
     }
 
+    /// Whether `self` should replace `other`, a notice of the same publisher for the same key,
+    /// in a list of the latest notices: higher sequence wins, then the later creation.
+    pub fn supersedes(&self, other: &SignedNotice) -> bool {
+        (self.notice.seq, self.notice.created_at) > (other.notice.seq, other.notice.created_at)
+    }
+
     /// The exact envelope bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes
     }
+}
+
+/// Whether `notice` announces `record`: same key and publisher, same sequence number, and the
+/// hash of the record's value. The one statement of the "announced" rule.
+pub fn announces(notice: &SignedNotice, record: &Record) -> bool {
+    let n = notice.notice();
+    n.key == record.key
+        && n.publisher == record.publisher
+        && n.seq == record.seq
+        && n.value_hash == value_hash(&record.key, &record.value)
+}
+
+/// The notices of a peer's answer for `key`, at most [`protocol::MAX_NOTICES_PER_RESPONSE`]; those
+/// badly signed or for another key are dropped. Their stamps are not checked here.
+pub fn decode_notices(key: &[u8], list: &[serde_bytes::ByteBuf]) -> Vec<SignedNotice> {
+    list.iter()
+        .take(protocol::MAX_NOTICES_PER_RESPONSE)
+        .filter_map(|bytes| SignedNotice::decode(bytes).ok())
+        .filter(|n| n.notice().key == key)
+        .collect()
 }
 
 /// Whether a record's value was announced.
@@ -374,10 +400,20 @@ impl NoticeBook {
         if n.seq < record.seq {
             return Ok(Announced::No);
         }
-        if n.value_hash != value_hash(&record.key, &record.value) {
+        if !announces(kept, record) {
             return Err(LockstepError::Mismatch { seq: n.seq });
         }
         Ok(Announced::Yes)
+    }
+
+    /// Removes `notice` if it is the one kept for its key and publisher; whether it was.
+    pub fn remove_if_kept(&mut self, notice: &SignedNotice) -> bool {
+        let n = notice.notice();
+        if self.get(&n.key, &n.publisher) != Some(notice) {
+            return false;
+        }
+        self.remove(notice);
+        true
     }
 
     fn remove(&mut self, notice: &SignedNotice) {

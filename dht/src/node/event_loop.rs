@@ -1,158 +1,174 @@
-//! The event loop: owns the swarm, runs commands, applies the gate and SWIM to kad's routing
-//! table, runs joins and the graceful shutdown.
+//! The event loop: owns the swarm, the core and the writer, and translates between them.
+//!
+//! Each turn reads the clocks once, handles what woke it (a swarm event, a command, a commit, a
+//! deadline), then, whatever woke it, a bounded number of further swarm events and queued
+//! commands and every due deadline, so a swarm that always has an event ready cannot starve
+//! clients or timers. It then carries out the core's actions and hands the turn's writes to the
+//! writer, which commits them together.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use libp2p::core::transport::ListenerId;
-use libp2p::kad::{self, QueryId};
-use libp2p::request_response::OutboundRequestId;
+use libp2p::request_response::{OutboundFailure, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{DialError, Swarm, SwarmEvent};
 use libp2p::{Multiaddr, PeerId};
-use serde_bytes::ByteBuf;
-use shoal_pow::{IdentityProof, NodeKey, StampChecker, unix_now};
-use shoal_swim::behaviour::Event as SwimEvent;
-use shoal_swim::{CommandError, CommandId, State};
+use shoal_pow::{IdentityProof, IdentityVerifier, NodeKey, Puzzle};
+use shoal_swim::{Address, State};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::admission::Admission;
-use super::departed::Departed;
-use super::lookups::Lookups;
-use super::queries::{Announcing, Get, NoticesQuery, Pending};
-use super::replicate::{PutJob, Replicating};
+use super::checks::{NodeChecks, SharedVerifier, lock};
 use super::{
-    BoxedTransport, Client, Command, JoinError, JoinOk, JoinResult, ListenError, ListenResult,
-    MAX_SNAPSHOT_PEERS, MAX_SNAPSHOT_SEEDS, MemberCounts, MemberInfo, NodeStats,
-    SHUTDOWN_LEAVE_BOUND, StartError,
+    AnnounceResult, BoxedTransport, Client, Command, GetResult, JoinResult, ListenError,
+    ListenResult, LookupResult, MAX_SNAPSHOT_PEERS, MemberInfo, NodeStats, NoticesResult,
+    PutResult, Rpcs, SHUTDOWN_LEAVE_BOUND, StartError,
 };
-use crate::behaviour::{Behaviour, Event};
+use crate::behaviour::{Behaviour, Event, Exchange};
 use crate::config::{Config, ConfigError};
+use crate::core::{self, Action, Core, InboundId, OpId, Reply, RequestFailure, Restored, WriteId};
 use crate::gate;
-use crate::lockstep::protocol::Request;
-use crate::lockstep::{NoticeBook, SignedNotice};
-use crate::record::SignedRecord;
-use crate::store::{Persist, RecordStore};
+use crate::lockstep::SignedNotice;
+use crate::lockstep::protocol::Response;
+use crate::store::{self, Batch, Committed, Persist, Writer, WriterError, WriterEvents};
+use crate::wire::{self, Request};
 
-struct Join {
-    reply: oneshot::Sender<JoinResult>,
-    tried: usize,
-    waiting: HashSet<PeerId>,
-    seeds: Vec<(PeerId, Vec<Multiaddr>)>,
-    swim: Option<CommandId>,
-    attempts: u32,
-}
+/// Swarm events handled at most in one turn (after the one that woke it, if any).
+const SWARM_BUDGET: usize = 32;
 
-/// libp2p-kad bootstraps by itself after an insert into a table with fewer peers than this (its
-/// `K_VALUE`, whatever the bucket size).
-const KAD_BOOTSTRAP_BELOW: usize = 20;
+/// Queued commands handled at most in one turn.
+const COMMAND_BUDGET: usize = 16;
 
-/// SWIM join attempts before a join is reported failed.
-const JOIN_ATTEMPTS: u32 = 3;
-
-/// Owns the swarm; run it with [`EventLoop::run`].
-pub struct EventLoop {
-    pub(super) swarm: Swarm<Behaviour>,
-    commands: mpsc::Receiver<Command>,
-    pub(super) notices: broadcast::Sender<SignedNotice>,
-    pub(super) key: NodeKey,
-    pub(super) config: Config,
-    pub(super) stamps: StampChecker,
-    pub(super) book: NoticeBook,
-    pub(super) persist: Option<Arc<Persist>>,
-    /// Members verified (by the gate, or through a relayed proof), with their proofs.
-    pub(super) verified: HashMap<PeerId, IdentityProof>,
-    /// Proofs of members SWIM declared failed or gone lately, readmitted without a request
-    /// if they come back.
-    pub(super) departed: Departed,
-    pub(super) admission: Admission,
-    pub(super) stats: NodeStats,
-    pub(super) last_seq: HashMap<Vec<u8>, u64>,
-    listens: HashMap<ListenerId, (Multiaddr, oneshot::Sender<ListenResult>)>,
-    joins: Vec<Join>,
-    pub(super) replicating: HashMap<usize, Replicating>,
-    pub(super) replica_requests: HashMap<OutboundRequestId, usize>,
-    pub(super) gets: HashMap<QueryId, Get>,
-    pub(super) checks: HashMap<usize, Get>,
-    pub(super) lookups: Lookups,
-    pub(super) announcing: HashMap<usize, Announcing>,
-    pub(super) notice_queries: HashMap<usize, NoticesQuery>,
-    pub(super) requests: HashMap<OutboundRequestId, Pending>,
-    pub(super) next_id: usize,
-    stopping: Option<Stopping>,
-    /// Peers of the routing-table snapshot read on start: dialed on start, and the seeds of a
-    /// join without seeds. At most [`MAX_SNAPSHOT_SEEDS`].
-    snapshot: Vec<(PeerId, Vec<Multiaddr>)>,
-}
-
-/// A shutdown under way: SWIM is leaving.
-struct Stopping {
-    reply: oneshot::Sender<()>,
-    leave: CommandId,
-    /// When the loop ends even if the leave has not finished.
-    deadline: Instant,
-}
+/// Batches the writer keeps in flight; more wait in the loop, which then stops taking input.
+const WRITER_QUEUE: usize = 4096;
 
 /// After SWIM's leave finished, how long the loop still runs so the last departure messages
 /// reach their peers.
 const LEAVE_GRACE: Duration = Duration::from_millis(200);
 
+/// Wall-clock time, in Unix seconds: the only clock besides the monotonic one the loop reads
+/// (tests step it back to check that nothing a node persisted goes backwards).
+pub trait WallClock: Send + Sync + std::fmt::Debug {
+    /// Seconds since the Unix epoch now.
+    fn unix(&self) -> u64;
+}
+
+/// The system's clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl WallClock for SystemClock {
+    fn unix(&self) -> u64 {
+        shoal_pow::unix_now()
+    }
+}
+
+/// Where the answer to a command goes.
+enum ReplyTo {
+    Join(oneshot::Sender<JoinResult>),
+    Put(oneshot::Sender<PutResult>),
+    Get(oneshot::Sender<GetResult>),
+    FindNode(oneshot::Sender<LookupResult>),
+    Announce(oneshot::Sender<AnnounceResult>),
+    Notices(oneshot::Sender<NoticesResult>),
+    AnnouncedTo(oneshot::Sender<Option<Response>>),
+}
+
+/// A shutdown under way: SWIM is leaving.
+struct Stopping {
+    reply: oneshot::Sender<()>,
+    leave: OpId,
+    /// When the loop ends even if the leave has not finished.
+    deadline: Instant,
+}
+
+/// Counters kept by the loop itself (what the swarm did).
+#[derive(Debug, Default)]
+struct Wire {
+    dials: usize,
+    relay_requests_unconnected: usize,
+    swim_sent: u64,
+    swim_malformed: u64,
+    swim_undeliverable: u64,
+    swim_sent_unconnected: u64,
+}
+
+/// Owns the swarm and the core; run it with [`EventLoop::run`].
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    core: Core<PeerId, NodeChecks>,
+    commands: mpsc::Receiver<Command>,
+    notices: broadcast::Sender<SignedNotice>,
+    clock: Arc<dyn WallClock>,
+    verifier: SharedVerifier,
+    writer: Option<(Writer, WriterEvents)>,
+    /// The database, for the failure-injection hook ([`Client::dangerous_fail_writes`]); only
+    /// the writer writes to it.
+    persist: Option<Arc<Persist>>,
+    /// Writes of this turn and earlier ones not taken by the writer yet, in order.
+    writes: VecDeque<(store::WriteId, Batch)>,
+    max_swim_bytes: usize,
+    inbound: HashMap<InboundId, ResponseChannel<wire::Response>>,
+    next_inbound: u64,
+    outbound: HashMap<OutboundRequestId, core::RequestId>,
+    replies: HashMap<OpId, ReplyTo>,
+    listens: HashMap<ListenerId, (Multiaddr, oneshot::Sender<ListenResult>)>,
+    stopping: Option<Stopping>,
+    wire: Wire,
+}
+
 impl std::fmt::Debug for EventLoop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EventLoop")
-            .field("peer", self.swarm.local_peer_id())
-            .field("verified", &self.verified.len())
+            .field("core", &self.core)
             .finish_non_exhaustive()
     }
 }
 
 impl EventLoop {
     /// A node with `key`, presenting `proof`, over `transport`. Opens the redb store when
-    /// [`Config::data_dir`] is set (records and notices are loaded back).
+    /// [`Config::data_dir`] is set (records, notices and the routing snapshot are loaded back).
     pub fn new(
         key: NodeKey,
         proof: IdentityProof,
         config: Config,
         transport: BoxedTransport,
     ) -> Result<(Client, EventLoop), StartError> {
+        Self::with_clock(key, proof, config, transport, Arc::new(SystemClock))
+    }
+
+    /// [`EventLoop::new`] with the wall clock read from `clock`.
+    pub fn with_clock(
+        key: NodeKey,
+        proof: IdentityProof,
+        config: Config,
+        transport: BoxedTransport,
+        clock: Arc<dyn WallClock>,
+    ) -> Result<(Client, EventLoop), StartError> {
         config.validate()?;
         let local = key.peer_id();
-        let stamps = StampChecker::new(config.stamps.clone()).map_err(ConfigError::from)?;
-        let mut book = NoticeBook::new(config.notices.clone());
-        let mut snapshot = Vec::new();
-        let (store, persist) = match &config.data_dir {
-            None => (RecordStore::in_memory(local, config.store.clone()), None),
+        let keypair = key.to_libp2p();
+        let (restored, writer, persist) = match &config.data_dir {
+            None => (Restored::default(), None, None),
             Some(dir) => {
                 std::fs::create_dir_all(dir)?;
                 let persist = Arc::new(Persist::open(&dir.join("shoal.redb"))?);
-                let (now, now_unix) = (Instant::now(), unix_now());
-                let (store, dropped) = RecordStore::open(
-                    local,
-                    config.store.clone(),
-                    persist.clone(),
-                    now,
-                    now_unix,
-                    |key, bytes| {
-                        SignedRecord::validate(bytes, Some(key), now_unix, &config.records, &stamps)
-                            .ok()
-                    },
-                )?;
-                if dropped > 0 {
-                    tracing::info!(dropped, "expired or invalid records dropped on open");
-                }
-                for bytes in persist.notices()? {
-                    if let Ok(n) = SignedNotice::decode(&bytes) {
-                        // A full book drops its oldest; the store keeps what it has.
-                        let _ = book.insert(n);
-                    }
-                }
-                snapshot = decode_snapshot(persist.routing()?, local);
-                (store, Some(persist))
+                let restored = store::read_disk(&persist, local)?;
+                let queue = std::num::NonZeroUsize::new(WRITER_QUEUE)
+                    .unwrap_or(std::num::NonZeroUsize::MIN);
+                let writer = Writer::spawn(persist.clone(), queue)
+                    .map_err(|e| StartError::DataDir(std::io::Error::other(e.to_string())))?;
+                (restored, Some(writer), Some(persist))
             }
         };
-        let behaviour = Behaviour::new(&key, proof, &config, store)?;
+        let puzzle = Puzzle::new(config.puzzle.clone()).map_err(ConfigError::from)?;
+        let verifier: SharedVerifier = Arc::new(Mutex::new(IdentityVerifier::new(
+            puzzle,
+            config.verifier.clone(),
+        )));
+        let behaviour = Behaviour::new(&keypair, proof, verifier.clone(), &config)?;
         let swarm = Swarm::new(
             transport,
             behaviour,
@@ -167,114 +183,146 @@ impl EventLoop {
             tx,
             notices: notices.clone(),
         };
+        let max_swim_bytes = config.swim.max_message_bytes.get();
+        let persistent = writer.is_some();
+        let core = Core::new(
+            Instant::now(),
+            clock.unix(),
+            local,
+            key,
+            NodeChecks::new(verifier.clone()),
+            config,
+            persistent,
+            restored,
+        )?;
         let event_loop = EventLoop {
             swarm,
+            core,
             commands,
             notices,
-            key,
-            config,
-            stamps,
-            book,
+            clock,
+            verifier,
+            writer,
             persist,
-            verified: HashMap::new(),
-            departed: Departed::default(),
-            admission: Admission::default(),
-            stats: NodeStats::default(),
-            last_seq: HashMap::new(),
+            writes: VecDeque::new(),
+            max_swim_bytes,
+            inbound: HashMap::new(),
+            next_inbound: 0,
+            outbound: HashMap::new(),
+            replies: HashMap::new(),
             listens: HashMap::new(),
-            joins: Vec::new(),
-            replicating: HashMap::new(),
-            replica_requests: HashMap::new(),
-            gets: HashMap::new(),
-            checks: HashMap::new(),
-            lookups: Lookups::default(),
-            announcing: HashMap::new(),
-            notice_queries: HashMap::new(),
-            requests: HashMap::new(),
-            next_id: 0,
             stopping: None,
-            snapshot,
+            wire: Wire::default(),
         };
         Ok((client, event_loop))
     }
 
     /// Runs until [`Client::shutdown`] completes or every [`Client`] is dropped, then closes the
-    /// node (the swarm and the redb database are dropped before it returns).
+    /// node: every queued write is committed, the database closed and the swarm dropped before
+    /// it returns.
     pub async fn run(mut self) {
-        for (peer, addrs) in self.snapshot.clone() {
-            self.dial(peer, addrs);
-        }
-        let every = self.config.routing_snapshot_interval;
-        let mut snapshot_tick =
-            tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        snapshot_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut retry_tick = tokio::time::interval(Duration::from_secs(1));
-        retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let now = Instant::now();
+        let unix = self.clock.unix();
+        self.carry_out(now, unix);
         loop {
-            let deadline = self.stopping.as_ref().map(|s| s.deadline);
-            let stop_timer = async move {
+            let deadline = [
+                self.core.poll_timeout(),
+                self.stopping.as_ref().map(|s| s.deadline),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let timer = async move {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
                     None => futures::future::pending().await,
                 }
             };
-            let batches = self.admission.has_batches();
+            // Input waits while the writer is behind: every write the core asks for must reach
+            // the disk, and the loop must not hold an unbounded backlog of them.
+            let open = self.writes.len() < WRITER_QUEUE;
+            let mut woke = Woke::Timer;
             tokio::select! {
-                // Biased, so the proof requests queued by a burst of swarm events go out in
-                // batches once the swarm has nothing more ready.
-                biased;
-                event = self.swarm.select_next_some() => {
-                    self.on_swarm_event(event);
-                    self.count_event();
+                event = self.swarm.select_next_some(), if open => woke = Woke::Swarm(event),
+                command = self.commands.recv(), if open && self.stopping.is_none() => {
+                    match command {
+                        Some(c) => woke = Woke::Command(c),
+                        None => break,
+                    }
                 }
-                command = self.commands.recv(), if self.stopping.is_none() => match command {
-                    Some(c) => self.on_command(c),
-                    None => break,
-                },
-                () = stop_timer => break,
-                _ = snapshot_tick.tick(), if self.persist.is_some() => self.save_snapshot(),
-                _ = retry_tick.tick() => {
-                    self.retry_wanted();
-                    self.departed.expire(Instant::now());
-                    self.expire_lookups(Instant::now());
-                }
-                () = std::future::ready(()), if batches => self.flush_relay_requests(),
+                committed = recv_committed(&mut self.writer) => woke = Woke::Committed(committed),
+                () = timer => {}
+            }
+            let now = Instant::now();
+            let unix = self.clock.unix();
+            match woke {
+                Woke::Swarm(event) => self.on_swarm_event(now, unix, event),
+                Woke::Command(command) => self.on_command(now, unix, command),
+                Woke::Committed(Some(c)) => self.on_committed(now, unix, c),
+                Woke::Committed(None) | Woke::Timer => {}
+            }
+            self.turn(now, unix);
+            if self.stopping.as_ref().is_some_and(|s| now >= s.deadline) {
+                break;
             }
         }
-        self.close();
+        self.close().await;
     }
 
-    /// Starts a graceful shutdown: SWIM leaves, and the loop ends when the leave finished (plus
-    /// [`LEAVE_GRACE`]) or after [`SHUTDOWN_LEAVE_BOUND`].
-    fn start_shutdown(&mut self, reply: oneshot::Sender<()>) {
-        tracing::info!("shutting down");
-        // Commands already queued are dropped unanswered when the loop ends (their callers see
-        // `Stopped`); new ones are refused at once.
-        self.commands.close();
-        let leave = self.swarm.behaviour_mut().swim.leave();
-        self.stopping = Some(Stopping {
-            reply,
-            leave,
-            deadline: Instant::now() + SHUTDOWN_LEAVE_BOUND,
-        });
-    }
-
-    fn on_leave_finished(&mut self, id: CommandId, result: Result<(), CommandError>) {
-        let Some(s) = &mut self.stopping else {
-            return;
-        };
-        if s.leave == id {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "SWIM leave failed");
+    /// The rest of a turn: more ready swarm events, queued commands and due deadlines within
+    /// their budgets, then the core's actions.
+    fn turn(&mut self, now: Instant, unix: u64) {
+        for _ in 0..SWARM_BUDGET {
+            if self.writes.len() >= WRITER_QUEUE {
+                break;
             }
-            s.deadline = s.deadline.min(Instant::now() + LEAVE_GRACE);
+            match self.swarm.next().now_or_never() {
+                Some(Some(event)) => self.on_swarm_event(now, unix, event),
+                _ => break,
+            }
         }
+        if self.stopping.is_none() {
+            for _ in 0..COMMAND_BUDGET {
+                match self.commands.try_recv() {
+                    Ok(command) => self.on_command(now, unix, command),
+                    Err(_) => break,
+                }
+            }
+        }
+        if self.core.poll_timeout().is_some_and(|t| t <= now) {
+            self.core.handle_timeout(now, unix);
+        }
+        self.carry_out(now, unix);
     }
 
-    /// Ends the node: everything is dropped (the redb database is closed once the swarm's store
-    /// and this loop let go of it), then a pending shutdown is answered.
-    fn close(mut self) {
-        self.save_snapshot();
+    /// Ends the node: a last routing snapshot, every queued write committed and the database
+    /// closed, the swarm dropped, then a pending shutdown is answered.
+    async fn close(mut self) {
+        let peers = self.core.snapshot(MAX_SNAPSHOT_PEERS);
+        if !peers.is_empty() && self.writer.is_some() {
+            let mut batch = Batch::new();
+            batch.replace_routing(store::snapshot_pairs(peers));
+            self.writes.push_back((store::WriteId(u64::MAX), batch));
+        }
+        if let Some((writer, mut events)) = self.writer.take() {
+            while let Some((id, batch)) = self.writes.pop_front() {
+                match writer.send(id, batch).await {
+                    Ok(()) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "a write queued at shutdown was not committed");
+                        break;
+                    }
+                }
+                // Keep the in-flight window open: results are no longer needed.
+                while events.try_recv().is_some() {}
+            }
+            drop(events);
+            match tokio::task::spawn_blocking(move || writer.close()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "the writer did not close cleanly"),
+                Err(error) => tracing::warn!(%error, "the writer did not close cleanly"),
+            }
+        }
         let reply = self.stopping.take().map(|s| s.reply);
         drop(self);
         if let Some(reply) = reply {
@@ -283,173 +331,9 @@ impl EventLoop {
         }
     }
 
-    /// Writes the verified, live members with their addresses (at most [`MAX_SNAPSHOT_PEERS`])
-    /// as the routing-table snapshot. Nothing is written while no member is known, so a node
-    /// that restarts alone keeps the snapshot it had.
-    fn save_snapshot(&mut self) {
-        let Some(persist) = &self.persist else {
-            return;
-        };
-        let peers: Vec<(Vec<u8>, Vec<u8>)> = self
-            .swarm
-            .behaviour()
-            .swim
-            .members()
-            .filter(|(p, m)| {
-                matches!(m.state, State::Alive | State::Suspect) && self.verified.contains_key(p)
-            })
-            .take(MAX_SNAPSHOT_PEERS)
-            .map(|(p, m)| {
-                let addrs: Vec<ByteBuf> = shoal_swim::behaviour::to_multiaddrs(&m.addrs)
-                    .into_iter()
-                    .map(|a| ByteBuf::from(a.to_vec()))
-                    .collect();
-                // Invariant: a list of byte strings always encodes.
-                let addrs = cbor4ii::serde::to_vec(Vec::new(), &addrs).expect("bytes encode");
-                (p.to_bytes(), addrs)
-            })
-            .collect();
-        if peers.is_empty() {
-            return;
-        }
-        if let Err(e) = persist.save_routing(&peers) {
-            tracing::warn!(error = %e, "cannot save the routing-table snapshot");
-        }
-    }
+    // ----- input -----
 
-    pub(super) fn kad_mut(&mut self) -> &mut kad::Behaviour<RecordStore> {
-        &mut self.swarm.behaviour_mut().kad
-    }
-
-    fn routing_peers(&mut self) -> usize {
-        self.kad_mut().kbuckets().map(|b| b.num_entries()).sum()
-    }
-
-    fn full_stats(&mut self) -> NodeStats {
-        let mut stats = self.stats.clone();
-        stats.routing_peers = self.routing_peers();
-        stats.records = self.kad_mut().store_mut().len();
-        stats.notices = self.book.len();
-        let b = self.swarm.behaviour();
-        stats.swim = b.swim.stats().clone();
-        stats.swim_wire = b.swim.wire_stats();
-        stats.swim_unadmitted = stats.swim_wire.unadmitted;
-        stats.verifier = b.gate.stats();
-        stats.members = MemberCounts::default();
-        for (_, m) in b.swim.members() {
-            match m.state {
-                State::Alive => stats.members.alive += 1,
-                State::Suspect => stats.members.suspect += 1,
-                State::Dead => stats.members.dead += 1,
-                State::Left => stats.members.left += 1,
-            }
-        }
-        let info = self.swarm.network_info();
-        stats.connections = info.connection_counters().num_established() as usize;
-        stats.departed_proofs = self.departed.len();
-        stats.connected_peers = info.num_peers();
-        stats.listen_addrs = self.swarm.listeners().cloned().collect();
-        stats.external_addrs = self.swarm.external_addresses().cloned().collect();
-        stats
-    }
-
-    pub(super) fn next_seq(&mut self, key: &[u8], explicit: Option<u64>) -> u64 {
-        explicit.unwrap_or_else(|| {
-            let held = self
-                .swarm
-                .behaviour_mut()
-                .kad
-                .store_mut()
-                .signed(key)
-                .map(|s| s.record().seq);
-            let seen = self.last_seq.get(key).copied().max(held);
-            seen.map_or(0, |s| s.saturating_add(1)).max(unix_now())
-        })
-    }
-
-    fn is_alive(&self, peer: &PeerId) -> Option<Vec<Multiaddr>> {
-        let m = self.swarm.behaviour().swim.member(peer)?;
-        matches!(m.state, State::Alive | State::Suspect)
-            .then(|| shoal_swim::behaviour::to_multiaddrs(&m.addrs))
-    }
-
-    /// Adds `peer` to kad's routing table if it is verified, alive, and its bucket has room.
-    /// A full bucket is left alone: kad would dial its least recently seen entry to make room,
-    /// but SWIM already says every entry is alive, and evicts those that fail.
-    pub(super) fn route(&mut self, peer: PeerId, addrs: &[Multiaddr]) {
-        if !self.verified.contains_key(&peer) {
-            return;
-        }
-        let Some(mut known) = self.is_alive(&peer) else {
-            return;
-        };
-        let k = self.config.kbucket_size.get();
-        let (full, present) = self.kad_mut().kbucket(peer).map_or((false, false), |b| {
-            let present = b.iter().any(|e| *e.node.key.preimage() == peer);
-            (b.num_entries() >= k, present)
-        });
-        if full && !present {
-            return;
-        }
-        known.extend(addrs.iter().cloned());
-        for addr in known {
-            self.swarm.behaviour_mut().kad.add_address(&peer, addr);
-        }
-        if !present {
-            self.suppress_kad_bootstrap();
-        }
-    }
-
-    /// libp2p-kad 0.49 starts a bootstrap by itself half a second after a peer enters a table
-    /// holding fewer than 20 peers, and offers no switch for it. Inserts are manual here, so
-    /// what a bootstrap finds never enters the table: it would only open connections (about 250
-    /// requests each; 59,000 in the first wave of 108 nodes of the lookup bench). Starting one
-    /// now and ending it before it sends anything clears kad's pending timer; [`Self::on_kad`]
-    /// ends each later step of a bootstrap the same way.
-    fn suppress_kad_bootstrap(&mut self) {
-        let kad = self.kad_mut();
-        let entries: usize = kad.kbuckets().map(|b| b.num_entries()).sum();
-        if entries < KAD_BOOTSTRAP_BELOW
-            && let Ok(id) = kad.bootstrap()
-            && let Some(mut query) = kad.query_mut(&id)
-        {
-            query.finish();
-        }
-    }
-
-    /// After a routed peer failed or left: offers every verified live member to the routing
-    /// table again, so the freed slot goes to one that [`Self::route`] skipped while the bucket
-    /// was full.
-    fn refill_routing(&mut self) {
-        for peer in self.verified_live_members() {
-            self.route(peer, &[]);
-        }
-    }
-
-    /// The members SWIM holds alive (or suspect) whose proofs this node checked.
-    pub(super) fn verified_live_members(&self) -> Vec<PeerId> {
-        self.swarm
-            .behaviour()
-            .swim
-            .members()
-            .filter(|(p, m)| {
-                matches!(m.state, State::Alive | State::Suspect) && self.verified.contains_key(*p)
-            })
-            .map(|(p, _)| *p)
-            .collect()
-    }
-
-    pub(super) fn dial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
-        if self.swarm.is_connected(&peer) || peer == *self.swarm.local_peer_id() {
-            return;
-        }
-        let opts = DialOpts::peer_id(peer).addresses(addrs).build();
-        if let Err(error) = self.swarm.dial(opts) {
-            tracing::debug!(%peer, %error, "dial failed");
-        }
-    }
-
-    fn on_command(&mut self, command: Command) {
+    fn on_command(&mut self, now: Instant, unix: u64, command: Command) {
         match command {
             Command::Listen(addr, reply) => match self.swarm.listen_on(addr.clone()) {
                 Ok(id) => {
@@ -462,52 +346,56 @@ impl EventLoop {
                     }));
                 }
             },
-            Command::Join(seeds, reply) => self.start_join(seeds, reply),
-            Command::Put(request, reply) => self.start_put(request, reply),
-            Command::Get(key, reply) => self.start_get(key, reply),
-            Command::FindNode(peer, reply) => self.start_find_node(peer, reply),
+            Command::Join(seeds, reply) => {
+                let seeds = seeds
+                    .into_iter()
+                    .map(|(peer, addr)| (peer, vec![Address(addr.to_vec())]))
+                    .collect();
+                let op = self
+                    .core
+                    .handle_command(now, unix, core::Command::Join(seeds));
+                self.replies.insert(op, ReplyTo::Join(reply));
+            }
+            Command::Put(request, reply) => {
+                let op = self
+                    .core
+                    .handle_command(now, unix, core::Command::Put(request));
+                self.replies.insert(op, ReplyTo::Put(reply));
+            }
+            Command::Get(key, reply) => {
+                let op = self.core.handle_command(now, unix, core::Command::Get(key));
+                self.replies.insert(op, ReplyTo::Get(reply));
+            }
+            Command::FindNode(peer, reply) => {
+                let op = self
+                    .core
+                    .handle_command(now, unix, core::Command::FindNode(peer));
+                self.replies.insert(op, ReplyTo::FindNode(reply));
+            }
             Command::Announce {
                 key,
                 value,
                 seq,
                 reply,
-            } => self.start_announce(key, value, seq, reply),
-            Command::Members(reply) => {
-                let members = self
-                    .swarm
-                    .behaviour()
-                    .swim
-                    .members()
-                    .filter(|(p, m)| {
-                        *p != self.swarm.local_peer_id()
-                            && matches!(m.state, State::Alive | State::Suspect)
-                    })
-                    .map(|(p, _)| *p)
-                    .collect();
-                let _ = reply.send(members);
+            } => {
+                let command = core::Command::Announce { key, value, seq };
+                let op = self.core.handle_command(now, unix, command);
+                self.replies.insert(op, ReplyTo::Announce(reply));
             }
-            Command::Peers(reply) => {
-                let peers = self
-                    .swarm
-                    .behaviour_mut()
-                    .kad
-                    .kbuckets()
-                    .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
-                    .collect();
-                let _ = reply.send(peers);
-            }
-            Command::Stored(key, reply) => {
-                let held = self.swarm.behaviour_mut().kad.store_mut().signed(&key);
-                let _ = reply.send(held.cloned());
+            Command::Notices(key, reply) => {
+                let op = self
+                    .core
+                    .handle_command(now, unix, core::Command::Notices(key));
+                self.replies.insert(op, ReplyTo::Notices(reply));
             }
             Command::RawNotice {
                 peer,
                 envelope,
                 reply,
             } => {
-                let req = Request::Announce(ByteBuf::from(envelope));
-                let rid = self.swarm.behaviour_mut().lockstep.send_request(&peer, req);
-                self.requests.insert(rid, Pending::Raw(reply));
+                let command = core::Command::DangerousAnnounceTo { peer, envelope };
+                let op = self.core.handle_command(now, unix, command);
+                self.replies.insert(op, ReplyTo::AnnouncedTo(reply));
             }
             Command::RawPut {
                 key,
@@ -515,23 +403,36 @@ impl EventLoop {
                 peers,
                 reply,
             } => {
-                let job = PutJob {
+                let command = core::Command::DangerousPutTo {
                     key,
-                    seq: 0,
-                    quorum: peers.len().max(1),
                     envelope,
-                    reply,
+                    peers,
                 };
-                self.replicate(job, peers);
+                let op = self.core.handle_command(now, unix, command);
+                self.replies.insert(op, ReplyTo::Put(reply));
+            }
+            Command::Members(reply) => {
+                let _ = reply.send(self.core.live_members());
+            }
+            Command::Peers(reply) => {
+                let _ = reply.send(self.core.routing_table().peers().copied().collect());
+            }
+            Command::Stored(key, reply) => {
+                let _ = reply.send(self.core.stored(&key).cloned());
             }
             Command::Stats(reply) => {
                 let _ = reply.send(self.full_stats());
             }
+            Command::FailWrites(n, reply) => {
+                if let Some(persist) = &self.persist {
+                    persist.dangerous_fail_commits(n);
+                }
+                let _ = reply.send(self.persist.is_some());
+            }
             Command::MemberList(reply) => {
                 let list = self
-                    .swarm
-                    .behaviour()
-                    .swim
+                    .core
+                    .membership()
                     .members()
                     .map(|(peer, m)| MemberInfo {
                         peer: *peer,
@@ -542,122 +443,38 @@ impl EventLoop {
                     .collect();
                 let _ = reply.send(list);
             }
-            Command::Notices(key, reply) => self.start_notices(key, reply),
-            Command::Shutdown(reply) => self.start_shutdown(reply),
-        }
-    }
-
-    fn start_join(&mut self, seeds: Vec<(PeerId, Multiaddr)>, reply: oneshot::Sender<JoinResult>) {
-        let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
-        if seeds.is_empty() {
-            by_peer.extend(self.snapshot.iter().cloned());
-        }
-        for (peer, addr) in seeds {
-            by_peer.entry(peer).or_default().push(addr);
-        }
-        let tried = by_peer.len();
-        let mut waiting = HashSet::new();
-        for (peer, addrs) in &by_peer {
-            let ready = self.verified.contains_key(peer) && self.swarm.is_connected(peer);
-            if !ready {
-                waiting.insert(*peer);
-                if self.swarm.is_connected(peer) {
-                    continue; // The gate is at work on the open connection.
-                }
-                let opts = DialOpts::peer_id(*peer).addresses(addrs.clone()).build();
-                match self.swarm.dial(opts) {
-                    // Already being dialed (e.g. a snapshot peer dialed on start): that dial's
-                    // outcome settles the wait.
-                    Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {}
-                    Err(error) => {
-                        tracing::debug!(%peer, %error, "cannot dial seed");
-                        waiting.remove(peer);
-                    }
-                }
-            }
-        }
-        let seeds = by_peer
-            .into_iter()
-            .filter(|(p, _)| waiting.contains(p) || self.verified.contains_key(p))
-            .collect();
-        self.joins.push(Join {
-            reply,
-            tried,
-            waiting,
-            seeds,
-            swim: None,
-            attempts: 0,
-        });
-        self.advance_joins();
-    }
-
-    fn advance_joins(&mut self) {
-        let mut i = 0;
-        while i < self.joins.len() {
-            let j = &mut self.joins[i];
-            if j.swim.is_some() || !j.waiting.is_empty() {
-                i += 1;
-                continue;
-            }
-            j.seeds.retain(|(p, _)| self.verified.contains_key(p));
-            if j.seeds.is_empty() {
-                let j = self.joins.swap_remove(i);
-                let _ = j
-                    .reply
-                    .send(Err(JoinError::NoSeedVerified { tried: j.tried }));
-                continue;
-            }
-            j.attempts += 1;
-            let seeds = j.seeds.clone();
-            j.swim = Some(self.swarm.behaviour_mut().swim.join(seeds));
-            i += 1;
-        }
-    }
-
-    fn on_join_finished(&mut self, id: CommandId, result: Result<usize, CommandError>) {
-        let Some(i) = self.joins.iter().position(|j| j.swim == Some(id)) else {
-            return;
-        };
-        match result {
-            Ok(members) => {
-                let j = self.joins.swap_remove(i);
-                // No kad bootstrap: inserts are manual, so the peers a bootstrap finds would not
-                // enter the routing table anyway; SWIM's member list fills it instead, without
-                // a connection to each peer a bootstrap lookup would reach.
-                let _ = j.reply.send(Ok(JoinOk {
-                    verified_seeds: j.seeds.len(),
-                    members,
-                }));
-            }
-            Err(e) if self.joins[i].attempts < JOIN_ATTEMPTS => {
-                // The seed may not have verified us yet when our first push-pull came in.
-                tracing::debug!(error = %e, "SWIM join failed, retrying");
-                self.joins[i].swim = None;
-                self.advance_joins();
-            }
-            Err(e) => {
-                let j = self.joins.swap_remove(i);
-                let _ = j.reply.send(Err(JoinError::Swim(e)));
+            Command::Shutdown(reply) => {
+                tracing::info!("shutting down");
+                // Commands already queued are dropped unanswered when the loop ends (their
+                // callers see `Stopped`); new ones are refused at once.
+                self.commands.close();
+                let leave = self.core.handle_command(now, unix, core::Command::Leave);
+                self.stopping = Some(Stopping {
+                    reply,
+                    leave,
+                    deadline: now + SHUTDOWN_LEAVE_BOUND,
+                });
             }
         }
     }
 
-    fn on_swarm_event(&mut self, event: SwarmEvent<Event>) {
+    fn on_swarm_event(&mut self, now: Instant, unix: u64, event: SwarmEvent<Event>) {
         match event {
-            SwarmEvent::Behaviour(Event::Gate(e)) => self.on_gate(e),
-            SwarmEvent::Behaviour(Event::Swim(e)) => self.on_swim(e),
-            SwarmEvent::Behaviour(Event::Kad(e)) => self.on_kad(*e),
-            SwarmEvent::Behaviour(Event::Lockstep(e)) => self.on_lockstep(e),
-            SwarmEvent::Behaviour(Event::Relay(e)) => self.on_relay(e),
-            SwarmEvent::Behaviour(Event::Replica(e)) => self.on_replica(e),
-            SwarmEvent::Behaviour(Event::Find(e)) => self.on_find(e),
-            SwarmEvent::Dialing { .. } => self.stats.dials += 1,
+            SwarmEvent::Behaviour(Event::Gate(gate::Event::Verified { peer, proof, .. })) => {
+                self.core.handle_gate(now, unix, peer, Ok(proof));
+            }
+            SwarmEvent::Behaviour(Event::Gate(gate::Event::Refused { peer, error })) => {
+                self.core.handle_gate(now, unix, peer, Err(error));
+            }
+            SwarmEvent::Behaviour(Event::Swim(event)) => self.on_swim(now, unix, event),
+            SwarmEvent::Behaviour(Event::Dht(event)) => self.on_dht(now, unix, event),
             SwarmEvent::Behaviour(Event::Identify(_)) => {}
+            SwarmEvent::Dialing { .. } => self.wire.dials += 1,
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established: 0,
                 ..
-            } if !self.verified.contains_key(&peer_id) => self.drop_held(&peer_id),
+            } => self.core.handle_disconnected(peer_id),
             SwarmEvent::NewListenAddr {
                 listener_id,
                 address,
@@ -665,7 +482,11 @@ impl EventLoop {
                 if let Some((_, reply)) = self.listens.remove(&listener_id) {
                     let _ = reply.send(Ok(address));
                 }
+                self.update_local_addrs();
             }
+            SwarmEvent::ExpiredListenAddr { .. }
+            | SwarmEvent::ExternalAddrConfirmed { .. }
+            | SwarmEvent::ExternalAddrExpired { .. } => self.update_local_addrs(),
             SwarmEvent::ListenerClosed {
                 listener_id,
                 reason,
@@ -678,104 +499,327 @@ impl EventLoop {
                     };
                     let _ = reply.send(Err(ListenError::Transport { addr, reason }));
                 }
+                self.update_local_addrs();
             }
             SwarmEvent::OutgoingConnectionError {
                 peer_id: Some(peer),
                 ..
-            } if !self.swarm.is_connected(&peer) => {
-                let mut changed = false;
-                for j in &mut self.joins {
-                    changed |= j.waiting.remove(&peer);
-                }
-                if changed {
-                    self.advance_joins();
-                }
-            }
+            } if !self.swarm.is_connected(&peer) => self.core.handle_dial_failed(now, unix, peer),
             _ => {}
         }
     }
 
-    fn on_gate(&mut self, event: gate::Event) {
+    fn on_swim(
+        &mut self,
+        now: Instant,
+        unix: u64,
+        event: libp2p::request_response::Event<Vec<u8>, ()>,
+    ) {
+        use libp2p::request_response as rr;
         match event {
-            gate::Event::Verified { peer, proof, .. } => {
-                self.admit_verified(peer, proof);
-                let mut changed = false;
-                for j in &mut self.joins {
-                    changed |= j.waiting.remove(&peer);
-                }
-                if changed {
-                    self.advance_joins();
+            rr::Event::Message {
+                peer,
+                message:
+                    rr::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                // The acknowledgement only closes the stream; SWIM's acks are messages.
+                let _ = self.swarm.behaviour_mut().swim.send_response(channel, ());
+                match shoal_swim::message::decode::<PeerId>(&request, self.max_swim_bytes) {
+                    Ok(msg) => self.core.handle_swim(now, unix, peer, msg),
+                    Err(error) => {
+                        self.wire.swim_malformed += 1;
+                        tracing::debug!(%peer, %error, "malformed SWIM message");
+                    }
                 }
             }
-            gate::Event::Refused { peer, error } => {
-                tracing::info!(%peer, %error, "identity proof refused");
-                self.stats.refused_peers += 1;
-                self.forget(&peer);
-                let b = self.swarm.behaviour_mut();
-                b.swim.revoke(&peer);
-                b.kad.remove_peer(&peer);
-                let mut changed = false;
-                for j in &mut self.joins {
-                    changed |= j.waiting.remove(&peer);
+            rr::Event::InboundFailure { peer, error, .. } => {
+                if matches!(error, rr::InboundFailure::Io(_)) {
+                    self.wire.swim_malformed += 1;
                 }
-                if changed {
-                    self.advance_joins();
+                tracing::trace!(%peer, %error, "SWIM message not received");
+            }
+            rr::Event::OutboundFailure { peer, error, .. } => {
+                tracing::trace!(%peer, %error, "SWIM message not delivered");
+            }
+            rr::Event::Message { .. } | rr::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_dht(
+        &mut self,
+        now: Instant,
+        unix: u64,
+        event: libp2p::request_response::Event<Request, wire::Response>,
+    ) {
+        match Exchange::of(event) {
+            Some(Exchange::Request {
+                peer,
+                request,
+                channel,
+            }) => {
+                self.next_inbound += 1;
+                let id = InboundId(self.next_inbound);
+                self.inbound.insert(id, channel);
+                self.core.handle_request(now, unix, peer, id, request);
+            }
+            Some(Exchange::Outcome {
+                request_id,
+                response,
+            }) => {
+                let Some(id) = self.outbound.remove(&request_id) else {
+                    return;
+                };
+                let result = response.map_err(|e| match e {
+                    OutboundFailure::Timeout => RequestFailure::Timeout,
+                    other => RequestFailure::Unreachable(other.to_string()),
+                });
+                self.core.handle_response(now, unix, id, result);
+            }
+            None => {}
+        }
+    }
+
+    fn on_committed(&mut self, now: Instant, unix: u64, committed: Committed) {
+        let result = committed.result.map_err(|e| e.to_string());
+        for id in committed.ids {
+            self.core
+                .handle_committed(now, unix, WriteId(id.0), result.clone());
+        }
+    }
+
+    /// Tells the core its own addresses: the confirmed external ones, else the listen ones.
+    fn update_local_addrs(&mut self) {
+        let external: Vec<Multiaddr> = self.swarm.external_addresses().cloned().collect();
+        let chosen = if external.is_empty() {
+            self.swarm.listeners().cloned().collect()
+        } else {
+            external
+        };
+        let addrs = chosen
+            .iter()
+            .take(shoal_swim::message::MAX_ADDRESSES)
+            .map(|a| Address(a.to_vec()))
+            .filter(|a| a.0.len() <= shoal_swim::message::MAX_ADDRESS_LEN)
+            .collect();
+        self.core.set_local_addrs(addrs);
+    }
+
+    // ----- output -----
+
+    /// Carries out everything the core asked for, then hands the writes to the writer.
+    fn carry_out(&mut self, now: Instant, unix: u64) {
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                Action::Send {
+                    to,
+                    addrs,
+                    id,
+                    request,
+                } => {
+                    let connected = self.swarm.is_connected(&to);
+                    if matches!(request, Request::Proofs(_)) && !connected {
+                        self.wire.relay_requests_unconnected += 1;
+                    }
+                    let addrs = shoal_swim::behaviour::to_multiaddrs(&addrs);
+                    let rid = self
+                        .swarm
+                        .behaviour_mut()
+                        .dht
+                        .send_request_with_addresses(&to, request, addrs);
+                    self.outbound.insert(rid, id);
+                }
+                Action::Respond { id, response } => {
+                    if let Some(channel) = self.inbound.remove(&id) {
+                        // The peer may have gone; then there is nobody to answer.
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .dht
+                            .send_response(channel, response);
+                    }
+                }
+                Action::Swim { to, addrs, msg } => self.send_swim(to, &addrs, &msg),
+                Action::Dial { peer, addrs } => {
+                    let addrs = shoal_swim::behaviour::to_multiaddrs(&addrs);
+                    self.dial(now, unix, peer, addrs);
+                }
+                Action::Write { id, ops } => {
+                    self.writes
+                        .push_back((store::WriteId(id.0), store::to_batch(ops)));
+                }
+                Action::Reply { op, reply } => self.on_reply(now, op, reply),
+                Action::Notice(notice) => {
+                    // No subscriber is fine.
+                    let _ = self.notices.send(*notice);
+                }
+            }
+        }
+        self.hand_writes();
+    }
+
+    /// Gives the writer the writes waiting, as long as it takes them.
+    fn hand_writes(&mut self) {
+        let Some((writer, _)) = &self.writer else {
+            return;
+        };
+        while let Some((id, batch)) = self.writes.pop_front() {
+            match writer.try_send(id, batch) {
+                Ok(()) => {}
+                Err(WriterError::Full(id, batch)) => {
+                    self.writes.push_front((id, batch));
+                    return;
+                }
+                Err(error) => {
+                    // The writer thread is gone (a bug): nothing more can be made durable.
+                    tracing::error!(%error, "the writer stopped; writes are refused");
+                    return;
                 }
             }
         }
     }
 
-    fn on_swim(&mut self, event: SwimEvent) {
-        match event {
-            SwimEvent::Joined { peer, addrs, .. } | SwimEvent::Refuted { peer, addrs, .. } => {
-                self.route(peer, &addrs);
+    fn send_swim(&mut self, to: PeerId, addrs: &[Address], msg: &shoal_swim::Message<PeerId>) {
+        let bytes = match shoal_swim::message::to_vec(msg, self.max_swim_bytes) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                self.wire.swim_undeliverable += 1;
+                tracing::warn!(%error, "SWIM message over the size bound");
+                return;
             }
-            SwimEvent::Failed { peer, .. } | SwimEvent::Left { peer, .. } => {
-                let b = self.swarm.behaviour_mut();
-                let routed = b.kad.remove_peer(&peer).is_some();
-                // Forget a departed peer unless it is still connected and verified, so the sets
-                // stay bounded by the live membership; its proof is kept a while (bounded), so
-                // that if it refutes or comes back, gossip naming it readmits it at once.
-                if !b.gate.is_verified(&peer) {
-                    b.swim.revoke(&peer);
-                    let proof = self.verified.get(&peer).copied();
-                    self.forget(&peer);
-                    if let Some(proof) = proof {
-                        self.departed.insert(peer, proof, Instant::now());
-                    }
-                }
-                if routed {
-                    self.refill_routing();
-                }
-            }
-            SwimEvent::Discovered {
-                peer,
-                addrs,
-                state,
-                from,
-            } => self.on_discovered(peer, addrs, state, from),
-            SwimEvent::JoinFinished { id, result } => self.on_join_finished(id, result),
-            SwimEvent::LeaveFinished { id, result } => self.on_leave_finished(id, result),
-            SwimEvent::Suspected { .. } => {}
+        };
+        let connected = self.swarm.is_connected(&to);
+        if addrs.is_empty() && !connected {
+            self.wire.swim_undeliverable += 1;
+            return;
         }
+        if !connected {
+            self.wire.swim_sent_unconnected += 1;
+        }
+        let addrs = shoal_swim::behaviour::to_multiaddrs(addrs);
+        self.swarm
+            .behaviour_mut()
+            .swim
+            .send_request_with_addresses(&to, bytes, addrs);
+        self.wire.swim_sent += 1;
+    }
+
+    fn dial(&mut self, now: Instant, unix: u64, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if self.swarm.is_connected(&peer) || peer == *self.swarm.local_peer_id() {
+            return;
+        }
+        let opts = DialOpts::peer_id(peer).addresses(addrs).build();
+        match self.swarm.dial(opts) {
+            // Already being dialed: that dial's outcome settles it.
+            Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {}
+            Err(error) => {
+                tracing::debug!(%peer, %error, "dial failed");
+                self.core.handle_dial_failed(now, unix, peer);
+            }
+        }
+    }
+
+    fn on_reply(&mut self, now: Instant, op: OpId, reply: Reply<PeerId>) {
+        if let Some(s) = &mut self.stopping
+            && s.leave == op
+        {
+            s.deadline = s.deadline.min(now + LEAVE_GRACE);
+            return;
+        }
+        // A caller that stopped waiting is fine.
+        match (self.replies.remove(&op), reply) {
+            (Some(ReplyTo::Join(tx)), Reply::Join(r)) => drop(tx.send(r)),
+            (Some(ReplyTo::Put(tx)), Reply::Put(r)) => drop(tx.send(r)),
+            (Some(ReplyTo::Get(tx)), Reply::Get(r)) => drop(tx.send(*r)),
+            (Some(ReplyTo::FindNode(tx)), Reply::FindNode(r)) => drop(tx.send(r)),
+            (Some(ReplyTo::Announce(tx)), Reply::Announce(r)) => drop(tx.send(r)),
+            (Some(ReplyTo::Notices(tx)), Reply::Notices(r)) => drop(tx.send(r)),
+            (Some(ReplyTo::AnnouncedTo(tx)), Reply::AnnouncedTo(r)) => drop(tx.send(r)),
+            (_, reply) => tracing::debug!(?op, ?reply, "a reply nobody waits for"),
+        }
+    }
+
+    // ----- stats -----
+
+    fn full_stats(&mut self) -> NodeStats {
+        let c = self.core.stats();
+        let mut stats = NodeStats {
+            refused_puts: c.refused_puts.clone(),
+            refused_puts_total: c.refused_puts_total,
+            stored_puts: c.stored_puts,
+            verified: c.verified,
+            refused_peers: c.refused_peers,
+            verified_by_relay: c.verified_by_relay,
+            refused_relayed: c.refused_relayed,
+            relay_fallback_dials: c.relay_fallback_dials,
+            readmitted_departed: c.readmitted_departed,
+            departed_proofs: self.core.departed_proofs(),
+            dials: self.wire.dials,
+            relay_requests: c.relay_requests,
+            relay_request_failures: c.relay_request_failures,
+            relay_requests_unconnected: self.wire.relay_requests_unconnected,
+            rpcs: Rpcs {
+                lookups: c.lookup_requests,
+                gets: c.get_requests,
+                background: c.background_requests,
+            },
+            gets_served: c.gets_served,
+            lookups_served: c.lookups_served,
+            swim_unadmitted: c.swim_unadmitted,
+            swim_updates_cut: c.updates_cut,
+            failed_writes: c.failed_writes,
+            queries: c.queries,
+            records: self.core.records().len(),
+            notices: self.core.notices().len(),
+            routing_peers: self.core.routing_table().len(),
+            verifier: lock(&self.verifier).stats(),
+            ..NodeStats::default()
+        };
+        if let Some((writer, _)) = &self.writer {
+            let w = writer.stats();
+            stats.commits = w.commits;
+            stats.writes = w.batches;
+        }
+        let membership = self.core.membership();
+        stats.swim = membership.stats().clone();
+        stats.swim_wire = shoal_swim::WireStats {
+            sent: self.wire.swim_sent,
+            received: c.swim_received,
+            malformed: self.wire.swim_malformed,
+            undeliverable: self.wire.swim_undeliverable,
+            sent_unconnected: self.wire.swim_sent_unconnected,
+        };
+        for (_, state, _) in membership.states() {
+            match state {
+                State::Alive => stats.members.alive += 1,
+                State::Suspect => stats.members.suspect += 1,
+                State::Dead => stats.members.dead += 1,
+                State::Left => stats.members.left += 1,
+            }
+        }
+        let info = self.swarm.network_info();
+        stats.connections = info.connection_counters().num_established() as usize;
+        stats.connected_peers = info.num_peers();
+        stats.listen_addrs = self.swarm.listeners().cloned().collect();
+        stats.external_addrs = self.swarm.external_addresses().cloned().collect();
+        stats
     }
 }
 
-/// Decodes the snapshot's entries, skipping unreadable ones and ourselves; at most
-/// [`MAX_SNAPSHOT_SEEDS`] peers with at least one address.
-fn decode_snapshot(pairs: crate::store::Pairs, local: PeerId) -> Vec<(PeerId, Vec<Multiaddr>)> {
-    pairs
-        .into_iter()
-        .filter_map(|(peer, addrs)| {
-            let peer = PeerId::from_bytes(&peer).ok()?;
-            let addrs: Vec<ByteBuf> = cbor4ii::serde::from_slice(&addrs).ok()?;
-            let addrs: Vec<Multiaddr> = addrs
-                .into_iter()
-                .take(16)
-                .filter_map(|a| Multiaddr::try_from(a.into_vec()).ok())
-                .collect();
-            (peer != local && !addrs.is_empty()).then_some((peer, addrs))
-        })
-        .take(MAX_SNAPSHOT_SEEDS)
-        .collect()
+/// What woke a turn.
+enum Woke {
+    Swarm(SwarmEvent<Event>),
+    Command(Command),
+    Committed(Option<Committed>),
+    Timer,
+}
+
+/// The next commit report, or never when the node has no disk.
+async fn recv_committed(writer: &mut Option<(Writer, WriterEvents)>) -> Option<Committed> {
+    match writer {
+        Some((_, events)) => events.recv().await,
+        None => futures::future::pending().await,
+    }
 }

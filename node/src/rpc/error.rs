@@ -257,6 +257,9 @@ impl From<AnnounceError> for RpcError {
             AnnounceError::NoneAccepted { tried } => {
                 Self::new(Code::Refused, message, json!({ "tried": tried }))
             }
+            AnnounceError::Storage(reason) => {
+                Self::new(Code::Refused, message, json!({ "reason": reason }))
+            }
             AnnounceError::Stopped => Self::unavailable(),
         }
     }

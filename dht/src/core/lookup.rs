@@ -1,11 +1,11 @@
-//! Closest-peer lookups on `/shoal/find/1`: Kademlia's iterative `FIND_NODE`, seeded from the
-//! verified live membership and ended strictly.
+//! Closest-peer lookups: Kademlia's iterative `FIND_NODE`, seeded from the verified live
+//! membership and ended strictly.
 //!
 //! SWIM holds every verified live member, so a node's own view of the peers closest to a key is
-//! already close to the truth. A lookup starts from it ([`ClosestPeers::new`] takes the `k`
-//! closest members as seeds) and asks those peers, `alpha` at a time and closest first, for the
-//! peers their routing tables hold closest to the key; it ends once the `k` closest peers it
-//! knows of (failed ones left out) have all answered.
+//! already close to the truth. A lookup starts from it ([`ClosestPeers::new`] takes the closest
+//! members as seeds) and asks those peers, `alpha` at a time and closest first, for the peers
+//! their routing tables hold closest to the key; it ends once the `k` closest peers it knows of
+//! (failed ones left out) have all answered.
 //!
 //! Unlike libp2p-kad's iterator, a lookup never asks a peer outside the current `k` closest.
 //! kad's, once stalled, keeps up to `k` requests in flight and sends to ever farther peers while
@@ -15,67 +15,22 @@
 //!
 //! Answers hold only peers of the answering node's routing table (verified, and alive by SWIM),
 //! and the asking node keeps only the peers it verified itself, so an unverified peer never takes
-//! part in a lookup. Messages are CBOR over libp2p request-response, bounded in count and size.
+//! part in a lookup. Nothing here does I/O or reads a clock.
 
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
-use std::time::Duration;
 
-use libp2p::request_response as rr;
-use libp2p::{PeerId, StreamProtocol};
-use serde::{Deserialize, Serialize};
-use serde_bytes::ByteBuf;
 use sha2::{Digest, Sha256};
 
-use crate::record::MAX_KEY_LEN;
-
-/// The protocol name.
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/find/1");
-
-/// Most peers in one answer.
-pub const MAX_PEERS: usize = 32;
-
-/// Room for one encoded peer id (ed25519 peer ids take 38 bytes).
-const MAX_PEER_ID_LEN: usize = 64;
-
-/// Largest encoded request: a record key (or a peer id) and its framing.
-pub const MAX_REQUEST_LEN: usize = MAX_KEY_LEN + 32;
-
-/// Largest encoded response.
-pub const MAX_RESPONSE_LEN: usize = 16 + MAX_PEERS * (MAX_PEER_ID_LEN + 4);
+use super::Peer;
 
 /// Most candidates one lookup remembers; the farthest not asked are dropped beyond it.
 const MAX_CANDIDATES: usize = 1024;
 
-/// Which peers are closest to `target`: a record key, or a peer id's bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Request {
-    /// The key whose closest peers are asked for (hashed with SHA-256, as kad does).
-    pub target: ByteBuf,
-}
-
-/// The answering node's closest peers to the target, closest first (peer ids as bytes).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Response(pub Vec<ByteBuf>);
-
-/// The request-response behaviour carrying the protocol.
-pub type Behaviour = rr::cbor::Behaviour<Request, Response>;
-
-/// A lookup behaviour whose requests time out after `timeout`.
-pub fn behaviour(timeout: Duration) -> Behaviour {
-    crate::behaviour::cbor_request_response(
-        PROTOCOL,
-        MAX_REQUEST_LEN,
-        MAX_RESPONSE_LEN,
-        timeout,
-        32,
-    )
-}
-
 /// A point of Kademlia's key space: the SHA-256 of a key's bytes, as libp2p-kad hashes record
 /// keys and peer ids (`KBucketKey::from(peer)` hashes `peer.to_bytes()`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct KeyHash([u8; 32]);
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyHash(pub [u8; 32]);
 
 impl KeyHash {
     /// The point of `bytes` (a record key, or a peer id's bytes).
@@ -83,26 +38,33 @@ impl KeyHash {
         Self(Sha256::digest(bytes).into())
     }
 
-    /// The point of `peer`.
-    pub fn of_peer(peer: &PeerId) -> Self {
-        Self::of(&peer.to_bytes())
-    }
-
     /// The XOR distance to `other`; byte arrays compare as big-endian numbers.
     pub fn distance(&self, other: &KeyHash) -> [u8; 32] {
         std::array::from_fn(|i| self.0[i] ^ other.0[i])
     }
+
+    /// The k-bucket of `other` seen from `self`: 255 minus the number of leading zero bits of
+    /// the distance (0 for the closest half-open range, 255 for the farthest), or `None` for
+    /// the same point.
+    pub fn bucket(&self, other: &KeyHash) -> Option<u8> {
+        let d = self.distance(other);
+        let zeros = d
+            .iter()
+            .position(|b| *b != 0)
+            .map(|i| i as u32 * 8 + d[i].leading_zeros())?;
+        Some((255 - zeros) as u8)
+    }
 }
 
 /// The `n` peers of `candidates` closest to `target`, closest first.
-pub fn closest(
+pub fn closest<T: Peer>(
     target: &KeyHash,
-    candidates: impl IntoIterator<Item = PeerId>,
+    candidates: impl IntoIterator<Item = T>,
     n: usize,
-) -> Vec<PeerId> {
-    let mut by_distance: Vec<([u8; 32], PeerId)> = candidates
+) -> Vec<T> {
+    let mut by_distance: Vec<([u8; 32], T)> = candidates
         .into_iter()
-        .map(|p| (target.distance(&KeyHash::of_peer(&p)), p))
+        .map(|p| (target.distance(&p.point()), p))
         .collect();
     if by_distance.len() > n {
         by_distance.select_nth_unstable_by(n, |a, b| a.0.cmp(&b.0));
@@ -110,27 +72,6 @@ pub fn closest(
     }
     by_distance.sort_unstable_by_key(|a| a.0);
     by_distance.into_iter().map(|(_, p)| p).collect()
-}
-
-/// The answer to a request: `peers`, closest first, cut to [`MAX_PEERS`].
-pub fn answer(peers: impl IntoIterator<Item = PeerId>) -> Response {
-    Response(
-        peers
-            .into_iter()
-            .take(MAX_PEERS)
-            .map(|p| ByteBuf::from(p.to_bytes()))
-            .collect(),
-    )
-}
-
-/// The readable peer ids of `response`, at most [`MAX_PEERS`]; unreadable ones are dropped.
-pub fn peers_from(response: Response) -> Vec<PeerId> {
-    response
-        .0
-        .into_iter()
-        .take(MAX_PEERS)
-        .filter_map(|b| PeerId::from_bytes(&b).ok())
-        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,27 +98,28 @@ pub struct Counts {
 /// [`on_failure`](Self::on_failure) for each request, calling `next_peer` again after each;
 /// it is done when [`is_finished`](Self::is_finished). Nothing here does I/O or reads a clock.
 #[derive(Debug)]
-pub struct ClosestPeers {
+pub struct ClosestPeers<T> {
     target: KeyHash,
-    local: PeerId,
+    local: T,
     k: usize,
     alpha: usize,
-    peers: BTreeMap<[u8; 32], (PeerId, PeerState)>,
+    peers: BTreeMap<[u8; 32], (T, PeerState)>,
     waiting: usize,
     /// Answers in a row that brought no peer into the `k` closest.
     no_progress: usize,
     counts: Counts,
+    stopped: bool,
 }
 
-impl ClosestPeers {
+impl<T: Peer> ClosestPeers<T> {
     /// A lookup of the `k` peers closest to `target`, asking `alpha` at a time, starting from
     /// `seeds`; `local` (this node) is never a candidate.
     pub fn new(
         target: KeyHash,
-        local: PeerId,
+        local: T,
         k: NonZeroUsize,
         alpha: NonZeroUsize,
-        seeds: impl IntoIterator<Item = PeerId>,
+        seeds: impl IntoIterator<Item = T>,
     ) -> Self {
         let mut lookup = Self {
             target,
@@ -188,19 +130,20 @@ impl ClosestPeers {
             waiting: 0,
             no_progress: 0,
             counts: Counts::default(),
+            stopped: false,
         };
         lookup.insert(seeds);
         lookup
     }
 
     /// Adds `peers` not known yet; whether one of them entered the `k` closest.
-    fn insert(&mut self, peers: impl IntoIterator<Item = PeerId>) -> bool {
+    fn insert(&mut self, peers: impl IntoIterator<Item = T>) -> bool {
         let mut progress = false;
         for peer in peers {
             if peer == self.local {
                 continue;
             }
-            let d = self.target.distance(&KeyHash::of_peer(&peer));
+            let d = self.target.distance(&peer.point());
             if self.peers.contains_key(&d) {
                 continue;
             }
@@ -238,7 +181,7 @@ impl ClosestPeers {
     }
 
     /// The `k` closest peers not failed, closest first, with their states.
-    fn closest_alive(&self) -> impl Iterator<Item = &(PeerId, PeerState)> {
+    fn closest_alive(&self) -> impl Iterator<Item = &(T, PeerState)> {
         self.peers
             .values()
             .filter(|(_, s)| *s != PeerState::Failed)
@@ -247,7 +190,10 @@ impl ClosestPeers {
 
     /// The next peer to ask, if the lookup has room for a request: the closest of the `k`
     /// closest not asked yet. Counts the request.
-    pub fn next_peer(&mut self) -> Option<PeerId> {
+    pub fn next_peer(&mut self) -> Option<T> {
+        if self.stopped {
+            return None;
+        }
         let limit = if self.no_progress >= self.alpha {
             self.k
         } else {
@@ -266,8 +212,8 @@ impl ClosestPeers {
         Some(peer)
     }
 
-    fn set(&mut self, peer: &PeerId, state: PeerState) -> Option<PeerState> {
-        let d = self.target.distance(&KeyHash::of_peer(peer));
+    fn set(&mut self, peer: &T, state: PeerState) -> Option<PeerState> {
+        let d = self.target.distance(&peer.point());
         let entry = self.peers.get_mut(&d)?;
         let old = entry.1;
         entry.1 = state;
@@ -275,7 +221,7 @@ impl ClosestPeers {
     }
 
     /// `peer` answered with `closer`. A peer that was not asked is ignored.
-    pub fn on_answer(&mut self, peer: &PeerId, closer: impl IntoIterator<Item = PeerId>) {
+    pub fn on_answer(&mut self, peer: &T, closer: impl IntoIterator<Item = T>) {
         if self.state_of(peer) != Some(PeerState::Waiting) {
             return;
         }
@@ -290,7 +236,7 @@ impl ClosestPeers {
     }
 
     /// The request to `peer` failed. A peer that was not asked is ignored.
-    pub fn on_failure(&mut self, peer: &PeerId) {
+    pub fn on_failure(&mut self, peer: &T) {
         if self.state_of(peer) != Some(PeerState::Waiting) {
             return;
         }
@@ -299,18 +245,24 @@ impl ClosestPeers {
         self.counts.failures += 1;
     }
 
-    fn state_of(&self, peer: &PeerId) -> Option<PeerState> {
-        let d = self.target.distance(&KeyHash::of_peer(peer));
+    fn state_of(&self, peer: &T) -> Option<PeerState> {
+        let d = self.target.distance(&peer.point());
         self.peers.get(&d).map(|(_, s)| *s)
     }
 
-    /// Whether the `k` closest peers not failed have all answered (or no one is left to ask).
+    /// Whether the `k` closest peers not failed have all answered (or no one is left to ask), or
+    /// the lookup was stopped.
     pub fn is_finished(&self) -> bool {
-        self.closest_alive().all(|(_, s)| *s == PeerState::Answered)
+        self.stopped || self.closest_alive().all(|(_, s)| *s == PeerState::Answered)
+    }
+
+    /// Ends the lookup now: nothing more is asked, answers still in flight are ignored.
+    pub fn stop(&mut self) {
+        self.stopped = true;
     }
 
     /// The peers that answered, closest first, at most `k`.
-    pub fn peers(&self) -> Vec<PeerId> {
+    pub fn peers(&self) -> Vec<T> {
         self.peers
             .values()
             .filter(|(_, s)| *s == PeerState::Answered)
@@ -329,6 +281,7 @@ impl ClosestPeers {
 mod tests {
     use std::collections::HashMap;
 
+    use libp2p::PeerId;
     use proptest::prelude::*;
 
     use super::*;
@@ -398,13 +351,13 @@ mod tests {
             .enumerate()
             .map(|(i, p)| {
                 let mut v: Vec<PeerId> = (0..40).map(|j| all[(i * 7 + j * 13) % 500]).collect();
-                v.extend(closest(&KeyHash::of_peer(p), all.clone(), 20));
+                v.extend(closest(&p.point(), all.clone(), 20));
                 (*p, v)
             })
             .collect();
         // Seeds: 20 peers far from the target.
         let mut far = all.clone();
-        far.sort_by_key(|p| std::cmp::Reverse(target.distance(&KeyHash::of_peer(p))));
+        far.sort_by_key(|p| std::cmp::Reverse(target.distance(&p.point())));
         let seeds = far[..20].to_vec();
         let truth = closest(&target, all.clone(), 20);
         let (found, counts) = run(target, seeds, &views, &[], 20);
@@ -449,26 +402,25 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_lookup_is_finished() {
-        let l = ClosestPeers::new(KeyHash::of(b"e"), PeerId::random(), nz(20), nz(3), []);
-        assert!(l.is_finished());
-        assert!(l.peers().is_empty());
+    fn buckets_count_leading_zero_bits() {
+        let a = KeyHash([0; 32]);
+        assert_eq!(a.bucket(&a), None);
+        let mut b = [0; 32];
+        b[31] = 1;
+        assert_eq!(a.bucket(&KeyHash(b)), Some(0));
+        b[0] = 0x80;
+        assert_eq!(a.bucket(&KeyHash(b)), Some(255));
+        let mut c = [0; 32];
+        c[1] = 0x10;
+        assert_eq!(a.bucket(&KeyHash(c)), Some(255 - 11));
     }
 
     #[test]
-    fn answers_are_bounded() {
-        let many = answer(peers(100));
-        assert_eq!(many.0.len(), MAX_PEERS);
-        let mut junk = many.clone();
-        junk.0.push(ByteBuf::from(vec![1, 2, 3]));
-        assert_eq!(peers_from(junk).len(), MAX_PEERS);
-        let bytes = cbor4ii::serde::to_vec(Vec::new(), &many).unwrap();
-        assert!(bytes.len() <= MAX_RESPONSE_LEN);
-        let request = Request {
-            target: ByteBuf::from(vec![0xff; MAX_KEY_LEN]),
-        };
-        let bytes = cbor4ii::serde::to_vec(Vec::new(), &request).unwrap();
-        assert!(bytes.len() <= MAX_REQUEST_LEN);
+    fn an_empty_lookup_is_finished() {
+        let l: ClosestPeers<PeerId> =
+            ClosestPeers::new(KeyHash::of(b"e"), PeerId::random(), nz(20), nz(3), []);
+        assert!(l.is_finished());
+        assert!(l.peers().is_empty());
     }
 
     proptest! {

@@ -1,0 +1,353 @@
+//! The node's operations as a client sees them: what a put, a get, a lookup, an announcement
+//! and a join take and give back, their errors (each says whether anything changed, and carries
+//! what a retry needs), and the node's counters. The core ([`crate::core`]) produces them; the
+//! [`Client`](crate::Client) hands them out.
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use libp2p::{Multiaddr, PeerId};
+use shoal_swim::{CommandError, State};
+
+use crate::lockstep::{Announced, LockstepError, SignedNotice};
+use crate::record::{Record, RecordError, SignedRecord};
+use crate::store::StoreError;
+
+/// What [`Client::join`](crate::Client::join) achieved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinOk {
+    /// Seeds that passed the identity gate.
+    pub verified_seeds: usize,
+    /// Live members known when SWIM's join finished.
+    pub members: usize,
+}
+
+/// Result of [`Client::join`](crate::Client::join).
+pub type JoinResult = Result<JoinOk, JoinError>;
+
+/// Why a join failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    /// No seed could be dialed and verified; nothing changed (retry with other seeds).
+    #[error("none of the {tried} seeds could be dialed and verified")]
+    NoSeedVerified {
+        /// Seeds tried.
+        tried: usize,
+    },
+    /// Seeds were verified (and admitted), but SWIM's join failed; SWIM keeps trying the seeds
+    /// in the background.
+    #[error("SWIM join failed: {0}")]
+    Swim(CommandError),
+    /// The event loop has stopped.
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+/// A put, with its options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutRequest {
+    /// The key, at most [`crate::record::MAX_KEY_LEN`] bytes.
+    pub key: Vec<u8>,
+    /// The value, at most [`crate::record::MAX_VALUE_LEN`] bytes.
+    pub value: Vec<u8>,
+    /// Lifetime from now.
+    pub ttl: Duration,
+    /// Replicas that must acknowledge; `None` uses [`Config::put_quorum`](crate::Config::put_quorum).
+    pub quorum: Option<NonZeroUsize>,
+    /// Sequence number; `None` takes the larger of the last one seen for the key plus one and
+    /// the Unix time.
+    pub seq: Option<u64>,
+}
+
+/// A successful put.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutOk {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The sequence number used.
+    pub seq: u64,
+}
+
+/// Result of [`Client::put`](crate::Client::put).
+pub type PutResult = Result<PutOk, PutError>;
+
+/// Why a put failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PutError {
+    /// The record could not be made (size, TTL, stamp); nothing changed.
+    #[error("record refused: {0}")]
+    Record(#[from] RecordError),
+    /// The local store refused it (stale sequence, full, disk error); nothing changed.
+    #[error("local store refused the record: {0}")]
+    Store(#[from] StoreError),
+    /// Stored locally and durably, but fewer replicas than the quorum kept it in time (a
+    /// replica acknowledges only once it validated and kept the record); republishing goes on
+    /// offering it. Retrying with the same `seq` is safe.
+    #[error("put of seq {seq} reached {acked} of {quorum} replicas ({refused} refused{})",
+        reason.as_ref().map(|r| format!(", first: {r}")).unwrap_or_default())]
+    Quorum {
+        /// The key.
+        key: Vec<u8>,
+        /// The sequence number used.
+        seq: u64,
+        /// Replicas that kept the record.
+        acked: usize,
+        /// Replicas needed.
+        quorum: usize,
+        /// Replicas that refused it.
+        refused: usize,
+        /// The first refusal's reason, if any replica refused.
+        reason: Option<String>,
+    },
+    /// The value contradicts this node's own lockstep announcement for the key: another value
+    /// for the announced sequence, or a sequence older than the announced one. Nothing changed.
+    #[error("lockstep: {0}")]
+    Lockstep(LockstepError),
+    /// The event loop has stopped; the put may or may not have happened.
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+/// Requests sent by this node, by what sent them (see [`NodeStats::rpcs`]), counted as sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rpcs {
+    /// Sent by closest-peer lookups (find node, puts, lockstep): `FindNode` requests.
+    pub lookups: u64,
+    /// Sent by record gets: `GetRecord` requests.
+    pub gets: u64,
+    /// Sent by background work: republishing records to their closest peers.
+    pub background: u64,
+}
+
+/// A record found by [`Client::get`](crate::Client::get).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GetOk {
+    /// The winning record: the valid one with the highest sequence.
+    pub record: Record,
+    /// Its envelope.
+    pub signed: SignedRecord,
+    /// Whether a lockstep notice from its publisher matches its value.
+    pub announced: Announced,
+    /// Valid copies seen (ours included).
+    pub valid: usize,
+    /// Copies refused by validation.
+    pub invalid: usize,
+}
+
+/// Result of [`Client::get`](crate::Client::get).
+pub type GetResult = Result<GetOk, GetError>;
+
+/// Why a get found nothing. Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GetError {
+    /// No valid record was found within the query bound.
+    #[error("no valid record found ({invalid} invalid copies refused)")]
+    NotFound {
+        /// The key.
+        key: Vec<u8>,
+        /// Copies refused by validation.
+        invalid: usize,
+    },
+    /// The event loop has stopped.
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+/// Result of [`Client::find_node`](crate::Client::find_node): the closest peers to the target found, closest first.
+pub type FindNodeResult = Result<Vec<PeerId>, FindNodeError>;
+
+/// Why a lookup failed. Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FindNodeError<T = PeerId> {
+    /// The lookup timed out; the peers found so far.
+    #[error("lookup timed out with {} peers found", found.len())]
+    Timeout {
+        /// Peers found before the timeout.
+        found: Vec<T>,
+    },
+    /// The event loop has stopped.
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+/// The counters of one lookup ([`crate::core::lookup`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LookupStats {
+    /// Requests sent (`FindNode`, Kademlia's `FIND_NODE`).
+    pub requests: u32,
+    /// Requests answered.
+    pub successes: u32,
+    /// Requests that failed or timed out.
+    pub failures: u32,
+    /// Time from the first request to the last answer, if any request was sent.
+    pub duration: Option<Duration>,
+}
+
+/// A lookup with its cost, from [`Client::find_node_with_stats`](crate::Client::find_node_with_stats).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LookupOk<T = PeerId> {
+    /// The closest peers to the target found, closest first (at most the replication factor).
+    pub peers: Vec<T>,
+    /// What the lookup cost.
+    pub stats: LookupStats,
+}
+
+/// Result of [`Client::find_node_with_stats`](crate::Client::find_node_with_stats).
+pub type LookupResult<T = PeerId> = Result<LookupOk<T>, FindNodeError<T>>;
+
+/// Result of [`Client::notices`](crate::Client::notices): valid notices for the key, the latest per publisher, newest
+/// first; empty when none is known.
+pub type NoticesResult = Result<Vec<SignedNotice>, NoticesError>;
+
+/// Why [`Client::notices`](crate::Client::notices) failed. Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoticesError {
+    /// The event loop has stopped.
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+/// What [`Client::announce`](crate::Client::announce) achieved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnnounceOk {
+    /// The sequence number announced (put with this `seq` to match).
+    pub seq: u64,
+    /// Peers that kept the notice.
+    pub accepted: usize,
+    /// Peers that refused it or did not answer.
+    pub refused: usize,
+}
+
+/// Result of [`Client::announce`](crate::Client::announce).
+pub type AnnounceResult = Result<AnnounceOk, AnnounceError>;
+
+/// Why an announcement failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnnounceError {
+    /// The notice could not be made (key size, stamp); nothing changed.
+    #[error("notice refused: {0}")]
+    Notice(#[from] LockstepError),
+    /// No peer close to the key was found; nothing was sent.
+    #[error("no peer close to the key was found")]
+    NoPeers,
+    /// No peer kept the notice.
+    #[error("none of {tried} peers kept the notice")]
+    NoneAccepted {
+        /// Peers asked.
+        tried: usize,
+    },
+    /// This node's own copy of the notice could not be written; nothing was sent and the
+    /// notice is not kept.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// The event loop has stopped.
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+/// Members of the SWIM table by state (ourselves excluded). Dead and departed members stay in
+/// the table until their tombstones expire.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemberCounts {
+    /// Answering probes.
+    pub alive: usize,
+    /// Suspected after a missed probe.
+    pub suspect: usize,
+    /// Declared failed.
+    pub dead: usize,
+    /// Left gracefully.
+    pub left: usize,
+}
+
+/// One member of the SWIM table, from [`Client::member_list`](crate::Client::member_list).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// The member.
+    pub peer: PeerId,
+    /// Its state.
+    pub state: State,
+    /// Its incarnation.
+    pub incarnation: u64,
+    /// Its addresses, as it last announced them.
+    pub addrs: Vec<Multiaddr>,
+}
+
+/// Counters and gauges of the node, from [`Client::stats`](crate::Client::stats).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Inbound puts refused (invalid record, lockstep, store), per sending peer. At most
+    /// [`MAX_REFUSAL_PEERS`](crate::core::MAX_REFUSAL_PEERS) peers are kept: when a new peer's refusal finds the map full, the
+    /// peer with the fewest refusals makes room (its count still shows in
+    /// [`refused_puts_total`](Self::refused_puts_total)).
+    pub refused_puts: HashMap<PeerId, u64>,
+    /// Inbound puts refused in all.
+    pub refused_puts_total: u64,
+    /// Inbound puts stored.
+    pub stored_puts: u64,
+    /// Peers the gate verified (and SWIM admitted) since start.
+    pub verified: usize,
+    /// Peers the gate refused since start.
+    pub refused_peers: usize,
+    /// Members verified through a proof relayed by the member that named them, since start;
+    /// counted in [`verified`](Self::verified) too.
+    pub verified_by_relay: usize,
+    /// Relayed identity proofs refused since start.
+    pub refused_relayed: usize,
+    /// Members dialed because the member that named them relayed no proof for them.
+    pub relay_fallback_dials: usize,
+    /// Members readmitted since start on the proof kept when SWIM declared them failed or
+    /// gone (they refuted, or came back), without asking anyone for it.
+    pub readmitted_departed: usize,
+    /// Proofs of departed members kept now (bounded, expiring).
+    pub departed_proofs: usize,
+    /// Outbound connection attempts since start (any behaviour's).
+    pub dials: usize,
+    /// Proof-relay requests sent since start.
+    pub relay_requests: usize,
+    /// Proof-relay requests that failed (timed out, lost their connection) since start; their
+    /// members are asked again later, and dialed after a few failures.
+    pub relay_request_failures: usize,
+    /// Proof-relay requests sent to a relayer with no open connection (each dials it).
+    pub relay_requests_unconnected: usize,
+    /// Requests sent since start, by what sent them.
+    pub rpcs: Rpcs,
+    /// Record gets served since start.
+    pub gets_served: u64,
+    /// Lookup requests (`FindNode`) served since start.
+    pub lookups_served: u64,
+    /// SWIM messages held or dropped because the sender was not admitted.
+    pub swim_unadmitted: u64,
+    /// SWIM updates cut because they named a member not admitted.
+    pub swim_updates_cut: u64,
+    /// Writes that failed since start (nothing waiting for them was acknowledged).
+    pub failed_writes: u64,
+    /// Group commits made since start, and the writes they carried.
+    pub commits: u64,
+    /// Writes committed since start.
+    pub writes: u64,
+    /// Members of the SWIM table by state.
+    pub members: MemberCounts,
+    /// SWIM core counters (probes, failed probes, refutations, drops).
+    pub swim: shoal_swim::Stats,
+    /// SWIM wire counters (messages sent, received, malformed, unadmitted).
+    pub swim_wire: shoal_swim::WireStats,
+    /// The identity gate's proof checks (scrypt evaluations, cache hits, refusals, rate limits).
+    pub verifier: shoal_pow::VerifierStats,
+    /// Records held in the local store.
+    pub records: usize,
+    /// Lockstep notices held in the local book.
+    pub notices: usize,
+    /// Peers in the routing table.
+    pub routing_peers: usize,
+    /// Queries this node started (puts, gets, lookups, notices) since start.
+    pub queries: u64,
+    /// Established connections.
+    pub connections: usize,
+    /// Peers with at least one established connection.
+    pub connected_peers: usize,
+    /// The swarm's listen addresses.
+    pub listen_addrs: Vec<Multiaddr>,
+    /// The swarm's confirmed external addresses.
+    pub external_addrs: Vec<Multiaddr>,
+}

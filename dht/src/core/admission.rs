@@ -1,0 +1,575 @@
+//! Admission: who enters the membership and the routing table, and when.
+//!
+//! A peer is admitted once this node checked its identity proof: the gate's exchange on a
+//! connection ([`Core::handle_gate`]), or a proof relayed by the admitted member whose gossip
+//! named it. Until then:
+//!
+//! - its SWIM messages and requests wait in one hold queue (bounded per peer and in peers, and
+//!   in time: a gate check that does not end in time drops them, refusing the requests);
+//! - news about it is cut from every SWIM message before the membership sees it; news that would
+//!   make it live ([`shoal_swim::Membership::effect`] says so with the comparison SWIM itself
+//!   applies) is kept, the newest per member, to be replayed once it is admitted;
+//! - its proof is asked of the member that named it, in batches; a relayer that holds none, or
+//!   requests that keep failing, fall back to dialing it so the gate checks it.
+//!
+//! A member SWIM declares failed or gone leaves the admitted set, but its proof is kept a while
+//! ([`super::departed`]): a message from it, or news of its return, readmits it at once.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use serde_bytes::ByteBuf;
+use shoal_pow::ProofError;
+use shoal_swim::{Address, Effect, Message, Payload, Update};
+
+use super::departed::Departed;
+use super::ops::{Op, Timer};
+use super::{
+    Action, Checks, Core, InboundId, MAX_HELD_PEERS, MAX_HELD_PER_PEER, MAX_REPORTED, MAX_WANTED,
+    OpId, Peer, peer_bytes, shrink_sparse,
+};
+use crate::wire::{MAX_PROOFS, Request, Response};
+
+/// How long a rate-limited check waits before the proof is asked for again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Proof requests about one member that may fail (time out, lose their connection) before the
+/// member is dialed instead. A relayer too busy to answer in time is asked again a little
+/// later: dialing the members of a full batch is the dearest answer to a busy network.
+const RELAY_ATTEMPTS: u8 = 3;
+
+/// How long a member whose proof request failed waits before it is asked for again.
+const RELAY_RETRY_AFTER: Duration = Duration::from_secs(2);
+
+/// How long discovered members are batched before their proofs are asked for: a burst of gossip
+/// (a push-pull naming hundreds of members) then costs a few requests, not one each.
+const RELAY_BATCH_DELAY: Duration = Duration::from_millis(5);
+
+/// How long news cut about a member that is neither admitted nor awaited is remembered; later
+/// news about it is reported again after that.
+const REPORTED_TTL: Duration = Duration::from_secs(60);
+
+/// Something a peer sent before it was admitted.
+pub(super) enum Held<T> {
+    /// A SWIM message.
+    Swim(Message<T>),
+    /// A request and the id to answer it with.
+    Request(InboundId, Request),
+}
+
+/// What one peer sent while its check was under way, and when it is given up.
+struct HeldQueue<T> {
+    deadline: Instant,
+    items: Vec<Held<T>>,
+}
+
+/// A member learned through gossip, waiting for its proof.
+struct Wanted<T> {
+    addrs: Vec<Address>,
+    /// The admitted member whose message named it: asked for the proof.
+    from: T,
+    /// When to ask again (after a rate-limited check or a failed request); `None` while asked
+    /// or queued.
+    retry_at: Option<Instant>,
+    /// Proof requests about it that failed so far.
+    failed_requests: u8,
+}
+
+/// The admission state of one core.
+pub(super) struct Admission<T, P> {
+    verified: HashMap<T, P>,
+    departed: Departed<T, P>,
+    wanted: HashMap<T, Wanted<T>>,
+    /// Members to ask each relayer about, sent when [`Timer::RelayFlush`] fires.
+    batches: HashMap<T, Vec<T>>,
+    /// The newest news cut about each member not admitted: who sent it, and when it was first cut.
+    reported: HashMap<T, (T, Update<T>, Instant)>,
+    held: HashMap<T, HeldQueue<T>>,
+}
+
+impl<T, P> Default for Admission<T, P> {
+    fn default() -> Self {
+        Self {
+            verified: HashMap::new(),
+            departed: Departed::default(),
+            wanted: HashMap::new(),
+            batches: HashMap::new(),
+            reported: HashMap::new(),
+            held: HashMap::new(),
+        }
+    }
+}
+
+impl<T: Peer, P: Clone> Admission<T, P> {
+    pub(super) fn is_verified(&self, peer: &T) -> bool {
+        self.verified.contains_key(peer)
+    }
+
+    /// Records `peer` as admitted; whether it is new.
+    pub(super) fn insert_verified(&mut self, peer: T, proof: P) -> bool {
+        self.departed.remove(&peer);
+        self.verified.insert(peer, proof).is_none()
+    }
+
+    pub(super) fn verified_len(&self) -> usize {
+        self.verified.len()
+    }
+
+    pub(super) fn departed_len(&self) -> usize {
+        self.departed.len()
+    }
+
+    pub(super) fn wanted_len(&self) -> usize {
+        self.wanted.len()
+    }
+
+    pub(super) fn reported_len(&self) -> usize {
+        self.reported.len()
+    }
+
+    /// Peers with held messages, and messages held in all.
+    pub(super) fn held_len(&self) -> (usize, usize) {
+        (
+            self.held.len(),
+            self.held.values().map(|q| q.items.len()).sum(),
+        )
+    }
+
+    /// The addresses gossip gave a member whose proof is awaited.
+    pub(super) fn wanted_addrs(&self, peer: &T) -> Option<std::sync::Arc<[Address]>> {
+        self.wanted.get(peer).map(|w| w.addrs.clone().into())
+    }
+
+    /// The answer to a proof-relay request: the proofs of the peers asked about that this node
+    /// admitted (or admitted until they departed lately).
+    pub(super) fn answer_proofs<C: Checks<T, Proof = P>>(
+        &self,
+        peers: &[ByteBuf],
+        checks: &C,
+    ) -> Response {
+        let mut seen = HashSet::new();
+        Response::Proofs(
+            peers
+                .iter()
+                .take(MAX_PROOFS)
+                .filter_map(|bytes| T::from_bytes(bytes))
+                .filter(|p| seen.insert(*p))
+                .filter_map(|p| {
+                    let proof = self
+                        .verified
+                        .get(&p)
+                        .cloned()
+                        .or_else(|| self.departed.get(&p))?;
+                    Some((
+                        ByteBuf::from(p.to_bytes()),
+                        ByteBuf::from(checks.proof_bytes(&p, &proof)),
+                    ))
+                })
+                .collect(),
+        )
+    }
+
+    /// Holds `item` from `peer` until `deadline` (if the peer has nothing held yet). Gives it
+    /// back when the bounds are reached; a SWIM message then replaces the oldest one held.
+    fn hold(&mut self, peer: T, item: Held<T>, deadline: Instant) -> Result<(), Held<T>> {
+        if !self.held.contains_key(&peer) && self.held.len() >= MAX_HELD_PEERS {
+            return Err(item);
+        }
+        let queue = self.held.entry(peer).or_insert_with(|| HeldQueue {
+            deadline,
+            items: Vec::new(),
+        });
+        if queue.items.len() >= MAX_HELD_PER_PEER {
+            let oldest_swim = queue.items.iter().position(|h| matches!(h, Held::Swim(_)));
+            match (&item, oldest_swim) {
+                (Held::Swim(_), Some(i)) => {
+                    queue.items.remove(i);
+                }
+                _ => return Err(item),
+            }
+        }
+        queue.items.push(item);
+        Ok(())
+    }
+}
+
+impl<T: Peer, C: Checks<T>> Core<T, C> {
+    /// Whether `from` may be served now: it is admitted, or it departed lately and is readmitted
+    /// on the proof kept (a message from it proves it is back).
+    pub(super) fn admit_sender(&mut self, now: Instant, unix: u64, from: &T) -> bool {
+        if self.admission.is_verified(from) {
+            return true;
+        }
+        if let Some(proof) = self.admission.departed.remove(from) {
+            self.stats.readmitted_departed += 1;
+            self.admit(now, unix, *from, proof);
+            return true;
+        }
+        false
+    }
+
+    /// Holds a request from a peer not admitted yet; refuses it if the hold queue is full.
+    pub(super) fn hold_request(&mut self, now: Instant, from: T, id: InboundId, request: Request) {
+        if let Request::Proofs(_) = request {
+            // Only admitted members are told proofs; the asker learns nothing.
+            return self.respond(id, Response::Proofs(Vec::new()));
+        }
+        let deadline = now + self.config.gate_timeout;
+        if let Err(Held::Request(id, request)) =
+            self.admission
+                .hold(from, Held::Request(id, request), deadline)
+        {
+            self.refuse_unadmitted(from, id, &request);
+        }
+    }
+
+    /// Holds a SWIM message from a peer not admitted yet (dropped if the queue is full).
+    pub(super) fn hold_swim(&mut self, now: Instant, from: T, msg: Message<T>) {
+        self.stats.swim_unadmitted += 1;
+        let deadline = now + self.config.gate_timeout;
+        let _ = self.admission.hold(from, Held::Swim(msg), deadline);
+    }
+
+    fn refuse_unadmitted(&mut self, from: T, id: InboundId, request: &Request) {
+        if matches!(request, Request::PutRecord(_)) {
+            self.stats.count_refused_put(from);
+        }
+        self.respond(id, Response::refused("identity not verified"));
+    }
+
+    /// Drops what `peer` sent while unverified: it was refused, its connection closed, or its
+    /// check did not end in time. Held requests are refused.
+    pub(super) fn drop_held(&mut self, peer: &T) {
+        let Some(queue) = self.admission.held.remove(peer) else {
+            return;
+        };
+        for item in queue.items {
+            if let Held::Request(id, request) = item {
+                self.refuse_unadmitted(*peer, id, &request);
+            }
+        }
+    }
+
+    /// `peer` showed a valid proof (to the gate, or relayed): it is admitted, the newest news cut
+    /// about it and what it sent meanwhile reach the membership, and it enters the routing table
+    /// if SWIM holds it alive.
+    pub(super) fn admit(&mut self, now: Instant, unix: u64, peer: T, proof: C::Proof) {
+        if peer == self.local {
+            return;
+        }
+        if self.admission.verified.insert(peer, proof).is_none() {
+            self.stats.verified += 1;
+        }
+        self.admission.departed.remove(&peer);
+        self.admission.wanted.remove(&peer);
+        if let Some((from, update, _)) = self.admission.reported.remove(&peer)
+            && (from == peer || self.admission.is_verified(&from))
+        {
+            let msg = Message {
+                payload: Payload::Gossip,
+                gossip: vec![update],
+            };
+            self.swim.handle_message(now, from, msg);
+            self.drain_swim(now, unix);
+        }
+        if let Some(queue) = self.admission.held.remove(&peer) {
+            for item in queue.items {
+                match item {
+                    Held::Swim(msg) => self.pass_to_swim(now, unix, peer, msg),
+                    Held::Request(id, request) => self.serve(now, unix, peer, id, request),
+                }
+            }
+        }
+        self.route(&peer);
+    }
+
+    /// Forgets `peer` (refused by the gate): its proof is no longer kept or relayed, and what it
+    /// sent is dropped.
+    pub(super) fn forget(&mut self, peer: &T) {
+        let a = &mut self.admission;
+        a.verified.remove(peer);
+        a.departed.remove(peer);
+        a.wanted.remove(peer);
+        a.reported.remove(peer);
+        self.drop_held(peer);
+    }
+
+    /// A member SWIM declared failed or gone leaves the admitted set; its proof is kept a while.
+    pub(super) fn on_departed(&mut self, now: Instant, peer: &T) {
+        let a = &mut self.admission;
+        if let Some(proof) = a.verified.remove(peer) {
+            a.departed.insert(*peer, proof, now);
+        }
+    }
+
+    /// Cuts from `msg` every piece of news about a member not admitted: the membership holds no
+    /// record of a peer this node has not checked, not even a tombstone (gossip naming made-up
+    /// peers could otherwise fill its table). News that would make such a member live is
+    /// remembered, the newest per member, and the first time its proof is asked for. News about
+    /// this node always passes (it must see suspicions of itself to refute them).
+    pub(super) fn filter_updates(
+        &mut self,
+        now: Instant,
+        unix: u64,
+        from: T,
+        msg: &mut Message<T>,
+    ) {
+        let mut reviving = Vec::new();
+        let mut cut = 0u64;
+        {
+            let local = self.local;
+            let admission = &self.admission;
+            let swim = &self.swim;
+            let mut keep = |u: &Update<T>, push_pull: bool| {
+                if u.member == local || admission.is_verified(&u.member) {
+                    return true;
+                }
+                cut += 1;
+                if swim.effect(u, push_pull) == Effect::Revives {
+                    reviving.push(u.clone());
+                }
+                false
+            };
+            msg.gossip.retain(|u| keep(u, false));
+            if let Payload::PushPull { members, .. } = &mut msg.payload {
+                members.retain(|u| keep(u, true));
+            }
+        }
+        self.stats.updates_cut += cut;
+        for update in reviving {
+            self.note_discovered(now, unix, from, update);
+        }
+    }
+
+    /// Remembers news cut about a member not admitted; the first time, asks for its proof.
+    fn note_discovered(&mut self, now: Instant, unix: u64, from: T, update: Update<T>) {
+        let member = update.member;
+        if let Some((held_from, held, _)) = self.admission.reported.get_mut(&member) {
+            // The newest news is the one to replay on admission.
+            if (update.incarnation, update.state) >= (held.incarnation, held.state) {
+                *held_from = from;
+                *held = update;
+            }
+            return;
+        }
+        if self.admission.reported.len() >= MAX_REPORTED {
+            return;
+        }
+        let addrs = update.addrs.clone();
+        self.admission.reported.insert(member, (from, update, now));
+        self.on_discovered(now, unix, member, addrs, from);
+    }
+
+    /// SWIM named `member`, not admitted, as live in a message from `from`.
+    fn on_discovered(&mut self, now: Instant, unix: u64, member: T, addrs: Vec<Address>, from: T) {
+        if !self.checks.reachable(&self.local_addrs, &addrs) {
+            // A member this node cannot dial (an onion address seen from a TCP-only node, an IP
+            // address from a Tor-only one) would only ever be suspected here: it stays out, as
+            // it would if the gate had to meet it on a connection. A "both" node bridges them.
+            self.admission.reported.remove(&member);
+            return;
+        }
+        if let Some(proof) = self.admission.departed.remove(&member) {
+            self.stats.readmitted_departed += 1;
+            return self.admit(now, unix, member, proof);
+        }
+        let a = &mut self.admission;
+        if a.wanted.contains_key(&member) {
+            return;
+        }
+        if a.wanted.len() >= MAX_WANTED {
+            a.reported.remove(&member);
+            return;
+        }
+        a.wanted.insert(
+            member,
+            Wanted {
+                addrs,
+                from,
+                retry_at: None,
+                failed_requests: 0,
+            },
+        );
+        self.queue_proof_request(now, from, member);
+    }
+
+    /// Queues a proof request about `member` to `relayer`; a full batch goes out at once.
+    fn queue_proof_request(&mut self, now: Instant, relayer: T, member: T) {
+        let batch = self.admission.batches.entry(relayer).or_default();
+        batch.push(member);
+        if batch.len() >= MAX_PROOFS {
+            let members = std::mem::take(batch);
+            self.admission.batches.remove(&relayer);
+            self.send_proof_request(now, relayer, members);
+        } else if !self.timers.is_set(Timer::RelayFlush) {
+            self.timers.set(Timer::RelayFlush, now + RELAY_BATCH_DELAY);
+        }
+    }
+
+    fn send_proof_request(&mut self, now: Instant, relayer: T, members: Vec<T>) {
+        self.stats.relay_requests += 1;
+        let op = self.ops.next_op();
+        let request = Request::Proofs(peer_bytes(&members));
+        self.ops.insert(op, Op::Proofs(members));
+        let timeout = self.config.gate_timeout;
+        self.send_within(now, op, relayer, request, timeout);
+    }
+
+    /// Sends the queued proof requests, [`MAX_PROOFS`] members per request.
+    pub(super) fn flush_relay_requests(&mut self, now: Instant) {
+        for (relayer, members) in std::mem::take(&mut self.admission.batches) {
+            for chunk in members.chunks(MAX_PROOFS) {
+                self.send_proof_request(now, relayer, chunk.to_vec());
+            }
+        }
+    }
+
+    /// The answer to a proof-relay request of `op`, sent to `relayer`.
+    pub(super) fn on_proofs_answer(
+        &mut self,
+        now: Instant,
+        unix: u64,
+        op: OpId,
+        relayer: T,
+        result: Result<Response, super::RequestFailure>,
+    ) {
+        let Some(Op::Proofs(asked)) = self.ops.remove(op) else {
+            return;
+        };
+        let Ok(Response::Proofs(pairs)) = result else {
+            return self.relay_request_failed(now, asked);
+        };
+        let mut answered = HashSet::new();
+        for (peer, proof) in pairs.iter().take(MAX_PROOFS) {
+            let Some(member) = T::from_bytes(peer) else {
+                continue;
+            };
+            if asked.contains(&member) && answered.insert(member) {
+                self.check_relayed(now, unix, relayer, member, proof);
+            }
+        }
+        let missing: Vec<T> = asked
+            .into_iter()
+            .filter(|p| !answered.contains(p))
+            .collect();
+        self.fall_back_to_dialing(missing);
+    }
+
+    /// Checks the proof `relayer` sent for `member`.
+    fn check_relayed(&mut self, now: Instant, unix: u64, relayer: T, member: T, bytes: &[u8]) {
+        match self.checks.verify(now, &member, bytes) {
+            Ok(proof) => {
+                if !self.admission.is_verified(&member) {
+                    self.stats.verified_by_relay += 1;
+                }
+                self.admit(now, unix, member, proof);
+            }
+            Err(ProofError::RateLimited) => {
+                if let Some(w) = self.admission.wanted.get_mut(&member) {
+                    w.retry_at = Some(now + RETRY_AFTER);
+                }
+            }
+            Err(error) => {
+                // A relayer passes on only proofs it checked itself: this one did not.
+                tracing::info!(?relayer, ?member, %error, "relayed identity proof refused");
+                self.stats.refused_relayed += 1;
+                self.admission.wanted.remove(&member);
+                self.admission.reported.remove(&member);
+            }
+        }
+    }
+
+    /// A proof request about `asked` failed: each is asked again later, or dialed once
+    /// [`RELAY_ATTEMPTS`] requests about it failed.
+    fn relay_request_failed(&mut self, now: Instant, asked: Vec<T>) {
+        self.stats.relay_request_failures += 1;
+        let mut give_up = Vec::new();
+        for member in asked {
+            let Some(w) = self.admission.wanted.get_mut(&member) else {
+                continue;
+            };
+            w.failed_requests = w.failed_requests.saturating_add(1);
+            if w.failed_requests >= RELAY_ATTEMPTS {
+                give_up.push(member);
+            } else {
+                w.retry_at = Some(now + RELAY_RETRY_AFTER);
+            }
+        }
+        self.fall_back_to_dialing(give_up);
+    }
+
+    /// No relayer held a proof for these members (or could be asked): dial them, so the gate
+    /// checks them on a connection of their own.
+    fn fall_back_to_dialing(&mut self, members: Vec<T>) {
+        for member in members {
+            if let Some(w) = self.admission.wanted.remove(&member) {
+                self.stats.relay_fallback_dials += 1;
+                self.push(Action::Dial {
+                    peer: member,
+                    addrs: w.addrs,
+                });
+            }
+        }
+    }
+
+    /// A dial to `peer` failed: news cut about it may report it again later.
+    pub(super) fn on_dial_failed(&mut self, peer: &T) {
+        if !self.admission.wanted.contains_key(peer) {
+            self.admission.reported.remove(peer);
+        }
+    }
+
+    /// Housekeeping: retries of proofs asked for, expiry of departed proofs, held messages and
+    /// stale reports; memory of drained bursts given back.
+    pub(super) fn admission_tick(&mut self, now: Instant) {
+        self.admission.departed.expire(now);
+        let late: Vec<T> = self
+            .admission
+            .held
+            .iter()
+            .filter(|(_, q)| q.deadline <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in late {
+            self.drop_held(&peer);
+        }
+        let mut retry = Vec::new();
+        for (member, w) in &mut self.admission.wanted {
+            if w.retry_at.is_some_and(|at| at <= now) {
+                w.retry_at = None;
+                retry.push((w.from, *member));
+            }
+        }
+        for (relayer, member) in retry {
+            self.queue_proof_request(now, relayer, member);
+        }
+        let a = &mut self.admission;
+        let wanted = &a.wanted;
+        a.reported.retain(|member, (_, _, at)| {
+            wanted.contains_key(member) || now.saturating_duration_since(*at) < REPORTED_TTL
+        });
+        shrink_sparse(&mut a.wanted);
+        shrink_sparse(&mut a.reported);
+        shrink_sparse(&mut a.held);
+        shrink_sparse(&mut a.batches);
+    }
+
+    /// Sends `request` to `peer` for `op` with its own `timeout`.
+    pub(super) fn send_within(
+        &mut self,
+        now: Instant,
+        op: OpId,
+        peer: T,
+        request: Request,
+        timeout: Duration,
+    ) {
+        let id = self.ops.add_request(op, peer, now + timeout);
+        let addrs = self.addrs_of(&peer);
+        self.push(Action::Send {
+            to: peer,
+            addrs,
+            id,
+            request,
+        });
+    }
+}

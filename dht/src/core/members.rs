@@ -1,0 +1,314 @@
+//! The SWIM membership inside the core: messages in (after admission's filter), transmits and
+//! events out, the routing table kept in step with it, joins and leaves.
+//!
+//! A member enters the routing table when it is admitted and SWIM holds it alive (it joined, or
+//! refuted a suspicion), and leaves it when SWIM declares it failed or gone; the slot it frees
+//! goes to a replacement the bucket kept, or to a member found in the membership.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use shoal_swim::{Address, CommandError, CommandId, Event, Message, State};
+
+use super::ops::{Join, Op};
+use super::routing::Inserted;
+use super::{Action, Checks, Core, JOIN_ATTEMPTS, MAX_SEEDS, Meta, OpId, Peer, Reply, WriteOp};
+use crate::api::{JoinError, JoinOk};
+
+/// A member known from elsewhere, for [`Core::bootstrap`].
+#[derive(Debug, Clone)]
+pub struct Known<T> {
+    /// The member.
+    pub peer: T,
+    /// Its addresses.
+    pub addrs: Vec<Address>,
+    /// Its identity proof's bytes, checked before it is admitted.
+    pub proof: Vec<u8>,
+    /// Its incarnation, 0 if unknown.
+    pub incarnation: u64,
+}
+
+impl<T: Peer, C: Checks<T>> Core<T, C> {
+    /// Hands an admitted peer's SWIM message to the membership, after admission's filter.
+    pub(super) fn pass_to_swim(&mut self, now: Instant, unix: u64, from: T, mut msg: Message<T>) {
+        self.filter_updates(now, unix, from, &mut msg);
+        self.stats.swim_received += 1;
+        self.swim.handle_message(now, from, msg);
+        self.drain_swim(now, unix);
+    }
+
+    /// Turns what the membership produced into actions and applies its events: transmits to
+    /// send, members to route or unroute, commands answered. Persists a raised incarnation.
+    pub(super) fn drain_swim(&mut self, now: Instant, unix: u64) {
+        loop {
+            let mut progress = false;
+            while let Some(t) = self.swim.poll_transmit() {
+                progress = true;
+                let addrs = self.addrs_of(&t.to);
+                self.push(Action::Swim {
+                    to: t.to,
+                    addrs,
+                    msg: t.msg,
+                });
+            }
+            while let Some(event) = self.swim.poll_event() {
+                progress = true;
+                self.on_swim_event(now, unix, event);
+            }
+            if !progress {
+                break;
+            }
+        }
+        let incarnation = self.swim.incarnation();
+        if incarnation > self.meta.incarnation {
+            self.meta.incarnation = incarnation;
+            let meta: Meta = self.meta;
+            self.write(now, unix, vec![WriteOp::Meta(meta)], None);
+        }
+    }
+
+    fn on_swim_event(&mut self, now: Instant, unix: u64, event: Event<T>) {
+        match event {
+            Event::Joined { member, .. } | Event::Refuted { member, .. } => self.route(&member),
+            Event::Failed { member, .. } | Event::Left { member, .. } => {
+                self.unroute(&member);
+                self.on_departed(now, &member);
+            }
+            Event::Suspected { .. } => {}
+            Event::JoinFinished { id, result } => self.on_join_finished(now, unix, id, result),
+            Event::LeaveFinished { id, .. } => self.on_leave_finished(id),
+        }
+    }
+
+    /// Whether SWIM holds `peer` alive or suspect.
+    pub(super) fn is_live(&self, peer: &T) -> bool {
+        self.swim
+            .member(peer)
+            .is_some_and(|m| matches!(m.state, State::Alive | State::Suspect))
+    }
+
+    /// Offers `peer` a slot in the routing table if it is admitted and SWIM holds it alive.
+    pub(super) fn route(&mut self, peer: &T) {
+        if self.admission.is_verified(peer) && self.is_live(peer) {
+            self.table.insert(*peer);
+        }
+    }
+
+    /// Takes `peer` out of the routing table; a freed slot goes to a replacement still admitted
+    /// and alive, or to one found in the membership.
+    pub(super) fn unroute(&mut self, peer: &T) {
+        let admission = &self.admission;
+        let swim = &self.swim;
+        let removed = self.table.remove(peer, |p| {
+            admission.is_verified(p)
+                && swim
+                    .member(p)
+                    .is_some_and(|m| matches!(m.state, State::Alive | State::Suspect))
+        });
+        let Some(bucket) = removed.short else {
+            return;
+        };
+        let candidates: Vec<T> = self
+            .verified_live()
+            .filter(|p| p != peer && self.table.in_bucket(&p.point(), bucket))
+            .collect();
+        for candidate in candidates {
+            if self.table.insert(candidate) == Inserted::Full {
+                break;
+            }
+        }
+    }
+
+    /// Admits `members` on their proofs (each checked) and makes them live members at once, at
+    /// the incarnations given, without gossip: a simulator's converged start, or a node
+    /// restoring a member list it had checked before (at incarnation 0 when it does not know
+    /// them: any news is then newer). Returns how many were added.
+    pub fn bootstrap(
+        &mut self,
+        now: Instant,
+        unix: u64,
+        members: impl IntoIterator<Item = Known<T>>,
+    ) -> usize {
+        let mut admitted = Vec::new();
+        for Known {
+            peer,
+            addrs,
+            proof,
+            incarnation,
+        } in members
+        {
+            if peer == self.local {
+                continue;
+            }
+            let Ok(proof) = self.checks.verify(now, &peer, &proof) else {
+                continue;
+            };
+            if self.admission.insert_verified(peer, proof) {
+                self.stats.verified += 1;
+            }
+            let addrs: Arc<[Address]> = if addrs.is_empty() {
+                self.empty_addrs.clone()
+            } else {
+                addrs.into()
+            };
+            admitted.push((peer, addrs, incarnation));
+        }
+        let peers: Vec<T> = admitted.iter().map(|(p, _, _)| *p).collect();
+        let added = self.swim.restore_at(admitted);
+        for peer in &peers {
+            self.route(peer);
+        }
+        self.drain_swim(now, unix);
+        added
+    }
+
+    /// Starts a join through `seeds` (the snapshot's peers when empty): seeds not admitted yet
+    /// are dialed so the gate checks them, then SWIM joins through those admitted.
+    pub(super) fn start_join(&mut self, now: Instant, op: OpId, seeds: Vec<(T, Vec<Address>)>) {
+        let seeds = if seeds.is_empty() {
+            self.snapshot.clone()
+        } else {
+            seeds
+        };
+        let mut by_peer: Vec<(T, Vec<Address>)> = Vec::new();
+        let mut index: HashMap<T, usize> = HashMap::new();
+        for (peer, addrs) in seeds {
+            if peer == self.local {
+                continue;
+            }
+            match index.get(&peer) {
+                Some(&i) => by_peer[i].1.extend(addrs),
+                None => {
+                    index.insert(peer, by_peer.len());
+                    by_peer.push((peer, addrs));
+                }
+            }
+        }
+        let mut waiting = Vec::new();
+        for (peer, addrs) in &by_peer {
+            if self.seed_addrs.len() < MAX_SEEDS || self.seed_addrs.contains_key(peer) {
+                self.seed_addrs.insert(*peer, addrs.clone().into());
+            }
+            if !self.admission.is_verified(peer) {
+                waiting.push(*peer);
+                self.push(Action::Dial {
+                    peer: *peer,
+                    addrs: addrs.clone(),
+                });
+            }
+        }
+        let tried = by_peer.len();
+        self.ops.insert(
+            op,
+            Op::Join(Join {
+                seeds: by_peer,
+                waiting,
+                tried,
+                swim: None,
+                attempts: 0,
+            }),
+        );
+        // A gate check that never ends (a rate-limited exchange is shed without a report) must
+        // not hold the join forever.
+        self.ops
+            .set_deadline(op, now + 2 * self.config.gate_timeout);
+    }
+
+    /// Starts SWIM's join of `op` once no seed is awaited; reports failure if none was admitted.
+    pub(super) fn advance_join(&mut self, now: Instant, unix: u64, op: OpId) {
+        let Some(Op::Join(join)) = self.ops.get_mut(op) else {
+            return;
+        };
+        if join.swim.is_some() || !join.waiting.is_empty() {
+            return;
+        }
+        let admission = &self.admission;
+        join.seeds.retain(|(p, _)| admission.is_verified(p));
+        if join.seeds.is_empty() {
+            let tried = join.tried;
+            self.ops.remove(op);
+            self.reply(op, Reply::Join(Err(JoinError::NoSeedVerified { tried })));
+            return;
+        }
+        join.attempts += 1;
+        let seeds: Vec<T> = join.seeds.iter().map(|(p, _)| *p).collect();
+        let id = self.swim.join(now, seeds);
+        if let Some(Op::Join(join)) = self.ops.get_mut(op) {
+            join.swim = Some(id);
+        }
+        self.drain_swim(now, unix);
+    }
+
+    /// A seed's dial or gate check ended (either way): joins waiting for it go on.
+    pub(super) fn on_seed_settled(&mut self, now: Instant, unix: u64, peer: &T) {
+        let joins: Vec<OpId> = self
+            .ops
+            .iter()
+            .filter_map(|(id, op)| match op {
+                Op::Join(j) if j.waiting.contains(peer) => Some(*id),
+                _ => None,
+            })
+            .collect();
+        for op in joins {
+            if let Some(Op::Join(j)) = self.ops.get_mut(op) {
+                j.waiting.retain(|p| p != peer);
+            }
+            self.advance_join(now, unix, op);
+        }
+    }
+
+    /// A join's seeds did not settle in time: it goes on with those admitted.
+    pub(super) fn on_join_deadline(&mut self, now: Instant, unix: u64, op: OpId) {
+        if let Some(Op::Join(j)) = self.ops.get_mut(op) {
+            j.waiting.clear();
+        }
+        self.advance_join(now, unix, op);
+    }
+
+    fn on_join_finished(
+        &mut self,
+        now: Instant,
+        unix: u64,
+        id: CommandId,
+        result: Result<usize, CommandError>,
+    ) {
+        let Some(op) = self.ops.iter().find_map(|(op, what)| match what {
+            Op::Join(j) if j.swim == Some(id) => Some(*op),
+            _ => None,
+        }) else {
+            return;
+        };
+        let Some(Op::Join(mut join)) = self.ops.remove(op) else {
+            return;
+        };
+        match result {
+            Ok(members) => self.reply(
+                op,
+                Reply::Join(Ok(JoinOk {
+                    verified_seeds: join.seeds.len(),
+                    members,
+                })),
+            ),
+            Err(error) if join.attempts < JOIN_ATTEMPTS => {
+                // The seed may not have admitted us yet when our first push-pull came in.
+                tracing::debug!(%error, "SWIM join failed, retrying");
+                join.swim = None;
+                self.ops.insert(op, Op::Join(join));
+                self.advance_join(now, unix, op);
+            }
+            Err(error) => self.reply(op, Reply::Join(Err(JoinError::Swim(error)))),
+        }
+    }
+
+    fn on_leave_finished(&mut self, id: CommandId) {
+        let Some(op) = self.ops.iter().find_map(|(op, what)| match what {
+            Op::Leave(cmd) if *cmd == id => Some(*op),
+            _ => None,
+        }) else {
+            return;
+        };
+        self.ops.remove(op);
+        self.reply(op, Reply::Left);
+    }
+}

@@ -1,0 +1,950 @@
+//! Records: the store, the one acceptance rule, puts and their replicas, gets and read repair,
+//! expiry and republishing.
+//!
+//! Every record that reaches the store, whatever its way in (this node's own put, a replica put
+//! from a peer, a newer copy a get found), and every copy a get considers, goes through
+//! [`Core::accept`]: the envelope is valid (signature, sizes, TTL, creation time, expiry, a stamp
+//! that paid for it), it agrees with the lockstep notices held, and, to be kept, it supersedes the
+//! copy held. A kept record is in memory at once (so the next record of the key is judged against
+//! it) and acknowledged only once its write is durable; a failed write puts the previous copy
+//! back and is refused.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use serde_bytes::ByteBuf;
+
+use super::lookup::{ClosestPeers, KeyHash, closest};
+use super::ops::{Lookup, Op, Then, Waiting};
+use super::{
+    Checks, Core, InboundId, MAX_BACKGROUND_GETS, OpId, Peer, Reply, RequestFailure, WriteOp,
+    peers_from,
+};
+use crate::api::{
+    FindNodeError, GetError, GetOk, LookupOk, LookupStats, PutError, PutOk, PutRequest,
+};
+use crate::lockstep::{Announced, LockstepError, announces};
+use crate::record::{NewRecord, RecordError, SignedRecord};
+use crate::store::StoreConfig;
+use crate::wire::{MAX_PEERS, Request, Response};
+
+/// Why the store did not keep a record. Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// A record with a higher (or equal) sequence is held.
+    #[error("a record with sequence {held} is already held (got {got})")]
+    Stale {
+        /// The held record's sequence.
+        held: u64,
+        /// The refused record's sequence.
+        got: u64,
+    },
+    /// The store holds [`StoreConfig::max_records`] records.
+    #[error("record store full ({0} records)")]
+    Full(usize),
+    /// Writing the record to disk failed; the previous copy is held again and nothing was
+    /// acknowledged.
+    #[error("storage: {0}")]
+    Write(String),
+}
+
+/// Why a record was not accepted. Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AcceptError {
+    /// The envelope is invalid (signature, sizes, TTL, creation time, expiry, stamp).
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// The record contradicts a lockstep notice of its publisher.
+    #[error("lockstep: {0}")]
+    Lockstep(#[from] LockstepError),
+    /// The store refused it (stale, full).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What the acceptance rule found for a record.
+#[derive(Debug, Clone)]
+pub(super) struct Accepted {
+    /// The record, validated.
+    pub(super) signed: SignedRecord,
+    /// When it is to be kept: whether it changes the store (`false`: the very same envelope is
+    /// held already).
+    pub(super) changes: bool,
+}
+
+/// A record offered to [`Core::accept`].
+pub(super) enum Candidate<'a> {
+    /// A record this node made (or already validated): only the lockstep and store rules apply.
+    Checked(Box<SignedRecord>),
+    /// Envelope bytes from a peer, stored or looked up under `key` when the carrier names one.
+    /// A copy byte for byte equal to `known` (validated before) is checked for expiry only.
+    Wire {
+        bytes: &'a [u8],
+        key: Option<&'a [u8]>,
+        known: Option<&'a SignedRecord>,
+    },
+}
+
+/// How to undo a record kept in memory whose write failed: the copy it replaced.
+#[derive(Debug, Clone)]
+pub(super) struct Undo {
+    key: Vec<u8>,
+    written: Vec<u8>,
+    previous: Option<SignedRecord>,
+}
+
+/// The records held, decoded once when accepted.
+#[derive(Debug, Default)]
+pub struct Records {
+    config: StoreConfig,
+    map: HashMap<Vec<u8>, SignedRecord>,
+}
+
+impl Records {
+    /// An empty store with `config`'s limits.
+    pub fn new(config: StoreConfig) -> Self {
+        Self {
+            config,
+            map: HashMap::new(),
+        }
+    }
+
+    /// The record held under `key`. It was validated when it was kept; only its expiry may have
+    /// passed since.
+    pub fn get(&self, key: &[u8]) -> Option<&SignedRecord> {
+        self.map.get(key)
+    }
+
+    /// Records held.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether no record is held.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Every record held.
+    pub fn iter(&self) -> impl Iterator<Item = &SignedRecord> {
+        self.map.values()
+    }
+
+    /// Whether the store would keep `signed`: `Ok(true)` if it changes what is held, `Ok(false)`
+    /// if the very same envelope is held.
+    fn check(&self, signed: &SignedRecord) -> Result<bool, StoreError> {
+        match self.map.get(&signed.record().key) {
+            Some(held) if held.as_bytes() == signed.as_bytes() => Ok(false),
+            Some(held) if !signed.supersedes(held) => Err(StoreError::Stale {
+                held: held.record().seq,
+                got: signed.record().seq,
+            }),
+            Some(_) => Ok(true),
+            None if self.map.len() >= self.config.max_records => {
+                Err(StoreError::Full(self.config.max_records))
+            }
+            None => Ok(true),
+        }
+    }
+
+    /// Keeps `signed`, returning the copy it replaced.
+    pub(super) fn put(&mut self, signed: SignedRecord) -> Option<SignedRecord> {
+        self.map.insert(signed.record().key.clone(), signed)
+    }
+
+    fn remove(&mut self, key: &[u8]) -> Option<SignedRecord> {
+        self.map.remove(key)
+    }
+}
+
+/// A record on its way to its replicas, counting their answers.
+#[derive(Debug)]
+pub(super) struct Replication {
+    key: Vec<u8>,
+    seq: u64,
+    quorum: usize,
+    envelope: Vec<u8>,
+    /// Whether a caller waits for the outcome (`false` once answered, or for background work).
+    reply: bool,
+    outstanding: usize,
+    stored: usize,
+    refused: usize,
+    reason: Option<String>,
+}
+
+impl Replication {
+    /// A replication of `envelope` (key `key`, sequence `seq`) needing `quorum` replicas;
+    /// `reply` says whether a caller waits.
+    pub(super) fn new(
+        key: Vec<u8>,
+        seq: u64,
+        quorum: usize,
+        envelope: Vec<u8>,
+        reply: bool,
+    ) -> Self {
+        Self {
+            key,
+            seq,
+            quorum,
+            envelope,
+            reply,
+            outstanding: 0,
+            stored: 0,
+            refused: 0,
+            reason: None,
+        }
+    }
+}
+
+/// A get's search: the copies found so far.
+#[derive(Debug)]
+pub(super) struct GetState<T> {
+    key: Vec<u8>,
+    /// Whether the caller still waits (`false` once answered early: the search only repairs).
+    reply: bool,
+    best: Option<SignedRecord>,
+    holders: Vec<T>,
+    valid: usize,
+    invalid: usize,
+}
+
+/// A get's winner, its holders being asked whether it was announced.
+#[derive(Debug)]
+pub(super) struct Check<T> {
+    state: GetState<T>,
+    asking: usize,
+    announced: Announced,
+}
+
+impl<T: Peer, C: Checks<T>> Core<T, C> {
+    /// The acceptance rule (see the module docs). `keep` asks whether the store would keep it.
+    pub(super) fn accept(
+        &self,
+        unix: u64,
+        candidate: Candidate<'_>,
+        keep: bool,
+    ) -> Result<Accepted, AcceptError> {
+        let signed = match candidate {
+            Candidate::Checked(signed) => *signed,
+            Candidate::Wire { bytes, key, known } => {
+                let known = known
+                    .or_else(|| key.and_then(|k| self.records.get(k)))
+                    .filter(|s| s.as_bytes() == bytes);
+                match known {
+                    Some(s) if s.is_expired(unix) => {
+                        return Err(RecordError::Expired {
+                            expires_at: s.record().expires_at(),
+                            now: unix,
+                        }
+                        .into());
+                    }
+                    Some(s) => s.clone(),
+                    None => SignedRecord::validate(
+                        bytes,
+                        key,
+                        unix,
+                        &self.config.records,
+                        &self.stamps,
+                    )?,
+                }
+            }
+        };
+        self.book.check_put(signed.record())?;
+        let changes = if keep {
+            self.records.check(&signed)?
+        } else {
+            false
+        };
+        Ok(Accepted { signed, changes })
+    }
+
+    /// Keeps an accepted record in memory and returns its write and how to undo it.
+    fn keep(&mut self, signed: SignedRecord) -> (WriteOp<T>, Undo) {
+        let key = signed.record().key.clone();
+        let written = signed.as_bytes().to_vec();
+        let previous = self.records.put(signed);
+        let op = WriteOp::PutRecord {
+            key: key.clone(),
+            envelope: written.clone(),
+        };
+        (
+            op,
+            Undo {
+                key,
+                written,
+                previous,
+            },
+        )
+    }
+
+    /// Puts back the copy a failed write replaced, unless a later record replaced it since.
+    fn undo(&mut self, undo: Undo) {
+        let current = self.records.get(&undo.key).map(|s| s.as_bytes());
+        if current != Some(undo.written.as_slice()) {
+            return;
+        }
+        match undo.previous {
+            Some(previous) => {
+                self.records.put(previous);
+            }
+            None => {
+                self.records.remove(&undo.key);
+            }
+        }
+    }
+
+    /// The sequence number of this node's latest notice for `key` if it has not put it yet.
+    fn announced_unput_seq(&self, key: &[u8]) -> Option<u64> {
+        let us = self.key.public();
+        let announced = self.book.get(key, &us)?.notice().seq;
+        let held = self
+            .records
+            .get(key)
+            .filter(|s| s.record().publisher == us)
+            .map(|s| s.record().seq);
+        let put = self.last_seq.get(key).copied().max(held);
+        put.is_none_or(|p| announced > p).then_some(announced)
+    }
+
+    /// A put: the record is made, accepted, kept and written; once durable it goes to the
+    /// closest peers (see [`Self::on_write_done`]).
+    pub(super) fn start_put(&mut self, now: Instant, unix: u64, op: OpId, request: PutRequest) {
+        let seq = match request.seq {
+            Some(seq) => seq,
+            None => self
+                .announced_unput_seq(&request.key)
+                .unwrap_or_else(|| self.next_seq(&request.key, unix)),
+        };
+        let quorum = request.quorum.unwrap_or(self.config.put_quorum);
+        let new = NewRecord {
+            key: request.key.clone(),
+            value: request.value,
+            seq,
+            ttl: request.ttl.as_secs().max(1),
+        };
+        let signed = match SignedRecord::create(&self.key, new, unix, &self.config.stamps) {
+            Ok(s) => s,
+            Err(e) => return self.reply(op, Reply::Put(Err(e.into()))),
+        };
+        let accepted = match self.accept(unix, Candidate::Checked(Box::new(signed)), true) {
+            Ok(a) => a,
+            Err(e) => return self.reply(op, Reply::Put(Err(put_error(e)))),
+        };
+        let envelope = accepted.signed.as_bytes().to_vec();
+        let (write, undo) = self.keep(accepted.signed);
+        self.note_seq(&request.key, seq);
+        let mut writes = vec![write];
+        writes.extend(self.advance_seq_floor(seq));
+        let job = Replication::new(request.key, seq, quorum.get(), envelope, true);
+        self.ops
+            .insert(op, Op::Committing(Box::new(Waiting::OwnPut(job, undo))));
+        self.write(now, unix, writes, Some(op));
+    }
+
+    /// A replica put from an admitted peer: accepted and written, answered once durable.
+    pub(super) fn serve_put(
+        &mut self,
+        now: Instant,
+        unix: u64,
+        from: T,
+        id: InboundId,
+        envelope: &[u8],
+    ) {
+        let candidate = Candidate::Wire {
+            bytes: envelope,
+            key: None,
+            known: None,
+        };
+        match self.accept(unix, candidate, true) {
+            Ok(a) if !a.changes => {
+                // The very same envelope is held, durably: nothing to write.
+                self.stats.stored_puts += 1;
+                self.respond(id, Response::Stored);
+            }
+            Ok(a) => {
+                let (write, undo) = self.keep(a.signed);
+                let op = self.ops.next_op();
+                let waiting = Waiting::Replica {
+                    inbound: id,
+                    from,
+                    undo,
+                };
+                self.ops.insert(op, Op::Committing(Box::new(waiting)));
+                self.write(now, unix, vec![write], Some(op));
+            }
+            Err(error) => {
+                tracing::debug!(?from, %error, "inbound put refused");
+                self.stats.count_refused_put(from);
+                self.respond(id, Response::refused(error.to_string()));
+            }
+        }
+    }
+
+    /// A write that `op` waited for is durable, or failed.
+    pub(super) fn on_write_done(
+        &mut self,
+        now: Instant,
+        unix: u64,
+        op: OpId,
+        waiting: Waiting<T>,
+        result: Result<(), String>,
+    ) {
+        match (waiting, result) {
+            (Waiting::OwnPut(job, _), Ok(())) => {
+                let key = job.key.clone();
+                self.start_lookup(now, unix, op, &key, Then::Put(job));
+            }
+            (Waiting::OwnPut(_, undo), Err(e)) => {
+                self.undo(undo);
+                self.reply(op, Reply::Put(Err(PutError::Store(StoreError::Write(e)))));
+            }
+            (Waiting::Replica { inbound, .. }, Ok(())) => {
+                self.stats.stored_puts += 1;
+                self.respond(inbound, Response::Stored);
+            }
+            (
+                Waiting::Replica {
+                    inbound,
+                    from,
+                    undo,
+                },
+                Err(e),
+            ) => {
+                self.undo(undo);
+                self.stats.count_refused_put(from);
+                self.respond(inbound, Response::refused(format!("storage: {e}")));
+            }
+            (Waiting::Repair(_), Ok(())) => {}
+            (Waiting::Repair(undo), Err(_)) => self.undo(undo),
+            (
+                Waiting::NoticeIn {
+                    inbound, notice, ..
+                },
+                Ok(()),
+            ) => {
+                self.respond(inbound, Response::Accepted);
+                self.push(super::Action::Notice(notice));
+            }
+            (Waiting::NoticeIn { inbound, undo, .. }, Err(e)) => {
+                self.undo_notice(undo);
+                self.respond(inbound, Response::refused(format!("storage: {e}")));
+            }
+            (Waiting::OwnNotice(notice, _), Ok(())) => {
+                let key = notice.notice().key.clone();
+                self.start_lookup(now, unix, op, &key, Then::Announce(notice));
+            }
+            (Waiting::OwnNotice(_, undo), Err(e)) => {
+                self.undo_notice(undo);
+                self.reply(
+                    op,
+                    Reply::Announce(Err(crate::api::AnnounceError::Storage(e))),
+                );
+            }
+        }
+    }
+
+    /// Sends a record to up to `k` of `peers` (this node left out). The caller is answered as soon
+    /// as `quorum` replicas kept it, or once every replica answered.
+    pub(super) fn replicate(
+        &mut self,
+        now: Instant,
+        op: OpId,
+        mut job: Replication,
+        peers: Vec<T>,
+    ) {
+        let k = self.config.replication_factor.get();
+        let local = self.local;
+        let peers: Vec<T> = peers.into_iter().filter(|p| *p != local).take(k).collect();
+        for peer in &peers {
+            let request = Request::PutRecord(ByteBuf::from(job.envelope.clone()));
+            self.send(now, op, *peer, request);
+        }
+        job.outstanding = peers.len();
+        if peers.is_empty() {
+            return self.finish_replication(op, job);
+        }
+        self.ops.insert(op, Op::Replicate(job));
+    }
+
+    /// A replica's answer for `op`.
+    pub(super) fn on_replica_answer(&mut self, op: OpId, result: Result<Response, RequestFailure>) {
+        let Some(Op::Replicate(job)) = self.ops.get_mut(op) else {
+            return;
+        };
+        job.outstanding = job.outstanding.saturating_sub(1);
+        match result {
+            Ok(Response::Stored) => job.stored += 1,
+            Ok(Response::Refused(reason)) => {
+                job.refused += 1;
+                job.reason.get_or_insert(reason);
+            }
+            Ok(_) | Err(_) => {}
+        }
+        let quorum_reached = job.reply && job.stored >= job.quorum;
+        if quorum_reached {
+            job.reply = false;
+            let ok = PutOk {
+                key: job.key.clone(),
+                seq: job.seq,
+            };
+            self.reply(op, Reply::Put(Ok(ok)));
+        }
+        if let Some(Op::Replicate(job)) = self.ops.get(op)
+            && job.outstanding == 0
+            && let Some(Op::Replicate(job)) = self.ops.remove(op)
+        {
+            self.finish_replication(op, job);
+        }
+    }
+
+    /// Answers a replication every replica has answered, if its caller still waits.
+    fn finish_replication(&mut self, op: OpId, job: Replication) {
+        if !job.reply {
+            return;
+        }
+        let result = if job.stored >= job.quorum {
+            Ok(PutOk {
+                key: job.key,
+                seq: job.seq,
+            })
+        } else {
+            Err(PutError::Quorum {
+                key: job.key,
+                seq: job.seq,
+                acked: job.stored,
+                quorum: job.quorum,
+                refused: job.refused,
+                reason: job.reason,
+            })
+        };
+        self.reply(op, Reply::Put(result));
+    }
+
+    // ----- lookups -----
+
+    /// Starts a lookup of the peers closest to `target` (a record key, or a peer id's bytes),
+    /// seeded from the admitted live members; `then` says what to do with them.
+    pub(super) fn start_lookup(
+        &mut self,
+        now: Instant,
+        unix: u64,
+        op: OpId,
+        target: &[u8],
+        then: Then<T>,
+    ) {
+        let point = KeyHash::of(target);
+        let k = self.config.replication_factor;
+        // Twice k: members that fail (SWIM has not evicted them yet) are replaced by the next
+        // closest without waiting for an answer to name them.
+        let seeds = closest(&point, self.verified_live(), 2 * k.get());
+        let state = ClosestPeers::new(point, self.local, k, self.config.lookup_parallelism, seeds);
+        self.stats.queries += 1;
+        let lookup = Lookup {
+            target: ByteBuf::from(target.to_vec()),
+            state,
+            started: now,
+            then,
+        };
+        self.ops.set_deadline(op, now + self.config.query_timeout);
+        self.advance_lookup(now, unix, op, Box::new(lookup));
+    }
+
+    /// Sends the requests lookup `op` has room for, or ends it if it is finished.
+    fn advance_lookup(&mut self, now: Instant, unix: u64, op: OpId, mut lookup: Box<Lookup<T>>) {
+        let get = matches!(lookup.then, Then::Get(_));
+        while let Some(peer) = lookup.state.next_peer() {
+            let request = if get {
+                self.stats.get_requests += 1;
+                Request::GetRecord(lookup.target.clone())
+            } else {
+                self.stats.lookup_requests += 1;
+                Request::FindNode(lookup.target.clone())
+            };
+            self.send(now, op, peer, request);
+        }
+        if lookup.state.is_finished() {
+            self.finish_lookup(now, unix, op, *lookup, false);
+        } else {
+            self.ops.insert(op, Op::Lookup(lookup));
+        }
+    }
+
+    /// An answer (or failure) of `peer` for lookup `op`.
+    pub(super) fn on_lookup_answer(
+        &mut self,
+        now: Instant,
+        unix: u64,
+        op: OpId,
+        peer: T,
+        result: Result<Response, RequestFailure>,
+    ) {
+        let mut lookup = match self.ops.take(op) {
+            Some(Op::Lookup(lookup)) => lookup,
+            Some(other) => return self.ops.insert(op, other),
+            None => return,
+        };
+        let closer = match (&mut lookup.then, result) {
+            (Then::Get(state), Ok(Response::Record { record, closer })) => {
+                if let Some(bytes) = record {
+                    self.on_copy(unix, peer, state, &bytes);
+                }
+                Some(closer)
+            }
+            (Then::Get(_), Ok(_)) => None,
+            (_, Ok(Response::Peers(closer))) => Some(closer),
+            (_, Ok(_) | Err(_)) => None,
+        };
+        match closer {
+            Some(list) => {
+                // Peers this node has not admitted take no part.
+                let admitted: Vec<T> = peers_from::<T>(&list, MAX_PEERS)
+                    .into_iter()
+                    .filter(|p| self.admission.is_verified(p))
+                    .collect();
+                lookup.state.on_answer(&peer, admitted);
+            }
+            None => lookup.state.on_failure(&peer),
+        }
+        if let Then::Get(state) = &mut lookup.then
+            && state.reply
+            && state.best.is_some()
+        {
+            self.answer_early(op, &mut lookup);
+        }
+        self.advance_lookup(now, unix, op, lookup);
+    }
+
+    /// A lookup's deadline passed: it ends with what it found.
+    pub(super) fn on_op_deadline(&mut self, now: Instant, unix: u64, op: OpId) {
+        match self.ops.take(op) {
+            Some(Op::Lookup(lookup)) => self.finish_lookup(now, unix, op, *lookup, true),
+            Some(Op::Join(join)) => {
+                self.ops.insert(op, Op::Join(join));
+                self.on_join_deadline(now, unix, op);
+            }
+            Some(other) => self.ops.insert(op, other),
+            None => {}
+        }
+    }
+
+    /// Ends lookup `op` and hands its peers to what it was for.
+    fn finish_lookup(
+        &mut self,
+        now: Instant,
+        unix: u64,
+        op: OpId,
+        lookup: Lookup<T>,
+        timed_out: bool,
+    ) {
+        self.ops.end(op);
+        let counts = lookup.state.counts();
+        let stats = LookupStats {
+            requests: counts.requests,
+            successes: counts.answers,
+            failures: counts.failures,
+            duration: (counts.requests > 0).then(|| now.saturating_duration_since(lookup.started)),
+        };
+        let peers = lookup.state.peers();
+        match lookup.then {
+            Then::FindNode => {
+                let reply = if timed_out {
+                    Err(FindNodeError::Timeout { found: peers })
+                } else {
+                    Ok(LookupOk { peers, stats })
+                };
+                self.reply(op, Reply::FindNode(reply));
+            }
+            Then::Put(job) => self.replicate(now, op, job, peers),
+            Then::Announce(notice) => self.send_notice(now, op, *notice, peers),
+            Then::Notices(query) => self.ask_notices(now, op, query, peers),
+            Then::Get(state) => self.finish_get(now, unix, op, *state),
+        }
+    }
+
+    // ----- gets -----
+
+    /// Starts a get. This node's own valid copy counts as the first copy: when this node can say
+    /// on its own whether it was announced, the caller is answered at once and the search for a
+    /// higher sequence goes on in the background, within a budget (one background search per
+    /// key, at most [`MAX_BACKGROUND_GETS`]; past it, none). Otherwise the search runs and the
+    /// caller is answered as copies come.
+    pub(super) fn start_get(&mut self, now: Instant, unix: u64, op: OpId, key: Vec<u8>) {
+        let own = self
+            .records
+            .get(&key)
+            .filter(|s| !s.is_expired(unix))
+            .cloned();
+        let mut state = GetState {
+            key: key.clone(),
+            reply: true,
+            valid: usize::from(own.is_some()),
+            best: own,
+            holders: Vec::new(),
+            invalid: 0,
+        };
+        if let Some(best) = &state.best
+            && let Some(announced) = self.announced_by_own_judgement(best)
+        {
+            let reply = GetOk {
+                record: best.record().clone(),
+                signed: best.clone(),
+                announced,
+                valid: 1,
+                invalid: 0,
+            };
+            self.reply(op, Reply::Get(Box::new(Ok(reply))));
+            let (background, same) = self.background_searches(&key, None);
+            if same || background >= MAX_BACKGROUND_GETS {
+                return;
+            }
+            state.reply = false;
+        }
+        self.start_lookup(now, unix, op, &key, Then::Get(Box::new(state)));
+    }
+
+    /// Weighs a copy `peer` sent for a get.
+    fn on_copy(&mut self, unix: u64, peer: T, state: &mut GetState<T>, bytes: &[u8]) {
+        let candidate = Candidate::Wire {
+            bytes,
+            key: Some(&state.key),
+            known: state.best.as_ref(),
+        };
+        match self.accept(unix, candidate, false) {
+            Ok(a) => {
+                state.valid += 1;
+                if !state.holders.contains(&peer) {
+                    state.holders.push(peer);
+                }
+                if state.best.as_ref().is_none_or(|b| a.signed.supersedes(b)) {
+                    state.best = Some(a.signed);
+                }
+            }
+            Err(error) => {
+                tracing::debug!(?peer, %error, "invalid record copy");
+                state.invalid += 1;
+            }
+        }
+    }
+
+    /// Whether this node is one of the `k` closest to `key` in its own routing table, and so
+    /// holds every lockstep notice for it.
+    fn among_closest(&self, key: &[u8]) -> bool {
+        let k = self.config.replication_factor.get();
+        self.table.closer_than_local(&KeyHash::of(key), k) < k
+    }
+
+    /// Whether `signed` was announced, when this node can say so on its own: its book holds a
+    /// matching notice, or it is one of the `k` closest to the key and so holds every notice.
+    /// `None` when peers must be asked (or the record contradicts a notice).
+    fn announced_by_own_judgement(&self, signed: &SignedRecord) -> Option<Announced> {
+        match self.book.check_put(signed.record()) {
+            Ok(Announced::Yes) => Some(Announced::Yes),
+            Ok(Announced::No) if self.among_closest(&signed.record().key) => Some(Announced::No),
+            _ => None,
+        }
+    }
+
+    /// Background searches (gets answered early) other than `except`, and whether one of them
+    /// is for `key`.
+    fn background_searches(&self, key: &[u8], except: Option<OpId>) -> (usize, bool) {
+        self.ops
+            .iter()
+            .filter(|(id, _)| Some(**id) != except)
+            .filter_map(|(_, op)| match op {
+                Op::Lookup(l) => match &l.then {
+                    Then::Get(s) if !s.reply => Some(s.key.as_slice()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .fold((0, false), |(n, same), k| (n + 1, same || k == key))
+    }
+
+    /// Answers a get with its best copy so far when this node can say on its own whether it was
+    /// announced. The search goes on within a budget (one background search per key, at most
+    /// [`MAX_BACKGROUND_GETS`]): a higher sequence found later replaces our copy, so the next
+    /// get sees it.
+    fn answer_early(&mut self, op: OpId, lookup: &mut Lookup<T>) {
+        let Then::Get(state) = &mut lookup.then else {
+            return;
+        };
+        let Some(best) = state.best.clone() else {
+            return;
+        };
+        let Some(announced) = self.announced_by_own_judgement(&best) else {
+            return;
+        };
+        state.reply = false;
+        let reply = GetOk {
+            record: best.record().clone(),
+            signed: best,
+            announced,
+            valid: state.valid,
+            invalid: state.invalid,
+        };
+        let key = state.key.clone();
+        self.reply(op, Reply::Get(Box::new(Ok(reply))));
+        let (background, same) = self.background_searches(&key, Some(op));
+        if background >= MAX_BACKGROUND_GETS || same {
+            lookup.state.stop();
+        }
+    }
+
+    /// Ends a get: repairs this node's copy after an early answer, or answers with the winner
+    /// once its holders said whether it was announced.
+    fn finish_get(&mut self, now: Instant, unix: u64, op: OpId, mut state: GetState<T>) {
+        if !state.reply {
+            return self.repair_copy(now, unix, state);
+        }
+        let Some(best) = &state.best else {
+            let reply = Err(GetError::NotFound {
+                key: state.key,
+                invalid: state.invalid,
+            });
+            return self.reply(op, Reply::Get(Box::new(reply)));
+        };
+        if best.record().publisher == self.key.public() {
+            let (key, seq) = (state.key.clone(), best.record().seq);
+            self.note_seq(&key, seq);
+        }
+        if matches!(self.book.check_put(best.record()), Ok(Announced::Yes)) {
+            return self.reply_get(op, state, Announced::Yes);
+        }
+        let holders = std::mem::take(&mut state.holders);
+        let mut asking = 0;
+        for peer in holders.into_iter().take(self.config.announced_checks.get()) {
+            let request = Request::Notices(ByteBuf::from(state.key.clone()));
+            self.send(now, op, peer, request);
+            asking += 1;
+        }
+        if asking == 0 {
+            return self.reply_get(op, state, Announced::No);
+        }
+        let check = Check {
+            state,
+            asking,
+            announced: Announced::No,
+        };
+        self.ops.insert(op, Op::Check(Box::new(check)));
+    }
+
+    /// A holder's notices, for a get's announced check.
+    pub(super) fn on_check_answer(&mut self, op: OpId, result: Result<Response, RequestFailure>) {
+        let Some(Op::Check(check)) = self.ops.get_mut(op) else {
+            return;
+        };
+        if let (Some(best), Ok(Response::Notices(list))) = (&check.state.best, result)
+            && crate::lockstep::decode_notices(&check.state.key, &list)
+                .iter()
+                .any(|n| announces(n, best.record()))
+        {
+            check.announced = Announced::Yes;
+        }
+        check.asking = check.asking.saturating_sub(1);
+        if check.asking == 0
+            && let Some(Op::Check(check)) = self.ops.remove(op)
+        {
+            let announced = check.announced;
+            self.reply_get(op, check.state, announced);
+        }
+    }
+
+    fn reply_get(&mut self, op: OpId, state: GetState<T>, announced: Announced) {
+        // Invariant of the callers: only called with a winning record.
+        let Some(best) = state.best else { return };
+        let reply = GetOk {
+            record: best.record().clone(),
+            signed: best,
+            announced,
+            valid: state.valid,
+            invalid: state.invalid,
+        };
+        self.reply(op, Reply::Get(Box::new(Ok(reply))));
+    }
+
+    /// After an early answer: keeps the best copy found if it supersedes ours (read repair).
+    fn repair_copy(&mut self, now: Instant, unix: u64, state: GetState<T>) {
+        let Some(best) = state.best else { return };
+        let ours_older = self
+            .records
+            .get(&state.key)
+            .is_some_and(|ours| best.supersedes(ours));
+        if !ours_older {
+            return;
+        }
+        match self.accept(unix, Candidate::Checked(Box::new(best)), true) {
+            Ok(a) if a.changes => {
+                let (write, undo) = self.keep(a.signed);
+                let op = self.ops.next_op();
+                self.ops
+                    .insert(op, Op::Committing(Box::new(Waiting::Repair(undo))));
+                self.write(now, unix, vec![write], Some(op));
+            }
+            Ok(_) => {}
+            Err(error) => tracing::debug!(%error, "a newer copy found by a get was not kept"),
+        }
+    }
+
+    // ----- expiry and republishing -----
+
+    /// Drops the records whose lifetime ended, on disk too.
+    pub(super) fn expire_records(&mut self, now: Instant, unix: u64) {
+        let expired: Vec<Vec<u8>> = self
+            .records
+            .iter()
+            .filter(|r| r.is_expired(unix))
+            .map(|r| r.record().key.clone())
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        self.stats.expired_records += expired.len() as u64;
+        for key in &expired {
+            self.records.remove(key);
+        }
+        shrink_map(&mut self.records.map);
+        let writes = expired.into_iter().map(WriteOp::RemoveRecord).collect();
+        self.write(now, unix, writes, None);
+    }
+
+    /// Sends every record held to the `k` members closest to its key in the local view (those
+    /// holding the same envelope answer at once), so copies lost with failed nodes are made
+    /// again on the nodes now closest.
+    pub(super) fn republish(&mut self, now: Instant, unix: u64) {
+        if self.records.is_empty() {
+            return;
+        }
+        let k = self.config.replication_factor.get();
+        let members: Vec<T> = self.verified_live().collect();
+        let jobs: Vec<(Vec<u8>, Vec<u8>)> = self
+            .records
+            .iter()
+            .filter(|r| !r.is_expired(unix))
+            .map(|r| (r.record().key.clone(), r.as_bytes().to_vec()))
+            .collect();
+        for (key, envelope) in jobs {
+            let peers = closest(&KeyHash::of(&key), members.iter().copied(), k);
+            if peers.is_empty() {
+                continue;
+            }
+            self.stats.republished += 1;
+            self.stats.background_requests += peers.len() as u64;
+            let op = self.ops.next_op();
+            let job = Replication::new(key, 0, 1, envelope, false);
+            self.replicate(now, op, job, peers);
+        }
+    }
+}
+
+/// The error a put reports for a refused record.
+fn put_error(e: AcceptError) -> PutError {
+    match e {
+        AcceptError::Record(e) => PutError::Record(e),
+        AcceptError::Lockstep(e) => PutError::Lockstep(e),
+        AcceptError::Store(e) => PutError::Store(e),
+    }
+}
+
+fn shrink_map<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    super::shrink_sparse(map);
+}

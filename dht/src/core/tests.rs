@@ -1,0 +1,868 @@
+//! Unit tests of the core's rules on virtual time: single cores driven by hand, and small
+//! networks driven by the simulator ([`crate::sim`]) with fixed seeds.
+
+use std::time::{Duration, Instant};
+
+use serde_bytes::ByteBuf;
+use shoal_swim::{Message, Payload, State, Update};
+
+use super::*;
+use crate::api::{AnnounceError, GetError};
+use crate::lockstep::Announced;
+use crate::record::NewRecord;
+use crate::sim::{Sim, SimChecks, SimConfig, SimPeer, proof_of};
+
+const SECRET: u64 = 7;
+const UNIX: u64 = crate::sim::START_UNIX;
+const TTL: Duration = Duration::from_secs(3600);
+
+fn config() -> Config {
+    Config {
+        rng_seed: Some([3; 32]),
+        ..Config::local()
+    }
+}
+
+/// A lone core (id `id`), in memory or with a disk.
+fn lone(id: u32, persistent: bool) -> (Core<SimPeer, SimChecks>, Instant) {
+    let now = Instant::now();
+    let key = NodeKey::from_seed([id as u8 + 1; 32]);
+    let core = Core::new(
+        now,
+        UNIX,
+        SimPeer(id),
+        key,
+        SimChecks::new(SECRET),
+        config(),
+        persistent,
+        Restored::default(),
+    )
+    .unwrap();
+    (core, now)
+}
+
+fn drain(core: &mut Core<SimPeer, SimChecks>) -> Vec<Action<SimPeer>> {
+    std::iter::from_fn(|| core.poll_action()).collect()
+}
+
+fn proof(id: u32) -> Vec<u8> {
+    proof_of(SECRET, SimPeer(id)).to_vec()
+}
+
+fn responses(actions: &[Action<SimPeer>]) -> Vec<(InboundId, &Response)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Respond { id, response } => Some((*id, response)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn sends(actions: &[Action<SimPeer>]) -> Vec<(SimPeer, RequestId, &Request)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                to, id, request, ..
+            } => Some((*to, *id, request)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn record(signer: &NodeKey, key: &[u8], value: &[u8], seq: u64) -> SignedRecord {
+    let new = NewRecord {
+        key: key.to_vec(),
+        value: value.to_vec(),
+        seq,
+        ttl: 3600,
+    };
+    SignedRecord::create(signer, new, UNIX, &config().stamps).unwrap()
+}
+
+fn put(key: &[u8], value: &[u8], seq: Option<u64>) -> Command<SimPeer> {
+    put_for(key, value, seq, TTL)
+}
+
+fn put_for(key: &[u8], value: &[u8], seq: Option<u64>, ttl: Duration) -> Command<SimPeer> {
+    Command::Put(PutRequest {
+        key: key.to_vec(),
+        value: value.to_vec(),
+        ttl,
+        quorum: None,
+        seq,
+    })
+}
+
+fn gossip_from(
+    core: &mut Core<SimPeer, SimChecks>,
+    now: Instant,
+    from: u32,
+    news: Vec<Update<SimPeer>>,
+) {
+    let msg = Message {
+        payload: Payload::Gossip,
+        gossip: news,
+    };
+    core.handle_swim(now, UNIX, SimPeer(from), msg);
+}
+
+fn news(member: u32, incarnation: u64, state: State, by: u32) -> Update<SimPeer> {
+    Update {
+        member: SimPeer(member),
+        incarnation,
+        state,
+        addrs: Vec::new(),
+        by: matches!(state, State::Suspect | State::Dead).then_some(SimPeer(by)),
+    }
+}
+
+// ----- admission -----
+
+#[test]
+fn requests_from_a_peer_not_admitted_wait_for_the_gate() {
+    let (mut core, now) = lone(0, false);
+    drain(&mut core);
+    let find = Request::FindNode(ByteBuf::from(b"x".to_vec()));
+    core.handle_request(now, UNIX, SimPeer(1), InboundId(1), find);
+    assert!(
+        responses(&drain(&mut core)).is_empty(),
+        "held, not answered"
+    );
+    assert_eq!(core.sizes().held, 1);
+    core.handle_gate(now, UNIX, SimPeer(1), Ok(()));
+    let actions = drain(&mut core);
+    assert_eq!(responses(&actions).len(), 1, "answered once admitted");
+    assert!(core.is_admitted(&SimPeer(1)));
+    assert_eq!(core.sizes().held, 0);
+}
+
+#[test]
+fn held_requests_are_refused_when_the_gate_refuses_or_times_out() {
+    let (mut core, now) = lone(0, false);
+    let envelope = record(&NodeKey::from_seed([9; 32]), b"k", b"v", 1);
+    let put = Request::PutRecord(ByteBuf::from(envelope.as_bytes().to_vec()));
+    core.handle_request(now, UNIX, SimPeer(1), InboundId(1), put.clone());
+    core.handle_request(now, UNIX, SimPeer(2), InboundId(2), put);
+    drain(&mut core);
+    core.handle_gate(
+        now,
+        UNIX,
+        SimPeer(1),
+        Err(ProofError::Malformed("bad proof")),
+    );
+    let actions = drain(&mut core);
+    let refused = responses(&actions);
+    assert_eq!(refused.len(), 1);
+    assert!(matches!(refused[0].1, Response::Refused(why) if why.contains("not verified")));
+    assert_eq!(core.stats().refused_peers, 1);
+    // Peer 2's check never ends: its request is refused once the gate's bound passed.
+    let later = now + core.config().gate_timeout + Duration::from_secs(2);
+    core.handle_timeout(later, UNIX + 7);
+    let actions = drain(&mut core);
+    assert_eq!(responses(&actions).len(), 1);
+    assert_eq!(core.stats().refused_puts_total, 2);
+    assert!(core.stored(b"k").is_none());
+}
+
+#[test]
+fn news_of_an_unadmitted_member_is_cut_and_its_proof_asked_of_the_relayer() {
+    let (mut core, now) = lone(0, false);
+    core.handle_gate(now, UNIX, SimPeer(1), Ok(()));
+    drain(&mut core);
+    gossip_from(&mut core, now, 1, vec![news(2, 5, State::Alive, 1)]);
+    assert!(
+        core.membership().member(&SimPeer(2)).is_none(),
+        "cut before SWIM"
+    );
+    assert_eq!(core.stats().updates_cut, 1);
+    // The proof request goes out once the batch window passed.
+    drain(&mut core);
+    let later = now + Duration::from_millis(10);
+    core.handle_timeout(later, UNIX);
+    let actions = drain(&mut core);
+    let asked = sends(&actions);
+    assert_eq!(asked.len(), 1);
+    let (to, id, request) = asked[0];
+    assert_eq!(to, SimPeer(1));
+    assert_eq!(
+        *request,
+        Request::Proofs(vec![ByteBuf::from(SimPeer(2).to_bytes())])
+    );
+    let answer = Response::Proofs(vec![(
+        ByteBuf::from(SimPeer(2).to_bytes()),
+        ByteBuf::from(proof(2)),
+    )]);
+    core.handle_response(later, UNIX, id, Ok(answer));
+    assert!(core.is_admitted(&SimPeer(2)));
+    assert_eq!(core.stats().verified_by_relay, 1);
+    let m = core
+        .membership()
+        .member(&SimPeer(2))
+        .expect("replayed news");
+    assert_eq!((m.state, m.incarnation), (State::Alive, 5));
+    assert!(core.routing_table().contains(&SimPeer(2)));
+}
+
+#[test]
+fn news_of_strangers_that_cannot_make_them_live_is_cut_without_a_trace() {
+    let (mut core, now) = lone(0, false);
+    core.handle_gate(now, UNIX, SimPeer(1), Ok(()));
+    drain(&mut core);
+    // Deaths and suspicions of made-up peers: no tombstone, no proof request.
+    let gossip = (100..150)
+        .map(|id| {
+            let state = if id % 2 == 0 {
+                State::Dead
+            } else {
+                State::Suspect
+            };
+            news(id, 1, state, 1)
+        })
+        .collect();
+    gossip_from(&mut core, now, 1, gossip);
+    assert_eq!(core.stats().updates_cut, 50);
+    assert_eq!(
+        core.membership().states().count(),
+        0,
+        "no tombstone of a stranger"
+    );
+    core.handle_timeout(now + Duration::from_millis(10), UNIX);
+    assert!(sends(&drain(&mut core)).is_empty(), "no proof asked for");
+    assert_eq!(core.sizes().reported, 0);
+}
+
+#[test]
+fn stale_news_of_a_departed_member_neither_revives_it_nor_asks_for_its_proof() {
+    let (mut core, now) = lone(0, false);
+    core.handle_gate(now, UNIX, SimPeer(1), Ok(()));
+    core.handle_gate(now, UNIX, SimPeer(2), Ok(()));
+    gossip_from(&mut core, now, 1, vec![news(2, 3, State::Alive, 1)]);
+    assert!(core.routing_table().contains(&SimPeer(2)));
+    // Member 2 is declared dead: out of the routing table and the admitted set, proof kept.
+    gossip_from(&mut core, now, 1, vec![news(2, 3, State::Dead, 1)]);
+    assert!(!core.is_admitted(&SimPeer(2)));
+    assert!(!core.routing_table().contains(&SimPeer(2)));
+    assert_eq!(core.departed_proofs(), 1);
+    drain(&mut core);
+    // Stale news still travelling after its death changes nothing.
+    for state in [State::Alive, State::Suspect, State::Dead] {
+        gossip_from(&mut core, now, 1, vec![news(2, 3, state, 1)]);
+    }
+    gossip_from(&mut core, now, 1, vec![news(2, 2, State::Alive, 1)]);
+    assert!(!core.is_admitted(&SimPeer(2)));
+    assert_eq!(
+        core.membership().member(&SimPeer(2)).map(|m| m.state),
+        Some(State::Dead)
+    );
+    core.handle_timeout(now + Duration::from_millis(10), UNIX);
+    assert!(sends(&drain(&mut core)).is_empty(), "no proof asked for");
+    assert_eq!(core.stats().readmitted_departed, 0);
+    // Its refutation brings it back at once, on the kept proof.
+    gossip_from(&mut core, now, 1, vec![news(2, 4, State::Alive, 1)]);
+    assert!(core.is_admitted(&SimPeer(2)));
+    assert_eq!(core.stats().readmitted_departed, 1);
+    assert_eq!(
+        core.membership()
+            .member(&SimPeer(2))
+            .map(|m| (m.state, m.incarnation)),
+        Some((State::Alive, 4))
+    );
+    assert!(core.routing_table().contains(&SimPeer(2)));
+}
+
+#[test]
+fn the_newest_news_of_a_member_is_replayed_when_it_is_admitted() {
+    let (mut core, now) = lone(0, false);
+    core.handle_gate(now, UNIX, SimPeer(1), Ok(()));
+    core.handle_gate(now, UNIX, SimPeer(3), Ok(()));
+    gossip_from(&mut core, now, 1, vec![news(5, 1, State::Alive, 1)]);
+    gossip_from(&mut core, now, 3, vec![news(5, 4, State::Alive, 3)]);
+    gossip_from(&mut core, now, 1, vec![news(5, 2, State::Alive, 1)]);
+    assert_eq!(core.sizes().reported, 1);
+    let later = now + Duration::from_millis(10);
+    core.handle_timeout(later, UNIX);
+    let actions = drain(&mut core);
+    let asked = sends(&actions);
+    assert_eq!(asked.len(), 1, "one proof request, to the first relayer");
+    let answer = Response::Proofs(vec![(
+        ByteBuf::from(SimPeer(5).to_bytes()),
+        ByteBuf::from(proof(5)),
+    )]);
+    core.handle_response(later, UNIX, asked[0].1, Ok(answer));
+    assert_eq!(
+        core.membership().member(&SimPeer(5)).map(|m| m.incarnation),
+        Some(4)
+    );
+}
+
+#[test]
+fn swim_messages_from_a_peer_being_checked_are_held_then_replayed() {
+    let (mut core, now) = lone(0, false);
+    core.handle_gate(now, UNIX, SimPeer(1), Ok(()));
+    // Peer 7 talks before its gate check ended: held, counted, not seen by SWIM.
+    gossip_from(&mut core, now, 7, vec![news(1, 9, State::Alive, 7)]);
+    assert_eq!(core.stats().swim_unadmitted, 1);
+    assert!(core.membership().member(&SimPeer(1)).is_none());
+    core.handle_gate(now, UNIX, SimPeer(7), Ok(()));
+    assert_eq!(
+        core.membership().member(&SimPeer(1)).map(|m| m.incarnation),
+        Some(9),
+        "replayed once admitted"
+    );
+    // A peer the gate refuses: what it sent is dropped.
+    gossip_from(&mut core, now, 8, vec![news(1, 10, State::Alive, 8)]);
+    core.handle_gate(now, UNIX, SimPeer(8), Err(ProofError::WrongKey));
+    assert_eq!(
+        core.membership().member(&SimPeer(1)).map(|m| m.incarnation),
+        Some(9)
+    );
+    assert_eq!(core.sizes().held, 0);
+}
+
+#[test]
+fn a_bad_relayed_proof_is_refused_and_the_member_stays_out() {
+    let (mut core, now) = lone(0, false);
+    core.handle_gate(now, UNIX, SimPeer(1), Ok(()));
+    gossip_from(&mut core, now, 1, vec![news(2, 1, State::Alive, 1)]);
+    let later = now + Duration::from_millis(10);
+    core.handle_timeout(later, UNIX);
+    let actions = drain(&mut core);
+    let (_, id, _) = sends(&actions)[0];
+    let forged = Response::Proofs(vec![(
+        ByteBuf::from(SimPeer(2).to_bytes()),
+        ByteBuf::from(proof(3)),
+    )]);
+    core.handle_response(later, UNIX, id, Ok(forged));
+    assert!(!core.is_admitted(&SimPeer(2)));
+    assert!(core.membership().member(&SimPeer(2)).is_none());
+    assert_eq!(core.stats().refused_relayed, 1);
+}
+
+#[test]
+fn a_relayer_without_the_proof_makes_the_core_dial_the_member() {
+    let (mut core, now) = lone(0, false);
+    core.handle_gate(now, UNIX, SimPeer(1), Ok(()));
+    let mut named = news(2, 1, State::Alive, 1);
+    named.addrs = vec![Address(b"/sim/2".to_vec())];
+    gossip_from(&mut core, now, 1, vec![named]);
+    let later = now + Duration::from_millis(10);
+    core.handle_timeout(later, UNIX);
+    let actions = drain(&mut core);
+    let (_, id, _) = sends(&actions)[0];
+    core.handle_response(later, UNIX, id, Ok(Response::Proofs(Vec::new())));
+    let actions = drain(&mut core);
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        Action::Dial { peer, addrs } if *peer == SimPeer(2) && addrs.len() == 1
+    )));
+    assert_eq!(core.stats().relay_fallback_dials, 1);
+    // The gate checks it on the connection; the news cut about it is replayed.
+    core.handle_gate(later, UNIX, SimPeer(2), Ok(()));
+    assert_eq!(
+        core.membership().member(&SimPeer(2)).map(|m| m.state),
+        Some(State::Alive)
+    );
+}
+
+#[test]
+fn proofs_are_told_only_to_admitted_members() {
+    let (mut core, now) = lone(0, false);
+    core.handle_gate(now, UNIX, SimPeer(1), Ok(()));
+    drain(&mut core);
+    let ask = Request::Proofs(vec![ByteBuf::from(SimPeer(1).to_bytes())]);
+    core.handle_request(now, UNIX, SimPeer(9), InboundId(1), ask.clone());
+    core.handle_request(now, UNIX, SimPeer(1), InboundId(2), ask);
+    let actions = drain(&mut core);
+    let answers = responses(&actions);
+    assert_eq!(answers[0], (InboundId(1), &Response::Proofs(Vec::new())));
+    assert_eq!(
+        answers[1],
+        (
+            InboundId(2),
+            &Response::Proofs(vec![(
+                ByteBuf::from(SimPeer(1).to_bytes()),
+                ByteBuf::from(proof(1))
+            )])
+        )
+    );
+}
+
+// ----- acceptance and puts -----
+
+#[test]
+fn an_invalid_replica_put_is_refused_with_its_reason_and_counted() {
+    let (mut core, now) = lone(0, false);
+    core.handle_gate(now, UNIX, SimPeer(1), Ok(()));
+    drain(&mut core);
+    let mut bytes = record(&NodeKey::from_seed([9; 32]), b"k", b"v", 1)
+        .as_bytes()
+        .to_vec();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    core.handle_request(
+        now,
+        UNIX,
+        SimPeer(1),
+        InboundId(1),
+        Request::PutRecord(ByteBuf::from(bytes)),
+    );
+    let actions = drain(&mut core);
+    assert!(matches!(responses(&actions)[0].1, Response::Refused(_)));
+    assert_eq!(core.stats().refused_puts.get(&SimPeer(1)), Some(&1));
+    assert!(core.stored(b"k").is_none());
+}
+
+#[test]
+fn a_replica_acknowledges_only_once_its_write_is_durable() {
+    let (mut core, now) = lone(0, true);
+    core.handle_gate(now, UNIX, SimPeer(1), Ok(()));
+    drain(&mut core);
+    let signed = record(&NodeKey::from_seed([9; 32]), b"k", b"v", 1);
+    let put = Request::PutRecord(ByteBuf::from(signed.as_bytes().to_vec()));
+    core.handle_request(now, UNIX, SimPeer(1), InboundId(1), put.clone());
+    let actions = drain(&mut core);
+    assert!(responses(&actions).is_empty(), "not before the commit");
+    let write = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Write { id, ops } => Some((*id, ops.clone())),
+            _ => None,
+        })
+        .expect("a write");
+    assert!(matches!(&write.1[0], WriteOp::PutRecord { key, .. } if key == b"k"));
+    core.handle_committed(now, UNIX, write.0, Ok(()));
+    let actions = drain(&mut core);
+    assert_eq!(responses(&actions)[0].1, &Response::Stored);
+    // The same envelope again is already durable: answered at once, no write.
+    core.handle_request(now, UNIX, SimPeer(1), InboundId(2), put);
+    let actions = drain(&mut core);
+    assert_eq!(responses(&actions)[0].1, &Response::Stored);
+    assert!(!actions.iter().any(|a| matches!(a, Action::Write { .. })));
+}
+
+#[test]
+fn a_failed_write_is_refused_never_acknowledged_and_undone() {
+    let (mut core, now) = lone(0, true);
+    core.handle_gate(now, UNIX, SimPeer(1), Ok(()));
+    drain(&mut core);
+    let signer = NodeKey::from_seed([9; 32]);
+    for (seq, value) in [(1, &b"old"[..]), (2, &b"new"[..])] {
+        let signed = record(&signer, b"k", value, seq);
+        let put = Request::PutRecord(ByteBuf::from(signed.as_bytes().to_vec()));
+        core.handle_request(now, UNIX, SimPeer(1), InboundId(seq), put);
+        let actions = drain(&mut core);
+        let id = actions
+            .iter()
+            .find_map(|a| match a {
+                Action::Write { id, .. } => Some(*id),
+                _ => None,
+            })
+            .expect("a write");
+        let result = if seq == 1 {
+            Ok(())
+        } else {
+            Err("disk full".to_owned())
+        };
+        core.handle_committed(now, UNIX, id, result);
+        let actions = drain(&mut core);
+        let answer = responses(&actions)[0].1.clone();
+        if seq == 1 {
+            assert_eq!(answer, Response::Stored);
+        } else {
+            assert!(matches!(answer, Response::Refused(why) if why.contains("disk full")));
+        }
+    }
+    assert_eq!(core.stored(b"k").unwrap().record().value, b"old");
+    assert_eq!(core.stats().failed_writes, 1);
+    // This node's own put: refused with the storage error, the record not kept.
+    let op = core.handle_command(now, UNIX, put(b"mine", b"v", None));
+    let actions = drain(&mut core);
+    let id = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Write { id, .. } => Some(*id),
+            _ => None,
+        })
+        .expect("a write");
+    core.handle_committed(now, UNIX, id, Err("disk full".to_owned()));
+    let actions = drain(&mut core);
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        Action::Reply { op: o, reply: Reply::Put(Err(crate::api::PutError::Store(StoreError::Write(_)))) }
+            if *o == op
+    )));
+    assert!(core.stored(b"mine").is_none());
+}
+
+#[test]
+fn own_puts_against_own_announcement_are_checked() {
+    let (mut core, now) = lone(0, false);
+    let op = core.handle_command(
+        now,
+        UNIX,
+        Command::Announce {
+            key: b"k".to_vec(),
+            value: b"promised".to_vec(),
+            seq: Some(5),
+        },
+    );
+    let actions = drain(&mut core);
+    // Nobody to tell: the announcement fails, but this node keeps its own notice.
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        Action::Reply { op: o, reply: Reply::Announce(Err(AnnounceError::NoPeers)) } if *o == op
+    )));
+    let op = core.handle_command(now, UNIX, put(b"k", b"other", Some(5)));
+    let actions = drain(&mut core);
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        Action::Reply { op: o, reply: Reply::Put(Err(crate::api::PutError::Lockstep(_))) }
+            if *o == op
+    )));
+    // Without a sequence the put takes the announced one, and matches.
+    core.handle_command(now, UNIX, put(b"k", b"promised", None));
+    drain(&mut core);
+    assert_eq!(core.stored(b"k").unwrap().record().seq, 5);
+}
+
+// ----- networks -----
+
+fn network(seed: u64, n: usize) -> Sim {
+    let mut sim = Sim::new(seed, SimConfig::local());
+    sim.add_converged(n);
+    sim.run_for(Duration::from_secs(2));
+    sim
+}
+
+fn get_result(reply: Reply<SimPeer>) -> crate::api::GetResult {
+    match reply {
+        Reply::Get(result) => *result,
+        other => panic!("not a get's reply: {other:?}"),
+    }
+}
+
+fn wait_reply(sim: &mut Sim, node: u32, op: OpId) -> Reply<SimPeer> {
+    sim.wait(node, op, Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("seed {}: no reply", sim.seed()))
+        .reply
+}
+
+#[test]
+fn puts_reach_their_quorum_and_gets_find_the_highest_sequence() {
+    let mut sim = network(1, 20);
+    let op = sim.command(3, put(b"greeting", b"hello", Some(1))).unwrap();
+    let Reply::Put(Ok(ok)) = wait_reply(&mut sim, 3, op) else {
+        panic!("put failed");
+    };
+    assert_eq!(ok.seq, 1);
+    let op = sim
+        .command(3, put(b"greeting", b"hello again", None))
+        .unwrap();
+    let Reply::Put(Ok(second)) = wait_reply(&mut sim, 3, op) else {
+        panic!("second put failed");
+    };
+    assert!(second.seq > 1);
+    assert_eq!(sim.check_records(), 1);
+    for reader in [0, 7, 19] {
+        let op = sim
+            .command(reader, Command::Get(b"greeting".to_vec()))
+            .unwrap();
+        let Ok(got) = get_result(wait_reply(&mut sim, reader, op)) else {
+            panic!("get failed at {reader}");
+        };
+        assert_eq!(got.record.value, b"hello again");
+        assert_eq!(got.invalid, 0);
+        assert_eq!(got.announced, Announced::No);
+    }
+    let op = sim.command(5, Command::Get(b"nothing".to_vec())).unwrap();
+    assert!(matches!(
+        get_result(wait_reply(&mut sim, 5, op)),
+        Err(GetError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn a_put_refused_by_its_replicas_reports_the_quorum_it_missed() {
+    let mut sim = network(2, 12);
+    // Another publisher's notice at every node makes its mismatching put fail everywhere.
+    let publisher = 4;
+    let op = sim
+        .command(
+            publisher,
+            Command::Announce {
+                key: b"locked".to_vec(),
+                value: b"promised".to_vec(),
+                seq: Some(9),
+            },
+        )
+        .unwrap();
+    assert!(matches!(
+        wait_reply(&mut sim, publisher, op),
+        Reply::Announce(Ok(_))
+    ));
+    // A record signed by the publisher, but with another value, sent raw by node 0.
+    let signer = publisher_key(&sim, publisher);
+    let evil = record(&signer, b"locked", b"evil", 9);
+    let peers: Vec<SimPeer> = sim.true_closest(b"locked", 8, None);
+    let op = sim
+        .command(
+            0,
+            Command::DangerousPutTo {
+                key: b"locked".to_vec(),
+                envelope: evil.as_bytes().to_vec(),
+                peers: peers.clone(),
+            },
+        )
+        .unwrap();
+    let Reply::Put(Err(crate::api::PutError::Quorum {
+        acked,
+        refused,
+        reason,
+        ..
+    })) = wait_reply(&mut sim, 0, op)
+    else {
+        panic!("not a quorum failure");
+    };
+    assert_eq!(acked, 0);
+    assert!(refused >= 1);
+    assert!(reason.unwrap().contains("lockstep"));
+    // The announced value goes through, and gets report it as announced.
+    let op = sim
+        .command(publisher, put(b"locked", b"promised", None))
+        .unwrap();
+    assert!(matches!(
+        wait_reply(&mut sim, publisher, op),
+        Reply::Put(Ok(_))
+    ));
+    let op = sim.command(10, Command::Get(b"locked".to_vec())).unwrap();
+    let Ok(got) = get_result(wait_reply(&mut sim, 10, op)) else {
+        panic!("get failed");
+    };
+    assert_eq!(got.record.value, b"promised");
+    assert_eq!(got.announced, Announced::Yes);
+}
+
+fn publisher_key(sim: &Sim, id: u32) -> NodeKey {
+    // The simulator derives node keys from the seed and the id.
+    let mut seed = [0u8; 32];
+    seed[..8].copy_from_slice(&sim.seed().to_le_bytes());
+    seed[8..12].copy_from_slice(&id.to_le_bytes());
+    seed[12] = 0xee;
+    NodeKey::from_seed(seed)
+}
+
+#[test]
+fn cheaters_never_enter_and_joiners_are_admitted_through_relayed_proofs() {
+    let mut sim = Sim::new(3, SimConfig::local());
+    sim.add_nodes(14, 2);
+    for id in 1..14 {
+        sim.join(id, &[0]);
+    }
+    let honest: Vec<u32> = (0..12).collect();
+    let converged = sim.run_until_cond(Duration::from_secs(60), Duration::from_millis(500), |s| {
+        honest
+            .iter()
+            .all(|&i| s.member_counts(i)[State::Alive as usize] == 11)
+    });
+    assert!(converged.is_some(), "seed 3: honest nodes did not converge");
+    sim.run_for(Duration::from_secs(10));
+    let mut by_relay = 0;
+    for &i in &honest {
+        let core = sim.node(i).unwrap();
+        assert_eq!(core.membership().live_members(), 11, "node {i}");
+        assert!(!core.is_admitted(&SimPeer(12)) && !core.is_admitted(&SimPeer(13)));
+        by_relay += core.stats().verified_by_relay;
+    }
+    assert!(
+        by_relay > 0,
+        "gossip members were admitted on relayed proofs"
+    );
+    assert!(sim.node(0).unwrap().stats().refused_peers >= 2);
+}
+
+#[test]
+fn a_crashed_member_is_evicted_and_readmitted_on_its_kept_proof_when_it_returns() {
+    let mut sim = network(4, 10);
+    sim.crash(9);
+    let gone = sim.run_until_cond(Duration::from_secs(120), Duration::from_secs(1), |s| {
+        (0..9).all(|i| !s.node(i).unwrap().routing_table().contains(&SimPeer(9)))
+    });
+    assert!(gone.is_some(), "seed 4: the crashed node stayed routed");
+    for i in 0..9 {
+        assert!(!sim.node(i).unwrap().is_admitted(&SimPeer(9)));
+        assert!(sim.node(i).unwrap().departed_proofs() >= 1);
+    }
+    let relays_before: usize = (0..9)
+        .map(|i| sim.node(i).unwrap().stats().relay_requests)
+        .sum();
+    sim.restart(9);
+    sim.join(9, &[0]);
+    let back = sim.run_until_cond(Duration::from_secs(60), Duration::from_millis(500), |s| {
+        (0..9).all(|i| s.node(i).unwrap().routing_table().contains(&SimPeer(9)))
+    });
+    assert!(
+        back.is_some(),
+        "seed 4: the restarted node was not readmitted"
+    );
+    let readmitted: usize = (0..9)
+        .map(|i| sim.node(i).unwrap().stats().readmitted_departed)
+        .sum();
+    assert!(readmitted >= 8, "{readmitted} readmissions");
+    let relays_after: usize = (0..9)
+        .map(|i| sim.node(i).unwrap().stats().relay_requests)
+        .sum();
+    assert_eq!(relays_after, relays_before, "no proof had to be asked for");
+}
+
+#[test]
+fn acknowledged_records_survive_crashes_of_their_replicas_and_restarts() {
+    let mut sim = network(5, 16);
+    for i in 0..10u8 {
+        let op = sim
+            .command(u32::from(i), put(&[b'k', i], b"v", None))
+            .unwrap();
+        assert!(matches!(
+            wait_reply(&mut sim, u32::from(i), op),
+            Reply::Put(Ok(_))
+        ));
+    }
+    for id in [1, 2, 3] {
+        sim.crash(id);
+    }
+    sim.run_for(Duration::from_secs(5));
+    for id in [1, 2, 3] {
+        sim.restart(id);
+        sim.join(id, &[0]);
+    }
+    sim.run_for(Duration::from_secs(10));
+    assert_eq!(sim.check_records(), 10);
+    for i in 0..10u8 {
+        let op = sim.command(15, Command::Get(vec![b'k', i])).unwrap();
+        assert!(get_result(wait_reply(&mut sim, 15, op)).is_ok(), "key {i}");
+    }
+}
+
+#[test]
+fn the_clock_stepped_back_across_a_restart_refuses_nothing_and_needs_no_refutation() {
+    // A node restarts with its wall clock an hour behind where it was (a clock that ran ahead,
+    // then was corrected): what it persisted (its incarnation, the sequence numbers it used) is
+    // an hour ahead of its clock now. Records live a day, so their creation an hour back in the
+    // others' eyes is no reason to refuse them.
+    const DAY: Duration = Duration::from_secs(86_400);
+    let mut sim = network(6, 8);
+    let op = sim
+        .command(2, put_for(b"clock", b"before", None, DAY))
+        .unwrap();
+    let Reply::Put(Ok(before)) = wait_reply(&mut sim, 2, op) else {
+        panic!("put failed");
+    };
+    let incarnation = sim.node(2).unwrap().membership().incarnation();
+    sim.crash(2);
+    sim.set_clock_offset(2, -3600);
+    sim.restart(2);
+    assert!(
+        sim.node(2).unwrap().membership().incarnation() > incarnation,
+        "the incarnation never goes backwards"
+    );
+    sim.join(2, &[0]);
+    sim.run_for(Duration::from_secs(5));
+    let op = sim
+        .command(2, put_for(b"clock", b"after", None, DAY))
+        .unwrap();
+    let reply = wait_reply(&mut sim, 2, op);
+    let Reply::Put(Ok(after)) = reply else {
+        panic!("seed 6: put after the clock stepped back failed: {reply:?}");
+    };
+    assert!(after.seq > before.seq);
+    let op = sim.command(2, put_for(b"fresh", b"v", None, DAY)).unwrap();
+    let Reply::Put(Ok(fresh)) = wait_reply(&mut sim, 2, op) else {
+        panic!("put of a new key failed");
+    };
+    assert!(fresh.seq >= before.seq, "the sequence floor holds");
+    let refused: u64 = (0..8)
+        .map(|i| sim.node(i).unwrap().stats().refused_puts_total)
+        .sum();
+    assert_eq!(refused, 0);
+    // Its return is news the others take at once: it never had to refute being gone.
+    sim.run_for(Duration::from_secs(30));
+    assert_eq!(sim.node(2).unwrap().membership().stats().refutations, 0);
+    for i in (0..8).filter(|&i| i != 2) {
+        assert_eq!(
+            sim.node(i)
+                .unwrap()
+                .membership()
+                .member(&SimPeer(2))
+                .map(|m| m.state),
+            Some(State::Alive),
+            "node {i}"
+        );
+    }
+}
+
+#[test]
+fn lookups_find_the_true_closest_under_loss() {
+    let mut config = SimConfig::local();
+    config.link.loss = 0.05;
+    let mut sim = Sim::new(7, config);
+    sim.add_converged(40);
+    sim.run_for(Duration::from_secs(5));
+    // A lost request or answer fails that peer for the lookup (it is not asked twice), so a
+    // lossy link costs some recall; none is lost without loss.
+    let mut recall = Vec::new();
+    for i in 0..20u32 {
+        let target = SimPeer(1000 + i);
+        let op = sim.command(i, Command::FindNode(target)).unwrap();
+        // Two lost requests in a row can spend the query's bound: it ends with what it found.
+        let found = match wait_reply(&mut sim, i, op) {
+            Reply::FindNode(Ok(ok)) => ok.peers,
+            Reply::FindNode(Err(crate::api::FindNodeError::Timeout { found })) => found,
+            other => panic!("seed 7: lookup {i} failed: {other:?}"),
+        };
+        let truth = sim.true_closest(&target.to_bytes(), 8, Some(i));
+        let hits = found.iter().filter(|p| truth.contains(p)).count();
+        recall.push(hits as f64 / truth.len() as f64);
+    }
+    let mean = recall.iter().sum::<f64>() / recall.len() as f64;
+    assert!(
+        mean >= 0.85,
+        "seed 7: recall {mean:.3} at 5 % loss: {recall:?}"
+    );
+    sim.config_mut().link.loss = 0.0;
+    sim.run_for(Duration::from_secs(5));
+    for i in 0..10u32 {
+        let target = SimPeer(2000 + i);
+        let op = sim.command(i, Command::FindNode(target)).unwrap();
+        let Reply::FindNode(Ok(found)) = wait_reply(&mut sim, i, op) else {
+            panic!("seed 7: lookup {i} failed");
+        };
+        let truth = sim.true_closest(&target.to_bytes(), 8, Some(i));
+        assert_eq!(found.peers, truth, "lookup {i}");
+    }
+}
+
+#[test]
+fn a_partition_heals_and_puts_made_on_both_sides_are_readable() {
+    let mut sim = network(8, 12);
+    let (a, b): (Vec<u32>, Vec<u32>) = (0..12).partition(|i| i % 2 == 0);
+    sim.partition(&[&a, &b]);
+    sim.run_for(Duration::from_secs(60));
+    let op = sim.command(0, put(b"left", b"a", None)).unwrap();
+    let left = wait_reply(&mut sim, 0, op);
+    let op = sim.command(1, put(b"right", b"b", None)).unwrap();
+    let right = wait_reply(&mut sim, 1, op);
+    assert!(matches!(left, Reply::Put(Ok(_))) && matches!(right, Reply::Put(Ok(_))));
+    sim.heal();
+    let healed = sim.run_until_cond(Duration::from_secs(120), Duration::from_secs(1), |s| {
+        (0..12).all(|i| s.node(i).unwrap().membership().live_members() == 11)
+    });
+    assert!(healed.is_some(), "seed 8: the partition did not heal");
+    for (reader, key) in [(11, &b"left"[..]), (10, &b"right"[..])] {
+        let op = sim.command(reader, Command::Get(key.to_vec())).unwrap();
+        assert!(
+            get_result(wait_reply(&mut sim, reader, op)).is_ok(),
+            "{key:?} from {reader}"
+        );
+    }
+}

@@ -1,0 +1,1245 @@
+//! A deterministic simulator of many DHT cores ([`crate::core`]) on virtual time.
+//!
+//! Each node is a [`Core<SimPeer, SimChecks>`] with a disk of its own. One queue of timed
+//! deliveries drives them all: [`Sim::step`] takes the earliest, hands it to its node (a SWIM
+//! message, a request, an answer, the end of a gate exchange, a commit, a deadline) and carries
+//! out what the node asked for, through SWIM's seeded link model ([`LinkModel`]: latency with
+//! jitter, loss) plus partitions and crashes. Every message goes through the real codecs
+//! (SWIM's, and [`crate::wire`]), so sizes and bounds are those of the wire.
+//!
+//! What the real network does around the core is modelled so:
+//!
+//! - **Gate.** When a node gets a message from a peer it has not admitted, the peers' gate
+//!   exchange runs as it would on the new connection: one latency later each side checks the
+//!   other's proof ([`SimChecks`]: a keyed hash of the id stands in for the scrypt puzzle, so a
+//!   cheater's proof fails everywhere). A dial does the same, or fails if the peer is down or cut
+//!   off.
+//! - **Disk.** A write is applied [`SimConfig::disk_latency`] after it was asked for, and only
+//!   then reported committed; a crash loses what was not committed. A restarted node starts from
+//!   its disk. Writes can be made to fail ([`Sim::fail_writes`]).
+//! - **Clocks.** Every node reads the same virtual monotonic time; its Unix time can be set off
+//!   ([`Sim::set_clock_offset`]) to model a clock stepped back across a restart.
+//!
+//! After every step the simulator checks invariants and panics, naming the seed, when one
+//! breaks: state stays within its bounds; no node holds an unadmitted
+//! or dishonest peer as a live member or in its routing table; and, in the checks
+//! [`Sim::check_records`] runs on demand, every acknowledged record is held by one of its closest
+//! live nodes and every record held is valid. The full admission check costs a scan of the
+//! node's membership, so large runs sample it ([`SimConfig::sample_every`]).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use shoal_pow::{NodeKey, ProofError};
+use shoal_swim::sim::LinkModel;
+use shoal_swim::{Address, State};
+
+use crate::config::Config;
+use crate::core::{
+    Action, Checks, Command, Core, InboundId, KeyHash, Known, Meta, OpId, Peer, Reply,
+    RequestFailure, RequestId, Restored, WriteId, WriteOp, lookup,
+};
+use crate::record::SignedRecord;
+use crate::wire::{self, MAX_REQUEST_LEN, MAX_RESPONSE_LEN, Request, Response};
+
+/// A simulated node's identity: its index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SimPeer(pub u32);
+
+impl Peer for SimPeer {
+    fn to_bytes(&self) -> Vec<u8> {
+        self.0.to_be_bytes().to_vec()
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        Some(Self(u32::from_be_bytes(bytes.try_into().ok()?)))
+    }
+}
+
+/// The proof a simulated node presents: a keyed hash of its id for an honest node, anything
+/// else for a cheater. Stands in for the scrypt puzzle (which no simulation of thousands of
+/// nodes could afford): a proof is tied to an identity and cannot be made for another.
+pub fn proof_of(secret: u64, peer: SimPeer) -> [u8; 8] {
+    splitmix(secret ^ u64::from(peer.0)).to_be_bytes()
+}
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The checks of a simulated node: proofs against [`proof_of`], an optional rate limit on
+/// checks (as the real verifier's), and every address reachable.
+#[derive(Debug, Clone)]
+pub struct SimChecks {
+    secret: u64,
+    /// Checks allowed per second and the burst, if limited.
+    pub rate: Option<(u32, u32)>,
+    tokens: f64,
+    last: Option<Instant>,
+    /// Checks made.
+    pub checks: u64,
+    /// Checks refused by the rate limit.
+    pub rate_limited: u64,
+}
+
+impl SimChecks {
+    /// Checks against proofs made with `secret`, unlimited.
+    pub fn new(secret: u64) -> Self {
+        Self {
+            secret,
+            rate: None,
+            tokens: 0.0,
+            last: None,
+            checks: 0,
+            rate_limited: 0,
+        }
+    }
+}
+
+impl Checks<SimPeer> for SimChecks {
+    type Proof = ();
+
+    fn verify(&mut self, now: Instant, peer: &SimPeer, bytes: &[u8]) -> Result<(), ProofError> {
+        if let Some((per_sec, burst)) = self.rate {
+            let elapsed = self.last.map_or(f64::from(burst), |l| {
+                now.saturating_duration_since(l).as_secs_f64() * f64::from(per_sec)
+            });
+            self.tokens = (self.tokens + elapsed).min(f64::from(burst));
+            self.last = Some(now);
+            if self.tokens < 1.0 {
+                self.rate_limited += 1;
+                return Err(ProofError::RateLimited);
+            }
+            self.tokens -= 1.0;
+        }
+        self.checks += 1;
+        if bytes == proof_of(self.secret, *peer) {
+            Ok(())
+        } else {
+            Err(ProofError::WrongKey)
+        }
+    }
+
+    fn proof_bytes(&self, peer: &SimPeer, _proof: &()) -> Vec<u8> {
+        proof_of(self.secret, *peer).to_vec()
+    }
+
+    fn reachable(&self, _ours: &[Address], _theirs: &[Address]) -> bool {
+        true
+    }
+}
+
+/// How a simulation runs.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Every node's configuration (its `rng_seed` is replaced by one derived from the seed and
+    /// the node).
+    pub dht: Config,
+    /// Latency, jitter and loss of every link.
+    pub link: LinkModel,
+    /// How long a write takes to be durable.
+    pub disk_latency: Duration,
+    /// How long a dial to a peer that is cut off takes to fail.
+    pub dial_timeout: Duration,
+    /// `None`: the full admission check of the stepping node runs after every step. `Some(d)`:
+    /// it runs on a sample of nodes every `d` of virtual time (large runs).
+    pub sample_every: Option<Duration>,
+    /// Nodes checked at each sample.
+    pub sample_size: usize,
+}
+
+impl SimConfig {
+    /// Defaults for tests: [`Config::local`] with SWIM's LAN timing, LAN links, a 1 ms disk,
+    /// full checks every step.
+    pub fn local() -> Self {
+        Self {
+            dht: Config::local(),
+            link: LinkModel::lan(),
+            disk_latency: Duration::from_millis(1),
+            dial_timeout: Duration::from_secs(1),
+            sample_every: None,
+            sample_size: 0,
+        }
+    }
+}
+
+/// Traffic counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// SWIM messages sent by live nodes, and their bytes.
+    pub swim_messages: u64,
+    /// Bytes of SWIM messages.
+    pub swim_bytes: u64,
+    /// DHT requests and answers sent by live nodes.
+    pub dht_messages: u64,
+    /// Bytes of DHT requests and answers.
+    pub dht_bytes: u64,
+    /// Messages dropped by loss, partitions or crashed receivers.
+    pub dropped: u64,
+    /// Gate exchanges run.
+    pub gates: u64,
+    /// Writes committed, and failed.
+    pub writes: u64,
+    /// Writes failed on purpose.
+    pub failed_writes: u64,
+    /// Steps taken.
+    pub steps: u64,
+}
+
+/// A command's answer, with when it was asked and answered.
+#[derive(Debug)]
+pub struct Answered {
+    /// When the command was issued.
+    pub asked: Instant,
+    /// When its reply came.
+    pub at: Instant,
+    /// The reply.
+    pub reply: Reply<SimPeer>,
+}
+
+/// A node's disk.
+#[derive(Debug, Default, Clone)]
+struct Disk {
+    records: BTreeMap<Vec<u8>, Vec<u8>>,
+    notices: BTreeMap<(Vec<u8>, [u8; 32]), Vec<u8>>,
+    snapshot: Vec<(SimPeer, Vec<Address>)>,
+    meta: Option<Meta>,
+}
+
+struct Node {
+    core: Option<Core<SimPeer, SimChecks>>,
+    key: NodeKey,
+    disk: Disk,
+    cheater: bool,
+    group: u32,
+    clock_offset: i64,
+    /// Counts starts: a commit reported to an earlier start is lost with its crash.
+    generation: u32,
+    fail_writes: u32,
+    wake: Option<Instant>,
+    inbound: HashMap<InboundId, (SimPeer, RequestId)>,
+    next_inbound: u64,
+    issued: HashMap<OpId, Instant>,
+    answers: HashMap<OpId, Answered>,
+}
+
+/// Something to hand a node at a time.
+enum Delivery {
+    Wake(u32),
+    Swim {
+        from: u32,
+        to: u32,
+        bytes: Vec<u8>,
+    },
+    Request {
+        from: u32,
+        to: u32,
+        id: RequestId,
+        bytes: Vec<u8>,
+    },
+    Response {
+        to: u32,
+        id: RequestId,
+        generation: u32,
+        bytes: Vec<u8>,
+    },
+    Failure {
+        to: u32,
+        id: RequestId,
+        generation: u32,
+    },
+    Gate {
+        at: u32,
+        peer: u32,
+    },
+    DialFailed {
+        at: u32,
+        peer: u32,
+    },
+    Committed {
+        node: u32,
+        generation: u32,
+        id: WriteId,
+        ops: Vec<WriteOp<SimPeer>>,
+    },
+}
+
+struct Scheduled {
+    at: Instant,
+    seq: u64,
+    delivery: Delivery,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// Unix time at the start of every simulation (a fixed date, so runs replay exactly).
+pub const START_UNIX: u64 = 1_795_000_000;
+
+/// The simulator. See the module docs.
+pub struct Sim {
+    seed: u64,
+    config: SimConfig,
+    secret: u64,
+    start: Instant,
+    time: Instant,
+    rng: StdRng,
+    nodes: Vec<Node>,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    seq: u64,
+    /// Gate exchanges under way, so a burst of messages runs one.
+    gating: HashSet<(u32, u32)>,
+    /// Acknowledged records: key to the highest sequence a put was acknowledged with.
+    acked: HashMap<Vec<u8>, u64>,
+    next_sample: Option<Instant>,
+    /// Traffic counters.
+    pub stats: SimStats,
+}
+
+impl Sim {
+    /// A simulator with no nodes. The seed is printed to stderr so a failing run can be
+    /// replayed.
+    pub fn new(seed: u64, config: SimConfig) -> Self {
+        eprintln!("dht sim seed: {seed}");
+        // Virtual time starts at an arbitrary real instant; only differences matter.
+        let start = Instant::now();
+        Self {
+            seed,
+            secret: splitmix(seed ^ 0x5eed),
+            start,
+            time: start,
+            rng: StdRng::seed_from_u64(seed),
+            nodes: Vec::new(),
+            queue: BinaryHeap::new(),
+            seq: 0,
+            gating: HashSet::new(),
+            acked: HashMap::new(),
+            next_sample: config.sample_every.map(|d| start + d),
+            stats: SimStats::default(),
+            config,
+        }
+    }
+
+    /// The seed.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Current virtual time.
+    pub fn now(&self) -> Instant {
+        self.time
+    }
+
+    /// Virtual time elapsed since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.time - self.start
+    }
+
+    /// Nodes ever added.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether no node was added.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SimConfig {
+        &self.config
+    }
+
+    /// The configuration, to change the links between steps (the nodes' own configuration is
+    /// read when a node starts).
+    pub fn config_mut(&mut self) -> &mut SimConfig {
+        &mut self.config
+    }
+
+    /// The core of `id`, unless it is down.
+    pub fn node(&self, id: u32) -> Option<&Core<SimPeer, SimChecks>> {
+        self.nodes.get(id as usize)?.core.as_ref()
+    }
+
+    /// The core of `id` to change it (a test's fault injection), unless it is down.
+    pub fn node_mut(&mut self, id: u32) -> Option<&mut Core<SimPeer, SimChecks>> {
+        self.nodes.get_mut(id as usize)?.core.as_mut()
+    }
+
+    /// Whether `id` runs.
+    pub fn is_up(&self, id: u32) -> bool {
+        self.nodes[id as usize].core.is_some()
+    }
+
+    /// Whether `id` presents an invalid proof.
+    pub fn is_cheater(&self, id: u32) -> bool {
+        self.nodes[id as usize].cheater
+    }
+
+    /// The ids of the honest nodes that run.
+    pub fn live_honest(&self) -> Vec<u32> {
+        (0..self.nodes.len() as u32)
+            .filter(|&i| self.is_up(i) && !self.is_cheater(i))
+            .collect()
+    }
+
+    /// The Unix time node `id` reads now.
+    pub fn unix(&self, id: u32) -> u64 {
+        let base = START_UNIX + self.elapsed().as_secs();
+        base.saturating_add_signed(self.nodes[id as usize].clock_offset)
+    }
+
+    fn node_config(&self, id: u32, generation: u32) -> Config {
+        let mut c = self.config.dht.clone();
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&self.seed.to_le_bytes());
+        seed[8..12].copy_from_slice(&id.to_le_bytes());
+        seed[12..16].copy_from_slice(&generation.to_le_bytes());
+        c.rng_seed = Some(seed);
+        c
+    }
+
+    fn make_core(&self, id: u32) -> Core<SimPeer, SimChecks> {
+        let node = &self.nodes[id as usize];
+        let restored = Restored {
+            records: node.disk.records.clone().into_iter().collect(),
+            notices: node.disk.notices.values().cloned().collect(),
+            snapshot: node.disk.snapshot.clone(),
+            meta: node.disk.meta,
+        };
+        let config = self.node_config(id, node.generation);
+        // Invariant: the config was validated when the first node was added.
+        Core::new(
+            self.time,
+            self.unix(id),
+            SimPeer(id),
+            node.key.clone(),
+            SimChecks::new(self.secret),
+            config,
+            true,
+            restored,
+        )
+        .expect("sim config is valid")
+    }
+
+    /// Adds `n` nodes that know nobody (`cheaters` of them present invalid proofs); returns the
+    /// first new id.
+    ///
+    /// # Panics
+    /// If the config is invalid (a bug of the caller's test or benchmark).
+    pub fn add_nodes(&mut self, n: usize, cheaters: usize) -> u32 {
+        if let Err(e) = self.config.dht.validate() {
+            panic!("invalid sim config: {e}");
+        }
+        let first = self.nodes.len() as u32;
+        for i in 0..n {
+            let id = first + i as u32;
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&self.seed.to_le_bytes());
+            seed[8..12].copy_from_slice(&id.to_le_bytes());
+            seed[12] = 0xee;
+            self.nodes.push(Node {
+                core: None,
+                key: NodeKey::from_seed(seed),
+                disk: Disk::default(),
+                cheater: i >= n - cheaters.min(n),
+                group: 0,
+                clock_offset: 0,
+                generation: 0,
+                fail_writes: 0,
+                wake: None,
+                inbound: HashMap::new(),
+                next_inbound: 0,
+                issued: HashMap::new(),
+                answers: HashMap::new(),
+            });
+            let core = self.make_core(id);
+            self.nodes[id as usize].core = Some(core);
+            self.flush(id);
+        }
+        first
+    }
+
+    /// Adds `n` honest nodes that all know and admitted each other, each at its incarnation, as a
+    /// converged network would ([`Core::bootstrap`]); returns the first new id.
+    pub fn add_converged(&mut self, n: usize) -> u32 {
+        let first = self.add_nodes(n, 0);
+        let ids: Vec<u32> = (first..first + n as u32).collect();
+        let secret = self.secret;
+        let now = self.time;
+        // Each at the incarnation it runs with, so its first messages are not news.
+        let incarnations: Vec<u64> = ids
+            .iter()
+            .map(|&o| self.node(o).map_or(0, |c| c.membership().incarnation()))
+            .collect();
+        for &id in &ids {
+            let unix = self.unix(id);
+            let members = ids
+                .iter()
+                .zip(&incarnations)
+                .filter(|(o, _)| **o != id)
+                .map(|(&o, &incarnation)| Known {
+                    peer: SimPeer(o),
+                    addrs: Vec::new(),
+                    proof: proof_of(secret, SimPeer(o)).to_vec(),
+                    incarnation,
+                });
+            if let Some(core) = self.nodes[id as usize].core.as_mut() {
+                core.bootstrap(now, unix, members);
+            }
+            self.flush(id);
+        }
+        first
+    }
+
+    fn own_proof(&self, id: u32) -> Vec<u8> {
+        let mut proof = proof_of(self.secret, SimPeer(id));
+        if self.nodes[id as usize].cheater {
+            proof[0] ^= 1;
+        }
+        proof.to_vec()
+    }
+
+    /// Issues `command` at node `id`; its answer is kept for [`Sim::answer`].
+    pub fn command(&mut self, id: u32, command: Command<SimPeer>) -> Option<OpId> {
+        let now = self.time;
+        let unix = self.unix(id);
+        let node = &mut self.nodes[id as usize];
+        let core = node.core.as_mut()?;
+        let op = core.handle_command(now, unix, command);
+        node.issued.insert(op, now);
+        self.flush(id);
+        Some(op)
+    }
+
+    /// Makes `id` join through `seeds`.
+    pub fn join(&mut self, id: u32, seeds: &[u32]) -> Option<OpId> {
+        let seeds = seeds.iter().map(|&s| (SimPeer(s), Vec::new())).collect();
+        self.command(id, Command::Join(seeds))
+    }
+
+    /// Takes the answer to `op` at `id`, if it came.
+    pub fn answer(&mut self, id: u32, op: OpId) -> Option<Answered> {
+        self.nodes[id as usize].answers.remove(&op)
+    }
+
+    /// Runs until `op` at `id` is answered or `limit` of virtual time passed.
+    pub fn wait(&mut self, id: u32, op: OpId, limit: Duration) -> Option<Answered> {
+        let until = self.time + limit;
+        loop {
+            if let Some(a) = self.answer(id, op) {
+                return Some(a);
+            }
+            if self.time >= until || !self.step_until(until) {
+                return self.answer(id, op);
+            }
+        }
+    }
+
+    /// Crashes `id`: its state and uncommitted writes are lost; messages to it are dropped.
+    pub fn crash(&mut self, id: u32) {
+        let node = &mut self.nodes[id as usize];
+        node.core = None;
+        node.wake = None;
+        node.inbound.clear();
+        node.issued.clear();
+        node.generation += 1;
+    }
+
+    /// Restarts a crashed `id` from its disk.
+    pub fn restart(&mut self, id: u32) {
+        if self.is_up(id) {
+            return;
+        }
+        let core = self.make_core(id);
+        self.nodes[id as usize].core = Some(core);
+        self.flush(id);
+    }
+
+    /// Sets `id`'s Unix clock off by `seconds` (negative: behind).
+    pub fn set_clock_offset(&mut self, id: u32, seconds: i64) {
+        self.nodes[id as usize].clock_offset = seconds;
+    }
+
+    /// Makes the next `n` writes of `id` fail.
+    pub fn fail_writes(&mut self, id: u32, n: u32) {
+        self.nodes[id as usize].fail_writes = n;
+    }
+
+    /// Splits the nodes into groups: messages between different groups are dropped. Nodes not
+    /// listed form group 0.
+    pub fn partition(&mut self, groups: &[&[u32]]) {
+        for n in &mut self.nodes {
+            n.group = 0;
+        }
+        for (g, members) in groups.iter().enumerate() {
+            for &id in *members {
+                self.nodes[id as usize].group = g as u32 + 1;
+            }
+        }
+    }
+
+    /// Removes every partition.
+    pub fn heal(&mut self) {
+        for n in &mut self.nodes {
+            n.group = 0;
+        }
+    }
+
+    /// Deliveries scheduled and not made yet.
+    pub fn pending(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// The records acknowledged so far: key to the highest acknowledged sequence.
+    pub fn acked(&self) -> &HashMap<Vec<u8>, u64> {
+        &self.acked
+    }
+
+    // ----- running -----
+
+    /// Runs one step; false when nothing is pending.
+    pub fn step(&mut self) -> bool {
+        let Some(Reverse(s)) = self.queue.pop() else {
+            return false;
+        };
+        self.stats.steps += 1;
+        if s.at > self.time {
+            self.time = s.at;
+        }
+        let node = self.deliver(s.at, s.delivery);
+        if let Some(id) = node {
+            self.flush(id);
+            self.check_node(id);
+        }
+        if let Some(at) = self.next_sample
+            && self.time >= at
+        {
+            self.next_sample = self.config.sample_every.map(|d| self.time + d);
+            self.check_sample();
+        }
+        true
+    }
+
+    /// Steps while the next delivery is due by `until`; false if nothing is pending.
+    fn step_until(&mut self, until: Instant) -> bool {
+        match self.queue.peek() {
+            Some(Reverse(s)) if s.at <= until => self.step(),
+            Some(_) => {
+                self.time = until;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Steps until virtual time `until`, then sets the clock to it.
+    pub fn run_until(&mut self, until: Instant) {
+        while self.queue.peek().is_some_and(|Reverse(s)| s.at <= until) {
+            self.step();
+        }
+        if until > self.time {
+            self.time = until;
+        }
+    }
+
+    /// Runs for `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        let until = self.time + d;
+        self.run_until(until);
+    }
+
+    /// Runs until `cond` holds (checked every `check_every`) or `limit` passed; returns the time
+    /// it took.
+    pub fn run_until_cond(
+        &mut self,
+        limit: Duration,
+        check_every: Duration,
+        mut cond: impl FnMut(&Sim) -> bool,
+    ) -> Option<Duration> {
+        let start = self.time;
+        loop {
+            if cond(self) {
+                return Some(self.time - start);
+            }
+            if self.time - start >= limit {
+                return None;
+            }
+            self.run_for(check_every);
+        }
+    }
+
+    /// Hands a delivery to its node; returns the node to flush.
+    fn deliver(&mut self, at: Instant, delivery: Delivery) -> Option<u32> {
+        let now = self.time;
+        match delivery {
+            Delivery::Wake(id) => {
+                let node = &mut self.nodes[id as usize];
+                if node.wake == Some(at) {
+                    node.wake = None;
+                }
+                let core = node.core.as_mut()?;
+                if core.poll_timeout().is_some_and(|t| t <= now) {
+                    let unix = self.unix(id);
+                    self.nodes[id as usize]
+                        .core
+                        .as_mut()?
+                        .handle_timeout(now, unix);
+                }
+                Some(id)
+            }
+            Delivery::Swim { from, to, bytes } => {
+                self.nodes[to as usize].core.as_ref()?;
+                self.gate_if_needed(to, from);
+                let max = self.config.dht.swim.max_message_bytes.get();
+                let msg = shoal_swim::message::decode::<SimPeer>(&bytes, max).ok()?;
+                let unix = self.unix(to);
+                self.nodes[to as usize]
+                    .core
+                    .as_mut()?
+                    .handle_swim(now, unix, SimPeer(from), msg);
+                Some(to)
+            }
+            Delivery::Request {
+                from,
+                to,
+                id,
+                bytes,
+            } => {
+                if self.nodes[to as usize].core.is_none() {
+                    // Connection refused: the asker learns it one latency later.
+                    let generation = self.nodes[from as usize].generation;
+                    let latency = self.latency();
+                    self.schedule(
+                        now + latency,
+                        Delivery::Failure {
+                            to: from,
+                            id,
+                            generation,
+                        },
+                    );
+                    return None;
+                }
+                self.gate_if_needed(to, from);
+                let request: Request = wire::decode(&bytes, MAX_REQUEST_LEN).ok()?;
+                let unix = self.unix(to);
+                let node = &mut self.nodes[to as usize];
+                node.next_inbound += 1;
+                let inbound = InboundId(node.next_inbound);
+                node.inbound.insert(inbound, (SimPeer(from), id));
+                node.core
+                    .as_mut()?
+                    .handle_request(now, unix, SimPeer(from), inbound, request);
+                Some(to)
+            }
+            Delivery::Response {
+                to,
+                id,
+                generation,
+                bytes,
+            } => {
+                if self.nodes[to as usize].generation != generation {
+                    return None;
+                }
+                let response: Response = wire::decode(&bytes, MAX_RESPONSE_LEN).ok()?;
+                let unix = self.unix(to);
+                self.nodes[to as usize]
+                    .core
+                    .as_mut()?
+                    .handle_response(now, unix, id, Ok(response));
+                Some(to)
+            }
+            Delivery::Failure { to, id, generation } => {
+                if self.nodes[to as usize].generation != generation {
+                    return None;
+                }
+                let unix = self.unix(to);
+                self.nodes[to as usize].core.as_mut()?.handle_response(
+                    now,
+                    unix,
+                    id,
+                    Err(RequestFailure::Unreachable("connection refused".into())),
+                );
+                Some(to)
+            }
+            Delivery::Gate { at, peer } => {
+                self.gating.remove(&(at, peer));
+                if !self.is_up(peer) || !self.is_up(at) || !self.connected(at, peer) {
+                    return None;
+                }
+                let proof = self.own_proof(peer);
+                let unix = self.unix(at);
+                self.stats.gates += 1;
+                let core = self.nodes[at as usize].core.as_mut()?;
+                let result = core.checks_mut().verify(now, &SimPeer(peer), &proof);
+                match result {
+                    // The real gate sheds a rate-limited connection without a report.
+                    Err(ProofError::RateLimited) => {}
+                    result => core.handle_gate(now, unix, SimPeer(peer), result),
+                }
+                Some(at)
+            }
+            Delivery::DialFailed { at, peer } => {
+                let unix = self.unix(at);
+                self.nodes[at as usize]
+                    .core
+                    .as_mut()?
+                    .handle_dial_failed(now, unix, SimPeer(peer));
+                Some(at)
+            }
+            Delivery::Committed {
+                node,
+                generation,
+                id,
+                ops,
+            } => {
+                if self.nodes[node as usize].generation != generation {
+                    // Lost with a crash: never applied, never reported.
+                    return None;
+                }
+                let result = if self.nodes[node as usize].fail_writes > 0 {
+                    self.nodes[node as usize].fail_writes -= 1;
+                    self.stats.failed_writes += 1;
+                    Err("injected write failure".to_owned())
+                } else {
+                    self.apply_writes(node, ops);
+                    self.stats.writes += 1;
+                    Ok(())
+                };
+                let unix = self.unix(node);
+                self.nodes[node as usize]
+                    .core
+                    .as_mut()?
+                    .handle_committed(now, unix, id, result);
+                Some(node)
+            }
+        }
+    }
+
+    /// Whether a message between `a` and `b` can pass (both in the same group).
+    fn connected(&self, a: u32, b: u32) -> bool {
+        self.nodes[a as usize].group == self.nodes[b as usize].group
+    }
+
+    /// Runs the gate exchange between `at` and `peer` if `at` has not admitted `peer`: as on a
+    /// new connection, each side checks the other one latency later.
+    fn gate_if_needed(&mut self, at: u32, peer: u32) {
+        let admitted = self.nodes[at as usize]
+            .core
+            .as_ref()
+            .is_some_and(|c| c.is_admitted(&SimPeer(peer)));
+        if admitted {
+            return;
+        }
+        let later = self.time + self.latency();
+        if self.gating.insert((at, peer)) {
+            self.schedule(later, Delivery::Gate { at, peer });
+        }
+        let back = self.nodes[peer as usize]
+            .core
+            .as_ref()
+            .is_some_and(|c| c.is_admitted(&SimPeer(at)));
+        if !back && self.gating.insert((peer, at)) {
+            self.schedule(later, Delivery::Gate { at: peer, peer: at });
+        }
+    }
+
+    fn apply_writes(&mut self, id: u32, ops: Vec<WriteOp<SimPeer>>) {
+        let unix = self.unix(id);
+        let config = self.config.dht.clone();
+        let disk = &mut self.nodes[id as usize].disk;
+        for op in ops {
+            match op {
+                WriteOp::PutRecord { key, envelope } => {
+                    let stamps = shoal_pow::StampChecker::new(config.stamps.clone())
+                        .expect("valid stamp policy");
+                    if let Err(e) = SignedRecord::validate(
+                        &envelope,
+                        Some(&key),
+                        unix,
+                        &config.records,
+                        &stamps,
+                    ) {
+                        panic!(
+                            "seed {}: node {id} wrote an invalid record for {key:?}: {e}",
+                            self.seed
+                        );
+                    }
+                    disk.records.insert(key, envelope);
+                }
+                WriteOp::RemoveRecord(key) => {
+                    disk.records.remove(&key);
+                }
+                WriteOp::PutNotice {
+                    key,
+                    publisher,
+                    envelope,
+                } => {
+                    disk.notices.insert((key, publisher), envelope);
+                }
+                WriteOp::RemoveNotice { key, publisher } => {
+                    disk.notices.remove(&(key, publisher));
+                }
+                WriteOp::Snapshot(peers) => disk.snapshot = peers,
+                WriteOp::Meta(meta) => {
+                    let old = disk.meta.unwrap_or_default();
+                    disk.meta = Some(Meta {
+                        incarnation: old.incarnation.max(meta.incarnation),
+                        seq_floor: old.seq_floor.max(meta.seq_floor),
+                    });
+                }
+            }
+        }
+    }
+
+    /// One draw of the link's latency.
+    fn latency(&mut self) -> Duration {
+        let (lo, hi) = (self.config.link.latency_min, self.config.link.latency_max);
+        if hi <= lo {
+            return lo;
+        }
+        lo + Duration::from_nanos(self.rng.gen_range(0..=(hi - lo).as_nanos() as u64))
+    }
+
+    /// Whether a message from `from` to `to` is lost (loss, or a partition between them).
+    fn lost(&mut self, from: u32, to: u32) -> bool {
+        if !self.connected(from, to) {
+            return true;
+        }
+        let loss = self.config.link.loss;
+        loss > 0.0 && self.rng.gen_bool(loss.min(1.0))
+    }
+
+    fn schedule(&mut self, at: Instant, delivery: Delivery) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled {
+            at,
+            seq: self.seq,
+            delivery,
+        }));
+    }
+
+    /// Carries out what node `id` asked for, and schedules its next wake-up.
+    fn flush(&mut self, id: u32) {
+        let now = self.time;
+        while let Some(action) = self.nodes[id as usize]
+            .core
+            .as_mut()
+            .and_then(Core::poll_action)
+        {
+            self.carry_out(id, now, action);
+        }
+        let next = self.nodes[id as usize]
+            .core
+            .as_ref()
+            .and_then(Core::poll_timeout);
+        if let Some(t) = next {
+            let t = t.max(now);
+            let node = &mut self.nodes[id as usize];
+            if node.wake.is_none_or(|w| t < w) {
+                node.wake = Some(t);
+                self.schedule(t, Delivery::Wake(id));
+            }
+        }
+    }
+
+    fn carry_out(&mut self, id: u32, now: Instant, action: Action<SimPeer>) {
+        match action {
+            Action::Send {
+                to,
+                id: rid,
+                request,
+                ..
+            } => {
+                let bytes = wire::encode(&request);
+                self.stats.dht_messages += 1;
+                self.stats.dht_bytes += bytes.len() as u64;
+                if self.lost(id, to.0) {
+                    self.stats.dropped += 1;
+                    return;
+                }
+                let at = now + self.latency();
+                self.schedule(
+                    at,
+                    Delivery::Request {
+                        from: id,
+                        to: to.0,
+                        id: rid,
+                        bytes,
+                    },
+                );
+            }
+            Action::Respond {
+                id: inbound,
+                response,
+            } => {
+                let Some((from, rid)) = self.nodes[id as usize].inbound.remove(&inbound) else {
+                    return;
+                };
+                let bytes = wire::encode(&response);
+                self.stats.dht_messages += 1;
+                self.stats.dht_bytes += bytes.len() as u64;
+                if self.lost(id, from.0) {
+                    self.stats.dropped += 1;
+                    return;
+                }
+                let generation = self.nodes[from.0 as usize].generation;
+                let at = now + self.latency();
+                self.schedule(
+                    at,
+                    Delivery::Response {
+                        to: from.0,
+                        id: rid,
+                        generation,
+                        bytes,
+                    },
+                );
+            }
+            Action::Swim { to, msg, .. } => {
+                let max = self.config.dht.swim.max_message_bytes.get();
+                // Invariant: the core bounds its messages by the same limit.
+                let bytes = shoal_swim::message::to_vec(&msg, max).expect("SWIM message fits");
+                self.stats.swim_messages += 1;
+                self.stats.swim_bytes += bytes.len() as u64;
+                if !self.is_up(to.0) || self.lost(id, to.0) {
+                    self.stats.dropped += 1;
+                    return;
+                }
+                let at = now + self.latency();
+                self.schedule(
+                    at,
+                    Delivery::Swim {
+                        from: id,
+                        to: to.0,
+                        bytes,
+                    },
+                );
+            }
+            Action::Dial { peer, .. } => {
+                if peer.0 as usize >= self.nodes.len() {
+                    let at = now + self.config.dial_timeout;
+                    self.schedule(
+                        at,
+                        Delivery::DialFailed {
+                            at: id,
+                            peer: peer.0,
+                        },
+                    );
+                    return;
+                }
+                let rtt = self.latency() + self.latency();
+                if !self.is_up(peer.0) || !self.connected(id, peer.0) {
+                    let at = now
+                        + if self.is_up(peer.0) {
+                            self.config.dial_timeout
+                        } else {
+                            rtt
+                        };
+                    self.schedule(
+                        at,
+                        Delivery::DialFailed {
+                            at: id,
+                            peer: peer.0,
+                        },
+                    );
+                    return;
+                }
+                for (a, b) in [(id, peer.0), (peer.0, id)] {
+                    if self.gating.insert((a, b)) {
+                        self.schedule(now + rtt, Delivery::Gate { at: a, peer: b });
+                    }
+                }
+            }
+            Action::Write { id: wid, ops } => {
+                let generation = self.nodes[id as usize].generation;
+                let at = now + self.config.disk_latency;
+                self.schedule(
+                    at,
+                    Delivery::Committed {
+                        node: id,
+                        generation,
+                        id: wid,
+                        ops,
+                    },
+                );
+            }
+            Action::Reply { op, reply } => {
+                if let Reply::Put(Ok(ok)) = &reply {
+                    let seq = self.acked.entry(ok.key.clone()).or_default();
+                    *seq = (*seq).max(ok.seq);
+                }
+                let node = &mut self.nodes[id as usize];
+                let asked = node.issued.remove(&op).unwrap_or(now);
+                node.answers.insert(
+                    op,
+                    Answered {
+                        asked,
+                        at: now,
+                        reply,
+                    },
+                );
+            }
+            Action::Notice(_) => {}
+        }
+    }
+
+    // ----- invariants -----
+
+    /// The checks run after every step on the node that stepped: its state within bounds and,
+    /// unless sampling, no unadmitted or dishonest live member or routing entry.
+    fn check_node(&self, id: u32) {
+        let Some(core) = self.node(id) else { return };
+        let seed = self.seed;
+        let s = core.sizes();
+        let c = core.config();
+        let k = c.kbucket_size.get();
+        let ok = s.held_peers <= crate::core::MAX_HELD_PEERS
+            && s.held <= crate::core::MAX_HELD_PEERS * crate::core::MAX_HELD_PER_PEER
+            && s.wanted <= crate::core::MAX_WANTED
+            && s.reported <= crate::core::MAX_REPORTED
+            && s.departed <= crate::core::MAX_DEPARTED
+            && s.routing <= 2 * k * 256
+            && s.records <= c.store.max_records
+            && s.notices <= c.notices.max_notices
+            && s.verified <= c.swim.max_members.get() + crate::core::MAX_HELD_PEERS
+            && s.ops <= 1_000_000
+            && s.pending <= 1_000_000;
+        assert!(ok, "seed {seed}: node {id} state out of bounds: {s:?}");
+        let q = core.membership().queue_lengths();
+        let max_members = c.swim.max_members.get();
+        assert!(
+            q.members <= max_members
+                && q.transmits <= c.swim.max_transmit_queue.get()
+                && q.events <= c.swim.max_event_queue.get(),
+            "seed {seed}: node {id} SWIM state out of bounds: {q:?}"
+        );
+        if self.config.sample_every.is_none() {
+            self.check_admission(id);
+        }
+    }
+
+    /// No unadmitted or dishonest peer is a live member of `id` or in its routing table.
+    pub fn check_admission(&self, id: u32) {
+        let Some(core) = self.node(id) else { return };
+        if self.is_cheater(id) {
+            return;
+        }
+        let seed = self.seed;
+        for (peer, state, _) in core.membership().states() {
+            if matches!(state, State::Alive | State::Suspect) {
+                assert!(
+                    core.is_admitted(peer) && !self.is_cheater(peer.0),
+                    "seed {seed}: node {id} holds {peer:?} live without having admitted it \
+                     (cheater: {})",
+                    self.is_cheater(peer.0)
+                );
+            }
+        }
+        for peer in core.routing_table().peers() {
+            assert!(
+                core.is_admitted(peer) && !self.is_cheater(peer.0),
+                "seed {seed}: node {id} routes to {peer:?} without having admitted it"
+            );
+        }
+    }
+
+    fn check_sample(&mut self) {
+        let n = self.nodes.len() as u32;
+        if n == 0 {
+            return;
+        }
+        for _ in 0..self.config.sample_size {
+            let id = self.rng.gen_range(0..n);
+            self.check_admission(id);
+        }
+    }
+
+    /// Every acknowledged record is held, at its acknowledged sequence or a higher one, by at
+    /// least one of the `k` live honest nodes closest to its key, and every record any live
+    /// node holds is valid at that node's clock. Returns the acknowledged keys checked.
+    pub fn check_records(&self) -> usize {
+        let seed = self.seed;
+        let live = self.live_honest();
+        let k = self.config.dht.replication_factor.get();
+        let stamps =
+            shoal_pow::StampChecker::new(self.config.dht.stamps.clone()).expect("valid policy");
+        for &id in &live {
+            let Some(core) = self.node(id) else { continue };
+            let unix = self.unix(id);
+            for signed in core.records().iter() {
+                if signed.is_expired(unix) {
+                    continue;
+                }
+                let r = signed.record();
+                if let Err(e) = SignedRecord::validate(
+                    signed.as_bytes(),
+                    Some(&r.key),
+                    unix,
+                    &self.config.dht.records,
+                    &stamps,
+                ) {
+                    panic!("seed {seed}: node {id} holds an invalid record: {e}");
+                }
+            }
+        }
+        for (key, seq) in &self.acked {
+            let closest = lookup::closest(&KeyHash::of(key), live.iter().map(|&i| SimPeer(i)), k);
+            let held = closest.iter().any(|p| {
+                self.node(p.0)
+                    .and_then(|c| c.stored(key))
+                    .is_some_and(|s| s.record().seq >= *seq)
+            });
+            assert!(
+                held,
+                "seed {seed}: acknowledged record {key:?} (seq {seq}) is held by none of its \
+                 {k} closest live nodes"
+            );
+        }
+        self.acked.len()
+    }
+
+    /// The `k` live honest nodes closest to `target`, closest first, `except` left out (a
+    /// lookup never names the node that runs it): the truth a lookup is measured against.
+    pub fn true_closest(&self, target: &[u8], k: usize, except: Option<u32>) -> Vec<SimPeer> {
+        lookup::closest(
+            &KeyHash::of(target),
+            self.live_honest()
+                .into_iter()
+                .filter(|&i| Some(i) != except)
+                .map(SimPeer),
+            k,
+        )
+    }
+
+    /// Nodes of `id`'s membership in each state.
+    pub fn member_counts(&self, id: u32) -> [usize; 4] {
+        let mut counts = [0; 4];
+        if let Some(core) = self.node(id) {
+            for (_, state, _) in core.membership().states() {
+                counts[state as usize] += 1;
+            }
+        }
+        counts
+    }
+}

@@ -1,0 +1,265 @@
+//! The DHT's wire protocol `/shoal/<network>/dht/1.0.0` ([`crate::Config::dht_protocol`]): every
+//! request one node makes of another, and the answers, as CBOR over libp2p request-response with
+//! bounded sizes.
+//!
+//! One protocol carries closest-peer lookups, record gets, replica puts, lockstep notices and
+//! relayed identity proofs, so the swarm has one behaviour for them and the simulator one codec.
+//! Peer ids travel as bytes (a peer's own encoding, see [`crate::core::Peer`]); a list is cut to
+//! its bound after decoding and unreadable entries are skipped, so a peer can neither make a node
+//! keep more than the bounds nor spoil a whole answer with one bad id.
+//!
+//! [`encode`] and [`decode`] are the codec libp2p's CBOR request-response uses (`cbor4ii`'s serde
+//! encoding, with the size bound checked first); the simulator and the fuzz targets call them.
+
+use libp2p::StreamProtocol;
+use libp2p::request_response as rr;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::lockstep::MAX_NOTICE_LEN;
+use crate::record::{MAX_KEY_LEN, MAX_RECORD_LEN};
+
+/// Most peers in one [`Response::Peers`] or [`Response::Record`] answer.
+pub const MAX_PEERS: usize = 32;
+
+/// Most peers asked about, or answered for, in one [`Request::Proofs`] exchange.
+pub const MAX_PROOFS: usize = 64;
+
+/// Most notices in one [`Response::Notices`].
+pub const MAX_NOTICES: usize = 16;
+
+/// Longest refusal reason sent; longer ones are cut.
+pub const MAX_REASON_LEN: usize = 256;
+
+/// Room for one encoded peer id (ed25519 peer ids take 38 bytes; 64 covers every multihash
+/// libp2p accepts for a key).
+pub const MAX_PEER_ID_LEN: usize = 64;
+
+/// Room for one encoded identity proof (40 bytes for Shoal's scrypt proof).
+pub const MAX_PROOF_LEN: usize = 64;
+
+/// Largest encoded request: a replica put of the largest record envelope, with its framing.
+pub const MAX_REQUEST_LEN: usize = MAX_RECORD_LEN + 64;
+
+/// Largest encoded response: the largest record and a full list of closer peers.
+pub const MAX_RESPONSE_LEN: usize = MAX_RECORD_LEN + MAX_PEERS * (MAX_PEER_ID_LEN + 4) + 128;
+
+/// A request of one node to another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// The peers of the answering node's routing table closest to this target (a record key, or
+    /// a peer id's bytes). Answered with [`Response::Peers`].
+    FindNode(ByteBuf),
+    /// The record held under this key, and the peers closest to it. Answered with
+    /// [`Response::Record`].
+    GetRecord(ByteBuf),
+    /// Keep this signed record envelope (a replica put). Answered with [`Response::Stored`] once
+    /// it passed every check and is kept durably, or [`Response::Refused`].
+    PutRecord(ByteBuf),
+    /// Keep this lockstep notice envelope. Answered with [`Response::Accepted`] once it is kept
+    /// durably, or [`Response::Refused`].
+    Announce(ByteBuf),
+    /// The lockstep notices kept for this key. Answered with [`Response::Notices`].
+    Notices(ByteBuf),
+    /// The identity proofs held for these peers (peer ids as bytes). Answered with
+    /// [`Response::Proofs`].
+    Proofs(Vec<ByteBuf>),
+}
+
+/// An answer to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Closest peers first.
+    Peers(Vec<ByteBuf>),
+    /// The record held for the key, if any, and the closest peers known, closest first.
+    Record {
+        /// The record envelope.
+        record: Option<ByteBuf>,
+        /// Peers closer to the key.
+        closer: Vec<ByteBuf>,
+    },
+    /// The record passed every check and is kept.
+    Stored,
+    /// The notice was kept.
+    Accepted,
+    /// The record or notice was not kept (or the asker is not admitted), with the reason.
+    Refused(String),
+    /// The notices kept for the key, newest first.
+    Notices(Vec<ByteBuf>),
+    /// `(peer id, proof)` pairs for the peers asked about that the answering node admitted.
+    Proofs(Vec<(ByteBuf, ByteBuf)>),
+}
+
+impl Response {
+    /// A refusal for `reason`, cut to [`MAX_REASON_LEN`] bytes at a character boundary.
+    pub fn refused(reason: impl Into<String>) -> Self {
+        let mut reason = reason.into();
+        if reason.len() > MAX_REASON_LEN {
+            let mut end = MAX_REASON_LEN;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+        }
+        Self::Refused(reason)
+    }
+
+    /// The name of the variant, for logs and refusals of a mismatched answer.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Peers(_) => "peers",
+            Self::Record { .. } => "record",
+            Self::Stored => "stored",
+            Self::Accepted => "accepted",
+            Self::Refused(_) => "refused",
+            Self::Notices(_) => "notices",
+            Self::Proofs(_) => "proofs",
+        }
+    }
+}
+
+impl Request {
+    /// Whether every field is within its bound: keys at most [`MAX_KEY_LEN`] bytes (a lookup
+    /// target may also be a peer id), envelopes within their limits, at most [`MAX_PROOFS`] peers.
+    pub fn is_bounded(&self) -> bool {
+        match self {
+            Self::FindNode(target) => target.len() <= MAX_KEY_LEN.max(MAX_PEER_ID_LEN),
+            Self::GetRecord(key) | Self::Notices(key) => key.len() <= MAX_KEY_LEN,
+            Self::PutRecord(envelope) => envelope.len() <= MAX_RECORD_LEN,
+            Self::Announce(envelope) => envelope.len() <= MAX_NOTICE_LEN,
+            Self::Proofs(peers) => {
+                peers.len() <= MAX_PROOFS && peers.iter().all(|p| p.len() <= MAX_PEER_ID_LEN)
+            }
+        }
+    }
+}
+
+/// Why a message could not be decoded. Nothing was read beyond the bound.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The message is longer than its bound.
+    #[error("message of {len} bytes, at most {max} allowed")]
+    TooLong {
+        /// Its length.
+        len: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// The bytes are not a message of this protocol.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+/// Encodes a request or response as libp2p's CBOR codec sends it.
+pub fn encode<M: Serialize>(message: &M) -> Vec<u8> {
+    // Invariant: the message types hold only byte strings, text, lists and options, which
+    // cbor4ii always encodes.
+    cbor4ii::serde::to_vec(Vec::new(), message).expect("wire messages always encode")
+}
+
+/// Decodes a request or response of at most `max` bytes.
+pub fn decode<M: serde::de::DeserializeOwned>(bytes: &[u8], max: usize) -> Result<M, WireError> {
+    if bytes.len() > max {
+        return Err(WireError::TooLong {
+            len: bytes.len(),
+            max,
+        });
+    }
+    cbor4ii::serde::from_slice(bytes).map_err(|e| WireError::Malformed(e.to_string()))
+}
+
+/// The request-response behaviour carrying the protocol.
+pub type Behaviour = rr::cbor::Behaviour<Request, Response>;
+
+/// A behaviour on `protocol` whose requests fail after `timeout` (a backstop: the core keeps its
+/// own, shorter deadlines) with at most `max_streams` concurrent streams per connection.
+pub fn behaviour(
+    protocol: StreamProtocol,
+    timeout: std::time::Duration,
+    max_streams: usize,
+) -> Behaviour {
+    crate::behaviour::cbor_request_response(
+        protocol,
+        MAX_REQUEST_LEN,
+        MAX_RESPONSE_LEN,
+        timeout,
+        max_streams,
+    )
+}
+
+/// Peer ids as bytes, at most `max` of them.
+pub fn peer_list<'a>(peers: impl IntoIterator<Item = &'a [u8]>, max: usize) -> Vec<ByteBuf> {
+    peers
+        .into_iter()
+        .take(max)
+        .map(|p| ByteBuf::from(p.to_vec()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_reasons_are_bounded_at_a_char_boundary() {
+        let Response::Refused(short) = Response::refused("stale") else {
+            panic!("not a refusal");
+        };
+        assert_eq!(short, "stale");
+        let long = "é".repeat(MAX_REASON_LEN);
+        let Response::Refused(cut) = Response::refused(long) else {
+            panic!("not a refusal");
+        };
+        assert!(cut.len() <= MAX_REASON_LEN && cut.len() >= MAX_REASON_LEN - 1);
+        assert!(cut.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn largest_messages_fit_their_bounds() {
+        let request = Request::PutRecord(ByteBuf::from(vec![0xff; MAX_RECORD_LEN]));
+        assert!(request.is_bounded());
+        assert!(encode(&request).len() <= MAX_REQUEST_LEN);
+        let proofs = Request::Proofs(vec![ByteBuf::from(vec![7; MAX_PEER_ID_LEN]); MAX_PROOFS]);
+        assert!(encode(&proofs).len() <= MAX_REQUEST_LEN);
+        let record = Response::Record {
+            record: Some(ByteBuf::from(vec![0xff; MAX_RECORD_LEN])),
+            closer: vec![ByteBuf::from(vec![1; MAX_PEER_ID_LEN]); MAX_PEERS],
+        };
+        assert!(encode(&record).len() <= MAX_RESPONSE_LEN);
+        let notices = Response::Notices(vec![ByteBuf::from(vec![2; MAX_NOTICE_LEN]); MAX_NOTICES]);
+        assert!(encode(&notices).len() <= MAX_RESPONSE_LEN);
+        let proofs = Response::Proofs(vec![
+            (
+                ByteBuf::from(vec![1; MAX_PEER_ID_LEN]),
+                ByteBuf::from(vec![2; MAX_PROOF_LEN])
+            );
+            MAX_PROOFS
+        ]);
+        assert!(encode(&proofs).len() <= MAX_RESPONSE_LEN);
+        assert!(encode(&Response::refused("x".repeat(4 * MAX_REASON_LEN))).len() < 512);
+    }
+
+    #[test]
+    fn messages_round_trip_and_garbage_is_refused() {
+        for request in [
+            Request::FindNode(ByteBuf::from(b"target".to_vec())),
+            Request::GetRecord(ByteBuf::from(b"key".to_vec())),
+            Request::Announce(ByteBuf::from(vec![1, 2, 3])),
+            Request::Notices(ByteBuf::from(b"key".to_vec())),
+            Request::Proofs(vec![ByteBuf::from(vec![1; 38])]),
+        ] {
+            let back: Request = decode(&encode(&request), MAX_REQUEST_LEN).unwrap();
+            assert_eq!(back, request);
+        }
+        assert!(matches!(
+            decode::<Request>(&[0xff; 10], MAX_REQUEST_LEN),
+            Err(WireError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode::<Request>(&vec![0; MAX_REQUEST_LEN + 1], MAX_REQUEST_LEN),
+            Err(WireError::TooLong { .. })
+        ));
+        let oversized = Request::GetRecord(ByteBuf::from(vec![0; MAX_KEY_LEN + 1]));
+        assert!(!oversized.is_bounded());
+    }
+}
