@@ -62,9 +62,19 @@ pub fn closest<T: Peer>(
     candidates: impl IntoIterator<Item = T>,
     n: usize,
 ) -> Vec<T> {
+    closest_of(target, candidates.into_iter().map(|p| (p.point(), p)), n)
+}
+
+/// The `n` of `candidates` (each with its point, hashed once by the caller) closest to `target`,
+/// closest first.
+pub fn closest_of<T>(
+    target: &KeyHash,
+    candidates: impl IntoIterator<Item = (KeyHash, T)>,
+    n: usize,
+) -> Vec<T> {
     let mut by_distance: Vec<([u8; 32], T)> = candidates
         .into_iter()
-        .map(|p| (target.distance(&p.point()), p))
+        .map(|(point, p)| (target.distance(&point), p))
         .collect();
     if by_distance.len() > n {
         by_distance.select_nth_unstable_by(n, |a, b| a.0.cmp(&b.0));

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use serde_bytes::ByteBuf;
 
-use super::lookup::{ClosestPeers, KeyHash, closest};
+use super::lookup::{ClosestPeers, KeyHash, closest, closest_of};
 use super::ops::{Lookup, Op, Then, Waiting};
 use super::{
     Checks, Core, InboundId, MAX_BACKGROUND_GETS, OpId, Peer, Reply, RequestFailure, WriteOp,
@@ -915,7 +915,8 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             return;
         }
         let k = self.config.replication_factor.get();
-        let members: Vec<T> = self.verified_live().collect();
+        // Each member's point hashed once for every record.
+        let members: Vec<(KeyHash, T)> = self.verified_live().map(|p| (p.point(), p)).collect();
         let jobs: Vec<(Vec<u8>, Vec<u8>)> = self
             .records
             .iter()
@@ -923,7 +924,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             .map(|r| (r.record().key.clone(), r.as_bytes().to_vec()))
             .collect();
         for (key, envelope) in jobs {
-            let peers = closest(&KeyHash::of(&key), members.iter().copied(), k);
+            let peers = closest_of(&KeyHash::of(&key), members.iter().copied(), k);
             if peers.is_empty() {
                 continue;
             }

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use super::Peer;
-use super::lookup::KeyHash;
+use super::lookup::{KeyHash, closest_of};
 
 /// One k-bucket: entries in insertion order, and replacements waiting for a free slot.
 #[derive(Debug, Clone)]
@@ -153,19 +153,13 @@ impl<T: Peer> RoutingTable<T> {
 
     /// The `n` peers of the table closest to `target`, closest first, `except` left out.
     pub fn closest(&self, target: &KeyHash, n: usize, except: Option<&T>) -> Vec<T> {
-        let mut all: Vec<([u8; 32], T)> = self
+        let entries = self
             .buckets
             .values()
             .flat_map(|b| b.entries.iter())
             .filter(|(p, _)| Some(p) != except)
-            .map(|(p, point)| (target.distance(point), *p))
-            .collect();
-        if all.len() > n {
-            all.select_nth_unstable_by(n, |a, b| a.0.cmp(&b.0));
-            all.truncate(n);
-        }
-        all.sort_unstable_by_key(|a| a.0);
-        all.into_iter().map(|(_, p)| p).collect()
+            .map(|(p, point)| (*point, *p));
+        closest_of(target, entries, n)
     }
 
     /// How many peers of the table are closer to `target` than this node, counting at most

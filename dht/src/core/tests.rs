@@ -866,3 +866,42 @@ fn a_partition_heals_and_puts_made_on_both_sides_are_readable() {
         );
     }
 }
+
+#[test]
+fn republishing_makes_copies_on_the_nodes_now_closest() {
+    let mut config = SimConfig::local();
+    config.dht.republish_interval = Duration::from_secs(30);
+    let mut sim = Sim::new(9, config);
+    sim.add_converged(24);
+    sim.run_for(Duration::from_secs(2));
+    let k = sim.config().dht.replication_factor.get();
+    let holders = sim.true_closest(b"kept", k, None);
+    let writer = (0..24)
+        .find(|i| !holders.contains(&SimPeer(*i)))
+        .expect("a node outside the closest");
+    let op = sim.command(writer, put(b"kept", b"v", None)).unwrap();
+    assert!(matches!(
+        wait_reply(&mut sim, writer, op),
+        Reply::Put(Ok(_))
+    ));
+    // Every holder but two dies; the writer keeps its own copy.
+    for p in &holders[2..] {
+        sim.crash(p.0);
+    }
+    sim.run_for(Duration::from_secs(90));
+    let now_closest = sim.true_closest(b"kept", k, None);
+    let held = now_closest
+        .iter()
+        .filter(|p| sim.node(p.0).and_then(|c| c.stored(b"kept")).is_some())
+        .count();
+    assert_eq!(
+        held, k,
+        "seed 9: {held} of the {k} nodes now closest hold the record"
+    );
+    let republished: u64 = sim
+        .live_honest()
+        .iter()
+        .map(|&i| sim.node(i).unwrap().stats().republished)
+        .sum();
+    assert!(republished > 0);
+}
