@@ -6,20 +6,82 @@
 //!
 //! Further arguments (or `SWIM_BENCH_ONLY`, comma-separated) select rows by name, to iterate on
 //! a few: `crash` (both sizes), `crash100`, `crash1000`, `fp` (every loss), `fp10`, `fp20`,
-//! `fp30`, `slow`, `partition`, `dissemination`, `cost`, `table`, `scale`. For example
+//! `fp30`, `slow`, `partition`, `dissemination`, `cost`, `table`, `pending`, `scale`. For example
 //! `cargo bench -p shoal-swim --bench swim_sim -- --bench crash fp10`. No selector runs them all.
 //!
 //! Options of the `table` and `scale` rows: `--scale-n N` (members, default 10,000 with
 //! `--bench`), `--scale-secs S` (virtual seconds of `scale`, default 600) and `--no-addrs`
 //! (nodes carry no addresses, as in the DHT simulator, which routes by id). For example
 //! `cargo bench -p shoal-swim --bench swim_sim -- --bench scale --scale-secs 60 --no-addrs`.
+//!
+//! `--kill F` makes `scale` a mass failure: a fraction `F` of the nodes (a seeded draw) crash
+//! together a few virtual seconds in, and every survivor then holds a suspicion and a queued
+//! update about each of them. The row samples the running suspicions and queued updates of the
+//! survivors, the resident memory and the bytes held from the allocator every few virtual
+//! seconds, and reports the sample with the most of them. Their cost per pair is the growth of
+//! each figure divided by their number (which charges them the tombstones, the messages in
+//! flight and whatever else the failure added): VmRSS from just before the crash (it
+//! understates, as the allocator first reuses the memory of the crashed cores), the heap from
+//! just after it. The `pending` row measures the two costs apart, on cores that do not run:
+//! members restored as in `table`, a fifth of them refreshed, then suspected, by gossip.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use shoal_swim::sim::scenario::{self, period};
 use shoal_swim::sim::{LinkModel, Sim, percentile};
-use shoal_swim::{Address, Config, Membership};
+use shoal_swim::{Address, Config, Membership, Message, Payload, State, Update};
+
+/// The system allocator, counting the bytes it holds for the program: unlike VmRSS, the count
+/// does not depend on how the allocator reuses freed memory, so it tells what a structure holds.
+struct Counting;
+
+static HEAP: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call forwards to `System` with the caller's arguments unchanged; the counter
+// only observes the sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        HEAP.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: the caller's contract for `alloc` is `System`'s.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        HEAP.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: `ptr` came from `alloc` or `realloc` above with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        HEAP.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: the caller's contract for `alloc_zeroed` is `System`'s.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller's contract for `realloc` is `System`'s.
+        let new = unsafe { System.realloc(ptr, layout, new_size) };
+        if !new.is_null() {
+            HEAP.fetch_add(new_size, Ordering::Relaxed);
+            HEAP.fetch_sub(layout.size(), Ordering::Relaxed);
+        }
+        new
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Bytes the program holds from the allocator now (see [`Counting`]).
+fn heap_bytes() -> f64 {
+    HEAP.load(Ordering::Relaxed) as f64
+}
 
 struct Scale {
     crash_n: [usize; 2],
@@ -41,6 +103,7 @@ struct Args {
     scale_n: Option<usize>,
     scale_secs: Option<u64>,
     no_addrs: bool,
+    kill: Option<f64>,
 }
 
 impl Args {
@@ -51,6 +114,7 @@ impl Args {
             scale_n: None,
             scale_secs: None,
             no_addrs: false,
+            kill: None,
         };
         let mut it = std::env::args().skip(1);
         while let Some(a) = it.next() {
@@ -59,6 +123,14 @@ impl Args {
                 "--no-addrs" => args.no_addrs = true,
                 "--scale-n" => args.scale_n = Some(number(&a, it.next())),
                 "--scale-secs" => args.scale_secs = Some(number(&a, it.next())),
+                "--kill" => {
+                    let f: f64 = number(&a, it.next());
+                    if !(0.0..1.0).contains(&f) {
+                        eprintln!("--kill takes a fraction in [0, 1)");
+                        std::process::exit(2);
+                    }
+                    args.kill = Some(f);
+                }
                 // Other flags come from cargo's harness conventions; ignore them.
                 _ if a.starts_with('-') => {}
                 _ => args.select.0.push(a),
@@ -139,6 +211,9 @@ fn main() {
     let table = select
         .wants("table", "table")
         .then(|| table_bytes(s.big_n, TABLE_CORES, !args.no_addrs));
+    let pending = select
+        .wants("pending", "pending")
+        .then(|| pending_bytes(s.big_n, TABLE_CORES, !args.no_addrs));
     let config = Config::lan();
     let link = LinkModel::lan();
     let p = period(&config).as_secs_f64();
@@ -347,7 +422,36 @@ fn main() {
         );
     }
 
+    if let Some(p) = pending {
+        let (n, cores) = (s.big_n, TABLE_CORES);
+        row(
+            "pending news",
+            &format!(
+                "{cores} cores of {n} members restored, {addrs_note}; {} of them refreshed, then \
+                 suspected, by gossip",
+                n / 5
+            ),
+            &format!(
+                "heap: {:.1} bytes per queued update, {:.1} per running suspicion, {:.1} per \
+                 pair; VmRSS: {:.1}, {:.1}, {:.1}: growth over the updates queued, then over the \
+                 suspicions added",
+                p.update.0,
+                p.suspicion.0,
+                p.update.0 + p.suspicion.0,
+                p.update.1,
+                p.suspicion.1,
+                p.update.1 + p.suspicion.1,
+            ),
+            "reported",
+            true,
+        );
+    }
+
     if select.wants("scale", "scale") {
+        if let Some(f) = args.kill {
+            scale_kill(seed, &s, f, &config, &link, addrs_note, !args.no_addrs);
+            return;
+        }
         let n = s.big_n;
         let wall = Instant::now();
         let mut sim = Sim::new(seed, config.clone(), link.clone());
@@ -384,6 +488,123 @@ fn main() {
             failed == 0,
         );
     }
+}
+
+/// When `--kill` crashes its nodes, in virtual time after the start.
+const KILL_AT: Duration = Duration::from_secs(5);
+/// Virtual time between two samples of the `--kill` run.
+const KILL_SAMPLE: Duration = Duration::from_secs(5);
+
+/// The `scale` row with `--kill fraction`: see the module docs.
+fn scale_kill(
+    seed: u64,
+    s: &Scale,
+    fraction: f64,
+    config: &Config,
+    link: &LinkModel,
+    addrs_note: &str,
+    addresses: bool,
+) {
+    let n = s.big_n;
+    let wall = Instant::now();
+    let mut sim = Sim::new(seed, config.clone(), link.clone());
+    sim.check_views = false;
+    sim.wire_roundtrip = false;
+    // Millions of events follow a mass failure; the survivors' views are checked at the end.
+    sim.record_events = false;
+    sim.addresses = addresses;
+    sim.add_converged(n);
+    let built = wall.elapsed();
+    sim.run_for(KILL_AT.min(s.big_time));
+    let mut ids: Vec<u32> = (0..n as u32).collect();
+    ids.shuffle(&mut StdRng::seed_from_u64(seed));
+    let dead = ((n as f64 * fraction).round() as usize).min(n - 1);
+    let (killed, survivors) = ids.split_at(dead);
+    let rss_before = rss_bytes().unwrap_or(f64::NAN);
+    for &id in killed {
+        sim.crash(id);
+    }
+    // Counted after the crash, whose cores' memory is given back: the allocator hands that
+    // memory out again first, which VmRSS does not see (its growth understates) but the heap
+    // count does.
+    let heap_before = heap_bytes();
+    // (virtual s, suspicions, queued updates, VmRSS bytes, heap bytes) at each sample.
+    let mut samples: Vec<(f64, usize, usize, f64, f64)> = Vec::new();
+    let end = sim.now() + s.big_time.saturating_sub(KILL_AT);
+    while sim.now() < end {
+        let next = (sim.now() + KILL_SAMPLE).min(end);
+        sim.run_until(next);
+        let (mut suspicions, mut updates) = (0, 0);
+        for &id in survivors {
+            if let Some(core) = sim.node(id) {
+                let q = core.queue_lengths();
+                suspicions += q.suspicions;
+                updates += q.broadcasts;
+            }
+        }
+        let (rss, heap) = (rss_bytes().unwrap_or(f64::NAN), heap_bytes());
+        samples.push((sim.elapsed().as_secs_f64(), suspicions, updates, rss, heap));
+        eprintln!(
+            "t = {:.0} s: {suspicions} suspicions, {updates} queued updates, VmRSS {:.2} GB, \
+             heap {:.2} GB ({:.0} s wall)",
+            sim.elapsed().as_secs_f64(),
+            rss / 1e9,
+            heap / 1e9,
+            wall.elapsed().as_secs_f64()
+        );
+    }
+    // Survivors that hold some other survivor not alive (a false suspicion or failure), and
+    // survivors that still hold some crashed node live (its suspicion still runs).
+    let (mut false_views, mut slow_views) = (0, 0);
+    for &id in survivors {
+        let Some(core) = sim.node(id) else { continue };
+        let (mut wrong, mut slow) = (false, false);
+        for (m, state, _) in core.states() {
+            if sim.is_up(*m) {
+                wrong |= state != State::Alive;
+            } else {
+                slow |= matches!(state, State::Alive | State::Suspect);
+            }
+        }
+        false_views += usize::from(wrong);
+        slow_views += usize::from(slow);
+    }
+    let peak = samples
+        .iter()
+        .copied()
+        .max_by_key(|&(_, sus, upd, _, _)| sus + upd)
+        .unwrap_or((0.0, 0, 0, f64::NAN, f64::NAN));
+    let (at, sus, upd, rss, heap) = peak;
+    let pairs = sus.max(upd).max(1) as f64;
+    let last = samples.last().copied().unwrap_or(peak);
+    row(
+        "mass failure",
+        &format!(
+            "n = {n}, converged start, {dead} crash at {} s, {} virtual s, {addrs_note}",
+            KILL_AT.as_secs(),
+            s.big_time.as_secs()
+        ),
+        &format!(
+            "wall {:.1} s ({:.1} s to build the tables); peak memory (VmHWM) {}; at {at:.0} s \
+             (most pending) {sus} running suspicions and {upd} queued updates, VmRSS {:.2} GB, \
+             {:.2} GB more than before the crash, heap {:.2} GB more than after it: {:.0} bytes \
+             of VmRSS and {:.0} of heap per (suspicion + update); at the end {} suspicions, {} \
+             queued updates, {false_views} survivors holding a survivor not alive, \
+             {slow_views} still holding a crashed node live",
+            wall.elapsed().as_secs_f64(),
+            built.as_secs_f64(),
+            vm_status("VmHWM:"),
+            rss / 1e9,
+            (rss - rss_before) / 1e9,
+            (heap - heap_before) / 1e9,
+            (rss - rss_before) / pairs,
+            (heap - heap_before) / pairs,
+            last.1,
+            last.2,
+        ),
+        "reported; no survivor holding a survivor not alive",
+        false_views == 0,
+    );
 }
 
 fn row(scenario: &str, params: &str, result: &str, target: &str, ok: bool) {
@@ -449,4 +670,80 @@ fn table_bytes(n: usize, cores: usize, with_addrs: bool) -> f64 {
     let after = rss_bytes().unwrap_or(f64::NAN);
     drop(built);
     (after - before) / cores as f64
+}
+
+/// Bytes of one queued update and of one running suspicion, as the `pending` row measures them:
+/// `(heap, resident)`, the growth of the allocator's count and of VmRSS.
+struct Pending {
+    update: (f64, f64),
+    suspicion: (f64, f64),
+}
+
+/// Builds `cores` cores of `n` restored members, then gossips to each news that a fifth of its
+/// members are alive at a newer incarnation (one queued update each, no suspicion), then that
+/// they are suspected (a suspicion each; the queued update is replaced, so their number stays).
+/// Each cost is the growth of the heap count and of VmRSS over its step, per core and per member
+/// concerned.
+fn pending_bytes(n: usize, cores: usize, with_addrs: bool) -> Pending {
+    let list: Vec<(u32, Arc<[Address]>)> = (1..=n as u32)
+        .map(|id| {
+            let addrs: Vec<Address> = if with_addrs {
+                vec![Address(format!("/sim/{id}").into_bytes())]
+            } else {
+                Vec::new()
+            };
+            (id, addrs.into())
+        })
+        .collect();
+    let now = Instant::now();
+    let mut built: Vec<Membership<u32>> = (0..cores)
+        .map(|_| {
+            // Invariant: the LAN preset is valid and the core has no addresses of its own.
+            let mut core = Membership::new(now, 0, Vec::new(), 0, Config::lan()).expect("valid");
+            core.restore(list.iter().map(|(id, a)| (*id, a.clone())));
+            core
+        })
+        .collect();
+    let m = n / 5;
+    // Every fifth member, spread over the table, by a member that is not among them.
+    let news = |state: State| -> Vec<Update<u32>> {
+        (0..m as u32)
+            .map(|i| Update {
+                member: 5 * i + 2,
+                incarnation: 1,
+                state,
+                addrs: Vec::new(),
+                by: (state == State::Suspect).then_some(1),
+            })
+            .collect()
+    };
+    let mut step = |state: State| -> (f64, f64) {
+        let before = (heap_bytes(), rss_bytes().unwrap_or(f64::NAN));
+        let updates = news(state);
+        for core in &mut built {
+            for chunk in updates.chunks(shoal_swim::message::MAX_GOSSIP_UPDATES) {
+                let msg = Message {
+                    payload: Payload::Gossip,
+                    gossip: chunk.to_vec(),
+                };
+                core.handle_message(now, 1, msg);
+            }
+            while core.poll_event().is_some() {}
+            while core.poll_transmit().is_some() {}
+            // Gives back the drained event queue, as a running core does at its next timeout,
+            // so that the events of the burst are not charged to the suspicions.
+            core.handle_timeout(now);
+            while core.poll_transmit().is_some() {}
+        }
+        let after = (heap_bytes(), rss_bytes().unwrap_or(f64::NAN));
+        let per = (cores * m.max(1)) as f64;
+        ((after.0 - before.0) / per, (after.1 - before.1) / per)
+    };
+    let update = step(State::Alive);
+    let suspicion = step(State::Suspect);
+    for core in &built {
+        let q = core.queue_lengths();
+        assert!(q.broadcasts >= m && q.suspicions == m, "{q:?}");
+    }
+    Pending { update, suspicion }
 }

@@ -55,9 +55,10 @@ pub const PROTOCOL_NAME: &str = "/shoal/swim/1";
 
 /// A member identity: the key of the membership table and the destination of transmits.
 ///
-/// It must be cheap to clone, totally ordered (the gossip queue breaks ties by identity) and
-/// serializable (it travels in messages). Addresses and incarnation are kept next to it in the
-/// member record, not in it, so that the same peer keeps the same key across restarts.
+/// It must be cheap to clone, totally ordered (suspicions that time out at the same instant
+/// expire in identity order) and serializable (it travels in messages). Addresses and
+/// incarnation are kept next to it in the member record, not in it, so that the same peer keeps
+/// the same key across restarts.
 pub trait Identity:
     Clone
     + Eq

@@ -45,16 +45,21 @@
 //! looked up in a tight first pass before they are merged: a table of thousands of members does
 //! not stay in the processor's cache between messages, and independent lookups done back to
 //! back overlap their cache misses. The table costs a few words per member and nothing more for
-//! a member without addresses (the `table` module explains the layout). Precedence between
-//! pieces of news is decided in one place, the `merge` module, which [`Membership::effect`]
-//! exposes.
+//! a member without addresses (the `table` module explains the layout). A mass failure leaves
+//! every survivor with a running suspicion, a queued update and then a tombstone per member
+//! lost; each of those also takes a few words and, for a member without addresses, no
+//! allocation of its own (the `suspicion`, `broadcast` and `ticks` modules explain how).
+//! Precedence between pieces of news is decided in one place, the `merge` module, which
+//! [`Membership::effect`] exposes.
 
 mod broadcast;
 mod local_addrs;
 mod merge;
+mod suspicion;
 mod table;
+mod ticks;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,7 +69,9 @@ use rand::{Rng, SeedableRng};
 
 use self::broadcast::Broadcasts;
 pub use self::merge::Effect;
+use self::suspicion::Suspicions;
 use self::table::Table;
+use self::ticks::Ticks;
 use crate::Identity;
 use crate::config::Config;
 use crate::error::{CommandError, ConfigError};
@@ -205,12 +212,18 @@ pub struct QueueLengths {
     pub tombstones: usize,
 }
 
-struct Suspicion<T> {
-    started: Instant,
-    deadline: Instant,
-    /// Members whose suspicion counted, the first suspector included; at most `K + 1`.
-    confirmed: Vec<T>,
-    by: T,
+/// A dead or departed member to forget at `at`, unless news changed it since.
+struct Tombstone<T> {
+    at: Ticks,
+    id: T,
+    /// The incarnation it was buried at, in two halves (4-byte alignment, as [`Ticks`]).
+    incarnation: [u32; 2],
+}
+
+impl<T> Tombstone<T> {
+    fn incarnation(&self) -> u64 {
+        u64::from(self.incarnation[0]) | (u64::from(self.incarnation[1]) << 32)
+    }
 }
 
 struct Probe<T> {
@@ -247,14 +260,16 @@ pub struct Membership<T: Identity> {
     incarnation: u64,
     status: Status,
     rng: StdRng,
+    /// The instant the core was created, from which [`Ticks`] count.
+    epoch: Instant,
     last_now: Instant,
 
     /// Every member with its record, addresses and place in the probe order.
     members: Table<T>,
     live: usize,
-    suspicions: HashMap<T, Suspicion<T>>,
-    suspicion_timers: BTreeSet<(Instant, T)>,
-    tombstones: VecDeque<(Instant, T, u64)>,
+    suspicions: Suspicions<T>,
+    /// Oldest first: each is added `dead_retention` after now.
+    tombstones: VecDeque<Tombstone<T>>,
 
     probe: Option<Probe<T>>,
     next_probe: Instant,
@@ -314,11 +329,11 @@ impl<T: Identity> Membership<T> {
             incarnation,
             status: Status::Active,
             rng,
+            epoch: now,
             last_now: now,
             members: Table::new(),
             live: 0,
-            suspicions: HashMap::new(),
-            suspicion_timers: BTreeSet::new(),
+            suspicions: Suspicions::new(now),
             tombstones: VecDeque::new(),
             probe: None,
             next_probe,
@@ -633,7 +648,7 @@ impl<T: Identity> Membership<T> {
         self.expire_tombstones(now);
         self.broadcasts.shrink();
         self.members.shrink();
-        shrink_sparse(&mut self.suspicions);
+        self.suspicions.shrink();
         shrink_drained(&mut self.events);
         shrink_drained(&mut self.transmits);
         self.run_probe(now);
@@ -692,14 +707,14 @@ impl<T: Identity> Membership<T> {
             }
             consider(p.ends_at);
         }
-        if let Some((t, _)) = self.suspicion_timers.first() {
-            consider(*t);
+        if let Some(t) = self.suspicions.next_deadline() {
+            consider(t);
         }
         if let Some((t, _)) = self.relay_timers.front() {
             consider(*t);
         }
-        if let Some((t, _, _)) = self.tombstones.front() {
-            consider(*t);
+        if let Some(t) = self.tombstones.front() {
+            consider(t.at.instant(self.epoch));
         }
         if let Some((_, t)) = self.join {
             consider(t);
@@ -873,7 +888,7 @@ impl<T: Identity> Membership<T> {
                 break;
             }
             let i = self.rng.gen_range(0..self.tombstones.len());
-            let (_, id, _) = &self.tombstones[i];
+            let id = &self.tombstones[i].id;
             if self.members.state(id) == Some(State::Dead) {
                 dead = Some(id.clone());
                 break;
@@ -944,72 +959,41 @@ impl<T: Identity> Membership<T> {
         (min, min * self.config.suspicion_beta.get())
     }
 
-    /// Lifeguard: `max - (max - min) · log(c + 1) / log(K + 1)`, never below `min`.
+    /// The suspicion timeout after `confirmations` (see [`suspicion_timeout`]).
     fn suspicion_timeout(&self, confirmations: usize) -> Duration {
         let (min, max) = self.suspicion_bounds();
-        let k = self.config.suspicion_confirmations.get() as f64;
-        let c = (confirmations as f64).min(k);
-        let frac = (c + 1.0).ln() / (k + 1.0).ln();
-        let t = max.as_secs_f64() - (max - min).as_secs_f64() * frac;
-        Duration::from_secs_f64(t.max(min.as_secs_f64()))
+        let k = self.config.suspicion_confirmations.get() as usize;
+        suspicion_timeout(min, max, k, confirmations)
     }
 
     fn start_suspicion(&mut self, now: Instant, member: T, by: T) {
-        self.stop_suspicion(&member);
         let deadline = now + self.suspicion_timeout(0);
-        self.suspicion_timers.insert((deadline, member.clone()));
-        self.suspicions.insert(
-            member,
-            Suspicion {
-                started: now,
-                deadline,
-                confirmed: vec![by.clone()],
-                by,
-            },
-        );
+        self.suspicions.start(member, by, now, deadline);
     }
 
     /// Whether `by` suspecting `member` counts as a new independent confirmation of the
     /// suspicion we hold (Lifeguard counts at most `K` besides the first suspector).
     fn counts_as_confirmation(&self, member: &T, by: &T) -> bool {
         let k = self.config.suspicion_confirmations.get() as usize;
-        self.suspicions
-            .get(member)
-            .is_some_and(|s| !s.confirmed.contains(by) && s.confirmed.len() <= k)
+        self.suspicions.counts(member, by, k)
     }
 
     /// Counts a confirmation that [`Self::counts_as_confirmation`] accepted, shortening the
     /// suspicion.
     fn confirm_suspicion(&mut self, member: &T, by: &T) {
-        let timeout_of = |c| self.suspicion_timeout(c);
-        let Some(s) = self.suspicions.get(member) else {
-            return;
-        };
-        let new_deadline = s.started + timeout_of(s.confirmed.len());
-        // Invariant: looked up just above.
-        let s = self.suspicions.get_mut(member).expect("suspicion exists");
-        s.confirmed.push(by.clone());
-        if new_deadline < s.deadline {
-            self.suspicion_timers.remove(&(s.deadline, member.clone()));
-            s.deadline = new_deadline;
-            self.suspicion_timers.insert((new_deadline, member.clone()));
-        }
+        let k = self.config.suspicion_confirmations.get() as usize;
+        // The timeout of a confirmation uses the cluster size when the confirmation arrives.
+        let (min, max) = self.suspicion_bounds();
+        let timeout = |c| suspicion_timeout(min, max, k, c);
+        self.suspicions.confirm(member, by, k, timeout);
     }
 
     fn stop_suspicion(&mut self, member: &T) {
-        if let Some(s) = self.suspicions.remove(member) {
-            self.suspicion_timers.remove(&(s.deadline, member.clone()));
-        }
+        self.suspicions.stop(member);
     }
 
     fn expire_suspicions(&mut self, now: Instant) {
-        while let Some((t, _)) = self.suspicion_timers.first() {
-            if *t > now {
-                break;
-            }
-            // Invariant: `first` returned an entry just above.
-            let (_, member) = self.suspicion_timers.pop_first().expect("timer exists");
-            self.suspicions.remove(&member);
+        while let Some(member) = self.suspicions.pop_expired(now) {
             let Some((incarnation, State::Suspect)) = self.members.get(&member) else {
                 continue;
             };
@@ -1025,16 +1009,16 @@ impl<T: Identity> Membership<T> {
     }
 
     fn expire_tombstones(&mut self, now: Instant) {
-        while let Some((t, _, _)) = self.tombstones.front() {
-            if *t > now {
+        while let Some(t) = self.tombstones.front() {
+            if t.at.instant(self.epoch) > now {
                 break;
             }
             // Invariant: `front` returned an entry just above.
-            let (_, id, inc) = self.tombstones.pop_front().expect("tombstone exists");
-            if let Some((incarnation, State::Dead | State::Left)) = self.members.get(&id)
-                && incarnation == inc
+            let t = self.tombstones.pop_front().expect("tombstone exists");
+            if let Some((incarnation, State::Dead | State::Left)) = self.members.get(&t.id)
+                && incarnation == t.incarnation()
             {
-                self.members.remove(&id);
+                self.members.remove(&t.id);
             }
         }
     }
@@ -1042,14 +1026,17 @@ impl<T: Identity> Membership<T> {
     fn add_tombstone(&mut self, now: Instant, id: T, incarnation: u64) {
         if self.tombstones.len() > 2 * self.config.max_members.get() {
             let members = &self.members;
-            self.tombstones.retain(|(_, id, inc)| {
-                members.get(id).is_some_and(|(incarnation, state)| {
-                    matches!(state, State::Dead | State::Left) && incarnation == *inc
+            self.tombstones.retain(|t| {
+                members.get(&t.id).is_some_and(|(incarnation, state)| {
+                    matches!(state, State::Dead | State::Left) && incarnation == t.incarnation()
                 })
             });
         }
-        self.tombstones
-            .push_back((now + self.config.dead_retention, id, incarnation));
+        self.tombstones.push_back(Tombstone {
+            at: Ticks::new(self.epoch, now + self.config.dead_retention),
+            id,
+            incarnation: [incarnation as u32, (incarnation >> 32) as u32],
+        });
     }
 
     // ----- internals: news -----
@@ -1090,8 +1077,8 @@ impl<T: Identity> Membership<T> {
         let by = match state {
             State::Suspect => Some(
                 self.suspicions
-                    .get(id)
-                    .map_or_else(|| self.me.clone(), |s| s.by.clone()),
+                    .by(id)
+                    .map_or_else(|| self.me.clone(), T::clone),
             ),
             State::Dead => Some(self.me.clone()),
             _ => None,
@@ -1260,6 +1247,16 @@ impl<T: Identity> Membership<T> {
     }
 }
 
+/// Lifeguard's suspicion timeout after `confirmations` independent confirmations, with `k` the
+/// most that count: `max - (max - min) · log(c + 1) / log(k + 1)`, never below `min`.
+fn suspicion_timeout(min: Duration, max: Duration, k: usize, confirmations: usize) -> Duration {
+    let k = k as f64;
+    let c = (confirmations as f64).min(k);
+    let frac = (c + 1.0).ln() / (k + 1.0).ln();
+    let t = max.as_secs_f64() - (max - min).as_secs_f64() * frac;
+    Duration::from_secs_f64(t.max(min.as_secs_f64()))
+}
+
 /// A random duration in `[0, d)`.
 fn jitter(rng: &mut StdRng, d: Duration) -> Duration {
     d.mul_f64(rng.r#gen::<f64>())
@@ -1271,6 +1268,24 @@ fn jitter(rng: &mut StdRng, d: Duration) -> Duration {
 pub(crate) fn shrink_sparse<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
     if map.capacity() > 64 && map.len() * 4 <= map.capacity() {
         map.shrink_to_fit();
+    }
+}
+
+/// Makes room for one more element in a vector that is full, growing it by a quarter instead of
+/// doubling it: the per-member arrays of a core hold millions of entries across a simulator
+/// after a mass failure, and a doubled array would leave up to half of its room unused.
+/// Amortised like doubling (each element is moved a bounded number of times on average).
+pub(crate) fn grow_gently<T>(v: &mut Vec<T>) {
+    if v.len() == v.capacity() {
+        v.reserve_exact(v.len() / 4 + 4);
+    }
+}
+
+/// Gives back the room of a vector that holds half of its capacity or less, keeping a quarter
+/// spare so that the next pushes do not grow it at once.
+pub(crate) fn shrink_gently<T>(v: &mut Vec<T>) {
+    if v.capacity() > 64 && v.len() * 2 <= v.capacity() {
+        v.shrink_to(v.len() + v.len() / 4);
     }
 }
 

@@ -167,12 +167,13 @@ impl<T: Identity> Membership<T> {
                     &mut self.rng,
                 );
                 self.live += 1;
+                let (member, incarnation) = (u.member.clone(), u.incarnation);
+                self.broadcasts.push_sharing(u, Some(&addrs));
                 self.emit(Event::Joined {
-                    member: u.member.clone(),
+                    member,
                     addrs,
-                    incarnation: u.incarnation,
+                    incarnation,
                 });
-                self.broadcasts.push(u);
             }
             Decision::Tombstone => {
                 // Dead or departed: a tombstone, so that older "alive" news cannot resurrect it.
@@ -186,13 +187,15 @@ impl<T: Identity> Membership<T> {
             d @ (Decision::Revive | Decision::Refresh | Decision::Refute) => {
                 let member = u.member.clone();
                 let addrs = self.members.set_addrs(&member, &u.addrs);
-                self.members.set(&member, u.incarnation, State::Alive);
+                let incarnation = u.incarnation;
+                self.members.set(&member, incarnation, State::Alive);
                 self.stop_suspicion(&member);
+                self.broadcasts.push_sharing(u, Some(&addrs));
                 if d == Decision::Refute {
                     self.emit(Event::Refuted {
                         member,
                         addrs,
-                        incarnation: u.incarnation,
+                        incarnation,
                     });
                 } else if d == Decision::Revive {
                     self.live += 1;
@@ -200,10 +203,9 @@ impl<T: Identity> Membership<T> {
                     self.emit(Event::Joined {
                         member,
                         addrs,
-                        incarnation: u.incarnation,
+                        incarnation,
                     });
                 }
-                self.broadcasts.push(u);
             }
             Decision::Suspect => {
                 // Invariant: `check` passed, so suspect and dead news name who suspects.
@@ -220,14 +222,15 @@ impl<T: Identity> Membership<T> {
                 });
                 u.state = State::Suspect;
                 u.addrs = addrs.to_vec();
-                self.broadcasts.push(u);
+                self.broadcasts.push_sharing(u, Some(&addrs));
             }
             Decision::Confirm => {
                 // Invariant: `check` passed, so suspect and dead news name who suspects.
                 let Some(by) = u.by.clone() else { return };
                 self.confirm_suspicion(&u.member, &by);
                 u.state = State::Suspect;
-                self.broadcasts.push(u);
+                let held = self.members.addrs(&u.member);
+                self.broadcasts.push_sharing(u, Some(held));
             }
             Decision::Kill => {
                 let member = u.member.clone();
@@ -236,8 +239,9 @@ impl<T: Identity> Membership<T> {
                 self.stop_suspicion(&member);
                 self.live -= 1;
                 self.add_tombstone(now, member.clone(), u.incarnation);
-                let incarnation = u.incarnation;
-                self.emit(if u.state == State::Dead {
+                let (incarnation, state) = (u.incarnation, u.state);
+                self.broadcasts.push_sharing(u, Some(&addrs));
+                self.emit(if state == State::Dead {
                     Event::Failed {
                         member,
                         addrs,
@@ -250,7 +254,6 @@ impl<T: Identity> Membership<T> {
                         incarnation,
                     }
                 });
-                self.broadcasts.push(u);
             }
             Decision::Bury => {
                 // Newer news of a member already gone: remember it silently so that stale gossip

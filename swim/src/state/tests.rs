@@ -706,7 +706,7 @@ fn apply_does_what_effect_says() {
                         let u = news(member, inc, state, by);
                         let effect = c.effect(&u, push_pull);
                         let before = c.member(&member);
-                        let confirmations = c.suspicions.get(&member).map(|s| s.confirmed.len());
+                        let confirmations = c.suspicions.confirmations(&member);
                         let msg = if push_pull {
                             let members = vec![u.clone()];
                             gossip(
@@ -724,7 +724,7 @@ fn apply_does_what_effect_says() {
                         let after = c.member(&member);
                         let joined = std::iter::from_fn(|| c.poll_event())
                             .any(|e| matches!(e, Event::Joined { member: m, .. } if m == member));
-                        let confirmed = c.suspicions.get(&member).map(|s| s.confirmed.len());
+                        let confirmed = c.suspicions.confirmations(&member);
                         let case = format!("{u:?}, push-pull {push_pull}: {effect:?}");
                         match effect {
                             Effect::Ignored => {
@@ -746,4 +746,50 @@ fn apply_does_what_effect_says() {
             }
         }
     }
+}
+
+#[test]
+fn tombstones_are_compact_and_expire_on_time() {
+    assert_eq!(std::mem::size_of::<Tombstone<u32>>(), 20);
+    assert_eq!(std::mem::align_of::<Tombstone<u32>>(), 4);
+    let t0 = Instant::now();
+    let mut a = core_with(t0, 1, &[2]);
+    // An instant that is not a whole number of milliseconds after the core's creation.
+    let t1 = t0 + Duration::from_nanos(123_456_789);
+    let dead = update(9, 1 << 40, State::Dead, Some(2));
+    a.handle_message(t1, 2, gossip(Payload::Gossip, vec![dead]));
+    assert_eq!(a.member(&9).map(|m| m.state), Some(State::Dead));
+    assert_eq!(a.queue_lengths().tombstones, 1);
+    let expiry = t1 + a.config().dead_retention;
+    assert!(a.poll_timeout().unwrap() <= expiry);
+    a.handle_timeout(expiry - Duration::from_nanos(1));
+    assert!(a.member(&9).is_some(), "kept until its expiry");
+    a.handle_timeout(expiry);
+    assert!(a.member(&9).is_none(), "forgotten at its expiry");
+    assert_eq!(a.queue_lengths().tombstones, 0);
+}
+
+#[test]
+fn vectors_grow_and_shrink_by_a_quarter() {
+    let mut v: Vec<u32> = Vec::new();
+    let mut last = 0;
+    for i in 0..10_000 {
+        grow_gently(&mut v);
+        v.push(i);
+        if v.capacity() != last {
+            assert!(
+                v.capacity() <= last + last / 4 + 4,
+                "{last} -> {}",
+                v.capacity()
+            );
+            last = v.capacity();
+        }
+    }
+    assert!(v.capacity() <= 10_000 + 10_000 / 4 + 4);
+    v.truncate(7_000);
+    shrink_gently(&mut v);
+    assert!(v.capacity() >= 10_000, "more than half used: kept");
+    v.truncate(1_000);
+    shrink_gently(&mut v);
+    assert!((1_250..2_000).contains(&v.capacity()), "{}", v.capacity());
 }
