@@ -22,16 +22,14 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::checks::{NodeChecks, SharedVerifier, lock};
 use super::{
-    AnnounceResult, BoxedTransport, Client, Command, GetResult, JoinResult, ListenError,
-    ListenResult, LookupResult, MAX_SNAPSHOT_PEERS, MemberInfo, NodeStats, NoticesResult,
-    PutResult, Rpcs, SHUTDOWN_LEAVE_BOUND, StartError,
+    BoxedTransport, Client, Command, ListenError, ListenResult, MAX_SNAPSHOT_PEERS, MemberInfo,
+    NodeStats, ReplyTo, Rpcs, SHUTDOWN_LEAVE_BOUND, StartError,
 };
 use crate::behaviour::{Behaviour, Event, Exchange};
 use crate::config::{Config, ConfigError};
 use crate::core::{self, Action, Core, InboundId, OpId, Reply, RequestFailure, Restored, WriteId};
 use crate::gate;
 use crate::lockstep::SignedNotice;
-use crate::lockstep::protocol::Response;
 use crate::store::{self, Batch, Committed, Persist, Writer, WriterError, WriterEvents};
 use crate::wire::{self, Request};
 
@@ -63,17 +61,6 @@ impl WallClock for SystemClock {
     fn unix(&self) -> u64 {
         shoal_pow::unix_now()
     }
-}
-
-/// Where the answer to a command goes.
-enum ReplyTo {
-    Join(oneshot::Sender<JoinResult>),
-    Put(oneshot::Sender<PutResult>),
-    Get(oneshot::Sender<GetResult>),
-    FindNode(oneshot::Sender<LookupResult>),
-    Announce(oneshot::Sender<AnnounceResult>),
-    Notices(oneshot::Sender<NoticesResult>),
-    AnnouncedTo(oneshot::Sender<Option<Response>>),
 }
 
 /// A shutdown under way: SWIM is leaving.
@@ -346,70 +333,9 @@ impl EventLoop {
                     }));
                 }
             },
-            Command::Join(seeds, reply) => {
-                let seeds = seeds
-                    .into_iter()
-                    .map(|(peer, addr)| (peer, vec![Address(addr.to_vec())]))
-                    .collect();
-                let op = self
-                    .core
-                    .handle_command(now, unix, core::Command::Join(seeds));
-                self.replies.insert(op, ReplyTo::Join(reply));
-            }
-            Command::Put(request, reply) => {
-                let op = self
-                    .core
-                    .handle_command(now, unix, core::Command::Put(request));
-                self.replies.insert(op, ReplyTo::Put(reply));
-            }
-            Command::Get(key, reply) => {
-                let op = self.core.handle_command(now, unix, core::Command::Get(key));
-                self.replies.insert(op, ReplyTo::Get(reply));
-            }
-            Command::FindNode(peer, reply) => {
-                let op = self
-                    .core
-                    .handle_command(now, unix, core::Command::FindNode(peer));
-                self.replies.insert(op, ReplyTo::FindNode(reply));
-            }
-            Command::Announce {
-                key,
-                value,
-                seq,
-                reply,
-            } => {
-                let command = core::Command::Announce { key, value, seq };
+            Command::Core(command, reply) => {
                 let op = self.core.handle_command(now, unix, command);
-                self.replies.insert(op, ReplyTo::Announce(reply));
-            }
-            Command::Notices(key, reply) => {
-                let op = self
-                    .core
-                    .handle_command(now, unix, core::Command::Notices(key));
-                self.replies.insert(op, ReplyTo::Notices(reply));
-            }
-            Command::RawNotice {
-                peer,
-                envelope,
-                reply,
-            } => {
-                let command = core::Command::DangerousAnnounceTo { peer, envelope };
-                let op = self.core.handle_command(now, unix, command);
-                self.replies.insert(op, ReplyTo::AnnouncedTo(reply));
-            }
-            Command::RawPut {
-                key,
-                envelope,
-                peers,
-                reply,
-            } => {
-                let command = core::Command::DangerousPutTo {
-                    key,
-                    envelope,
-                    peers,
-                };
-                let op = self.core.handle_command(now, unix, command);
-                self.replies.insert(op, ReplyTo::Put(reply));
+                self.replies.insert(op, reply);
             }
             Command::Members(reply) => {
                 let _ = reply.send(self.core.live_members());

@@ -26,7 +26,10 @@ use libp2p::core::upgrade::Version;
 use libp2p::{Multiaddr, PeerId, Transport, identity, noise, yamux};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use shoal_swim::Address;
+
 use crate::config::ConfigError;
+use crate::core;
 use crate::lockstep::SignedNotice;
 use crate::lockstep::protocol::Response;
 use crate::record::SignedRecord;
@@ -113,36 +116,27 @@ pub enum ListenError {
 /// the node anyway.
 pub const SHUTDOWN_LEAVE_BOUND: Duration = Duration::from_secs(2);
 
+/// Where the answer to a core command goes.
+enum ReplyTo {
+    Join(oneshot::Sender<JoinResult>),
+    Put(oneshot::Sender<PutResult>),
+    Get(oneshot::Sender<GetResult>),
+    FindNode(oneshot::Sender<LookupResult>),
+    Announce(oneshot::Sender<AnnounceResult>),
+    Notices(oneshot::Sender<NoticesResult>),
+    AnnouncedTo(oneshot::Sender<Option<Response>>),
+}
+
 enum Command {
     Listen(Multiaddr, oneshot::Sender<ListenResult>),
-    Join(Vec<(PeerId, Multiaddr)>, oneshot::Sender<JoinResult>),
-    Put(PutRequest, oneshot::Sender<PutResult>),
-    Get(Vec<u8>, oneshot::Sender<GetResult>),
-    FindNode(PeerId, oneshot::Sender<LookupResult>),
-    Notices(Vec<u8>, oneshot::Sender<NoticesResult>),
+    /// A command of the core, and where its answer goes.
+    Core(core::Command<PeerId>, ReplyTo),
     MemberList(oneshot::Sender<Vec<MemberInfo>>),
     Shutdown(oneshot::Sender<()>),
-    Announce {
-        key: Vec<u8>,
-        value: Vec<u8>,
-        seq: Option<u64>,
-        reply: oneshot::Sender<AnnounceResult>,
-    },
     Members(oneshot::Sender<Vec<PeerId>>),
     Peers(oneshot::Sender<Vec<PeerId>>),
     Stored(Vec<u8>, oneshot::Sender<Option<SignedRecord>>),
     Stats(oneshot::Sender<NodeStats>),
-    RawNotice {
-        peer: PeerId,
-        envelope: Vec<u8>,
-        reply: oneshot::Sender<Option<Response>>,
-    },
-    RawPut {
-        key: Vec<u8>,
-        envelope: Vec<u8>,
-        peers: Vec<PeerId>,
-        reply: oneshot::Sender<PutResult>,
-    },
     FailWrites(u32, oneshot::Sender<bool>),
 }
 
@@ -159,6 +153,15 @@ impl Client {
         let (reply, rx) = oneshot::channel();
         self.tx.send(make(reply)).await.ok()?;
         rx.await.ok()
+    }
+
+    /// Runs `command` in the core; `to` says which kind of answer to wait for.
+    async fn run<T>(
+        &self,
+        command: core::Command<PeerId>,
+        to: impl FnOnce(oneshot::Sender<T>) -> ReplyTo,
+    ) -> Option<T> {
+        self.ask(|reply| Command::Core(command, to(reply))).await
     }
 
     /// This node's peer id.
@@ -178,7 +181,11 @@ impl Client {
     /// of the routing-table snapshot saved in the data directory (at most
     /// [`MAX_SNAPSHOT_SEEDS`]) are the seeds.
     pub async fn join(&self, seeds: Vec<(PeerId, Multiaddr)>) -> JoinResult {
-        self.ask(|r| Command::Join(seeds, r))
+        let seeds = seeds
+            .into_iter()
+            .map(|(peer, addr)| (peer, vec![Address(addr.to_vec())]))
+            .collect();
+        self.run(core::Command::Join(seeds), ReplyTo::Join)
             .await
             .unwrap_or(Err(JoinError::Stopped))
     }
@@ -204,14 +211,14 @@ impl Client {
 
     /// Puts with every option: the record is stored locally and durably first, then replicated.
     pub async fn put_request(&self, request: PutRequest) -> PutResult {
-        self.ask(|r| Command::Put(request, r))
+        self.run(core::Command::Put(request), ReplyTo::Put)
             .await
             .unwrap_or(Err(PutError::Stopped))
     }
 
     /// Looks `key` up; every copy is validated and the highest valid sequence wins.
     pub async fn get(&self, key: Vec<u8>) -> GetResult {
-        self.ask(|r| Command::Get(key, r))
+        self.run(core::Command::Get(key), ReplyTo::Get)
             .await
             .unwrap_or(Err(GetError::Stopped))
     }
@@ -223,7 +230,7 @@ impl Client {
 
     /// The peers closest to `peer` in the DHT, with what the lookup cost.
     pub async fn find_node_with_stats(&self, peer: PeerId) -> LookupResult {
-        self.ask(|r| Command::FindNode(peer, r))
+        self.run(core::Command::FindNode(peer), ReplyTo::FindNode)
             .await
             .unwrap_or(Err(FindNodeError::Stopped))
     }
@@ -234,7 +241,7 @@ impl Client {
     /// checked (signature, and a stamp that paid for it when it was made); the latest per
     /// publisher is kept, newest first. Peers that do not answer are skipped.
     pub async fn notices(&self, key: Vec<u8>) -> NoticesResult {
-        self.ask(|r| Command::Notices(key, r))
+        self.run(core::Command::Notices(key), ReplyTo::Notices)
             .await
             .unwrap_or(Err(NoticesError::Stopped))
     }
@@ -242,14 +249,10 @@ impl Client {
     /// Announces `value` for `key` to the peers closest to the key (lockstep). `seq` defaults as
     /// for puts; put with the returned `seq` to match the notice.
     pub async fn announce(&self, key: Vec<u8>, value: Vec<u8>, seq: Option<u64>) -> AnnounceResult {
-        self.ask(|reply| Command::Announce {
-            key,
-            value,
-            seq,
-            reply,
-        })
-        .await
-        .unwrap_or(Err(AnnounceError::Stopped))
+        let command = core::Command::Announce { key, value, seq };
+        self.run(command, ReplyTo::Announce)
+            .await
+            .unwrap_or(Err(AnnounceError::Stopped))
     }
 
     /// Live SWIM members (alive or suspect), ourselves excluded; empty if the node stopped.
@@ -287,27 +290,22 @@ impl Client {
         envelope: Vec<u8>,
         peers: Vec<PeerId>,
     ) -> PutResult {
-        self.ask(|reply| Command::RawPut {
+        let command = core::Command::DangerousPutTo {
             key,
             envelope,
             peers,
-            reply,
-        })
-        .await
-        .unwrap_or(Err(PutError::Stopped))
+        };
+        self.run(command, ReplyTo::Put)
+            .await
+            .unwrap_or(Err(PutError::Stopped))
     }
 
     /// Sends `envelope` as a lockstep announcement straight to `peer`, unchecked. Dangerous: for
     /// tests of what peers do with bad or replayed notices. Returns the peer's answer, or `None`
     /// if it did not answer (or the node stopped).
     pub async fn dangerous_announce_to(&self, peer: PeerId, envelope: Vec<u8>) -> Option<Response> {
-        self.ask(|reply| Command::RawNotice {
-            peer,
-            envelope,
-            reply,
-        })
-        .await
-        .flatten()
+        let command = core::Command::DangerousAnnounceTo { peer, envelope };
+        self.run(command, ReplyTo::AnnouncedTo).await.flatten()
     }
 
     /// Makes the node's next `n` disk commits fail, as a failing disk would. Dangerous: for tests
