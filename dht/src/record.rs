@@ -1,4 +1,4 @@
-//! Records: the signed CBOR envelope stored as a Kademlia record's value.
+//! Records: the signed CBOR envelope the DHT stores under a key.
 //!
 //! The body holds the key, the value, a sequence number, the creation time, a TTL and a hashcash
 //! stamp; the envelope adds the publisher's key and a signature over the body. The stamp's

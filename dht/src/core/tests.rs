@@ -905,3 +905,75 @@ fn republishing_makes_copies_on_the_nodes_now_closest() {
         .sum();
     assert!(republished > 0);
 }
+
+/// Puts from random nodes under loss, crashes and restarts (disks kept), more puts, then every
+/// acknowledged record must be held by one of its closest live nodes and found by a get.
+fn churn(seed: u64) {
+    use rand::{Rng, SeedableRng};
+    let mut config = SimConfig::local();
+    config.link.loss = 0.02;
+    let mut sim = Sim::new(seed, config);
+    sim.add_converged(30);
+    sim.run_for(Duration::from_secs(2));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut keys = Vec::new();
+    let mut put_some = |sim: &mut Sim, rng: &mut rand::rngs::StdRng, round: u8| {
+        for i in 0..10u8 {
+            let live = sim.live_honest();
+            let node = live[rng.gen_range(0..live.len())];
+            let key = vec![b'c', round, i];
+            if let Some(op) = sim.command(node, put(&key, &[i; 32], None))
+                && let Some(answer) = sim.wait(node, op, Duration::from_secs(60))
+                && matches!(answer.reply, Reply::Put(Ok(_)))
+            {
+                keys.push(key);
+            }
+        }
+    };
+    put_some(&mut sim, &mut rng, 0);
+    let mut crashed = Vec::new();
+    while crashed.len() < 5 {
+        let id = rng.gen_range(0..30u32);
+        if !crashed.contains(&id) {
+            sim.crash(id);
+            crashed.push(id);
+        }
+    }
+    sim.run_for(Duration::from_secs(20));
+    for &id in &crashed[..3] {
+        sim.restart(id);
+        sim.join(id, &[sim.live_honest()[0]]);
+    }
+    sim.run_for(Duration::from_secs(20));
+    put_some(&mut sim, &mut rng, 1);
+    sim.run_for(Duration::from_secs(10));
+    assert!(
+        keys.len() >= 15,
+        "seed {seed}: only {} puts acknowledged",
+        keys.len()
+    );
+    sim.check_records();
+    for key in &keys {
+        let live = sim.live_honest();
+        let reader = live[rng.gen_range(0..live.len())];
+        let op = sim.command(reader, Command::Get(key.clone())).unwrap();
+        let reply = wait_reply(&mut sim, reader, op);
+        assert!(
+            get_result(reply).is_ok(),
+            "seed {seed}: {key:?} not found from node {reader}"
+        );
+    }
+}
+
+#[test]
+fn acknowledged_records_outlive_churn_under_loss() {
+    churn(11);
+}
+
+#[test]
+#[ignore = "sweeps 300 seeds; run with --ignored (about 20 s in a release build)"]
+fn acknowledged_records_outlive_churn_under_loss_across_seeds() {
+    for seed in 100..400 {
+        churn(seed);
+    }
+}
