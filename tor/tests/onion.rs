@@ -96,25 +96,36 @@ async fn next_event(nodes: &mut [Node; 3]) -> (usize, SwarmEvent<BehaviourEvent>
     }
 }
 
+/// Drives all nodes until `done` returns `Some`, or for at most `limit` (then `None`).
+async fn drive_for<T>(
+    nodes: &mut [Node; 3],
+    limit: Duration,
+    mut done: impl FnMut(usize, SwarmEvent<BehaviourEvent>) -> Option<T>,
+) -> Option<T> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let (i, event) = tokio::time::timeout_at(deadline, next_event(nodes))
+            .await
+            .ok()?;
+        if let SwarmEvent::OutgoingConnectionError { error, .. } = &event {
+            println!("{}: outgoing connection error: {error}", nodes[i].name);
+        }
+        if let Some(value) = done(i, event) {
+            return Some(value);
+        }
+    }
+}
+
 /// Drives all nodes until `done` returns `Some`, or panics after `limit`.
 async fn drive_until<T>(
     nodes: &mut [Node; 3],
     limit: Duration,
     what: &str,
-    mut done: impl FnMut(usize, SwarmEvent<BehaviourEvent>) -> Option<T>,
+    done: impl FnMut(usize, SwarmEvent<BehaviourEvent>) -> Option<T>,
 ) -> T {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let (i, event) = tokio::time::timeout_at(deadline, next_event(nodes))
-            .await
-            .unwrap_or_else(|_| panic!("timed out after {limit:?} waiting for {what}"));
-        if let SwarmEvent::OutgoingConnectionError { error, .. } = &event {
-            println!("{}: outgoing connection error: {error}", nodes[i].name);
-        }
-        if let Some(value) = done(i, event) {
-            return value;
-        }
-    }
+    drive_for(nodes, limit, done)
+        .await
+        .unwrap_or_else(|| panic!("timed out after {limit:?} waiting for {what}"))
 }
 
 /// The Debug text of a transport error. The upgrade layers wrap the Tor transport's
@@ -460,26 +471,35 @@ async fn scenarios() {
         .onion
         .clone()
         .with(libp2p::multiaddr::Protocol::P2p(a_peer));
-    let opts = DialOpts::from(dial_addr);
-    let wanted = opts.connection_id();
-    nodes[1].swarm.dial(opts).expect("dial a's onion again");
-    drive_until(
-        &mut nodes,
-        Duration::from_secs(120),
-        "b reconnected to a",
-        |i, e| match e {
-            SwarmEvent::ConnectionEstablished {
-                peer_id,
-                connection_id,
-                ..
-            } if i == 1 && connection_id == wanted => {
-                assert_eq!(peer_id, a_peer);
+    // A dial made right after the restart can meet the old service's descriptor and sit in
+    // arti's retries for minutes (seen once in a full test run: nothing within 120 s, where it
+    // usually takes about a second); a client that gets no connection dials again, as a node's
+    // next probe would.
+    let mut reconnected = false;
+    for attempt in 1..=4 {
+        nodes[1]
+            .swarm
+            .dial(DialOpts::from(dial_addr.clone()))
+            .expect("dial a's onion again");
+        let established = drive_for(&mut nodes, Duration::from_secs(45), |i, e| match e {
+            SwarmEvent::ConnectionEstablished { peer_id, .. } if i == 1 && peer_id == a_peer => {
                 Some(())
             }
             _ => None,
-        },
-    )
-    .await;
+        })
+        .await;
+        if established.is_some() {
+            reconnected = true;
+            break;
+        }
+        println!(
+            "b: no connection to the restarted a within 45 s of dial {attempt}, dialing again"
+        );
+    }
+    assert!(
+        reconnected,
+        "b reconnected to the restarted a within four dials"
+    );
     println!(
         "a restarted and was reachable again after {:?}",
         restarted.elapsed()
