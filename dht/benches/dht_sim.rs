@@ -1,8 +1,14 @@
 //! The DHT simulator as a benchmark: N simulated nodes (the DHT core with SWIM inside, every
 //! message through the real codecs) on virtual time. Prints a markdown table: recall@20 of
-//! lookups against the true 20 closest live nodes, RPCs per lookup, put and get latency in
-//! virtual time, before and after killing a fifth of the nodes; messages and bytes per node per
-//! second; wall time and peak memory.
+//! find-node against the true 20 closest live nodes, RPCs per find-node and per get, the share of
+//! gets answered in one round (at most alpha requests, all sent at once), put and get latency in
+//! virtual time, get success and the share of operations that took the one-hop path; in four
+//! phases: settled ("before"), right after killing a fifth of the nodes ("kill", their deaths
+//! not yet known), once they are evicted ("after"), and while a tenth more join ("joins"). Then
+//! messages and bytes per node per second, wall time and peak memory.
+//!
+//! Find-node and gets use the default route (one hop from the local view once it is settled);
+//! `--iterative` forces Kademlia's lookup for every operation, for comparison.
 //!
 //! `cargo bench -p shoal-dht --bench dht_sim` runs N = 1,000 and N = 10,000 for 10 virtual
 //! minutes each (the larger one takes most of the time; run one size per process for a clean
@@ -19,7 +25,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use shoal_dht::Config;
 use shoal_dht::core::{Command, OpId, Peer, Reply};
-use shoal_dht::node::PutRequest;
+use shoal_dht::node::{Path, PutRequest, Route};
 use shoal_dht::sim::{Sim, SimConfig, SimPeer};
 use shoal_swim::sim::{LinkModel, percentile};
 
@@ -36,6 +42,7 @@ struct Options {
     puts: usize,
     wan: bool,
     loss: f64,
+    route: Route,
 }
 
 impl Options {
@@ -67,6 +74,11 @@ impl Options {
             puts: number("--puts", 200.0, 10.0) as usize,
             wan: value("--swim").is_none_or(|s| s != "lan"),
             loss: number("--loss", 0.0, 0.0),
+            route: if args.iter().any(|a| a == "--iterative") {
+                Route::Iterative
+            } else {
+                Route::Auto
+            },
         }
     }
 }
@@ -79,16 +91,20 @@ struct Phase {
     lookup_ms: Vec<f64>,
     put_ms: Vec<f64>,
     get_ms: Vec<f64>,
+    get_rpcs: Vec<f64>,
+    one_round: usize,
     failed: usize,
     found: usize,
     gets: usize,
+    one_hop: usize,
+    operations: usize,
 }
 
 fn main() {
     let o = Options::parse();
     println!(
         "dht_sim: seed {}, {} virtual s per run, kill {:.0} %, {} lookups and {} puts + gets per \
-         phase, SWIM {}, link 1-5 ms, loss {:.0} %, k = {K}{}",
+         phase, SWIM {}, link 1-5 ms, loss {:.0} %, k = {K}, route {:?}{}",
         o.seed,
         o.secs,
         o.kill * 100.0,
@@ -100,6 +116,7 @@ fn main() {
             "LAN (probe 1 s)"
         },
         o.loss * 100.0,
+        o.route,
         if o.full {
             ""
         } else {
@@ -108,10 +125,11 @@ fn main() {
     );
     println!();
     println!(
-        "| N | phase | recall@20 mean / min | RPCs per lookup p50 / p95 | lookup ms p50 / p99 | put \
-         ms p50 / p99 | get ms p50 / p99 | gets found | failed ops |"
+        "| N | phase | recall@20 mean / min | RPCs per find-node p50 / p95 | RPCs per get p50 / \
+         p95 | gets in one round | find-node ms p50 / p99 | put ms p50 / p99 | get ms p50 / p99 | \
+         gets found | one-hop ops | failed ops |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &n in &o.sizes {
         run(&o, n);
     }
@@ -148,9 +166,11 @@ fn run(o: &Options, n: usize) {
     let built = wall.elapsed();
     let mut rng = StdRng::seed_from_u64(o.seed ^ 0xb0b);
     let total = Duration::from_secs(o.secs);
-    sim.run_for(Duration::from_secs(5));
+    // Until the views count as settled (one-hop routing applies).
+    sim.run_for(sim.config().dht.view_settle + Duration::from_secs(1));
 
     let mut keys = Vec::new();
+    let mut success = Vec::new();
     let before = phase(&mut sim, &mut rng, o, &mut keys, "before");
     report(n, "before", &before);
     sim.check_records();
@@ -166,6 +186,9 @@ fn run(o: &Options, n: usize) {
         sim.crash(id);
     }
     let kill_at = sim.elapsed();
+    let kill = phase(&mut sim, &mut rng, o, &mut keys, "kill");
+    report(n, "kill", &kill);
+    success.push(kill.success());
     // Until a sample of survivors evicted every killed node from its routing table (or the run's
     // time is nearly spent).
     let sample: Vec<u32> = sim.live_honest().into_iter().take(50).collect();
@@ -178,6 +201,19 @@ fn run(o: &Options, n: usize) {
     });
     let after = phase(&mut sim, &mut rng, o, &mut keys, "after");
     report(n, "after", &after);
+    success.push(after.success());
+    sim.check_records();
+    // A wave of joins: a tenth more nodes, each through a random live member, all at once.
+    let joining = n / 10;
+    let seeds = sim.live_honest();
+    let first = sim.add_nodes(joining, 0);
+    for j in first..first + joining as u32 {
+        let seed = seeds[rng.gen_range(0..seeds.len())];
+        sim.join(j, &[seed]);
+    }
+    let joins = phase(&mut sim, &mut rng, o, &mut keys, "joins");
+    report(n, "joins", &joins);
+    success.push(joins.success());
     sim.check_records();
     if sim.elapsed() < total {
         sim.run_until(sim.now() + (total - sim.elapsed()));
@@ -213,6 +249,15 @@ fn run(o: &Options, n: usize) {
         mean(&after.recall),
         if ok { "met" } else { "NOT MET" }
     );
+    let mut rpcs = before.get_rpcs.clone();
+    let p50 = percentile(&mut rpcs, 0.5).unwrap_or(f64::NAN);
+    let worst = success.iter().copied().fold(1.0, f64::min);
+    let ok = p50 <= 3.0 && worst >= 0.999;
+    println!(
+        "targets: RPCs per get p50 <= 3 ({p50:.0}), get success >= 0.999 after the kill and \
+         during joins (worst phase {worst:.4}): {}",
+        if ok { "met" } else { "NOT MET" }
+    );
     println!();
 }
 
@@ -226,6 +271,7 @@ fn phase(
     name: &str,
 ) -> Phase {
     let mut p = Phase::default();
+    let alpha = sim.config().dht.lookup_parallelism.get() as u32;
     let live = sim.live_honest();
     let mut ops: Vec<(u32, OpId, Kind)> = Vec::new();
     let spacing = Duration::from_millis(20);
@@ -238,6 +284,7 @@ fn phase(
             ttl: Duration::from_secs(86_400),
             quorum: None,
             seq: None,
+            route: o.route,
         });
         if let Some(op) = sim.command(node, put) {
             ops.push((node, op, Kind::Put));
@@ -245,10 +292,14 @@ fn phase(
         keys.push(key);
         sim.run_for(spacing);
     }
-    collect(sim, &mut ops, &mut p);
+    collect(sim, &mut ops, &mut p, alpha);
     for key in keys.iter() {
         let node = live[rng.gen_range(0..live.len())];
-        if let Some(op) = sim.command(node, Command::Get(key.clone())) {
+        let get = Command::Get {
+            key: key.clone(),
+            route: o.route,
+        };
+        if let Some(op) = sim.command(node, get) {
             ops.push((node, op, Kind::Get));
         }
         sim.run_for(spacing);
@@ -256,12 +307,16 @@ fn phase(
     for _ in 0..o.lookups {
         let target = SimPeer(rng.gen_range(10_000_000..20_000_000));
         let node = live[rng.gen_range(0..live.len())];
-        if let Some(op) = sim.command(node, Command::FindNode(target)) {
+        let find = Command::FindNode {
+            peer: target,
+            route: o.route,
+        };
+        if let Some(op) = sim.command(node, find) {
             ops.push((node, op, Kind::Lookup(target)));
         }
         sim.run_for(spacing);
     }
-    collect(sim, &mut ops, &mut p);
+    collect(sim, &mut ops, &mut p, alpha);
     p
 }
 
@@ -272,7 +327,7 @@ enum Kind {
     Lookup(SimPeer),
 }
 
-fn collect(sim: &mut Sim, ops: &mut Vec<(u32, OpId, Kind)>, p: &mut Phase) {
+fn collect(sim: &mut Sim, ops: &mut Vec<(u32, OpId, Kind)>, p: &mut Phase, alpha: u32) {
     for (node, op, kind) in ops.drain(..) {
         let Some(answer) = sim.wait(node, op, Duration::from_secs(120)) else {
             p.failed += 1;
@@ -280,15 +335,22 @@ fn collect(sim: &mut Sim, ops: &mut Vec<(u32, OpId, Kind)>, p: &mut Phase) {
         };
         let ms = (answer.at - answer.asked).as_secs_f64() * 1000.0;
         match (kind, answer.reply) {
-            (Kind::Put, Reply::Put(Ok(_))) => p.put_ms.push(ms),
+            (Kind::Put, Reply::Put(Ok(ok))) => {
+                p.put_ms.push(ms);
+                p.count(ok.path);
+            }
             (Kind::Get, Reply::Get(result)) => {
                 p.gets += 1;
-                if result.is_ok() {
+                if let Ok(ok) = *result {
                     p.found += 1;
                     p.get_ms.push(ms);
+                    p.get_rpcs.push(f64::from(ok.requests));
+                    p.one_round += usize::from(ok.requests <= alpha);
+                    p.count(ok.path);
                 }
             }
             (Kind::Lookup(target), Reply::FindNode(Ok(found))) => {
+                p.count(found.path);
                 let truth = sim.true_closest(&target.to_bytes(), K, Some(node));
                 let hits = found.peers.iter().filter(|p| truth.contains(p)).count();
                 p.recall.push(hits as f64 / truth.len().max(1) as f64);
@@ -297,6 +359,17 @@ fn collect(sim: &mut Sim, ops: &mut Vec<(u32, OpId, Kind)>, p: &mut Phase) {
             }
             _ => p.failed += 1,
         }
+    }
+}
+
+impl Phase {
+    fn count(&mut self, path: Path) {
+        self.operations += 1;
+        self.one_hop += usize::from(path == Path::OneHop);
+    }
+
+    fn success(&self) -> f64 {
+        self.found as f64 / self.gets.max(1) as f64
     }
 }
 
@@ -310,15 +383,18 @@ fn report(n: usize, name: &str, p: &Phase) {
     };
     let min = p.recall.iter().copied().fold(f64::INFINITY, f64::min);
     println!(
-        "| {n} | {name} | {:.3} / {:.3} | {} | {} | {} | {} | {} of {} | {} |",
+        "| {n} | {name} | {:.3} / {:.3} | {} | {} | {:.3} | {} | {} | {} | {} of {} | {:.3} | {} |",
         mean(&p.recall),
         if min.is_finite() { min } else { 0.0 },
         pair(&p.rpcs, 0.5, 0.95),
+        pair(&p.get_rpcs, 0.5, 0.95),
+        p.one_round as f64 / p.found.max(1) as f64,
         pair(&p.lookup_ms, 0.5, 0.99),
         pair(&p.put_ms, 0.5, 0.99),
         pair(&p.get_ms, 0.5, 0.99),
         p.found,
         p.gets,
+        p.one_hop as f64 / p.operations.max(1) as f64,
         p.failed
     );
 }

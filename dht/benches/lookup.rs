@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use libp2p::{Multiaddr, PeerId};
 use shoal_dht::core::KeyHash;
-use shoal_dht::node::NodeStats;
 use shoal_dht::node::{EventLoop, dangerous_plaintext_memory_transport, memory_transport};
+use shoal_dht::node::{NodeStats, Route};
 use shoal_dht::{Client, Config};
 use shoal_pow::{CancelToken, MintOptions, NodeKey, Puzzle, mint};
 
@@ -335,7 +335,11 @@ async fn lookups(nodes: &[Node], live: &[usize], count: usize, rng: &mut Rng) ->
         truth.truncate(K);
         let truth: HashSet<PeerId> = truth.into_iter().collect();
         let started = Instant::now();
-        match nodes[source].client.find_node_with_stats(target).await {
+        match nodes[source]
+            .client
+            .find_node_with_stats(target, Route::Iterative)
+            .await
+        {
             Ok(ok) => {
                 out.latency_ms
                     .push(started.elapsed().as_secs_f64() * 1000.0);

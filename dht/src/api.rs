@@ -44,6 +44,37 @@ pub enum JoinError {
     Stopped,
 }
 
+/// How an operation may find the peers closest to its key (see [`crate::core`], "Routing").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// One hop from the local view of the membership when that view is settled, Kademlia's
+    /// iterative lookup otherwise.
+    #[default]
+    Auto,
+    /// Kademlia's iterative lookup, whatever the local view says (for debugging, and wherever
+    /// the local view is not to be trusted blindly).
+    Iterative,
+}
+
+/// How an operation did find the peers closest to its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Path {
+    /// From the local view: the closest members asked directly.
+    OneHop,
+    /// Kademlia's iterative lookup.
+    Iterative,
+}
+
+impl Path {
+    /// Its name in metrics and JSON-RPC answers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OneHop => "one-hop",
+            Self::Iterative => "iterative",
+        }
+    }
+}
+
 /// A put, with its options.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PutRequest {
@@ -58,6 +89,8 @@ pub struct PutRequest {
     /// Sequence number; `None` takes the larger of the last one seen for the key plus one and
     /// the Unix time.
     pub seq: Option<u64>,
+    /// How the replicas are found. Default [`Route::Auto`].
+    pub route: Route,
 }
 
 /// A successful put.
@@ -67,6 +100,8 @@ pub struct PutOk {
     pub key: Vec<u8>,
     /// The sequence number used.
     pub seq: u64,
+    /// How the replicas were found.
+    pub path: Path,
 }
 
 /// Result of [`Client::put`](crate::Client::put).
@@ -133,6 +168,10 @@ pub struct GetOk {
     pub valid: usize,
     /// Copies refused by validation.
     pub invalid: usize,
+    /// How the copies were found.
+    pub path: Path,
+    /// Requests sent to peers (none when this node answered from its own copy).
+    pub requests: u32,
 }
 
 /// Result of [`Client::get`](crate::Client::get).
@@ -191,6 +230,8 @@ pub struct LookupOk<T = PeerId> {
     pub peers: Vec<T>,
     /// What the lookup cost.
     pub stats: LookupStats,
+    /// How the peers were found: [`Path::OneHop`] answers from the local view, sending nothing.
+    pub path: Path,
 }
 
 /// Result of [`Client::find_node_with_stats`](crate::Client::find_node_with_stats).
@@ -342,6 +383,12 @@ pub struct NodeStats {
     pub routing_peers: usize,
     /// Queries this node started (puts, gets, lookups, notices) since start.
     pub queries: u64,
+    /// Of those, the ones that found their peers in one hop from the local view.
+    pub one_hop: u64,
+    /// Of those, the ones that took Kademlia's iterative lookup.
+    pub iterative: u64,
+    /// Whether the local view is settled now (operations then take one hop).
+    pub view_settled: bool,
     /// Established connections.
     pub connections: usize,
     /// Peers with at least one established connection.

@@ -63,6 +63,11 @@ pub struct Config {
     pub kbucket_size: NonZeroUsize,
     /// Kademlia's alpha: requests a lookup or a get keeps in flight. Default 3.
     pub lookup_parallelism: NonZeroUsize,
+    /// How long the local view of the membership counts as unsettled after this node started,
+    /// joined, refuted a suspicion of itself, or saw a departed member come back: operations
+    /// then find the closest peers by Kademlia's iterative lookup instead of one hop from the
+    /// view (see [`crate::core`], "Routing"). Default 10 s.
+    pub view_settle: Duration,
     /// Bound of one query (lookups, puts, gets), also how long a get keeps looking for a
     /// higher sequence. Default 30 s; must be above zero.
     pub query_timeout: Duration,
@@ -116,6 +121,7 @@ impl Default for Config {
             replication_factor: nz(20),
             kbucket_size: nz(20),
             lookup_parallelism: nz(3),
+            view_settle: Duration::from_secs(10),
             query_timeout: Duration::from_secs(30),
             put_quorum: nz(3),
             announced_checks: nz(3),

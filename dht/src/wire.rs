@@ -41,8 +41,9 @@ pub const MAX_PROOF_LEN: usize = 64;
 /// Largest encoded request: a replica put of the largest record envelope, with its framing.
 pub const MAX_REQUEST_LEN: usize = MAX_RECORD_LEN + 64;
 
-/// Largest encoded response: the largest record and a full list of closer peers.
-pub const MAX_RESPONSE_LEN: usize = MAX_RECORD_LEN + MAX_PEERS * (MAX_PEER_ID_LEN + 4) + 128;
+/// Largest encoded response: the largest record, a full list of closer peers and a notice.
+pub const MAX_RESPONSE_LEN: usize =
+    MAX_RECORD_LEN + MAX_PEERS * (MAX_PEER_ID_LEN + 4) + MAX_NOTICE_LEN + 160;
 
 /// A request of one node to another.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +78,11 @@ pub enum Response {
         record: Option<ByteBuf>,
         /// Peers closer to the key.
         closer: Vec<ByteBuf>,
+        /// With a record: the latest lockstep notice its publisher made for the key that the
+        /// answering node keeps, so the asker can tell whether the value was announced without
+        /// another round trip.
+        #[serde(default)]
+        notice: Option<ByteBuf>,
     },
     /// The record passed every check and is kept.
     Stored,
@@ -224,6 +230,7 @@ mod tests {
         let record = Response::Record {
             record: Some(ByteBuf::from(vec![0xff; MAX_RECORD_LEN])),
             closer: vec![ByteBuf::from(vec![1; MAX_PEER_ID_LEN]); MAX_PEERS],
+            notice: Some(ByteBuf::from(vec![2; MAX_NOTICE_LEN])),
         };
         assert!(encode(&record).len() <= MAX_RESPONSE_LEN);
         let notices = Response::Notices(vec![ByteBuf::from(vec![2; MAX_NOTICE_LEN]); MAX_NOTICES]);

@@ -13,7 +13,7 @@ use shoal_dht::core::KeyHash;
 use shoal_dht::lockstep::protocol::Response;
 use shoal_dht::lockstep::{Announced, LockstepError};
 use shoal_dht::node::{
-    EventLoop, GetError, JoinError, PutError, PutRequest, StartError, memory_transport,
+    EventLoop, GetError, JoinError, PutError, PutRequest, Route, StartError, memory_transport,
 };
 use shoal_dht::record::{NewRecord, SignedRecord};
 use shoal_dht::{Client, Config};
@@ -402,6 +402,7 @@ async fn tampered_envelope_replayed_notice_and_lockstep_mismatch_are_refused() {
             ttl: TTL,
             quorum: None,
             seq: Some(announced.seq),
+            route: Default::default(),
         })
         .await;
     assert!(
@@ -476,6 +477,7 @@ async fn tampered_envelope_replayed_notice_and_lockstep_mismatch_are_refused() {
             ttl: TTL,
             quorum: None,
             seq: Some(announced.seq),
+            route: Default::default(),
         })
         .await
         .expect("put");
@@ -551,7 +553,7 @@ async fn fifty_nodes_put_get_and_survive_killing_a_fifth() {
         truth.sort_by_key(|p| key.distance(&KeyHash::of(&p.to_bytes())));
         truth.truncate(k);
         let found = nodes[from]
-            .find_node_with_stats(target)
+            .find_node_with_stats(target, Route::Auto)
             .await
             .unwrap_or_else(|e| panic!("lookup {i} from node {from}: {e}"));
         assert_eq!(found.peers, truth, "lookup {i} from node {from}");
@@ -646,7 +648,7 @@ async fn stats_members_notices_and_graceful_shutdown() {
     );
     assert_eq!(before.listen_addrs.len(), 1, "{before:?}");
     let lookup = nodes[1]
-        .find_node_with_stats(nodes[4].peer_id())
+        .find_node_with_stats(nodes[4].peer_id(), Route::Iterative)
         .await
         .expect("lookup");
     assert!(lookup.peers.contains(&nodes[4].peer_id()));

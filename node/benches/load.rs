@@ -10,17 +10,14 @@
 //! 100). Under `cargo test --benches` it runs a short smoke version (1 s phases, concurrency 1
 //! and 4) so the benchmark keeps working.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{client, machine, params, percentile, rss_mib, start_testnet};
 use jsonrpsee::core::client::ClientT;
-use jsonrpsee::core::params::ObjectParams;
-use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
 use serde_json::Value;
-
-const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
 
 struct Options {
     secs: u64,
@@ -72,76 +69,6 @@ fn options() -> Options {
         o.concurrency = v.split(',').filter_map(|c| c.parse().ok()).collect();
     }
     o
-}
-
-struct Testnet {
-    child: Child,
-    urls: Vec<String>,
-    pids: Vec<u32>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Testnet {
-    fn drop(&mut self) {
-        // SIGINT lets the testnet stop its nodes cleanly.
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_testnet(nodes: usize) -> Testnet {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let mut child = Command::new(SHOAL)
-        .args(["testnet", "--nodes", &nodes.to_string(), "--dir"])
-        .arg(dir.path())
-        .env("SHOAL_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("shoal testnet starts");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (mut urls, mut pids) = (Vec::new(), Vec::new());
-    for line in BufReader::new(stdout).lines() {
-        let line = line.expect("utf-8 output");
-        let words: Vec<&str> = line.split_whitespace().collect();
-        if let Some(url) = words.iter().find(|w| w.starts_with("http://")) {
-            urls.push(url.to_string());
-            let pid = words
-                .iter()
-                .position(|w| *w == "pid")
-                .and_then(|i| words.get(i + 1))
-                .and_then(|p| p.parse().ok())
-                .expect("a pid on each node line");
-            pids.push(pid);
-        }
-        if line.contains("ready") {
-            break;
-        }
-    }
-    assert_eq!(urls.len(), nodes, "every node reported");
-    Testnet {
-        child,
-        urls,
-        pids,
-        _dir: dir,
-    }
-}
-
-fn client(url: &str) -> HttpClient {
-    HttpClientBuilder::default()
-        .request_timeout(Duration::from_secs(30))
-        .build(url)
-        .expect("valid URL")
-}
-
-fn params(pairs: &[(&str, Value)]) -> ObjectParams {
-    let mut p = ObjectParams::new();
-    for (k, v) in pairs {
-        p.insert(k, v).expect("JSON values serialize");
-    }
-    p
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -210,39 +137,6 @@ async fn run_phase(
     phase.elapsed = start.elapsed();
     phase.latencies.sort_unstable();
     phase
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i].as_secs_f64() * 1000.0
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpu
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .unwrap_or("unknown")
-        .trim()
-        .to_owned();
-    let cores = cpu.lines().filter(|l| l.starts_with("processor")).count();
-    format!("{model}, {cores} cores")
 }
 
 #[tokio::main]

@@ -45,6 +45,7 @@ struct Mirrored {
     refutations: Counter,
     swim_messages: Family<KindLabels, Counter>,
     kad_queries: Counter,
+    paths: Family<KindLabels, Counter>,
     records: Gauge,
     notices: Gauge,
     routing_peers: Gauge,
@@ -142,8 +143,13 @@ impl Metrics {
         );
         registry.register(
             "dht_queries",
-            "Kademlia queries started",
+            "Queries started (puts, gets, lookups, notice reads)",
             m.kad_queries.clone(),
+        );
+        registry.register(
+            "dht_query_paths",
+            "Queries by how they found their peers (one-hop from the local view, or iterative)",
+            m.paths.clone(),
         );
         registry.register(
             "dht_records",
@@ -260,6 +266,9 @@ impl Metrics {
             );
         }
         mirror(&m.kad_queries, stats.queries);
+        for (kind, n) in [("one-hop", stats.one_hop), ("iterative", stats.iterative)] {
+            mirror(&m.paths.get_or_create(&KindLabels { kind: kind.into() }), n);
+        }
         m.records.set(gauge(stats.records));
         m.notices.set(gauge(stats.notices));
         m.routing_peers.set(gauge(stats.routing_peers));

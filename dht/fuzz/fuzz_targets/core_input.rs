@@ -55,14 +55,15 @@ fuzz_target!(|data: &[u8]| {
         core.bootstrap(now, UNIX, [known]);
     }
     for command in [
-        Command::FindNode(SimPeer(9)),
-        Command::Get(b"k".to_vec()),
+        Command::find_node(SimPeer(9)),
+        Command::get(b"k".to_vec()),
         Command::Put(PutRequest {
             key: b"k".to_vec(),
             value: b"v".to_vec(),
             ttl: Duration::from_secs(60),
             quorum: None,
             seq: None,
+            route: Default::default(),
         }),
         Command::Notices(b"k".to_vec()),
     ] {

@@ -202,6 +202,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         }
         if let Some(proof) = self.admission.departed.remove(from) {
             self.stats.readmitted_departed += 1;
+            self.unsettle(now, super::Unsettled::Returned);
             self.admit(now, unix, *from, proof);
             return true;
         }
@@ -371,6 +372,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         }
         if let Some(proof) = self.admission.departed.remove(&member) {
             self.stats.readmitted_departed += 1;
+            self.unsettle(now, super::Unsettled::Returned);
             return self.admit(now, unix, member, proof);
         }
         let a = &mut self.admission;

@@ -119,6 +119,10 @@ pub struct ClosestPeers<T> {
     no_progress: usize,
     counts: Counts,
     stopped: bool,
+    /// One-hop mode: answers with what was sought (a record copy) that end the search.
+    wanted: Option<usize>,
+    /// Answers with what was sought.
+    hits: usize,
 }
 
 impl<T: Peer> ClosestPeers<T> {
@@ -141,8 +145,28 @@ impl<T: Peer> ClosestPeers<T> {
             no_progress: 0,
             counts: Counts::default(),
             stopped: false,
+            wanted: None,
+            hits: 0,
         };
         lookup.insert(seeds);
+        lookup
+    }
+
+    /// A one-hop search among `seeds` (the local view's closest peers to `target`): asks the
+    /// closest `alpha` first and another one, next closest, for each that misses or fails, until
+    /// `wanted` answers held what was sought ([`Self::on_hit`]) or the `k` closest not failed
+    /// have all answered. Closer peers named in answers are asked before farther seeds, so a
+    /// replica whose view knows closer members forwards the asker to them.
+    pub fn one_hop(
+        target: KeyHash,
+        local: T,
+        k: NonZeroUsize,
+        alpha: NonZeroUsize,
+        seeds: impl IntoIterator<Item = T>,
+        wanted: NonZeroUsize,
+    ) -> Self {
+        let mut lookup = Self::new(target, local, k, alpha, seeds);
+        lookup.wanted = Some(wanted.get());
         lookup
     }
 
@@ -204,10 +228,11 @@ impl<T: Peer> ClosestPeers<T> {
         if self.stopped {
             return None;
         }
-        let limit = if self.no_progress >= self.alpha {
-            self.k
-        } else {
-            self.alpha
+        let limit = match self.wanted {
+            // Never more in flight than answers still wanted.
+            Some(wanted) => self.alpha.min(wanted.saturating_sub(self.hits)),
+            None if self.no_progress >= self.alpha => self.k,
+            None => self.alpha,
         };
         if self.waiting >= limit {
             return None;
@@ -245,6 +270,14 @@ impl<T: Peer> ClosestPeers<T> {
         }
     }
 
+    /// `peer`'s answer (to be passed to [`Self::on_answer`] next) held what was sought. A peer
+    /// that was not asked is ignored.
+    pub fn on_hit(&mut self, peer: &T) {
+        if self.state_of(peer) == Some(PeerState::Waiting) {
+            self.hits += 1;
+        }
+    }
+
     /// The request to `peer` failed. A peer that was not asked is ignored.
     pub fn on_failure(&mut self, peer: &T) {
         if self.state_of(peer) != Some(PeerState::Waiting) {
@@ -260,10 +293,12 @@ impl<T: Peer> ClosestPeers<T> {
         self.peers.get(&d).map(|(_, s)| *s)
     }
 
-    /// Whether the `k` closest peers not failed have all answered (or no one is left to ask), or
-    /// the lookup was stopped.
+    /// Whether the `k` closest peers not failed have all answered (or no one is left to ask), a
+    /// one-hop search has its hits, or the lookup was stopped.
     pub fn is_finished(&self) -> bool {
-        self.stopped || self.closest_alive().all(|(_, s)| *s == PeerState::Answered)
+        self.stopped
+            || self.wanted.is_some_and(|w| self.hits >= w)
+            || self.closest_alive().all(|(_, s)| *s == PeerState::Answered)
     }
 
     /// Ends the lookup now: nothing more is asked, answers still in flight are ignored.
@@ -335,6 +370,66 @@ mod tests {
         }
         assert!(lookup.is_finished());
         (lookup.peers(), lookup.counts())
+    }
+
+    #[test]
+    fn a_one_hop_search_asks_the_closest_few_and_widens_only_on_misses_and_failures() {
+        let pool = peers(30);
+        let target = KeyHash::of(b"one-hop");
+        let ordered = closest(&target, pool.clone(), 30);
+        let mut l = ClosestPeers::one_hop(
+            target,
+            PeerId::random(),
+            nz(8),
+            nz(3),
+            pool.iter().copied(),
+            nz(3),
+        );
+        let first: Vec<PeerId> = std::iter::from_fn(|| l.next_peer()).collect();
+        assert_eq!(first, ordered[..3]);
+        // The closest holds it; the second misses; the third fails: two more are asked, the
+        // next closest, and only them.
+        l.on_hit(&first[0]);
+        l.on_answer(&first[0], []);
+        l.on_answer(&first[1], []);
+        l.on_failure(&first[2]);
+        let more: Vec<PeerId> = std::iter::from_fn(|| l.next_peer()).collect();
+        assert_eq!(more, ordered[3..5]);
+        for p in &more {
+            l.on_hit(p);
+            l.on_answer(p, []);
+        }
+        assert!(l.is_finished());
+        assert_eq!(l.next_peer(), None);
+        assert_eq!(l.counts().requests, 5);
+        // A closer peer named in an answer is asked before farther seeds.
+        let mut l = ClosestPeers::one_hop(
+            target,
+            PeerId::random(),
+            nz(8),
+            nz(3),
+            ordered[1..].iter().copied(),
+            nz(3),
+        );
+        let asked: Vec<PeerId> = std::iter::from_fn(|| l.next_peer()).collect();
+        assert_eq!(asked, ordered[1..4]);
+        l.on_answer(&asked[0], [ordered[0]]);
+        assert_eq!(l.next_peer(), Some(ordered[0]));
+        // Nobody holds it: the search ends once the k closest answered.
+        let mut l = ClosestPeers::one_hop(
+            target,
+            PeerId::random(),
+            nz(8),
+            nz(3),
+            pool.iter().copied(),
+            nz(3),
+        );
+        for _ in 0..100 {
+            let Some(p) = l.next_peer() else { break };
+            l.on_answer(&p, []);
+        }
+        assert!(l.is_finished());
+        assert_eq!(l.counts().requests, 8);
     }
 
     #[test]

@@ -62,6 +62,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         }
         let incarnation = self.swim.incarnation();
         if incarnation > self.meta.incarnation {
+            self.unsettle(now, super::Unsettled::Refuted);
             self.meta.incarnation = incarnation;
             let meta: Meta = self.meta;
             self.write(now, unix, vec![WriteOp::Meta(meta)], None);
@@ -283,13 +284,16 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             return;
         };
         match result {
-            Ok(members) => self.reply(
-                op,
-                Reply::Join(Ok(JoinOk {
-                    verified_seeds: join.seeds.len(),
-                    members,
-                })),
-            ),
+            Ok(members) => {
+                self.unsettle(now, super::Unsettled::Joined);
+                self.reply(
+                    op,
+                    Reply::Join(Ok(JoinOk {
+                        verified_seeds: join.seeds.len(),
+                        members,
+                    })),
+                );
+            }
             Err(error) if join.attempts < JOIN_ATTEMPTS => {
                 // The seed may not have admitted us yet when our first push-pull came in.
                 tracing::debug!(%error, "SWIM join failed, retrying");

@@ -52,6 +52,7 @@ mod notices;
 mod ops;
 mod records;
 pub mod routing;
+mod view;
 
 #[cfg(test)]
 mod tests;
@@ -72,8 +73,10 @@ pub use self::members::Known;
 use self::ops::{Ops, Timer, Timers};
 pub use self::records::{AcceptError, Records, StoreError};
 use self::routing::RoutingTable;
+pub use self::view::Unsettled;
 use crate::api::{
     AnnounceResult, GetResult, JoinResult, LookupResult, NoticesResult, PutRequest, PutResult,
+    Route,
 };
 use crate::config::{Config, ConfigError};
 use crate::lockstep::{NoticeBook, SignedNotice};
@@ -150,9 +153,20 @@ pub enum Command<T> {
     /// Put a record.
     Put(PutRequest),
     /// Get the record of a key.
-    Get(Vec<u8>),
-    /// Find the peers closest to a peer.
-    FindNode(T),
+    Get {
+        /// The key.
+        key: Vec<u8>,
+        /// How the peers holding it are found.
+        route: Route,
+    },
+    /// Find the peers closest to a peer: at once from the local view when it is settled, by
+    /// an iterative lookup otherwise or when `route` asks for one.
+    FindNode {
+        /// The peer.
+        peer: T,
+        /// How the peers are found.
+        route: Route,
+    },
     /// Announce a value's hash for a key (lockstep).
     Announce {
         /// The key.
@@ -180,6 +194,24 @@ pub enum Command<T> {
         /// The envelope.
         envelope: Vec<u8>,
     },
+}
+
+impl<T> Command<T> {
+    /// A get of `key` by [`Route::Auto`].
+    pub fn get(key: Vec<u8>) -> Self {
+        Self::Get {
+            key,
+            route: Route::Auto,
+        }
+    }
+
+    /// A find-node of `peer` by [`Route::Auto`].
+    pub fn find_node(peer: T) -> Self {
+        Self::FindNode {
+            peer,
+            route: Route::Auto,
+        }
+    }
 }
 
 /// The answer to a command.
@@ -388,6 +420,12 @@ pub struct CoreStats<T> {
     pub expired_records: u64,
     /// Records sent to their closest peers by republishing.
     pub republished: u64,
+    /// Operations (gets, puts, announcements, notice reads, find-node) that found their peers in
+    /// one hop from the local view.
+    pub one_hop: u64,
+    /// Operations that found their peers by Kademlia's iterative lookup (asked for, or the view
+    /// was unsettled).
+    pub iterative: u64,
 }
 
 impl<T> Default for CoreStats<T> {
@@ -416,6 +454,8 @@ impl<T> Default for CoreStats<T> {
             failed_writes: 0,
             expired_records: 0,
             republished: 0,
+            one_hop: 0,
+            iterative: 0,
         }
     }
 }
@@ -521,6 +561,8 @@ pub struct Core<T: Peer, C: Checks<T>> {
     /// Peers of the restored routing snapshot: the seeds of a join without seeds.
     snapshot: Vec<(T, Vec<Address>)>,
     empty_addrs: Arc<[Address]>,
+    /// Until when the local view counts as unsettled (see `view.rs`).
+    unsettled_until: Instant,
 }
 
 impl<T: Peer, C: Checks<T>> std::fmt::Debug for Core<T, C> {
@@ -594,8 +636,10 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             seed_addrs: HashMap::new(),
             snapshot: Vec::new(),
             empty_addrs: Arc::from(Vec::new()),
+            unsettled_until: now,
             config,
         };
+        core.unsettle(now, view::Unsettled::Started);
         core.restore(now, unix, restored);
         core.timers.set(Timer::Tick, now + TICK);
         core.timers.set(Timer::Expire, now + EXPIRE_EVERY);
@@ -777,10 +821,10 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 self.drain_swim(now, unix);
             }
             Command::Put(request) => self.start_put(now, unix, op, request),
-            Command::Get(key) => self.start_get(now, unix, op, key),
-            Command::FindNode(peer) => {
+            Command::Get { key, route } => self.start_get(now, unix, op, key, route),
+            Command::FindNode { peer, route } => {
                 let target = peer.to_bytes();
-                self.start_lookup(now, unix, op, &target, ops::Then::FindNode);
+                self.start_lookup(now, unix, op, &target, route, ops::Then::FindNode);
             }
             Command::Announce { key, value, seq } => {
                 self.start_announce(now, unix, op, key, value, seq);
@@ -838,16 +882,17 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 self.stats.gets_served += 1;
                 let k = self.config.replication_factor.get();
                 let closer = self.table.closest(&KeyHash::of(&key), k, Some(&from));
-                let record = self
-                    .records
-                    .get(&key)
-                    .filter(|r| !r.is_expired(unix))
-                    .map(|r| ByteBuf::from(r.as_bytes().to_vec()));
+                let held = self.records.get(&key).filter(|r| !r.is_expired(unix));
+                let notice = held
+                    .and_then(|r| self.book.get(&key, &r.record().publisher))
+                    .map(|n| ByteBuf::from(n.as_bytes().to_vec()));
+                let record = held.map(|r| ByteBuf::from(r.as_bytes().to_vec()));
                 self.respond(
                     id,
                     Response::Record {
                         record,
                         closer: peer_bytes(&closer),
+                        notice,
                     },
                 );
             }
@@ -896,10 +941,9 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     ) {
         match self.ops.kind(op) {
             Some(ops::Kind::Lookup) => self.on_lookup_answer(now, unix, op, peer, result),
-            Some(ops::Kind::Replicate) => self.on_replica_answer(op, result),
+            Some(ops::Kind::Replicate) => self.on_replica_answer(op, peer, result),
             Some(ops::Kind::Announce) => self.on_announce_answer(op, result),
             Some(ops::Kind::Notices) => self.on_notices_answer(unix, op, result),
-            Some(ops::Kind::Check) => self.on_check_answer(op, result),
             Some(ops::Kind::Proofs) => self.on_proofs_answer(now, unix, op, peer, result),
             Some(ops::Kind::AnnounceTo) => {
                 self.ops.remove(op);

@@ -11,6 +11,7 @@ use serde_bytes::ByteBuf;
 
 use super::ops::{Op, Then, Waiting};
 use super::{Checks, Core, InboundId, OpId, Peer, Reply, RequestFailure, WriteOp};
+use crate::api::Route;
 use crate::api::{AnnounceError, AnnounceOk};
 use crate::lockstep::{SignedNotice, decode_notices};
 use crate::wire::{Request, Response};
@@ -207,7 +208,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             found,
             outstanding: 0,
         };
-        self.start_lookup(now, unix, op, &key, Then::Notices(query));
+        self.start_lookup(now, unix, op, &key, Route::Auto, Then::Notices(query));
     }
 
     /// Asks up to `k` of `peers` for their notices on the query's key.

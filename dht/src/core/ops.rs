@@ -15,8 +15,9 @@ use shoal_swim::CommandId;
 
 use super::lookup::ClosestPeers;
 use super::notices::{Announcing, NoticeUndo, NoticesQuery};
-use super::records::{Check, GetState, Replication, Undo};
+use super::records::{GetState, Replication, Undo};
 use super::{InboundId, OpId, Peer, RequestId, WriteId, shrink_sparse};
+use crate::api::{Path, Route};
 use crate::lockstep::SignedNotice;
 
 /// What an operation is for, with its state.
@@ -28,13 +29,11 @@ pub(super) enum Op<T> {
     /// A lookup of the closest peers (a get's included), and what follows it.
     Lookup(Box<Lookup<T>>),
     /// A record sent to its replicas, counting their answers.
-    Replicate(Replication),
+    Replicate(Replication<T>),
     /// A notice sent to the closest peers, counting their answers.
     Announce(Announcing),
     /// The closest peers asked for their notices on a key.
     Notices(NoticesQuery),
-    /// A get's holders asked whether its winner was announced.
-    Check(Box<Check<T>>),
     /// A proof-relay request about these members.
     Proofs(Vec<T>),
     /// A raw announcement sent to one peer.
@@ -50,7 +49,6 @@ pub(super) enum Kind {
     Replicate,
     Announce,
     Notices,
-    Check,
     Proofs,
     AnnounceTo,
     Other,
@@ -78,6 +76,8 @@ pub(super) struct Lookup<T> {
     pub(super) state: ClosestPeers<T>,
     /// When it started.
     pub(super) started: Instant,
+    /// One hop (a get asking the closest of the local view) or iterative.
+    pub(super) path: Path,
     /// What to do with the peers found (and, for a get, the copies found).
     pub(super) then: Then<T>,
 }
@@ -87,19 +87,19 @@ pub(super) enum Then<T> {
     /// Answer a find-node command.
     FindNode,
     /// Send a put's record to the closest peers.
-    Put(Replication),
+    Put(Replication<T>),
     /// Send an announcement to the closest peers.
     Announce(Box<SignedNotice>),
     /// Ask the closest peers for their notices.
     Notices(NoticesQuery),
     /// A get: every answer may carry a copy of the record.
-    Get(Box<GetState<T>>),
+    Get(Box<GetState>),
 }
 
 /// What waits for a write.
 pub(super) enum Waiting<T> {
     /// This node's put: replicate once the record is durable.
-    OwnPut(Replication, Undo),
+    OwnPut(Replication<T>, Route, Undo),
     /// A replica put from a peer: answer `Stored` once durable.
     Replica {
         inbound: InboundId,
@@ -212,7 +212,6 @@ impl<T: Peer> Ops<T> {
             Op::Replicate(_) => Kind::Replicate,
             Op::Announce(_) => Kind::Announce,
             Op::Notices(_) => Kind::Notices,
-            Op::Check(_) => Kind::Check,
             Op::Proofs(_) => Kind::Proofs,
             Op::AnnounceTo => Kind::AnnounceTo,
             Op::Join(_) | Op::Leave(_) | Op::Committing(_) => Kind::Other,

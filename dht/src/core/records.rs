@@ -21,9 +21,9 @@ use super::{
     peers_from,
 };
 use crate::api::{
-    FindNodeError, GetError, GetOk, LookupOk, LookupStats, PutError, PutOk, PutRequest,
+    FindNodeError, GetError, GetOk, LookupOk, LookupStats, Path, PutError, PutOk, PutRequest, Route,
 };
-use crate::lockstep::{Announced, LockstepError, announces};
+use crate::lockstep::{Announced, LockstepError, SignedNotice, announces};
 use crate::record::{NewRecord, RecordError, SignedRecord};
 use crate::store::StoreConfig;
 use crate::wire::{MAX_PEERS, Request, Response};
@@ -159,7 +159,7 @@ impl Records {
 
 /// A record on its way to its replicas, counting their answers.
 #[derive(Debug)]
-pub(super) struct Replication {
+pub(super) struct Replication<T> {
     key: Vec<u8>,
     seq: u64,
     quorum: usize,
@@ -170,9 +170,14 @@ pub(super) struct Replication {
     stored: usize,
     refused: usize,
     reason: Option<String>,
+    /// How the replicas were found.
+    path: Path,
+    /// The closest replicas (`alpha` of them) whose answers the caller's success also waits
+    /// for, so that a get asking the closest of the same view finds what was acknowledged.
+    first: Vec<T>,
 }
 
-impl Replication {
+impl<T> Replication<T> {
     /// A replication of `envelope` (key `key`, sequence `seq`) needing `quorum` replicas;
     /// `reply` says whether a caller waits.
     pub(super) fn new(
@@ -192,28 +197,45 @@ impl Replication {
             stored: 0,
             refused: 0,
             reason: None,
+            path: Path::OneHop,
+            first: Vec::new(),
         }
     }
 }
 
 /// A get's search: the copies found so far.
 #[derive(Debug)]
-pub(super) struct GetState<T> {
+pub(super) struct GetState {
     key: Vec<u8>,
     /// Whether the caller still waits (`false` once answered early: the search only repairs).
     reply: bool,
     best: Option<SignedRecord>,
-    holders: Vec<T>,
     valid: usize,
     invalid: usize,
+    /// Notices the holders sent with their copies (checked; at most [`MAX_GET_NOTICES`]).
+    notices: Vec<SignedNotice>,
+    /// How the copies were sought.
+    path: Path,
+    /// Requests sent.
+    requests: u32,
 }
 
-/// A get's winner, its holders being asked whether it was announced.
-#[derive(Debug)]
-pub(super) struct Check<T> {
-    state: GetState<T>,
-    asking: usize,
-    announced: Announced,
+/// Most notices a get keeps from its answers (each answer carries at most one).
+const MAX_GET_NOTICES: usize = 32;
+
+impl GetState {
+    /// The reply with the best copy, announced or not.
+    fn ok(&self, best: SignedRecord, announced: Announced) -> GetOk {
+        GetOk {
+            record: best.record().clone(),
+            signed: best,
+            announced,
+            valid: self.valid,
+            invalid: self.invalid,
+            path: self.path,
+            requests: self.requests,
+        }
+    }
 }
 
 impl<T: Peer, C: Checks<T>> Core<T, C> {
@@ -336,8 +358,8 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         let mut writes = vec![write];
         writes.extend(self.advance_seq_floor(seq));
         let job = Replication::new(request.key, seq, quorum.get(), envelope, true);
-        self.ops
-            .insert(op, Op::Committing(Box::new(Waiting::OwnPut(job, undo))));
+        let waiting = Waiting::OwnPut(job, request.route, undo);
+        self.ops.insert(op, Op::Committing(Box::new(waiting)));
         self.write(now, unix, writes, Some(op));
     }
 
@@ -390,11 +412,11 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         result: Result<(), String>,
     ) {
         match (waiting, result) {
-            (Waiting::OwnPut(job, _), Ok(())) => {
+            (Waiting::OwnPut(job, route, _), Ok(())) => {
                 let key = job.key.clone();
-                self.start_lookup(now, unix, op, &key, Then::Put(job));
+                self.start_lookup(now, unix, op, &key, route, Then::Put(job));
             }
-            (Waiting::OwnPut(_, undo), Err(e)) => {
+            (Waiting::OwnPut(_, _, undo), Err(e)) => {
                 self.undo(undo);
                 self.reply(op, Reply::Put(Err(PutError::Store(StoreError::Write(e)))));
             }
@@ -431,7 +453,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             }
             (Waiting::OwnNotice(notice, _), Ok(())) => {
                 let key = notice.notice().key.clone();
-                self.start_lookup(now, unix, op, &key, Then::Announce(notice));
+                self.start_lookup(now, unix, op, &key, Route::Auto, Then::Announce(notice));
             }
             (Waiting::OwnNotice(_, undo), Err(e)) => {
                 self.undo_notice(undo);
@@ -443,18 +465,21 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         }
     }
 
-    /// Sends a record to up to `k` of `peers` (this node left out). The caller is answered as soon
-    /// as `quorum` replicas kept it, or once every replica answered.
+    /// Sends a record to up to `k` of `peers` (this node left out; closest first). The caller is
+    /// answered as soon as `quorum` replicas kept it and the `alpha` closest answered, or once
+    /// every replica answered.
     pub(super) fn replicate(
         &mut self,
         now: Instant,
         op: OpId,
-        mut job: Replication,
+        mut job: Replication<T>,
         peers: Vec<T>,
     ) {
         let k = self.config.replication_factor.get();
         let local = self.local;
         let peers: Vec<T> = peers.into_iter().filter(|p| *p != local).take(k).collect();
+        let alpha = self.config.lookup_parallelism.get();
+        job.first = peers.iter().take(alpha).copied().collect();
         for peer in &peers {
             let request = Request::PutRecord(ByteBuf::from(job.envelope.clone()));
             self.send(now, op, *peer, request);
@@ -467,11 +492,17 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     }
 
     /// A replica's answer for `op`.
-    pub(super) fn on_replica_answer(&mut self, op: OpId, result: Result<Response, RequestFailure>) {
+    pub(super) fn on_replica_answer(
+        &mut self,
+        op: OpId,
+        peer: T,
+        result: Result<Response, RequestFailure>,
+    ) {
         let Some(Op::Replicate(job)) = self.ops.get_mut(op) else {
             return;
         };
         job.outstanding = job.outstanding.saturating_sub(1);
+        job.first.retain(|p| *p != peer);
         match result {
             Ok(Response::Stored) => job.stored += 1,
             Ok(Response::Refused(reason)) => {
@@ -480,12 +511,13 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             }
             Ok(_) | Err(_) => {}
         }
-        let quorum_reached = job.reply && job.stored >= job.quorum;
+        let quorum_reached = job.reply && job.stored >= job.quorum && job.first.is_empty();
         if quorum_reached {
             job.reply = false;
             let ok = PutOk {
                 key: job.key.clone(),
                 seq: job.seq,
+                path: job.path,
             };
             self.reply(op, Reply::Put(Ok(ok)));
         }
@@ -498,7 +530,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     }
 
     /// Answers a replication every replica has answered, if its caller still waits.
-    fn finish_replication(&mut self, op: OpId, job: Replication) {
+    fn finish_replication(&mut self, op: OpId, job: Replication<T>) {
         if !job.reply {
             return;
         }
@@ -506,6 +538,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             Ok(PutOk {
                 key: job.key,
                 seq: job.seq,
+                path: job.path,
             })
         } else {
             Err(PutError::Quorum {
@@ -522,27 +555,45 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
 
     // ----- lookups -----
 
-    /// Starts a lookup of the peers closest to `target` (a record key, or a peer id's bytes),
-    /// seeded from the admitted live members; `then` says what to do with them.
+    /// Finds the peers closest to `target` (a record key, or a peer id's bytes) for `then`, by
+    /// the path [`Core::path_for`] gives `route`. One hop: the `k` closest admitted live members
+    /// of the local view are handed to `then` at once; a get asks them, closest first (see
+    /// [`ClosestPeers::one_hop`]). Iterative: Kademlia's lookup, seeded from the same members.
     pub(super) fn start_lookup(
         &mut self,
         now: Instant,
         unix: u64,
         op: OpId,
         target: &[u8],
+        route: Route,
         then: Then<T>,
     ) {
         let point = KeyHash::of(target);
         let k = self.config.replication_factor;
+        let alpha = self.config.lookup_parallelism;
+        let path = self.path_for(now, route);
+        self.count_path(path);
+        self.stats.queries += 1;
         // Twice k: members that fail (SWIM has not evicted them yet) are replaced by the next
         // closest without waiting for an answer to name them.
         let seeds = closest(&point, self.verified_live(), 2 * k.get());
-        let state = ClosestPeers::new(point, self.local, k, self.config.lookup_parallelism, seeds);
-        self.stats.queries += 1;
+        let state = match (path, &then) {
+            (Path::OneHop, Then::Get(_)) => {
+                ClosestPeers::one_hop(point, self.local, k, alpha, seeds, alpha)
+            }
+            (Path::OneHop, _) => {
+                let local = self.local;
+                let peers = seeds.into_iter().filter(|p| *p != local).take(k.get());
+                let stats = LookupStats::default();
+                return self.deliver(now, unix, op, then, peers.collect(), stats, path, false);
+            }
+            (Path::Iterative, _) => ClosestPeers::new(point, self.local, k, alpha, seeds),
+        };
         let lookup = Lookup {
             target: ByteBuf::from(target.to_vec()),
             state,
             started: now,
+            path,
             then,
         };
         self.ops.set_deadline(op, now + self.config.query_timeout);
@@ -584,9 +635,21 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             None => return,
         };
         let closer = match (&mut lookup.then, result) {
-            (Then::Get(state), Ok(Response::Record { record, closer })) => {
-                if let Some(bytes) = record {
-                    self.on_copy(unix, peer, state, &bytes);
+            (
+                Then::Get(state),
+                Ok(Response::Record {
+                    record,
+                    closer,
+                    notice,
+                }),
+            ) => {
+                if let Some(bytes) = record
+                    && self.on_copy(unix, peer, state, &bytes)
+                {
+                    lookup.state.on_hit(&peer);
+                    if let Some(bytes) = notice {
+                        self.on_get_notice(unix, state, &bytes);
+                    }
                 }
                 Some(closer)
             }
@@ -645,19 +708,43 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             duration: (counts.requests > 0).then(|| now.saturating_duration_since(lookup.started)),
         };
         let peers = lookup.state.peers();
-        match lookup.then {
+        let path = lookup.path;
+        self.deliver(now, unix, op, lookup.then, peers, stats, path, timed_out);
+    }
+
+    /// Hands the peers found for `op` (closest first) to what they were sought for.
+    #[allow(clippy::too_many_arguments)]
+    fn deliver(
+        &mut self,
+        now: Instant,
+        unix: u64,
+        op: OpId,
+        then: Then<T>,
+        peers: Vec<T>,
+        stats: LookupStats,
+        path: Path,
+        timed_out: bool,
+    ) {
+        match then {
             Then::FindNode => {
                 let reply = if timed_out {
                     Err(FindNodeError::Timeout { found: peers })
                 } else {
-                    Ok(LookupOk { peers, stats })
+                    Ok(LookupOk { peers, stats, path })
                 };
                 self.reply(op, Reply::FindNode(reply));
             }
-            Then::Put(job) => self.replicate(now, op, job, peers),
+            Then::Put(mut job) => {
+                job.path = path;
+                self.replicate(now, op, job, peers);
+            }
             Then::Announce(notice) => self.send_notice(now, op, *notice, peers),
             Then::Notices(query) => self.ask_notices(now, op, query, peers),
-            Then::Get(state) => self.finish_get(now, unix, op, *state),
+            Then::Get(mut state) => {
+                state.path = path;
+                state.requests = stats.requests;
+                self.finish_get(now, unix, op, *state);
+            }
         }
     }
 
@@ -668,7 +755,14 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     /// higher sequence goes on in the background, within a budget (one background search per
     /// key, at most [`MAX_BACKGROUND_GETS`]; past it, none). Otherwise the search runs and the
     /// caller is answered as copies come.
-    pub(super) fn start_get(&mut self, now: Instant, unix: u64, op: OpId, key: Vec<u8>) {
+    pub(super) fn start_get(
+        &mut self,
+        now: Instant,
+        unix: u64,
+        op: OpId,
+        key: Vec<u8>,
+        route: Route,
+    ) {
         let own = self
             .records
             .get(&key)
@@ -679,19 +773,15 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             reply: true,
             valid: usize::from(own.is_some()),
             best: own,
-            holders: Vec::new(),
             invalid: 0,
+            notices: Vec::new(),
+            path: self.path_for(now, route),
+            requests: 0,
         };
         if let Some(best) = &state.best
             && let Some(announced) = self.announced_by_own_judgement(best)
         {
-            let reply = GetOk {
-                record: best.record().clone(),
-                signed: best.clone(),
-                announced,
-                valid: 1,
-                invalid: 0,
-            };
+            let reply = state.ok(best.clone(), announced);
             self.reply(op, Reply::Get(Box::new(Ok(reply))));
             let (background, same) = self.background_searches(&key, None);
             if same || background >= MAX_BACKGROUND_GETS {
@@ -699,11 +789,28 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             }
             state.reply = false;
         }
-        self.start_lookup(now, unix, op, &key, Then::Get(Box::new(state)));
+        self.start_lookup(now, unix, op, &key, route, Then::Get(Box::new(state)));
     }
 
-    /// Weighs a copy `peer` sent for a get.
-    fn on_copy(&mut self, unix: u64, peer: T, state: &mut GetState<T>, bytes: &[u8]) {
+    /// A notice a holder sent with its copy: kept for the announced judgement if it is for the
+    /// get's key, well signed and paid for by its stamp.
+    fn on_get_notice(&mut self, unix: u64, state: &mut GetState, bytes: &[u8]) {
+        if state.notices.len() >= MAX_GET_NOTICES
+            || state.notices.iter().any(|n| n.as_bytes() == bytes)
+        {
+            return;
+        }
+        match SignedNotice::decode(bytes) {
+            Ok(n) if n.notice().key == state.key && n.check_kept(unix, &self.stamps).is_ok() => {
+                state.notices.push(n);
+            }
+            Ok(_) => tracing::debug!("a notice sent with a copy was for another key or unpaid"),
+            Err(error) => tracing::debug!(%error, "a notice sent with a copy was refused"),
+        }
+    }
+
+    /// Weighs a copy `peer` sent for a get; whether it was valid.
+    fn on_copy(&mut self, unix: u64, peer: T, state: &mut GetState, bytes: &[u8]) -> bool {
         let candidate = Candidate::Wire {
             bytes,
             key: Some(&state.key),
@@ -712,16 +819,15 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         match self.accept(unix, candidate, false) {
             Ok(a) => {
                 state.valid += 1;
-                if !state.holders.contains(&peer) {
-                    state.holders.push(peer);
-                }
                 if state.best.as_ref().is_none_or(|b| a.signed.supersedes(b)) {
                     state.best = Some(a.signed);
                 }
+                true
             }
             Err(error) => {
                 tracing::debug!(?peer, %error, "invalid record copy");
                 state.invalid += 1;
+                false
             }
         }
     }
@@ -775,13 +881,9 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             return;
         };
         state.reply = false;
-        let reply = GetOk {
-            record: best.record().clone(),
-            signed: best,
-            announced,
-            valid: state.valid,
-            invalid: state.invalid,
-        };
+        state.requests = lookup.state.counts().requests;
+        state.path = lookup.path;
+        let reply = state.ok(best, announced);
         let key = state.key.clone();
         self.reply(op, Reply::Get(Box::new(Ok(reply))));
         let (background, same) = self.background_searches(&key, Some(op));
@@ -790,9 +892,11 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         }
     }
 
-    /// Ends a get: repairs this node's copy after an early answer, or answers with the winner
-    /// once its holders said whether it was announced.
-    fn finish_get(&mut self, now: Instant, unix: u64, op: OpId, mut state: GetState<T>) {
+    /// Ends a get: repairs this node's copy after an early answer, or answers with the winner.
+    /// The winner was announced when this node's book, or a notice a holder sent with its copy,
+    /// holds a notice matching it: holders are among the closest to the key, where notices are
+    /// sent, so their word stands for the network's.
+    fn finish_get(&mut self, now: Instant, unix: u64, op: OpId, state: GetState) {
         if !state.reply {
             return self.repair_copy(now, unix, state);
         }
@@ -807,63 +911,19 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             let (key, seq) = (state.key.clone(), best.record().seq);
             self.note_seq(&key, seq);
         }
-        if matches!(self.book.check_put(best.record()), Ok(Announced::Yes)) {
-            return self.reply_get(op, state, Announced::Yes);
-        }
-        let holders = std::mem::take(&mut state.holders);
-        let mut asking = 0;
-        for peer in holders.into_iter().take(self.config.announced_checks.get()) {
-            let request = Request::Notices(ByteBuf::from(state.key.clone()));
-            self.send(now, op, peer, request);
-            asking += 1;
-        }
-        if asking == 0 {
-            return self.reply_get(op, state, Announced::No);
-        }
-        let check = Check {
-            state,
-            asking,
-            announced: Announced::No,
+        let announced = matches!(self.book.check_put(best.record()), Ok(Announced::Yes))
+            || state.notices.iter().any(|n| announces(n, best.record()));
+        let announced = if announced {
+            Announced::Yes
+        } else {
+            Announced::No
         };
-        self.ops.insert(op, Op::Check(Box::new(check)));
-    }
-
-    /// A holder's notices, for a get's announced check.
-    pub(super) fn on_check_answer(&mut self, op: OpId, result: Result<Response, RequestFailure>) {
-        let Some(Op::Check(check)) = self.ops.get_mut(op) else {
-            return;
-        };
-        if let (Some(best), Ok(Response::Notices(list))) = (&check.state.best, result)
-            && crate::lockstep::decode_notices(&check.state.key, &list)
-                .iter()
-                .any(|n| announces(n, best.record()))
-        {
-            check.announced = Announced::Yes;
-        }
-        check.asking = check.asking.saturating_sub(1);
-        if check.asking == 0
-            && let Some(Op::Check(check)) = self.ops.remove(op)
-        {
-            let announced = check.announced;
-            self.reply_get(op, check.state, announced);
-        }
-    }
-
-    fn reply_get(&mut self, op: OpId, state: GetState<T>, announced: Announced) {
-        // Invariant of the callers: only called with a winning record.
-        let Some(best) = state.best else { return };
-        let reply = GetOk {
-            record: best.record().clone(),
-            signed: best,
-            announced,
-            valid: state.valid,
-            invalid: state.invalid,
-        };
+        let reply = state.ok(best.clone(), announced);
         self.reply(op, Reply::Get(Box::new(Ok(reply))));
     }
 
     /// After an early answer: keeps the best copy found if it supersedes ours (read repair).
-    fn repair_copy(&mut self, now: Instant, unix: u64, state: GetState<T>) {
+    fn repair_copy(&mut self, now: Instant, unix: u64, state: GetState) {
         let Some(best) = state.best else { return };
         let ours_older = self
             .records

@@ -7,7 +7,7 @@ use serde_bytes::ByteBuf;
 use shoal_swim::{Message, Payload, State, Update};
 
 use super::*;
-use crate::api::{AnnounceError, GetError};
+use crate::api::{AnnounceError, GetError, Path, Route};
 use crate::lockstep::Announced;
 use crate::record::NewRecord;
 use crate::sim::{Sim, SimChecks, SimConfig, SimPeer, proof_of};
@@ -92,6 +92,7 @@ fn put_for(key: &[u8], value: &[u8], seq: Option<u64>, ttl: Duration) -> Command
         ttl,
         quorum: None,
         seq,
+        route: Default::default(),
     })
 }
 
@@ -567,7 +568,7 @@ fn puts_reach_their_quorum_and_gets_find_the_highest_sequence() {
     assert_eq!(sim.check_records(), 1);
     for reader in [0, 7, 19] {
         let op = sim
-            .command(reader, Command::Get(b"greeting".to_vec()))
+            .command(reader, Command::get(b"greeting".to_vec()))
             .unwrap();
         let Ok(got) = get_result(wait_reply(&mut sim, reader, op)) else {
             panic!("get failed at {reader}");
@@ -576,7 +577,7 @@ fn puts_reach_their_quorum_and_gets_find_the_highest_sequence() {
         assert_eq!(got.invalid, 0);
         assert_eq!(got.announced, Announced::No);
     }
-    let op = sim.command(5, Command::Get(b"nothing".to_vec())).unwrap();
+    let op = sim.command(5, Command::get(b"nothing".to_vec())).unwrap();
     assert!(matches!(
         get_result(wait_reply(&mut sim, 5, op)),
         Err(GetError::NotFound { .. })
@@ -636,7 +637,7 @@ fn a_put_refused_by_its_replicas_reports_the_quorum_it_missed() {
         wait_reply(&mut sim, publisher, op),
         Reply::Put(Ok(_))
     ));
-    let op = sim.command(10, Command::Get(b"locked".to_vec())).unwrap();
+    let op = sim.command(10, Command::get(b"locked".to_vec())).unwrap();
     let Ok(got) = get_result(wait_reply(&mut sim, 10, op)) else {
         panic!("get failed");
     };
@@ -739,7 +740,7 @@ fn acknowledged_records_survive_crashes_of_their_replicas_and_restarts() {
     sim.run_for(Duration::from_secs(10));
     assert_eq!(sim.check_records(), 10);
     for i in 0..10u8 {
-        let op = sim.command(15, Command::Get(vec![b'k', i])).unwrap();
+        let op = sim.command(15, Command::get(vec![b'k', i])).unwrap();
         assert!(get_result(wait_reply(&mut sim, 15, op)).is_ok(), "key {i}");
     }
 }
@@ -813,7 +814,7 @@ fn lookups_find_the_true_closest_under_loss() {
     let mut recall = Vec::new();
     for i in 0..20u32 {
         let target = SimPeer(1000 + i);
-        let op = sim.command(i, Command::FindNode(target)).unwrap();
+        let op = sim.command(i, Command::find_node(target)).unwrap();
         // Two lost requests in a row can spend the query's bound: it ends with what it found.
         let found = match wait_reply(&mut sim, i, op) {
             Reply::FindNode(Ok(ok)) => ok.peers,
@@ -833,7 +834,7 @@ fn lookups_find_the_true_closest_under_loss() {
     sim.run_for(Duration::from_secs(5));
     for i in 0..10u32 {
         let target = SimPeer(2000 + i);
-        let op = sim.command(i, Command::FindNode(target)).unwrap();
+        let op = sim.command(i, Command::find_node(target)).unwrap();
         let Reply::FindNode(Ok(found)) = wait_reply(&mut sim, i, op) else {
             panic!("seed 7: lookup {i} failed");
         };
@@ -859,7 +860,7 @@ fn a_partition_heals_and_puts_made_on_both_sides_are_readable() {
     });
     assert!(healed.is_some(), "seed 8: the partition did not heal");
     for (reader, key) in [(11, &b"left"[..]), (10, &b"right"[..])] {
-        let op = sim.command(reader, Command::Get(key.to_vec())).unwrap();
+        let op = sim.command(reader, Command::get(key.to_vec())).unwrap();
         assert!(
             get_result(wait_reply(&mut sim, reader, op)).is_ok(),
             "{key:?} from {reader}"
@@ -956,7 +957,7 @@ fn churn(seed: u64) {
     for key in &keys {
         let live = sim.live_honest();
         let reader = live[rng.gen_range(0..live.len())];
-        let op = sim.command(reader, Command::Get(key.clone())).unwrap();
+        let op = sim.command(reader, Command::get(key.clone())).unwrap();
         let reply = wait_reply(&mut sim, reader, op);
         assert!(
             get_result(reply).is_ok(),
@@ -976,4 +977,184 @@ fn acknowledged_records_outlive_churn_under_loss_across_seeds() {
     for seed in 100..400 {
         churn(seed);
     }
+}
+
+// ----- one-hop routing -----
+
+/// A converged network whose views have settled (one-hop routing applies).
+fn settled(seed: u64, n: usize) -> Sim {
+    let mut sim = Sim::new(seed, SimConfig::local());
+    sim.add_converged(n);
+    let settle = sim.config().dht.view_settle;
+    sim.run_for(settle + Duration::from_secs(1));
+    sim
+}
+
+fn get_via(sim: &mut Sim, node: u32, key: &[u8], route: Route) -> crate::api::GetResult {
+    let command = Command::Get {
+        key: key.to_vec(),
+        route,
+    };
+    let op = sim.command(node, command).unwrap();
+    get_result(wait_reply(sim, node, op))
+}
+
+fn put_ok(sim: &mut Sim, node: u32, key: &[u8], value: &[u8]) -> crate::api::PutOk {
+    let op = sim.command(node, put(key, value, None)).unwrap();
+    match wait_reply(sim, node, op) {
+        Reply::Put(Ok(ok)) => ok,
+        other => panic!("seed {}: put of {key:?} at {node}: {other:?}", sim.seed()),
+    }
+}
+
+#[test]
+fn a_young_view_routes_iteratively_then_gets_take_one_round_trip_to_the_closest() {
+    let mut sim = Sim::new(21, SimConfig::local());
+    sim.add_converged(40);
+    sim.run_for(Duration::from_secs(1));
+    // Just started: the view is unsettled, the put finds its replicas by a lookup.
+    let early = put_ok(&mut sim, 0, b"early", b"v");
+    assert_eq!(early.path, Path::Iterative);
+    assert!(!sim.node(0).unwrap().view_settled(sim.now()));
+    let settle = sim.config().dht.view_settle;
+    sim.run_for(settle);
+    assert!(sim.node(0).unwrap().view_settled(sim.now()));
+    let k = sim.config().dht.replication_factor.get();
+    let alpha = sim.config().dht.lookup_parallelism.get() as u32;
+    for i in 0..10u8 {
+        let key = [b'o', i];
+        let writer = u32::from(i);
+        assert_eq!(put_ok(&mut sim, writer, &key, b"value").path, Path::OneHop);
+        // Readers that hold no copy (they are not among the k closest), so they must ask.
+        let holders = sim.true_closest(&key, k, None);
+        let reader = (20..40).find(|r| !holders.contains(&SimPeer(*r))).unwrap();
+        let got = get_via(&mut sim, reader, &key, Route::Auto).expect("one-hop get");
+        assert_eq!(got.record.value, b"value");
+        assert_eq!(got.path, Path::OneHop);
+        // The alpha closest were asked and all held it: nothing more was asked.
+        assert_eq!(got.requests, alpha, "key {i}");
+        let iterative = get_via(&mut sim, reader, &key, Route::Iterative).expect("lookup get");
+        assert_eq!(iterative.path, Path::Iterative);
+        assert!(iterative.requests as usize >= k, "{}", iterative.requests);
+        assert_eq!(iterative.record.value, got.record.value);
+    }
+    let stats = sim.node(0).unwrap().stats();
+    assert!(stats.one_hop >= 1 && stats.iterative >= 1, "{stats:?}");
+    // A key nobody holds: the k closest are asked, then the get gives up.
+    let missing = get_via(&mut sim, 5, b"missing", Route::Auto);
+    assert!(matches!(missing, Err(GetError::NotFound { .. })));
+}
+
+#[test]
+fn find_node_answers_from_the_view_at_once_and_the_forced_lookup_agrees() {
+    let mut sim = settled(22, 40);
+    let k = sim.config().dht.replication_factor.get();
+    for i in 0..10u32 {
+        let target = SimPeer(5000 + i);
+        let truth = sim.true_closest(&target.to_bytes(), k, Some(i));
+        let op = sim.command(i, Command::find_node(target)).unwrap();
+        let Reply::FindNode(Ok(local)) = wait_reply(&mut sim, i, op) else {
+            panic!("find-node {i}");
+        };
+        assert_eq!(local.path, Path::OneHop);
+        assert_eq!(local.stats.requests, 0);
+        assert_eq!(local.peers, truth);
+        let forced = Command::FindNode {
+            peer: target,
+            route: Route::Iterative,
+        };
+        let op = sim.command(i, forced).unwrap();
+        let Reply::FindNode(Ok(walked)) = wait_reply(&mut sim, i, op) else {
+            panic!("iterative find-node {i}");
+        };
+        assert_eq!(walked.path, Path::Iterative);
+        assert!(walked.stats.requests > 0);
+        assert_eq!(walked.peers, local.peers, "target {i}");
+    }
+}
+
+#[test]
+fn a_put_answers_once_the_closest_replicas_answered_so_a_get_finds_it_in_one_hop() {
+    let mut sim = settled(23, 30);
+    let alpha = sim.config().dht.lookup_parallelism.get();
+    // Links take 1 to 5 ms: the quorum is often reached by farther replicas first, but the
+    // caller is answered only once the closest (which a one-hop get asks first) kept it too.
+    for i in 0..20u8 {
+        let key = [b's', i];
+        let closest = sim.true_closest(&key, alpha, None);
+        let writer = (0..30).find(|w| !closest.contains(&SimPeer(*w))).unwrap();
+        let op = sim.command(writer, put(&key, b"v1", None)).unwrap();
+        let answer = sim.wait(writer, op, Duration::from_secs(60)).unwrap();
+        assert!(matches!(answer.reply, Reply::Put(Ok(_))));
+        for p in &closest {
+            let held = sim
+                .node(p.0)
+                .unwrap()
+                .stored(&key)
+                .map(|s| s.record().value.clone());
+            assert_eq!(
+                held.as_deref(),
+                Some(&b"v1"[..]),
+                "key {i}, closest replica {p:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn gets_and_puts_succeed_through_a_join_wave_and_a_kill_while_views_disagree() {
+    let n = 30u32;
+    let mut sim = settled(24, n as usize);
+    let mut keys: Vec<Vec<u8>> = Vec::new();
+    for i in 0..10u8 {
+        let key = vec![b'w', i];
+        put_ok(&mut sim, u32::from(i), &key, &[i; 16]);
+        keys.push(key);
+    }
+    // A tenth of the nodes crash (their death not yet known), and a tenth more join through
+    // node 0 at once.
+    for id in [27, 28, 29] {
+        sim.crash(id);
+    }
+    let first = sim.add_nodes(3, 0);
+    let joiners: Vec<u32> = (first..first + 3).collect();
+    for &j in &joiners {
+        sim.join(j, &[0]);
+    }
+    sim.run_for(Duration::from_millis(300));
+    // Node 0 (the seed) already knows the joiners; node 20 has not heard of them: the two views
+    // differ, and both still list the crashed nodes.
+    let view = |sim: &Sim, id: u32| {
+        let mut v = sim.node(id).unwrap().live_members();
+        v.sort();
+        v
+    };
+    let (seed_view, far_view) = (view(&sim, 0), view(&sim, 20));
+    assert_ne!(seed_view, far_view, "the views should differ");
+    assert!(joiners.iter().any(|j| seed_view.contains(&SimPeer(*j))));
+    assert!(joiners.iter().all(|j| !far_view.contains(&SimPeer(*j))));
+    assert!(far_view.contains(&SimPeer(29)));
+    // Puts through both views, gets of old and new keys through both, and through a joiner
+    // (whose young view takes the iterative path).
+    for (i, writer) in [0u32, 20, 0, 20].into_iter().enumerate() {
+        let key = vec![b'n', i as u8];
+        put_ok(&mut sim, writer, &key, b"during");
+        keys.push(key);
+    }
+    for reader in [0, 20, joiners[0]] {
+        for key in &keys {
+            let got = get_via(&mut sim, reader, key, Route::Auto);
+            assert!(got.is_ok(), "seed 24: {key:?} from {reader}: {got:?}");
+        }
+    }
+    let paths = |sim: &Sim, id: u32| {
+        let s = sim.node(id).unwrap().stats();
+        (s.one_hop, s.iterative)
+    };
+    assert!(paths(&sim, 20).0 > 0, "node 20 routed in one hop");
+    assert!(
+        paths(&sim, joiners[0]).1 > 0,
+        "the joiner fell back to lookups"
+    );
+    sim.check_records();
 }

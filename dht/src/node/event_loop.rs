@@ -347,7 +347,7 @@ impl EventLoop {
                 let _ = reply.send(self.core.stored(&key).cloned());
             }
             Command::Stats(reply) => {
-                let _ = reply.send(self.full_stats());
+                let _ = reply.send(self.full_stats(now));
             }
             Command::FailWrites(n, reply) => {
                 if let Some(persist) = &self.persist {
@@ -669,7 +669,7 @@ impl EventLoop {
 
     // ----- stats -----
 
-    fn full_stats(&mut self) -> NodeStats {
+    fn full_stats(&mut self, now: Instant) -> NodeStats {
         let c = self.core.stats();
         let mut stats = NodeStats {
             refused_puts: c.refused_puts.clone(),
@@ -697,6 +697,9 @@ impl EventLoop {
             swim_updates_cut: c.updates_cut,
             failed_writes: c.failed_writes,
             queries: c.queries,
+            one_hop: c.one_hop,
+            iterative: c.iterative,
+            view_settled: self.core.view_settled(now),
             records: self.core.records().len(),
             notices: self.core.notices().len(),
             routing_peers: self.core.routing_table().len(),

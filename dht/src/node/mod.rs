@@ -205,6 +205,7 @@ impl Client {
             ttl,
             quorum,
             seq: None,
+            route: Route::Auto,
         })
         .await
     }
@@ -218,19 +219,27 @@ impl Client {
 
     /// Looks `key` up; every copy is validated and the highest valid sequence wins.
     pub async fn get(&self, key: Vec<u8>) -> GetResult {
-        self.run(core::Command::Get(key), ReplyTo::Get)
+        self.get_via(key, Route::Auto).await
+    }
+
+    /// Looks `key` up by `route` (see [`Route`]).
+    pub async fn get_via(&self, key: Vec<u8>, route: Route) -> GetResult {
+        self.run(core::Command::Get { key, route }, ReplyTo::Get)
             .await
             .unwrap_or(Err(GetError::Stopped))
     }
 
     /// The peers closest to `peer` in the DHT.
     pub async fn find_node(&self, peer: PeerId) -> FindNodeResult {
-        self.find_node_with_stats(peer).await.map(|ok| ok.peers)
+        self.find_node_with_stats(peer, Route::Auto)
+            .await
+            .map(|ok| ok.peers)
     }
 
-    /// The peers closest to `peer` in the DHT, with what the lookup cost.
-    pub async fn find_node_with_stats(&self, peer: PeerId) -> LookupResult {
-        self.run(core::Command::FindNode(peer), ReplyTo::FindNode)
+    /// The peers closest to `peer` in the DHT, with what the lookup cost, found by `route`
+    /// (one hop from the local view costs nothing; see [`Route`]).
+    pub async fn find_node_with_stats(&self, peer: PeerId, route: Route) -> LookupResult {
+        self.run(core::Command::FindNode { peer, route }, ReplyTo::FindNode)
             .await
             .unwrap_or(Err(FindNodeError::Stopped))
     }

@@ -4,9 +4,9 @@
 //!
 //! | method | params | result |
 //! |---|---|---|
-//! | `dht_put` | `key, value, encoding?, key_encoding?, ttl?, quorum?, seq?` | `{key, seq, quorum}` |
-//! | `dht_get` | `key, encoding?, key_encoding?` | `{key, value, encoding, publisher, seq, created_at, expires_at, lockstep, copies}` |
-//! | `dht_findNode` | `peer` | `{target, peers}` |
+//! | `dht_put` | `key, value, encoding?, key_encoding?, ttl?, quorum?, seq?, route?` | `{key, seq, path}` |
+//! | `dht_get` | `key, encoding?, key_encoding?, route?` | `{key, value, encoding, publisher, seq, created_at, expires_at, lockstep, copies, path, rpcs}` |
+//! | `dht_findNode` | `peer, route?` | `{target, peers, path, rpcs}` |
 //! | `lockstep_announce` | `key, value, encoding?, key_encoding?, seq?` | `{key, seq, value_hash, accepted, refused}` |
 //! | `lockstep_get` | `key, key_encoding?` | `{key, notices: [{publisher, seq, value_hash, created_at}]}` |
 //! | `lockstep_subscribe` | `key?, key_encoding?` | subscription; notifications `lockstep_notice` |
@@ -27,7 +27,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use shoal_dht::lockstep::{Announced, SignedNotice};
-use shoal_dht::node::PutRequest;
+use shoal_dht::node::{PutRequest, Route};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::metrics::Metrics;
@@ -116,6 +116,27 @@ struct PutParams {
     ttl: Option<u64>,
     quorum: Option<NonZeroUsize>,
     seq: Option<u64>,
+    #[serde(default)]
+    route: RouteParam,
+}
+
+/// How an operation finds its peers: `"auto"` (one hop when the node's view is settled) or
+/// `"iterative"`.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RouteParam {
+    #[default]
+    Auto,
+    Iterative,
+}
+
+impl From<RouteParam> for Route {
+    fn from(r: RouteParam) -> Self {
+        match r {
+            RouteParam::Auto => Route::Auto,
+            RouteParam::Iterative => Route::Iterative,
+        }
+    }
 }
 
 /// Params of `dht_get`.
@@ -127,6 +148,8 @@ struct GetParams {
     encoding: Encoding,
     #[serde(default)]
     key_encoding: Encoding,
+    #[serde(default)]
+    route: RouteParam,
 }
 
 /// Params of `dht_findNode`.
@@ -134,6 +157,8 @@ struct GetParams {
 #[serde(deny_unknown_fields)]
 struct FindNodeParams {
     peer: String,
+    #[serde(default)]
+    route: RouteParam,
 }
 
 /// Params of `lockstep_announce`.
@@ -193,15 +218,16 @@ async fn put(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
             ttl,
             quorum: p.quorum,
             seq: p.seq,
+            route: p.route.into(),
         })
         .await?;
-    Ok(json!({ "key": p.key, "seq": ok.seq }))
+    Ok(json!({ "key": p.key, "seq": ok.seq, "path": ok.path.as_str() }))
 }
 
 async fn get(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
     let p: GetParams = parse(&params)?;
     let key = decode("key", &p.key, p.key_encoding)?;
-    let found = state.node.get(key).await?;
+    let found = state.node.get_via(key, p.route.into()).await?;
     let r = &found.record;
     let (value, encoding) = p.encoding.encode(&r.value);
     Ok(json!({
@@ -214,15 +240,25 @@ async fn get(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
         "expires_at": r.expires_at(),
         "lockstep": found.announced == Announced::Yes,
         "copies": { "valid": found.valid, "invalid": found.invalid },
+        "path": found.path.as_str(),
+        "rpcs": found.requests,
     }))
 }
 
 async fn find_node(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
     let p: FindNodeParams = parse(&params)?;
     let target = peer_id("peer", &p.peer)?;
-    let peers = state.node.find_node(target).await?;
-    let peers: Vec<String> = peers.iter().map(ToString::to_string).collect();
-    Ok(json!({ "target": p.peer, "peers": peers }))
+    let found = state
+        .node
+        .find_node_with_stats(target, p.route.into())
+        .await?;
+    let peers: Vec<String> = found.peers.iter().map(ToString::to_string).collect();
+    Ok(json!({
+        "target": p.peer,
+        "peers": peers,
+        "path": found.path.as_str(),
+        "rpcs": found.stats.requests,
+    }))
 }
 
 async fn announce(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
@@ -309,6 +345,11 @@ async fn info(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
             "left": stats.members.left,
         },
         "routing_peers": stats.routing_peers,
+        "routing": {
+            "view_settled": stats.view_settled,
+            "one_hop": stats.one_hop,
+            "iterative": stats.iterative,
+        },
         "records": stats.records,
         "notices": stats.notices,
     }))

@@ -39,6 +39,19 @@ fn encoding() -> Value {
     json!({ "type": "string", "enum": ["utf8", "hex", "base64"], "default": "utf8" })
 }
 
+fn route() -> Value {
+    json!({ "type": "string", "enum": ["auto", "iterative"], "default": "auto" })
+}
+
+fn path() -> Value {
+    json!({
+        "type": "string",
+        "enum": ["one-hop", "iterative"],
+        "description": "How the peers were found: one hop from the node's view of the \
+                        membership, or Kademlia's iterative lookup",
+    })
+}
+
 fn object(properties: Value) -> Value {
     json!({ "type": "object", "properties": properties })
 }
@@ -71,6 +84,13 @@ const KEY_ENCODING: Param = Param {
     required: false,
     schema: encoding,
 };
+const ROUTE: Param = Param {
+    name: "route",
+    summary: "auto (default): one hop from the node's view of the membership when that view is \
+              settled, else Kademlia's iterative lookup; iterative: always the lookup",
+    required: false,
+    schema: route,
+};
 const SEQ: Param = Param {
     name: "seq",
     summary: "Sequence number; default: one above the last one seen, at least the Unix time",
@@ -79,7 +99,7 @@ const SEQ: Param = Param {
 };
 
 fn put_result() -> Value {
-    object(json!({ "key": string(), "seq": integer() }))
+    object(json!({ "key": string(), "seq": integer(), "path": path() }))
 }
 
 fn get_result() -> Value {
@@ -93,6 +113,8 @@ fn get_result() -> Value {
         "expires_at": integer(),
         "lockstep": { "type": "boolean", "description": "Whether the value was announced" },
         "copies": object(json!({ "valid": integer(), "invalid": integer() })),
+        "path": path(),
+        "rpcs": { "type": "integer", "description": "Requests sent to peers" },
     }))
 }
 
@@ -130,6 +152,7 @@ const METHODS: &[Method] = &[
                 schema: positive,
             },
             SEQ,
+            ROUTE,
         ],
         result: put_result,
         errors: &[
@@ -145,20 +168,32 @@ const METHODS: &[Method] = &[
     Method {
         name: "dht_get",
         summary: "Finds the valid record with the highest sequence number for a key",
-        params: &[KEY, ENCODING, KEY_ENCODING],
+        params: &[KEY, ENCODING, KEY_ENCODING, ROUTE],
         result: get_result,
         errors: &[Code::InvalidParams, Code::NotFound, Code::Timeout],
     },
     Method {
         name: "dht_findNode",
-        summary: "The peers closest to a peer id, closest first",
-        params: &[Param {
-            name: "peer",
-            summary: "The target peer id",
-            required: true,
-            schema: string,
-        }],
-        result: || object(json!({ "target": string(), "peers": strings() })),
+        summary: "The peers closest to a peer id, closest first: at once from the node's view of \
+                  the membership when it is settled, else (or with route iterative) by \
+                  Kademlia's iterative lookup",
+        params: &[
+            Param {
+                name: "peer",
+                summary: "The target peer id",
+                required: true,
+                schema: string,
+            },
+            ROUTE,
+        ],
+        result: || {
+            object(json!({
+                "target": string(),
+                "peers": strings(),
+                "path": path(),
+                "rpcs": { "type": "integer", "description": "Requests sent to peers" },
+            }))
+        },
         errors: &[Code::InvalidParams, Code::Timeout],
     },
     Method {
@@ -257,6 +292,14 @@ const METHODS: &[Method] = &[
                     "alive": integer(), "suspect": integer(), "dead": integer(), "left": integer(),
                 })),
                 "routing_peers": integer(),
+                "routing": object(json!({
+                    "view_settled": {
+                        "type": "boolean",
+                        "description": "Whether operations now take one hop from the view",
+                    },
+                    "one_hop": integer(),
+                    "iterative": integer(),
+                })),
                 "records": integer(),
                 "notices": integer(),
             }))
