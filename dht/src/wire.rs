@@ -72,11 +72,12 @@ pub enum Request {
 pub enum Response {
     /// Closest peers first.
     Peers(Vec<ByteBuf>),
-    /// The record held for the key, if any, and the closest peers known, closest first.
+    /// The record held for the key, if any; without one, the closest peers known, closest
+    /// first.
     Record {
         /// The record envelope.
         record: Option<ByteBuf>,
-        /// Peers closer to the key.
+        /// Peers closer to the key (empty with a record).
         closer: Vec<ByteBuf>,
         /// With a record: the latest lockstep notice its publisher made for the key that the
         /// answering node keeps, so the asker can tell whether the value was announced without

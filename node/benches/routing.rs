@@ -175,6 +175,22 @@ async fn run(
     all
 }
 
+/// Waits until the nodes together use under a tenth of a core over a quarter of a second (their
+/// idle background: SWIM's probes), at most `limit`; how long that took.
+async fn wait_quiet(pids: &[u32], limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    let window = Duration::from_millis(250);
+    while start.elapsed() < limit {
+        let before: f64 = pids.iter().map(|p| cpu_secs(*p)).sum();
+        tokio::time::sleep(window).await;
+        let used: f64 = pids.iter().map(|p| cpu_secs(*p)).sum::<f64>() - before;
+        if used < 0.1 * window.as_secs_f64() {
+            return Some(start.elapsed());
+        }
+    }
+    None
+}
+
 /// Waits until every node says its view is settled (one-hop routing applies).
 async fn wait_settled(clients: &[HttpClient], limit: Duration) -> Duration {
     let start = Instant::now();
@@ -245,6 +261,9 @@ async fn main() {
                 nodes: get_nodes,
             });
             for (op, batch) in [(Op::Put, &puts), (Op::Get, &gets)] {
+                // A put is answered once its first replicas kept it; the others receive it
+                // after. Each batch starts once that work is done, so it is measured alone.
+                let quiet = wait_quiet(&net.pids, Duration::from_secs(30)).await;
                 let m = run(&clients, &net.pids, op, route, batch, c, &value).await;
                 let rpcs = if op == Op::Get && !m.rpcs.is_empty() {
                     let at = |p: f64| {
@@ -272,6 +291,9 @@ async fn main() {
                     m.latencies.len(),
                     m.errors,
                 );
+                if quiet.is_none() {
+                    println!("  (the nodes were not quiet within 30 s before this batch)");
+                }
                 if let Some(e) = &m.first_error {
                     println!("  first error: {e}");
                 }

@@ -880,9 +880,15 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             }
             Request::GetRecord(key) => {
                 self.stats.gets_served += 1;
-                let k = self.config.replication_factor.get();
-                let closer = self.table.closest(&KeyHash::of(&key), k, Some(&from));
                 let held = self.records.get(&key).filter(|r| !r.is_expired(unix));
+                // A holder's copy is what the asker wanted; only a node without one points it
+                // on, to the closer peers it knows.
+                let closer = if held.is_some() {
+                    Vec::new()
+                } else {
+                    let k = self.config.replication_factor.get();
+                    self.table.closest(&KeyHash::of(&key), k, Some(&from))
+                };
                 let notice = held
                     .and_then(|r| self.book.get(&key, &r.record().publisher))
                     .map(|n| ByteBuf::from(n.as_bytes().to_vec()));
@@ -941,7 +947,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     ) {
         match self.ops.kind(op) {
             Some(ops::Kind::Lookup) => self.on_lookup_answer(now, unix, op, peer, result),
-            Some(ops::Kind::Replicate) => self.on_replica_answer(op, peer, result),
+            Some(ops::Kind::Replicate) => self.on_replica_answer(now, op, peer, result),
             Some(ops::Kind::Announce) => self.on_announce_answer(op, result),
             Some(ops::Kind::Notices) => self.on_notices_answer(unix, op, result),
             Some(ops::Kind::Proofs) => self.on_proofs_answer(now, unix, op, peer, result),

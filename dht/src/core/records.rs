@@ -175,6 +175,8 @@ pub(super) struct Replication<T> {
     /// The closest replicas (`alpha` of them) whose answers the caller's success also waits
     /// for, so that a get asking the closest of the same view finds what was acknowledged.
     first: Vec<T>,
+    /// Replicas not sent to yet: the second wave (see [`Core::replicate`]).
+    rest: Vec<T>,
 }
 
 impl<T> Replication<T> {
@@ -199,6 +201,7 @@ impl<T> Replication<T> {
             reason: None,
             path: Path::OneHop,
             first: Vec::new(),
+            rest: Vec::new(),
         }
     }
 }
@@ -465,9 +468,12 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         }
     }
 
-    /// Sends a record to up to `k` of `peers` (this node left out; closest first). The caller is
-    /// answered as soon as `quorum` replicas kept it and the `alpha` closest answered, or once
-    /// every replica answered.
+    /// Sends a record to up to `k` of `peers` (this node left out; closest first), in two
+    /// waves: first to the closest `max(alpha, quorum)`, then to the rest once those answered, or
+    /// at once when one of them did not keep it. The caller is answered as soon as `quorum`
+    /// replicas kept it and the `alpha` closest answered (the quorum usually comes from the first
+    /// wave, whose writes then do not queue behind the others' on a shared disk), or once every
+    /// replica answered.
     pub(super) fn replicate(
         &mut self,
         now: Instant,
@@ -477,32 +483,40 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     ) {
         let k = self.config.replication_factor.get();
         let local = self.local;
-        let peers: Vec<T> = peers.into_iter().filter(|p| *p != local).take(k).collect();
+        let mut peers: Vec<T> = peers.into_iter().filter(|p| *p != local).take(k).collect();
         let alpha = self.config.lookup_parallelism.get();
         job.first = peers.iter().take(alpha).copied().collect();
-        for peer in &peers {
-            let request = Request::PutRecord(ByteBuf::from(job.envelope.clone()));
-            self.send(now, op, *peer, request);
-        }
-        job.outstanding = peers.len();
+        job.rest = peers.split_off(peers.len().min(alpha.max(job.quorum)));
         if peers.is_empty() {
             return self.finish_replication(op, job);
         }
+        self.send_replicas(now, op, &mut job, peers);
         self.ops.insert(op, Op::Replicate(job));
+    }
+
+    /// Sends `job`'s record to `peers`.
+    fn send_replicas(&mut self, now: Instant, op: OpId, job: &mut Replication<T>, peers: Vec<T>) {
+        job.outstanding += peers.len();
+        for peer in peers {
+            let request = Request::PutRecord(ByteBuf::from(job.envelope.clone()));
+            self.send(now, op, peer, request);
+        }
     }
 
     /// A replica's answer for `op`.
     pub(super) fn on_replica_answer(
         &mut self,
+        now: Instant,
         op: OpId,
         peer: T,
         result: Result<Response, RequestFailure>,
     ) {
-        let Some(Op::Replicate(job)) = self.ops.get_mut(op) else {
+        let Some(Op::Replicate(mut job)) = self.ops.take(op) else {
             return;
         };
         job.outstanding = job.outstanding.saturating_sub(1);
         job.first.retain(|p| *p != peer);
+        let kept = matches!(result, Ok(Response::Stored));
         match result {
             Ok(Response::Stored) => job.stored += 1,
             Ok(Response::Refused(reason)) => {
@@ -511,6 +525,14 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             }
             Ok(_) | Err(_) => {}
         }
+        if !job.rest.is_empty() && (!kept || job.outstanding == 0) {
+            let rest = std::mem::take(&mut job.rest);
+            self.send_replicas(now, op, &mut job, rest);
+        }
+        self.ops.insert(op, Op::Replicate(job));
+        let Some(Op::Replicate(job)) = self.ops.get_mut(op) else {
+            return;
+        };
         let quorum_reached = job.reply && job.stored >= job.quorum && job.first.is_empty();
         if quorum_reached {
             job.reply = false;

@@ -1158,3 +1158,53 @@ fn gets_and_puts_succeed_through_a_join_wave_and_a_kill_while_views_disagree() {
     );
     sim.check_records();
 }
+
+#[test]
+fn a_put_goes_to_the_closest_first_and_to_the_rest_once_they_answered_or_one_refused() {
+    let (mut core, start) = lone(0, false);
+    let members = (1..=30u32).map(|i| Known {
+        peer: SimPeer(i),
+        addrs: Vec::new(),
+        proof: proof(i),
+        incarnation: 1,
+    });
+    core.bootstrap(start, UNIX, members);
+    let now = start + core.config().view_settle;
+    drain(&mut core);
+    let k = core.config().replication_factor.get();
+    let alpha = core.config().lookup_parallelism.get();
+    let first_wave = alpha.max(core.config().put_quorum.get());
+    let wave = |core: &mut Core<SimPeer, SimChecks>| -> Vec<(SimPeer, RequestId)> {
+        sends(&drain(core))
+            .into_iter()
+            .filter(|(_, _, r)| matches!(r, Request::PutRecord(_)))
+            .map(|(to, id, _)| (to, id))
+            .collect()
+    };
+    let reply = |actions: &[Action<SimPeer>]| {
+        actions.iter().any(|a| matches!(a, Action::Reply { reply: Reply::Put(Ok(ok)), .. } if ok.path == Path::OneHop))
+    };
+    // The closest replicas first; the rest once they all kept it.
+    core.handle_command(now, UNIX, put(b"waves", b"v", None));
+    let first = wave(&mut core);
+    let truth = lookup::closest(&KeyHash::of(b"waves"), (1..=30).map(SimPeer), k);
+    assert_eq!(
+        first.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+        truth[..first_wave]
+    );
+    for (i, (_, id)) in first.iter().enumerate() {
+        core.handle_response(now, UNIX, *id, Ok(Response::Stored));
+        let actions = drain(&mut core);
+        let last = i + 1 == first.len();
+        // Answered once the quorum and the alpha closest kept it: with the last of the wave.
+        assert_eq!(reply(&actions), last, "answer {i}");
+        let more = sends(&actions).len();
+        assert_eq!(more, if last { k - first_wave } else { 0 }, "answer {i}");
+    }
+    // A refusal in the first wave sends the rest at once, so the quorum can come from them.
+    core.handle_command(now, UNIX, put(b"refused", b"v", None));
+    let first = wave(&mut core);
+    assert_eq!(first.len(), first_wave);
+    core.handle_response(now, UNIX, first[0].1, Ok(Response::refused("full")));
+    assert_eq!(wave(&mut core).len(), k - first_wave);
+}

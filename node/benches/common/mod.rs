@@ -40,9 +40,12 @@ pub(crate) fn start_testnet(nodes: usize) -> Testnet {
     let mut child = Command::new(SHOAL)
         .args(["testnet", "--nodes", &nodes.to_string(), "--dir"])
         .arg(dir.path())
+        // Fifty nodes take over a minute to all see each other on two cores.
+        .args(["--ready-timeout", "600"])
         .env("SHOAL_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        // Why a testnet failed to start is told on stderr.
+        .stderr(Stdio::inherit())
         .spawn()
         .expect("shoal testnet starts");
     let stdout = child.stdout.take().expect("piped stdout");
