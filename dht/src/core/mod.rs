@@ -41,7 +41,9 @@
 //! - `records.rs`: the record store, the one acceptance rule, puts, replicas, gets, read repair,
 //!   expiry and republishing.
 //! - `notices.rs`: lockstep notices.
-//! - `lookup.rs`: closest-peer lookups.
+//! - `view.rs`: routing, when the local view names the closest peers (one hop) and when
+//!   Kademlia's iterative lookup runs instead.
+//! - `lookup.rs`: closest-peer lookups, iterative and one-hop.
 //! - `ops.rs`: the one table of work in flight and the timers.
 
 mod admission;
