@@ -50,7 +50,9 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         }
     }
 
-    /// Whether the local view is settled at `now` (see [`Self::path_for`]).
+    /// Whether the local view is settled at `now`: no [`Unsettled`] event within
+    /// [`crate::Config::view_settle`], and Lifeguard's local health score at most half its
+    /// maximum. Operations then take one hop (see [`crate::api::Route::Auto`]).
     pub fn view_settled(&self, now: Instant) -> bool {
         let health = self.swim.local_health();
         let max = self.swim.config().max_local_health;
