@@ -75,8 +75,6 @@ pub struct Config {
     /// [`crate::wire::Request::PutRecord`]) when the caller gives no quorum. At most
     /// `replication_factor`. Default 3.
     pub put_quorum: NonZeroUsize,
-    /// Peers asked whether a found value was announced. Default 3.
-    pub announced_checks: NonZeroUsize,
     /// Bound of one identity-proof exchange, of a proof-relay request, and of how long a peer's
     /// requests wait for its check. Default 10 s; must be above zero.
     pub gate_timeout: Duration,
@@ -124,7 +122,6 @@ impl Default for Config {
             view_settle: Duration::from_secs(10),
             query_timeout: Duration::from_secs(30),
             put_quorum: nz(3),
-            announced_checks: nz(3),
             gate_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
             republish_interval: Duration::from_secs(3600),
