@@ -82,6 +82,8 @@ struct Measured {
     cpu: f64,
     rpcs: Vec<u64>,
     one_hop: usize,
+    /// Dials all nodes made during the batch (new connections, each a handshake).
+    dials: u64,
 }
 
 impl Measured {
@@ -191,6 +193,16 @@ async fn wait_quiet(pids: &[u32], limit: Duration) -> Option<Duration> {
     None
 }
 
+/// The sum over all nodes of `node_info`'s `field`.
+async fn total(clients: &[HttpClient], field: &str) -> u64 {
+    let mut sum = 0;
+    for c in clients {
+        let info: Result<Value, _> = c.request("node_info", params(&[])).await;
+        sum += info.ok().and_then(|i| i[field].as_u64()).unwrap_or(0);
+    }
+    sum
+}
+
 /// Waits until every node says its view is settled (one-hop routing applies).
 async fn wait_settled(clients: &[HttpClient], limit: Duration) -> Duration {
     let start = Instant::now();
@@ -238,8 +250,8 @@ async fn main() {
     let mut results: Vec<(String, Op, usize, Measured)> = Vec::new();
     println!(
         "\n| route | op | concurrency | ops/s | p50 ms | p95 ms | p99 ms | CPU ms per op (all \
-         nodes) | RPCs per get p50 / p95 | one-hop | ok | errors |\n|---|---|---|---|---|---|---|---|\
-         ---|---|---|---|"
+         nodes) | RPCs per get p50 / p95 | one-hop | dials | ok | errors |\n|---|---|---|---|---|---|\
+         ---|---|---|---|---|---|---|"
     );
     for route in &o.routes {
         for &c in &o.concurrency {
@@ -264,7 +276,9 @@ async fn main() {
                 // A put is answered once its first replicas kept it; the others receive it
                 // after. Each batch starts once that work is done, so it is measured alone.
                 let quiet = wait_quiet(&net.pids, Duration::from_secs(30)).await;
-                let m = run(&clients, &net.pids, op, route, batch, c, &value).await;
+                let dials_before = total(&clients, "dials").await;
+                let mut m = run(&clients, &net.pids, op, route, batch, c, &value).await;
+                m.dials = total(&clients, "dials").await.saturating_sub(dials_before);
                 let rpcs = if op == Op::Get && !m.rpcs.is_empty() {
                     let at = |p: f64| {
                         let i = ((m.rpcs.len() as f64 * p).ceil() as usize).clamp(1, m.rpcs.len());
@@ -276,7 +290,7 @@ async fn main() {
                 };
                 println!(
                     "| {route} | {} | {c} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {rpcs} | {:.2} \
-                     | {} | {} |",
+                     | {} | {} | {} |",
                     if op == Op::Put {
                         "put (quorum 3)"
                     } else {
@@ -288,6 +302,7 @@ async fn main() {
                     percentile(&m.latencies, 0.99),
                     m.cpu_ms_per_op(),
                     m.one_hop as f64 / m.latencies.len().max(1) as f64,
+                    m.dials,
                     m.latencies.len(),
                     m.errors,
                 );

@@ -345,6 +345,8 @@ async fn info(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
             "left": stats.members.left,
         },
         "routing_peers": stats.routing_peers,
+        "connections": stats.connections,
+        "dials": stats.dials,
         "routing": {
             "view_settled": stats.view_settled,
             "one_hop": stats.one_hop,

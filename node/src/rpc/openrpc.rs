@@ -292,6 +292,8 @@ const METHODS: &[Method] = &[
                     "alive": integer(), "suspect": integer(), "dead": integer(), "left": integer(),
                 })),
                 "routing_peers": integer(),
+                "connections": { "type": "integer", "description": "Established connections" },
+                "dials": { "type": "integer", "description": "Outbound dials since start" },
                 "routing": object(json!({
                     "view_settled": {
                         "type": "boolean",
