@@ -231,6 +231,13 @@ struct Node {
 }
 
 /// Something to hand a node at a time.
+/// Which counters a message adds to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Traffic {
+    Dht,
+    Swim,
+}
+
 enum Delivery {
     Wake(u32),
     Swim {
@@ -964,6 +971,31 @@ impl Sim {
         }
     }
 
+    /// Sends one message from `from` to `to` over the link model: counted, then lost (SWIM's
+    /// also when `to` is down, as a datagram to a dead host is) or delivered after the link's
+    /// latency.
+    fn transmit(
+        &mut self,
+        now: Instant,
+        (from, to): (u32, u32),
+        (traffic, len): (Traffic, usize),
+        delivery: Delivery,
+    ) {
+        let (messages, bytes) = match traffic {
+            Traffic::Dht => (&mut self.stats.dht_messages, &mut self.stats.dht_bytes),
+            Traffic::Swim => (&mut self.stats.swim_messages, &mut self.stats.swim_bytes),
+        };
+        *messages += 1;
+        *bytes += len as u64;
+        let down = traffic == Traffic::Swim && !self.is_up(to);
+        if down || self.lost(from, to) {
+            self.stats.dropped += 1;
+            return;
+        }
+        let at = now + self.latency();
+        self.schedule(at, delivery);
+    }
+
     fn carry_out(&mut self, id: u32, now: Instant, action: Action<SimPeer>) {
         match action {
             Action::Send {
@@ -973,22 +1005,14 @@ impl Sim {
                 ..
             } => {
                 let bytes = wire::encode(&request);
-                self.stats.dht_messages += 1;
-                self.stats.dht_bytes += bytes.len() as u64;
-                if self.lost(id, to.0) {
-                    self.stats.dropped += 1;
-                    return;
-                }
-                let at = now + self.latency();
-                self.schedule(
-                    at,
-                    Delivery::Request {
-                        from: id,
-                        to: to.0,
-                        id: rid,
-                        bytes,
-                    },
-                );
+                let len = bytes.len();
+                let delivery = Delivery::Request {
+                    from: id,
+                    to: to.0,
+                    id: rid,
+                    bytes,
+                };
+                self.transmit(now, (id, to.0), (Traffic::Dht, len), delivery);
             }
             Action::Respond {
                 id: inbound,
@@ -998,43 +1022,26 @@ impl Sim {
                     return;
                 };
                 let bytes = wire::encode(&response);
-                self.stats.dht_messages += 1;
-                self.stats.dht_bytes += bytes.len() as u64;
-                if self.lost(id, from.0) {
-                    self.stats.dropped += 1;
-                    return;
-                }
-                let generation = self.nodes[from.0 as usize].generation;
-                let at = now + self.latency();
-                self.schedule(
-                    at,
-                    Delivery::Response {
-                        to: from.0,
-                        id: rid,
-                        generation,
-                        bytes,
-                    },
-                );
+                let len = bytes.len();
+                let delivery = Delivery::Response {
+                    to: from.0,
+                    id: rid,
+                    generation: self.nodes[from.0 as usize].generation,
+                    bytes,
+                };
+                self.transmit(now, (id, from.0), (Traffic::Dht, len), delivery);
             }
             Action::Swim { to, msg, .. } => {
                 let max = self.config.dht.swim.max_message_bytes.get();
                 // Invariant: the core bounds its messages by the same limit.
                 let bytes = shoal_swim::message::to_vec(&msg, max).expect("SWIM message fits");
-                self.stats.swim_messages += 1;
-                self.stats.swim_bytes += bytes.len() as u64;
-                if !self.is_up(to.0) || self.lost(id, to.0) {
-                    self.stats.dropped += 1;
-                    return;
-                }
-                let at = now + self.latency();
-                self.schedule(
-                    at,
-                    Delivery::Swim {
-                        from: id,
-                        to: to.0,
-                        bytes,
-                    },
-                );
+                let len = bytes.len();
+                let delivery = Delivery::Swim {
+                    from: id,
+                    to: to.0,
+                    bytes,
+                };
+                self.transmit(now, (id, to.0), (Traffic::Swim, len), delivery);
             }
             Action::Dial { peer, .. } => {
                 if peer.0 as usize >= self.nodes.len() {
