@@ -195,11 +195,6 @@ impl<T: Peer> Ops<T> {
         self.ops.get_mut(&op)
     }
 
-    /// The operation `op`.
-    pub(super) fn get(&self, op: OpId) -> Option<&Op<T>> {
-        self.ops.get(&op)
-    }
-
     /// Every operation, to count or search them.
     pub(super) fn iter(&self) -> impl Iterator<Item = (&OpId, &Op<T>)> {
         self.ops.iter()
@@ -409,7 +404,7 @@ mod tests {
         assert_eq!(ops.expired_ops(t0 + Duration::from_secs(10)), vec![x]);
         assert!(ops.expired_ops(t0 + Duration::from_secs(10)).is_empty());
         assert!(
-            ops.get(x).is_some(),
+            ops.get_mut(x).is_some(),
             "an expired op stays until its owner ends it"
         );
     }

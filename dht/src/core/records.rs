@@ -511,30 +511,30 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         peer: T,
         result: Result<Response, RequestFailure>,
     ) {
-        let Some(Op::Replicate(mut job)) = self.ops.take(op) else {
-            return;
+        let mut job = match self.ops.take(op) {
+            Some(Op::Replicate(job)) => job,
+            Some(other) => return self.ops.insert(op, other),
+            None => return,
         };
         job.outstanding = job.outstanding.saturating_sub(1);
         job.first.retain(|p| *p != peer);
-        let kept = matches!(result, Ok(Response::Stored));
-        match result {
-            Ok(Response::Stored) => job.stored += 1,
+        let kept = match result {
+            Ok(Response::Stored) => {
+                job.stored += 1;
+                true
+            }
             Ok(Response::Refused(reason)) => {
                 job.refused += 1;
                 job.reason.get_or_insert(reason);
+                false
             }
-            Ok(_) | Err(_) => {}
-        }
+            Ok(_) | Err(_) => false,
+        };
         if !job.rest.is_empty() && (!kept || job.outstanding == 0) {
             let rest = std::mem::take(&mut job.rest);
             self.send_replicas(now, op, &mut job, rest);
         }
-        self.ops.insert(op, Op::Replicate(job));
-        let Some(Op::Replicate(job)) = self.ops.get_mut(op) else {
-            return;
-        };
-        let quorum_reached = job.reply && job.stored >= job.quorum && job.first.is_empty();
-        if quorum_reached {
+        if job.reply && job.stored >= job.quorum && job.first.is_empty() {
             job.reply = false;
             let ok = PutOk {
                 key: job.key.clone(),
@@ -543,11 +543,11 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             };
             self.reply(op, Reply::Put(Ok(ok)));
         }
-        if let Some(Op::Replicate(job)) = self.ops.get(op)
-            && job.outstanding == 0
-            && let Some(Op::Replicate(job)) = self.ops.remove(op)
-        {
+        if job.outstanding == 0 {
+            self.ops.end(op);
             self.finish_replication(op, job);
+        } else {
+            self.ops.insert(op, Op::Replicate(job));
         }
     }
 
