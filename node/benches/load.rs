@@ -15,7 +15,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{client, machine, params, percentile, rss_mib, start_testnet};
+use common::{arg, client, machine, params, percentile, rss_mib, start_testnet};
 use jsonrpsee::core::client::ClientT;
 use serde_json::Value;
 
@@ -47,12 +47,7 @@ fn options() -> Options {
             value_bytes: 100,
         }
     };
-    let value = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let value = |name: &str| arg(&args, name);
     if let Some(v) = value("--secs").and_then(|v| v.parse().ok()) {
         o.secs = v;
     }

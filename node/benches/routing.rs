@@ -20,7 +20,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{client, cpu_secs, load_average, machine, params, percentile, start_testnet};
+use common::{
+    arg, client, cpu_secs, load_average, machine, params, percentile, quantile, start_testnet,
+};
 use jsonrpsee::core::client::ClientT;
 use jsonrpsee::http_client::HttpClient;
 use rand::rngs::StdRng;
@@ -40,12 +42,7 @@ struct Options {
 fn options() -> Options {
     let args: Vec<String> = std::env::args().collect();
     let full = args.iter().any(|a| a == "--bench");
-    let value = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let value = |name: &str| arg(&args, name);
     let number = |name: &str, full_default: usize, smoke: usize| {
         value(name)
             .and_then(|v| v.parse().ok())
@@ -279,14 +276,9 @@ async fn main() {
                 let dials_before = total(&clients, "dials").await;
                 let mut m = run(&clients, &net.pids, op, route, batch, c, &value).await;
                 m.dials = total(&clients, "dials").await.saturating_sub(dials_before);
-                let rpcs = if op == Op::Get && !m.rpcs.is_empty() {
-                    let at = |p: f64| {
-                        let i = ((m.rpcs.len() as f64 * p).ceil() as usize).clamp(1, m.rpcs.len());
-                        m.rpcs[i - 1]
-                    };
-                    format!("{} / {}", at(0.5), at(0.95))
-                } else {
-                    "-".to_owned()
+                let rpcs = match (quantile(&m.rpcs, 0.5), quantile(&m.rpcs, 0.95)) {
+                    (Some(p50), Some(p95)) if op == Op::Get => format!("{p50} / {p95}"),
+                    _ => "-".to_owned(),
                 };
                 println!(
                     "| {route} | {} | {c} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {rpcs} | {:.2} \

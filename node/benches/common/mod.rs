@@ -93,13 +93,23 @@ pub(crate) fn params(pairs: &[(&str, Value)]) -> ObjectParams {
     p
 }
 
+/// The value after `name` on the command line (`--name value`), if any.
+pub(crate) fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+/// The `p` quantile of `sorted` (nearest rank), `None` when it is empty.
+pub(crate) fn quantile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len().max(1)) - 1;
+    sorted.get(i).copied()
+}
+
 /// The `p` quantile of `sorted`, in milliseconds (nearest rank).
 pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i].as_secs_f64() * 1000.0
+    quantile(sorted, p).map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
 }
 
 /// Resident memory of process `pid`, in MiB.
