@@ -377,14 +377,18 @@ mod tests {
         let pool = peers(30);
         let target = KeyHash::of(b"one-hop");
         let ordered = closest(&target, pool.clone(), 30);
-        let mut l = ClosestPeers::one_hop(
-            target,
-            PeerId::random(),
-            nz(8),
-            nz(3),
-            pool.iter().copied(),
-            nz(3),
-        );
+        // k = 8, alpha = 3, three copies wanted.
+        let search = |seeds: &[PeerId]| {
+            ClosestPeers::one_hop(
+                target,
+                PeerId::random(),
+                nz(8),
+                nz(3),
+                seeds.iter().copied(),
+                nz(3),
+            )
+        };
+        let mut l = search(&pool);
         let first: Vec<PeerId> = std::iter::from_fn(|| l.next_peer()).collect();
         assert_eq!(first, ordered[..3]);
         // The closest holds it; the second misses; the third fails: two more are asked, the
@@ -403,27 +407,13 @@ mod tests {
         assert_eq!(l.next_peer(), None);
         assert_eq!(l.counts().requests, 5);
         // A closer peer named in an answer is asked before farther seeds.
-        let mut l = ClosestPeers::one_hop(
-            target,
-            PeerId::random(),
-            nz(8),
-            nz(3),
-            ordered[1..].iter().copied(),
-            nz(3),
-        );
+        let mut l = search(&ordered[1..]);
         let asked: Vec<PeerId> = std::iter::from_fn(|| l.next_peer()).collect();
         assert_eq!(asked, ordered[1..4]);
         l.on_answer(&asked[0], [ordered[0]]);
         assert_eq!(l.next_peer(), Some(ordered[0]));
         // Nobody holds it: the search ends once the k closest answered.
-        let mut l = ClosestPeers::one_hop(
-            target,
-            PeerId::random(),
-            nz(8),
-            nz(3),
-            pool.iter().copied(),
-            nz(3),
-        );
+        let mut l = search(&pool);
         for _ in 0..100 {
             let Some(p) = l.next_peer() else { break };
             l.on_answer(&p, []);
