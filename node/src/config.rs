@@ -667,6 +667,7 @@ mod tests {
                     orports: vec!["127.0.0.1:5000".parse().unwrap()],
                 }],
                 hsdir_interval_minutes: std::num::NonZeroU32::new(8),
+                min_circuit_timeout_ms: std::num::NonZeroU32::new(2000),
                 dangerous_ignore_subnet_families: true,
                 state_dir: Some(PathBuf::from("/var/lib/shoal/arti")),
                 dangerous_trust_all_file_permissions: true,

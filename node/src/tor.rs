@@ -64,6 +64,11 @@ pub struct TorConfig {
     /// voting every `v` seconds needs `24 * v / 60`). Default: the consensus value.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hsdir_interval_minutes: Option<NonZeroU32>,
+    /// Private network only: the least time arti allows a circuit build or a round trip, in
+    /// milliseconds (Tor's `cbtmintimeout`; a loopback network needs about 2,000, or arti
+    /// learns timeouts a busy machine cannot meet). Default: the consensus value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_circuit_timeout_ms: Option<NonZeroU32>,
     /// Private loopback test networks only: build circuits through relays sharing one address.
     /// Default `false`.
     pub dangerous_ignore_subnet_families: bool,
@@ -83,6 +88,7 @@ impl Default for TorConfig {
             authorities: Vec::new(),
             fallbacks: Vec::new(),
             hsdir_interval_minutes: None,
+            min_circuit_timeout_ms: None,
             dangerous_ignore_subnet_families: false,
             state_dir: None,
             dangerous_trust_all_file_permissions: false,
@@ -131,6 +137,9 @@ impl TorConfig {
                         })
                         .collect(),
                     hsdir_interval_minutes: self.hsdir_interval_minutes,
+                    min_circuit_timeout: self
+                        .min_circuit_timeout_ms
+                        .map(|ms| Duration::from_millis(ms.get().into())),
                     dangerous_ignore_subnet_families: self.dangerous_ignore_subnet_families,
                 },
                 &dir,
@@ -156,6 +165,10 @@ impl TorConfig {
                 })
                 .collect(),
             hsdir_interval_minutes: network.hsdir_interval_minutes,
+            min_circuit_timeout_ms: network.min_circuit_timeout.map(|t| {
+                NonZeroU32::new(u32::try_from(t.as_millis()).unwrap_or(u32::MAX))
+                    .unwrap_or(NonZeroU32::MIN)
+            }),
             dangerous_ignore_subnet_families: network.dangerous_ignore_subnet_families,
             dangerous_trust_all_file_permissions: true,
             ..Self::default()

@@ -52,6 +52,11 @@ pub(crate) fn client_config(config: &Config) -> Result<TorClientConfig, ConfigEr
             b.override_net_params()
                 .insert("hsdir_interval".into(), minutes);
         }
+        if let Some(floor) = net.min_circuit_timeout {
+            // In range: PrivateNetwork::validate checked it.
+            let ms = i32::try_from(floor.as_millis()).unwrap_or(i32::MAX);
+            b.override_net_params().insert("cbtmintimeout".into(), ms);
+        }
         if net.dangerous_ignore_subnet_families {
             b.path_rules().ipv4_subnet_family_prefix(33);
             b.path_rules().ipv6_subnet_family_prefix(129);
@@ -79,6 +84,7 @@ mod tests {
                 orports: vec!["127.0.0.1:5000".parse().expect("socket address")],
             }],
             hsdir_interval_minutes: NonZeroU32::new(8),
+            min_circuit_timeout: Some(std::time::Duration::from_secs(2)),
             dangerous_ignore_subnet_families: true,
         };
         client_config(&Config::private(net, Path::new("/tmp/shoal-tor-test")))

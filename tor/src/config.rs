@@ -56,6 +56,13 @@ pub struct PrivateNetwork {
     /// C tor compute different time periods and cannot find each other's descriptors. `None`
     /// keeps the consensus value (default 1440, one day).
     pub hsdir_interval_minutes: Option<NonZeroU32>,
+    /// The least time arti allows a circuit build or a round trip on a circuit (Tor's
+    /// `cbtmintimeout` network parameter). arti learns its timeouts from the build times it
+    /// sees; on loopback those are milliseconds, so it learns timeouts of a few tens of
+    /// milliseconds, and once the machine is busy every onion-service descriptor fetch times
+    /// out (seen after a service restarted at a time-period change: its clients could not
+    /// fetch the new descriptor for minutes). `None` keeps the consensus value (default 10 ms).
+    pub min_circuit_timeout: Option<Duration>,
     /// Treat relays on one IPv4 /16 or IPv6 /32 as unrelated when building paths. Needed when
     /// all relays share one address (127.0.0.1); on a real network it lets a single operator's
     /// subnet carry a whole circuit. Default `false`.
@@ -186,6 +193,14 @@ impl PrivateNetwork {
         if self.fallbacks.is_empty() {
             return Err(ConfigError::NoFallbacks);
         }
+        if let Some(floor) = self.min_circuit_timeout {
+            // Tor's bounds of `cbtmintimeout`, in milliseconds.
+            if floor < Duration::from_millis(10) || floor.as_millis() > i32::MAX as u128 {
+                return Err(ConfigError::BadDuration(
+                    "min_circuit_timeout is outside 10 ms ..= 2^31 - 1 ms",
+                ));
+            }
+        }
         for id in &self.authority_v3idents {
             parse_rsa_identity(id)?;
         }
@@ -229,6 +244,7 @@ mod tests {
                 orports: vec!["127.0.0.1:5000".parse().expect("socket address")],
             }],
             hsdir_interval_minutes: NonZeroU32::new(8),
+            min_circuit_timeout: Some(Duration::from_secs(2)),
             dangerous_ignore_subnet_families: true,
         }
     }
@@ -261,6 +277,15 @@ mod tests {
         let mut net = network();
         net.fallbacks[0].orports.clear();
         assert!(matches!(net.validate(), Err(ConfigError::NoOrPorts(_))));
+
+        for floor in [Duration::from_millis(9), Duration::from_secs(1 << 22)] {
+            let mut net = network();
+            net.min_circuit_timeout = Some(floor);
+            assert!(
+                matches!(net.validate(), Err(ConfigError::BadDuration(_))),
+                "{floor:?}"
+            );
+        }
 
         let config = Config {
             dial_backoff_min: Duration::from_secs(10),

@@ -352,6 +352,7 @@ mod tests {
                 orports: vec!["127.0.0.1:1".parse().expect("socket address")],
             }],
             hsdir_interval_minutes: NonZeroU32::new(8),
+            min_circuit_timeout: Some(std::time::Duration::from_secs(2)),
             dangerous_ignore_subnet_families: true,
         };
         let mut config = Config::private(net, dir);

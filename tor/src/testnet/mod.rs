@@ -277,6 +277,9 @@ impl TestNetwork {
                 })
                 .collect(),
             hsdir_interval_minutes: NonZeroU32::new(24 * config.voting_interval_secs / 60),
+            // Loopback circuits build in milliseconds; without a floor arti's learned timeouts
+            // are too short for a busy machine (see the field).
+            min_circuit_timeout: Some(Duration::from_secs(2)),
             dangerous_ignore_subnet_families: true,
         };
         let keys_done = started.elapsed();
