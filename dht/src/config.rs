@@ -85,6 +85,13 @@ pub struct Config {
     /// view, so copies lost with failed nodes are made again (libp2p-kad's replication
     /// interval). Default 1 h; must be above zero.
     pub republish_interval: Duration,
+    /// How long a copy of a record kept beyond a put's quorum ([`crate::wire::Request::PutCopy`])
+    /// may stay off disk: such copies are answered once applied, and a flushed commit within
+    /// this delay makes them durable (one disk flush for many copies instead of one each).
+    /// A crash within it loses them; the publisher's next republish makes them again. The
+    /// quorum's copies are always on disk before they are acknowledged. Default 1 s; must be
+    /// above zero.
+    pub copy_flush_delay: Duration,
     /// How long a connection with no open stream is kept. Default 60 s.
     pub idle_connection_timeout: Duration,
     /// Record store limits. Default [`StoreConfig::default`].
@@ -125,6 +132,7 @@ impl Default for Config {
             gate_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
             republish_interval: Duration::from_secs(3600),
+            copy_flush_delay: Duration::from_secs(1),
             idle_connection_timeout: Duration::from_secs(60),
             store: StoreConfig::default(),
             notices: NoticeBookConfig::default(),
@@ -203,6 +211,7 @@ impl Config {
             ("gate_timeout", self.gate_timeout),
             ("request_timeout", self.request_timeout),
             ("republish_interval", self.republish_interval),
+            ("copy_flush_delay", self.copy_flush_delay),
             ("routing_snapshot_interval", self.routing_snapshot_interval),
         ] {
             if t.is_zero() {

@@ -57,6 +57,11 @@ pub enum Request {
     /// Keep this signed record envelope (a replica put). Answered with [`Response::Stored`] once
     /// it passed every check and is kept durably, or [`Response::Refused`].
     PutRecord(ByteBuf),
+    /// Keep this signed record envelope as a copy beyond the put's quorum: checked like
+    /// [`Request::PutRecord`], but answered with [`Response::Stored`] once kept, before it is
+    /// on disk (it is made durable within the holder's copy flush delay). The quorum a caller
+    /// was promised never rests on these.
+    PutCopy(ByteBuf),
     /// Keep this lockstep notice envelope. Answered with [`Response::Accepted`] once it is kept
     /// durably, or [`Response::Refused`].
     Announce(ByteBuf),
@@ -126,13 +131,19 @@ impl Response {
 }
 
 impl Request {
+    /// Whether this asks the peer to keep a record ([`Request::PutRecord`] or
+    /// [`Request::PutCopy`]).
+    pub fn is_put(&self) -> bool {
+        matches!(self, Self::PutRecord(_) | Self::PutCopy(_))
+    }
+
     /// Whether every field is within its bound: keys at most [`MAX_KEY_LEN`] bytes (a lookup
     /// target may also be a peer id), envelopes within their limits, at most [`MAX_PROOFS`] peers.
     pub fn is_bounded(&self) -> bool {
         match self {
             Self::FindNode(target) => target.len() <= MAX_KEY_LEN.max(MAX_PEER_ID_LEN),
             Self::GetRecord(key) | Self::Notices(key) => key.len() <= MAX_KEY_LEN,
-            Self::PutRecord(envelope) => envelope.len() <= MAX_RECORD_LEN,
+            Self::PutRecord(envelope) | Self::PutCopy(envelope) => envelope.len() <= MAX_RECORD_LEN,
             Self::Announce(envelope) => envelope.len() <= MAX_NOTICE_LEN,
             Self::Proofs(peers) => {
                 peers.len() <= MAX_PROOFS && peers.iter().all(|p| p.len() <= MAX_PEER_ID_LEN)

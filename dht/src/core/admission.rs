@@ -232,7 +232,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     }
 
     fn refuse_unadmitted(&mut self, from: T, id: InboundId, request: &Request) {
-        if matches!(request, Request::PutRecord(_)) {
+        if request.is_put() {
             self.stats.count_refused_put(from);
         }
         self.respond(id, Response::refused("identity not verified"));

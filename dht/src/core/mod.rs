@@ -316,6 +316,17 @@ impl<T> Default for Restored<T> {
     }
 }
 
+/// When a write may be reported done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Once it is on disk (and every earlier write with it).
+    Flushed,
+    /// Once it is applied, before the disk flush: for copies of a record beyond a put's
+    /// quorum, whose loss in a crash the next republish repairs. A later flushed write makes it
+    /// durable; the core asks for one within [`Config::copy_flush_delay`].
+    Deferred,
+}
+
 /// What the caller must do.
 #[derive(Debug)]
 pub enum Action<T> {
@@ -355,12 +366,15 @@ pub enum Action<T> {
         /// Its addresses.
         addrs: Vec<Address>,
     },
-    /// Make these writes durable in one commit, then call [`Core::handle_committed`] with `id`.
+    /// Apply these writes in one commit, then call [`Core::handle_committed`] with `id`.
     Write {
         /// The write's id.
         id: WriteId,
-        /// What to write, in order.
+        /// What to write, in order (may be empty: a flush of earlier deferred writes).
         ops: Vec<WriteOp<T>>,
+        /// Whether the commit must be on disk before it is reported (this one and every
+        /// earlier commit), or may be reported first.
+        durability: Durability,
     },
     /// Answer a command.
     Reply {
@@ -868,7 +882,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     /// Answers an admitted peer's request.
     fn serve(&mut self, now: Instant, unix: u64, from: T, id: InboundId, request: Request) {
         if !request.is_bounded() {
-            if matches!(request, Request::PutRecord(_)) {
+            if request.is_put() {
                 self.stats.count_refused_put(from);
             }
             return self.respond(id, Response::refused("request over its bounds"));
@@ -904,7 +918,12 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                     },
                 );
             }
-            Request::PutRecord(envelope) => self.serve_put(now, unix, from, id, &envelope),
+            Request::PutRecord(envelope) => {
+                self.serve_put(now, unix, from, id, &envelope, Durability::Flushed)
+            }
+            Request::PutCopy(envelope) => {
+                self.serve_put(now, unix, from, id, &envelope, Durability::Deferred)
+            }
             Request::Announce(envelope) => self.serve_announce(now, unix, id, &envelope),
             Request::Notices(key) => {
                 let notices = self
@@ -1054,6 +1073,15 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                     self.timers.set(Timer::Expire, now + EXPIRE_EVERY);
                     self.expire_records(now, unix);
                 }
+                Timer::CopyFlush => {
+                    // An empty flushed commit makes the deferred ones before it durable.
+                    let id = self.ops.add_write(None);
+                    self.push(Action::Write {
+                        id,
+                        ops: Vec::new(),
+                        durability: Durability::Flushed,
+                    });
+                }
                 Timer::Republish => {
                     let every = self.config.republish_interval;
                     self.timers.set(Timer::Republish, now + every);
@@ -1118,6 +1146,20 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     /// Asks for `ops` to be made durable for `op` (`None`: nothing waits). Without a disk the
     /// write completes at once.
     fn write(&mut self, now: Instant, unix: u64, ops: Vec<WriteOp<T>>, op: Option<OpId>) {
+        self.write_with(now, unix, ops, op, Durability::Flushed);
+    }
+
+    /// [`Self::write`], reported before the disk flush when `durability` is
+    /// [`Durability::Deferred`]; a flush then follows within [`Config::copy_flush_delay`],
+    /// unless a flushed write comes first (a flushed commit makes every earlier one durable).
+    fn write_with(
+        &mut self,
+        now: Instant,
+        unix: u64,
+        ops: Vec<WriteOp<T>>,
+        op: Option<OpId>,
+        durability: Durability,
+    ) {
         if ops.is_empty() && op.is_none() {
             return;
         }
@@ -1127,8 +1169,20 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             }
             return;
         }
+        match durability {
+            Durability::Flushed => self.timers.clear(Timer::CopyFlush),
+            Durability::Deferred if !self.timers.is_set(Timer::CopyFlush) => {
+                let at = now + self.config.copy_flush_delay;
+                self.timers.set(Timer::CopyFlush, at);
+            }
+            Durability::Deferred => {}
+        }
         let id = self.ops.add_write(op);
-        self.push(Action::Write { id, ops });
+        self.push(Action::Write {
+            id,
+            ops,
+            durability,
+        });
     }
 
     /// Dispatches a write's outcome to the operation waiting for it.

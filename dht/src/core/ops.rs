@@ -310,14 +310,19 @@ pub(super) enum Timer {
     Expire,
     /// Send held records to their closest peers.
     Republish,
+    /// Make the copies kept without a disk flush durable (see [`Config::copy_flush_delay`]).
+    ///
+    /// [`Config::copy_flush_delay`]: crate::Config::copy_flush_delay
+    CopyFlush,
 }
 
-const TIMERS: [Timer; 5] = [
+const TIMERS: [Timer; 6] = [
     Timer::Tick,
     Timer::RelayFlush,
     Timer::Snapshot,
     Timer::Expire,
     Timer::Republish,
+    Timer::CopyFlush,
 ];
 
 /// One deadline per [`Timer`].
@@ -334,6 +339,11 @@ impl Timers {
     /// Sets `timer` to fire at `at`.
     pub(super) fn set(&mut self, timer: Timer, at: Instant) {
         self.at[Self::index(timer)] = Some(at);
+    }
+
+    /// Clears `timer`.
+    pub(super) fn clear(&mut self, timer: Timer) {
+        self.at[Self::index(timer)] = None;
     }
 
     /// Whether `timer` is set.

@@ -17,8 +17,8 @@ use serde_bytes::ByteBuf;
 use super::lookup::{ClosestPeers, KeyHash, closest, closest_of};
 use super::ops::{Lookup, Op, Then, Waiting};
 use super::{
-    Checks, Core, InboundId, MAX_BACKGROUND_GETS, OpId, Peer, Reply, RequestFailure, WriteOp,
-    peers_from,
+    Checks, Core, Durability, InboundId, MAX_BACKGROUND_GETS, OpId, Peer, Reply, RequestFailure,
+    WriteOp, peers_from,
 };
 use crate::api::{
     FindNodeError, GetError, GetOk, LookupOk, LookupStats, Path, PutError, PutOk, PutRequest, Route,
@@ -366,7 +366,8 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         self.write(now, unix, writes, Some(op));
     }
 
-    /// A replica put from an admitted peer: accepted and written, answered once durable.
+    /// A replica put from an admitted peer: accepted and written, answered once the write is
+    /// done as `durability` says (on disk, or applied for a copy beyond the quorum).
     pub(super) fn serve_put(
         &mut self,
         now: Instant,
@@ -374,6 +375,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         from: T,
         id: InboundId,
         envelope: &[u8],
+        durability: Durability,
     ) {
         let candidate = Candidate::Wire {
             bytes: envelope,
@@ -395,7 +397,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                     undo,
                 };
                 self.ops.insert(op, Op::Committing(Box::new(waiting)));
-                self.write(now, unix, vec![write], Some(op));
+                self.write_with(now, unix, vec![write], Some(op), durability);
             }
             Err(error) => {
                 tracing::debug!(?from, %error, "inbound put refused");
@@ -473,7 +475,8 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     /// at once when one of them did not keep it. The caller is answered as soon as `quorum`
     /// replicas kept it and the `alpha` closest answered (the quorum usually comes from the first
     /// wave, whose writes then do not queue behind the others' on a shared disk), or once every
-    /// replica answered.
+    /// replica answered. A second wave sent after the quorum was reached goes as copies
+    /// ([`Request::PutCopy`]), which holders answer before their disk flush.
     pub(super) fn replicate(
         &mut self,
         now: Instant,
@@ -494,11 +497,18 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         self.ops.insert(op, Op::Replicate(job));
     }
 
-    /// Sends `job`'s record to `peers`.
+    /// Sends `job`'s record to `peers`: as copies once the quorum is reached (nothing promised
+    /// rests on them), else as replica puts that count toward it.
     fn send_replicas(&mut self, now: Instant, op: OpId, job: &mut Replication<T>, peers: Vec<T>) {
         job.outstanding += peers.len();
+        let copies = job.stored >= job.quorum;
         for peer in peers {
-            let request = Request::PutRecord(ByteBuf::from(job.envelope.clone()));
+            let envelope = ByteBuf::from(job.envelope.clone());
+            let request = if copies {
+                Request::PutCopy(envelope)
+            } else {
+                Request::PutRecord(envelope)
+            };
             self.send(now, op, peer, request);
         }
     }

@@ -428,7 +428,7 @@ fn a_replica_acknowledges_only_once_its_write_is_durable() {
     let write = actions
         .iter()
         .find_map(|a| match a {
-            Action::Write { id, ops } => Some((*id, ops.clone())),
+            Action::Write { id, ops, .. } => Some((*id, ops.clone())),
             _ => None,
         })
         .expect("a write");
@@ -743,6 +743,55 @@ fn acknowledged_records_survive_crashes_of_their_replicas_and_restarts() {
         let op = sim.command(15, Command::get(vec![b'k', i])).unwrap();
         assert!(get_result(wait_reply(&mut sim, 15, op)).is_ok(), "key {i}");
     }
+}
+
+#[test]
+fn a_crash_before_the_copy_flush_loses_copies_but_never_the_quorum() {
+    let mut sim = network(8, 24);
+    let k = sim.config().dht.replication_factor.get();
+    let first_wave = sim
+        .config()
+        .dht
+        .lookup_parallelism
+        .get()
+        .max(sim.config().dht.put_quorum.get());
+    let key = b"copies".to_vec();
+    let closest = sim.true_closest(&key, k + 1, None);
+    // A writer outside the k closest: it sends to exactly the k closest.
+    let writer = (0..24u32)
+        .find(|w| !closest[..k].contains(&SimPeer(*w)))
+        .unwrap();
+    let op = sim.command(writer, put(&key, b"v", None)).unwrap();
+    assert!(matches!(
+        wait_reply(&mut sim, writer, op),
+        Reply::Put(Ok(_))
+    ));
+    // Links take at most 5 ms: every copy is kept, none flushed yet.
+    sim.run_for(Duration::from_millis(50));
+    let (quorum, copies) = closest[..k].split_at(first_wave);
+    for p in quorum {
+        assert!(sim.on_disk(p.0, &key), "{p:?} acknowledged from disk");
+    }
+    for p in copies {
+        assert!(
+            sim.node(p.0).unwrap().stored(&key).is_some(),
+            "{p:?} kept it"
+        );
+        assert!(!sim.on_disk(p.0, &key), "{p:?} not flushed yet");
+    }
+    // One copy holder crashes now and loses it; another crashes after its flush and keeps it.
+    let (lost, kept) = (copies[0].0, copies[1].0);
+    sim.crash(lost);
+    sim.run_for(sim.config().dht.copy_flush_delay);
+    assert!(sim.on_disk(kept, &key));
+    sim.crash(kept);
+    for id in [lost, kept] {
+        sim.restart(id);
+    }
+    assert!(sim.node(lost).unwrap().stored(&key).is_none());
+    assert!(sim.node(kept).unwrap().stored(&key).is_some());
+    sim.run_for(Duration::from_secs(5));
+    assert_eq!(sim.check_records(), 1);
 }
 
 #[test]
@@ -1161,6 +1210,8 @@ fn gets_and_puts_succeed_through_a_join_wave_and_a_kill_while_views_disagree() {
 
 #[test]
 fn a_put_goes_to_the_closest_first_and_to_the_rest_once_they_answered_or_one_refused() {
+    // The rest go as copies (answered before the holder's disk flush) once the quorum is
+    // reached, and as replica puts that count toward it when it is not.
     let (mut core, start) = lone(0, false);
     let members = (1..=30u32).map(|i| Known {
         peer: SimPeer(i),
@@ -1198,8 +1249,16 @@ fn a_put_goes_to_the_closest_first_and_to_the_rest_once_they_answered_or_one_ref
         let last = i + 1 == first.len();
         // Answered once the quorum and the alpha closest kept it: with the last of the wave.
         assert_eq!(reply(&actions), last, "answer {i}");
-        let more = sends(&actions).len();
-        assert_eq!(more, if last { k - first_wave } else { 0 }, "answer {i}");
+        let more = sends(&actions);
+        assert_eq!(
+            more.len(),
+            if last { k - first_wave } else { 0 },
+            "answer {i}"
+        );
+        assert!(
+            more.iter()
+                .all(|(_, _, r)| matches!(r, Request::PutCopy(_)))
+        );
     }
     // A refusal in the first wave sends the rest at once, so the quorum can come from them.
     core.handle_command(now, UNIX, put(b"refused", b"v", None));
@@ -1207,4 +1266,57 @@ fn a_put_goes_to_the_closest_first_and_to_the_rest_once_they_answered_or_one_ref
     assert_eq!(first.len(), first_wave);
     core.handle_response(now, UNIX, first[0].1, Ok(Response::refused("full")));
     assert_eq!(wave(&mut core).len(), k - first_wave);
+}
+
+#[test]
+fn a_copy_is_answered_before_the_flush_and_flushed_within_the_delay() {
+    let (mut core, now) = lone(0, true);
+    core.handle_gate(now, UNIX, SimPeer(1), Ok(()));
+    drain(&mut core);
+    let signer = NodeKey::from_seed([9; 32]);
+    let writes = |actions: &[Action<SimPeer>]| -> Vec<(WriteId, usize, Durability)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Write {
+                    id,
+                    ops,
+                    durability,
+                } => Some((*id, ops.len(), *durability)),
+                _ => None,
+            })
+            .collect()
+    };
+    let copy = |key: &[u8]| {
+        let signed = record(&signer, key, b"v", 1);
+        Request::PutCopy(ByteBuf::from(signed.as_bytes().to_vec()))
+    };
+    core.handle_request(now, UNIX, SimPeer(1), InboundId(1), copy(b"a"));
+    let w = writes(&drain(&mut core));
+    assert_eq!(w.len(), 1);
+    assert_eq!((w[0].1, w[0].2), (1, Durability::Deferred));
+    core.handle_committed(now, UNIX, w[0].0, Ok(()));
+    assert_eq!(responses(&drain(&mut core))[0].1, &Response::Stored);
+    // Within the delay, nothing else; at its end, one empty flushed write.
+    let delay = core.config().copy_flush_delay;
+    core.handle_timeout(now + delay / 2, UNIX);
+    assert!(writes(&drain(&mut core)).is_empty());
+    core.handle_timeout(now + delay, UNIX);
+    let flush = writes(&drain(&mut core));
+    assert_eq!(flush.len(), 1);
+    assert_eq!((flush[0].1, flush[0].2), (0, Durability::Flushed));
+    core.handle_committed(now + delay, UNIX, flush[0].0, Ok(()));
+    // A replica put (flushed) after a copy makes it durable too: no separate flush follows.
+    let later = now + delay * 2;
+    core.handle_request(later, UNIX, SimPeer(1), InboundId(2), copy(b"b"));
+    let signed = record(&signer, b"c", b"v", 1);
+    let put = Request::PutRecord(ByteBuf::from(signed.as_bytes().to_vec()));
+    core.handle_request(later, UNIX, SimPeer(1), InboundId(3), put);
+    let w = writes(&drain(&mut core));
+    assert_eq!(
+        w.iter().map(|w| w.2).collect::<Vec<_>>(),
+        [Durability::Deferred, Durability::Flushed]
+    );
+    core.handle_timeout(later + delay * 2, UNIX);
+    assert!(writes(&drain(&mut core)).is_empty());
 }

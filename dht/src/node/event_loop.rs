@@ -27,7 +27,9 @@ use super::{
 };
 use crate::behaviour::{Behaviour, Event, Exchange};
 use crate::config::{Config, ConfigError};
-use crate::core::{self, Action, Core, InboundId, OpId, Reply, RequestFailure, Restored, WriteId};
+use crate::core::{
+    self, Action, Core, Durability, InboundId, OpId, Reply, RequestFailure, Restored, WriteId,
+};
 use crate::gate;
 use crate::lockstep::SignedNotice;
 use crate::store::{self, Batch, Committed, Persist, Writer, WriterError, WriterEvents};
@@ -572,9 +574,14 @@ impl EventLoop {
                     let addrs = shoal_swim::behaviour::to_multiaddrs(&addrs);
                     self.dial(now, unix, peer, addrs);
                 }
-                Action::Write { id, ops } => {
-                    self.writes
-                        .push_back((store::WriteId(id.0), store::to_batch(ops)));
+                Action::Write {
+                    id,
+                    ops,
+                    durability,
+                } => {
+                    let mut batch = store::to_batch(ops);
+                    batch.set_deferred(durability == Durability::Deferred);
+                    self.writes.push_back((store::WriteId(id.0), batch));
                 }
                 Action::Reply { op, reply } => self.on_reply(now, op, reply),
                 Action::Notice(notice) => {

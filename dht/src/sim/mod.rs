@@ -15,7 +15,8 @@
 //!   cheater's proof fails everywhere). A dial does the same, or fails if the peer is down or cut
 //!   off.
 //! - **Disk.** A write is applied [`SimConfig::disk_latency`] after it was asked for, and only
-//!   then reported committed; a crash loses what was not committed. A restarted node starts from
+//!   then reported committed; a crash loses what was not committed, and deferred writes
+//!   ([`Durability::Deferred`]) not yet followed by a flushed one. A restarted node starts from
 //!   its disk. Writes can be made to fail ([`Sim::fail_writes`]).
 //! - **Clocks.** Every node reads the same virtual monotonic time; its Unix time can be set off
 //!   ([`Sim::set_clock_offset`]) to model a clock stepped back across a restart.
@@ -40,7 +41,7 @@ use shoal_swim::{Address, State};
 
 use crate::config::Config;
 use crate::core::{
-    Action, Checks, Command, Core, InboundId, KeyHash, Known, Meta, OpId, Peer, Reply,
+    Action, Checks, Command, Core, Durability, InboundId, KeyHash, Known, Meta, OpId, Peer, Reply,
     RequestFailure, RequestId, Restored, WriteId, WriteOp, lookup,
 };
 use crate::record::SignedRecord;
@@ -222,6 +223,9 @@ struct Node {
     clock_offset: i64,
     /// Counts starts: a commit reported to an earlier start is lost with its crash.
     generation: u32,
+    /// Deferred writes reported but not yet on the disk: a flushed write puts them there
+    /// first; a crash loses them.
+    unflushed: Vec<Vec<WriteOp<SimPeer>>>,
     fail_writes: u32,
     wake: Option<Instant>,
     inbound: HashMap<InboundId, (SimPeer, RequestId)>,
@@ -275,6 +279,7 @@ enum Delivery {
         generation: u32,
         id: WriteId,
         ops: Vec<WriteOp<SimPeer>>,
+        durability: Durability,
     },
 }
 
@@ -389,6 +394,13 @@ impl Sim {
         self.nodes.get(id as usize)?.core.as_ref()
     }
 
+    /// Whether `id`'s disk holds a record under `key` (what a restart would find).
+    pub fn on_disk(&self, id: u32, key: &[u8]) -> bool {
+        self.nodes
+            .get(id as usize)
+            .is_some_and(|n| n.disk.records.contains_key(key))
+    }
+
     /// The core of `id` to change it (a test's fault injection), unless it is down.
     pub fn node_mut(&mut self, id: u32) -> Option<&mut Core<SimPeer, SimChecks>> {
         self.nodes.get_mut(id as usize)?.core.as_mut()
@@ -474,6 +486,7 @@ impl Sim {
                 group: 0,
                 clock_offset: 0,
                 generation: 0,
+                unflushed: Vec::new(),
                 fail_writes: 0,
                 wake: None,
                 inbound: HashMap::new(),
@@ -571,6 +584,7 @@ impl Sim {
         node.wake = None;
         node.inbound.clear();
         node.issued.clear();
+        node.unflushed.clear();
         node.generation += 1;
     }
 
@@ -820,6 +834,7 @@ impl Sim {
                 generation,
                 id,
                 ops,
+                durability,
             } => {
                 if self.nodes[node as usize].generation != generation {
                     // Lost with a crash: never applied, never reported.
@@ -830,7 +845,16 @@ impl Sim {
                     self.stats.failed_writes += 1;
                     Err("injected write failure".to_owned())
                 } else {
-                    self.apply_writes(node, ops);
+                    match durability {
+                        // Kept off the disk until a flushed write; a crash loses it.
+                        Durability::Deferred => self.nodes[node as usize].unflushed.push(ops),
+                        Durability::Flushed => {
+                            let earlier = std::mem::take(&mut self.nodes[node as usize].unflushed);
+                            for ops in earlier.into_iter().chain([ops]) {
+                                self.apply_writes(node, ops);
+                            }
+                        }
+                    }
                     self.stats.writes += 1;
                     Ok(())
                 };
@@ -1078,7 +1102,11 @@ impl Sim {
                     }
                 }
             }
-            Action::Write { id: wid, ops } => {
+            Action::Write {
+                id: wid,
+                ops,
+                durability,
+            } => {
                 let generation = self.nodes[id as usize].generation;
                 let at = now + self.config.disk_latency;
                 self.schedule(
@@ -1088,6 +1116,7 @@ impl Sim {
                         generation,
                         id: wid,
                         ops,
+                        durability,
                     },
                 );
             }

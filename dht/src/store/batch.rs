@@ -62,9 +62,14 @@ impl Op {
 /// Appending batches ([`Batch::append`]) and committing the result gives the same database as
 /// committing them one after the other, which is what lets the [`Writer`](super::Writer) group
 /// them.
+///
+/// A batch is flushed to disk before its commit returns, unless it is marked deferred
+/// ([`Batch::set_deferred`]): then a commit of deferred batches only may return before the
+/// flush, and the next flushed commit makes it durable.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Batch {
     ops: Vec<Op>,
+    deferred: bool,
 }
 
 impl Batch {
@@ -128,9 +133,22 @@ impl Batch {
         self.push(Op::RaiseMeta(meta))
     }
 
-    /// Moves every operation of `other` to the end of this batch.
+    /// Moves every operation of `other` to the end of this batch; the result is deferred only
+    /// if both were.
     pub fn append(&mut self, mut other: Batch) {
         self.ops.append(&mut other.ops);
+        self.deferred &= other.deferred;
+    }
+
+    /// Marks the batch deferred (its commit may return before the disk flush) or not.
+    pub fn set_deferred(&mut self, deferred: bool) -> &mut Self {
+        self.deferred = deferred;
+        self
+    }
+
+    /// Whether the batch may be committed without a disk flush.
+    pub fn is_deferred(&self) -> bool {
+        self.deferred
     }
 
     /// The operations, in the order they apply.
@@ -156,7 +174,10 @@ impl Batch {
 
 impl From<Vec<Op>> for Batch {
     fn from(ops: Vec<Op>) -> Self {
-        Self { ops }
+        Self {
+            ops,
+            deferred: false,
+        }
     }
 }
 
@@ -164,6 +185,7 @@ impl FromIterator<Op> for Batch {
     fn from_iter<I: IntoIterator<Item = Op>>(iter: I) -> Self {
         Self {
             ops: iter.into_iter().collect(),
+            deferred: false,
         }
     }
 }

@@ -112,23 +112,31 @@ impl Persist {
         self.commit_many(std::iter::once(batch))
     }
 
-    /// Applies the operations of every batch in `batches`, in order, in one durable
-    /// transaction. The result on disk is the same as committing the batches one after the
-    /// other, with one disk flush instead of one per batch; but one failure fails them all.
+    /// Applies the operations of every batch in `batches`, in order, in one transaction,
+    /// durable when it returns unless every batch is deferred ([`Batch::is_deferred`]; a
+    /// deferred commit becomes durable with the next durable one). The result on disk is the
+    /// same as committing the batches one after the other, with one disk flush instead of one
+    /// per batch; but one failure fails them all.
     pub fn commit_many<'a>(
         &self,
         batches: impl IntoIterator<Item = &'a Batch>,
     ) -> Result<(), StorageError> {
+        let batches: Vec<&Batch> = batches.into_iter().collect();
         let mut tx = self.db.begin_write()?;
-        // Immediate is redb's default; set it anyway because acknowledging after this commit is
-        // only sound if the commit is on disk when it returns.
-        tx.set_durability(Durability::Immediate)?;
+        // Immediate is redb's default; set it anyway because acknowledging a batch that is not
+        // deferred is only sound if the commit is on disk when it returns.
+        let durability = if batches.iter().all(|b| b.is_deferred()) {
+            Durability::None
+        } else {
+            Durability::Immediate
+        };
+        tx.set_durability(durability)?;
         {
             let mut records = tx.open_table(RECORDS)?;
             let mut notices = tx.open_table(NOTICES)?;
             let mut routing = tx.open_table(ROUTING)?;
             let mut meta = tx.open_table(META)?;
-            for op in batches.into_iter().flat_map(Batch::ops) {
+            for op in batches.iter().flat_map(|b| b.ops()) {
                 match op {
                     Op::PutRecord { key, envelope } => {
                         records.insert(key.as_slice(), envelope.as_slice())?;
@@ -370,6 +378,38 @@ mod tests {
                     seq_floor: 10
                 }),
             }
+        );
+    }
+
+    #[test]
+    fn deferred_commits_are_readable_at_once_and_durable_after_a_flushed_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.redb");
+        {
+            let p = Persist::open(&path).unwrap();
+            let mut copy = Batch::new();
+            copy.put_record(b"copy", b"c").set_deferred(true);
+            p.commit(&copy).unwrap();
+            assert_eq!(contents(&p).records, vec![pair(b"copy", b"c")]);
+            // A group of a deferred and a flushed batch is flushed; so is an empty flush.
+            let mut other = Batch::new();
+            other.put_record(b"other", b"o").set_deferred(true);
+            let mut replica = Batch::new();
+            replica.put_record(b"replica", b"r");
+            let mut merged = other.clone();
+            merged.append(replica.clone());
+            assert!(!merged.is_deferred());
+            p.commit_many([&other, &replica]).unwrap();
+            p.commit(&Batch::new()).unwrap();
+        }
+        let p = Persist::open(&path).unwrap();
+        assert_eq!(
+            contents(&p).records,
+            vec![
+                pair(b"copy", b"c"),
+                pair(b"other", b"o"),
+                pair(b"replica", b"r")
+            ]
         );
     }
 

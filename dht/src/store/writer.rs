@@ -4,7 +4,8 @@
 //! redb commits block on a disk flush, so the event loop must not make them. It hands each
 //! batch to the [`Writer`] with an id it chose and goes on; the writer thread takes one batch,
 //! drains whatever else is queued by then (up to [`MAX_GROUP_BATCHES`] batches or
-//! [`MAX_GROUP_BYTES`] bytes), commits them all in one durable transaction and reports one
+//! [`MAX_GROUP_BYTES`] bytes), commits them all in one transaction (flushed to disk unless
+//! every batch in it is deferred, see [`Batch::set_deferred`]) and reports one
 //! [`Committed`] per commit on [`WriterEvents`]. The event loop acknowledges a write (a put, a
 //! replica's answer, a notice's answer) only once its id comes back with `Ok`, and refuses it
 //! otherwise.
