@@ -86,8 +86,9 @@ pub struct Config {
     /// interval). Default 1 h; must be above zero.
     pub republish_interval: Duration,
     /// How long a copy of a record kept beyond a put's quorum ([`crate::wire::Request::PutCopy`])
-    /// may stay off disk: such copies are answered once applied, and a flushed commit within
-    /// this delay makes them durable (one disk flush for many copies instead of one each).
+    /// may stay off disk: such copies are answered once kept, written together, and a flushed
+    /// commit within this delay makes them durable (one disk flush for many copies instead of
+    /// one each).
     /// A crash within it loses them; the publisher's next republish makes them again. The
     /// quorum's copies are always on disk before they are acknowledged. Default 1 s; must be
     /// above zero.

@@ -58,9 +58,10 @@ pub enum Request {
     /// it passed every check and is kept durably, or [`Response::Refused`].
     PutRecord(ByteBuf),
     /// Keep this signed record envelope as a copy beyond the put's quorum: checked like
-    /// [`Request::PutRecord`], but answered with [`Response::Stored`] once kept, before it is
-    /// on disk (it is made durable within the holder's copy flush delay). The quorum a caller
-    /// was promised never rests on these.
+    /// [`Request::PutRecord`], but answered with [`Response::Stored`] as soon as it is kept,
+    /// before it is on disk: the holder writes copies together and makes them durable within
+    /// its copy flush delay (a crash before that loses them; the next republish makes them
+    /// again). The quorum a caller was promised never rests on these.
     PutCopy(ByteBuf),
     /// Keep this lockstep notice envelope. Answered with [`Response::Accepted`] once it is kept
     /// durably, or [`Response::Refused`].

@@ -563,6 +563,10 @@ pub struct Core<T: Peer, C: Checks<T>> {
     stamps: StampChecker,
     ops: Ops<T>,
     timers: Timers,
+    /// Copies kept ([`Request::PutCopy`]) whose write is not yet asked for: written together
+    /// at [`Timer::CopyWrite`], or before any other write (so writes reach the disk in the
+    /// order they were made).
+    copies: records::PendingCopies<T>,
     actions: VecDeque<Action<T>>,
     stats: CoreStats<T>,
     /// The highest sequence number this node used or saw for each key it published.
@@ -640,6 +644,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             admission: Admission::default(),
             ops: Ops::default(),
             timers: Timers::default(),
+            copies: records::PendingCopies::default(),
             actions: VecDeque::new(),
             stats: CoreStats::default(),
             last_seq: HashMap::new(),
@@ -1073,6 +1078,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                     self.timers.set(Timer::Expire, now + EXPIRE_EVERY);
                     self.expire_records(now, unix);
                 }
+                Timer::CopyWrite => self.write_copies(now, unix),
                 Timer::CopyFlush => {
                     // An empty flushed commit makes the deferred ones before it durable.
                     let id = self.ops.add_write(None);
@@ -1169,6 +1175,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             }
             return;
         }
+        self.write_copies(now, unix);
         match durability {
             Durability::Flushed => self.timers.clear(Timer::CopyFlush),
             Durability::Deferred if !self.timers.is_set(Timer::CopyFlush) => {

@@ -116,6 +116,8 @@ pub(super) enum Waiting<T> {
     OwnNotice(Box<SignedNotice>, NoticeUndo),
     /// A newer copy a get found, kept as read repair.
     Repair(Undo),
+    /// Copies from peers, already answered: undone (newest first) if the write fails.
+    Copies(Vec<Undo>),
 }
 
 /// The work in flight and its deadlines.
@@ -310,18 +312,21 @@ pub(super) enum Timer {
     Expire,
     /// Send held records to their closest peers.
     Republish,
+    /// Write the copies kept since the last write.
+    CopyWrite,
     /// Make the copies kept without a disk flush durable (see [`Config::copy_flush_delay`]).
     ///
     /// [`Config::copy_flush_delay`]: crate::Config::copy_flush_delay
     CopyFlush,
 }
 
-const TIMERS: [Timer; 6] = [
+const TIMERS: [Timer; 7] = [
     Timer::Tick,
     Timer::RelayFlush,
     Timer::Snapshot,
     Timer::Expire,
     Timer::Republish,
+    Timer::CopyWrite,
     Timer::CopyFlush,
 ];
 

@@ -15,7 +15,7 @@ use std::time::Instant;
 use serde_bytes::ByteBuf;
 
 use super::lookup::{ClosestPeers, KeyHash, closest, closest_of};
-use super::ops::{Lookup, Op, Then, Waiting};
+use super::ops::{Lookup, Op, Then, Timer, Waiting};
 use super::{
     Checks, Core, Durability, InboundId, MAX_BACKGROUND_GETS, OpId, Peer, Reply, RequestFailure,
     WriteOp, peers_from,
@@ -92,6 +92,33 @@ pub(super) struct Undo {
     written: Vec<u8>,
     previous: Option<SignedRecord>,
 }
+
+/// Copies kept but not yet written (see [`Core::write_copies`]).
+#[derive(Debug)]
+pub(super) struct PendingCopies<T> {
+    writes: Vec<WriteOp<T>>,
+    undos: Vec<Undo>,
+    bytes: usize,
+}
+
+impl<T> Default for PendingCopies<T> {
+    fn default() -> Self {
+        Self {
+            writes: Vec::new(),
+            undos: Vec::new(),
+            bytes: 0,
+        }
+    }
+}
+
+/// How long a copy's write waits for others to share its commit. Copies are answered when
+/// kept, so this delays only their disk write, never an answer; other writes take the
+/// waiting copies along at once.
+const COPY_WRITE_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Copies and bytes of envelopes that wait at most; one more is written at once.
+const MAX_PENDING_COPIES: usize = 256;
+const MAX_PENDING_COPY_BYTES: usize = 1 << 20;
 
 /// The records held, decoded once when accepted.
 #[derive(Debug, Default)]
@@ -388,6 +415,23 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 self.stats.stored_puts += 1;
                 self.respond(id, Response::Stored);
             }
+            Ok(a) if durability == Durability::Deferred => {
+                // A copy: answered now; its write waits for others to share a commit.
+                let (write, undo) = self.keep(a.signed);
+                self.stats.stored_puts += 1;
+                self.respond(id, Response::Stored);
+                let copies = &mut self.copies;
+                copies.bytes += undo.written.len();
+                copies.writes.push(write);
+                copies.undos.push(undo);
+                if copies.writes.len() >= MAX_PENDING_COPIES
+                    || copies.bytes >= MAX_PENDING_COPY_BYTES
+                {
+                    self.write_copies(now, unix);
+                } else if !self.timers.is_set(Timer::CopyWrite) {
+                    self.timers.set(Timer::CopyWrite, now + COPY_WRITE_DELAY);
+                }
+            }
             Ok(a) => {
                 let (write, undo) = self.keep(a.signed);
                 let op = self.ops.next_op();
@@ -397,7 +441,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                     undo,
                 };
                 self.ops.insert(op, Op::Committing(Box::new(waiting)));
-                self.write_with(now, unix, vec![write], Some(op), durability);
+                self.write(now, unix, vec![write], Some(op));
             }
             Err(error) => {
                 tracing::debug!(?from, %error, "inbound put refused");
@@ -405,6 +449,19 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 self.respond(id, Response::refused(error.to_string()));
             }
         }
+    }
+
+    /// Asks for the write of the copies kept since the last write, as one deferred commit.
+    pub(super) fn write_copies(&mut self, now: Instant, unix: u64) {
+        self.timers.clear(Timer::CopyWrite);
+        if self.copies.writes.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.copies);
+        let op = self.ops.next_op();
+        let waiting = Waiting::Copies(pending.undos);
+        self.ops.insert(op, Op::Committing(Box::new(waiting)));
+        self.write_with(now, unix, pending.writes, Some(op), Durability::Deferred);
     }
 
     /// A write that `op` waited for is durable, or failed.
@@ -441,8 +498,13 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 self.stats.count_refused_put(from);
                 self.respond(inbound, Response::refused(format!("storage: {e}")));
             }
-            (Waiting::Repair(_), Ok(())) => {}
+            (Waiting::Repair(_) | Waiting::Copies(_), Ok(())) => {}
             (Waiting::Repair(undo), Err(_)) => self.undo(undo),
+            (Waiting::Copies(undos), Err(_)) => {
+                for undo in undos.into_iter().rev() {
+                    self.undo(undo);
+                }
+            }
             (
                 Waiting::NoticeIn {
                     inbound, notice, ..

@@ -782,7 +782,8 @@ fn a_crash_before_the_copy_flush_loses_copies_but_never_the_quorum() {
     // One copy holder crashes now and loses it; another crashes after its flush and keeps it.
     let (lost, kept) = (copies[0].0, copies[1].0);
     sim.crash(lost);
-    sim.run_for(sim.config().dht.copy_flush_delay);
+    // The copy's write waits up to 100 ms for company, then its flush up to the delay.
+    sim.run_for(sim.config().dht.copy_flush_delay + Duration::from_millis(200));
     assert!(sim.on_disk(kept, &key));
     sim.crash(kept);
     for id in [lost, kept] {
@@ -1269,7 +1270,7 @@ fn a_put_goes_to_the_closest_first_and_to_the_rest_once_they_answered_or_one_ref
 }
 
 #[test]
-fn a_copy_is_answered_before_the_flush_and_flushed_within_the_delay() {
+fn a_copy_is_answered_when_kept_written_soon_and_flushed_within_the_delay() {
     let (mut core, now) = lone(0, true);
     core.handle_gate(now, UNIX, SimPeer(1), Ok(()));
     drain(&mut core);
@@ -1291,27 +1292,36 @@ fn a_copy_is_answered_before_the_flush_and_flushed_within_the_delay() {
         let signed = record(&signer, key, b"v", 1);
         Request::PutCopy(ByteBuf::from(signed.as_bytes().to_vec()))
     };
+    // Two copies: answered at once, written together a little later, without a flush.
     core.handle_request(now, UNIX, SimPeer(1), InboundId(1), copy(b"a"));
+    core.handle_request(now, UNIX, SimPeer(1), InboundId(2), copy(b"a2"));
+    let actions = drain(&mut core);
+    assert_eq!(responses(&actions).len(), 2);
+    assert!(responses(&actions).iter().all(|r| r.1 == &Response::Stored));
+    assert!(writes(&actions).is_empty());
+    let written = core.poll_timeout().expect("the copies' write is due");
+    assert!(written > now && written - now < Duration::from_secs(1));
+    core.handle_timeout(written, UNIX);
     let w = writes(&drain(&mut core));
     assert_eq!(w.len(), 1);
-    assert_eq!((w[0].1, w[0].2), (1, Durability::Deferred));
-    core.handle_committed(now, UNIX, w[0].0, Ok(()));
-    assert_eq!(responses(&drain(&mut core))[0].1, &Response::Stored);
-    // Within the delay, nothing else; at its end, one empty flushed write.
+    assert_eq!((w[0].1, w[0].2), (2, Durability::Deferred));
+    core.handle_committed(written, UNIX, w[0].0, Ok(()));
+    // Within the flush delay, nothing else; at its end, one empty flushed write.
     let delay = core.config().copy_flush_delay;
-    core.handle_timeout(now + delay / 2, UNIX);
+    core.handle_timeout(written + delay / 2, UNIX);
     assert!(writes(&drain(&mut core)).is_empty());
-    core.handle_timeout(now + delay, UNIX);
+    core.handle_timeout(written + delay, UNIX);
     let flush = writes(&drain(&mut core));
     assert_eq!(flush.len(), 1);
     assert_eq!((flush[0].1, flush[0].2), (0, Durability::Flushed));
-    core.handle_committed(now + delay, UNIX, flush[0].0, Ok(()));
-    // A replica put (flushed) after a copy makes it durable too: no separate flush follows.
-    let later = now + delay * 2;
-    core.handle_request(later, UNIX, SimPeer(1), InboundId(2), copy(b"b"));
+    core.handle_committed(written + delay, UNIX, flush[0].0, Ok(()));
+    // A replica put (flushed) after a copy takes the copy's write along, first, and makes it
+    // durable too: no separate write or flush follows.
+    let later = written + delay * 2;
+    core.handle_request(later, UNIX, SimPeer(1), InboundId(3), copy(b"b"));
     let signed = record(&signer, b"c", b"v", 1);
     let put = Request::PutRecord(ByteBuf::from(signed.as_bytes().to_vec()));
-    core.handle_request(later, UNIX, SimPeer(1), InboundId(3), put);
+    core.handle_request(later, UNIX, SimPeer(1), InboundId(4), put);
     let w = writes(&drain(&mut core));
     assert_eq!(
         w.iter().map(|w| w.2).collect::<Vec<_>>(),
