@@ -43,6 +43,7 @@ struct Mirrored {
     probes: Counter,
     failed_probes: Counter,
     refutations: Counter,
+    member_changes: Family<KindLabels, Counter>,
     swim_messages: Family<KindLabels, Counter>,
     kad_queries: Counter,
     paths: Family<KindLabels, Counter>,
@@ -135,6 +136,11 @@ impl Metrics {
             "swim_refutations",
             "Times this node refuted news of its own suspicion or death",
             m.refutations.clone(),
+        );
+        registry.register(
+            "swim_member_changes",
+            "SWIM membership changes seen, by kind (joined, suspected, refuted, failed, left)",
+            m.member_changes.clone(),
         );
         registry.register(
             "swim_messages",
@@ -254,6 +260,20 @@ impl Metrics {
         mirror(&m.probes, stats.swim.probes);
         mirror(&m.failed_probes, stats.swim.failed_probes);
         mirror(&m.refutations, stats.swim.refutations);
+        let changes = &stats.swim.changes;
+        for (kind, n) in [
+            ("joined", changes.joined),
+            ("suspected", changes.suspected),
+            ("refuted", changes.refuted),
+            ("failed", changes.failed),
+            ("left", changes.left),
+        ] {
+            mirror(
+                &m.member_changes
+                    .get_or_create(&KindLabels { kind: kind.into() }),
+                n,
+            );
+        }
         for (kind, n) in [
             ("sent", stats.swim_wire.sent),
             ("received", stats.swim_wire.received),
@@ -319,6 +339,7 @@ mod tests {
         stats.members.alive = 4;
         metrics.update(&stats);
         stats.swim.probes = 12;
+        stats.swim.changes.suspected = 3;
         metrics.update(&stats);
         assert_eq!(metrics.mirrored.probes.get(), 12);
         metrics.observe("dht_get", "ok", Duration::from_millis(3));
@@ -328,6 +349,10 @@ mod tests {
         assert!(text.contains("shoal_swim_probes_total 12"), "{text}");
         assert!(
             text.contains("shoal_swim_members{kind=\"alive\"} 4"),
+            "{text}"
+        );
+        assert!(
+            text.contains("shoal_swim_member_changes_total{kind=\"suspected\"} 3"),
             "{text}"
         );
         assert!(

@@ -48,7 +48,9 @@ pub use behaviour::{Behaviour, WireStats};
 pub use config::Config;
 pub use error::{CodecError, CommandError, ConfigError};
 pub use message::{Address, Message, Payload, State, Update};
-pub use state::{CommandId, Effect, Event, Member, Membership, QueueLengths, Stats, Transmit};
+pub use state::{
+    Changes, CommandId, Effect, Event, Member, Membership, QueueLengths, Stats, Transmit,
+};
 
 /// Name of the libp2p protocol that carries SWIM messages.
 pub const PROTOCOL_NAME: &str = "/shoal/swim/1";

@@ -189,6 +189,23 @@ pub struct Stats {
     pub members_dropped: u64,
     /// Ping-req requests ignored because too many were in flight.
     pub relays_dropped: u64,
+    /// Membership changes seen, by kind (each also logged at info).
+    pub changes: Changes,
+}
+
+/// Membership changes seen since start, one count per [`Event`] of that kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Members that became alive, or came back with a newer incarnation.
+    pub joined: u64,
+    /// Suspicions of members.
+    pub suspected: u64,
+    /// Suspected members that proved they were alive.
+    pub refuted: u64,
+    /// Members declared dead.
+    pub failed: u64,
+    /// Members that left gracefully.
+    pub left: u64,
 }
 
 /// Current lengths of every internal queue, to check that state stays bounded.
@@ -1192,6 +1209,52 @@ impl<T: Identity> Membership<T> {
     }
 
     fn emit(&mut self, event: Event<T>) {
+        // Every change is counted and logged here, once, even if the event queue drops it.
+        let changes = &mut self.stats.changes;
+        match &event {
+            Event::Joined {
+                member,
+                incarnation,
+                ..
+            } => {
+                changes.joined += 1;
+                tracing::info!(peer = ?member, state = "alive", incarnation, "member joined");
+            }
+            Event::Suspected {
+                member,
+                incarnation,
+                by,
+                ..
+            } => {
+                changes.suspected += 1;
+                tracing::info!(peer = ?member, state = "suspect", incarnation, by = ?by, "member suspected");
+            }
+            Event::Refuted {
+                member,
+                incarnation,
+                ..
+            } => {
+                changes.refuted += 1;
+                tracing::info!(peer = ?member, state = "alive", incarnation, "member refuted a suspicion");
+            }
+            Event::Failed {
+                member,
+                incarnation,
+                ..
+            } => {
+                changes.failed += 1;
+                tracing::info!(peer = ?member, state = "dead", incarnation, "member failed");
+            }
+            Event::Left {
+                member,
+                incarnation,
+                ..
+            } => {
+                changes.left += 1;
+                tracing::info!(peer = ?member, state = "left", incarnation, "member left");
+            }
+            Event::JoinFinished { .. } | Event::LeaveFinished { .. } => {}
+        }
         if self.events.len() >= self.config.max_event_queue.get() {
             self.events.pop_front();
             self.stats.events_dropped += 1;

@@ -309,3 +309,18 @@ fn probe_period_of_presets() {
     assert_eq!(period(&Config::lan()), Duration::from_secs(1));
     assert_eq!(period(&Config::wan()), Duration::from_secs(6));
 }
+
+#[test]
+fn every_membership_change_is_counted() {
+    let mut sim = Sim::new(11, lan(), LinkModel::lan());
+    sim.add_converged(8);
+    sim.run_for(Duration::from_secs(5));
+    sim.crash(7);
+    sim.run_for(Duration::from_secs(60));
+    for id in 0..7 {
+        let changes = sim.node(id).expect("survivor").stats().changes;
+        assert_eq!(changes.failed, 1, "node {id}: {changes:?}");
+        assert!(changes.suspected >= 1, "node {id}: {changes:?}");
+        assert_eq!((changes.refuted, changes.left), (0, 0), "node {id}");
+    }
+}
