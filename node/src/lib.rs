@@ -18,6 +18,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod init;
+pub mod join;
 pub mod metrics;
 pub mod rpc;
 pub mod run;

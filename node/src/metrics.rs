@@ -6,7 +6,7 @@
 //! (SWIM members by state, probes, refutations, kad queries, records, notices, identity-proof
 //! checks and refusals).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -16,6 +16,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use shoal_dht::node::NodeStats;
+
+use crate::join::JoinStatus;
 
 /// Labels of a JSON-RPC call counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -68,6 +70,11 @@ pub struct Metrics {
     rate_limited: Counter,
     unauthorized: Counter,
     mirrored: Mirrored,
+    /// The join's progress, once the node is running ([`Metrics::watch_join`]).
+    join: OnceLock<Arc<JoinStatus>>,
+    join_attempts: Counter,
+    join_failures: Counter,
+    joined: Gauge,
     /// Serialises scrapes so mirrored counters are updated by one scrape at a time.
     scrape: Mutex<()>,
 }
@@ -207,6 +214,23 @@ impl Metrics {
             "Relayed identity proofs that did not verify",
             m.relayed_proofs_refused.clone(),
         );
+        let (join_attempts, join_failures, joined) =
+            (Counter::default(), Counter::default(), Gauge::default());
+        registry.register(
+            "join_attempts",
+            "Attempts to join the network through the seeds",
+            join_attempts.clone(),
+        );
+        registry.register(
+            "join_failures",
+            "Join attempts that failed (each logged with its reason; the node keeps trying)",
+            join_failures.clone(),
+        );
+        registry.register(
+            "joined",
+            "1 once the node joined its network (or has no seeds: it is the first), else 0",
+            joined.clone(),
+        );
         Self {
             registry,
             calls,
@@ -214,8 +238,29 @@ impl Metrics {
             rate_limited,
             unauthorized,
             mirrored: m,
+            join: OnceLock::new(),
+            join_attempts,
+            join_failures,
+            joined,
             scrape: Mutex::new(()),
         }
+    }
+
+    /// Reports `join`'s progress from now on (the first call wins).
+    pub fn watch_join(&self, join: Arc<JoinStatus>) {
+        let _ = self.join.set(join);
+    }
+
+    /// Mirrors the join's progress, if watched.
+    fn update_join(&self) {
+        let Some(join) = self.join.get() else {
+            return;
+        };
+        let state = join.get();
+        mirror(&self.join_attempts, state.attempts);
+        mirror(&self.join_failures, state.failures);
+        self.joined
+            .set(i64::from(state.phase != crate::join::Phase::Joining));
     }
 
     /// Records one JSON-RPC call: its method, its outcome (`"ok"` or an error name) and how long
@@ -320,6 +365,7 @@ impl Metrics {
         if let Some(stats) = &stats {
             self.update(stats);
         }
+        self.update_join();
         let mut text = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);

@@ -9,10 +9,11 @@
 
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId};
-use shoal_dht::node::{JoinError, ListenError, StartError, tcp_transport};
+use shoal_dht::node::{ListenError, StartError, tcp_transport};
 use shoal_dht::{Client, EventLoop};
 use shoal_pow::{KeyError, NodeKey, Puzzle};
 use tokio::task::JoinHandle;
@@ -20,6 +21,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, ConfigError, LogConfig, LogFormat, Transport};
 use crate::init::{self, KEY_FILE, PROOF_FILE, ProofFileError};
+use crate::join::{self, JoinStatus};
 use crate::rpc::{self, RpcServer, RpcStartError};
 
 /// The file in the data directory holding the bound JSON-RPC URL while the node runs.
@@ -27,8 +29,6 @@ pub const RPC_URL_FILE: &str = "rpc.url";
 
 /// Longest wait for the DHT event loop to finish after shutdown.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
-/// Longest wait between join attempts while no seed can be verified.
-const MAX_JOIN_BACKOFF: Duration = Duration::from_secs(60);
 
 /// Why the node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -256,16 +256,21 @@ async fn bring_up(
         tracing::info!(%addr, "p2p listening");
         bound.push(addr);
     }
+    let join = Arc::new(JoinStatus::new(!seeds.is_empty()));
     let joiner = if seeds.is_empty() {
         tracing::info!("no seeds: this is the first node of its network");
         None
     } else {
-        Some(tokio::spawn(join_with_backoff(client.clone(), seeds)))
+        let (client, join) = (client.clone(), join.clone());
+        Some(tokio::spawn(async move {
+            join::join_until_joined(client, seeds, &join).await;
+        }))
     };
     let context = rpc::Context {
         network: config.network.as_str().to_owned(),
         data_dir: Some(data_dir.to_owned()),
         default_ttl: config.default_ttl(),
+        join,
     };
     let rpc = match rpc::start(&config.rpc, client.clone(), context).await {
         Ok(rpc) => rpc,
@@ -288,37 +293,6 @@ async fn bring_up(
         });
     }
     Ok((bound, joiner, rpc))
-}
-
-/// Joins through `seeds`, retrying with a doubling backoff while none can be verified.
-async fn join_with_backoff(client: Client, seeds: Vec<(PeerId, Multiaddr)>) {
-    let mut delay = Duration::from_secs(1);
-    loop {
-        match client.join(seeds.clone()).await {
-            Ok(ok) => {
-                tracing::info!(
-                    verified_seeds = ok.verified_seeds,
-                    members = ok.members,
-                    "joined the network"
-                );
-                return;
-            }
-            Err(JoinError::NoSeedVerified { tried }) => {
-                tracing::warn!(
-                    tried,
-                    retry_in_secs = delay.as_secs(),
-                    "no seed could be reached and verified; retrying"
-                );
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(MAX_JOIN_BACKOFF);
-            }
-            Err(JoinError::Swim(error)) => {
-                tracing::warn!(%error, "SWIM join failed; SWIM keeps trying the seeds");
-                return;
-            }
-            Err(JoinError::Stopped) => return,
-        }
-    }
 }
 
 /// Shuts the DHT node down (SWIM leave, database closed) and waits, bounded, for its event loop

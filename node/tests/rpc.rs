@@ -4,6 +4,7 @@
 //! and the node keeps serving.
 
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 use std::time::Duration;
 
 use jsonrpsee::core::ClientError;
@@ -15,6 +16,7 @@ use libp2p::Multiaddr;
 use serde_json::{Value, json};
 use shoal_dht::node::{EventLoop, memory_transport};
 use shoal_dht::{Client, Config};
+use shoal_node::join::JoinStatus;
 use shoal_node::rpc::{self, Context, RpcConfig, RpcServer};
 use shoal_pow::{CancelToken, MintOptions, NodeKey, Puzzle, mint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -59,6 +61,7 @@ async fn serve(node: &Client, config: &RpcConfig) -> RpcServer {
         network: "local".into(),
         data_dir: None,
         default_ttl: Duration::from_secs(3600),
+        join: Arc::new(JoinStatus::new(false)),
     };
     rpc::start(config, node.clone(), context)
         .await
@@ -570,6 +573,7 @@ async fn auth_token_and_rate_limit() {
         network: "local".into(),
         data_dir: None,
         default_ttl: Duration::from_secs(60),
+        join: Arc::new(JoinStatus::new(false)),
     };
     assert!(matches!(
         rpc::start(&open, node.clone(), context).await,

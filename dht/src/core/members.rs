@@ -164,14 +164,11 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         added
     }
 
-    /// Starts a join through `seeds` (the snapshot's peers when empty): seeds not admitted yet
-    /// are dialed so the gate checks them, then SWIM joins through those admitted.
+    /// Starts a join through `seeds` and the peers of the restored routing snapshot (so a
+    /// restarted node whose seeds are down gets in through the members it knew): seeds not
+    /// admitted yet are dialed so the gate checks them, then SWIM joins through those admitted.
     pub(super) fn start_join(&mut self, now: Instant, op: OpId, seeds: Vec<(T, Vec<Address>)>) {
-        let seeds = if seeds.is_empty() {
-            self.snapshot.clone()
-        } else {
-            seeds
-        };
+        let seeds = seeds.into_iter().chain(self.snapshot.iter().cloned());
         let mut by_peer: Vec<(T, Vec<Address>)> = Vec::new();
         let mut index: HashMap<T, usize> = HashMap::new();
         for (peer, addrs) in seeds {
@@ -216,15 +213,18 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             .set_deadline(op, now + 2 * self.config.gate_timeout);
     }
 
-    /// Starts SWIM's join of `op` once no seed is awaited; reports failure if none was admitted.
+    /// Starts SWIM's join of `op` as soon as one seed is admitted (one seed's full state is
+    /// enough, and a dead or stalled seed must not hold the join until its gate check times
+    /// out), or once no seed is awaited; reports failure if none was admitted.
     pub(super) fn advance_join(&mut self, now: Instant, unix: u64, op: OpId) {
         let Some(Op::Join(join)) = self.ops.get_mut(op) else {
             return;
         };
-        if join.swim.is_some() || !join.waiting.is_empty() {
+        let admission = &self.admission;
+        let any_admitted = join.seeds.iter().any(|(p, _)| admission.is_verified(p));
+        if join.swim.is_some() || (!join.waiting.is_empty() && !any_admitted) {
             return;
         }
-        let admission = &self.admission;
         join.seeds.retain(|(p, _)| admission.is_verified(p));
         if join.seeds.is_empty() {
             let tried = join.tried;

@@ -147,8 +147,8 @@ pub struct InboundId(pub u64);
 /// A client's command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command<T> {
-    /// Join through these seeds (each dialed unless admitted already); with none, through the
-    /// peers of the restored routing snapshot.
+    /// Join through these seeds (each dialed unless admitted already) and the peers of the
+    /// restored routing snapshot.
     Join(Vec<(T, Vec<Address>)>),
     /// Leave the membership gracefully.
     Leave,
@@ -299,7 +299,7 @@ pub struct Restored<T> {
     pub records: Vec<(Vec<u8>, Vec<u8>)>,
     /// Notice envelopes.
     pub notices: Vec<Vec<u8>>,
-    /// The routing snapshot: members to dial on start and to join through without seeds.
+    /// The routing snapshot: members to dial on start and to join through (besides any seeds).
     pub snapshot: Vec<(T, Vec<Address>)>,
     /// The clocks last written, if any.
     pub meta: Option<Meta>,
@@ -530,7 +530,7 @@ pub struct Sizes {
 /// Most peers written to the routing-table snapshot.
 pub const MAX_SNAPSHOT_PEERS: usize = 256;
 
-/// Most snapshot peers dialed on start and used as seeds by a join without seeds.
+/// Most snapshot peers dialed on start and used as seeds by every join.
 pub const MAX_SNAPSHOT_SEEDS: usize = 32;
 
 /// Held messages per peer, at most.
@@ -578,7 +578,7 @@ pub struct Core<T: Peer, C: Checks<T>> {
     local_addrs: Vec<Address>,
     /// Addresses of join seeds that are not members yet, for SWIM's messages to them.
     seed_addrs: HashMap<T, Arc<[Address]>>,
-    /// Peers of the restored routing snapshot: the seeds of a join without seeds.
+    /// Peers of the restored routing snapshot: seeds of every join, besides the given ones.
     snapshot: Vec<(T, Vec<Address>)>,
     empty_addrs: Arc<[Address]>,
     /// Until when the local view counts as unsettled (see `view.rs`).

@@ -1330,3 +1330,37 @@ fn a_copy_is_answered_when_kept_written_soon_and_flushed_within_the_delay() {
     core.handle_timeout(later + delay * 2, UNIX);
     assert!(writes(&drain(&mut core)).is_empty());
 }
+
+#[test]
+fn a_join_starts_once_one_seed_is_admitted_without_waiting_for_a_stalled_one() {
+    let (mut core, now) = lone(0, false);
+    let addr = |i: u32| vec![Address(format!("/sim/{i}").into_bytes())];
+    core.handle_command(
+        now,
+        UNIX,
+        Command::Join(vec![(SimPeer(1), addr(1)), (SimPeer(2), addr(2))]),
+    );
+    let dials = drain(&mut core)
+        .into_iter()
+        .filter(|a| matches!(a, Action::Dial { .. }))
+        .count();
+    assert_eq!(dials, 2);
+    // Seed 1 passes the gate; seed 2 never answers.
+    core.handle_gate(now, UNIX, SimPeer(1), Ok(()));
+    let joins: Vec<SimPeer> = drain(&mut core)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Swim { to, msg, .. }
+                if matches!(msg.payload, Payload::PushPull { join: true, .. }) =>
+            {
+                Some(to)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        joins,
+        [SimPeer(1)],
+        "SWIM's join went out through seed 1 at once"
+    );
+}

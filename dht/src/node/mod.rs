@@ -177,9 +177,9 @@ impl Client {
     }
 
     /// Joins through `seeds`: dials them, waits for the identity gate, and joins SWIM through
-    /// those verified; the members SWIM learns fill the routing table. With no seeds, the peers
-    /// of the routing-table snapshot saved in the data directory (at most
-    /// [`MAX_SNAPSHOT_SEEDS`]) are the seeds.
+    /// those verified; the members SWIM learns fill the routing table. The peers of the
+    /// routing-table snapshot saved in the data directory (at most [`MAX_SNAPSHOT_SEEDS`]) are
+    /// seeds too, so a restarted node whose seeds are down gets in through the members it knew.
     pub async fn join(&self, seeds: Vec<(PeerId, Multiaddr)>) -> JoinResult {
         let seeds = seeds
             .into_iter()

@@ -354,6 +354,7 @@ async fn info(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
         },
         "records": stats.records,
         "notices": stats.notices,
+        "join": state.context.join.get(),
     }))
 }
 
@@ -575,6 +576,7 @@ mod tests {
             network: "local".into(),
             data_dir: None,
             default_ttl: Duration::from_secs(60),
+            join: Arc::new(crate::join::JoinStatus::new(false)),
         };
         let state = State::new(
             node,

@@ -28,6 +28,7 @@ use jsonrpsee::server::middleware::rpc::RpcServiceBuilder;
 use jsonrpsee::server::{BatchRequestConfig, ServerBuilder, ServerConfig, ServerHandle};
 use serde::{Deserialize, Serialize};
 
+use crate::join::JoinStatus;
 use crate::metrics::Metrics;
 
 /// Largest batch accepted, in calls.
@@ -143,6 +144,8 @@ pub struct Context {
     pub data_dir: Option<PathBuf>,
     /// TTL of a put that gives none.
     pub default_ttl: Duration,
+    /// How the node's join goes (`node_info.join`, the `shoal_join_*` metrics).
+    pub join: Arc<JoinStatus>,
 }
 
 /// A running JSON-RPC server.
@@ -179,6 +182,7 @@ pub async fn start(
 ) -> Result<RpcServer, RpcStartError> {
     config.validate()?;
     let metrics = Arc::new(Metrics::new());
+    metrics.watch_join(context.join.clone());
     let module = api::module(api::State::new(
         node.clone(),
         context,
