@@ -44,6 +44,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Init(args) => init_command(&args),
         Command::Run(args) => {
+            run::limit_retained_memory();
             let config = resolve(&args)?;
             run::init_tracing(&config.log)?;
             runtime()?.block_on(run::run(&config))?;

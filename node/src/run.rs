@@ -30,6 +30,29 @@ pub const RPC_URL_FILE: &str = "rpc.url";
 /// Longest wait for the DHT event loop to finish after shutdown.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Makes the allocator hand large freed blocks back to the OS at once. Call it before a node
+/// starts, in its process (`shoal run` does; `shoal init` and `shoal testnet`, which mint, do
+/// not).
+///
+/// Every identity check runs scrypt, whose working set is 16 MiB (128 · r · N bytes at
+/// N = 2^14, r = 8). glibc serves the first such block by `mmap` and returns it on free, but
+/// then raises its mmap threshold, so later blocks come from the per-thread heaps and stay
+/// resident once freed: after joining, an idle node held about three times the memory it used,
+/// and `malloc_trim` every few seconds gave back only part of it (docs/benchmarks.md, "Idle
+/// footprint"). A fixed threshold keeps the footprint small at the price of fresh pages for
+/// every check (scrypt measured 13 % slower), which a running node pays once per member and
+/// minting would pay on every try. Elsewhere than glibc this does nothing.
+pub fn limit_retained_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only sets an allocator parameter.
+        let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20) };
+        if ok != 1 {
+            tracing::debug!("mallopt(M_MMAP_THRESHOLD) refused");
+        }
+    }
+}
+
 /// Why the node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
