@@ -44,9 +44,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Init(args) => init_command(&args),
         Command::Run(args) => {
-            run::limit_retained_memory();
             let config = resolve(&args)?;
             run::init_tracing(&config.log)?;
+            // After the logger, so that a refusal can be logged; before the node's threads.
+            run::limit_retained_memory();
             runtime()?.block_on(run::run(&config))?;
             Ok(ExitCode::SUCCESS)
         }

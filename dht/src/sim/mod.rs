@@ -234,7 +234,6 @@ struct Node {
     answers: HashMap<OpId, Answered>,
 }
 
-/// Something to hand a node at a time.
 /// Which counters a message adds to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Traffic {
@@ -242,6 +241,7 @@ enum Traffic {
     Swim,
 }
 
+/// Something to hand a node at a time.
 enum Delivery {
     Wake(u32),
     Swim {
