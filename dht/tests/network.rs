@@ -966,18 +966,39 @@ async fn a_failed_write_is_refused_not_acknowledged() {
     let stats = nodes[2].stats().await.expect("running");
     assert_eq!(stats.failed_writes, 1);
 
-    // The node's own disk fails: the put is refused and the record not kept.
+    // The node's own disk fails. A put whose sequence number must first raise the persisted
+    // floor is refused and the record not kept.
+    let put_seq = |key: &[u8], seq: u64| PutRequest {
+        key: key.to_vec(),
+        value: b"v".to_vec(),
+        ttl: TTL,
+        quorum: None,
+        seq: Some(seq),
+        route: Route::Auto,
+    };
+    let high = unix_now() + 10 * shoal_dht::core::SEQ_FLOOR_RESERVE;
     assert!(nodes[0].dangerous_fail_writes(1).await);
-    let result = nodes[0]
-        .put(b"mine".to_vec(), b"v".to_vec(), TTL, None)
-        .await;
+    let result = nodes[0].put_request(put_seq(b"mine", high)).await;
     assert!(matches!(result, Err(PutError::Store(_))), "{result:?}");
     assert!(nodes[0].stored(b"mine".to_vec()).await.is_none());
     // The disk works again: the same put goes through.
     nodes[0]
-        .put(b"mine".to_vec(), b"v".to_vec(), TTL, None)
+        .put_request(put_seq(b"mine", high))
         .await
         .expect("put once the disk works");
+    // Under the floor, the replicas' acknowledgements are the put's; the node's own copy is
+    // written with the copies, and dropped when that write fails.
+    assert!(nodes[0].dangerous_fail_writes(1).await);
+    nodes[0]
+        .put_request(put_seq(b"below", high - 1))
+        .await
+        .expect("acknowledged by the replicas");
+    let dropped = eventually(10, || async {
+        nodes[0].stored(b"below".to_vec()).await.is_none()
+    })
+    .await;
+    assert!(dropped, "the own copy whose write failed is not kept");
+    assert!(nodes[1].stored(b"below".to_vec()).await.is_some());
 }
 
 /// A wall clock set off from the system's by a number of seconds.

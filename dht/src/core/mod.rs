@@ -547,6 +547,10 @@ pub const MAX_BACKGROUND_GETS: usize = 16;
 pub const JOIN_ATTEMPTS: u32 = 3;
 /// Most seeds whose addresses the core keeps for SWIM's messages to them.
 pub const MAX_SEEDS: usize = 64;
+/// How far past a sequence number the persisted floor is raised (see
+/// [`Core::advance_seq_floor`]): default sequence numbers follow the wall clock in seconds, so
+/// this is about an hour of them; a restart skips at most that many.
+pub const SEQ_FLOOR_RESERVE: u64 = 3_600;
 
 /// The DHT state machine of one node. See the module docs for the call order.
 pub struct Core<T: Peer, C: Checks<T>> {
@@ -1225,10 +1229,12 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         seen.map_or(0, |s| s.saturating_add(1)).max(unix).max(floor)
     }
 
-    /// Raises the persisted highest sequence number to `seq` if it is behind; returns the write.
+    /// The write that raises the persisted sequence floor past `seq`, if it is behind. The floor
+    /// is raised [`SEQ_FLOOR_RESERVE`] beyond `seq`, so that the puts and notices that follow
+    /// find it ahead of them and need no write of their own.
     fn advance_seq_floor(&mut self, seq: u64) -> Option<WriteOp<T>> {
         (seq > self.meta.seq_floor).then(|| {
-            self.meta.seq_floor = seq;
+            self.meta.seq_floor = seq.saturating_add(SEQ_FLOOR_RESERVE);
             WriteOp::Meta(self.meta)
         })
     }

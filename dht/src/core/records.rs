@@ -114,7 +114,7 @@ impl<T> Default for PendingCopies<T> {
 /// How long a copy's write waits for others to share its commit. Copies are answered when
 /// kept, so this delays only their disk write, never an answer; other writes take the
 /// waiting copies along at once.
-const COPY_WRITE_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
+pub(super) const COPY_WRITE_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Copies and bytes of envelopes that wait at most; one more is written at once.
 const MAX_PENDING_COPIES: usize = 256;
@@ -358,8 +358,9 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         put.is_none_or(|p| announced > p).then_some(announced)
     }
 
-    /// A put: the record is made, accepted, kept and written; once durable it goes to the
-    /// closest peers (see [`Self::on_write_done`]).
+    /// A put: the record is made, accepted and kept, then sent to the closest peers: at once,
+    /// its own copy written with the copies, when the persisted sequence floor covers it; else
+    /// once the floor and the copy are on disk (see [`Self::on_write_done`]).
     pub(super) fn start_put(&mut self, now: Instant, unix: u64, op: OpId, request: PutRequest) {
         let seq = match request.seq {
             Some(seq) => seq,
@@ -385,12 +386,23 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         let envelope = accepted.signed.as_bytes().to_vec();
         let (write, undo) = self.keep(accepted.signed);
         self.note_seq(&request.key, seq);
-        let mut writes = vec![write];
-        writes.extend(self.advance_seq_floor(seq));
         let job = Replication::new(request.key, seq, quorum.get(), envelope, true);
-        let waiting = Waiting::OwnPut(job, request.route, undo);
-        self.ops.insert(op, Op::Committing(Box::new(waiting)));
-        self.write(now, unix, writes, Some(op));
+        match self.advance_seq_floor(seq) {
+            // The persisted floor already covers `seq`, so no restart can reuse it, and the
+            // quorum counts other replicas only: nothing the put promises rests on this node's
+            // own copy. It is written with the copies, and the record goes out at once.
+            None => {
+                self.queue_copy(now, unix, write, undo);
+                let key = job.key.clone();
+                self.start_lookup(now, unix, op, &key, request.route, Then::Put(job));
+            }
+            // The floor must be on disk before a record above it leaves this node.
+            Some(floor) => {
+                let waiting = Waiting::OwnPut(job, request.route, undo);
+                self.ops.insert(op, Op::Committing(Box::new(waiting)));
+                self.write(now, unix, vec![write, floor], Some(op));
+            }
+        }
     }
 
     /// A replica put from an admitted peer: accepted and written, answered once the write is
@@ -420,17 +432,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 let (write, undo) = self.keep(a.signed);
                 self.stats.stored_puts += 1;
                 self.respond(id, Response::Stored);
-                let copies = &mut self.copies;
-                copies.bytes += undo.written.len();
-                copies.writes.push(write);
-                copies.undos.push(undo);
-                if copies.writes.len() >= MAX_PENDING_COPIES
-                    || copies.bytes >= MAX_PENDING_COPY_BYTES
-                {
-                    self.write_copies(now, unix);
-                } else if !self.timers.is_set(Timer::CopyWrite) {
-                    self.timers.set(Timer::CopyWrite, now + COPY_WRITE_DELAY);
-                }
+                self.queue_copy(now, unix, write, undo);
             }
             Ok(a) => {
                 let (write, undo) = self.keep(a.signed);
@@ -448,6 +450,23 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 self.stats.count_refused_put(from);
                 self.respond(id, Response::refused(error.to_string()));
             }
+        }
+    }
+
+    /// Queues the write of a kept copy nothing promised rests on, to share one deferred commit
+    /// with the others (see [`COPY_WRITE_DELAY`]); `undo` takes it back if that write fails.
+    fn queue_copy(&mut self, now: Instant, unix: u64, write: WriteOp<T>, undo: Undo) {
+        if !self.persistent {
+            return;
+        }
+        let copies = &mut self.copies;
+        copies.bytes += undo.written.len();
+        copies.writes.push(write);
+        copies.undos.push(undo);
+        if copies.writes.len() >= MAX_PENDING_COPIES || copies.bytes >= MAX_PENDING_COPY_BYTES {
+            self.write_copies(now, unix);
+        } else if !self.timers.is_set(Timer::CopyWrite) {
+            self.timers.set(Timer::CopyWrite, now + COPY_WRITE_DELAY);
         }
     }
 

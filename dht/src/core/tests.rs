@@ -1270,6 +1270,80 @@ fn a_put_goes_to_the_closest_first_and_to_the_rest_once_they_answered_or_one_ref
 }
 
 #[test]
+fn a_put_waits_for_a_write_only_when_the_sequence_floor_must_rise() {
+    let (mut core, start) = lone(0, true);
+    let members = (1..=30u32).map(|i| Known {
+        peer: SimPeer(i),
+        addrs: Vec::new(),
+        proof: proof(i),
+        incarnation: 1,
+    });
+    core.bootstrap(start, UNIX, members);
+    let now = start + core.config().view_settle;
+    drain(&mut core);
+    let first_wave = core
+        .config()
+        .lookup_parallelism
+        .get()
+        .max(core.config().put_quorum.get());
+    let replica_puts = |actions: &[Action<SimPeer>]| {
+        sends(actions)
+            .iter()
+            .filter(|(_, _, r)| matches!(r, Request::PutRecord(_)))
+            .count()
+    };
+    let flushed = |actions: &[Action<SimPeer>]| -> Vec<(WriteId, Vec<WriteOp<SimPeer>>)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Write {
+                    id,
+                    ops,
+                    durability: Durability::Flushed,
+                } => Some((*id, ops.clone())),
+                _ => None,
+            })
+            .collect()
+    };
+    // The first put raises the floor past its sequence: nothing leaves before that is durable.
+    core.handle_command(now, UNIX, put(b"first", b"v", None));
+    let actions = drain(&mut core);
+    assert_eq!(replica_puts(&actions), 0, "not before the floor is on disk");
+    let writes = flushed(&actions);
+    assert_eq!(writes.len(), 1);
+    let floor = writes[0].1.iter().find_map(|op| match op {
+        WriteOp::Meta(m) => Some(m.seq_floor),
+        _ => None,
+    });
+    let seq = core.stored(b"first").unwrap().record().seq;
+    assert_eq!(floor, Some(seq + SEQ_FLOOR_RESERVE), "reserved ahead");
+    core.handle_committed(now, UNIX, writes[0].0, Ok(()));
+    assert_eq!(replica_puts(&drain(&mut core)), first_wave);
+    // The next puts are under the floor: sent at once, their own copies written as copies.
+    core.handle_command(now, UNIX, put(b"second", b"v", None));
+    let actions = drain(&mut core);
+    assert_eq!(replica_puts(&actions), first_wave, "sent in the same turn");
+    assert!(flushed(&actions).is_empty());
+    assert!(core.stored(b"second").is_some(), "kept before its write");
+    core.handle_timeout(now + records::COPY_WRITE_DELAY, UNIX);
+    let actions = drain(&mut core);
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        Action::Write { ops, durability: Durability::Deferred, .. }
+            if matches!(&ops[..], [WriteOp::PutRecord { key, .. }] if key == b"second")
+    )));
+    // A sequence above the floor (the caller's) waits for the floor again.
+    core.handle_command(
+        now,
+        UNIX,
+        put(b"third", b"v", Some(seq + 2 * SEQ_FLOOR_RESERVE)),
+    );
+    let actions = drain(&mut core);
+    assert_eq!(replica_puts(&actions), 0);
+    assert_eq!(flushed(&actions).len(), 1);
+}
+
+#[test]
 fn a_copy_is_answered_when_kept_written_soon_and_flushed_within_the_delay() {
     let (mut core, now) = lone(0, true);
     core.handle_gate(now, UNIX, SimPeer(1), Ok(()));
