@@ -28,6 +28,8 @@ pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 pub const MAX_LISTEN: usize = 16;
 /// Most seeds.
 pub const MAX_SEEDS: usize = 64;
+/// Most runtime worker threads.
+pub const MAX_THREADS: usize = 1024;
 /// Largest replication factor accepted.
 pub const MAX_REPLICATION: usize = 64;
 /// Longest query timeout accepted, seconds.
@@ -289,6 +291,9 @@ pub struct Config {
     /// home directory ([`Config::resolved_data_dir`]). Default `"~/.shoal"` (`./shoal-data`
     /// without `$HOME`).
     pub data_dir: PathBuf,
+    /// Worker threads of the node's async runtime; 0 is one per core. `shoal testnet` gives
+    /// each of its nodes the cores divided among them, at least one. Default 0.
+    pub threads: usize,
     /// Peers and transport.
     pub p2p: P2pConfig,
     /// Overrides of the network's DHT preset.
@@ -306,6 +311,7 @@ impl Default for Config {
         Self {
             network: Network::Main,
             data_dir: PathBuf::from("~/.shoal"),
+            threads: 0,
             p2p: P2pConfig::default(),
             dht: DhtSettings::default(),
             tor: TorConfig::default(),
@@ -418,6 +424,9 @@ impl Config {
                 "data_dir",
                 format!("longer than {MAX_STRING} bytes"),
             ));
+        }
+        if self.threads > MAX_THREADS {
+            return Err(invalid("threads", format!("more than {MAX_THREADS}")));
         }
         let tor_only = self.p2p.transport == Transport::Tor;
         match self.p2p.listen.len() {
@@ -644,6 +653,7 @@ mod tests {
         let config = Config {
             network: Network::Testnet,
             data_dir: PathBuf::from("/var/lib/shoal"),
+            threads: 3,
             p2p: P2pConfig {
                 listen: vec!["/ip4/127.0.0.1/tcp/9000".into(), "/ip6/::1/tcp/9000".into()],
                 seeds: vec![seed.into()],
@@ -776,6 +786,11 @@ mod tests {
         let mut c = Config::default();
         c.log.level = "info,=[".into();
         assert_eq!(field_of(c), "log.level");
+        let c = Config {
+            threads: MAX_THREADS + 1,
+            ..Config::default()
+        };
+        assert_eq!(field_of(c), "threads");
     }
 
     #[test]

@@ -48,7 +48,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             run::init_tracing(&config.log)?;
             // After the logger, so that a refusal can be logged; before the node's threads.
             run::limit_retained_memory();
-            runtime()?.block_on(run::run(&config))?;
+            runtime_with(config.threads)?.block_on(run::run(&config))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Testnet(args) => {
@@ -86,7 +86,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    runtime_with(0)
+}
+
+/// A runtime with `threads` workers (0: tokio's default, one per core).
+fn runtime_with(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if threads > 0 {
+        builder.worker_threads(threads);
+    }
+    builder
         .enable_all()
         .build()
         .context("starting the async runtime")

@@ -214,10 +214,12 @@ async fn run_in(
         minted[0].peer_id()
     );
     let mut nodes = Vec::with_capacity(n);
+    let threads = threads_per_node(n);
     for (i, (dir, ((p2p, rpc), minted))) in dirs.iter().zip(ports.iter().zip(&minted)).enumerate() {
         let config = Config {
             network: Network::Testnet,
             data_dir: dir.clone(),
+            threads,
             p2p: P2pConfig {
                 listen: vec![format!("/ip4/127.0.0.1/tcp/{p2p}")],
                 seeds: if i == 0 {
@@ -617,9 +619,25 @@ fn testnet_quorum(n: usize) -> Option<NonZeroUsize> {
     (n < 4).then(|| NonZeroUsize::new(n.saturating_sub(1)).unwrap_or(NonZeroUsize::MIN))
 }
 
+/// Runtime worker threads for each node of an `n`-node testnet: the cores divided among the
+/// nodes, at least one. Every worker a node does not need is woken now and then to look for
+/// work, and with many nodes on a few cores those wake-ups cost more than the work.
+fn threads_per_node(n: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    (cores / n.max(1)).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn testnet_nodes_share_the_cores() {
+        let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+        assert_eq!(threads_per_node(1), cores);
+        assert_eq!(threads_per_node(cores * 2), 1);
+        assert_eq!(threads_per_node(0), cores);
+    }
 
     #[test]
     fn small_testnets_lower_the_quorum() {

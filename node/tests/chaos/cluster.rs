@@ -214,6 +214,7 @@ impl Cluster {
             let config = Config {
                 network: Network::Testnet,
                 data_dir: data_dir.clone(),
+                threads: 0,
                 p2p: P2pConfig {
                     listen: vec![format!("/ip4/{}/tcp/{P2P_PORT}", net.addrs[i])],
                     seeds: (0..n).filter(|&j| j != i).map(seed).collect(),
