@@ -326,6 +326,8 @@ pub struct NodeStats {
     pub refused_puts_total: u64,
     /// Inbound puts stored.
     pub stored_puts: u64,
+    /// DHT requests from peers that did not decode (each answered with a refusal).
+    pub malformed_requests: u64,
     /// Peers the gate verified (and SWIM admitted) since start.
     pub verified: usize,
     /// Peers the gate refused since start.

@@ -4,15 +4,14 @@
 
 use std::time::Duration;
 
-use libp2p::request_response::{self as rr, OutboundRequestId, ResponseChannel};
+use libp2p::request_response as rr;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{PeerId, StreamProtocol, identify};
+use libp2p::{StreamProtocol, identify};
 use shoal_pow::IdentityProof;
 
 use crate::config::{Config, ConfigError};
-use crate::gate;
 use crate::node::SharedVerifier;
-use crate::wire;
+use crate::{gate, link};
 
 /// The combined behaviour.
 #[derive(NetworkBehaviour)]
@@ -24,8 +23,8 @@ pub struct Behaviour {
     pub swim: rr::Behaviour<shoal_swim::protocol::Codec>,
     /// The identity gate on `/shoal/identity/1`.
     pub gate: gate::Behaviour,
-    /// The DHT's requests on `/shoal/<network>/dht/1.0.0`.
-    pub dht: wire::Behaviour,
+    /// The DHT's requests on `/shoal/<network>/dht/2.0.0`, on long-lived streams.
+    pub dht: link::Behaviour,
 }
 
 /// An event of one of the parts.
@@ -38,7 +37,7 @@ pub enum Event {
     /// From the gate.
     Gate(gate::Event),
     /// From the DHT protocol.
-    Dht(rr::Event<wire::Request, wire::Response>),
+    Dht(link::Event),
 }
 
 impl From<identify::Event> for Event {
@@ -59,91 +58,10 @@ impl From<gate::Event> for Event {
     }
 }
 
-impl From<rr::Event<wire::Request, wire::Response>> for Event {
-    fn from(e: rr::Event<wire::Request, wire::Response>) -> Self {
+impl From<link::Event> for Event {
+    fn from(e: link::Event) -> Self {
         Self::Dht(e)
     }
-}
-
-/// What a request-response event asks of the node.
-pub(crate) enum Exchange<Req, Resp> {
-    /// A peer's request, and the channel to answer it on.
-    Request {
-        peer: PeerId,
-        request: Req,
-        channel: ResponseChannel<Resp>,
-    },
-    /// The outcome of a request this node sent: its answer, or why it failed.
-    Outcome {
-        request_id: OutboundRequestId,
-        response: Result<Resp, rr::OutboundFailure>,
-    },
-}
-
-impl<Req, Resp> Exchange<Req, Resp> {
-    /// The exchange `event` is part of; `None` for events the node has nothing to do about
-    /// (an inbound failure, a response sent).
-    pub(crate) fn of(event: rr::Event<Req, Resp>) -> Option<Self> {
-        match event {
-            rr::Event::Message {
-                peer,
-                message:
-                    rr::Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => Some(Self::Request {
-                peer,
-                request,
-                channel,
-            }),
-            rr::Event::Message {
-                message:
-                    rr::Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => Some(Self::Outcome {
-                request_id,
-                response: Ok(response),
-            }),
-            rr::Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
-                tracing::debug!(%peer, %error, "request failed");
-                Some(Self::Outcome {
-                    request_id,
-                    response: Err(error),
-                })
-            }
-            rr::Event::InboundFailure { .. } | rr::Event::ResponseSent { .. } => None,
-        }
-    }
-}
-
-/// A CBOR request-response behaviour on `protocol` with bounded message sizes.
-pub(crate) fn cbor_request_response<Req, Resp>(
-    protocol: StreamProtocol,
-    max_request: usize,
-    max_response: usize,
-    timeout: Duration,
-    max_streams: usize,
-) -> libp2p::request_response::cbor::Behaviour<Req, Resp>
-where
-    Req: Send + Clone + serde::Serialize + serde::de::DeserializeOwned + 'static,
-    Resp: Send + Clone + serde::Serialize + serde::de::DeserializeOwned + 'static,
-{
-    let codec = rr::cbor::codec::Codec::default()
-        .set_request_size_maximum(max_request as u64)
-        .set_response_size_maximum(max_response as u64);
-    let config = rr::Config::default()
-        .with_request_timeout(timeout)
-        .with_max_concurrent_streams(max_streams);
-    rr::Behaviour::with_codec(codec, [(protocol, rr::ProtocolSupport::Full)], config)
 }
 
 impl Behaviour {
@@ -176,7 +94,7 @@ impl Behaviour {
             identify,
             swim,
             gate: gate::Behaviour::new(proof, verifier, config.gate_timeout),
-            dht: wire::behaviour(protocol, backstop, 256),
+            dht: link::Behaviour::new(protocol, link::Limits::dht(256, backstop)),
         })
     }
 }

@@ -16,7 +16,9 @@
 //!   `benches/dht_sim.rs`).
 //! - [`behaviour`]: the combined libp2p behaviour (identify, SWIM's transport, the gate, the
 //!   DHT protocol).
-//! - [`wire`]: the DHT protocol `/shoal/<network>/dht/1.0.0` and its bounded codec.
+//! - [`wire`]: the DHT protocol `/shoal/<network>/dht/2.0.0` and its bounded codec.
+//! - [`link`]: its transport, requests and answers as frames on one long-lived stream per
+//!   connection and direction.
 //! - [`config`]: the node's configuration and presets.
 //! - [`record`]: the signed CBOR record envelope and its validation.
 //! - [`gate`]: the identity gate behaviour on `/shoal/identity/1`.
@@ -34,6 +36,7 @@ pub mod config;
 pub mod core;
 mod envelope;
 pub mod gate;
+pub mod link;
 pub mod lockstep;
 pub mod node;
 pub mod record;

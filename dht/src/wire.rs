@@ -1,6 +1,6 @@
-//! The DHT's wire protocol `/shoal/<network>/dht/1.0.0` ([`crate::Config::dht_protocol`]): every
-//! request one node makes of another, and the answers, as CBOR over libp2p request-response with
-//! bounded sizes.
+//! The DHT's wire protocol `/shoal/<network>/dht/2.0.0` ([`crate::Config::dht_protocol`]): every
+//! request one node makes of another, and the answers, as CBOR with bounded sizes, carried in
+//! frames on long-lived streams ([`crate::link`]).
 //!
 //! One protocol carries closest-peer lookups, record gets, replica puts, lockstep notices and
 //! relayed identity proofs, so the swarm has one behaviour for them and the simulator one codec.
@@ -8,11 +8,9 @@
 //! its bound after decoding and unreadable entries are skipped, so a peer can neither make a node
 //! keep more than the bounds nor spoil a whole answer with one bad id.
 //!
-//! [`encode`] and [`decode`] are the codec libp2p's CBOR request-response uses (`cbor4ii`'s serde
-//! encoding, with the size bound checked first); the simulator and the fuzz targets call them.
+//! [`encode`] and [`decode`] are the codec (`cbor4ii`'s serde encoding, with the size bound
+//! checked first); the transport, the simulator and the fuzz targets call them.
 
-use libp2p::StreamProtocol;
-use libp2p::request_response as rr;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
@@ -169,7 +167,7 @@ pub enum WireError {
     Malformed(String),
 }
 
-/// Encodes a request or response as libp2p's CBOR codec sends it.
+/// Encodes a request or response as the protocol carries it.
 pub fn encode<M: Serialize>(message: &M) -> Vec<u8> {
     // Invariant: the message types hold only byte strings, text, lists and options, which
     // cbor4ii always encodes.
@@ -185,25 +183,6 @@ pub fn decode<M: serde::de::DeserializeOwned>(bytes: &[u8], max: usize) -> Resul
         });
     }
     cbor4ii::serde::from_slice(bytes).map_err(|e| WireError::Malformed(e.to_string()))
-}
-
-/// The request-response behaviour carrying the protocol.
-pub type Behaviour = rr::cbor::Behaviour<Request, Response>;
-
-/// A behaviour on `protocol` whose requests fail after `timeout` (a backstop: the core keeps its
-/// own, shorter deadlines) with at most `max_streams` concurrent streams per connection.
-pub fn behaviour(
-    protocol: StreamProtocol,
-    timeout: std::time::Duration,
-    max_streams: usize,
-) -> Behaviour {
-    crate::behaviour::cbor_request_response(
-        protocol,
-        MAX_REQUEST_LEN,
-        MAX_RESPONSE_LEN,
-        timeout,
-        max_streams,
-    )
 }
 
 /// Peer ids as bytes, at most `max` of them.

@@ -1,47 +1,41 @@
-//! Fuzzes the DHT's wire protocol (`/shoal/<network>/dht/1.0.0`, [`shoal_dht::wire`]) as a node
-//! reads it: the request-response CBOR codec with the protocol's size limits, then the bounds a
-//! node checks on what decoded.
+//! Fuzzes the DHT's wire protocol (`/shoal/<network>/dht/2.0.0`, [`shoal_dht::wire`]) as a node
+//! reads a stream of it: frames cut by [`shoal_dht::link::FrameCodec`] with the protocol's
+//! bounds, each message decoded by [`wire::decode`], then the bounds a node checks on it.
 //!
-//! The first byte picks a request (even) or a response (odd); the rest is the stream's content.
-//! Nothing may panic; whatever decodes re-encodes to the same message, and the codec the
-//! simulator uses ([`wire::decode`]) agrees with libp2p's.
+//! The first byte picks a stream of requests (even) or of responses (odd); the rest is the
+//! stream's content. Nothing may panic; a frame is never longer than its bound; whatever
+//! decodes re-encodes to the same message.
 
 #![no_main]
 
 mod common;
 
-use futures::executor::block_on;
-use futures::io::Cursor;
+use asynchronous_codec::{BytesMut, Decoder};
 use libfuzzer_sys::fuzz_target;
-use libp2p::StreamProtocol;
-use libp2p::request_response::Codec as _;
+use shoal_dht::link::FrameCodec;
 use shoal_dht::wire::{self, MAX_REQUEST_LEN, MAX_RESPONSE_LEN, Request, Response};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    let protocol = StreamProtocol::new("/shoal/fuzz/dht/1.0.0");
-    let mut codec = common::cbor_codec::<Request, Response>(MAX_REQUEST_LEN, MAX_RESPONSE_LEN);
-    let mut io = Cursor::new(rest);
-    if mode % 2 == 0 {
-        let Ok(request) = block_on(codec.read_request(&protocol, &mut io)) else {
-            return;
-        };
-        common::round_trip(&request);
-        let _ = request.is_bounded();
-        let same: Request = wire::decode(rest, MAX_REQUEST_LEN).expect("both codecs agree");
-        assert_eq!(same, request);
-    } else {
-        let Ok(response) = block_on(codec.read_response(&protocol, &mut io)) else {
-            return;
-        };
-        common::round_trip(&response);
-        let same: Response = wire::decode(rest, MAX_RESPONSE_LEN).expect("both codecs agree");
-        assert_eq!(same, response);
-        if let Response::Notices(list) = &response {
-            let notices = shoal_dht::lockstep::decode_notices(b"k", list);
-            assert!(notices.len() <= wire::MAX_NOTICES);
+    let requests = mode % 2 == 0;
+    let max = if requests { MAX_REQUEST_LEN } else { MAX_RESPONSE_LEN };
+    let mut codec = FrameCodec::new(max);
+    let mut buf = BytesMut::from(rest);
+    while let Ok(Some((_, body))) = codec.decode(&mut buf) {
+        assert!(body.len() <= max);
+        if requests {
+            if let Ok(request) = wire::decode::<Request>(&body, max) {
+                common::round_trip(&request);
+                let _ = request.is_bounded();
+            }
+        } else if let Ok(response) = wire::decode::<Response>(&body, max) {
+            common::round_trip(&response);
+            if let Response::Notices(list) = &response {
+                let notices = shoal_dht::lockstep::decode_notices(b"k", list);
+                assert!(notices.len() <= wire::MAX_NOTICES);
+            }
         }
     }
 });

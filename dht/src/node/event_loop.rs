@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use libp2p::core::transport::ListenerId;
-use libp2p::request_response::{OutboundFailure, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{DialError, Swarm, SwarmEvent};
 use libp2p::{Multiaddr, PeerId};
@@ -25,15 +24,15 @@ use super::{
     BoxedTransport, Client, Command, ListenError, ListenResult, MAX_SNAPSHOT_PEERS, MemberInfo,
     NodeStats, ReplyTo, Rpcs, SHUTDOWN_LEAVE_BOUND, StartError,
 };
-use crate::behaviour::{Behaviour, Event, Exchange};
+use crate::behaviour::{Behaviour, Event};
 use crate::config::{Config, ConfigError};
 use crate::core::{
     self, Action, Core, Durability, InboundId, OpId, Reply, RequestFailure, Restored, WriteId,
 };
-use crate::gate;
 use crate::lockstep::SignedNotice;
 use crate::store::{self, Batch, Committed, Persist, Writer, WriterError, WriterEvents};
-use crate::wire::{self, Request};
+use crate::wire::Request;
+use crate::{gate, link};
 
 /// Swarm events handled at most in one turn (after the one that woke it, if any).
 const SWARM_BUDGET: usize = 32;
@@ -80,6 +79,7 @@ struct Wire {
     relay_requests_unconnected: usize,
     swim_sent: u64,
     swim_malformed: u64,
+    dht_malformed: u64,
     swim_undeliverable: u64,
     swim_sent_unconnected: u64,
 }
@@ -99,9 +99,9 @@ pub struct EventLoop {
     /// Writes of this turn and earlier ones not taken by the writer yet, in order.
     writes: VecDeque<(store::WriteId, Batch)>,
     max_swim_bytes: usize,
-    inbound: HashMap<InboundId, ResponseChannel<wire::Response>>,
+    inbound: HashMap<InboundId, link::ResponseChannel>,
     next_inbound: u64,
-    outbound: HashMap<OutboundRequestId, core::RequestId>,
+    outbound: HashMap<link::RequestId, core::RequestId>,
     replies: HashMap<OpId, ReplyTo>,
     listens: HashMap<ListenerId, (Multiaddr, oneshot::Sender<ListenResult>)>,
     stopping: Option<Stopping>,
@@ -476,37 +476,37 @@ impl EventLoop {
         }
     }
 
-    fn on_dht(
-        &mut self,
-        now: Instant,
-        unix: u64,
-        event: libp2p::request_response::Event<Request, wire::Response>,
-    ) {
-        match Exchange::of(event) {
-            Some(Exchange::Request {
+    fn on_dht(&mut self, now: Instant, unix: u64, event: link::Event) {
+        match event {
+            link::Event::Request {
                 peer,
                 request,
                 channel,
-            }) => {
+            } => {
                 self.next_inbound += 1;
                 let id = InboundId(self.next_inbound);
                 self.inbound.insert(id, channel);
                 self.core.handle_request(now, unix, peer, id, request);
             }
-            Some(Exchange::Outcome {
-                request_id,
-                response,
-            }) => {
-                let Some(id) = self.outbound.remove(&request_id) else {
-                    return;
-                };
-                let result = response.map_err(|e| match e {
-                    OutboundFailure::Timeout => RequestFailure::Timeout,
-                    other => RequestFailure::Unreachable(other.to_string()),
-                });
-                self.core.handle_response(now, unix, id, result);
+            link::Event::Response { id, response, .. } => {
+                if let Some(id) = self.outbound.remove(&id) {
+                    self.core.handle_response(now, unix, id, Ok(response));
+                }
             }
-            None => {}
+            link::Event::Failed { peer, id, failure } => {
+                tracing::debug!(%peer, %failure, "request failed");
+                if let Some(id) = self.outbound.remove(&id) {
+                    let failure = match failure {
+                        link::Failure::Timeout => RequestFailure::Timeout,
+                        link::Failure::Unreachable(why) => RequestFailure::Unreachable(why),
+                    };
+                    self.core.handle_response(now, unix, id, Err(failure));
+                }
+            }
+            link::Event::Malformed { peer, reason } => {
+                self.wire.dht_malformed += 1;
+                tracing::debug!(%peer, %reason, "malformed DHT request refused");
+            }
         }
     }
 
@@ -699,6 +699,7 @@ impl EventLoop {
                 background: c.background_requests,
             },
             gets_served: c.gets_served,
+            malformed_requests: self.wire.dht_malformed,
             lookups_served: c.lookups_served,
             swim_unadmitted: c.swim_unadmitted,
             swim_updates_cut: c.updates_cut,

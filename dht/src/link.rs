@@ -1,0 +1,1139 @@
+//! The DHT protocol's transport: requests and their answers as frames on one long-lived stream
+//! per connection and direction, instead of a new stream per request.
+//!
+//! A put asks twenty replicas. With libp2p's request-response every request opened a yamux
+//! stream, negotiated the protocol on it, armed a timer for the negotiation and one for the
+//! request (each a wake-up of the global timer thread) and closed the stream again; that
+//! per-stream work was most of a put's cost (docs/benchmarks.md). Here a node opens one stream
+//! to a peer when it first asks it something and keeps it while the connection lasts.
+//!
+//! Protocol ([`crate::Config::dht_protocol`]): each side asks its questions on the stream it
+//! opened and answers the other's on the streams the other opened. A frame is a 4-byte
+//! big-endian length `n`, then `n` bytes: an 8-byte big-endian request id and the CBOR message
+//! ([`Request`] on a stream one opened, [`Response`] coming back on it). Answers may come in any
+//! order; the asker picks the ids, unique among its unanswered requests. Bounds: a frame is at
+//! most the message bound plus the id (a longer one ends the stream, whose framing cannot be
+//! trusted after it); at most [`Limits::in_flight`] unanswered requests per stream each way (a
+//! node asking more is not read until it is answered, and asking more than that of a peer fails
+//! at once); at most [`MAX_INBOUND_STREAMS`] streams a peer opened per connection. A frame that
+//! does not decode is answered with a refusal that says why.
+//!
+//! A request fails when its connection closes, its stream fails, the dial fails, or
+//! [`Limits::timeout`] passes (a backstop: the core keeps its own, shorter deadlines). The
+//! streams do not keep a connection open by themselves; unanswered requests do, and requests
+//! within the last `BUSY_FOR`; then the swarm's idle timeout runs.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use asynchronous_codec::{Bytes, BytesMut, Decoder, Encoder, Framed};
+use futures::{SinkExt, StreamExt};
+use libp2p::core::transport::PortUse;
+use libp2p::core::upgrade::ReadyUpgrade;
+use libp2p::core::{Endpoint, Multiaddr};
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::handler::{
+    ConnectionEvent, DialUpgradeError, FullyNegotiatedInbound, FullyNegotiatedOutbound,
+};
+use libp2p::swarm::{
+    ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId, DialError,
+    FromSwarm, NetworkBehaviour, NotifyHandler, Stream, StreamUpgradeError, SubstreamProtocol,
+    THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
+};
+use libp2p::{PeerId, StreamProtocol};
+
+use crate::wire::{self, Request, Response};
+
+/// Streams a peer may have opened on one connection; more are dropped when they arrive.
+pub const MAX_INBOUND_STREAMS: usize = 4;
+
+/// Requests waiting for an answer in the whole behaviour, at most; more fail at once.
+pub const MAX_PENDING: usize = 1 << 16;
+
+/// Bytes of a frame's length prefix and of its request id.
+const LEN_BYTES: usize = 4;
+const ID_BYTES: usize = 8;
+
+/// How often requests past their deadline are failed.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a connection counts as busy after its last request, either way. Without this, a
+/// connection whose requests come one at a time would turn idle after each answer, and the
+/// swarm would arm (and drop) an idle timer on its global timer thread every time.
+const BUSY_FOR: Duration = Duration::from_secs(10);
+
+/// The bounds of a [`Behaviour`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest encoded request.
+    pub max_request: usize,
+    /// Longest encoded response.
+    pub max_response: usize,
+    /// Unanswered requests per stream and direction.
+    pub in_flight: usize,
+    /// How long a request waits for its answer.
+    pub timeout: Duration,
+}
+
+impl Limits {
+    /// The DHT protocol's message bounds, `in_flight` and `timeout`.
+    pub fn dht(in_flight: usize, timeout: Duration) -> Self {
+        Self {
+            max_request: wire::MAX_REQUEST_LEN,
+            max_response: wire::MAX_RESPONSE_LEN,
+            in_flight: in_flight.max(1),
+            timeout,
+        }
+    }
+}
+
+/// A request this node sent, unique within its [`Behaviour`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(u64);
+
+/// Where to answer a peer's request ([`Behaviour::send_response`]).
+#[derive(Debug)]
+pub struct ResponseChannel {
+    peer: PeerId,
+    connection: ConnectionId,
+    stream: u64,
+    id: u64,
+}
+
+/// Why a request got no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    /// No answer within [`Limits::timeout`].
+    #[error("no answer in time")]
+    Timeout,
+    /// The peer could not be reached, or the connection or stream failed before the answer.
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+/// What the behaviour reports.
+#[derive(Debug)]
+pub enum Event {
+    /// A peer's request; answer it with [`Behaviour::send_response`].
+    Request {
+        /// Who asks.
+        peer: PeerId,
+        /// The request, decoded within its bound.
+        request: Request,
+        /// Where the answer goes.
+        channel: ResponseChannel,
+    },
+    /// The answer to a request this node sent.
+    Response {
+        /// Who answered.
+        peer: PeerId,
+        /// The request answered.
+        id: RequestId,
+        /// The answer, decoded within its bound.
+        response: Response,
+    },
+    /// A request this node sent that will get no answer.
+    Failed {
+        /// Who was asked.
+        peer: PeerId,
+        /// The request.
+        id: RequestId,
+        /// Why.
+        failure: Failure,
+    },
+    /// A peer's request that did not decode; it was answered with a refusal.
+    Malformed {
+        /// Who sent it.
+        peer: PeerId,
+        /// Why it did not decode.
+        reason: String,
+    },
+}
+
+/// A request on its way: where it went and until when it waits.
+#[derive(Debug)]
+struct Pending {
+    peer: PeerId,
+    /// `None` while the peer is being dialed.
+    connection: Option<ConnectionId>,
+    deadline: Instant,
+}
+
+/// The DHT protocol's behaviour.
+pub struct Behaviour {
+    protocol: StreamProtocol,
+    limits: Limits,
+    connections: HashMap<PeerId, Vec<ConnectionId>>,
+    /// Encoded requests for peers being dialed, sent once connected.
+    dialing: HashMap<PeerId, Vec<(RequestId, Bytes)>>,
+    pending: HashMap<RequestId, Pending>,
+    events: VecDeque<ToSwarm<Event, Command>>,
+    next_id: u64,
+    /// Made on the first poll, inside the runtime.
+    sweep: Option<tokio::time::Interval>,
+}
+
+impl std::fmt::Debug for Behaviour {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("link::Behaviour")
+            .field("protocol", &self.protocol)
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Behaviour {
+    /// A behaviour speaking `protocol` within `limits`.
+    pub fn new(protocol: StreamProtocol, limits: Limits) -> Self {
+        Self {
+            protocol,
+            limits,
+            connections: HashMap::new(),
+            dialing: HashMap::new(),
+            pending: HashMap::new(),
+            events: VecDeque::new(),
+            next_id: 0,
+            sweep: None,
+        }
+    }
+
+    /// Sends `request` to `peer`, dialing it at `addrs` (and the addresses the swarm knows)
+    /// if not connected. Its outcome comes as [`Event::Response`] or [`Event::Failed`].
+    pub fn send_request_with_addresses(
+        &mut self,
+        peer: &PeerId,
+        request: Request,
+        addrs: Vec<Multiaddr>,
+    ) -> RequestId {
+        self.next_id += 1;
+        let id = RequestId(self.next_id);
+        let peer = *peer;
+        let bytes = wire::encode(&request);
+        if bytes.len() > self.limits.max_request {
+            self.fail(
+                peer,
+                id,
+                format!("request of {} bytes too long", bytes.len()),
+            );
+            return id;
+        }
+        if self.pending.len() >= MAX_PENDING {
+            self.fail(peer, id, "too many requests waiting".to_owned());
+            return id;
+        }
+        let bytes = Bytes::from(bytes);
+        let deadline = Instant::now() + self.limits.timeout;
+        match self.connections.get(&peer).and_then(|c| c.first()) {
+            Some(&connection) => {
+                self.pending.insert(
+                    id,
+                    Pending {
+                        peer,
+                        connection: Some(connection),
+                        deadline,
+                    },
+                );
+                self.events.push_back(ToSwarm::NotifyHandler {
+                    peer_id: peer,
+                    handler: NotifyHandler::One(connection),
+                    event: Command::Send { id: id.0, bytes },
+                });
+            }
+            None => {
+                self.pending.insert(
+                    id,
+                    Pending {
+                        peer,
+                        connection: None,
+                        deadline,
+                    },
+                );
+                let waiting = self.dialing.entry(peer).or_default();
+                waiting.push((id, bytes));
+                if waiting.len() == 1 {
+                    self.events.push_back(ToSwarm::Dial {
+                        opts: DialOpts::peer_id(peer).addresses(addrs).build(),
+                    });
+                }
+            }
+        }
+        id
+    }
+
+    /// Answers a peer's request. `Err` gives `response` back if the connection it came on is
+    /// gone (nobody to answer).
+    pub fn send_response(
+        &mut self,
+        channel: ResponseChannel,
+        response: Response,
+    ) -> Result<(), Response> {
+        let open = self
+            .connections
+            .get(&channel.peer)
+            .is_some_and(|c| c.contains(&channel.connection));
+        if !open {
+            return Err(response);
+        }
+        let mut bytes = wire::encode(&response);
+        if bytes.len() > self.limits.max_response {
+            tracing::warn!(len = bytes.len(), "answer over the bound; refused instead");
+            bytes = wire::encode(&Response::refused("answer too long"));
+        }
+        self.events.push_back(ToSwarm::NotifyHandler {
+            peer_id: channel.peer,
+            handler: NotifyHandler::One(channel.connection),
+            event: Command::Respond {
+                stream: channel.stream,
+                id: channel.id,
+                bytes: Bytes::from(bytes),
+            },
+        });
+        Ok(())
+    }
+
+    /// Requests waiting for an answer.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn fail(&mut self, peer: PeerId, id: RequestId, reason: String) {
+        self.pending.remove(&id);
+        self.events.push_back(ToSwarm::GenerateEvent(Event::Failed {
+            peer,
+            id,
+            failure: Failure::Unreachable(reason),
+        }));
+    }
+
+    /// Fails the requests past their deadline, and tells their handlers to forget them.
+    fn sweep(&mut self, now: Instant) {
+        let late: Vec<RequestId> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            let Some(p) = self.pending.remove(&id) else {
+                continue;
+            };
+            match p.connection {
+                Some(connection) => self.events.push_back(ToSwarm::NotifyHandler {
+                    peer_id: p.peer,
+                    handler: NotifyHandler::One(connection),
+                    event: Command::Cancel { id: id.0 },
+                }),
+                None => {
+                    if let Some(waiting) = self.dialing.get_mut(&p.peer) {
+                        waiting.retain(|(i, _)| *i != id);
+                    }
+                }
+            }
+            self.events.push_back(ToSwarm::GenerateEvent(Event::Failed {
+                peer: p.peer,
+                id,
+                failure: Failure::Timeout,
+            }));
+        }
+    }
+
+    fn on_handler_event(&mut self, peer: PeerId, connection: ConnectionId, event: HandlerEvent) {
+        match event {
+            HandlerEvent::Response { id, bytes } => {
+                let id = RequestId(id);
+                if self.pending.remove(&id).is_none() {
+                    // Answered after its deadline; the core was told it failed.
+                    return;
+                }
+                let event = match wire::decode::<Response>(&bytes, self.limits.max_response) {
+                    Ok(response) => Event::Response { peer, id, response },
+                    Err(e) => Event::Failed {
+                        peer,
+                        id,
+                        failure: Failure::Unreachable(format!("unreadable answer: {e}")),
+                    },
+                };
+                self.events.push_back(ToSwarm::GenerateEvent(event));
+            }
+            HandlerEvent::Failed { ids, reason } => {
+                for id in ids {
+                    let id = RequestId(id);
+                    if self.pending.contains_key(&id) {
+                        self.fail(peer, id, reason.clone());
+                    }
+                }
+            }
+            HandlerEvent::Request { stream, id, bytes } => {
+                let channel = ResponseChannel {
+                    peer,
+                    connection,
+                    stream,
+                    id,
+                };
+                match wire::decode::<Request>(&bytes, self.limits.max_request) {
+                    Ok(request) => {
+                        self.events
+                            .push_back(ToSwarm::GenerateEvent(Event::Request {
+                                peer,
+                                request,
+                                channel,
+                            }));
+                    }
+                    Err(e) => {
+                        let reason = e.to_string();
+                        let refusal = Response::refused(format!("unreadable request: {reason}"));
+                        // The connection is open: the frame just came on it.
+                        let _ = self.send_response(channel, refusal);
+                        self.events
+                            .push_back(ToSwarm::GenerateEvent(Event::Malformed { peer, reason }));
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_connection_established(&mut self, peer: PeerId, connection: ConnectionId) {
+        self.connections.entry(peer).or_default().push(connection);
+        for (id, bytes) in self.dialing.remove(&peer).unwrap_or_default() {
+            if let Some(p) = self.pending.get_mut(&id) {
+                p.connection = Some(connection);
+                self.events.push_back(ToSwarm::NotifyHandler {
+                    peer_id: peer,
+                    handler: NotifyHandler::One(connection),
+                    event: Command::Send { id: id.0, bytes },
+                });
+            }
+        }
+    }
+
+    fn on_connection_closed(&mut self, peer: PeerId, connection: ConnectionId) {
+        if let Some(list) = self.connections.get_mut(&peer) {
+            list.retain(|c| *c != connection);
+            if list.is_empty() {
+                self.connections.remove(&peer);
+            }
+        }
+        let lost: Vec<RequestId> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.connection == Some(connection))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in lost {
+            self.fail(peer, id, "connection closed".to_owned());
+        }
+    }
+
+    fn on_dial_failure(&mut self, peer: PeerId, error: &DialError) {
+        if matches!(error, DialError::DialPeerConditionFalse(_)) {
+            // Another dial of the same peer is under way; its outcome decides.
+            return;
+        }
+        if self.connections.contains_key(&peer) {
+            return;
+        }
+        let reason = format!("dial failed: {error}");
+        for (id, _) in self.dialing.remove(&peer).unwrap_or_default() {
+            if self.pending.contains_key(&id) {
+                self.fail(peer, id, reason.clone());
+            }
+        }
+    }
+}
+
+impl NetworkBehaviour for Behaviour {
+    type ConnectionHandler = Handler;
+    type ToSwarm = Event;
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        _: ConnectionId,
+        _: PeerId,
+        _: &Multiaddr,
+        _: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(Handler::new(self.protocol.clone(), self.limits))
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        _: ConnectionId,
+        _: PeerId,
+        _: &Multiaddr,
+        _: Endpoint,
+        _: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(Handler::new(self.protocol.clone(), self.limits))
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        match event {
+            FromSwarm::ConnectionEstablished(e) => {
+                self.on_connection_established(e.peer_id, e.connection_id);
+            }
+            FromSwarm::ConnectionClosed(e) => self.on_connection_closed(e.peer_id, e.connection_id),
+            FromSwarm::DialFailure(e) => {
+                if let Some(peer) = e.peer_id {
+                    self.on_dial_failure(peer, e.error);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        self.on_handler_event(peer, connection, event);
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<Event, THandlerInEvent<Self>>> {
+        let sweep = self.sweep.get_or_insert_with(|| {
+            let mut interval = tokio::time::interval(SWEEP_EVERY);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            interval
+        });
+        // Polled until pending, so that the next tick wakes the swarm.
+        let mut due = false;
+        while sweep.poll_tick(cx).is_ready() {
+            due = true;
+        }
+        if due {
+            self.sweep(Instant::now());
+        }
+        match self.events.pop_front() {
+            Some(event) => Poll::Ready(event),
+            None => Poll::Pending,
+        }
+    }
+}
+
+// ----- the connection handler -----
+
+/// What the behaviour asks of a connection's handler.
+#[derive(Debug)]
+pub enum Command {
+    /// Send request `id` (encoded as `bytes`).
+    Send {
+        /// The request's id on the stream.
+        id: u64,
+        /// The encoded request.
+        bytes: Bytes,
+    },
+    /// Forget request `id`: it failed.
+    Cancel {
+        /// The request's id on the stream.
+        id: u64,
+    },
+    /// Answer request `id` of inbound stream `stream` with `bytes`.
+    Respond {
+        /// Which of the peer's streams the request came on.
+        stream: u64,
+        /// The request's id on that stream.
+        id: u64,
+        /// The encoded answer.
+        bytes: Bytes,
+    },
+}
+
+/// What a connection's handler reports.
+#[derive(Debug)]
+pub enum HandlerEvent {
+    /// The answer to request `id`.
+    Response {
+        /// The request answered.
+        id: u64,
+        /// The encoded answer.
+        bytes: Bytes,
+    },
+    /// These requests will get no answer.
+    Failed {
+        /// The requests.
+        ids: Vec<u64>,
+        /// Why.
+        reason: String,
+    },
+    /// The peer's request `id` on inbound stream `stream`.
+    Request {
+        /// Which of the peer's streams it came on.
+        stream: u64,
+        /// Its id on that stream.
+        id: u64,
+        /// The encoded request.
+        bytes: Bytes,
+    },
+}
+
+/// A stream the peer opened: its requests come in, their answers go out.
+struct Inbound {
+    key: u64,
+    framed: Framed<Stream, FrameCodec>,
+    unanswered: HashSet<u64>,
+    answers: VecDeque<(u64, Bytes)>,
+}
+
+/// The handler of one connection.
+pub struct Handler {
+    protocol: StreamProtocol,
+    limits: Limits,
+    /// The stream this node asks on, once open.
+    outbound: Option<Framed<Stream, FrameCodec>>,
+    opening: bool,
+    /// The peer does not speak the protocol: requests fail at once.
+    unsupported: bool,
+    /// Requests not written yet.
+    queue: VecDeque<(u64, Bytes)>,
+    /// Requests sent or queued and not answered.
+    awaiting: HashSet<u64>,
+    inbound: Vec<Inbound>,
+    next_stream: u64,
+    events: VecDeque<HandlerEvent>,
+    /// A request went or came within [`BUSY_FOR`] of `last_request` (see
+    /// [`Handler::poll_busy`]).
+    busy: bool,
+    last_request: Instant,
+    /// Fires when the connection may have turned idle; made while busy.
+    idle_check: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Handler {
+    fn new(protocol: StreamProtocol, limits: Limits) -> Self {
+        Self {
+            protocol,
+            limits,
+            outbound: None,
+            opening: false,
+            unsupported: false,
+            queue: VecDeque::new(),
+            awaiting: HashSet::new(),
+            inbound: Vec::new(),
+            next_stream: 0,
+            events: VecDeque::new(),
+            busy: false,
+            last_request: Instant::now(),
+            idle_check: None,
+        }
+    }
+
+    /// Notes a request either way: the connection is busy for [`BUSY_FOR`] more.
+    fn note_request(&mut self) {
+        self.busy = true;
+        self.last_request = Instant::now();
+    }
+
+    /// Ends the busy spell once [`BUSY_FOR`] passed without a request. One timer per spell:
+    /// when it fires early (requests came meanwhile) it is moved to the new end.
+    fn poll_busy(&mut self, cx: &mut Context<'_>) {
+        if !self.busy {
+            return;
+        }
+        let end = self.last_request + BUSY_FOR;
+        let check = self
+            .idle_check
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(end.into())));
+        loop {
+            if check.as_mut().poll(cx).is_pending() {
+                return;
+            }
+            let end = self.last_request + BUSY_FOR;
+            if end <= Instant::now() {
+                self.busy = false;
+                self.idle_check = None;
+                return;
+            }
+            check.as_mut().reset(end.into());
+        }
+    }
+
+    /// Fails every request sent or queued; the next request opens a new stream.
+    fn fail_outbound(&mut self, reason: String) {
+        self.outbound = None;
+        self.queue.clear();
+        let ids: Vec<u64> = self.awaiting.drain().collect();
+        if !ids.is_empty() {
+            self.events.push_back(HandlerEvent::Failed { ids, reason });
+        }
+    }
+
+    /// Writes what is queued on the outbound stream and reads its answers.
+    fn poll_outbound(&mut self, cx: &mut Context<'_>) {
+        let Some(framed) = self.outbound.as_mut() else {
+            return;
+        };
+        let mut error = None;
+        while !self.queue.is_empty() && error.is_none() {
+            match framed.poll_ready_unpin(cx) {
+                Poll::Ready(Ok(())) => {
+                    let (id, bytes) = self.queue.pop_front().expect("not empty");
+                    if let Err(e) = framed.start_send_unpin((id, bytes)) {
+                        error = Some(e);
+                    }
+                }
+                Poll::Ready(Err(e)) => error = Some(e),
+                Poll::Pending => break,
+            }
+        }
+        if error.is_none()
+            && let Poll::Ready(Err(e)) = framed.poll_flush_unpin(cx)
+        {
+            error = Some(e);
+        }
+        while error.is_none() {
+            match framed.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok((id, bytes)))) => {
+                    // An answer to a cancelled request is dropped.
+                    if self.awaiting.remove(&id) {
+                        self.events.push_back(HandlerEvent::Response { id, bytes });
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => error = Some(e),
+                Poll::Ready(None) => {
+                    error = Some(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "stream closed",
+                    ));
+                }
+                Poll::Pending => break,
+            }
+        }
+        if let Some(e) = error {
+            self.fail_outbound(format!("stream failed: {e}"));
+        }
+    }
+
+    /// Writes the answers of each inbound stream and reads its requests, while fewer than the
+    /// bound are unanswered; drops the streams that failed.
+    fn poll_inbound(&mut self, cx: &mut Context<'_>) {
+        let in_flight = self.limits.in_flight;
+        let mut i = 0;
+        while i < self.inbound.len() {
+            let stream = &mut self.inbound[i];
+            let mut error: Option<io::Error> = None;
+            while !stream.answers.is_empty() && error.is_none() {
+                match stream.framed.poll_ready_unpin(cx) {
+                    Poll::Ready(Ok(())) => {
+                        let answer = stream.answers.pop_front().expect("not empty");
+                        if let Err(e) = stream.framed.start_send_unpin(answer) {
+                            error = Some(e);
+                        }
+                    }
+                    Poll::Ready(Err(e)) => error = Some(e),
+                    Poll::Pending => break,
+                }
+            }
+            if error.is_none()
+                && let Poll::Ready(Err(e)) = stream.framed.poll_flush_unpin(cx)
+            {
+                error = Some(e);
+            }
+            while error.is_none() && stream.unanswered.len() < in_flight {
+                match stream.framed.poll_next_unpin(cx) {
+                    Poll::Ready(Some(Ok((id, bytes)))) => {
+                        if !stream.unanswered.insert(id) {
+                            error = Some(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                "a request id reused before its answer",
+                            ));
+                            break;
+                        }
+                        self.events.push_back(HandlerEvent::Request {
+                            stream: stream.key,
+                            id,
+                            bytes,
+                        });
+                        self.busy = true;
+                        self.last_request = Instant::now();
+                    }
+                    Poll::Ready(Some(Err(e))) => error = Some(e),
+                    Poll::Ready(None) => {
+                        error = Some(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "stream closed",
+                        ));
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            match error {
+                Some(e) => {
+                    tracing::debug!(error = %e, "inbound DHT stream ended");
+                    self.inbound.swap_remove(i);
+                }
+                None => i += 1,
+            }
+        }
+    }
+}
+
+impl ConnectionHandler for Handler {
+    type FromBehaviour = Command;
+    type ToBehaviour = HandlerEvent;
+    type InboundProtocol = ReadyUpgrade<StreamProtocol>;
+    type OutboundProtocol = ReadyUpgrade<StreamProtocol>;
+    type InboundOpenInfo = ();
+    type OutboundOpenInfo = ();
+
+    fn listen_protocol(&self) -> SubstreamProtocol<Self::InboundProtocol> {
+        SubstreamProtocol::new(ReadyUpgrade::new(self.protocol.clone()), ())
+    }
+
+    fn connection_keep_alive(&self) -> bool {
+        self.busy
+            || !self.awaiting.is_empty()
+            || self
+                .inbound
+                .iter()
+                .any(|s| !s.unanswered.is_empty() || !s.answers.is_empty())
+    }
+
+    fn on_behaviour_event(&mut self, command: Command) {
+        match command {
+            Command::Send { id, bytes } => {
+                let reason = if self.unsupported {
+                    Some("the peer does not speak the DHT protocol")
+                } else if self.awaiting.len() >= self.limits.in_flight {
+                    Some("too many requests waiting for this peer")
+                } else {
+                    None
+                };
+                match reason {
+                    Some(reason) => self.events.push_back(HandlerEvent::Failed {
+                        ids: vec![id],
+                        reason: reason.to_owned(),
+                    }),
+                    None => {
+                        self.note_request();
+                        self.awaiting.insert(id);
+                        self.queue.push_back((id, bytes));
+                    }
+                }
+            }
+            Command::Cancel { id } => {
+                self.awaiting.remove(&id);
+                self.queue.retain(|(i, _)| *i != id);
+            }
+            Command::Respond { stream, id, bytes } => {
+                // The stream may have ended meanwhile: then nobody waits for the answer.
+                if let Some(s) = self.inbound.iter_mut().find(|s| s.key == stream)
+                    && s.unanswered.remove(&id)
+                {
+                    s.answers.push_back((id, bytes));
+                }
+            }
+        }
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ConnectionHandlerEvent<Self::OutboundProtocol, (), Self::ToBehaviour>> {
+        if let Some(event) = self.events.pop_front() {
+            return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(event));
+        }
+        if self.outbound.is_none() && !self.opening && !self.queue.is_empty() {
+            self.opening = true;
+            let protocol = SubstreamProtocol::new(ReadyUpgrade::new(self.protocol.clone()), ());
+            return Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest { protocol });
+        }
+        self.poll_outbound(cx);
+        self.poll_inbound(cx);
+        self.poll_busy(cx);
+        match self.events.pop_front() {
+            Some(event) => Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(event)),
+            None => Poll::Pending,
+        }
+    }
+
+    fn on_connection_event(
+        &mut self,
+        event: ConnectionEvent<Self::InboundProtocol, Self::OutboundProtocol>,
+    ) {
+        match event {
+            ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
+                protocol: mut stream,
+                ..
+            }) => {
+                stream.ignore_for_keep_alive();
+                self.opening = false;
+                self.outbound = Some(Framed::new(
+                    stream,
+                    FrameCodec::new(self.limits.max_response),
+                ));
+            }
+            ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound {
+                protocol: mut stream,
+                ..
+            }) => {
+                if self.inbound.len() >= MAX_INBOUND_STREAMS {
+                    tracing::debug!("a peer opened too many DHT streams; one dropped");
+                    return;
+                }
+                stream.ignore_for_keep_alive();
+                self.next_stream += 1;
+                self.inbound.push(Inbound {
+                    key: self.next_stream,
+                    framed: Framed::new(stream, FrameCodec::new(self.limits.max_request)),
+                    unanswered: HashSet::new(),
+                    answers: VecDeque::new(),
+                });
+            }
+            ConnectionEvent::DialUpgradeError(DialUpgradeError { error, .. }) => {
+                self.opening = false;
+                let reason = match error {
+                    StreamUpgradeError::NegotiationFailed => {
+                        self.unsupported = true;
+                        "the peer does not speak the DHT protocol".to_owned()
+                    }
+                    StreamUpgradeError::Timeout => "opening a stream timed out".to_owned(),
+                    StreamUpgradeError::Io(e) => format!("opening a stream failed: {e}"),
+                    StreamUpgradeError::Apply(never) => match never {},
+                };
+                self.fail_outbound(reason);
+            }
+            _ => {}
+        }
+    }
+}
+
+// ----- framing -----
+
+/// Frames of the protocol: a 4-byte big-endian length, an 8-byte big-endian id, the message.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameCodec {
+    /// Longest message accepted (the id not counted).
+    max: usize,
+}
+
+impl FrameCodec {
+    /// A codec accepting messages of at most `max` bytes.
+    pub fn new(max: usize) -> Self {
+        Self { max }
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = (u64, Bytes);
+    type Error = io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, io::Error> {
+        let Some(prefix) = src.get(..LEN_BYTES) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes(prefix.try_into().expect("4 bytes")) as usize;
+        if len < ID_BYTES || len - ID_BYTES > self.max {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "frame of {len} bytes; {ID_BYTES} to {} allowed",
+                    self.max + ID_BYTES
+                ),
+            ));
+        }
+        if src.len() < LEN_BYTES + len {
+            src.reserve(LEN_BYTES + len - src.len());
+            return Ok(None);
+        }
+        let _ = src.split_to(LEN_BYTES);
+        let mut frame = src.split_to(len);
+        let body = frame.split_off(ID_BYTES);
+        let id = u64::from_be_bytes(frame[..].try_into().expect("8 bytes"));
+        Ok(Some((id, body.freeze())))
+    }
+}
+
+impl Encoder for FrameCodec {
+    type Item<'a> = (u64, Bytes);
+    type Error = io::Error;
+
+    fn encode(&mut self, (id, body): (u64, Bytes), dst: &mut BytesMut) -> Result<(), io::Error> {
+        // Invariant: callers send only messages within their bound, far below 4 GiB.
+        let len = u32::try_from(ID_BYTES + body.len()).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, "message too long for a frame")
+        })?;
+        dst.reserve(LEN_BYTES + len as usize);
+        dst.extend_from_slice(&len.to_be_bytes());
+        dst.extend_from_slice(&id.to_be_bytes());
+        dst.extend_from_slice(&body);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use libp2p::Swarm;
+    use libp2p_swarm_test::SwarmExt;
+    use proptest::prelude::*;
+    use serde_bytes::ByteBuf;
+
+    fn pair(timeout: Duration) -> (Swarm<Behaviour>, Swarm<Behaviour>) {
+        let make = || {
+            Swarm::new_ephemeral_tokio(|_| {
+                Behaviour::new(
+                    StreamProtocol::new("/shoal/test/dht/2.0.0"),
+                    Limits::dht(8, timeout),
+                )
+            })
+        };
+        (make(), make())
+    }
+
+    fn find(i: u32) -> Request {
+        Request::FindNode(ByteBuf::from(i.to_be_bytes().to_vec()))
+    }
+
+    /// Many requests at once on one connection: each answer reaches the request it answers,
+    /// though they are answered in reverse order and more are asked than the per-stream bound.
+    #[tokio::test]
+    async fn answers_reach_their_requests_in_any_order() {
+        let (mut a, mut b) = pair(Duration::from_secs(30));
+        b.listen().with_memory_addr_external().await;
+        a.connect(&mut b).await;
+        let peer = *b.local_peer_id();
+        let mut sent = HashMap::new();
+        // The first 8 fill the stream's bound; the 9th fails at once, the rest after answers.
+        for i in 0..8 {
+            let id = a
+                .behaviour_mut()
+                .send_request_with_addresses(&peer, find(i), Vec::new());
+            sent.insert(id, i);
+        }
+        let over = a
+            .behaviour_mut()
+            .send_request_with_addresses(&peer, find(99), Vec::new());
+        let mut held = Vec::new();
+        let mut answered = 0;
+        let mut refused_over = false;
+        while answered < 8 || !refused_over {
+            tokio::select! {
+                e = a.next_behaviour_event() => match e {
+                    Event::Response { id, response, .. } => {
+                        let i = sent.remove(&id).expect("an answer to a request sent");
+                        assert_eq!(response, Response::refused(format!("{i}")));
+                        answered += 1;
+                    }
+                    Event::Failed { id, failure, .. } => {
+                        assert_eq!(id, over);
+                        assert!(matches!(failure, Failure::Unreachable(why) if why.contains("too many")));
+                        refused_over = true;
+                    }
+                    other => panic!("unexpected {other:?}"),
+                },
+                e = b.next_behaviour_event() => match e {
+                    Event::Request { request: Request::FindNode(x), channel, .. } => {
+                        held.push((u32::from_be_bytes(x[..].try_into().unwrap()), channel));
+                        if held.len() == 8 {
+                            while let Some((i, channel)) = held.pop() {
+                                b.behaviour_mut()
+                                    .send_response(channel, Response::refused(format!("{i}")))
+                                    .unwrap();
+                            }
+                        }
+                    }
+                    other => panic!("unexpected {other:?}"),
+                },
+            }
+        }
+        assert_eq!(a.behaviour().pending(), 0);
+    }
+
+    /// A request the peer never answers fails once the timeout passed; a request to a peer
+    /// that cannot be dialed fails at once.
+    #[tokio::test]
+    async fn unanswered_requests_time_out_and_undialable_peers_fail() {
+        let (mut a, mut b) = pair(Duration::from_millis(1500));
+        b.listen().with_memory_addr_external().await;
+        a.connect(&mut b).await;
+        let peer = *b.local_peer_id();
+        let started = tokio::time::Instant::now();
+        let id = a
+            .behaviour_mut()
+            .send_request_with_addresses(&peer, find(1), Vec::new());
+        let stranger = PeerId::random();
+        let lost = a
+            .behaviour_mut()
+            .send_request_with_addresses(&stranger, find(2), Vec::new());
+        let mut failed = HashMap::new();
+        let mut kept = Vec::new();
+        while failed.len() < 2 {
+            tokio::select! {
+                e = a.next_behaviour_event() => match e {
+                    Event::Failed { id, failure, .. } => {
+                        failed.insert(id, (failure, started.elapsed()));
+                    }
+                    other => panic!("unexpected {other:?}"),
+                },
+                e = b.next_behaviour_event() => if let Event::Request { channel, .. } = e {
+                    // Held, never answered.
+                    kept.push(channel);
+                },
+            }
+        }
+        let (failure, after) = &failed[&id];
+        assert_eq!(*failure, Failure::Timeout);
+        assert!(*after >= Duration::from_millis(1500) && *after < Duration::from_secs(4));
+        assert!(matches!(&failed[&lost].0, Failure::Unreachable(why) if why.contains("dial")));
+        assert_eq!(kept.len(), 1);
+        assert_eq!(a.behaviour().pending(), 0);
+    }
+
+    fn frame(id: u64, body: &[u8]) -> BytesMut {
+        let mut out = BytesMut::new();
+        FrameCodec::new(usize::MAX >> 1)
+            .encode((id, Bytes::copy_from_slice(body)), &mut out)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn frames_round_trip_and_wait_for_their_bytes() {
+        let mut codec = FrameCodec::new(16);
+        let mut buf = frame(7, b"hello");
+        buf.extend_from_slice(&frame(u64::MAX, b"")[..]);
+        let whole = buf.clone();
+        // Byte by byte: nothing until a frame is complete.
+        let mut partial = BytesMut::new();
+        let mut got = Vec::new();
+        for b in whole.iter() {
+            partial.extend_from_slice(&[*b]);
+            while let Some(f) = codec.decode(&mut partial).unwrap() {
+                got.push(f);
+            }
+        }
+        assert_eq!(
+            got,
+            vec![(7, Bytes::from_static(b"hello")), (u64::MAX, Bytes::new())]
+        );
+    }
+
+    #[test]
+    fn frames_over_the_bound_or_without_an_id_are_refused() {
+        let mut codec = FrameCodec::new(4);
+        let mut long = frame(1, b"12345");
+        assert_eq!(
+            codec.decode(&mut long).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        // Refused from the prefix alone: a peer cannot make a node buffer a long frame.
+        let mut prefix = BytesMut::from(&u32::MAX.to_be_bytes()[..]);
+        assert!(codec.decode(&mut prefix).is_err());
+        let mut short = BytesMut::from(&7u32.to_be_bytes()[..]);
+        assert!(codec.decode(&mut short).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_decode_to_frames_or_a_typed_error(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let mut codec = FrameCodec::new(64);
+            let mut buf = BytesMut::from(&bytes[..]);
+            while let Ok(Some((_, body))) = codec.decode(&mut buf) {
+                prop_assert!(body.len() <= 64);
+            }
+        }
+    }
+}
