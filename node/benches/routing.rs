@@ -11,7 +11,8 @@
 //! workload.
 //!
 //! Options after `--`: `--nodes N` (50), `--ops N` (200), `--concurrency 1,16,64`, `--value-bytes
-//! B` (64), `--routes auto,iterative`, `--seed S` (42). Under `cargo test --benches` it runs a
+//! B` (64), `--routes auto,iterative`, `--seed S` (42), `--warm-up N` (400 puts at concurrency
+//! 16 before the measured batches, which open the connections SWIM has not). Under `cargo test --benches` it runs a
 //! short smoke version (5 nodes, 20 operations, concurrency 1 and 4), judging nothing.
 
 mod common;
@@ -37,6 +38,7 @@ struct Options {
     value_bytes: usize,
     routes: Vec<String>,
     seed: u64,
+    warm_up: usize,
 }
 
 fn options() -> Options {
@@ -60,6 +62,7 @@ fn options() -> Options {
             .map(|v| v.split(',').map(str::to_owned).collect())
             .unwrap_or_else(|| vec!["auto".to_owned(), "iterative".to_owned()]),
         seed: number("--seed", 42, 42) as u64,
+        warm_up: number("--warm-up", 400, 0),
     }
 }
 
@@ -168,6 +171,9 @@ async fn run(
         }
     }
     all.elapsed = start.elapsed();
+    // The copies that follow a put's answer are part of its cost: the CPU is counted until the
+    // nodes are quiet again (with their idle SWIM traffic meanwhile, at most 30 s).
+    wait_quiet(pids, Duration::from_secs(30)).await;
     all.cpu = pids.iter().map(|p| cpu_secs(*p)).sum::<f64>() - cpu_before;
     all.latencies.sort_unstable();
     all.rpcs.sort_unstable();
@@ -244,6 +250,24 @@ async fn main() {
     println!("every view settled {:.1} s later", waited.as_secs_f64());
     let value = Arc::new("v".repeat(o.value_bytes));
     let mut rng = StdRng::seed_from_u64(o.seed);
+    // Connections SWIM has not opened yet are opened by the first operations; a warm-up
+    // batch pays for them, so that the measured batches show the steady state.
+    let warm = Arc::new(Batch {
+        keys: (0..o.warm_up)
+            .map(|_| hex::encode(rng.r#gen::<[u8; 20]>()))
+            .collect(),
+        nodes: (0..o.warm_up).map(|_| rng.gen_range(0..o.nodes)).collect(),
+    });
+    if o.warm_up > 0 {
+        let dials_before = total(&clients, "dials").await;
+        let m = run(&clients, &net.pids, Op::Put, "auto", &warm, 16, &value).await;
+        let dials = total(&clients, "dials").await.saturating_sub(dials_before);
+        println!(
+            "warm-up: {} puts at concurrency 16 ({} failed), {dials} new connections",
+            m.latencies.len(),
+            m.errors
+        );
+    }
     let mut results: Vec<(String, Op, usize, Measured)> = Vec::new();
     println!(
         "\n| route | op | concurrency | ops/s | p50 ms | p95 ms | p99 ms | CPU ms per op (all \
