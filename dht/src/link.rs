@@ -11,7 +11,8 @@
 //! opened and answers the other's on the streams the other opened. A frame is a 4-byte
 //! big-endian length `n`, then `n` bytes: an 8-byte big-endian request id and the CBOR message
 //! ([`Request`] on a stream one opened, [`Response`] coming back on it). Answers may come in any
-//! order; the asker picks the ids, unique among its unanswered requests. Bounds: a frame is at
+//! order; the asker picks the ids, unique among its unanswered requests. Id 0 is a told request
+//! ([`Behaviour::tell`]): it wants no answer and gets none. Bounds: a frame is at
 //! most the message bound plus the id (a longer one ends the stream, whose framing cannot be
 //! trusted after it); at most [`Limits::in_flight`] unanswered requests per stream each way (a
 //! node asking more is not read until it is answered, and asking more than that of a peer fails
@@ -166,8 +167,8 @@ pub struct Behaviour {
     protocol: StreamProtocol,
     limits: Limits,
     connections: HashMap<PeerId, Vec<ConnectionId>>,
-    /// Encoded requests for peers being dialed, sent once connected.
-    dialing: HashMap<PeerId, Vec<(RequestId, Bytes)>>,
+    /// Encoded requests for peers being dialed, sent once connected, by wire id (0: told).
+    dialing: HashMap<PeerId, Vec<(u64, Bytes)>>,
     pending: HashMap<RequestId, Pending>,
     events: VecDeque<ToSwarm<Event, Command>>,
     next_id: u64,
@@ -250,16 +251,54 @@ impl Behaviour {
                         deadline,
                     },
                 );
-                let waiting = self.dialing.entry(peer).or_default();
-                waiting.push((id, bytes));
-                if waiting.len() == 1 {
-                    self.events.push_back(ToSwarm::Dial {
-                        opts: DialOpts::peer_id(peer).addresses(addrs).build(),
-                    });
-                }
+                self.send_when_connected(peer, id.0, bytes, addrs);
             }
         }
         id
+    }
+
+    /// Sends `request` to `peer` as [`Self::send_request_with_addresses`] does, but wants no
+    /// answer: nothing is reported, whatever happens to it.
+    pub fn tell(&mut self, peer: &PeerId, request: Request, addrs: Vec<Multiaddr>) {
+        let peer = *peer;
+        let bytes = wire::encode(&request);
+        if bytes.len() > self.limits.max_request {
+            tracing::warn!(len = bytes.len(), "told request over the bound; not sent");
+            return;
+        }
+        let bytes = Bytes::from(bytes);
+        match self.connections.get(&peer).and_then(|c| c.first()) {
+            Some(&connection) => self.events.push_back(ToSwarm::NotifyHandler {
+                peer_id: peer,
+                handler: NotifyHandler::One(connection),
+                event: Command::Send { id: 0, bytes },
+            }),
+            None => self.send_when_connected(peer, 0, bytes, addrs),
+        }
+    }
+
+    /// Holds a request for `peer` until it is connected, dialing it at `addrs` unless a dial
+    /// for earlier requests is under way.
+    fn send_when_connected(&mut self, peer: PeerId, id: u64, bytes: Bytes, addrs: Vec<Multiaddr>) {
+        let waiting = self.dialing.entry(peer).or_default();
+        if waiting.len() >= self.limits.in_flight {
+            // Bounded like a stream: the oldest told or failed request makes room.
+            let (old, _) = waiting.remove(0);
+            if let Some(p) = self.pending.remove(&RequestId(old)) {
+                self.events.push_back(ToSwarm::GenerateEvent(Event::Failed {
+                    peer: p.peer,
+                    id: RequestId(old),
+                    failure: Failure::Unreachable("too many requests waiting for a dial".into()),
+                }));
+            }
+        }
+        let waiting = self.dialing.entry(peer).or_default();
+        waiting.push((id, bytes));
+        if waiting.len() == 1 {
+            self.events.push_back(ToSwarm::Dial {
+                opts: DialOpts::peer_id(peer).addresses(addrs).build(),
+            });
+        }
     }
 
     /// Answers a peer's request. `Err` gives `response` back if the connection it came on is
@@ -275,6 +314,10 @@ impl Behaviour {
             .is_some_and(|c| c.contains(&channel.connection));
         if !open {
             return Err(response);
+        }
+        if channel.id == 0 {
+            // A told request: nobody waits for the answer.
+            return Ok(());
         }
         let mut bytes = wire::encode(&response);
         if bytes.len() > self.limits.max_response {
@@ -327,7 +370,7 @@ impl Behaviour {
                 }),
                 None => {
                     if let Some(waiting) = self.dialing.get_mut(&p.peer) {
-                        waiting.retain(|(i, _)| *i != id);
+                        waiting.retain(|(i, _)| *i != id.0);
                     }
                 }
             }
@@ -397,14 +440,18 @@ impl Behaviour {
     fn on_connection_established(&mut self, peer: PeerId, connection: ConnectionId) {
         self.connections.entry(peer).or_default().push(connection);
         for (id, bytes) in self.dialing.remove(&peer).unwrap_or_default() {
-            if let Some(p) = self.pending.get_mut(&id) {
-                p.connection = Some(connection);
-                self.events.push_back(ToSwarm::NotifyHandler {
-                    peer_id: peer,
-                    handler: NotifyHandler::One(connection),
-                    event: Command::Send { id: id.0, bytes },
-                });
+            if id != 0 {
+                match self.pending.get_mut(&RequestId(id)) {
+                    Some(p) => p.connection = Some(connection),
+                    // Timed out while the dial went on.
+                    None => continue,
+                }
             }
+            self.events.push_back(ToSwarm::NotifyHandler {
+                peer_id: peer,
+                handler: NotifyHandler::One(connection),
+                event: Command::Send { id, bytes },
+            });
         }
     }
 
@@ -436,6 +483,7 @@ impl Behaviour {
         }
         let reason = format!("dial failed: {error}");
         for (id, _) in self.dialing.remove(&peer).unwrap_or_default() {
+            let id = RequestId(id);
             if self.pending.contains_key(&id) {
                 self.fail(peer, id, reason.clone());
             }
@@ -731,10 +779,15 @@ impl Handler {
             {
                 error = Some(e);
             }
-            while error.is_none() && stream.unanswered.len() < in_flight {
+            // Read while the peer's unanswered requests and the events not yet taken by the
+            // behaviour are within the bound: beyond it, the peer waits (told requests too).
+            while error.is_none()
+                && stream.unanswered.len() < in_flight
+                && self.events.len() < in_flight
+            {
                 match stream.framed.poll_next_unpin(cx) {
                     Poll::Ready(Some(Ok((id, bytes)))) => {
-                        if !stream.unanswered.insert(id) {
+                        if id != 0 && !stream.unanswered.insert(id) {
                             error = Some(io::Error::new(
                                 io::ErrorKind::InvalidData,
                                 "a request id reused before its answer",
@@ -793,6 +846,15 @@ impl ConnectionHandler for Handler {
 
     fn on_behaviour_event(&mut self, command: Command) {
         match command {
+            Command::Send { id: 0, bytes } => {
+                // Told: nobody waits, so it is dropped rather than queued without bound.
+                if self.unsupported || self.queue.len() >= self.limits.in_flight {
+                    tracing::debug!("told request dropped");
+                } else {
+                    self.note_request();
+                    self.queue.push_back((0, bytes));
+                }
+            }
             Command::Send { id, bytes } => {
                 let reason = if self.unsupported {
                     Some("the peer does not speak the DHT protocol")
@@ -1040,6 +1102,36 @@ mod tests {
             }
         }
         assert_eq!(a.behaviour().pending(), 0);
+        // A told request arrives; its answer goes nowhere, so the next event at `a` is the
+        // answer to the request asked after it.
+        a.behaviour_mut().tell(&peer, find(7), Vec::new());
+        let asked = a
+            .behaviour_mut()
+            .send_request_with_addresses(&peer, find(8), Vec::new());
+        let mut seen = Vec::new();
+        loop {
+            tokio::select! {
+                e = a.next_behaviour_event() => match e {
+                    Event::Response { id, response, .. } => {
+                        assert_eq!(id, asked);
+                        assert_eq!(response, Response::refused("8"));
+                        break;
+                    }
+                    other => panic!("unexpected {other:?}"),
+                },
+                e = b.next_behaviour_event() => match e {
+                    Event::Request { request: Request::FindNode(x), channel, .. } => {
+                        let i = u32::from_be_bytes(x[..].try_into().unwrap());
+                        seen.push(i);
+                        b.behaviour_mut()
+                            .send_response(channel, Response::refused(format!("{i}")))
+                            .unwrap();
+                    }
+                    other => panic!("unexpected {other:?}"),
+                },
+            }
+        }
+        assert_eq!(seen, vec![7, 8], "told, then asked, on the same stream");
     }
 
     /// A request the peer never answers fails once the timeout passed; a request to a peer

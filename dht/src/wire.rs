@@ -56,10 +56,11 @@ pub enum Request {
     /// it passed every check and is kept durably, or [`Response::Refused`].
     PutRecord(ByteBuf),
     /// Keep this signed record envelope as a copy beyond the put's quorum: checked like
-    /// [`Request::PutRecord`], but answered with [`Response::Stored`] as soon as it is kept,
-    /// before it is on disk: the holder writes copies together and makes them durable within
-    /// its copy flush delay (a crash before that loses them; the next republish makes them
-    /// again). The quorum a caller was promised never rests on these.
+    /// [`Request::PutRecord`] and kept at once, before it is on disk: the holder writes copies
+    /// together and makes them durable within its copy flush delay (a crash before that loses
+    /// them; the next republish makes them again). The quorum a caller was promised never rests
+    /// on these, so the sender does not ask for an answer ([`crate::link`]'s told frames); a
+    /// holder asked for one answers [`Response::Stored`] once the copy is kept.
     PutCopy(ByteBuf),
     /// Keep this lockstep notice envelope. Answered with [`Response::Accepted`] once it is kept
     /// durably, or [`Response::Refused`].

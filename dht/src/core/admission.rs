@@ -574,4 +574,14 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             request,
         });
     }
+
+    /// Sends `request` to `peer` expecting no answer ([`Action::Tell`]).
+    pub(super) fn tell(&mut self, peer: T, request: Request) {
+        let addrs = self.addrs_of(&peer);
+        self.push(Action::Tell {
+            to: peer,
+            addrs,
+            request,
+        });
+    }
 }

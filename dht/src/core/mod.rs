@@ -342,6 +342,16 @@ pub enum Action<T> {
         /// The request.
         request: Request,
     },
+    /// Send `request` to `to` (dialing `addrs` if no connection is open) without waiting for an
+    /// answer: nothing is reported, and the peer's answer, if it makes one, is dropped.
+    Tell {
+        /// The peer.
+        to: T,
+        /// Its known addresses.
+        addrs: Arc<[Address]>,
+        /// The request.
+        request: Request,
+    },
     /// Answer the peer's request `id` with `response`.
     Respond {
         /// The request answered.

@@ -557,7 +557,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     /// replicas kept it and the `alpha` closest answered (the quorum usually comes from the first
     /// wave, whose writes then do not queue behind the others' on a shared disk), or once every
     /// replica answered. A second wave sent after the quorum was reached goes as copies
-    /// ([`Request::PutCopy`]), which holders answer before their disk flush.
+    /// ([`Request::PutCopy`]), told without waiting for answers.
     pub(super) fn replicate(
         &mut self,
         now: Instant,
@@ -578,19 +578,21 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         self.ops.insert(op, Op::Replicate(job));
     }
 
-    /// Sends `job`'s record to `peers`: as copies once the quorum is reached (nothing promised
-    /// rests on them), else as replica puts that count toward it.
+    /// Sends `job`'s record to `peers`: as copies once the quorum is reached, told and not
+    /// awaited (nothing promised rests on them, so their answers would change nothing); else as
+    /// replica puts that count toward it.
     fn send_replicas(&mut self, now: Instant, op: OpId, job: &mut Replication<T>, peers: Vec<T>) {
-        job.outstanding += peers.len();
         let copies = job.stored >= job.quorum;
+        if !copies {
+            job.outstanding += peers.len();
+        }
         for peer in peers {
             let envelope = ByteBuf::from(job.envelope.clone());
-            let request = if copies {
-                Request::PutCopy(envelope)
+            if copies {
+                self.tell(peer, Request::PutCopy(envelope));
             } else {
-                Request::PutRecord(envelope)
-            };
-            self.send(now, op, peer, request);
+                self.send(now, op, peer, Request::PutRecord(envelope));
+            }
         }
     }
 

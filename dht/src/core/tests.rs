@@ -1250,17 +1250,31 @@ fn a_put_goes_to_the_closest_first_and_to_the_rest_once_they_answered_or_one_ref
         let last = i + 1 == first.len();
         // Answered once the quorum and the alpha closest kept it: with the last of the wave.
         assert_eq!(reply(&actions), last, "answer {i}");
-        let more = sends(&actions);
+        // The rest go as copies, told: no answer is awaited, so the put is over.
+        assert!(sends(&actions).is_empty(), "answer {i}");
+        let told: Vec<_> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Tell { to, request, .. } => Some((*to, request)),
+                _ => None,
+            })
+            .collect();
         assert_eq!(
-            more.len(),
+            told.len(),
             if last { k - first_wave } else { 0 },
             "answer {i}"
         );
-        assert!(
-            more.iter()
-                .all(|(_, _, r)| matches!(r, Request::PutCopy(_)))
+        assert!(told.iter().all(|(_, r)| matches!(r, Request::PutCopy(_))));
+        assert_eq!(
+            told.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+            if last {
+                truth[first_wave..].to_vec()
+            } else {
+                Vec::new()
+            }
         );
     }
+    assert_eq!(core.sizes().ops, 0, "nothing waits for the copies");
     // A refusal in the first wave sends the rest at once, so the quorum can come from them.
     core.handle_command(now, UNIX, put(b"refused", b"v", None));
     let first = wave(&mut core);

@@ -559,6 +559,10 @@ impl EventLoop {
                         .send_request_with_addresses(&to, request, addrs);
                     self.outbound.insert(rid, id);
                 }
+                Action::Tell { to, addrs, request } => {
+                    let addrs = shoal_swim::behaviour::to_multiaddrs(&addrs);
+                    self.swarm.behaviour_mut().dht.tell(&to, request, addrs);
+                }
                 Action::Respond { id, response } => {
                     if let Some(channel) = self.inbound.remove(&id) {
                         // The peer may have gone; then there is nobody to answer.

@@ -228,7 +228,8 @@ struct Node {
     unflushed: Vec<Vec<WriteOp<SimPeer>>>,
     fail_writes: u32,
     wake: Option<Instant>,
-    inbound: HashMap<InboundId, (SimPeer, RequestId)>,
+    /// The asker of each request being served, and its id (`None`: told, no answer).
+    inbound: HashMap<InboundId, (SimPeer, Option<RequestId>)>,
     next_inbound: u64,
     issued: HashMap<OpId, Instant>,
     answers: HashMap<OpId, Answered>,
@@ -249,10 +250,11 @@ enum Delivery {
         to: u32,
         bytes: Vec<u8>,
     },
+    /// `id` is `None` for a told request: nobody waits for its answer.
     Request {
         from: u32,
         to: u32,
-        id: RequestId,
+        id: Option<RequestId>,
         bytes: Vec<u8>,
     },
     Response {
@@ -750,6 +752,7 @@ impl Sim {
             } => {
                 if self.nodes[to as usize].core.is_none() {
                     // Connection refused: the asker learns it one latency later.
+                    let id = id?;
                     let generation = self.nodes[from as usize].generation;
                     let latency = self.latency();
                     self.schedule(
@@ -1033,7 +1036,18 @@ impl Sim {
                 let delivery = Delivery::Request {
                     from: id,
                     to: to.0,
-                    id: rid,
+                    id: Some(rid),
+                    bytes,
+                };
+                self.transmit(now, (id, to.0), (Traffic::Dht, len), delivery);
+            }
+            Action::Tell { to, request, .. } => {
+                let bytes = wire::encode(&request);
+                let len = bytes.len();
+                let delivery = Delivery::Request {
+                    from: id,
+                    to: to.0,
+                    id: None,
                     bytes,
                 };
                 self.transmit(now, (id, to.0), (Traffic::Dht, len), delivery);
@@ -1042,7 +1056,8 @@ impl Sim {
                 id: inbound,
                 response,
             } => {
-                let Some((from, rid)) = self.nodes[id as usize].inbound.remove(&inbound) else {
+                let Some((from, Some(rid))) = self.nodes[id as usize].inbound.remove(&inbound)
+                else {
                     return;
                 };
                 let bytes = wire::encode(&response);
