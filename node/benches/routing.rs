@@ -298,8 +298,12 @@ async fn main() {
                 // after. Each batch starts once that work is done, so it is measured alone.
                 let quiet = wait_quiet(&net.pids, Duration::from_secs(30)).await;
                 let dials_before = total(&clients, "dials").await;
+                let records_before = total(&clients, "records").await;
                 let mut m = run(&clients, &net.pids, op, route, batch, c, &value).await;
                 m.dials = total(&clients, "dials").await.saturating_sub(dials_before);
+                // Every put's copies, counted once the nodes are quiet: the k closest and the
+                // publisher's own (when it is not among them), so 20 to 21 a put.
+                let held = total(&clients, "records").await.saturating_sub(records_before);
                 let rpcs = match (quantile(&m.rpcs, 0.5), quantile(&m.rpcs, 0.95)) {
                     (Some(p50), Some(p95)) if op == Op::Get => format!("{p50} / {p95}"),
                     _ => "-".to_owned(),
@@ -322,6 +326,12 @@ async fn main() {
                     m.latencies.len(),
                     m.errors,
                 );
+                if op == Op::Put {
+                    println!(
+                        "  copies held: {:.2} per put acknowledged",
+                        held as f64 / m.latencies.len().max(1) as f64
+                    );
+                }
                 if quiet.is_none() {
                     println!("  (the nodes were not quiet within 30 s before this batch)");
                 }
