@@ -303,7 +303,9 @@ async fn main() {
                 m.dials = total(&clients, "dials").await.saturating_sub(dials_before);
                 // Every put's copies, counted once the nodes are quiet: the k closest and the
                 // publisher's own (when it is not among them), so 20 to 21 a put.
-                let held = total(&clients, "records").await.saturating_sub(records_before);
+                let held = total(&clients, "records")
+                    .await
+                    .saturating_sub(records_before);
                 let rpcs = match (quantile(&m.rpcs, 0.5), quantile(&m.rpcs, 0.95)) {
                     (Some(p50), Some(p95)) if op == Op::Get => format!("{p50} / {p95}"),
                     _ => "-".to_owned(),
