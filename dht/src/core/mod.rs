@@ -557,9 +557,10 @@ pub const MAX_BACKGROUND_GETS: usize = 16;
 pub const JOIN_ATTEMPTS: u32 = 3;
 /// Most seeds whose addresses the core keeps for SWIM's messages to them.
 pub const MAX_SEEDS: usize = 64;
-/// How far past a sequence number the persisted floor is raised (see
-/// [`Core::advance_seq_floor`]): default sequence numbers follow the wall clock in seconds, so
-/// this is about an hour of them; a restart skips at most that many.
+/// How far past a sequence number the persisted floor is raised, so that the puts and notices
+/// that follow find it ahead of them and need no write of their own: default sequence numbers
+/// follow the wall clock in seconds, so this is about an hour of them; a restart skips at most
+/// that many.
 pub const SEQ_FLOOR_RESERVE: u64 = 3_600;
 
 /// The DHT state machine of one node. See the module docs for the call order.
