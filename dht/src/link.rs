@@ -713,43 +713,20 @@ impl Handler {
         let Some(framed) = self.outbound.as_mut() else {
             return;
         };
-        let mut error = None;
-        while !self.queue.is_empty() && error.is_none() {
-            match framed.poll_ready_unpin(cx) {
-                Poll::Ready(Ok(())) => {
-                    let (id, bytes) = self.queue.pop_front().expect("not empty");
-                    if let Err(e) = framed.start_send_unpin((id, bytes)) {
-                        error = Some(e);
-                    }
-                }
-                Poll::Ready(Err(e)) => error = Some(e),
-                Poll::Pending => break,
-            }
-        }
-        if error.is_none()
-            && let Poll::Ready(Err(e)) = framed.poll_flush_unpin(cx)
-        {
-            error = Some(e);
-        }
-        while error.is_none() {
-            match framed.poll_next_unpin(cx) {
-                Poll::Ready(Some(Ok((id, bytes)))) => {
+        let mut result = write_queued(framed, &mut self.queue, cx);
+        while result.is_ok() {
+            match read_frame(framed, cx) {
+                Poll::Ready(Ok((id, bytes))) => {
                     // An answer to a cancelled request is dropped.
                     if self.awaiting.remove(&id) {
                         self.events.push_back(HandlerEvent::Response { id, bytes });
                     }
                 }
-                Poll::Ready(Some(Err(e))) => error = Some(e),
-                Poll::Ready(None) => {
-                    error = Some(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "stream closed",
-                    ));
-                }
+                Poll::Ready(Err(e)) => result = Err(e),
                 Poll::Pending => break,
             }
         }
-        if let Some(e) = error {
+        if let Err(e) = result {
             self.fail_outbound(format!("stream failed: {e}"));
         }
     }
@@ -761,34 +738,17 @@ impl Handler {
         let mut i = 0;
         while i < self.inbound.len() {
             let stream = &mut self.inbound[i];
-            let mut error: Option<io::Error> = None;
-            while !stream.answers.is_empty() && error.is_none() {
-                match stream.framed.poll_ready_unpin(cx) {
-                    Poll::Ready(Ok(())) => {
-                        let answer = stream.answers.pop_front().expect("not empty");
-                        if let Err(e) = stream.framed.start_send_unpin(answer) {
-                            error = Some(e);
-                        }
-                    }
-                    Poll::Ready(Err(e)) => error = Some(e),
-                    Poll::Pending => break,
-                }
-            }
-            if error.is_none()
-                && let Poll::Ready(Err(e)) = stream.framed.poll_flush_unpin(cx)
-            {
-                error = Some(e);
-            }
+            let mut result = write_queued(&mut stream.framed, &mut stream.answers, cx);
             // Read while the peer's unanswered requests and the events not yet taken by the
             // behaviour are within the bound: beyond it, the peer waits (told requests too).
-            while error.is_none()
+            while result.is_ok()
                 && stream.unanswered.len() < in_flight
                 && self.events.len() < in_flight
             {
-                match stream.framed.poll_next_unpin(cx) {
-                    Poll::Ready(Some(Ok((id, bytes)))) => {
+                match read_frame(&mut stream.framed, cx) {
+                    Poll::Ready(Ok((id, bytes))) => {
                         if id != 0 && !stream.unanswered.insert(id) {
-                            error = Some(io::Error::new(
+                            result = Err(io::Error::new(
                                 io::ErrorKind::InvalidData,
                                 "a request id reused before its answer",
                             ));
@@ -802,25 +762,56 @@ impl Handler {
                         self.busy = true;
                         self.last_request = Instant::now();
                     }
-                    Poll::Ready(Some(Err(e))) => error = Some(e),
-                    Poll::Ready(None) => {
-                        error = Some(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "stream closed",
-                        ));
-                    }
+                    Poll::Ready(Err(e)) => result = Err(e),
                     Poll::Pending => break,
                 }
             }
-            match error {
-                Some(e) => {
+            match result {
+                Err(e) => {
                     tracing::debug!(error = %e, "inbound DHT stream ended");
                     self.inbound.swap_remove(i);
                 }
-                None => i += 1,
+                Ok(()) => i += 1,
             }
         }
     }
+}
+
+/// Writes the frames of `queue` while the stream takes them, then flushes what was written.
+fn write_queued(
+    framed: &mut Framed<Stream, FrameCodec>,
+    queue: &mut VecDeque<(u64, Bytes)>,
+    cx: &mut Context<'_>,
+) -> io::Result<()> {
+    while !queue.is_empty() {
+        match framed.poll_ready_unpin(cx) {
+            Poll::Ready(Ok(())) => {
+                let frame = queue.pop_front().expect("not empty");
+                framed.start_send_unpin(frame)?;
+            }
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => break,
+        }
+    }
+    match framed.poll_flush_unpin(cx) {
+        Poll::Ready(Err(e)) => Err(e),
+        Poll::Ready(Ok(())) | Poll::Pending => Ok(()),
+    }
+}
+
+/// The next frame of a stream; a stream that ended is an error.
+fn read_frame(
+    framed: &mut Framed<Stream, FrameCodec>,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<(u64, Bytes)>> {
+    framed.poll_next_unpin(cx).map(|frame| {
+        frame.unwrap_or_else(|| {
+            Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "stream closed",
+            ))
+        })
+    })
 }
 
 impl ConnectionHandler for Handler {

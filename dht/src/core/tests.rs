@@ -41,6 +41,37 @@ fn lone(id: u32, persistent: bool) -> (Core<SimPeer, SimChecks>, Instant) {
     (core, now)
 }
 
+/// A lone core (id 0) that knows members 1 to 30 and whose view has settled, its actions
+/// drained, and the time it settled.
+fn settled_lone(persistent: bool) -> (Core<SimPeer, SimChecks>, Instant) {
+    let (mut core, start) = lone(0, persistent);
+    let members = (1..=30u32).map(|i| Known {
+        peer: SimPeer(i),
+        addrs: Vec::new(),
+        proof: proof(i),
+        incarnation: 1,
+    });
+    core.bootstrap(start, UNIX, members);
+    let now = start + core.config().view_settle;
+    drain(&mut core);
+    (core, now)
+}
+
+/// The writes among `actions`: id, operations and durability.
+fn writes(actions: &[Action<SimPeer>]) -> Vec<(WriteId, &[WriteOp<SimPeer>], Durability)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Write {
+                id,
+                ops,
+                durability,
+            } => Some((*id, &ops[..], *durability)),
+            _ => None,
+        })
+        .collect()
+}
+
 fn drain(core: &mut Core<SimPeer, SimChecks>) -> Vec<Action<SimPeer>> {
     std::iter::from_fn(|| core.poll_action()).collect()
 }
@@ -1211,18 +1242,9 @@ fn gets_and_puts_succeed_through_a_join_wave_and_a_kill_while_views_disagree() {
 
 #[test]
 fn a_put_goes_to_the_closest_first_and_to_the_rest_once_they_answered_or_one_refused() {
-    // The rest go as copies (answered before the holder's disk flush) once the quorum is
-    // reached, and as replica puts that count toward it when it is not.
-    let (mut core, start) = lone(0, false);
-    let members = (1..=30u32).map(|i| Known {
-        peer: SimPeer(i),
-        addrs: Vec::new(),
-        proof: proof(i),
-        incarnation: 1,
-    });
-    core.bootstrap(start, UNIX, members);
-    let now = start + core.config().view_settle;
-    drain(&mut core);
+    // The rest go as copies (told, no answer awaited) once the quorum is reached, and as
+    // replica puts that count toward it when it is not.
+    let (mut core, now) = settled_lone(false);
     let k = core.config().replication_factor.get();
     let alpha = core.config().lookup_parallelism.get();
     let first_wave = alpha.max(core.config().put_quorum.get());
@@ -1285,16 +1307,7 @@ fn a_put_goes_to_the_closest_first_and_to_the_rest_once_they_answered_or_one_ref
 
 #[test]
 fn a_put_waits_for_a_write_only_when_the_sequence_floor_must_rise() {
-    let (mut core, start) = lone(0, true);
-    let members = (1..=30u32).map(|i| Known {
-        peer: SimPeer(i),
-        addrs: Vec::new(),
-        proof: proof(i),
-        incarnation: 1,
-    });
-    core.bootstrap(start, UNIX, members);
-    let now = start + core.config().view_settle;
-    drain(&mut core);
+    let (mut core, now) = settled_lone(true);
     let first_wave = core
         .config()
         .lookup_parallelism
@@ -1307,16 +1320,10 @@ fn a_put_waits_for_a_write_only_when_the_sequence_floor_must_rise() {
             .count()
     };
     let flushed = |actions: &[Action<SimPeer>]| -> Vec<(WriteId, Vec<WriteOp<SimPeer>>)> {
-        actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Write {
-                    id,
-                    ops,
-                    durability: Durability::Flushed,
-                } => Some((*id, ops.clone())),
-                _ => None,
-            })
+        writes(actions)
+            .into_iter()
+            .filter(|(_, _, durability)| *durability == Durability::Flushed)
+            .map(|(id, ops, _)| (id, ops.to_vec()))
             .collect()
     };
     // The first put raises the floor past its sequence: nothing leaves before that is durable.
@@ -1364,16 +1371,9 @@ fn a_copy_is_answered_when_kept_written_soon_and_flushed_within_the_delay() {
     drain(&mut core);
     let signer = NodeKey::from_seed([9; 32]);
     let writes = |actions: &[Action<SimPeer>]| -> Vec<(WriteId, usize, Durability)> {
-        actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Write {
-                    id,
-                    ops,
-                    durability,
-                } => Some((*id, ops.len(), *durability)),
-                _ => None,
-            })
+        writes(actions)
+            .into_iter()
+            .map(|(id, ops, durability)| (id, ops.len(), durability))
             .collect()
     };
     let copy = |key: &[u8]| {
