@@ -1,0 +1,499 @@
+//! Membership over real processes: how fast `shoal run` nodes started together see each other,
+//! how fast survivors mark a crashed node dead, and what an idle member costs, in network
+//! namespaces with random loss.
+//!
+//! `cargo bench -p shoal-node --bench membership` (root, `ip` and `nft` needed; the chaos
+//! suite's network: one namespace per node on a bridge, loss as `nft` random drop of packets
+//! between nodes). For each loss rate: `n` nodes (testnet preset: SWIM probe 1 s, timeout
+//! 500 ms) are started at once, node 0 with no seed and every other with node 0 as its only
+//! seed; every 100 ms each node's `swim_members` is read, and the time from the start until each
+//! node lists every other alive is kept. Once all see all, a quiet window measures each node's
+//! CPU, resident memory and the packets and bytes it sends (its interface's counters, nothing
+//! polled meanwhile). Then `crashes` times a random live node other than the seed is SIGKILLed
+//! and the survivors are read every 100 ms until each marks it dead: the first suspicion by any
+//! survivor, the time until every survivor marked it dead, and the spread between the first and
+//! the last. Live members any survivor marked dead are counted as false failures.
+//!
+//! Options after `--`: `--nodes N` (20), `--loss 0,10` (percent), `--crashes N` (10),
+//! `--window S` (20). Under `cargo test --benches` it runs 3 nodes, no loss, 1 crash, a 3 s
+//! window, judging nothing; without root, `ip` or `nft` it says so and measures nothing.
+
+mod common;
+
+// The chaos suite's network namespaces; this bench uses loss only.
+#[allow(dead_code)]
+#[path = "../tests/chaos/net.rs"]
+mod net;
+
+use std::collections::HashMap;
+use std::fs;
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{arg, cpu_secs, load_average, machine};
+use jsonrpsee::core::client::ClientT;
+use jsonrpsee::core::params::ObjectParams;
+use jsonrpsee::http_client::{HeaderMap, HeaderValue, HttpClient, HttpClientBuilder};
+use net::{Fault, Net};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+use shoal_node::config::{Config, LogConfig, Network, P2pConfig};
+use shoal_node::init::{self, InitOptions};
+use shoal_node::rpc::RpcConfig;
+
+const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
+const P2P_PORT: u16 = 7000;
+const RPC_PORT: u16 = 8000;
+/// Required: the RPC listens on a non-loopback address.
+const TOKEN: &str = "membership-bench-token-0123456789";
+/// How often every node's member list is read.
+const POLL: Duration = Duration::from_millis(100);
+/// Longest wait for all to see all, or for survivors to mark a crash dead.
+const LIMIT: Duration = Duration::from_secs(120);
+
+struct Options {
+    nodes: usize,
+    losses: Vec<u8>,
+    crashes: usize,
+    window: Duration,
+}
+
+fn options() -> Options {
+    let args: Vec<String> = std::env::args().collect();
+    let full = args.iter().any(|a| a == "--bench");
+    let number = |name: &str, full_default: usize, smoke: usize| {
+        arg(&args, name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(if full { full_default } else { smoke })
+    };
+    Options {
+        nodes: number("--nodes", 20, 3).max(2),
+        losses: arg(&args, "--loss")
+            .map(|v| v.split(',').filter_map(|l| l.parse().ok()).collect())
+            .unwrap_or_else(|| if full { vec![0, 10] } else { vec![0] }),
+        crashes: number("--crashes", 10, 1),
+        window: Duration::from_secs(number("--window", 20, 3) as u64),
+    }
+}
+
+/// How a node reports another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    Alive,
+    Suspect,
+    Dead,
+}
+
+/// One node's member list: member index to state (members it does not list are absent).
+fn parse(v: &Value, peers: &[String]) -> Option<HashMap<usize, Seen>> {
+    let mut out = HashMap::new();
+    for m in v.as_array()? {
+        let Some(i) = peers
+            .iter()
+            .position(|p| Some(p.as_str()) == m["peer"].as_str())
+        else {
+            continue;
+        };
+        let seen = match m["state"].as_str()? {
+            "alive" => Seen::Alive,
+            "suspect" => Seen::Suspect,
+            _ => Seen::Dead,
+        };
+        out.insert(i, seen);
+    }
+    Some(out)
+}
+
+fn client(addr: &str) -> HttpClient {
+    let mut headers = HeaderMap::new();
+    let bearer = HeaderValue::from_str(&format!("Bearer {TOKEN}")).expect("a header value");
+    headers.insert("authorization", bearer);
+    HttpClientBuilder::default()
+        .set_headers(headers)
+        .request_timeout(Duration::from_secs(2))
+        .build(format!("http://{addr}:{RPC_PORT}"))
+        .expect("an RPC client")
+}
+
+/// Every listed node's member list, read at once (`None` for a node that did not answer).
+async fn read_all(
+    clients: &[HttpClient],
+    which: &[usize],
+    peers: &[String],
+) -> Vec<Option<HashMap<usize, Seen>>> {
+    let reads = which.iter().map(|&i| async move {
+        let v: Result<Value, _> = clients[i]
+            .request("swim_members", ObjectParams::new())
+            .await;
+        v.ok().and_then(|v| parse(&v, peers))
+    });
+    futures::future::join_all(reads).await
+}
+
+/// The network's nodes and their processes; killed when dropped.
+struct Nodes {
+    children: Vec<Option<Child>>,
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn pid(child: &Child) -> u32 {
+    child.id()
+}
+
+/// Bytes and packets node `i`'s interface sent so far.
+fn sent(net: &Net, i: usize) -> (u64, u64) {
+    let text = net::run(
+        "ip",
+        &["-n", &net.node_ns[i], "-s", "-j", "link", "show", "eth0"],
+        None,
+    )
+    .unwrap_or_default();
+    let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let tx = &v[0]["stats64"]["tx"];
+    (
+        tx["bytes"].as_u64().unwrap_or(0),
+        tx["packets"].as_u64().unwrap_or(0),
+    )
+}
+
+/// Resident memory of a process, MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+/// What one loss rate measured.
+#[derive(Default)]
+struct Measured {
+    /// Seconds from the start until each node listed every other alive.
+    join: Vec<f64>,
+    /// Per node over the window: CPU share of a core, RSS MiB, packets/s, bytes/s.
+    cpu: Vec<f64>,
+    rss: Vec<f64>,
+    packets: Vec<f64>,
+    bytes: Vec<f64>,
+    /// Per crash: first suspicion, every survivor dead, first dead to last dead (seconds).
+    suspicion: Vec<f64>,
+    all_dead: Vec<f64>,
+    spread: Vec<f64>,
+    /// Crashes some survivor had not marked dead within the limit.
+    undetected: usize,
+    /// (observer, member) pairs where a live member was marked dead.
+    false_failures: usize,
+}
+
+fn mint(root: &Path, n: usize) -> Vec<(std::path::PathBuf, String)> {
+    let puzzle = Network::Testnet.preset().puzzle;
+    let threads = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
+    (0..n)
+        .map(|i| {
+            let dir = root.join("identities").join(format!("node-{i}"));
+            let options = InitOptions {
+                data_dir: dir.clone(),
+                puzzle: puzzle.clone(),
+                force: false,
+                reuse: true,
+                threads,
+            };
+            let made = init::init(&options, &shoal_pow::CancelToken::new(), |_| {})
+                .expect("minting a testnet identity");
+            (dir, made.peer_id().to_string())
+        })
+        .collect()
+}
+
+async fn measure(
+    o: &Options,
+    scenario: usize,
+    loss: u8,
+    ids: &[(std::path::PathBuf, String)],
+    root: &Path,
+) -> Measured {
+    let n = o.nodes;
+    let net = Net::create(scenario, n).expect("the bench network");
+    if loss > 0 {
+        net.inject(&Fault::Loss(loss)).expect("loss rules");
+    }
+    let peers: Vec<String> = ids.iter().map(|(_, p)| p.clone()).collect();
+    let seed = format!("/ip4/{}/tcp/{P2P_PORT}/p2p/{}", net.addrs[0], peers[0]);
+    let mut commands = Vec::new();
+    for (i, (id_dir, _)) in ids.iter().enumerate() {
+        let data_dir = root
+            .join(format!("run-{scenario}"))
+            .join(format!("node-{i}"));
+        let mut builder = fs::DirBuilder::new();
+        builder.recursive(true);
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(&data_dir).expect("a data directory");
+        for file in [init::KEY_FILE, init::PROOF_FILE] {
+            fs::copy(id_dir.join(file), data_dir.join(file)).expect("copying an identity");
+        }
+        let config = Config {
+            network: Network::Testnet,
+            data_dir: data_dir.clone(),
+            // As `shoal testnet` gives them: the cores shared among the nodes.
+            threads: 1,
+            p2p: P2pConfig {
+                listen: vec![format!("/ip4/{}/tcp/{P2P_PORT}", net.addrs[i])],
+                seeds: if i == 0 {
+                    Vec::new()
+                } else {
+                    vec![seed.clone()]
+                },
+                ..P2pConfig::default()
+            },
+            rpc: RpcConfig {
+                listen: format!("{}:{RPC_PORT}", net.addrs[i])
+                    .parse()
+                    .expect("an address"),
+                auth_token: Some(TOKEN.to_owned()),
+                ..RpcConfig::default()
+            },
+            log: LogConfig {
+                level: "warn".to_owned(),
+                ..LogConfig::default()
+            },
+            ..Config::default()
+        };
+        config.validate().expect("a valid config");
+        let path = init::write_config(&data_dir, &config, true)
+            .expect("writing the config")
+            .expect("written");
+        let log = fs::File::create(data_dir.join("node.log")).expect("a log file");
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &net.node_ns[i], SHOAL, "run", "--config"])
+            .arg(path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("a log handle"))
+            .stderr(log);
+        commands.push(command);
+    }
+    let clients: Vec<HttpClient> = net.addrs.iter().map(|a| client(a)).collect();
+    let mut m = Measured::default();
+    // All at once; `ip netns exec` execs shoal, so each child's pid is the node's.
+    let start = Instant::now();
+    let mut nodes = Nodes {
+        children: commands
+            .iter_mut()
+            .map(|c| Some(c.spawn().expect("starting shoal")))
+            .collect(),
+    };
+    let all: Vec<usize> = (0..n).collect();
+    let mut joined: Vec<Option<f64>> = vec![None; n];
+    while joined.iter().any(Option::is_none) && start.elapsed() < LIMIT {
+        let tick = tokio::time::sleep(POLL);
+        let views = read_all(&clients, &all, &peers).await;
+        let at = start.elapsed().as_secs_f64();
+        for (i, view) in views.iter().enumerate() {
+            let alive = view.as_ref().map_or(0, |v| {
+                v.iter()
+                    .filter(|(j, s)| **j != i && **s == Seen::Alive)
+                    .count()
+            });
+            if joined[i].is_none() && alive == n - 1 {
+                joined[i] = Some(at);
+            }
+        }
+        tick.await;
+    }
+    m.join = sorted(joined.iter().map(|j| j.unwrap_or(f64::INFINITY)).collect());
+
+    // The quiet window: nothing polled.
+    let pids: Vec<u32> = nodes.children.iter().flatten().map(pid).collect();
+    let cpu0: Vec<f64> = pids.iter().map(|p| cpu_secs(*p)).collect();
+    let sent0: Vec<(u64, u64)> = (0..n).map(|i| sent(&net, i)).collect();
+    tokio::time::sleep(o.window).await;
+    let secs = o.window.as_secs_f64();
+    for i in 0..n {
+        let (bytes, packets) = sent(&net, i);
+        m.bytes.push((bytes - sent0[i].0) as f64 / secs);
+        m.packets.push((packets - sent0[i].1) as f64 / secs);
+        m.cpu.push((cpu_secs(pids[i]) - cpu0[i]) / secs * 100.0);
+        m.rss.push(rss_mib(pids[i]));
+    }
+
+    let mut rng = StdRng::seed_from_u64(42 + scenario as u64);
+    let mut live: Vec<usize> = (0..n).collect();
+    for _ in 0..o.crashes.min(n.saturating_sub(2)) {
+        let victim = live[rng.gen_range(1..live.len())];
+        live.retain(|&i| i != victim);
+        if let Some(mut child) = nodes.children[victim].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let crashed = Instant::now();
+        let mut suspected: Option<f64> = None;
+        let mut dead: Vec<Option<f64>> = vec![None; n];
+        while live.iter().any(|&s| dead[s].is_none()) && crashed.elapsed() < LIMIT {
+            let tick = tokio::time::sleep(POLL);
+            let views = read_all(&clients, &live, &peers).await;
+            let at = crashed.elapsed().as_secs_f64();
+            for (&s, view) in live.iter().zip(&views) {
+                let Some(view) = view else { continue };
+                match view.get(&victim) {
+                    Some(Seen::Alive) => {}
+                    Some(Seen::Suspect) => {
+                        suspected.get_or_insert(at);
+                    }
+                    Some(Seen::Dead) | None => {
+                        suspected.get_or_insert(at);
+                        dead[s].get_or_insert(at);
+                    }
+                }
+                m.false_failures += live
+                    .iter()
+                    .filter(|&&p| p != s && view.get(&p) == Some(&Seen::Dead))
+                    .count();
+            }
+            tick.await;
+        }
+        let times: Vec<f64> = live.iter().filter_map(|&s| dead[s]).collect();
+        if times.len() < live.len() {
+            m.undetected += 1;
+        }
+        if let Some(first) = suspected {
+            m.suspicion.push(first);
+        }
+        let last = times.iter().copied().fold(f64::NAN, f64::max);
+        let first = times.iter().copied().fold(f64::NAN, f64::min);
+        m.all_dead.push(last);
+        m.spread.push(last - first);
+        // Let the survivors settle before the next crash.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    m.suspicion = sorted(m.suspicion);
+    m.all_dead = sorted(m.all_dead);
+    m.spread = sorted(m.spread);
+    for v in [&mut m.cpu, &mut m.rss, &mut m.packets, &mut m.bytes] {
+        *v = sorted(std::mem::take(v));
+    }
+    drop(nodes);
+    m
+}
+
+fn usable() -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("not root".to_owned());
+    }
+    net::run("ip", &["-V"], None)?;
+    net::run("nft", &["--version"], None)?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() {
+    let o = options();
+    if let Err(why) = usable() {
+        println!("membership bench skipped: it needs root, ip and nft ({why})");
+        return;
+    }
+    println!(
+        "# membership over real processes: {} `shoal run` nodes in network namespaces, started \
+         at once with one seed, {} crashes; machine: {}; load average before: {}",
+        o.nodes,
+        o.crashes,
+        machine(),
+        load_average()
+    );
+    let root = tempfile::tempdir().expect("a temporary directory");
+    let ids = mint(root.path(), o.nodes);
+    let mut results = Vec::new();
+    for (scenario, &loss) in o.losses.iter().enumerate() {
+        let m = measure(&o, scenario, loss, &ids, root.path()).await;
+        results.push((loss, m));
+    }
+    let header: Vec<String> = results.iter().map(|(l, _)| format!("{l} % loss")).collect();
+    println!("\n| n = {} | {} |", o.nodes, header.join(" | "));
+    println!("|---|{}", "---|".repeat(results.len()));
+    let row = |name: &str, cell: &dyn Fn(&Measured) -> String| {
+        let cells: Vec<String> = results.iter().map(|(_, m)| cell(m)).collect();
+        println!("| {name} | {} |", cells.join(" | "));
+    };
+    row(
+        "every node lists every other alive, from the start: p50 / max s",
+        &|m| {
+            format!(
+                "{:.2} / {:.2}",
+                percentile(&m.join, 0.5),
+                percentile(&m.join, 1.0)
+            )
+        },
+    );
+    row("crash → first suspicion p50 s", &|m| {
+        format!("{:.2}", percentile(&m.suspicion, 0.5))
+    });
+    row(
+        "crash → every survivor marks it dead, p50 / p99 s",
+        &|m| {
+            format!(
+                "{:.2} / {:.2}",
+                percentile(&m.all_dead, 0.5),
+                percentile(&m.all_dead, 0.99)
+            )
+        },
+    );
+    row(
+        "first survivor dead → every survivor dead, p50 / p99 s",
+        &|m| {
+            format!(
+                "{:.2} / {:.2}",
+                percentile(&m.spread, 0.5),
+                percentile(&m.spread, 0.99)
+            )
+        },
+    );
+    row("crashes not marked dead by every survivor in 120 s", &|m| {
+        m.undetected.to_string()
+    });
+    row("live members marked dead (observations)", &|m| {
+        m.false_failures.to_string()
+    });
+    row("CPU of an idle member, median % of a core", &|m| {
+        format!("{:.2}", percentile(&m.cpu, 0.5))
+    });
+    row("resident memory per node, median / max MiB", &|m| {
+        format!(
+            "{:.1} / {:.1}",
+            percentile(&m.rss, 0.5),
+            percentile(&m.rss, 1.0)
+        )
+    });
+    row("sent per node per s, median: packets / bytes", &|m| {
+        format!(
+            "{:.1} / {:.0}",
+            percentile(&m.packets, 0.5),
+            percentile(&m.bytes, 0.5)
+        )
+    });
+    println!("load average after: {}", load_average());
+}
