@@ -7,16 +7,16 @@
 //! between nodes). For each loss rate: `n` nodes (testnet preset: SWIM probe 1 s, timeout
 //! 500 ms) are started at once, node 0 with no seed and every other with node 0 as its only
 //! seed; every 100 ms each node's `swim_members` is read, and the time from the start until each
-//! node lists every other alive is kept. Once all see all, a quiet window measures each node's
-//! CPU, resident memory and the packets and bytes it sends (its interface's counters, nothing
-//! polled meanwhile). Then `crashes` times a random live node other than the seed is SIGKILLed
+//! node lists every other alive is kept. Once all see all and `settle` more seconds passed, a
+//! quiet window measures each node's CPU, resident memory and the packets and bytes it sends
+//! (its interface's counters, nothing polled meanwhile). Then `crashes` times a random live node other than the seed is SIGKILLed
 //! and the survivors are read every 100 ms until each marks it dead: the first suspicion by any
 //! survivor, the time until every survivor marked it dead, and the spread between the first and
 //! the last. Live members any survivor marked dead are counted as false failures.
 //!
 //! Options after `--`: `--nodes N` (20), `--loss 0,10` (percent), `--crashes N` (10),
-//! `--window S` (20). Under `cargo test --benches` it runs 3 nodes, no loss, 1 crash, a 3 s
-//! window, judging nothing; without root, `ip` or `nft` it says so and measures nothing.
+//! `--settle S` (10), `--window S` (20). Under `cargo test --benches` it runs 3 nodes, no loss,
+//! 1 crash, a 1 s settle and a 3 s window, judging nothing; without root, `ip` or `nft` it says so and measures nothing.
 
 mod common;
 
@@ -58,6 +58,7 @@ struct Options {
     nodes: usize,
     losses: Vec<u8>,
     crashes: usize,
+    settle: Duration,
     window: Duration,
 }
 
@@ -75,6 +76,7 @@ fn options() -> Options {
             .map(|v| v.split(',').filter_map(|l| l.parse().ok()).collect())
             .unwrap_or_else(|| if full { vec![0, 10] } else { vec![0] }),
         crashes: number("--crashes", 10, 1),
+        settle: Duration::from_secs(number("--settle", 10, 1) as u64),
         window: Duration::from_secs(number("--window", 20, 3) as u64),
     }
 }
@@ -327,7 +329,9 @@ async fn measure(
     }
     m.join = sorted(joined.iter().map(|j| j.unwrap_or(f64::INFINITY)).collect());
 
-    // The quiet window: nothing polled.
+    // The steady state: after the joins' own traffic (proof checks, table fills) has settled,
+    // a window with nothing polled.
+    tokio::time::sleep(o.settle).await;
     let pids: Vec<u32> = nodes.children.iter().flatten().map(pid).collect();
     let cpu0: Vec<f64> = pids.iter().map(|p| cpu_secs(*p)).collect();
     let sent0: Vec<(u64, u64)> = (0..n).map(|i| sent(&net, i)).collect();
