@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use libp2p::request_response as rr;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{StreamProtocol, identify};
 use shoal_pow::IdentityProof;
@@ -13,18 +12,21 @@ use crate::config::{Config, ConfigError};
 use crate::node::SharedVerifier;
 use crate::{gate, link};
 
+/// SWIM's protocol: its messages told as frames on long-lived streams ([`link::Swim`]).
+pub const SWIM_PROTOCOL: &str = "/shoal/swim/2";
+
 /// The combined behaviour.
 #[derive(NetworkBehaviour)]
 #[behaviour(to_swarm = "Event", prelude = "libp2p::swarm::derive_prelude")]
 pub struct Behaviour {
     /// Identify on `/shoal/<network>/id/1.0.0`.
     pub identify: identify::Behaviour,
-    /// SWIM's messages on `/shoal/swim/1` (one message a stream, acknowledged empty).
-    pub swim: rr::Behaviour<shoal_swim::protocol::Codec>,
+    /// SWIM's messages on `/shoal/swim/2`, told on long-lived streams ([`link::Swim`]).
+    pub swim: link::Behaviour<link::Swim>,
     /// The identity gate on `/shoal/identity/1`.
     pub gate: gate::Behaviour,
     /// The DHT's requests on `/shoal/<network>/dht/2.0.0`, on long-lived streams.
-    pub dht: link::Behaviour,
+    pub dht: link::Behaviour<link::Dht>,
 }
 
 /// An event of one of the parts.
@@ -33,11 +35,11 @@ pub enum Event {
     /// From identify.
     Identify(Box<identify::Event>),
     /// From SWIM's transport.
-    Swim(rr::Event<Vec<u8>, ()>),
+    Swim(link::Event<link::Swim>),
     /// From the gate.
     Gate(gate::Event),
     /// From the DHT protocol.
-    Dht(link::Event),
+    Dht(link::Event<link::Dht>),
 }
 
 impl From<identify::Event> for Event {
@@ -46,8 +48,8 @@ impl From<identify::Event> for Event {
     }
 }
 
-impl From<rr::Event<Vec<u8>, ()>> for Event {
-    fn from(e: rr::Event<Vec<u8>, ()>) -> Self {
+impl From<link::Event<link::Swim>> for Event {
+    fn from(e: link::Event<link::Swim>) -> Self {
         Self::Swim(e)
     }
 }
@@ -58,8 +60,8 @@ impl From<gate::Event> for Event {
     }
 }
 
-impl From<link::Event> for Event {
-    fn from(e: link::Event) -> Self {
+impl From<link::Event<link::Dht>> for Event {
+    fn from(e: link::Event<link::Dht>) -> Self {
         Self::Dht(e)
     }
 }
@@ -78,14 +80,15 @@ impl Behaviour {
             config.identify_protocol(),
             keypair.public(),
         ));
-        let swim_timeout = (config.swim.probe_timeout * 4).max(Duration::from_secs(5));
-        let swim = rr::Behaviour::with_codec(
-            shoal_swim::protocol::Codec::new(config.swim.max_message_bytes.get()),
-            [(shoal_swim::protocol::PROTOCOL, rr::ProtocolSupport::Full)],
-            rr::Config::default()
-                .with_request_timeout(swim_timeout)
-                .with_max_concurrent_streams(256),
-        );
+        // SWIM's messages are told: nothing waits for an answer, so the timeout only bounds
+        // a request a peer asked instead; the bound leaves room for the byte string's header.
+        let swim_limits = link::Limits {
+            max_request: config.swim.max_message_bytes.get() + 16,
+            max_response: 16,
+            in_flight: 256,
+            timeout: (config.swim.probe_timeout * 4).max(Duration::from_secs(5)),
+        };
+        let swim = link::Behaviour::new(StreamProtocol::new(SWIM_PROTOCOL), swim_limits);
         // The core keeps its own, shorter deadlines; the transport's is a backstop.
         let backstop = 2 * config.request_timeout.max(config.gate_timeout);
         let protocol = StreamProtocol::try_from_owned(config.dht_protocol())

@@ -45,6 +45,10 @@ use libp2p::swarm::{
 };
 use libp2p::{PeerId, StreamProtocol};
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_bytes::ByteBuf;
+
 use crate::wire::{self, Request, Response};
 
 /// Streams a peer may have opened on one connection; more are dropped when they arrive.
@@ -90,6 +94,39 @@ impl Limits {
     }
 }
 
+/// The messages a link carries, CBOR-encoded ([`wire::encode`]).
+pub trait Messages: Send + 'static {
+    /// What a node asks.
+    type Request: Serialize + DeserializeOwned + std::fmt::Debug + Send + 'static;
+    /// What it is answered.
+    type Response: Serialize + DeserializeOwned + std::fmt::Debug + Send + 'static;
+    /// The answer to a request that did not decode, or whose answer would be over the bound.
+    fn refusal(reason: String) -> Self::Response;
+}
+
+/// The DHT protocol's messages.
+#[derive(Debug)]
+pub enum Dht {}
+
+impl Messages for Dht {
+    type Request = Request;
+    type Response = Response;
+    fn refusal(reason: String) -> Response {
+        Response::refused(reason)
+    }
+}
+
+/// SWIM's messages: each an encoded [`shoal_swim::Message`], told (SWIM's answers are
+/// messages of their own); a request asked instead of told is answered with nothing.
+#[derive(Debug)]
+pub enum Swim {}
+
+impl Messages for Swim {
+    type Request = ByteBuf;
+    type Response = ();
+    fn refusal(_: String) {}
+}
+
 /// A request this node sent, unique within its [`Behaviour`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RequestId(u64);
@@ -116,13 +153,13 @@ pub enum Failure {
 
 /// What the behaviour reports.
 #[derive(Debug)]
-pub enum Event {
+pub enum Event<M: Messages> {
     /// A peer's request; answer it with [`Behaviour::send_response`].
     Request {
         /// Who asks.
         peer: PeerId,
         /// The request, decoded within its bound.
-        request: Request,
+        request: M::Request,
         /// Where the answer goes.
         channel: ResponseChannel,
     },
@@ -133,7 +170,7 @@ pub enum Event {
         /// The request answered.
         id: RequestId,
         /// The answer, decoded within its bound.
-        response: Response,
+        response: M::Response,
     },
     /// A request this node sent that will get no answer.
     Failed {
@@ -162,21 +199,21 @@ struct Pending {
     deadline: Instant,
 }
 
-/// The DHT protocol's behaviour.
-pub struct Behaviour {
+/// A protocol's behaviour: [`Dht`] or [`Swim`] messages.
+pub struct Behaviour<M: Messages> {
     protocol: StreamProtocol,
     limits: Limits,
     connections: HashMap<PeerId, Vec<ConnectionId>>,
     /// Encoded requests for peers being dialed, sent once connected, by wire id (0: told).
     dialing: HashMap<PeerId, Vec<(u64, Bytes)>>,
     pending: HashMap<RequestId, Pending>,
-    events: VecDeque<ToSwarm<Event, Command>>,
+    events: VecDeque<ToSwarm<Event<M>, Command>>,
     next_id: u64,
     /// Made on the first poll, inside the runtime.
     sweep: Option<tokio::time::Interval>,
 }
 
-impl std::fmt::Debug for Behaviour {
+impl<M: Messages> std::fmt::Debug for Behaviour<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("link::Behaviour")
             .field("protocol", &self.protocol)
@@ -185,7 +222,7 @@ impl std::fmt::Debug for Behaviour {
     }
 }
 
-impl Behaviour {
+impl<M: Messages> Behaviour<M> {
     /// A behaviour speaking `protocol` within `limits`.
     pub fn new(protocol: StreamProtocol, limits: Limits) -> Self {
         Self {
@@ -205,7 +242,7 @@ impl Behaviour {
     pub fn send_request_with_addresses(
         &mut self,
         peer: &PeerId,
-        request: Request,
+        request: M::Request,
         addrs: Vec<Multiaddr>,
     ) -> RequestId {
         self.next_id += 1;
@@ -259,7 +296,7 @@ impl Behaviour {
 
     /// Sends `request` to `peer` as [`Self::send_request_with_addresses`] does, but wants no
     /// answer: nothing is reported, whatever happens to it.
-    pub fn tell(&mut self, peer: &PeerId, request: Request, addrs: Vec<Multiaddr>) {
+    pub fn tell(&mut self, peer: &PeerId, request: M::Request, addrs: Vec<Multiaddr>) {
         let peer = *peer;
         let bytes = wire::encode(&request);
         if bytes.len() > self.limits.max_request {
@@ -306,8 +343,8 @@ impl Behaviour {
     pub fn send_response(
         &mut self,
         channel: ResponseChannel,
-        response: Response,
-    ) -> Result<(), Response> {
+        response: M::Response,
+    ) -> Result<(), M::Response> {
         let open = self
             .connections
             .get(&channel.peer)
@@ -322,7 +359,7 @@ impl Behaviour {
         let mut bytes = wire::encode(&response);
         if bytes.len() > self.limits.max_response {
             tracing::warn!(len = bytes.len(), "answer over the bound; refused instead");
-            bytes = wire::encode(&Response::refused("answer too long"));
+            bytes = wire::encode(&M::refusal("answer too long".to_owned()));
         }
         self.events.push_back(ToSwarm::NotifyHandler {
             peer_id: channel.peer,
@@ -390,7 +427,7 @@ impl Behaviour {
                     // Answered after its deadline; the core was told it failed.
                     return;
                 }
-                let event = match wire::decode::<Response>(&bytes, self.limits.max_response) {
+                let event = match wire::decode::<M::Response>(&bytes, self.limits.max_response) {
                     Ok(response) => Event::Response { peer, id, response },
                     Err(e) => Event::Failed {
                         peer,
@@ -415,7 +452,7 @@ impl Behaviour {
                     stream,
                     id,
                 };
-                match wire::decode::<Request>(&bytes, self.limits.max_request) {
+                match wire::decode::<M::Request>(&bytes, self.limits.max_request) {
                     Ok(request) => {
                         self.events
                             .push_back(ToSwarm::GenerateEvent(Event::Request {
@@ -426,7 +463,7 @@ impl Behaviour {
                     }
                     Err(e) => {
                         let reason = e.to_string();
-                        let refusal = Response::refused(format!("unreadable request: {reason}"));
+                        let refusal = M::refusal(format!("unreadable request: {reason}"));
                         // The connection is open: the frame just came on it.
                         let _ = self.send_response(channel, refusal);
                         self.events
@@ -491,9 +528,9 @@ impl Behaviour {
     }
 }
 
-impl NetworkBehaviour for Behaviour {
+impl<M: Messages> NetworkBehaviour for Behaviour<M> {
     type ConnectionHandler = Handler;
-    type ToSwarm = Event;
+    type ToSwarm = Event<M>;
 
     fn handle_established_inbound_connection(
         &mut self,
@@ -540,7 +577,7 @@ impl NetworkBehaviour for Behaviour {
         self.on_handler_event(peer, connection, event);
     }
 
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<Event, THandlerInEvent<Self>>> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<Event<M>, THandlerInEvent<Self>>> {
         let sweep = self.sweep.get_or_insert_with(|| {
             let mut interval = tokio::time::interval(SWEEP_EVERY);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1024,7 +1061,7 @@ mod tests {
     use proptest::prelude::*;
     use serde_bytes::ByteBuf;
 
-    fn pair(timeout: Duration) -> (Swarm<Behaviour>, Swarm<Behaviour>) {
+    fn pair(timeout: Duration) -> (Swarm<Behaviour<Dht>>, Swarm<Behaviour<Dht>>) {
         let make = || {
             Swarm::new_ephemeral_tokio(|_| {
                 Behaviour::new(

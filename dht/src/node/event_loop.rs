@@ -15,6 +15,7 @@ use libp2p::core::transport::ListenerId;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{DialError, Swarm, SwarmEvent};
 use libp2p::{Multiaddr, PeerId};
+use serde_bytes::ByteBuf;
 use shoal_pow::{IdentityProof, IdentityVerifier, NodeKey, Puzzle};
 use shoal_swim::{Address, State};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -437,23 +438,14 @@ impl EventLoop {
         }
     }
 
-    fn on_swim(
-        &mut self,
-        now: Instant,
-        unix: u64,
-        event: libp2p::request_response::Event<Vec<u8>, ()>,
-    ) {
-        use libp2p::request_response as rr;
+    fn on_swim(&mut self, now: Instant, unix: u64, event: link::Event<link::Swim>) {
         match event {
-            rr::Event::Message {
+            link::Event::Request {
                 peer,
-                message:
-                    rr::Message::Request {
-                        request, channel, ..
-                    },
-                ..
+                request,
+                channel,
             } => {
-                // The acknowledgement only closes the stream; SWIM's acks are messages.
+                // Told messages get nothing; a peer that asked is answered empty.
                 let _ = self.swarm.behaviour_mut().swim.send_response(channel, ());
                 match shoal_swim::message::decode::<PeerId>(&request, self.max_swim_bytes) {
                     Ok(msg) => self.core.handle_swim(now, unix, peer, msg),
@@ -463,20 +455,18 @@ impl EventLoop {
                     }
                 }
             }
-            rr::Event::InboundFailure { peer, error, .. } => {
-                if matches!(error, rr::InboundFailure::Io(_)) {
-                    self.wire.swim_malformed += 1;
-                }
-                tracing::trace!(%peer, %error, "SWIM message not received");
+            link::Event::Malformed { peer, reason } => {
+                self.wire.swim_malformed += 1;
+                tracing::debug!(%peer, %reason, "malformed SWIM frame");
             }
-            rr::Event::OutboundFailure { peer, error, .. } => {
-                tracing::trace!(%peer, %error, "SWIM message not delivered");
+            link::Event::Failed { peer, failure, .. } => {
+                tracing::trace!(%peer, %failure, "SWIM message not delivered");
             }
-            rr::Event::Message { .. } | rr::Event::ResponseSent { .. } => {}
+            link::Event::Response { .. } => {}
         }
     }
 
-    fn on_dht(&mut self, now: Instant, unix: u64, event: link::Event) {
+    fn on_dht(&mut self, now: Instant, unix: u64, event: link::Event<link::Dht>) {
         match event {
             link::Event::Request {
                 peer,
@@ -639,7 +629,7 @@ impl EventLoop {
         self.swarm
             .behaviour_mut()
             .swim
-            .send_request_with_addresses(&to, bytes, addrs);
+            .tell(&to, ByteBuf::from(bytes), addrs);
         self.wire.swim_sent += 1;
     }
 
