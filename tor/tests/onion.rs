@@ -46,6 +46,25 @@ impl Node {
     }
 }
 
+/// Drops `node`'s swarm and waits for its Tor client to stop; gives back its key, to start it
+/// again with [`node`] (same key, same state directory).
+async fn stop(node: Node) -> Keypair {
+    let Node {
+        name,
+        keypair,
+        swarm,
+        tor,
+        ..
+    } = node;
+    drop(swarm);
+    let stopped = tor.wait_for_stop();
+    drop(tor);
+    tokio::time::timeout(Duration::from_secs(30), stopped)
+        .await
+        .unwrap_or_else(|_| panic!("{name}'s arti client stops once its swarm is dropped"));
+    keypair
+}
+
 async fn node(net: &TestNetwork, name: &'static str, keypair: Keypair) -> Node {
     let peer = keypair.public().to_peer_id();
     let node_key = shoal_tor::signing_key_from_libp2p(&keypair).expect("an ed25519 keypair");
@@ -447,18 +466,7 @@ async fn scenarios() {
 
     // A restarted node (same key, same state directory) serves the same onion address again.
     let [a, b, c] = nodes;
-    let Node {
-        keypair: a_keypair,
-        swarm: a_swarm,
-        tor: a_tor,
-        ..
-    } = a;
-    drop(a_swarm);
-    let stopped = a_tor.wait_for_stop();
-    drop(a_tor);
-    tokio::time::timeout(Duration::from_secs(30), stopped)
-        .await
-        .expect("a's arti client stops once its swarm is dropped");
+    let a_keypair = stop(a).await;
     let restarted = Instant::now();
     let a = node(&net, "a", a_keypair).await;
     assert_eq!(a.peer(), a_peer);
@@ -475,19 +483,19 @@ async fn scenarios() {
     // arti's retries for minutes (seen once in a full test run: nothing within 120 s, where it
     // usually takes about a second); a client that gets no connection dials again, as a node's
     // next probe would.
+    let reached_a = move |i, e| match e {
+        SwarmEvent::ConnectionEstablished { peer_id, .. } if i == 1 && peer_id == a_peer => {
+            Some(())
+        }
+        _ => None,
+    };
     let mut reconnected = false;
     for attempt in 1..=3 {
         nodes[1]
             .swarm
             .dial(DialOpts::from(dial_addr.clone()))
             .expect("dial a's onion again");
-        let established = drive_for(&mut nodes, Duration::from_secs(45), |i, e| match e {
-            SwarmEvent::ConnectionEstablished { peer_id, .. } if i == 1 && peer_id == a_peer => {
-                Some(())
-            }
-            _ => None,
-        })
-        .await;
+        let established = drive_for(&mut nodes, Duration::from_secs(45), reached_a).await;
         if established.is_some() {
             reconnected = true;
             break;
@@ -506,32 +514,15 @@ async fn scenarios() {
         // client failed is not established yet.
         println!("b: restarting b's Tor client, whose state kept it from the restarted a");
         let [a, b, c] = nodes;
-        let Node {
-            keypair: b_keypair,
-            swarm: b_swarm,
-            tor: b_tor,
-            ..
-        } = b;
-        drop(b_swarm);
-        let stopped = b_tor.wait_for_stop();
-        drop(b_tor);
-        tokio::time::timeout(Duration::from_secs(30), stopped)
-            .await
-            .expect("b's arti client stops once its swarm is dropped");
-        let b = node(&net, "b", b_keypair).await;
+        let b = node(&net, "b", stop(b).await).await;
         nodes = [a, b, c];
         nodes[1]
             .swarm
             .dial(DialOpts::from(dial_addr.clone()))
             .expect("dial a's onion from a fresh client");
-        reconnected = drive_for(&mut nodes, Duration::from_secs(60), |i, e| match e {
-            SwarmEvent::ConnectionEstablished { peer_id, .. } if i == 1 && peer_id == a_peer => {
-                Some(())
-            }
-            _ => None,
-        })
-        .await
-        .is_some();
+        reconnected = drive_for(&mut nodes, Duration::from_secs(60), reached_a)
+            .await
+            .is_some();
     }
     assert!(
         reconnected,
