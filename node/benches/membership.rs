@@ -20,35 +20,35 @@
 
 mod common;
 
-// The chaos suite's network namespaces; this bench uses loss only.
+// The chaos suite's network namespaces (loss only), identities, RPC clients and member-list
+// reader; the rest of it is unused here.
 #[allow(dead_code)]
-#[path = "../tests/chaos/net.rs"]
-mod net;
+#[path = "../tests/chaos"]
+mod chaos {
+    pub(crate) mod cluster;
+    pub(crate) mod net;
+    pub(crate) mod observe;
+}
 
 use std::collections::HashMap;
 use std::fs;
-use std::num::NonZeroUsize;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use chaos::cluster::{Identity, P2P_PORT, RPC_PORT, TOKEN, call, clients, mint};
+use chaos::net::{self, Fault, Net};
+use chaos::observe::{Seen, parse};
 use common::{arg, cpu_secs, load_average, machine};
-use jsonrpsee::core::client::ClientT;
-use jsonrpsee::core::params::ObjectParams;
-use jsonrpsee::http_client::{HeaderMap, HeaderValue, HttpClient, HttpClientBuilder};
-use net::{Fault, Net};
+use jsonrpsee::http_client::HttpClient;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use shoal_node::config::{Config, LogConfig, Network, P2pConfig};
-use shoal_node::init::{self, InitOptions};
+use shoal_node::init;
 use shoal_node::rpc::RpcConfig;
 
 const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
-const P2P_PORT: u16 = 7000;
-const RPC_PORT: u16 = 8000;
-/// Required: the RPC listens on a non-loopback address.
-const TOKEN: &str = "membership-bench-token-0123456789";
 /// How often every node's member list is read.
 const POLL: Duration = Duration::from_millis(100);
 /// Longest wait for all to see all, or for survivors to mark a crash dead.
@@ -81,45 +81,6 @@ fn options() -> Options {
     }
 }
 
-/// How a node reports another.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Seen {
-    Alive,
-    Suspect,
-    Dead,
-}
-
-/// One node's member list: member index to state (members it does not list are absent).
-fn parse(v: &Value, peers: &[String]) -> Option<HashMap<usize, Seen>> {
-    let mut out = HashMap::new();
-    for m in v.as_array()? {
-        let Some(i) = peers
-            .iter()
-            .position(|p| Some(p.as_str()) == m["peer"].as_str())
-        else {
-            continue;
-        };
-        let seen = match m["state"].as_str()? {
-            "alive" => Seen::Alive,
-            "suspect" => Seen::Suspect,
-            _ => Seen::Dead,
-        };
-        out.insert(i, seen);
-    }
-    Some(out)
-}
-
-fn client(addr: &str) -> HttpClient {
-    let mut headers = HeaderMap::new();
-    let bearer = HeaderValue::from_str(&format!("Bearer {TOKEN}")).expect("a header value");
-    headers.insert("authorization", bearer);
-    HttpClientBuilder::default()
-        .set_headers(headers)
-        .request_timeout(Duration::from_secs(2))
-        .build(format!("http://{addr}:{RPC_PORT}"))
-        .expect("an RPC client")
-}
-
 /// Every listed node's member list, read at once (`None` for a node that did not answer).
 async fn read_all(
     clients: &[HttpClient],
@@ -127,9 +88,7 @@ async fn read_all(
     peers: &[String],
 ) -> Vec<Option<HashMap<usize, Seen>>> {
     let reads = which.iter().map(|&i| async move {
-        let v: Result<Value, _> = clients[i]
-            .request("swim_members", ObjectParams::new())
-            .await;
+        let v = call(&clients[i], "swim_members", Value::Null).await;
         v.ok().and_then(|v| parse(&v, peers))
     });
     futures::future::join_all(reads).await
@@ -147,10 +106,6 @@ impl Drop for Nodes {
             let _ = child.wait();
         }
     }
-}
-
-fn pid(child: &Child) -> u32 {
-    child.id()
 }
 
 /// Bytes and packets node `i`'s interface sent so far.
@@ -212,31 +167,11 @@ struct Measured {
     false_failures: usize,
 }
 
-fn mint(root: &Path, n: usize) -> Vec<(std::path::PathBuf, String)> {
-    let puzzle = Network::Testnet.preset().puzzle;
-    let threads = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
-    (0..n)
-        .map(|i| {
-            let dir = root.join("identities").join(format!("node-{i}"));
-            let options = InitOptions {
-                data_dir: dir.clone(),
-                puzzle: puzzle.clone(),
-                force: false,
-                reuse: true,
-                threads,
-            };
-            let made = init::init(&options, &shoal_pow::CancelToken::new(), |_| {})
-                .expect("minting a testnet identity");
-            (dir, made.peer_id().to_string())
-        })
-        .collect()
-}
-
 async fn measure(
     o: &Options,
     scenario: usize,
     loss: u8,
-    ids: &[(std::path::PathBuf, String)],
+    ids: &[Identity],
     root: &Path,
 ) -> Measured {
     let n = o.nodes;
@@ -244,10 +179,10 @@ async fn measure(
     if loss > 0 {
         net.inject(&Fault::Loss(loss)).expect("loss rules");
     }
-    let peers: Vec<String> = ids.iter().map(|(_, p)| p.clone()).collect();
+    let peers: Vec<String> = ids.iter().map(|id| id.peer.clone()).collect();
     let seed = format!("/ip4/{}/tcp/{P2P_PORT}/p2p/{}", net.addrs[0], peers[0]);
     let mut commands = Vec::new();
-    for (i, (id_dir, _)) in ids.iter().enumerate() {
+    for (i, id) in ids.iter().enumerate() {
         let data_dir = root
             .join(format!("run-{scenario}"))
             .join(format!("node-{i}"));
@@ -256,7 +191,7 @@ async fn measure(
         std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
         builder.create(&data_dir).expect("a data directory");
         for file in [init::KEY_FILE, init::PROOF_FILE] {
-            fs::copy(id_dir.join(file), data_dir.join(file)).expect("copying an identity");
+            fs::copy(id.dir.join(file), data_dir.join(file)).expect("copying an identity");
         }
         let config = Config {
             network: Network::Testnet,
@@ -299,7 +234,7 @@ async fn measure(
             .stderr(log);
         commands.push(command);
     }
-    let clients: Vec<HttpClient> = net.addrs.iter().map(|a| client(a)).collect();
+    let clients = clients(&net.addrs, Duration::from_secs(2));
     let mut m = Measured::default();
     // All at once; `ip netns exec` execs shoal, so each child's pid is the node's.
     let start = Instant::now();
@@ -332,7 +267,7 @@ async fn measure(
     // The steady state: after the joins' own traffic (proof checks, table fills) has settled,
     // a window with nothing polled.
     tokio::time::sleep(o.settle).await;
-    let pids: Vec<u32> = nodes.children.iter().flatten().map(pid).collect();
+    let pids: Vec<u32> = nodes.children.iter().flatten().map(Child::id).collect();
     let cpu0: Vec<f64> = pids.iter().map(|p| cpu_secs(*p)).collect();
     let sent0: Vec<(u64, u64)> = (0..n).map(|i| sent(&net, i)).collect();
     tokio::time::sleep(o.window).await;
@@ -368,14 +303,14 @@ async fn measure(
                     Some(Seen::Suspect) => {
                         suspected.get_or_insert(at);
                     }
-                    Some(Seen::Dead) | None => {
+                    Some(Seen::Dead | Seen::Left) | None => {
                         suspected.get_or_insert(at);
                         dead[s].get_or_insert(at);
                     }
                 }
                 m.false_failures += live
                     .iter()
-                    .filter(|&&p| p != s && view.get(&p) == Some(&Seen::Dead))
+                    .filter(|&&p| p != s && matches!(view.get(&p), Some(Seen::Dead | Seen::Left)))
                     .count();
             }
             tick.await;

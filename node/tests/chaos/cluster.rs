@@ -24,16 +24,17 @@ use super::net::Net;
 
 const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
 /// Port every node's p2p listens on (each node has its own address).
-const P2P_PORT: u16 = 7000;
+pub(crate) const P2P_PORT: u16 = 7000;
 /// Port every node's JSON-RPC listens on.
-const RPC_PORT: u16 = 8000;
+pub(crate) const RPC_PORT: u16 = 8000;
 /// The RPC bearer token (the RPC address is not loopback, so one is required).
-const TOKEN: &str = "chaos-suite-token-0123456789";
+pub(crate) const TOKEN: &str = "chaos-suite-token-0123456789";
 
 /// A minted identity: a directory holding `node.key` and `identity.proof`.
 #[derive(Debug, Clone)]
 pub(crate) struct Identity {
-    dir: PathBuf,
+    /// The directory holding the key and the proof.
+    pub(crate) dir: PathBuf,
     /// The peer id, as `swim_members` prints it.
     pub(crate) peer: String,
 }
@@ -162,7 +163,8 @@ pub(crate) struct Cluster {
     pub(crate) truth: SharedTruth,
 }
 
-fn clients(addrs: &[String], timeout: Duration) -> Vec<HttpClient> {
+/// A client with the bearer token for each node address, with `timeout`.
+pub(crate) fn clients(addrs: &[String], timeout: Duration) -> Vec<HttpClient> {
     let mut headers = HeaderMap::new();
     headers.insert(
         "authorization",

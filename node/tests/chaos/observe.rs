@@ -69,7 +69,7 @@ pub(crate) struct Observer {
     task: Option<JoinHandle<()>>,
 }
 
-fn parse(v: &Value, peers: &[String]) -> Option<HashMap<usize, Seen>> {
+pub(crate) fn parse(v: &Value, peers: &[String]) -> Option<HashMap<usize, Seen>> {
     let mut out = HashMap::new();
     for m in v.as_array()? {
         let Some(i) = peers
