@@ -248,69 +248,72 @@ impl<M: Messages> Behaviour<M> {
         self.next_id += 1;
         let id = RequestId(self.next_id);
         let peer = *peer;
-        let bytes = wire::encode(&request);
-        if bytes.len() > self.limits.max_request {
-            self.fail(
-                peer,
-                id,
-                format!("request of {} bytes too long", bytes.len()),
-            );
-            return id;
-        }
+        let bytes = match self.encode_request(&request) {
+            Ok(bytes) => bytes,
+            Err(len) => {
+                self.fail(peer, id, format!("request of {len} bytes too long"));
+                return id;
+            }
+        };
         if self.pending.len() >= MAX_PENDING {
             self.fail(peer, id, "too many requests waiting".to_owned());
             return id;
         }
-        let bytes = Bytes::from(bytes);
+        let connection = self.dispatch(peer, id.0, bytes, addrs);
         let deadline = Instant::now() + self.limits.timeout;
-        match self.connections.get(&peer).and_then(|c| c.first()) {
-            Some(&connection) => {
-                self.pending.insert(
-                    id,
-                    Pending {
-                        peer,
-                        connection: Some(connection),
-                        deadline,
-                    },
-                );
-                self.events.push_back(ToSwarm::NotifyHandler {
-                    peer_id: peer,
-                    handler: NotifyHandler::One(connection),
-                    event: Command::Send { id: id.0, bytes },
-                });
-            }
-            None => {
-                self.pending.insert(
-                    id,
-                    Pending {
-                        peer,
-                        connection: None,
-                        deadline,
-                    },
-                );
-                self.send_when_connected(peer, id.0, bytes, addrs);
-            }
-        }
+        self.pending.insert(
+            id,
+            Pending {
+                peer,
+                connection,
+                deadline,
+            },
+        );
         id
     }
 
     /// Sends `request` to `peer` as [`Self::send_request_with_addresses`] does, but wants no
     /// answer: nothing is reported, whatever happens to it.
     pub fn tell(&mut self, peer: &PeerId, request: M::Request, addrs: Vec<Multiaddr>) {
-        let peer = *peer;
-        let bytes = wire::encode(&request);
-        if bytes.len() > self.limits.max_request {
-            tracing::warn!(len = bytes.len(), "told request over the bound; not sent");
-            return;
+        match self.encode_request(&request) {
+            Ok(bytes) => {
+                self.dispatch(*peer, 0, bytes, addrs);
+            }
+            Err(len) => tracing::warn!(len, "told request over the bound; not sent"),
         }
-        let bytes = Bytes::from(bytes);
-        match self.connections.get(&peer).and_then(|c| c.first()) {
-            Some(&connection) => self.events.push_back(ToSwarm::NotifyHandler {
-                peer_id: peer,
-                handler: NotifyHandler::One(connection),
-                event: Command::Send { id: 0, bytes },
-            }),
-            None => self.send_when_connected(peer, 0, bytes, addrs),
+    }
+
+    /// `request` encoded, or its length if over the bound.
+    fn encode_request(&self, request: &M::Request) -> Result<Bytes, usize> {
+        let bytes = wire::encode(request);
+        if bytes.len() > self.limits.max_request {
+            return Err(bytes.len());
+        }
+        Ok(Bytes::from(bytes))
+    }
+
+    /// Sends frame `id` (0: told) to `peer` on its first connection, or holds it until one is
+    /// open; the connection it went to, if one was.
+    fn dispatch(
+        &mut self,
+        peer: PeerId,
+        id: u64,
+        bytes: Bytes,
+        addrs: Vec<Multiaddr>,
+    ) -> Option<ConnectionId> {
+        match self.connections.get(&peer).and_then(|c| c.first()).copied() {
+            Some(connection) => {
+                self.events.push_back(ToSwarm::NotifyHandler {
+                    peer_id: peer,
+                    handler: NotifyHandler::One(connection),
+                    event: Command::Send { id, bytes },
+                });
+                Some(connection)
+            }
+            None => {
+                self.send_when_connected(peer, id, bytes, addrs);
+                None
+            }
         }
     }
 
@@ -318,23 +321,19 @@ impl<M: Messages> Behaviour<M> {
     /// for earlier requests is under way.
     fn send_when_connected(&mut self, peer: PeerId, id: u64, bytes: Bytes, addrs: Vec<Multiaddr>) {
         let waiting = self.dialing.entry(peer).or_default();
-        if waiting.len() >= self.limits.in_flight {
-            // Bounded like a stream: the oldest told or failed request makes room.
-            let (old, _) = waiting.remove(0);
-            if let Some(p) = self.pending.remove(&RequestId(old)) {
-                self.events.push_back(ToSwarm::GenerateEvent(Event::Failed {
-                    peer: p.peer,
-                    id: RequestId(old),
-                    failure: Failure::Unreachable("too many requests waiting for a dial".into()),
-                }));
-            }
-        }
-        let waiting = self.dialing.entry(peer).or_default();
+        // Bounded like a stream: the oldest told or failed request makes room.
+        let evicted = (waiting.len() >= self.limits.in_flight).then(|| waiting.remove(0).0);
         waiting.push((id, bytes));
         if waiting.len() == 1 {
             self.events.push_back(ToSwarm::Dial {
                 opts: DialOpts::peer_id(peer).addresses(addrs).build(),
             });
+        }
+        // A told one (0) or one that timed out meanwhile has nobody to tell.
+        if let Some(old) = evicted.map(RequestId)
+            && self.pending.contains_key(&old)
+        {
+            self.fail(peer, old, "too many requests waiting for a dial".to_owned());
         }
     }
 
