@@ -186,13 +186,7 @@ async fn measure(
         let data_dir = root
             .join(format!("run-{scenario}"))
             .join(format!("node-{i}"));
-        let mut builder = fs::DirBuilder::new();
-        builder.recursive(true);
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        builder.create(&data_dir).expect("a data directory");
-        for file in [init::KEY_FILE, init::PROOF_FILE] {
-            fs::copy(id.dir.join(file), data_dir.join(file)).expect("copying an identity");
-        }
+        id.install(&data_dir);
         let config = Config {
             network: Network::Testnet,
             data_dir: data_dir.clone(),

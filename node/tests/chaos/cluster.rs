@@ -33,10 +33,23 @@ pub(crate) const TOKEN: &str = "chaos-suite-token-0123456789";
 /// A minted identity: a directory holding `node.key` and `identity.proof`.
 #[derive(Debug, Clone)]
 pub(crate) struct Identity {
-    /// The directory holding the key and the proof.
-    pub(crate) dir: PathBuf,
+    dir: PathBuf,
     /// The peer id, as `swim_members` prints it.
     pub(crate) peer: String,
+}
+
+impl Identity {
+    /// Makes `data_dir` (mode 0700) and copies this identity's key and proof into it.
+    pub(crate) fn install(&self, data_dir: &Path) {
+        let mut builder = fs::DirBuilder::new();
+        builder.recursive(true);
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(data_dir).expect("a node data directory");
+        for file in [init::KEY_FILE, init::PROOF_FILE] {
+            // fs::copy keeps the key's 0600 mode.
+            fs::copy(self.dir.join(file), data_dir.join(file)).expect("copying identity");
+        }
+    }
 }
 
 /// Mints `n` testnet identities under `root/identities`.
@@ -205,14 +218,7 @@ impl Cluster {
         let mut nodes = Vec::with_capacity(n);
         for (i, id) in ids.iter().enumerate().take(n) {
             let data_dir = root.join(format!("node-{i}"));
-            let mut builder = fs::DirBuilder::new();
-            builder.recursive(true);
-            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-            builder.create(&data_dir).expect("a node data directory");
-            for file in [init::KEY_FILE, init::PROOF_FILE] {
-                // fs::copy keeps the key's 0600 mode.
-                fs::copy(id.dir.join(file), data_dir.join(file)).expect("copying identity");
-            }
+            id.install(&data_dir);
             let config = Config {
                 network: Network::Testnet,
                 data_dir: data_dir.clone(),
