@@ -43,7 +43,7 @@ pub use puzzle::{
     leading_zero_bits,
 };
 pub use stamp::{MAX_EXT_LEN, MAX_RAND_LEN, MAX_STAMP_LEN, Resource, Stamp, StampError};
-pub use verifier::{IdentityVerifier, Verification, VerifierConfig, VerifierStats};
+pub use verifier::{Check, IdentityVerifier, Verification, VerifierConfig, VerifierStats};
 
 /// The system clock in Unix seconds (0 if the clock is before 1970).
 pub fn unix_now() -> u64 {

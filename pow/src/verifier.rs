@@ -5,7 +5,7 @@
 //! bucket. Time comes in as an argument.
 
 use std::num::{NonZeroU32, NonZeroUsize};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
@@ -57,6 +57,17 @@ pub struct VerifierStats {
     pub rejected: u64,
     /// Verifications refused by the rate limit.
     pub rate_limited: u64,
+    /// Time spent in scrypt evaluations, in microseconds.
+    pub scrypt_micros: u64,
+}
+
+/// What checking a proof needs next ([`IdentityVerifier::begin`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Decided without an evaluation.
+    Done(Verification),
+    /// One scrypt evaluation ([`Puzzle::verify`]); a token of the rate limit was taken for it.
+    Evaluate,
 }
 
 /// Verifies identity proofs with a cache and a rate limit.
@@ -93,20 +104,57 @@ impl IdentityVerifier {
         now: Instant,
         proof: &IdentityProof,
     ) -> Result<Verification, ProofError> {
+        match self.begin(now, proof)? {
+            Check::Done(how) => Ok(how),
+            Check::Evaluate => {
+                let started = Instant::now();
+                let outcome = self.puzzle.verify(proof);
+                self.finish(proof, outcome, started.elapsed())
+            }
+        }
+    }
+
+    /// What can be told of `proof` without an evaluation or a token of the rate limit: `Some`
+    /// when the key is known valid or the proof was refused before, `None` when it needs one.
+    pub fn cached(&mut self, proof: &IdentityProof) -> Option<Result<Verification, ProofError>> {
         if self.verified.get(&proof.key).is_some() {
             self.stats.cache_hits += 1;
-            return Ok(Verification::Cached);
+            return Some(Ok(Verification::Cached));
         }
         if let Some(err) = self.rejected.get(proof) {
             self.stats.rejected += 1;
-            return Err(err.clone());
+            return Some(Err(err.clone()));
+        }
+        None
+    }
+
+    /// The first half of a check that runs its evaluation elsewhere (off a protocol loop, without
+    /// holding the verifier): the cached answer, or a token of the rate limit taken for an
+    /// evaluation whose outcome goes to [`Self::finish`]. [`Self::verify`] is both halves.
+    pub fn begin(&mut self, now: Instant, proof: &IdentityProof) -> Result<Check, ProofError> {
+        if let Some(known) = self.cached(proof) {
+            return known.map(Check::Done);
         }
         if !self.bucket.take(now) {
             self.stats.rate_limited += 1;
             return Err(ProofError::RateLimited);
         }
+        Ok(Check::Evaluate)
+    }
+
+    /// Records the outcome of an evaluation [`Self::begin`] asked for, which took `spent`.
+    pub fn finish(
+        &mut self,
+        proof: &IdentityProof,
+        outcome: Result<(), ProofError>,
+        spent: Duration,
+    ) -> Result<Verification, ProofError> {
         self.stats.scrypt_evaluations += 1;
-        match self.puzzle.verify(proof) {
+        self.stats.scrypt_micros = self
+            .stats
+            .scrypt_micros
+            .saturating_add(u64::try_from(spent.as_micros()).unwrap_or(u64::MAX));
+        match outcome {
             Ok(()) => {
                 if self.verified.len() >= self.capacity.0 {
                     self.verified.pop_lru();
@@ -132,11 +180,21 @@ impl IdentityVerifier {
         peer: &libp2p_identity::PeerId,
         proof: &IdentityProof,
     ) -> Result<Verification, ProofError> {
+        self.check_key(peer, proof)?;
+        self.verify(now, proof)
+    }
+
+    /// Refuses, without scrypt, a proof that is not for `peer`'s own key.
+    pub fn check_key(
+        &mut self,
+        peer: &libp2p_identity::PeerId,
+        proof: &IdentityProof,
+    ) -> Result<(), ProofError> {
         if PublicKey::from_peer_id(peer).ok() != Some(proof.key) {
             self.stats.rejected += 1;
             return Err(ProofError::WrongKey);
         }
-        self.verify(now, proof)
+        Ok(())
     }
 
     /// Whether `key` is known to hold a valid proof (does not touch the LRU order).
@@ -197,8 +255,6 @@ impl TokenBucket {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::key::NodeKey;
     use crate::mint::{CancelToken, MintOptions, mint};
@@ -243,6 +299,36 @@ mod tests {
         }
         assert_eq!(v.stats().scrypt_evaluations, 1);
         assert_eq!(v.stats().cache_hits, 100);
+    }
+
+    #[test]
+    fn a_check_split_around_its_evaluation_records_like_one_call() {
+        let key = NodeKey::generate();
+        let proof = minted(&key);
+        let mut v = IdentityVerifier::new(puzzle(), VerifierConfig::default());
+        let now = Instant::now();
+        assert_eq!(v.cached(&proof), None);
+        assert_eq!(v.begin(now, &proof), Ok(Check::Evaluate));
+        // The evaluation runs without the verifier, as a worker thread runs it.
+        let outcome = v.puzzle().clone().verify(&proof);
+        assert_eq!(
+            v.finish(&proof, outcome, Duration::from_millis(3)),
+            Ok(Verification::Verified)
+        );
+        assert_eq!(v.cached(&proof), Some(Ok(Verification::Cached)));
+        assert_eq!(v.begin(now, &proof), Ok(Check::Done(Verification::Cached)));
+        assert_eq!(v.stats().scrypt_evaluations, 1);
+        assert_eq!(v.stats().scrypt_micros, 3_000);
+
+        let mut bad = proof;
+        while v.puzzle().verify(&bad).is_ok() {
+            bad.nonce = bad.nonce.wrapping_add(1);
+        }
+        let mut fresh = IdentityVerifier::new(puzzle(), VerifierConfig::default());
+        assert_eq!(fresh.begin(now, &bad), Ok(Check::Evaluate));
+        let outcome = fresh.puzzle().verify(&bad);
+        let refused = fresh.finish(&bad, outcome, Duration::ZERO).unwrap_err();
+        assert_eq!(fresh.cached(&bad), Some(Err(refused)));
     }
 
     #[test]
