@@ -575,6 +575,22 @@ impl<T: Identity> Membership<T> {
         added
     }
 
+    /// Drops `id` at once, without an event, a tombstone or gossip: for a caller that finds a
+    /// member should never have been listed (an identity check that ended after SWIM learned of
+    /// it refused the member). Later news naming it is taken as news of a stranger. Returns
+    /// whether it was listed.
+    pub fn forget(&mut self, id: &T) -> bool {
+        let Some((_, state)) = self.members.get(id) else {
+            return false;
+        };
+        if matches!(state, State::Alive | State::Suspect) {
+            self.live -= 1;
+        }
+        self.suspicions.stop(id);
+        self.members.remove(id);
+        true
+    }
+
     // ----- input -----
 
     /// Handles a message that `from` sent us.

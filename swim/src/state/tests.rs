@@ -793,3 +793,35 @@ fn vectors_grow_and_shrink_by_a_quarter() {
     shrink_gently(&mut v);
     assert!((1_250..2_000).contains(&v.capacity()), "{}", v.capacity());
 }
+
+#[test]
+fn a_forgotten_member_leaves_no_trace_and_is_news_again() {
+    let t0 = Instant::now();
+    let mut c = core_with(t0, 1, &[2, 3]);
+    c.handle_message(
+        t0,
+        2,
+        gossip(Payload::Gossip, vec![update(3, 0, State::Suspect, Some(2))]),
+    );
+    assert_eq!(c.member(&3).map(|m| m.state), Some(State::Suspect));
+    while c.poll_event().is_some() {}
+    assert!(c.forget(&3));
+    assert!(!c.forget(&3));
+    c.check_table();
+    assert_eq!(c.member(&3), None);
+    assert_eq!(c.live_members(), 1);
+    assert!(c.poll_event().is_none(), "forgetting is silent");
+    // No suspicion of it runs on: nothing about it happens later.
+    advance(&mut c, t0 + Duration::from_secs(60));
+    while let Some(e) = c.poll_event() {
+        assert!(!matches!(e, Event::Failed { member: 3, .. }), "{e:?}");
+    }
+    // News of it later lists it again, as a new member.
+    c.handle_message(
+        t0 + Duration::from_secs(61),
+        2,
+        gossip(Payload::Gossip, vec![update(3, 1, State::Alive, None)]),
+    );
+    assert_eq!(c.member(&3).map(|m| m.state), Some(State::Alive));
+    c.check_table();
+}
