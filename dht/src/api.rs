@@ -312,6 +312,9 @@ pub struct MemberInfo {
     pub incarnation: u64,
     /// Its addresses, as it last announced them.
     pub addrs: Vec<Multiaddr>,
+    /// Whether this node checked its identity proof (false: listed on a relayed proof whose
+    /// check is queued; SWIM probes it, the DHT does not use it yet).
+    pub verified: bool,
 }
 
 /// Counters and gauges of the node, from [`Client::stats`](crate::Client::stats).
@@ -339,6 +342,12 @@ pub struct NodeStats {
     pub refused_relayed: usize,
     /// Members dialed because the member that named them relayed no proof for them.
     pub relay_fallback_dials: usize,
+    /// Members listed on a relayed proof before its check ended, since start.
+    pub listed_unchecked: usize,
+    /// Listed members whose identity checks have not ended, now.
+    pub checks_pending: usize,
+    /// Relayers no longer asked for proofs because one they relayed failed its check.
+    pub relayers_distrusted: usize,
     /// Members readmitted since start on the proof kept when SWIM declared them failed or
     /// gone (they refuted, or came back), without asking anyone for it.
     pub readmitted_departed: usize,

@@ -4,15 +4,19 @@
 //! When a connection to a peer not yet verified is established, the gate sends its own proof as a
 //! request; the other side checks it and answers with its own proof, which the gate checks in
 //! turn. Both sides do this, so each verifies the other whoever dialed. Checks go through
-//! [`shoal_pow::IdentityVerifier`]: one scrypt evaluation per new peer, cached, rate-limited. The DHT lets a
-//! peer into its routing table and membership only after [`Event::Verified`].
+//! [`shoal_pow::IdentityVerifier`]: one scrypt evaluation per new peer, cached, rate-limited. The
+//! evaluation runs on the blocking pool, not in the swarm's poll: a node meeting many peers at
+//! once would otherwise stop answering probes for tens of milliseconds a peer. The DHT lets a
+//! peer into its routing table only after [`Event::Verified`].
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures::{AsyncReadExt, AsyncWriteExt};
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt};
 use libp2p::core::Endpoint;
 use libp2p::core::transport::PortUse;
 use libp2p::request_response::{self as rr, ProtocolSupport};
@@ -21,7 +25,7 @@ use libp2p::swarm::{
     THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
-use shoal_pow::{IdentityProof, PROOF_LEN, ProofError, Verification};
+use shoal_pow::{Check, IdentityProof, PROOF_LEN, ProofError, Verification};
 
 use crate::node::SharedVerifier;
 
@@ -121,14 +125,27 @@ pub struct Behaviour {
     verifier: SharedVerifier,
     verified: HashSet<PeerId>,
     pending: HashSet<PeerId>,
+    /// Peers whose proof is being evaluated, with the requests to answer once it passes (the
+    /// peer's own exchange, when it asked first).
+    evaluating: HashMap<PeerId, Vec<rr::ResponseChannel<Vec<u8>>>>,
+    evaluations: FuturesUnordered<BoxFuture<'static, Evaluated>>,
     events: VecDeque<ToSwarm<Event, THandlerInEvent<rr::Behaviour<ProofCodec>>>>,
 }
+
+/// A proof evaluated off the swarm: the peer, its proof, and the outcome with the time it took
+/// (`None` if the evaluation did not run to its end: it panicked, or the runtime is stopping).
+type Evaluated = (
+    PeerId,
+    IdentityProof,
+    Option<(Result<(), ProofError>, Duration)>,
+);
 
 impl std::fmt::Debug for Behaviour {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("gate::Behaviour")
             .field("verified", &self.verified.len())
             .field("pending", &self.pending.len())
+            .field("evaluating", &self.evaluating.len())
             .finish_non_exhaustive()
     }
 }
@@ -151,6 +168,8 @@ impl Behaviour {
             verifier,
             verified: HashSet::new(),
             pending: HashSet::new(),
+            evaluating: HashMap::new(),
+            evaluations: FuturesUnordered::new(),
             events: VecDeque::new(),
         }
     }
@@ -170,30 +189,104 @@ impl Behaviour {
         crate::node::checks::lock(&self.verifier).stats()
     }
 
-    fn check(&mut self, now: Instant, peer: PeerId, bytes: &[u8]) -> Result<(), ProofError> {
-        let proof = IdentityProof::from_bytes(bytes)?;
-        let checked = crate::node::checks::lock(&self.verifier).verify_peer(now, &peer, &proof);
-        match checked {
-            Ok(how) => {
-                self.pending.remove(&peer);
-                if self.verified.insert(peer) {
-                    self.events
-                        .push_back(ToSwarm::GenerateEvent(Event::Verified { peer, proof, how }));
-                }
-                Ok(())
+    /// Checks the proof `bytes` that `peer` presented; `channel` is its request to answer with
+    /// this node's proof once the check passes (`None` when the proof answered ours). A proof
+    /// that needs an evaluation is sent to the blocking pool and decided in [`Self::on_evaluated`].
+    fn check(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        bytes: &[u8],
+        channel: Option<rr::ResponseChannel<Vec<u8>>>,
+    ) {
+        if let Some(waiting) = self.evaluating.get_mut(&peer) {
+            // Its request and its answer to ours cost one evaluation, not two.
+            waiting.extend(channel);
+            return;
+        }
+        let proof = match IdentityProof::from_bytes(bytes) {
+            Ok(proof) => proof,
+            Err(error) => return self.refuse(peer, error),
+        };
+        let step = {
+            let mut verifier = crate::node::checks::lock(&self.verifier);
+            verifier
+                .check_key(&peer, &proof)
+                .and_then(|()| verifier.begin(now, &proof))
+                .map(|step| (step, verifier.puzzle().clone()))
+        };
+        match step {
+            Ok((Check::Done(how), _)) => self.accept(peer, proof, how, channel),
+            Ok((Check::Evaluate, puzzle)) => {
+                self.evaluating.insert(peer, channel.into_iter().collect());
+                let evaluation = tokio::task::spawn_blocking(move || {
+                    crate::node::checks::evaluate(&puzzle, &proof)
+                });
+                self.evaluations.push(
+                    evaluation
+                        .map(move |joined| (peer, proof, joined.ok()))
+                        .boxed(),
+                );
             }
             Err(ProofError::RateLimited) => {
                 // Not the peer's fault: shed the connection without holding it against the peer;
                 // its next connection repeats the exchange.
                 self.pending.remove(&peer);
                 self.close(peer);
-                Err(ProofError::RateLimited)
             }
-            Err(error) => {
-                self.refuse(peer, error.clone());
-                Err(error)
-            }
+            Err(error) => self.refuse(peer, error),
         }
+    }
+
+    /// An evaluation the blocking pool ran ended. Its outcome is recorded whether or not the
+    /// peer is still connected (its next connection then costs nothing), and acted on if it is.
+    fn on_evaluated(&mut self, (peer, proof, evaluated): Evaluated) {
+        let channels = self.evaluating.remove(&peer).unwrap_or_default();
+        let Some((outcome, spent)) = evaluated else {
+            // Not evaluated after all: shed like a rate-limited check.
+            self.pending.remove(&peer);
+            return self.close(peer);
+        };
+        let recorded = crate::node::checks::lock(&self.verifier).finish(&proof, outcome, spent);
+        if !self.pending.contains(&peer) {
+            // Its connection closed meanwhile: nothing to answer, nobody to disconnect.
+            return;
+        }
+        match recorded {
+            Ok(how) => {
+                let mut channels = channels.into_iter();
+                let first = channels.next();
+                self.accept(peer, proof, how, first);
+                for channel in channels {
+                    self.answer(channel);
+                }
+            }
+            Err(error) => self.refuse(peer, error),
+        }
+    }
+
+    /// `peer`'s proof passed: it is verified, and its request (if any) answered.
+    fn accept(
+        &mut self,
+        peer: PeerId,
+        proof: IdentityProof,
+        how: Verification,
+        channel: Option<rr::ResponseChannel<Vec<u8>>>,
+    ) {
+        self.pending.remove(&peer);
+        if self.verified.insert(peer) {
+            self.events
+                .push_back(ToSwarm::GenerateEvent(Event::Verified { peer, proof, how }));
+        }
+        if let Some(channel) = channel {
+            self.answer(channel);
+        }
+    }
+
+    fn answer(&mut self, channel: rr::ResponseChannel<Vec<u8>>) {
+        let own = self.own_proof.to_bytes().to_vec();
+        // The peer may have gone already; then there is nobody to answer.
+        let _ = self.inner.send_response(channel, own);
     }
 
     fn close(&mut self, peer: PeerId) {
@@ -221,18 +314,14 @@ impl Behaviour {
                     },
                 ..
             } => {
-                if self.check(now, peer, &request).is_ok() {
-                    let own = self.own_proof.to_bytes().to_vec();
-                    // The peer may have gone already; then there is nobody to answer.
-                    let _ = self.inner.send_response(channel, own);
-                }
+                self.check(now, peer, &request, Some(channel));
             }
             rr::Event::Message {
                 peer,
                 message: rr::Message::Response { response, .. },
                 ..
             } => {
-                let _ = self.check(now, peer, &response);
+                self.check(now, peer, &response, None);
             }
             rr::Event::OutboundFailure { peer, error, .. } => {
                 self.pending.remove(&peer);
@@ -345,6 +434,10 @@ impl NetworkBehaviour for Behaviour {
         loop {
             if let Some(event) = self.events.pop_front() {
                 return Poll::Ready(event);
+            }
+            if let Poll::Ready(Some(evaluated)) = self.evaluations.poll_next_unpin(cx) {
+                self.on_evaluated(evaluated);
+                continue;
             }
             match self.inner.poll(cx) {
                 Poll::Ready(ToSwarm::GenerateEvent(event)) => self.on_inner_event(now, event),

@@ -7,12 +7,15 @@
 //! between nodes). For each loss rate: `n` nodes (testnet preset: SWIM probe 1 s, timeout
 //! 500 ms) are started at once, node 0 with no seed and every other with node 0 as its only
 //! seed; every 100 ms each node's `swim_members` is read, and the time from the start until each
-//! node lists every other alive is kept. Once all see all and `settle` more seconds passed, a
+//! node lists every other alive is kept. Once all have checked all and `settle` more seconds passed, a
 //! quiet window measures each node's CPU, resident memory and the packets and bytes it sends
 //! (its interface's counters, nothing polled meanwhile). Then `crashes` times a random live node other than the seed is SIGKILLed
 //! and the survivors are read every 100 ms until each marks it dead: the first suspicion by any
 //! survivor, the time until every survivor marked it dead, and the spread between the first and
-//! the last. Live members any survivor marked dead are counted as false failures.
+//! the last. Live members any survivor marked dead are counted as false failures. The join rows
+//! also give the time until each node has checked every other's identity proof (a member is
+//! listed before its check ends, and the DHT uses it only after), the scrypt evaluations each
+//! node ran and their CPU time, and the CPU of all nodes until all checked all.
 //!
 //! Options after `--`: `--nodes N` (20), `--loss 0,10` (percent), `--crashes N` (10),
 //! `--settle S` (10), `--window S` (20). Under `cargo test --benches` it runs 3 nodes, no loss,
@@ -81,15 +84,22 @@ fn options() -> Options {
     }
 }
 
-/// Every listed node's member list, read at once (`None` for a node that did not answer).
+/// Every listed node's member list, read at once (`None` for a node that did not answer), with
+/// how many of its members wait for their identity check.
 async fn read_all(
     clients: &[HttpClient],
     which: &[usize],
     peers: &[String],
-) -> Vec<Option<HashMap<usize, Seen>>> {
+) -> Vec<Option<(HashMap<usize, Seen>, usize)>> {
     let reads = which.iter().map(|&i| async move {
-        let v = call(&clients[i], "swim_members", Value::Null).await;
-        v.ok().and_then(|v| parse(&v, peers))
+        let v = call(&clients[i], "swim_members", Value::Null).await.ok()?;
+        let unchecked = v.as_array().map_or(0, |members| {
+            members
+                .iter()
+                .filter(|m| m["verified"] == Value::Bool(false))
+                .count()
+        });
+        parse(&v, peers).map(|seen| (seen, unchecked))
     });
     futures::future::join_all(reads).await
 }
@@ -152,6 +162,13 @@ fn sorted(mut v: Vec<f64>) -> Vec<f64> {
 struct Measured {
     /// Seconds from the start until each node listed every other alive.
     join: Vec<f64>,
+    /// Seconds from the start until each node had also checked every other's identity proof.
+    checked: Vec<f64>,
+    /// Per node, once all checked: scrypt evaluations, and their CPU seconds.
+    evaluations: Vec<f64>,
+    proof_cpu: Vec<f64>,
+    /// CPU seconds of all nodes together from the start until every node checked every other.
+    join_cpu: f64,
     /// Per node over the window: CPU share of a core, RSS MiB, packets/s, bytes/s.
     cpu: Vec<f64>,
     rss: Vec<f64>,
@@ -240,28 +257,49 @@ async fn measure(
     };
     let all: Vec<usize> = (0..n).collect();
     let mut joined: Vec<Option<f64>> = vec![None; n];
-    while joined.iter().any(Option::is_none) && start.elapsed() < LIMIT {
+    let mut checked: Vec<Option<f64>> = vec![None; n];
+    while checked.iter().any(Option::is_none) && start.elapsed() < LIMIT {
         let tick = tokio::time::sleep(POLL);
         let views = read_all(&clients, &all, &peers).await;
         let at = start.elapsed().as_secs_f64();
         for (i, view) in views.iter().enumerate() {
-            let alive = view.as_ref().map_or(0, |v| {
-                v.iter()
-                    .filter(|(j, s)| **j != i && **s == Seen::Alive)
-                    .count()
-            });
-            if joined[i].is_none() && alive == n - 1 {
-                joined[i] = Some(at);
+            let Some((view, unchecked)) = view else {
+                continue;
+            };
+            let alive = view
+                .iter()
+                .filter(|(j, s)| **j != i && **s == Seen::Alive)
+                .count();
+            if alive == n - 1 {
+                joined[i].get_or_insert(at);
+                if *unchecked == 0 {
+                    checked[i].get_or_insert(at);
+                }
             }
         }
         tick.await;
     }
-    m.join = sorted(joined.iter().map(|j| j.unwrap_or(f64::INFINITY)).collect());
+    let pids: Vec<u32> = nodes.children.iter().flatten().map(Child::id).collect();
+    m.join_cpu = pids.iter().map(|p| cpu_secs(*p)).sum();
+    let infinite =
+        |v: &[Option<f64>]| sorted(v.iter().map(|j| j.unwrap_or(f64::INFINITY)).collect());
+    m.join = infinite(&joined);
+    m.checked = infinite(&checked);
+    for client in &clients {
+        if let Ok(info) = call(client, "node_info", Value::Null).await {
+            let checks = &info["identity_checks"];
+            m.evaluations
+                .push(checks["scrypt_evaluations"].as_f64().unwrap_or(f64::NAN));
+            m.proof_cpu
+                .push(checks["scrypt_secs"].as_f64().unwrap_or(f64::NAN));
+        }
+    }
+    m.evaluations = sorted(std::mem::take(&mut m.evaluations));
+    m.proof_cpu = sorted(std::mem::take(&mut m.proof_cpu));
 
     // The steady state: after the joins' own traffic (proof checks, table fills) has settled,
     // a window with nothing polled.
     tokio::time::sleep(o.settle).await;
-    let pids: Vec<u32> = nodes.children.iter().flatten().map(Child::id).collect();
     let cpu0: Vec<f64> = pids.iter().map(|p| cpu_secs(*p)).collect();
     let sent0: Vec<(u64, u64)> = (0..n).map(|i| sent(&net, i)).collect();
     tokio::time::sleep(o.window).await;
@@ -291,7 +329,7 @@ async fn measure(
             let views = read_all(&clients, &live, &peers).await;
             let at = crashed.elapsed().as_secs_f64();
             for (&s, view) in live.iter().zip(&views) {
-                let Some(view) = view else { continue };
+                let Some((view, _)) = view else { continue };
                 match view.get(&victim) {
                     Some(Seen::Alive) => {}
                     Some(Seen::Suspect) => {
@@ -381,6 +419,32 @@ async fn main() {
                 percentile(&m.join, 1.0)
             )
         },
+    );
+    row(
+        "… and has checked every other's identity proof: p50 / max s",
+        &|m| {
+            format!(
+                "{:.2} / {:.2}",
+                percentile(&m.checked, 0.5),
+                percentile(&m.checked, 1.0)
+            )
+        },
+    );
+    row(
+        "identity checks per node: scrypt evaluations / CPU s, median (max)",
+        &|m| {
+            format!(
+                "{:.0} / {:.2} ({:.0} / {:.2})",
+                percentile(&m.evaluations, 0.5),
+                percentile(&m.proof_cpu, 0.5),
+                percentile(&m.evaluations, 1.0),
+                percentile(&m.proof_cpu, 1.0)
+            )
+        },
+    );
+    row(
+        "CPU of all nodes from the start until all checked all, s",
+        &|m| format!("{:.1}", m.join_cpu),
     );
     row("crash → first suspicion p50 s", &|m| {
         format!("{:.2}", percentile(&m.suspicion, 0.5))

@@ -178,6 +178,7 @@ mod tests {
             state,
             incarnation: 1,
             addrs,
+            verified: true,
         }
     }
 

@@ -59,6 +59,9 @@ struct Mirrored {
     peers_refused: Counter,
     peers_verified_by_relay: Counter,
     relayed_proofs_refused: Counter,
+    checks_pending: Gauge,
+    scrypt_micros: Counter,
+    relayers_distrusted: Counter,
 }
 
 /// The node's metrics.
@@ -214,6 +217,21 @@ impl Metrics {
             "Relayed identity proofs that did not verify",
             m.relayed_proofs_refused.clone(),
         );
+        registry.register(
+            "identity_checks_pending",
+            "Members listed on a relayed identity proof whose check has not ended",
+            m.checks_pending.clone(),
+        );
+        registry.register(
+            "identity_check_microseconds",
+            "Time spent in identity-proof scrypt evaluations",
+            m.scrypt_micros.clone(),
+        );
+        registry.register(
+            "relayers_distrusted",
+            "Relayers no longer asked for proofs since one they relayed failed its check",
+            m.relayers_distrusted.clone(),
+        );
         let (join_attempts, join_failures, joined) =
             (Counter::default(), Counter::default(), Gauge::default());
         registry.register(
@@ -355,6 +373,9 @@ impl Metrics {
         mirror(&m.peers_refused, stats.refused_peers as u64);
         mirror(&m.peers_verified_by_relay, stats.verified_by_relay as u64);
         mirror(&m.relayed_proofs_refused, stats.refused_relayed as u64);
+        m.checks_pending.set(gauge(stats.checks_pending));
+        mirror(&m.scrypt_micros, stats.verifier.scrypt_micros);
+        mirror(&m.relayers_distrusted, stats.relayers_distrusted as u64);
     }
 
     /// Asks `node` for its counters and renders every metric in the OpenMetrics text format.

@@ -2,15 +2,29 @@
 //!
 //! A peer is admitted once this node checked its identity proof: the gate's exchange on a
 //! connection ([`Core::handle_gate`]), or a proof relayed by the admitted member whose gossip
-//! named it. Until then:
+//! named it. Only admitted peers serve the DHT: the routing table, replicas, lookup answers and
+//! requests served. Until then:
 //!
-//! - its SWIM messages and requests wait in one hold queue (bounded per peer and in peers, and
-//!   in time: a gate check that does not end in time drops them, refusing the requests);
+//! - its requests wait in one hold queue (bounded per peer and in peers, and in time: a check
+//!   that does not end in time drops them, refusing the requests), and so do its SWIM messages
+//!   while no proof of it is in hand;
 //! - news about it is cut from every SWIM message before the membership sees it; news that would
 //!   make it live ([`shoal_swim::Membership::effect`] says so with the comparison SWIM itself
-//!   applies) is kept, the newest per member, to be replayed once it is admitted;
+//!   applies) is kept, the newest per member, to be replayed once its proof is in hand;
 //! - its proof is asked of the member that named it, in batches; a relayer that holds none, or
 //!   requests that keep failing, fall back to dialing it so the gate checks it.
+//!
+//! A relayed proof costs one scrypt evaluation to check, and a node meeting a whole cluster at
+//! once has one to run per member: waiting for all of them before listing anyone made a node
+//! of 20 started together see the others only after seconds of both cores. So a relayed proof
+//! that passes the cheap checks ([`Checks::precheck`]) lists its member in the membership at
+//! once, and its evaluation is queued: run off the protocol loop ([`Action::Verify`]), one at a
+//! time, the members with held requests first, then the ones nearest this node (whose records
+//! it shares). A member that fails its check leaves the membership without a trace
+//! ([`shoal_swim::Membership::forget`]), and the relayer that vouched for it is asked for no
+//! more proofs (honest relayers pass on only proofs they checked): the members it names are
+//! dialed so the gate checks them. While checks are queued the view is not settled, so
+//! operations take the iterative path over the admitted members.
 //!
 //! A member SWIM declares failed or gone leaves the admitted set, but its proof is kept a while
 //! ([`super::departed`]): a message from it, or news of its return, readmits it at once.
@@ -57,6 +71,25 @@ pub(super) enum Held<T> {
     Request(InboundId, Request),
 }
 
+/// A listed member whose relayed proof waits for its evaluation.
+struct Checking<T> {
+    /// The proof's bytes.
+    proof: Vec<u8>,
+    /// The admitted member that relayed it.
+    relayer: T,
+    /// When a rate-limited check may run again.
+    not_before: Option<Instant>,
+}
+
+/// How long a check handed to the runtime may run before the core stops waiting for it and
+/// starts the next (its member is checked again later); a runtime that lost one must not stop
+/// every check after it.
+const CHECK_STALL: Duration = Duration::from_secs(30);
+
+/// Relayers remembered as distrusted at most; beyond that their relays are taken again, as
+/// before they failed (the next failure is caught by the check all the same).
+const MAX_DISTRUSTED: usize = 1024;
+
 /// What one peer sent while its check was under way, and when it is given up.
 struct HeldQueue<T> {
     deadline: Instant,
@@ -85,6 +118,11 @@ pub(super) struct Admission<T, P> {
     /// The newest news cut about each member not admitted: who sent it, and when it was first cut.
     reported: HashMap<T, (T, Update<T>, Instant)>,
     held: HashMap<T, HeldQueue<T>>,
+    checking: HashMap<T, Checking<T>>,
+    /// The member whose check the runtime is running, and since when.
+    running: Option<(T, Instant)>,
+    /// Relayers a relayed proof of which failed its check.
+    distrusted: HashSet<T>,
 }
 
 impl<T, P> Default for Admission<T, P> {
@@ -96,6 +134,9 @@ impl<T, P> Default for Admission<T, P> {
             batches: HashMap::new(),
             reported: HashMap::new(),
             held: HashMap::new(),
+            checking: HashMap::new(),
+            running: None,
+            distrusted: HashSet::new(),
         }
     }
 }
@@ -117,6 +158,16 @@ impl<T: Peer, P: Clone> Admission<T, P> {
 
     pub(super) fn departed_len(&self) -> usize {
         self.departed.len()
+    }
+
+    /// Whether `peer` is listed on a relayed proof whose check has not ended.
+    pub(super) fn is_checking(&self, peer: &T) -> bool {
+        self.checking.contains_key(peer)
+    }
+
+    /// Listed members whose checks have not ended.
+    pub(super) fn checking_len(&self) -> usize {
+        self.checking.len()
     }
 
     pub(super) fn wanted_len(&self) -> usize {
@@ -263,16 +314,8 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         }
         self.admission.departed.remove(&peer);
         self.admission.wanted.remove(&peer);
-        if let Some((from, update, _)) = self.admission.reported.remove(&peer)
-            && (from == peer || self.admission.is_verified(&from))
-        {
-            let msg = Message {
-                payload: Payload::Gossip,
-                gossip: vec![update],
-            };
-            self.swim.handle_message(now, from, msg);
-            self.drain_swim(now, unix);
-        }
+        self.admission.checking.remove(&peer);
+        self.replay_reported(now, unix, &peer);
         if let Some(queue) = self.admission.held.remove(&peer) {
             for item in queue.items {
                 match item {
@@ -284,14 +327,33 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         self.route(&peer);
     }
 
-    /// Forgets `peer` (refused by the gate): its proof is no longer kept or relayed, and what it
-    /// sent is dropped.
+    /// The newest news cut about `peer` reaches the membership, if an admitted member (or the
+    /// peer itself) sent it: its proof is now in hand.
+    fn replay_reported(&mut self, now: Instant, unix: u64, peer: &T) {
+        if let Some((from, update, _)) = self.admission.reported.remove(peer)
+            && (from == *peer || self.admission.is_verified(&from))
+        {
+            let msg = Message {
+                payload: Payload::Gossip,
+                gossip: vec![update],
+            };
+            self.swim.handle_message(now, from, msg);
+            self.drain_swim(now, unix);
+        }
+    }
+
+    /// Forgets `peer` (refused by the gate, or its relayed proof failed its check): its proof is
+    /// no longer kept or relayed, what it sent is dropped, and a membership that listed it
+    /// before its check ended no longer does.
     pub(super) fn forget(&mut self, peer: &T) {
         let a = &mut self.admission;
-        a.verified.remove(peer);
+        let verified = a.verified.remove(peer).is_some();
         a.departed.remove(peer);
         a.wanted.remove(peer);
         a.reported.remove(peer);
+        if a.checking.remove(peer).is_some() && !verified {
+            self.swim.forget(peer);
+        }
         self.drop_held(peer);
     }
 
@@ -322,7 +384,10 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             let admission = &self.admission;
             let swim = &self.swim;
             let mut keep = |u: &Update<T>, push_pull: bool| {
-                if u.member == local || admission.is_verified(&u.member) {
+                if u.member == local
+                    || admission.is_verified(&u.member)
+                    || admission.is_checking(&u.member)
+                {
                     return true;
                 }
                 cut += 1;
@@ -379,7 +444,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         if a.wanted.contains_key(&member) {
             return;
         }
-        if a.wanted.len() >= MAX_WANTED {
+        if a.wanted.len() + a.checking.len() >= MAX_WANTED {
             a.reported.remove(&member);
             return;
         }
@@ -392,6 +457,9 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 failed_requests: 0,
             },
         );
+        if a.distrusted.contains(&from) {
+            return self.fall_back_to_dialing(vec![member]);
+        }
         self.queue_proof_request(now, from, member);
     }
 
@@ -450,6 +518,8 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 self.check_relayed(now, unix, relayer, member, proof);
             }
         }
+        // Once the whole answer is in, so the most needed of its members is checked first.
+        self.next_check(now);
         let missing: Vec<T> = asked
             .into_iter()
             .filter(|p| !answered.contains(p))
@@ -457,28 +527,134 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         self.fall_back_to_dialing(missing);
     }
 
-    /// Checks the proof `relayer` sent for `member`.
+    /// Takes the proof `relayer` sent for `member`: admitted at once if known valid, refused on
+    /// sight if malformed or refused before, otherwise listed and queued for its check (the
+    /// caller starts the next check with [`Core::next_check`]).
     fn check_relayed(&mut self, now: Instant, unix: u64, relayer: T, member: T, bytes: &[u8]) {
-        match self.checks.verify(now, &member, bytes) {
-            Ok(proof) => {
-                if !self.admission.is_verified(&member) {
-                    self.stats.verified_by_relay += 1;
-                }
+        if self.admission.is_verified(&member) || self.admission.is_checking(&member) {
+            return;
+        }
+        match self.checks.precheck(&member, bytes) {
+            Ok(Some(proof)) => {
+                self.stats.verified_by_relay += 1;
                 self.admit(now, unix, member, proof);
             }
-            Err(ProofError::RateLimited) => {
-                if let Some(w) = self.admission.wanted.get_mut(&member) {
-                    w.retry_at = Some(now + RETRY_AFTER);
+            Ok(None) => {
+                if self.admission.wanted.remove(&member).is_none() {
+                    // No longer awaited (forgotten meanwhile): not listed on this answer.
+                    return;
                 }
+                self.stats.listed_unchecked += 1;
+                self.admission.checking.insert(
+                    member,
+                    Checking {
+                        proof: bytes.to_vec(),
+                        relayer,
+                        not_before: None,
+                    },
+                );
+                self.replay_reported(now, unix, &member);
+                self.release_held_swim(now, unix, &member);
             }
-            Err(error) => {
-                // A relayer passes on only proofs it checked itself: this one did not.
-                tracing::info!(?relayer, ?member, %error, "relayed identity proof refused");
-                self.stats.refused_relayed += 1;
-                self.admission.wanted.remove(&member);
-                self.admission.reported.remove(&member);
+            Err(error) => self.refuse_relayed(relayer, member, &error),
+        }
+    }
+
+    /// A proof `relayer` passed on for `member` is invalid: `member` is forgotten, and so is
+    /// the trust in `relayer`.
+    fn refuse_relayed(&mut self, relayer: T, member: T, error: &ProofError) {
+        // A relayer passes on only proofs it checked itself: this one did not.
+        tracing::info!(?relayer, ?member, %error, "relayed identity proof refused");
+        self.stats.refused_relayed += 1;
+        self.forget(&member);
+        self.unroute(&member);
+        let distrusted = &mut self.admission.distrusted;
+        if distrusted.len() < MAX_DISTRUSTED && distrusted.insert(relayer) {
+            self.stats.relayers_distrusted += 1;
+        }
+    }
+
+    /// The SWIM messages `peer` sent before its proof was in hand reach the membership; its held
+    /// requests keep waiting for its check.
+    fn release_held_swim(&mut self, now: Instant, unix: u64, peer: &T) {
+        let Some(queue) = self.admission.held.get_mut(peer) else {
+            return;
+        };
+        let mut swim = Vec::new();
+        for item in std::mem::take(&mut queue.items) {
+            match item {
+                Held::Swim(msg) => swim.push(msg),
+                request => queue.items.push(request),
             }
         }
+        if queue.items.is_empty() {
+            self.admission.held.remove(peer);
+        }
+        for msg in swim {
+            self.pass_to_swim(now, unix, *peer, msg);
+        }
+    }
+
+    /// Hands the runtime the most needed check, unless one is running: a member with requests
+    /// held first (a peer waits on it), then the member nearest this node.
+    pub(super) fn next_check(&mut self, now: Instant) {
+        if let Some((peer, since)) = self.admission.running {
+            if now.saturating_duration_since(since) < CHECK_STALL {
+                return;
+            }
+            tracing::warn!(
+                ?peer,
+                "an identity check did not end; checking the next member"
+            );
+            self.admission.running = None;
+            if let Some(c) = self.admission.checking.get_mut(&peer) {
+                c.not_before = Some(now + RETRY_AFTER);
+            }
+        }
+        let own = self.local.point();
+        let a = &self.admission;
+        let Some(peer) = a
+            .checking
+            .iter()
+            .filter(|(_, c)| c.not_before.is_none_or(|at| at <= now))
+            .min_by_key(|(p, _)| (!a.held.contains_key(*p), own.distance(&p.point())))
+            .map(|(p, _)| *p)
+        else {
+            return;
+        };
+        let proof = self.admission.checking[&peer].proof.clone();
+        self.admission.running = Some((peer, now));
+        self.stats.checks_run += 1;
+        self.push(Action::Verify { peer, proof });
+    }
+
+    /// The check of `peer`'s relayed proof ended.
+    pub(super) fn on_checked(
+        &mut self,
+        now: Instant,
+        unix: u64,
+        peer: T,
+        result: Result<C::Proof, ProofError>,
+    ) {
+        if self.admission.running.is_some_and(|(p, _)| p == peer) {
+            self.admission.running = None;
+        }
+        let Some(checking) = self.admission.checking.get_mut(&peer) else {
+            // Admitted meanwhile (the gate met it), or forgotten.
+            return self.next_check(now);
+        };
+        match result {
+            Ok(proof) => {
+                self.stats.verified_by_relay += 1;
+                self.admit(now, unix, peer, proof);
+            }
+            Err(ProofError::RateLimited) => checking.not_before = Some(now + RETRY_AFTER),
+            Err(error) => {
+                let relayer = checking.relayer;
+                self.refuse_relayed(relayer, peer, &error);
+            }
+        }
+        self.next_check(now);
     }
 
     /// A proof request about `asked` failed: each is asked again later, or dialed once
@@ -545,6 +721,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         for (relayer, member) in retry {
             self.queue_proof_request(now, relayer, member);
         }
+        self.next_check(now);
         let a = &mut self.admission;
         let wanted = &a.wanted;
         a.reported.retain(|member, (_, _, at)| {
@@ -554,6 +731,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         shrink_sparse(&mut a.reported);
         shrink_sparse(&mut a.held);
         shrink_sparse(&mut a.batches);
+        shrink_sparse(&mut a.checking);
     }
 
     /// Sends `request` to `peer` for `op` with its own `timeout`.

@@ -17,6 +17,7 @@
 //!    - [`Core::handle_response`] for the answer (or failure) of a request the core sent;
 //!    - [`Core::handle_swim`] for a SWIM message;
 //!    - [`Core::handle_gate`] when a connection's identity exchange ended;
+//!    - [`Core::handle_verified`] when a proof check asked for with [`Action::Verify`] ended;
 //!    - [`Core::handle_dial_failed`] and [`Core::handle_disconnected`] for connection news;
 //!    - [`Core::handle_committed`] once a write the core asked for is durable (or failed);
 //!    - [`Core::handle_timeout`] whenever [`Core::poll_timeout`] has passed;
@@ -32,10 +33,12 @@
 //!
 //! - `admission.rs`: who enters the membership and the routing table, and when. A peer is
 //!   admitted once its identity proof was checked (by the gate on a connection, or relayed by
-//!   the admitted member whose gossip named it); SWIM only ever sees admitted members: news about
-//!   any other is cut, and news that would make one live (by [`shoal_swim::Membership::effect`],
-//!   the very comparison SWIM applies) is replayed once its proof is checked. Requests and SWIM messages
-//!   from a peer whose check is under way wait in one hold queue.
+//!   the admitted member whose gossip named it), and only admitted peers serve the DHT. SWIM
+//!   also lists a member whose relayed proof is in hand and queued for its check (off the
+//!   protocol loop, one at a time, most needed first); news about any other peer is cut, and
+//!   news that would make one live (by [`shoal_swim::Membership::effect`], the very comparison
+//!   SWIM applies) is replayed once its proof is in hand. Requests, and SWIM messages from a
+//!   peer with no proof in hand, wait in one hold queue.
 //! - `members.rs`: the SWIM membership inside the core, joins and leaves.
 //! - `routing.rs`: the k-buckets, filled with admitted members SWIM holds alive.
 //! - `records.rs`: the record store, the one acceptance rule, puts, replicas, gets, read repair,
@@ -114,8 +117,16 @@ pub trait Checks<T> {
     /// A checked identity proof, as the core keeps and relays it.
     type Proof: Clone + std::fmt::Debug + Send;
 
-    /// Checks the proof `bytes` presented for `peer` at `now`.
+    /// Checks the proof `bytes` presented for `peer` at `now`. This may cost an expensive
+    /// evaluation (scrypt): the core calls it only in [`Core::bootstrap`]. Relayed proofs go
+    /// through [`Checks::precheck`] and, when that cannot decide, to the runtime as
+    /// [`Action::Verify`], which calls this off the protocol loop.
     fn verify(&mut self, now: Instant, peer: &T, bytes: &[u8]) -> Result<Self::Proof, ProofError>;
+
+    /// What can be told of `peer`'s proof `bytes` without the expensive evaluation: `Some` when
+    /// it is known valid, `None` when it needs one, an error when it is refused on sight
+    /// (malformed, not `peer`'s key, or refused before).
+    fn precheck(&mut self, peer: &T, bytes: &[u8]) -> Result<Option<Self::Proof>, ProofError>;
 
     /// The bytes of `peer`'s checked proof, to relay it.
     fn proof_bytes(&self, peer: &T, proof: &Self::Proof) -> Vec<u8>;
@@ -376,6 +387,15 @@ pub enum Action<T> {
         /// Its addresses.
         addrs: Vec<Address>,
     },
+    /// Check `peer`'s identity proof `proof` with [`Checks::verify`] (an expensive evaluation:
+    /// run it off the protocol loop), then report the outcome with [`Core::handle_verified`].
+    /// At most one is outstanding at a time.
+    Verify {
+        /// The member the proof is for.
+        peer: T,
+        /// The proof's bytes.
+        proof: Vec<u8>,
+    },
     /// Apply these writes in one commit, then call [`Core::handle_committed`] with `id`.
     Write {
         /// The write's id.
@@ -416,6 +436,12 @@ pub struct CoreStats<T> {
     pub refused_relayed: usize,
     /// Members dialed because no relayer held their proof.
     pub relay_fallback_dials: usize,
+    /// Members listed in the membership on a relayed proof whose check was still to run.
+    pub listed_unchecked: usize,
+    /// Checks handed to the runtime ([`Action::Verify`]).
+    pub checks_run: usize,
+    /// Relayers no longer asked for proofs since a proof they relayed failed its check.
+    pub relayers_distrusted: usize,
     /// Members readmitted on the proof kept when they departed.
     pub readmitted_departed: usize,
     /// Proof-relay requests sent.
@@ -465,6 +491,9 @@ impl<T> Default for CoreStats<T> {
             verified_by_relay: 0,
             refused_relayed: 0,
             relay_fallback_dials: 0,
+            listed_unchecked: 0,
+            checks_run: 0,
+            relayers_distrusted: 0,
             readmitted_departed: 0,
             relay_requests: 0,
             relay_request_failures: 0,
@@ -751,6 +780,17 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         self.admission.is_verified(peer)
     }
 
+    /// Whether the membership lists `peer` on a relayed proof whose check has not ended (SWIM
+    /// probes it; the DHT does not use it yet).
+    pub fn is_checking(&self, peer: &T) -> bool {
+        self.admission.is_checking(peer)
+    }
+
+    /// Listed members whose identity checks have not ended.
+    pub fn checks_pending(&self) -> usize {
+        self.admission.checking_len()
+    }
+
     /// Admitted members SWIM holds alive or suspect.
     pub fn live_members(&self) -> Vec<T> {
         self.verified_live().collect()
@@ -1002,7 +1042,8 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
 
     /// Handles a SWIM message `from` a peer.
     pub fn handle_swim(&mut self, now: Instant, unix: u64, from: T, msg: shoal_swim::Message<T>) {
-        if !self.admit_sender(now, unix, &from) {
+        // A member listed before its check ended takes part in SWIM (not in the DHT) meanwhile.
+        if !self.admit_sender(now, unix, &from) && !self.admission.is_checking(&from) {
             self.hold_swim(now, from, msg);
             return;
         }
@@ -1031,6 +1072,17 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 self.on_seed_settled(now, unix, &peer);
             }
         }
+    }
+
+    /// Handles the outcome of the check an [`Action::Verify`] asked for.
+    pub fn handle_verified(
+        &mut self,
+        now: Instant,
+        unix: u64,
+        peer: T,
+        result: Result<C::Proof, ProofError>,
+    ) {
+        self.on_checked(now, unix, peer, result);
     }
 
     /// A dial to `peer` failed and no connection to it is open.

@@ -76,6 +76,59 @@ fn drain(core: &mut Core<SimPeer, SimChecks>) -> Vec<Action<SimPeer>> {
     std::iter::from_fn(|| core.poll_action()).collect()
 }
 
+/// The identity checks among `actions`, in order.
+fn checks_asked(actions: &[Action<SimPeer>]) -> Vec<(SimPeer, Vec<u8>)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Verify { peer, proof } => Some((*peer, proof.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Runs the identity checks the core asks for among `actions`, and those it asks for next,
+/// as a runtime does; the peers checked, in order, and the actions left.
+fn run_checks(
+    core: &mut Core<SimPeer, SimChecks>,
+    now: Instant,
+    mut actions: Vec<Action<SimPeer>>,
+) -> (Vec<SimPeer>, Vec<Action<SimPeer>>) {
+    let mut checked = Vec::new();
+    let mut rest = Vec::new();
+    loop {
+        let asked = checks_asked(&actions);
+        assert!(asked.len() <= 1, "one check at a time: {asked:?}");
+        rest.extend(
+            actions
+                .into_iter()
+                .filter(|a| !matches!(a, Action::Verify { .. })),
+        );
+        let Some((peer, proof)) = asked.into_iter().next() else {
+            return (checked, rest);
+        };
+        let result = core.checks_mut().verify(now, &peer, &proof);
+        core.handle_verified(now, UNIX, peer, result);
+        checked.push(peer);
+        actions = drain(core);
+    }
+}
+
+/// A relayer's answer holding the proofs of `members`.
+fn proofs_of(members: &[u32]) -> Response {
+    Response::Proofs(
+        members
+            .iter()
+            .map(|&m| {
+                (
+                    ByteBuf::from(SimPeer(m).to_bytes()),
+                    ByteBuf::from(proof(m)),
+                )
+            })
+            .collect(),
+    )
+}
+
 fn proof(id: u32) -> Vec<u8> {
     proof_of(SECRET, SimPeer(id)).to_vec()
 }
@@ -222,18 +275,26 @@ fn news_of_an_unadmitted_member_is_cut_and_its_proof_asked_of_the_relayer() {
         *request,
         Request::Proofs(vec![ByteBuf::from(SimPeer(2).to_bytes())])
     );
-    let answer = Response::Proofs(vec![(
-        ByteBuf::from(SimPeer(2).to_bytes()),
-        ByteBuf::from(proof(2)),
-    )]);
+    let answer = proofs_of(&[2]);
     core.handle_response(later, UNIX, id, Ok(answer));
-    assert!(core.is_admitted(&SimPeer(2)));
-    assert_eq!(core.stats().verified_by_relay, 1);
+    // Listed at once, on the proof in hand; not used by the DHT before its check.
     let m = core
         .membership()
         .member(&SimPeer(2))
         .expect("replayed news");
     assert_eq!((m.state, m.incarnation), (State::Alive, 5));
+    assert!(core.is_checking(&SimPeer(2)));
+    assert!(!core.is_admitted(&SimPeer(2)));
+    assert!(!core.routing_table().contains(&SimPeer(2)));
+    assert!(!core.live_members().contains(&SimPeer(2)));
+    assert!(!core.view_settled(later + core.config().view_settle));
+    let actions = drain(&mut core);
+    let (checked, _) = run_checks(&mut core, later, actions);
+    assert_eq!(checked, vec![SimPeer(2)]);
+    assert!(core.is_admitted(&SimPeer(2)));
+    assert!(!core.is_checking(&SimPeer(2)));
+    assert_eq!(core.stats().verified_by_relay, 1);
+    assert_eq!(core.stats().listed_unchecked, 1);
     assert!(core.routing_table().contains(&SimPeer(2)));
 }
 
@@ -318,10 +379,7 @@ fn the_newest_news_of_a_member_is_replayed_when_it_is_admitted() {
     let actions = drain(&mut core);
     let asked = sends(&actions);
     assert_eq!(asked.len(), 1, "one proof request, to the first relayer");
-    let answer = Response::Proofs(vec![(
-        ByteBuf::from(SimPeer(5).to_bytes()),
-        ByteBuf::from(proof(5)),
-    )]);
+    let answer = proofs_of(&[5]);
     core.handle_response(later, UNIX, asked[0].1, Ok(answer));
     assert_eq!(
         core.membership().member(&SimPeer(5)).map(|m| m.incarnation),
@@ -367,9 +425,128 @@ fn a_bad_relayed_proof_is_refused_and_the_member_stays_out() {
         ByteBuf::from(proof(3)),
     )]);
     core.handle_response(later, UNIX, id, Ok(forged));
+    // Listed while its check is queued (a forged proof looks like any other until then).
+    assert!(core.is_checking(&SimPeer(2)));
+    let actions = drain(&mut core);
+    let (checked, _) = run_checks(&mut core, later, actions);
+    assert_eq!(checked, vec![SimPeer(2)]);
     assert!(!core.is_admitted(&SimPeer(2)));
+    assert!(!core.is_checking(&SimPeer(2)));
     assert!(core.membership().member(&SimPeer(2)).is_none());
+    assert_eq!(core.membership().live_members(), 0);
     assert_eq!(core.stats().refused_relayed, 1);
+    // The relayer is asked for no more proofs: a member it names is dialed, so the gate
+    // checks it on a connection of its own.
+    assert_eq!(core.stats().relayers_distrusted, 1);
+    gossip_from(&mut core, later, 1, vec![news(4, 1, State::Alive, 1)]);
+    core.handle_timeout(later + Duration::from_millis(10), UNIX);
+    let actions = drain(&mut core);
+    assert!(
+        sends(&actions).is_empty(),
+        "no proof request to a distrusted relayer"
+    );
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Dial { peer, .. } if *peer == SimPeer(4)))
+    );
+}
+
+#[test]
+fn a_check_the_runtime_never_reports_does_not_stop_the_next() {
+    let (mut core, now) = lone(0, false);
+    core.handle_gate(now, UNIX, SimPeer(1), Ok(()));
+    gossip_from(
+        &mut core,
+        now,
+        1,
+        vec![news(2, 1, State::Alive, 1), news(3, 1, State::Alive, 1)],
+    );
+    let later = now + Duration::from_millis(10);
+    core.handle_timeout(later, UNIX);
+    let (_, id, _) = sends(&drain(&mut core))[0];
+    let answer = proofs_of(&[2, 3]);
+    core.handle_response(later, UNIX, id, Ok(answer));
+    let first = checks_asked(&drain(&mut core));
+    assert_eq!(first.len(), 1);
+    // Its outcome never comes back; a while later the other member is checked.
+    let mut at = later;
+    let mut next = Vec::new();
+    while next.is_empty() && at < later + Duration::from_secs(120) {
+        at += Duration::from_secs(1);
+        core.handle_timeout(at, UNIX);
+        next = checks_asked(&drain(&mut core));
+    }
+    assert_eq!(next.len(), 1, "no check after the stalled one");
+    assert_ne!(next[0].0, first[0].0);
+    let (_, _) = run_checks(
+        &mut core,
+        at,
+        vec![Action::Verify {
+            peer: next[0].0,
+            proof: next[0].1.clone(),
+        }],
+    );
+    // The stalled member is checked again in its turn.
+    let mut rest = Vec::new();
+    while core.checks_pending() > 0 && at < later + Duration::from_secs(240) {
+        at += Duration::from_secs(1);
+        core.handle_timeout(at, UNIX);
+        let actions = drain(&mut core);
+        let (checked, _) = run_checks(&mut core, at, actions);
+        rest.extend(checked);
+    }
+    assert_eq!(rest, vec![first[0].0]);
+    assert!(core.is_admitted(&SimPeer(2)) && core.is_admitted(&SimPeer(3)));
+}
+
+#[test]
+fn members_on_relayed_proofs_take_part_in_swim_and_their_checks_run_most_needed_first() {
+    let (mut core, now) = lone(0, false);
+    core.handle_gate(now, UNIX, SimPeer(1), Ok(()));
+    let named: Vec<u32> = (10..20).collect();
+    gossip_from(
+        &mut core,
+        now,
+        1,
+        named.iter().map(|&m| news(m, 1, State::Alive, 1)).collect(),
+    );
+    let later = now + Duration::from_millis(10);
+    core.handle_timeout(later, UNIX);
+    let actions = drain(&mut core);
+    let (_, id, _) = sends(&actions)[0];
+    // Member 15 asks for a record before anyone vouched for it: its request is held.
+    let get = Request::GetRecord(ByteBuf::from(b"k".to_vec()));
+    core.handle_request(later, UNIX, SimPeer(15), InboundId(9), get);
+    let answer = proofs_of(&named);
+    core.handle_response(later, UNIX, id, Ok(answer));
+    assert_eq!(core.checks_pending(), 10);
+    assert_eq!(core.membership().live_members(), 10, "all listed at once");
+    assert!(core.live_members().is_empty(), "none used by the DHT yet");
+    // A listed member's SWIM messages reach the membership before its check.
+    gossip_from(&mut core, later, 12, vec![news(12, 3, State::Alive, 12)]);
+    assert_eq!(
+        core.membership()
+            .member(&SimPeer(12))
+            .map(|m| m.incarnation),
+        Some(3)
+    );
+    let actions = drain(&mut core);
+    assert!(
+        responses(&actions).is_empty(),
+        "the held request waits for the check"
+    );
+    let (checked, rest) = run_checks(&mut core, later, actions);
+    // The member a request waits on first, then the nearest to this node.
+    let own = SimPeer(0).point();
+    let mut nearest: Vec<SimPeer> = named.iter().map(|&m| SimPeer(m)).collect();
+    nearest.retain(|p| *p != SimPeer(15));
+    nearest.sort_by_key(|p| own.distance(&p.point()));
+    let expected: Vec<SimPeer> = std::iter::once(SimPeer(15)).chain(nearest).collect();
+    assert_eq!(checked, expected);
+    assert_eq!(responses(&rest).len(), 1, "served once checked");
+    assert_eq!(core.checks_pending(), 0);
+    assert_eq!(core.live_members().len(), 10);
 }
 
 #[test]
@@ -712,6 +889,45 @@ fn cheaters_never_enter_and_joiners_are_admitted_through_relayed_proofs() {
         "gossip members were admitted on relayed proofs"
     );
     assert!(sim.node(0).unwrap().stats().refused_peers >= 2);
+}
+
+#[test]
+fn members_are_listed_before_their_checks_end_and_used_only_after() {
+    // Checks as dear as scrypt here (30 ms each, one at a time per node): twenty nodes that
+    // start together list each other before they have checked each other. The simulator
+    // asserts after every step that no node routes to a member it has not checked.
+    let mut config = SimConfig::local();
+    config.check_time = Duration::from_millis(30);
+    let mut sim = Sim::new(11, config);
+    sim.add_nodes(20, 0);
+    for id in 1..20 {
+        sim.join(id, &[0]);
+    }
+    let all = |s: &Sim, f: &dyn Fn(&Core<SimPeer, SimChecks>) -> bool| {
+        (0..20).all(|i| s.node(i).is_some_and(f))
+    };
+    let listed = sim.run_until_cond(Duration::from_secs(30), Duration::from_millis(10), |s| {
+        all(s, &|c| c.membership().live_members() == 19)
+    });
+    assert!(
+        listed.is_some(),
+        "seed 11: the nodes never all listed each other"
+    );
+    let pending: usize = (0..20).map(|i| sim.node(i).unwrap().checks_pending()).sum();
+    assert!(pending > 0, "listing waited for every check");
+    let checked = sim.run_until_cond(Duration::from_secs(30), Duration::from_millis(10), |s| {
+        all(s, &|c| {
+            c.checks_pending() == 0 && c.live_members().len() == 19
+        })
+    });
+    assert!(checked.is_some(), "seed 11: checks did not end");
+    let listed_unchecked: usize = (0..20)
+        .map(|i| sim.node(i).unwrap().stats().listed_unchecked)
+        .sum();
+    assert!(listed_unchecked > 0);
+    for i in 0..20 {
+        sim.check_admission(i);
+    }
 }
 
 #[test]

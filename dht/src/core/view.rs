@@ -40,8 +40,9 @@ pub enum Unsettled {
 impl<T: Peer, C: Checks<T>> Core<T, C> {
     /// The path an operation asking for `route` takes at `now`: one hop when the view is
     /// settled, iterative otherwise. The view is unsettled for [`crate::Config::view_settle`]
-    /// after any [`Unsettled`] event, and while Lifeguard's local health score is above half its
-    /// maximum (this node is missing acknowledgements, so its view of who is alive lags).
+    /// after any [`Unsettled`] event, while Lifeguard's local health score is above half its
+    /// maximum (this node is missing acknowledgements, so its view of who is alive lags), and
+    /// while listed members wait for their identity checks.
     pub(super) fn path_for(&self, now: Instant, route: Route) -> Path {
         match route {
             Route::Iterative => Path::Iterative,
@@ -51,12 +52,14 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     }
 
     /// Whether the local view is settled at `now`: no [`Unsettled`] event within
-    /// [`crate::Config::view_settle`], and Lifeguard's local health score at most half its
-    /// maximum. Operations then take one hop (see [`crate::api::Route::Auto`]).
+    /// [`crate::Config::view_settle`], Lifeguard's local health score at most half its maximum,
+    /// and no listed member waiting for its identity check (the DHT cannot use it yet, so the
+    /// view it routes by lacks it). Operations then take one hop (see
+    /// [`crate::api::Route::Auto`]).
     pub fn view_settled(&self, now: Instant) -> bool {
         let health = self.swim.local_health();
         let max = self.swim.config().max_local_health;
-        now >= self.unsettled_until && health * 2 <= max
+        now >= self.unsettled_until && health * 2 <= max && self.admission.checking_len() == 0
     }
 
     /// Marks the view unsettled from `now` for [`crate::Config::view_settle`].

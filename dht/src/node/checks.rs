@@ -2,15 +2,123 @@
 //! gate shares (one cache, one rate limit for proofs met on connections and relayed ones), and
 //! which addresses this node's transport can reach.
 
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
-use shoal_pow::{IdentityProof, IdentityVerifier, ProofError};
+use shoal_pow::{Check, IdentityProof, IdentityVerifier, ProofError, Puzzle};
 use shoal_swim::Address;
 
 use crate::core::Checks;
+
+/// scrypt evaluations running in this process, and the condition a waiting one sleeps on.
+static RUNNING: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
+/// Evaluates `proof` (one scrypt) on the calling thread, which must be allowed to block: at
+/// most one evaluation per core runs in the process at a time, the others wait their turn. Each
+/// takes tens of milliseconds and 16 MiB, and a node meeting a whole cluster at once (or many
+/// nodes in one test process) would otherwise run dozens side by side. Returns the outcome and
+/// the CPU time the evaluation took (not the wall time: on a busy machine that counts the
+/// other processes' turns).
+pub(crate) fn evaluate(
+    puzzle: &Puzzle,
+    proof: &IdentityProof,
+) -> (Result<(), ProofError>, Duration) {
+    static SLOTS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let slots = *SLOTS.get_or_init(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let (count, freed) = &RUNNING;
+    {
+        let mut running = count.lock().unwrap_or_else(|p| p.into_inner());
+        while *running >= slots {
+            running = freed.wait(running).unwrap_or_else(|p| p.into_inner());
+        }
+        *running += 1;
+    }
+    let started = thread_cpu();
+    let outcome = puzzle.verify(proof);
+    let spent = thread_cpu().saturating_sub(started);
+    *count.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+    freed.notify_one();
+    (outcome, spent)
+}
+
+/// The CPU time the calling thread has used (zero if the clock cannot be read).
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec and the clock id a constant the kernel knows.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let nanos = u32::try_from(ts.tv_nsec).unwrap_or(0);
+    Duration::new(secs, nanos)
+}
+
+/// One identity check for the [`Checker`]: the member, its proof's bytes and when it was asked.
+type Job = (PeerId, Vec<u8>, Instant);
+
+/// Where a [`Checker`] reports: the member and the outcome.
+pub(crate) type Outcome = (PeerId, Result<IdentityProof, ProofError>);
+
+/// A thread of its own that runs the core's identity checks ([`crate::core::Action::Verify`])
+/// one at a time, at the lowest scheduling priority. Those checks are of members already
+/// listed, which nothing waits on but the DHT's use of them; the gate's checks, which a
+/// connection waits on, and every other thread of this node and of other processes go first.
+/// Twenty nodes started together on two cores each have nineteen to run: at equal priority
+/// they held up the seed's gate checks that every join waits on. The thread ends when the
+/// checker is dropped.
+pub(crate) struct Checker {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl Checker {
+    /// Starts the thread; outcomes go to `outcomes`.
+    pub(crate) fn spawn(
+        checks: NodeChecks,
+        outcomes: tokio::sync::mpsc::Sender<Outcome>,
+    ) -> std::io::Result<Self> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("shoal-identity-checks".to_owned())
+            .spawn(move || {
+                lower_priority();
+                let mut checks = checks;
+                while let Ok((peer, proof, asked)) = queue.recv() {
+                    let result = Checks::verify(&mut checks, asked, &peer, &proof);
+                    if outcomes.blocking_send((peer, result)).is_err() {
+                        // The node's loop ended.
+                        return;
+                    }
+                }
+            })?;
+        Ok(Self { jobs })
+    }
+
+    /// Queues the check of `peer`'s proof (the core asks for one at a time).
+    pub(crate) fn check(&self, peer: PeerId, proof: Vec<u8>, now: Instant) {
+        // The thread ends only once this sender, or the loop's receiver, is dropped.
+        let _ = self.jobs.send((peer, proof, now));
+    }
+}
+
+/// Gives the calling thread the lowest scheduling priority (nice 19); a failure only leaves it
+/// at the node's own.
+fn lower_priority() {
+    // SAFETY: plain system calls about the calling thread: `gettid` takes nothing, and
+    // `setpriority` with `PRIO_PROCESS` and a thread id changes only that thread.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
+    if rc != 0 {
+        let error = std::io::Error::last_os_error();
+        tracing::debug!(%error, "identity checks keep the node's priority");
+    }
+}
 
 /// The identity verifier shared by the gate and the core.
 pub type SharedVerifier = Arc<Mutex<IdentityVerifier>>;
@@ -44,6 +152,8 @@ pub(crate) fn lock(verifier: &SharedVerifier) -> std::sync::MutexGuard<'_, Ident
 impl Checks<PeerId> for NodeChecks {
     type Proof = IdentityProof;
 
+    /// Holds the verifier only around the evaluation, not during it: the gate and the metrics
+    /// read it from the protocol loop.
     fn verify(
         &mut self,
         now: Instant,
@@ -51,8 +161,31 @@ impl Checks<PeerId> for NodeChecks {
         bytes: &[u8],
     ) -> Result<IdentityProof, ProofError> {
         let proof = IdentityProof::from_bytes(bytes)?;
-        lock(&self.verifier).verify_peer(now, peer, &proof)?;
+        let puzzle = {
+            let mut verifier = lock(&self.verifier);
+            verifier.check_key(peer, &proof)?;
+            match verifier.begin(now, &proof)? {
+                Check::Done(_) => return Ok(proof),
+                Check::Evaluate => verifier.puzzle().clone(),
+            }
+        };
+        let (outcome, spent) = evaluate(&puzzle, &proof);
+        lock(&self.verifier).finish(&proof, outcome, spent)?;
         Ok(proof)
+    }
+
+    fn precheck(
+        &mut self,
+        peer: &PeerId,
+        bytes: &[u8],
+    ) -> Result<Option<IdentityProof>, ProofError> {
+        let proof = IdentityProof::from_bytes(bytes)?;
+        let mut verifier = lock(&self.verifier);
+        verifier.check_key(peer, &proof)?;
+        match verifier.cached(&proof) {
+            Some(known) => known.map(|_| Some(proof)),
+            None => Ok(None),
+        }
     }
 
     fn proof_bytes(&self, _peer: &PeerId, proof: &IdentityProof) -> Vec<u8> {

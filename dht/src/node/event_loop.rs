@@ -20,7 +20,7 @@ use shoal_pow::{IdentityProof, IdentityVerifier, NodeKey, Puzzle};
 use shoal_swim::{Address, State};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::checks::{NodeChecks, SharedVerifier, lock};
+use super::checks::{Checker, NodeChecks, SharedVerifier, lock};
 use super::{
     BoxedTransport, Client, Command, ListenError, ListenResult, MAX_SNAPSHOT_PEERS, MemberInfo,
     NodeStats, ReplyTo, Rpcs, SHUTDOWN_LEAVE_BOUND, StartError,
@@ -85,6 +85,9 @@ struct Wire {
     swim_sent_unconnected: u64,
 }
 
+/// The outcome of an identity check run off the loop ([`Action::Verify`]).
+type Checked = super::checks::Outcome;
+
 /// Owns the swarm and the core; run it with [`EventLoop::run`].
 pub struct EventLoop {
     swarm: Swarm<Behaviour>,
@@ -107,6 +110,9 @@ pub struct EventLoop {
     listens: HashMap<ListenerId, (Multiaddr, oneshot::Sender<ListenResult>)>,
     stopping: Option<Stopping>,
     wire: Wire,
+    /// The thread that runs the core's identity checks, and where it reports.
+    checker: Checker,
+    checked: mpsc::Receiver<Checked>,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -168,6 +174,8 @@ impl EventLoop {
         );
         let (tx, commands) = mpsc::channel(config.command_queue.get());
         let (notices, _) = broadcast::channel(config.notice_buffer.get());
+        let (checked_tx, checked) = mpsc::channel(4);
+        let checker = Checker::spawn(NodeChecks::new(verifier.clone()), checked_tx)?;
         let client = Client {
             local,
             tx,
@@ -203,6 +211,8 @@ impl EventLoop {
             listens: HashMap::new(),
             stopping: None,
             wire: Wire::default(),
+            checker,
+            checked,
         };
         Ok((client, event_loop))
     }
@@ -241,12 +251,16 @@ impl EventLoop {
                     }
                 }
                 committed = recv_committed(&mut self.writer) => woke = Woke::Committed(committed),
+                Some(checked) = self.checked.recv() => woke = Woke::Checked(checked),
                 () = timer => {}
             }
             let now = Instant::now();
             let unix = self.clock.unix();
             match woke {
                 Woke::Swarm(event) => self.on_swarm_event(now, unix, event),
+                Woke::Checked((peer, result)) => {
+                    self.core.handle_verified(now, unix, peer, result);
+                }
                 Woke::Command(command) => self.on_command(now, unix, command),
                 Woke::Committed(Some(c)) => self.on_committed(now, unix, c),
                 Woke::Committed(None) | Woke::Timer => {}
@@ -368,6 +382,7 @@ impl EventLoop {
                         state: m.state,
                         incarnation: m.incarnation,
                         addrs: shoal_swim::behaviour::to_multiaddrs(&m.addrs),
+                        verified: !self.core.is_checking(peer),
                     })
                     .collect();
                 let _ = reply.send(list);
@@ -577,6 +592,7 @@ impl EventLoop {
                     batch.set_deferred(durability == Durability::Deferred);
                     self.writes.push_back((store::WriteId(id.0), batch));
                 }
+                Action::Verify { peer, proof } => self.checker.check(peer, proof, now),
                 Action::Reply { op, reply } => self.on_reply(now, op, reply),
                 Action::Notice(notice) => {
                     // No subscriber is fine.
@@ -681,6 +697,9 @@ impl EventLoop {
             verified_by_relay: c.verified_by_relay,
             refused_relayed: c.refused_relayed,
             relay_fallback_dials: c.relay_fallback_dials,
+            listed_unchecked: c.listed_unchecked,
+            checks_pending: self.core.checks_pending(),
+            relayers_distrusted: c.relayers_distrusted,
             readmitted_departed: c.readmitted_departed,
             departed_proofs: self.core.departed_proofs(),
             dials: self.wire.dials,
@@ -742,6 +761,7 @@ impl EventLoop {
 /// What woke a turn.
 enum Woke {
     Swarm(SwarmEvent<Event>),
+    Checked(Checked),
     Command(Command),
     Committed(Option<Committed>),
     Timer,

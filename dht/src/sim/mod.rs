@@ -128,6 +128,12 @@ impl Checks<SimPeer> for SimChecks {
         }
     }
 
+    /// The simulator keeps no cache of checked proofs: every proof needs its check, so every
+    /// relayed one goes through [`Action::Verify`] and [`SimConfig::check_time`].
+    fn precheck(&mut self, _peer: &SimPeer, _bytes: &[u8]) -> Result<Option<()>, ProofError> {
+        Ok(None)
+    }
+
     fn proof_bytes(&self, peer: &SimPeer, _proof: &()) -> Vec<u8> {
         proof_of(self.secret, *peer).to_vec()
     }
@@ -149,6 +155,9 @@ pub struct SimConfig {
     pub disk_latency: Duration,
     /// How long a dial to a peer that is cut off takes to fail.
     pub dial_timeout: Duration,
+    /// How long the check of a relayed identity proof takes ([`Action::Verify`]; the node
+    /// goes on meanwhile, as its evaluation runs off the protocol loop).
+    pub check_time: Duration,
     /// `None`: the full admission check of the stepping node runs after every step. `Some(d)`:
     /// it runs on a sample of nodes every `d` of virtual time (large runs).
     pub sample_every: Option<Duration>,
@@ -165,6 +174,7 @@ impl SimConfig {
             link: LinkModel::lan(),
             disk_latency: Duration::from_millis(1),
             dial_timeout: Duration::from_secs(1),
+            check_time: Duration::from_millis(1),
             sample_every: None,
             sample_size: 0,
         }
@@ -271,6 +281,12 @@ enum Delivery {
     Gate {
         at: u32,
         peer: u32,
+    },
+    Checked {
+        at: u32,
+        generation: u32,
+        peer: u32,
+        proof: Vec<u8>,
     },
     DialFailed {
         at: u32,
@@ -824,6 +840,21 @@ impl Sim {
                 }
                 Some(at)
             }
+            Delivery::Checked {
+                at,
+                generation,
+                peer,
+                proof,
+            } => {
+                if self.nodes[at as usize].generation != generation {
+                    return None;
+                }
+                let unix = self.unix(at);
+                let core = self.nodes[at as usize].core.as_mut()?;
+                let result = core.checks_mut().verify(now, &SimPeer(peer), &proof);
+                core.handle_verified(now, unix, SimPeer(peer), result);
+                Some(at)
+            }
             Delivery::DialFailed { at, peer } => {
                 let unix = self.unix(at);
                 self.nodes[at as usize]
@@ -1135,6 +1166,19 @@ impl Sim {
                     },
                 );
             }
+            Action::Verify { peer, proof } => {
+                let generation = self.nodes[id as usize].generation;
+                let at = now + self.config.check_time;
+                self.schedule(
+                    at,
+                    Delivery::Checked {
+                        at: id,
+                        generation,
+                        peer: peer.0,
+                        proof,
+                    },
+                );
+            }
             Action::Reply { op, reply } => {
                 if let Reply::Put(Ok(ok)) = &reply {
                     let seq = self.acked.entry(ok.key.clone()).or_default();
@@ -1200,9 +1244,9 @@ impl Sim {
         for (peer, state, _) in core.membership().states() {
             if matches!(state, State::Alive | State::Suspect) {
                 assert!(
-                    core.is_admitted(peer) && !self.is_cheater(peer.0),
-                    "seed {seed}: node {id} holds {peer:?} live without having admitted it \
-                     (cheater: {})",
+                    (core.is_admitted(peer) || core.is_checking(peer)) && !self.is_cheater(peer.0),
+                    "seed {seed}: node {id} holds {peer:?} live without having admitted it or \
+                     holding its proof (cheater: {})",
                     self.is_cheater(peer.0)
                 );
             }

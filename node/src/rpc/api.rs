@@ -308,6 +308,7 @@ async fn members(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
                 "state": format!("{:?}", m.state).to_lowercase(),
                 "incarnation": m.incarnation,
                 "addrs": addrs,
+                "verified": m.verified,
             })
         })
         .collect();
@@ -354,6 +355,14 @@ async fn info(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
         },
         "records": stats.records,
         "notices": stats.notices,
+        "identity_checks": {
+            "pending": stats.checks_pending,
+            "verified": stats.verified,
+            "listed_before_check": stats.listed_unchecked,
+            "scrypt_evaluations": stats.verifier.scrypt_evaluations,
+            "scrypt_secs": stats.verifier.scrypt_micros as f64 / 1e6,
+            "relayers_distrusted": stats.relayers_distrusted,
+        },
         "join": state.context.join.get(),
     }))
 }

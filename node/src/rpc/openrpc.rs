@@ -257,7 +257,9 @@ const METHODS: &[Method] = &[
     },
     Method {
         name: "swim_members",
-        summary: "Every member SWIM knows, with its state, incarnation and addresses",
+        summary: "Every member SWIM knows, with its state, incarnation, addresses and whether \
+                  this node checked its identity proof yet (a member listed on a relayed proof \
+                  waits for its check before the DHT uses it)",
         params: &[],
         result: || {
             json!({ "type": "array", "items": object(json!({
@@ -265,6 +267,7 @@ const METHODS: &[Method] = &[
                 "state": { "type": "string", "enum": ["alive", "suspect", "dead", "left"] },
                 "incarnation": integer(),
                 "addrs": strings(),
+                "verified": { "type": "boolean" },
             })) })
         },
         errors: &[],
@@ -304,6 +307,17 @@ const METHODS: &[Method] = &[
                 })),
                 "records": integer(),
                 "notices": integer(),
+                "identity_checks": object(json!({
+                    "pending": {
+                        "type": "integer",
+                        "description": "Members listed on a relayed proof, waiting for its check",
+                    },
+                    "verified": integer(),
+                    "listed_before_check": integer(),
+                    "scrypt_evaluations": integer(),
+                    "scrypt_secs": { "type": "number" },
+                    "relayers_distrusted": integer(),
+                })),
             }))
         },
         errors: &[Code::Unavailable],
