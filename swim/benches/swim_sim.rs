@@ -6,8 +6,15 @@
 //!
 //! Further arguments (or `SWIM_BENCH_ONLY`, comma-separated) select rows by name, to iterate on
 //! a few: `crash` (both sizes), `crash100`, `crash1000`, `fp` (every loss), `fp10`, `fp20`,
-//! `fp30`, `slow`, `partition`, `dissemination`, `cost`, `table`, `pending`, `scale`. For example
-//! `cargo bench -p shoal-swim --bench swim_sim -- --bench crash fp10`. No selector runs them all.
+//! `fp30`, `fp1000` (n = 1,000 at every loss, not in the default set: about a minute of wall
+//! time each), `slow`, `partition`, `cut` (a one-way cut that heals), `dissemination`, `cost`,
+//! `testnet` (n = 20 with a few milliseconds to tens of them of latency: crash detection and
+//! death spread at 0% and 10% loss, a join, traffic at 10% loss), `table`, `pending`, `scale`.
+//! For example `cargo bench -p shoal-swim --bench swim_sim -- --bench crash fp10`. No selector
+//! runs them all but `fp1000`.
+//!
+//! `--fanout F` overrides the preset's `gossip_fanout` (0 turns dedicated gossip rounds off), to
+//! compare with and without them.
 //!
 //! Options of the `table` and `scale` rows: `--scale-n N` (members, default 10,000 with
 //! `--bench`), `--scale-secs S` (virtual seconds of `scale`, default 600) and `--no-addrs`
@@ -104,6 +111,7 @@ struct Args {
     scale_secs: Option<u64>,
     no_addrs: bool,
     kill: Option<f64>,
+    fanout: Option<usize>,
 }
 
 impl Args {
@@ -115,6 +123,7 @@ impl Args {
             scale_secs: None,
             no_addrs: false,
             kill: None,
+            fanout: None,
         };
         let mut it = std::env::args().skip(1);
         while let Some(a) = it.next() {
@@ -123,6 +132,7 @@ impl Args {
                 "--no-addrs" => args.no_addrs = true,
                 "--scale-n" => args.scale_n = Some(number(&a, it.next())),
                 "--scale-secs" => args.scale_secs = Some(number(&a, it.next())),
+                "--fanout" => args.fanout = Some(number(&a, it.next())),
                 "--kill" => {
                     let f: f64 = number(&a, it.next());
                     if !(0.0..1.0).contains(&f) {
@@ -214,14 +224,17 @@ fn main() {
     let pending = select
         .wants("pending", "pending")
         .then(|| pending_bytes(s.big_n, TABLE_CORES, !args.no_addrs));
-    let config = Config::lan();
+    let mut config = Config::lan();
+    if let Some(f) = args.fanout {
+        config.gossip_fanout = f;
+    }
     let link = LinkModel::lan();
     let p = period(&config).as_secs_f64();
     println!("## shoal-swim simulator benchmark\n");
     println!(
         "seed {seed}; LAN preset (probe {:?}, timeout {:?}, k = {}, α = {}, β = {}, K = {}, λ = {}, \
-         S = {}, push-pull {:?}, reconnect {:?}); link latency {:?}-{:?} uniform; \
-         1 period = {p} s{}\n",
+         S = {}, gossip {} members every {:?}, push-pull {:?}, reconnect {:?}); link latency \
+         {:?}-{:?} uniform; 1 period = {p} s{}\n",
         config.probe_interval,
         config.probe_timeout,
         config.indirect_probes,
@@ -230,6 +243,8 @@ fn main() {
         config.suspicion_confirmations,
         config.retransmit_mult,
         config.max_local_health,
+        config.gossip_fanout,
+        config.gossip_interval,
         config.push_pull_interval,
         config.reconnect_interval,
         link.latency_min,
@@ -262,6 +277,9 @@ fn main() {
         let f99 = percentile(&mut first, 0.99).unwrap_or(f64::NAN);
         let a50 = percentile(&mut all, 0.5).unwrap_or(f64::NAN);
         let a99 = percentile(&mut all, 0.99).unwrap_or(f64::NAN);
+        let mut spread = r.spread.clone();
+        let s50 = percentile(&mut spread, 0.5).unwrap_or(f64::NAN);
+        let s99 = percentile(&mut spread, 0.99).unwrap_or(f64::NAN);
         let bound = scenario::crash_bound_periods(&config, n);
         let expected = scenario::crash_expected_periods(&config, n);
         row(
@@ -269,7 +287,8 @@ fn main() {
             &format!("n = {n}, {} crashes", r.first_suspicion.len()),
             &format!(
                 "first suspicion p50 {f50:.2} / p99 {f99:.2} periods; all failed p50 {a50:.2} / \
-                 p99 {a99:.2} periods; undetected {}; false failures {} ({:.1} s wall)",
+                 p99 {a99:.2} periods; spread p50 {s50:.2} / p99 {s99:.2} periods; undetected {}; \
+                 false failures {} ({:.1} s wall)",
                 r.undetected,
                 r.false_failures,
                 wall.elapsed().as_secs_f64()
@@ -309,6 +328,68 @@ fn main() {
             if loss <= 0.10 { "0 failed" } else { "reported" },
             loss > 0.10 || r.failed_events == 0,
         );
+    }
+
+    for (loss, name) in [(0.10, "fp1000"), (0.20, "fp1000"), (0.30, "fp1000")] {
+        // Only on request: minutes of wall time.
+        if !select.0.iter().any(|s| s == name) {
+            continue;
+        }
+        let (n, time) = if full {
+            (1000, Duration::from_secs(3600))
+        } else {
+            (24, Duration::from_secs(30))
+        };
+        let wall = Instant::now();
+        let r = scenario::false_positives(seed, n, loss, time, &config, link.clone());
+        row(
+            "false positives",
+            &format!(
+                "n = {n}, {:.0}% uniform loss, {} virtual s",
+                loss * 100.0,
+                time.as_secs()
+            ),
+            &format!(
+                "{} healthy members declared failed ({} failed events); {} suspicion events, \
+                 {} refutations ({:.1} s wall)",
+                r.members_failed,
+                r.failed_events,
+                r.suspicions,
+                r.refutations,
+                wall.elapsed().as_secs_f64()
+            ),
+            "0 failed",
+            r.failed_events == 0,
+        );
+    }
+
+    if select.wants("cut", "cut") {
+        let n = s.part_n;
+        let r = scenario::one_way_cut(
+            seed,
+            n,
+            Duration::from_secs(120),
+            Duration::from_secs(60),
+            &config,
+            link.clone(),
+        );
+        row(
+            "one-way cut",
+            &format!(
+                "n = {n}, member 0 unheard by half the members for 120 s, then healed, 60 s more"
+            ),
+            &format!(
+                "{} members declared failed ({} failed events); {} suspicion events, {} \
+                 refutations",
+                r.members_failed, r.failed_events, r.suspicions, r.refutations
+            ),
+            "0 failed",
+            r.failed_events == 0,
+        );
+    }
+
+    if select.wants("testnet", "testnet") {
+        testnet_rows(seed, &config, full);
     }
 
     if select.wants("slow", "slow") {
@@ -604,6 +685,88 @@ fn scale_kill(
         ),
         "reported; no survivor holding a survivor not alive",
         false_views == 0,
+    );
+}
+
+/// Link of the `testnet` rows: a few milliseconds to tens of them one way, as between hosts of
+/// one region.
+fn testnet_link(loss: f64) -> LinkModel {
+    LinkModel {
+        latency_min: Duration::from_millis(5),
+        latency_max: Duration::from_millis(40),
+        loss,
+    }
+}
+
+/// The `testnet` rows: n = 20 with the LAN preset (the DHT's testnet SWIM timing).
+fn testnet_rows(seed: u64, config: &Config, full: bool) {
+    let n = 20;
+    let crashes = if full { 100 } else { 5 };
+    let p = period(config).as_secs_f64();
+    for loss in [0.0, 0.10] {
+        let r = scenario::crash_detection(
+            seed,
+            n,
+            crashes,
+            config,
+            testnet_link(loss),
+            Duration::from_secs(120),
+        );
+        let secs = |v: &[f64], q: f64| {
+            let mut v: Vec<f64> = v.iter().map(|x| x * p).collect();
+            percentile(&mut v, q).unwrap_or(f64::NAN)
+        };
+        let (f50, a50, a99) = (
+            secs(&r.first_suspicion, 0.5) / p,
+            secs(&r.all_failed, 0.5),
+            secs(&r.all_failed, 0.99),
+        );
+        let (s50, s99) = (secs(&r.spread, 0.5), secs(&r.spread, 0.99));
+        row(
+            "testnet crash",
+            &format!(
+                "n = {n}, {:.0}% loss, 5-40 ms latency, {} crashes",
+                loss * 100.0,
+                r.first_suspicion.len()
+            ),
+            &format!(
+                "first suspicion p50 {f50:.2} periods; crash to all dead p50 {a50:.2} s / p99 \
+                 {a99:.2} s; spread (first dead to all dead) p50 {s50:.3} s / p99 {s99:.3} s; \
+                 undetected {}; false failures {}",
+                r.undetected, r.false_failures
+            ),
+            "first p50 ≤ 1.6 periods; all dead p99 ≤ 7 s; spread p99 ≤ 0.3 s",
+            f50 <= 1.6 && a99 <= 7.0 && s99 <= 0.3 && r.false_failures == 0,
+        );
+    }
+    let r = scenario::dissemination(seed, n, config, testnet_link(0.0), Duration::from_secs(60));
+    row(
+        "testnet join",
+        &format!("n = {n}, 5-40 ms latency, one member joins through one seed"),
+        &format!(
+            "known by half after {} s, by all after {} s",
+            fmt_opt(r.half.map(|h| h * p)),
+            fmt_opt(r.all.map(|a| a * p))
+        ),
+        "all ≤ 1 s",
+        r.all.is_some_and(|a| a * p <= 1.0),
+    );
+    let r = scenario::cost(
+        seed,
+        n,
+        Duration::from_secs(if full { 600 } else { 60 }),
+        config,
+        testnet_link(0.10),
+    );
+    row(
+        "testnet cost",
+        &format!("n = {n}, 10% loss, steady state"),
+        &format!(
+            "{:.2} messages and {:.0} bytes (SWIM messages only) sent per node per second",
+            r.messages_per_node_s, r.bytes_per_node_s
+        ),
+        "reported",
+        true,
     );
 }
 

@@ -301,6 +301,7 @@ pub struct Membership<T: Identity> {
     next_push_pull: Instant,
     next_reconnect: Instant,
     next_gossip: Instant,
+    last_round: Instant,
     seeds: Vec<T>,
     join: Option<(CommandId, Instant)>,
     next_command: u64,
@@ -363,6 +364,7 @@ impl<T: Identity> Membership<T> {
             next_push_pull,
             next_reconnect,
             next_gossip: now,
+            last_round: now,
             seeds: Vec::new(),
             join: None,
             next_command: 0,
@@ -607,6 +609,7 @@ impl<T: Identity> Membership<T> {
             self.apply(now, update, false);
         }
         self.correct(from.clone(), corrections);
+        self.hasten_round(now);
         match msg.payload {
             Payload::Ping { seq } => {
                 let buddy = self.news_about(&from);
@@ -678,6 +681,7 @@ impl<T: Identity> Membership<T> {
         }
         self.expire_relays(now);
         self.expire_suspicions(now);
+        self.hasten_round(now);
         self.expire_tombstones(now);
         self.broadcasts.shrink();
         self.members.shrink();
@@ -695,11 +699,8 @@ impl<T: Identity> Membership<T> {
         }
         if now >= self.next_gossip {
             self.next_gossip = now + self.config.gossip_interval;
-            if self.broadcasts.len() > 0 {
-                for to in self.random_live(self.config.gossip_fanout, None) {
-                    self.send(to, Payload::Gossip, None);
-                }
-            }
+            self.last_round = now;
+            self.gossip_round();
         }
         if now >= self.next_reconnect {
             self.next_reconnect = now
@@ -1144,8 +1145,7 @@ impl<T: Identity> Membership<T> {
             budget = budget.saturating_sub(message::encoded_len(&b));
             gossip.push(b);
         }
-        let n = (self.live + 2) as f64;
-        let limit = self.config.retransmit_mult.get() * n.log10().ceil().max(1.0) as u32;
+        let limit = self.retransmit_limit();
         let skip = gossip.first().map(|u: &Update<T>| u.member.clone());
         self.broadcasts.fill(
             budget,
@@ -1161,6 +1161,63 @@ impl<T: Identity> Membership<T> {
             to,
             msg: Message { payload, gossip },
         });
+    }
+
+    /// One round of dedicated gossip: the queued updates that rounds have not carried enough,
+    /// in one message to `gossip_fanout` random live members.
+    ///
+    /// A death or a departure rides `ceil(λ · ceil(log10(n + 1)) / fanout)` rounds, as many
+    /// members as the piggyback reaches, so that every member hears of it within a few rounds.
+    /// Other news (suspicions, refutations, joins) rides one round: under loss it is most of the
+    /// traffic (a suspicion and a refutation per missed probe), one round already brings it to
+    /// most members within tens of milliseconds, and the piggyback then carries it to the rest.
+    ///
+    /// Suspected members are among the recipients: one is most likely alive, and a round that
+    /// skipped it left it without the news that went round while it was suspected. Rounds have
+    /// a budget of their own (see [`Broadcasts::fill_round`]), so the piggyback on probes and
+    /// acks still carries every update its `λ · ceil(log10(n + 1))` times.
+    fn gossip_round(&mut self) {
+        let fanout = self.config.gossip_fanout;
+        if fanout == 0 || self.broadcasts.len() == 0 || self.status == Status::Left {
+            return;
+        }
+        let gone = self.retransmit_limit().div_ceil(fanout as u32);
+        let mut gossip = Vec::new();
+        self.broadcasts.fill_round(
+            self.config.gossip_budget.get(),
+            message::MAX_GOSSIP_UPDATES,
+            (1, gone),
+            &mut gossip,
+        );
+        if gossip.is_empty() {
+            return;
+        }
+        for to in self.random_members(fanout, None, true) {
+            self.push_transmit(Transmit {
+                to,
+                msg: Message {
+                    payload: Payload::Gossip,
+                    gossip: gossip.clone(),
+                },
+            });
+        }
+    }
+
+    /// Brings the next gossip round forward when news other than a suspicion was queued, so that
+    /// a death, a join or a refutation does not wait for the round timer; rounds stay at least a
+    /// quarter of `gossip_interval` apart, so a burst of news shares one.
+    fn hasten_round(&mut self, now: Instant) {
+        if self.config.gossip_fanout == 0 || !self.broadcasts.has_urgent() {
+            return;
+        }
+        let soonest = (self.last_round + self.config.gossip_interval / 4).max(now);
+        self.next_gossip = self.next_gossip.min(soonest);
+    }
+
+    /// SWIM's `λ · ceil(log10(n + 1))`: how many times the piggyback carries each update.
+    fn retransmit_limit(&self) -> u32 {
+        let n = (self.live + 2) as f64;
+        self.config.retransmit_mult.get() * n.log10().ceil().max(1.0) as u32
     }
 
     fn send_push_pull(&mut self, to: T, join: bool, reply: bool) {
@@ -1189,12 +1246,21 @@ impl<T: Identity> Membership<T> {
             let Some((incarnation, state, addrs)) = table.record(id) else {
                 continue;
             };
+            // A suspicion names its first suspector, not us: we relay it, and a receiver that
+            // holds it too must not count us as one more independent confirmation (each
+            // push-pull would otherwise shorten every running suspicion of its receiver and,
+            // through the confirmation it gossips on, everyone's).
+            let by = match state {
+                State::Suspect => Some(self.suspicions.by(id).unwrap_or(&self.me).clone()),
+                State::Dead => Some(self.me.clone()),
+                State::Alive | State::Left => None,
+            };
             let u = Update {
                 member: id.clone(),
                 incarnation,
                 state,
                 addrs: addrs.to_vec(),
-                by: matches!(state, State::Suspect | State::Dead).then(|| self.me.clone()),
+                by,
             };
             let size = message::encoded_len(&u);
             if size > budget {
@@ -1282,6 +1348,12 @@ impl<T: Identity> Membership<T> {
 
     /// Up to `count` random members believed alive, excluding `except`.
     fn random_live(&mut self, count: usize, except: Option<&T>) -> Vec<T> {
+        self.random_members(count, except, false)
+    }
+
+    /// Up to `count` random members believed alive, or suspect too if `suspects`, excluding
+    /// `except`.
+    fn random_members(&mut self, count: usize, except: Option<&T>, suspects: bool) -> Vec<T> {
         if count == 0 || self.live == 0 {
             return Vec::new();
         }
@@ -1301,8 +1373,10 @@ impl<T: Identity> Membership<T> {
             if Some(id) == except || out.contains(id) {
                 continue;
             }
-            if self.members.state(id) == Some(State::Alive) {
-                out.push(id.clone());
+            match self.members.state(id) {
+                Some(State::Alive) => out.push(id.clone()),
+                Some(State::Suspect) if suspects => out.push(id.clone()),
+                _ => {}
             }
         }
         out

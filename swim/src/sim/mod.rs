@@ -37,6 +37,9 @@ use crate::state::{Event, Membership};
 /// Identity of a simulated node: its index.
 pub type NodeId = u32;
 
+/// A tracer of sent messages: `(now, from, to, message, delivered)`; see [`Sim::trace`].
+pub type Trace = Box<dyn FnMut(Instant, NodeId, NodeId, &Message<NodeId>, bool)>;
+
 /// The seeded network model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LinkModel {
@@ -135,6 +138,9 @@ pub struct Sim {
     pub addresses: bool,
     /// Traffic counters.
     pub stats: SimStats,
+    /// Called for every message a live node sends, after the link model decided its fate:
+    /// `(now, from, to, message, delivered)`. For tests that trace how news travelled.
+    pub trace: Option<Trace>,
     start: Instant,
     time: Instant,
     rng: StdRng,
@@ -165,6 +171,7 @@ impl Sim {
             record_events: true,
             addresses: true,
             stats: SimStats::default(),
+            trace: None,
             start,
             time: start,
             rng: StdRng::seed_from_u64(seed),
@@ -521,10 +528,13 @@ impl Sim {
             return;
         };
         let loss = self.link.loss + self.one_way_loss.get(&(from, to)).copied().unwrap_or(0.0);
-        if dest.core.is_none()
+        let lost = dest.core.is_none()
             || dest.group != self.nodes[from as usize].group
-            || (loss > 0.0 && self.rng.gen_bool(loss.min(1.0)))
-        {
+            || (loss > 0.0 && self.rng.gen_bool(loss.min(1.0)));
+        if let Some(trace) = self.trace.as_mut() {
+            trace(self.time, from, to, &msg, !lost);
+        }
+        if lost {
             self.stats.dropped += 1;
             return;
         }

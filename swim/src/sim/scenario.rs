@@ -56,6 +56,9 @@ pub struct CrashReport {
     pub first_suspicion: Vec<f64>,
     /// Per crash: periods from the crash until every live member marked it failed.
     pub all_failed: Vec<f64>,
+    /// Per crash: periods from the first member marking it failed until every live member did
+    /// (how fast a death spreads).
+    pub spread: Vec<f64>,
     /// Crashes not marked failed by every live member within the limit.
     pub undetected: usize,
     /// Failed events about members that had not crashed.
@@ -85,6 +88,7 @@ pub fn crash_detection(
     let mut report = CrashReport {
         first_suspicion: Vec::new(),
         all_failed: Vec::new(),
+        spread: Vec::new(),
         undetected: 0,
         false_failures: 0,
     };
@@ -97,6 +101,7 @@ pub fn crash_detection(
         let live = n - crashed.len();
         let mut first = None;
         let mut failed: HashSet<NodeId> = HashSet::new();
+        let mut earliest = None;
         let mut last = None;
         while failed.len() < live && sim.now() - t0 < limit {
             sim.run_for(Duration::from_millis(20));
@@ -106,6 +111,7 @@ pub fn crash_detection(
                         first.get_or_insert(at - t0);
                     }
                     Event::Failed { member, .. } if member == victim && failed.insert(node) => {
+                        earliest.get_or_insert(at - t0);
                         last = Some(at - t0);
                     }
                     Event::Failed { member, .. } if member == victim => {}
@@ -124,6 +130,8 @@ pub fn crash_detection(
         match last {
             Some(l) if failed.len() >= live => {
                 report.all_failed.push(l.as_secs_f64() / p.as_secs_f64());
+                let e = earliest.unwrap_or(l);
+                report.spread.push((l - e).as_secs_f64() / p.as_secs_f64());
             }
             _ => report.undetected += 1,
         }
@@ -167,6 +175,19 @@ fn count_false(sim: &mut Sim, duration: Duration, skip: Option<NodeId>) -> False
         refutations: 0,
     };
     let mut failed = HashSet::new();
+    count_false_into(sim, duration, skip, &mut report, &mut failed);
+    report
+}
+
+/// Adds the false suspicions and failures of `duration` more to `report`; `failed` collects the
+/// members declared failed, so that `members_failed` counts them once across calls.
+fn count_false_into(
+    sim: &mut Sim,
+    duration: Duration,
+    skip: Option<NodeId>,
+    report: &mut FalsePositiveReport,
+    failed: &mut HashSet<NodeId>,
+) {
     let until = sim.now() + duration;
     while sim.now() < until {
         sim.run_for(Duration::from_secs(10).min(until - sim.now()));
@@ -186,6 +207,42 @@ fn count_false(sim: &mut Sim, duration: Duration, skip: Option<NodeId>) -> False
         .filter_map(|id| sim.node(id))
         .map(|c| c.stats().refutations)
         .sum();
+}
+
+/// Cuts one direction of the links from member 0 to the upper half of a converged cluster of
+/// `n` for `cut_for` (those members stop hearing it; it still hears them), heals the cut, runs
+/// `after` more, and counts false suspicions and failures over the whole run. Helpers outside
+/// the cut bridge the probes of member 0; when every helper drawn is inside it, member 0 is
+/// suspected and must refute through others.
+pub fn one_way_cut(
+    seed: u64,
+    n: usize,
+    cut_for: Duration,
+    after: Duration,
+    config: &Config,
+    link: LinkModel,
+) -> FalsePositiveReport {
+    let mut sim = Sim::new(seed, config.clone(), link);
+    sim.check_views = n <= 2000;
+    sim.add_converged(n);
+    sim.run_for(period(config) * 3);
+    sim.take_events();
+    let upper = (n / 2) as NodeId..n as NodeId;
+    for to in upper.clone() {
+        sim.set_one_way_loss(0, to, 1.0);
+    }
+    let mut report = FalsePositiveReport {
+        suspicions: 0,
+        failed_events: 0,
+        members_failed: 0,
+        refutations: 0,
+    };
+    let mut failed = HashSet::new();
+    count_false_into(&mut sim, cut_for, None, &mut report, &mut failed);
+    for to in upper {
+        sim.set_one_way_loss(0, to, 0.0);
+    }
+    count_false_into(&mut sim, after, None, &mut report, &mut failed);
     report
 }
 

@@ -4,6 +4,14 @@
 //! freshest-first: fewest transmissions, then most recently queued. An entry is dropped after
 //! it has been sent `limit` times, where the caller passes `λ · ceil(log10(n + 1))`.
 //!
+//! Dedicated gossip rounds draw on a budget of their own: [`Broadcasts::fill_round`] counts the
+//! rounds that carried an entry apart from its piggyback transmissions, and never drops it. A
+//! round sends to several random members every few hundred milliseconds; charged to the
+//! piggyback count it spent an update's transmissions within a second, before a member that
+//! missed the news (one suspected at that moment, which rounds then skipped) could be reached
+//! again, and left probes and acks with nothing to carry (a suspicion's holder is corrected only
+//! when it gossips its suspicion to a member that knows better).
+//!
 //! # Layout
 //!
 //! After a mass failure every survivor queues news about each crashed member, so a simulator
@@ -128,6 +136,11 @@ pub(crate) struct Broadcasts<T> {
     addrs: Vec<Option<Arc<[Address]>>>,
     /// Entries holding addresses.
     with_addrs: usize,
+    /// The gossip rounds that carried the entry at the same place of `queue` (saturating): one
+    /// byte an entry, kept apart so that an entry stays five words.
+    rounds: Vec<u8>,
+    /// Whether news other than a suspicion was queued since the last gossip round.
+    urgent: bool,
     /// The place in `queue` of each member's entry.
     places: HashMap<T, u32>,
     /// Live entries per number of transmissions.
@@ -142,6 +155,8 @@ impl<T: Identity> Broadcasts<T> {
             queue: Vec::new(),
             addrs: Vec::new(),
             with_addrs: 0,
+            rounds: Vec::new(),
+            urgent: false,
             places: HashMap::new(),
             levels: Vec::new(),
             holes: 0,
@@ -161,6 +176,7 @@ impl<T: Identity> Broadcasts<T> {
     /// addresses when they are the same list.
     pub(crate) fn push_sharing(&mut self, mut update: Update<T>, held: Option<&Arc<[Address]>>) {
         let size = encoded_len(&update);
+        self.urgent |= update.state != State::Suspect;
         let addrs = std::mem::take(&mut update.addrs);
         let addrs: Option<Arc<[Address]>> = match held {
             _ if addrs.is_empty() => None,
@@ -178,6 +194,8 @@ impl<T: Identity> Broadcasts<T> {
         self.places.insert(update.member.clone(), place as u32);
         grow_gently(&mut self.queue);
         self.queue.push(Entry::new(update, size));
+        grow_gently(&mut self.rounds);
+        self.rounds.push(0);
         if !self.addrs.is_empty() {
             grow_gently(&mut self.addrs);
             self.addrs.push(None);
@@ -197,6 +215,7 @@ impl<T: Identity> Broadcasts<T> {
     pub(crate) fn shrink(&mut self) {
         shrink_sparse(&mut self.places);
         shrink_gently(&mut self.queue);
+        shrink_gently(&mut self.rounds);
         shrink_gently(&mut self.addrs);
     }
 
@@ -262,9 +281,57 @@ impl<T: Identity> Broadcasts<T> {
         self.compact_if_sparse();
     }
 
+    /// Appends to `out` the freshest updates that fit in `budget` bytes (at most `max_count`)
+    /// and that fewer gossip rounds carried than their limit: `gone` rounds for a death or a
+    /// departure, `news` rounds for the rest. Counts one round for each. Their piggyback
+    /// transmissions are neither counted nor checked: a round does not spend what probes and
+    /// acks will carry, and an update leaves the queue only by the piggyback limit.
+    pub(crate) fn fill_round(
+        &mut self,
+        mut budget: usize,
+        max_count: usize,
+        (news, gone): (u32, u32),
+        out: &mut Vec<Update<T>>,
+    ) {
+        self.urgent = false;
+        let mut misses = 0;
+        let mut picked = Vec::new();
+        for (place, entry) in self.queue.iter().enumerate().rev() {
+            if picked.len() >= max_count || budget == 0 || misses >= MAX_MISSES {
+                break;
+            }
+            let limit = if entry.meta & STATE_MASK >= 2 {
+                gone
+            } else {
+                news
+            };
+            if !entry.live() || u32::from(self.rounds[place]) >= limit {
+                continue;
+            }
+            if entry.size() <= budget {
+                budget -= entry.size();
+                picked.push(place);
+            } else {
+                misses += 1;
+            }
+        }
+        for place in picked {
+            let entry = &self.queue[place];
+            out.push(entry.update(self.addrs.get(place).and_then(Option::as_ref)));
+            self.rounds[place] = self.rounds[place].saturating_add(1);
+        }
+    }
+
+    /// Whether news other than a suspicion was queued since the last
+    /// [`fill_round`](Self::fill_round).
+    pub(crate) fn has_urgent(&self) -> bool {
+        self.urgent
+    }
+
     /// Panics unless the queue, the places, the counts and the address array agree.
     #[cfg(test)]
     fn check_invariants(&self) {
+        assert_eq!(self.rounds.len(), self.queue.len());
         let live = self.queue.iter().filter(|e| e.live()).count();
         assert_eq!(live, self.places.len());
         assert_eq!(self.queue.len() - live, self.holes);
@@ -317,6 +384,7 @@ impl<T: Identity> Broadcasts<T> {
     fn compact_if_sparse(&mut self) {
         if self.places.is_empty() {
             self.queue.clear();
+            self.rounds.clear();
             self.addrs = Vec::new();
             self.holes = 0;
         } else if self.holes * 4 >= self.queue.len() && self.holes >= 16 {
@@ -332,6 +400,7 @@ impl<T: Identity> Broadcasts<T> {
                 continue;
             }
             self.queue.swap(kept, place);
+            self.rounds.swap(kept, place);
             if !self.addrs.is_empty() {
                 self.addrs.swap(kept, place);
             }
@@ -341,6 +410,7 @@ impl<T: Identity> Broadcasts<T> {
             kept += 1;
         }
         self.queue.truncate(kept);
+        self.rounds.truncate(kept);
         if !self.addrs.is_empty() {
             self.addrs.truncate(kept);
         }

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use super::{Event, Membership, Status};
 use crate::Identity;
-use crate::message::{Address, State, Update};
+use crate::message::{Address, Payload, State, Update};
 
 /// What applying an update would do to the member it names, as told by
 /// [`Membership::effect`].
@@ -306,6 +306,23 @@ impl<T: Identity> Membership<T> {
             });
         } else {
             self.broadcasts.push(self.my_update());
+        }
+        if u.state != State::Alive {
+            self.spread_refutation(u.by);
+        }
+    }
+
+    /// Sends our refutation at once, in gossip messages of its own, to the member that suspected
+    /// us or declared us dead and to a few random members: waiting for our next probe, or for a
+    /// gossip round, leaves the suspicion running everywhere meanwhile, and the suspector is the
+    /// member whose view spreads it.
+    fn spread_refutation(&mut self, by: Option<T>) {
+        let fanout = self.config.indirect_probes.max(1);
+        let by = by.filter(|b| *b != self.me);
+        let mut targets = self.random_members(fanout, by.as_ref(), true);
+        targets.extend(by);
+        for to in targets {
+            self.send(to, Payload::Gossip, None);
         }
     }
 

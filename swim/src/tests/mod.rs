@@ -2,6 +2,7 @@
 //!
 //! Every simulated run prints its seed (`swim sim seed: N`) so a failure can be replayed.
 
+mod gossip;
 mod props;
 
 use std::time::Duration;
@@ -16,7 +17,10 @@ fn lan() -> Config {
     Config::lan()
 }
 
-fn crash_case(seed: u64, n: usize, crashes: usize) {
+/// Crashes `crashes` members of a converged cluster of `n` one after the other and checks the
+/// Lifeguard bounds of each; returns the periods from each crash to its first suspicion, for the
+/// caller to check their median over enough crashes.
+fn crash_case(seed: u64, n: usize, crashes: usize) -> Vec<f64> {
     let config = lan();
     let report = scenario::crash_detection(
         seed,
@@ -32,11 +36,7 @@ fn crash_case(seed: u64, n: usize, crashes: usize) {
     assert_eq!(report.first_suspicion.len(), crashes, "seed {seed}");
     let mut first = report.first_suspicion.clone();
     let mut all = report.all_failed.clone();
-    // Someone probes the crashed member about once a period (a superposition of n round-robin
-    // orders), and suspects it one window later: SWIM's expectation is e/(e-1) ≈ 1.58 periods,
-    // and every member probes it within one round of n - 1 periods.
-    let first_p50 = percentile(&mut first, 0.5).unwrap();
-    assert!(first_p50 <= 1.6, "seed {seed}: first suspicion {first:?}");
+    // Every member probes the crashed member within one round of n - 1 periods.
     let first_max = percentile(&mut first, 1.0).unwrap();
     assert!(
         first_max <= n as f64,
@@ -47,25 +47,39 @@ fn crash_case(seed: u64, n: usize, crashes: usize) {
         all_max <= bound,
         "seed {seed}: all failed {all:?} > bound {bound}"
     );
+    report.first_suspicion
+}
+
+/// Someone probes the crashed member about once a period (a superposition of n round-robin
+/// orders), and suspects it one window later: SWIM's expectation is e/(e-1) ≈ 1.58 periods, and
+/// the median of many crashes at n = 48 and more is about 1.52. The median of twenty-odd crashes
+/// strays from it by about 0.2 either way, so a check on so few allows `max` above it.
+fn assert_first_suspicion_median(mut first: Vec<f64>, max: f64) {
+    assert!(first.len() >= 20, "too few crashes to check a median");
+    let p50 = percentile(&mut first, 0.5).unwrap();
+    assert!(
+        p50 <= max,
+        "first suspicion median {p50} > {max}: {first:?}"
+    );
 }
 
 #[test]
 fn crash_is_detected_within_the_lifeguard_bound() {
-    crash_case(1, 48, 12);
+    let first = (1..=3).flat_map(|seed| crash_case(seed, 48, 8)).collect();
+    assert_first_suspicion_median(first, 1.8);
 }
 
 /// The benchmark's n = 100 row with its seed (20 crashes): first suspicion p50 ≤ 1.6 periods.
-/// Dedicated gossip rounds on by default pushed it to 1.83.
 #[test]
 fn first_suspicion_at_a_hundred_members() {
-    crash_case(42, 100, 20);
+    assert_first_suspicion_median(crash_case(42, 100, 20), 1.6);
 }
 
 #[test]
 fn no_false_failure_at_ten_percent_loss() {
     let config = lan();
-    // n = 48 for ten minutes: with dedicated gossip rounds on, or without the direct
-    // correction of stale suspicions, seed 2 declares a healthy member dead.
+    // n = 48 for ten minutes with the preset: before stale suspicions were corrected at their
+    // sender, seed 2 declared a healthy member dead.
     let report = scenario::false_positives(
         2,
         48,
@@ -262,8 +276,9 @@ fn one_way_loss_is_bridged_by_ping_req() {
 
 #[test]
 fn short_seed_sweep() {
+    let mut first = Vec::new();
     for seed in 100..103 {
-        crash_case(seed, 16, 3);
+        first.extend(crash_case(seed, 16, 7));
         let r = scenario::false_positives(
             seed,
             16,
@@ -274,6 +289,8 @@ fn short_seed_sweep() {
         );
         assert_eq!(r.failed_events, 0, "seed {seed}: {r:?}");
     }
+    // A cluster of 16 that loses 7 has few probers left: its median is about 1.67.
+    assert_first_suspicion_median(first, 2.0);
 }
 
 #[test]
