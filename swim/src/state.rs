@@ -31,9 +31,11 @@
 //! then the member is declared dead. A member refutes a suspicion by raising its incarnation.
 //! Missed acks and nacks raise the local health multiplier, which stretches the probe interval
 //! and timeout (Lifeguard's local health awareness); the buddy system puts the suspicion into
-//! the ping sent to a suspect so it can refute at once. Updates ride on every message within a
-//! byte budget; a periodic push-pull exchanges full state, and periodic pings to dead members
-//! and push-pulls to seeds heal partitions.
+//! the ping sent to a suspect so it can refute at once, and a member that refutes sends its
+//! refutation at once to its suspector and a few others. Updates ride on every message within a
+//! byte budget, and dedicated gossip rounds send fresh news to a few random members (on a budget
+//! of their own, so they never take it from the piggyback); a periodic push-pull exchanges full
+//! state, and periodic pings to dead members and push-pulls to seeds heal partitions.
 //!
 //! # Cost at scale
 //!
