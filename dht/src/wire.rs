@@ -98,8 +98,20 @@ pub enum Response {
     Refused(String),
     /// The notices kept for the key, newest first.
     Notices(Vec<ByteBuf>),
-    /// `(peer id, proof)` pairs for the peers asked about that the answering node admitted.
-    Proofs(Vec<(ByteBuf, ByteBuf)>),
+    /// For the peers asked about that the answering node knows: what it can say of each (peers
+    /// it knows nothing of are left out).
+    Proofs(Vec<(ByteBuf, Relayed)>),
+}
+
+/// What a relayer says of one peer's identity proof ([`Response::Proofs`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Relayed {
+    /// The proof, which the relayer checked (the peer is admitted there, or departed lately).
+    Proof(ByteBuf),
+    /// The relayer holds the peer's proof and is checking it now: ask again shortly.
+    Pending,
+    /// The relayer checked the peer's proof and refused it: do not list or dial the peer.
+    Refused,
 }
 
 impl Response {
@@ -231,7 +243,7 @@ mod tests {
         let proofs = Response::Proofs(vec![
             (
                 ByteBuf::from(vec![1; MAX_PEER_ID_LEN]),
-                ByteBuf::from(vec![2; MAX_PROOF_LEN])
+                Relayed::Proof(ByteBuf::from(vec![2; MAX_PROOF_LEN]))
             );
             MAX_PROOFS
         ]);

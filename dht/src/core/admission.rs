@@ -42,7 +42,7 @@ use super::{
     Action, Checks, Core, InboundId, MAX_HELD_PEERS, MAX_HELD_PER_PEER, MAX_REPORTED, MAX_WANTED,
     OpId, Peer, peer_bytes, shrink_sparse,
 };
-use crate::wire::{MAX_PROOFS, Request, Response};
+use crate::wire::{MAX_PROOFS, Relayed, Request, Response};
 
 /// How long a rate-limited check waits before the proof is asked for again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -71,15 +71,41 @@ pub(super) enum Held<T> {
     Request(InboundId, Request),
 }
 
-/// A listed member whose relayed proof waits for its evaluation.
+/// A listed member whose proof waits for its evaluation.
 struct Checking<T> {
     /// The proof's bytes.
     proof: Vec<u8>,
-    /// The admitted member that relayed it.
-    relayer: T,
+    /// The admitted member that relayed it; `None` when the member showed it on a connection.
+    relayer: Option<T>,
+    /// Whether something waits on it: another member asked this node for its proof (this node
+    /// named it to them). Its requests waiting make it needed too.
+    needed: bool,
     /// When a rate-limited check may run again.
     not_before: Option<Instant>,
 }
+
+/// The two lanes checks run in: one for members something waits on (at the node's own
+/// priority), one for the rest (at the lowest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Lane {
+    /// A member a request waits on, or that others asked this node about.
+    Needed,
+    /// A listed member nothing waits on yet.
+    Background,
+}
+
+/// How long an asker waits before asking again about a member whose relayer is still checking
+/// it ([`Relayed::Pending`]).
+const PENDING_RETRY: Duration = Duration::from_millis(200);
+
+/// How many times a member is asked about while its relayer keeps answering
+/// [`Relayed::Pending`], before that counts as a failed request.
+const PENDING_POLLS: u8 = 50;
+
+/// Members whose proof this node refused, remembered at most, and for how long: a relayer
+/// answers [`Relayed::Refused`] for them, and news of them is cut without asking anyone.
+const MAX_REFUSED: usize = 1024;
+const REFUSED_TTL: Duration = Duration::from_secs(600);
 
 /// How long a check handed to the runtime may run before the core stops waiting for it and
 /// starts the next (its member is checked again later); a runtime that lost one must not stop
@@ -106,6 +132,8 @@ struct Wanted<T> {
     retry_at: Option<Instant>,
     /// Proof requests about it that failed so far.
     failed_requests: u8,
+    /// Answers so far that its relayer was still checking it.
+    pending_polls: u8,
 }
 
 /// The admission state of one core.
@@ -119,10 +147,12 @@ pub(super) struct Admission<T, P> {
     reported: HashMap<T, (T, Update<T>, Instant)>,
     held: HashMap<T, HeldQueue<T>>,
     checking: HashMap<T, Checking<T>>,
-    /// The member whose check the runtime is running, and since when.
-    running: Option<(T, Instant)>,
+    /// The member whose check the runtime is running in each lane, and since when.
+    running: [Option<(T, Instant)>; 2],
     /// Relayers a relayed proof of which failed its check.
     distrusted: HashSet<T>,
+    /// Members whose proof this node refused, and when.
+    refused: HashMap<T, Instant>,
 }
 
 impl<T, P> Default for Admission<T, P> {
@@ -135,8 +165,9 @@ impl<T, P> Default for Admission<T, P> {
             reported: HashMap::new(),
             held: HashMap::new(),
             checking: HashMap::new(),
-            running: None,
+            running: [None, None],
             distrusted: HashSet::new(),
+            refused: HashMap::new(),
         }
     }
 }
@@ -191,35 +222,6 @@ impl<T: Peer, P: Clone> Admission<T, P> {
         self.wanted.get(peer).map(|w| w.addrs.clone().into())
     }
 
-    /// The answer to a proof-relay request: the proofs of the peers asked about that this node
-    /// admitted (or admitted until they departed lately).
-    pub(super) fn answer_proofs<C: Checks<T, Proof = P>>(
-        &self,
-        peers: &[ByteBuf],
-        checks: &C,
-    ) -> Response {
-        let mut seen = HashSet::new();
-        Response::Proofs(
-            peers
-                .iter()
-                .take(MAX_PROOFS)
-                .filter_map(|bytes| T::from_bytes(bytes))
-                .filter(|p| seen.insert(*p))
-                .filter_map(|p| {
-                    let proof = self
-                        .verified
-                        .get(&p)
-                        .cloned()
-                        .or_else(|| self.departed.get(&p))?;
-                    Some((
-                        ByteBuf::from(p.to_bytes()),
-                        ByteBuf::from(checks.proof_bytes(&p, &proof)),
-                    ))
-                })
-                .collect(),
-        )
-    }
-
     /// Holds `item` from `peer` until `deadline` (if the peer has nothing held yet). Gives it
     /// back when the bounds are reached; a SWIM message then replaces the oldest one held.
     fn hold(&mut self, peer: T, item: Held<T>, deadline: Instant) -> Result<(), Held<T>> {
@@ -245,6 +247,42 @@ impl<T: Peer, P: Clone> Admission<T, P> {
 }
 
 impl<T: Peer, C: Checks<T>> Core<T, C> {
+    /// The answer to a proof-relay request: for each peer asked about, the proof if this node
+    /// admitted it (or admitted it until it departed lately), pending if its check is queued or
+    /// running (which makes it needed: checked in the first lane), refused if its check failed.
+    pub(super) fn answer_proofs(&mut self, now: Instant, peers: &[ByteBuf]) -> Response {
+        let mut seen = HashSet::new();
+        let mut answer = Vec::new();
+        for peer in peers
+            .iter()
+            .take(MAX_PROOFS)
+            .filter_map(|bytes| T::from_bytes(bytes))
+        {
+            if !seen.insert(peer) {
+                continue;
+            }
+            let a = &mut self.admission;
+            let said = if let Some(proof) = a
+                .verified
+                .get(&peer)
+                .cloned()
+                .or_else(|| a.departed.get(&peer))
+            {
+                Relayed::Proof(ByteBuf::from(self.checks.proof_bytes(&peer, &proof)))
+            } else if let Some(c) = a.checking.get_mut(&peer) {
+                c.needed = true;
+                Relayed::Pending
+            } else if a.refused.contains_key(&peer) {
+                Relayed::Refused
+            } else {
+                continue;
+            };
+            answer.push((ByteBuf::from(peer.to_bytes()), said));
+        }
+        self.next_check(now);
+        Response::Proofs(answer)
+    }
+
     /// Whether `from` may be served now: it is admitted, or it departed lately and is readmitted
     /// on the proof kept (a message from it proves it is back).
     pub(super) fn admit_sender(&mut self, now: Instant, unix: u64, from: &T) -> bool {
@@ -357,6 +395,17 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         self.drop_held(peer);
     }
 
+    /// Remembers that `peer`'s proof was refused (bounded; the oldest is forgotten first).
+    fn remember_refused(&mut self, now: Instant, peer: T) {
+        let refused = &mut self.admission.refused;
+        if refused.len() >= MAX_REFUSED
+            && let Some(oldest) = refused.iter().min_by_key(|(_, at)| **at).map(|(p, _)| *p)
+        {
+            refused.remove(&oldest);
+        }
+        refused.insert(peer, now);
+    }
+
     /// A member SWIM declared failed or gone leaves the admitted set; its proof is kept a while.
     pub(super) fn on_departed(&mut self, now: Instant, peer: &T) {
         let a = &mut self.admission;
@@ -441,7 +490,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             return self.admit(now, unix, member, proof);
         }
         let a = &mut self.admission;
-        if a.wanted.contains_key(&member) {
+        if a.wanted.contains_key(&member) || a.refused.contains_key(&member) {
             return;
         }
         if a.wanted.len() + a.checking.len() >= MAX_WANTED {
@@ -455,6 +504,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 from,
                 retry_at: None,
                 failed_requests: 0,
+                pending_polls: 0,
             },
         );
         if a.distrusted.contains(&from) {
@@ -471,8 +521,9 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             let members = std::mem::take(batch);
             self.admission.batches.remove(&relayer);
             self.send_proof_request(now, relayer, members);
-        } else if !self.timers.is_set(Timer::RelayFlush) {
-            self.timers.set(Timer::RelayFlush, now + RELAY_BATCH_DELAY);
+        } else {
+            self.timers
+                .set_by(Timer::RelayFlush, now + RELAY_BATCH_DELAY);
         }
     }
 
@@ -485,8 +536,10 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         self.send_within(now, op, relayer, request, timeout);
     }
 
-    /// Sends the queued proof requests, [`MAX_PROOFS`] members per request.
+    /// Sends the queued proof requests, [`MAX_PROOFS`] members per request, with the members
+    /// due to be asked about again.
     pub(super) fn flush_relay_requests(&mut self, now: Instant) {
+        self.ask_again(now);
         for (relayer, members) in std::mem::take(&mut self.admission.batches) {
             for chunk in members.chunks(MAX_PROOFS) {
                 self.send_proof_request(now, relayer, chunk.to_vec());
@@ -510,12 +563,21 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             return self.relay_request_failed(now, asked);
         };
         let mut answered = HashSet::new();
-        for (peer, proof) in pairs.iter().take(MAX_PROOFS) {
+        for (peer, said) in pairs.iter().take(MAX_PROOFS) {
             let Some(member) = T::from_bytes(peer) else {
                 continue;
             };
-            if asked.contains(&member) && answered.insert(member) {
-                self.check_relayed(now, unix, relayer, member, proof);
+            if !asked.contains(&member) || !answered.insert(member) {
+                continue;
+            }
+            match said {
+                Relayed::Proof(proof) => self.check_relayed(now, unix, relayer, member, proof),
+                Relayed::Pending => self.relayer_still_checking(now, member),
+                Relayed::Refused => {
+                    // Not listed and not dialed: the relayer's word costs it nothing to give and
+                    // a peer it refused costs everyone else a check. Later news asks again.
+                    self.admission.wanted.remove(&member);
+                }
             }
         }
         // Once the whole answer is in, so the most needed of its members is checked first.
@@ -525,6 +587,22 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             .filter(|p| !answered.contains(p))
             .collect();
         self.fall_back_to_dialing(missing);
+    }
+
+    /// The relayer asked about `member` holds its proof but is still checking it: asked again
+    /// shortly, and after [`PENDING_POLLS`] such answers as after a failed request.
+    fn relayer_still_checking(&mut self, now: Instant, member: T) {
+        let Some(w) = self.admission.wanted.get_mut(&member) else {
+            return;
+        };
+        w.pending_polls = w.pending_polls.saturating_add(1);
+        if w.pending_polls < PENDING_POLLS {
+            w.retry_at = Some(now + PENDING_RETRY);
+            self.timers.set_by(Timer::RelayFlush, now + PENDING_RETRY);
+        } else {
+            w.pending_polls = 0;
+            self.relay_request_failed(now, vec![member]);
+        }
     }
 
     /// Takes the proof `relayer` sent for `member`: admitted at once if known valid, refused on
@@ -544,33 +622,80 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                     // No longer awaited (forgotten meanwhile): not listed on this answer.
                     return;
                 }
-                self.stats.listed_unchecked += 1;
-                self.admission.checking.insert(
-                    member,
-                    Checking {
-                        proof: bytes.to_vec(),
-                        relayer,
-                        not_before: None,
-                    },
-                );
-                self.replay_reported(now, unix, &member);
-                self.release_held_swim(now, unix, &member);
+                self.list_unchecked(now, unix, member, bytes, Some(relayer));
             }
-            Err(error) => self.refuse_relayed(relayer, member, &error),
+            Err(error) => self.refuse_checked(now, member, Some(relayer), &error),
         }
     }
 
-    /// A proof `relayer` passed on for `member` is invalid: `member` is forgotten, and so is
-    /// the trust in `relayer`.
-    fn refuse_relayed(&mut self, relayer: T, member: T, error: &ProofError) {
-        // A relayer passes on only proofs it checked itself: this one did not.
-        tracing::info!(?relayer, ?member, %error, "relayed identity proof refused");
-        self.stats.refused_relayed += 1;
+    /// Lists `member` on a proof in hand whose check is still to run: the membership sees it
+    /// (its news and its own SWIM messages), the DHT does not use it yet.
+    fn list_unchecked(
+        &mut self,
+        now: Instant,
+        unix: u64,
+        member: T,
+        bytes: &[u8],
+        relayer: Option<T>,
+    ) {
+        self.stats.listed_unchecked += 1;
+        let needed = self.admission.held.contains_key(&member);
+        self.admission.checking.insert(
+            member,
+            Checking {
+                proof: bytes.to_vec(),
+                relayer,
+                needed,
+                not_before: None,
+            },
+        );
+        self.replay_reported(now, unix, &member);
+        self.release_held_swim(now, unix, &member);
+    }
+
+    /// `member`'s proof is invalid: it is forgotten and remembered as refused. A relayed one
+    /// also costs the relayer this node's trust (a relayer passes on only proofs it checked
+    /// itself); one shown on a connection gets the peer disconnected by the runtime.
+    pub(super) fn refuse_checked(
+        &mut self,
+        now: Instant,
+        member: T,
+        relayer: Option<T>,
+        error: &ProofError,
+    ) {
         self.forget(&member);
         self.unroute(&member);
+        self.remember_refused(now, member);
+        let Some(relayer) = relayer else {
+            tracing::info!(peer = ?member, %error, "identity proof refused");
+            self.stats.refused_peers += 1;
+            return;
+        };
+        tracing::info!(?relayer, ?member, %error, "relayed identity proof refused");
+        self.stats.refused_relayed += 1;
         let distrusted = &mut self.admission.distrusted;
         if distrusted.len() < MAX_DISTRUSTED && distrusted.insert(relayer) {
             self.stats.relayers_distrusted += 1;
+        }
+    }
+
+    /// `peer` showed a proof on a connection that the cheap checks could not decide: it is
+    /// listed as a relayed one would be, and checked in its turn.
+    pub(super) fn on_presented(&mut self, now: Instant, unix: u64, peer: T, bytes: &[u8]) {
+        if peer == self.local
+            || self.admission.is_verified(&peer)
+            || self.admission.is_checking(&peer)
+        {
+            return;
+        }
+        match self.checks.precheck(&peer, bytes) {
+            Ok(Some(proof)) => self.admit(now, unix, peer, proof),
+            Ok(None) => {
+                self.admission.wanted.remove(&peer);
+                self.list_unchecked(now, unix, peer, bytes, None);
+                self.next_check(now);
+            }
+            Err(error) => self.refuse_checked(now, peer, None, &error),
         }
     }
 
@@ -595,37 +720,54 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         }
     }
 
-    /// Hands the runtime the most needed check, unless one is running: a member with requests
-    /// held first (a peer waits on it), then the member nearest this node.
+    /// Hands the runtime the next check of each lane that has none running: in the first, the
+    /// needed members (requests of theirs wait, or others asked for their proof); in the
+    /// second, the member nearest this node (whose records it shares) of the rest, or a needed
+    /// one when no other is left.
     pub(super) fn next_check(&mut self, now: Instant) {
-        if let Some((peer, since)) = self.admission.running {
-            if now.saturating_duration_since(since) < CHECK_STALL {
-                return;
+        for lane in [Lane::Needed, Lane::Background] {
+            let slot = lane as usize;
+            if let Some((peer, since)) = self.admission.running[slot] {
+                if now.saturating_duration_since(since) < CHECK_STALL {
+                    continue;
+                }
+                tracing::warn!(
+                    ?peer,
+                    "an identity check did not end; checking the next member"
+                );
+                self.admission.running[slot] = None;
+                if let Some(c) = self.admission.checking.get_mut(&peer) {
+                    c.not_before = Some(now + RETRY_AFTER);
+                }
             }
-            tracing::warn!(
-                ?peer,
-                "an identity check did not end; checking the next member"
-            );
-            self.admission.running = None;
-            if let Some(c) = self.admission.checking.get_mut(&peer) {
-                c.not_before = Some(now + RETRY_AFTER);
-            }
+            let own = self.local.point();
+            let a = &self.admission;
+            let running: Vec<T> = a.running.iter().flatten().map(|(p, _)| *p).collect();
+            let Some(peer) = a
+                .checking
+                .iter()
+                .filter(|(p, c)| {
+                    !running.contains(p)
+                        && c.not_before.is_none_or(|at| at <= now)
+                        && (lane == Lane::Background || c.needed || a.held.contains_key(*p))
+                })
+                .min_by_key(|(p, c)| {
+                    let needed = c.needed || a.held.contains_key(*p);
+                    (!needed, own.distance(&p.point()))
+                })
+                .map(|(p, _)| *p)
+            else {
+                continue;
+            };
+            let proof = self.admission.checking[&peer].proof.clone();
+            self.admission.running[slot] = Some((peer, now));
+            self.stats.checks_run += 1;
+            self.push(Action::Verify {
+                peer,
+                proof,
+                needed: lane == Lane::Needed,
+            });
         }
-        let own = self.local.point();
-        let a = &self.admission;
-        let Some(peer) = a
-            .checking
-            .iter()
-            .filter(|(_, c)| c.not_before.is_none_or(|at| at <= now))
-            .min_by_key(|(p, _)| (!a.held.contains_key(*p), own.distance(&p.point())))
-            .map(|(p, _)| *p)
-        else {
-            return;
-        };
-        let proof = self.admission.checking[&peer].proof.clone();
-        self.admission.running = Some((peer, now));
-        self.stats.checks_run += 1;
-        self.push(Action::Verify { peer, proof });
     }
 
     /// The check of `peer`'s relayed proof ended.
@@ -636,22 +778,28 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         peer: T,
         result: Result<C::Proof, ProofError>,
     ) {
-        if self.admission.running.is_some_and(|(p, _)| p == peer) {
-            self.admission.running = None;
+        for running in &mut self.admission.running {
+            if running.is_some_and(|(p, _)| p == peer) {
+                *running = None;
+            }
         }
         let Some(checking) = self.admission.checking.get_mut(&peer) else {
-            // Admitted meanwhile (the gate met it), or forgotten.
+            // Admitted meanwhile (its proof was in the verifier's cache), or forgotten.
             return self.next_check(now);
         };
         match result {
             Ok(proof) => {
-                self.stats.verified_by_relay += 1;
+                if checking.relayer.is_some() {
+                    self.stats.verified_by_relay += 1;
+                }
                 self.admit(now, unix, peer, proof);
+                self.on_seed_settled(now, unix, &peer);
             }
             Err(ProofError::RateLimited) => checking.not_before = Some(now + RETRY_AFTER),
             Err(error) => {
                 let relayer = checking.relayer;
-                self.refuse_relayed(relayer, peer, &error);
+                self.refuse_checked(now, peer, relayer, &error);
+                self.on_seed_settled(now, unix, &peer);
             }
         }
         self.next_check(now);
@@ -711,16 +859,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         for peer in late {
             self.drop_held(&peer);
         }
-        let mut retry = Vec::new();
-        for (member, w) in &mut self.admission.wanted {
-            if w.retry_at.is_some_and(|at| at <= now) {
-                w.retry_at = None;
-                retry.push((w.from, *member));
-            }
-        }
-        for (relayer, member) in retry {
-            self.queue_proof_request(now, relayer, member);
-        }
+        self.flush_relay_requests(now);
         self.next_check(now);
         let a = &mut self.admission;
         let wanted = &a.wanted;
@@ -732,6 +871,28 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         shrink_sparse(&mut a.held);
         shrink_sparse(&mut a.batches);
         shrink_sparse(&mut a.checking);
+        a.refused
+            .retain(|_, at| now.saturating_duration_since(*at) < REFUSED_TTL);
+        shrink_sparse(&mut a.refused);
+    }
+
+    /// Queues the proof requests due again (after a rate-limited check, a failed request, or a
+    /// relayer still checking).
+    fn ask_again(&mut self, now: Instant) {
+        let mut retry = Vec::new();
+        for (member, w) in &mut self.admission.wanted {
+            if w.retry_at.is_some_and(|at| at <= now) {
+                w.retry_at = None;
+                retry.push((w.from, *member));
+            }
+        }
+        for (relayer, member) in retry {
+            self.admission
+                .batches
+                .entry(relayer)
+                .or_default()
+                .push(member);
+        }
     }
 
     /// Sends `request` to `peer` for `op` with its own `timeout`.

@@ -213,19 +213,21 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             .set_deadline(op, now + 2 * self.config.gate_timeout);
     }
 
-    /// Starts SWIM's join of `op` as soon as one seed is admitted (one seed's full state is
+    /// Starts SWIM's join of `op` as soon as one seed showed its proof (one seed's full state is
     /// enough, and a dead or stalled seed must not hold the join until its gate check times
-    /// out), or once no seed is awaited; reports failure if none was admitted.
+    /// out), or once no seed is awaited; reports failure if none did.
     pub(super) fn advance_join(&mut self, now: Instant, unix: u64, op: OpId) {
         let Some(Op::Join(join)) = self.ops.get_mut(op) else {
             return;
         };
+        // A seed whose proof is in hand takes part in SWIM while its check runs.
         let admission = &self.admission;
-        let any_admitted = join.seeds.iter().any(|(p, _)| admission.is_verified(p));
-        if join.swim.is_some() || (!join.waiting.is_empty() && !any_admitted) {
+        let usable = |p: &T| admission.is_verified(p) || admission.is_checking(p);
+        let any_usable = join.seeds.iter().any(|(p, _)| usable(p));
+        if join.swim.is_some() || (!join.waiting.is_empty() && !any_usable) {
             return;
         }
-        join.seeds.retain(|(p, _)| admission.is_verified(p));
+        join.seeds.retain(|(p, _)| usable(p));
         if join.seeds.is_empty() {
             let tried = join.tried;
             self.ops.remove(op);

@@ -389,12 +389,15 @@ pub enum Action<T> {
     },
     /// Check `peer`'s identity proof `proof` with [`Checks::verify`] (an expensive evaluation:
     /// run it off the protocol loop), then report the outcome with [`Core::handle_verified`].
-    /// At most one is outstanding at a time.
+    /// At most two are outstanding, one of each kind.
     Verify {
         /// The member the proof is for.
         peer: T,
         /// The proof's bytes.
         proof: Vec<u8>,
+        /// Whether something waits on it (run it at the node's own priority); otherwise it
+        /// may yield to everything else the machine does.
+        needed: bool,
     },
     /// Apply these writes in one commit, then call [`Core::handle_committed`] with `id`.
     Write {
@@ -996,7 +999,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 self.respond(id, Response::Notices(notices));
             }
             Request::Proofs(peers) => {
-                let response = self.admission.answer_proofs(&peers, &self.checks);
+                let response = self.answer_proofs(now, &peers);
                 self.respond(id, response);
             }
         }
@@ -1050,6 +1053,14 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         self.pass_to_swim(now, unix, from, msg);
     }
 
+    /// Handles a proof `peer` showed on a connection that the gate could not decide without an
+    /// evaluation ([`Checks::precheck`] could not): the peer takes part in SWIM at once and is
+    /// checked in its turn ([`Action::Verify`]); the runtime disconnects it if the check fails.
+    pub fn handle_presented(&mut self, now: Instant, unix: u64, peer: T, proof: &[u8]) {
+        self.on_presented(now, unix, peer, proof);
+        self.on_seed_settled(now, unix, &peer);
+    }
+
     /// Handles the end of a connection's identity exchange with `peer`: its checked proof, or
     /// why it was refused (a rate-limited check is not a refusal, and is not reported here).
     pub fn handle_gate(
@@ -1065,10 +1076,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 self.on_seed_settled(now, unix, &peer);
             }
             Err(error) => {
-                tracing::info!(?peer, %error, "identity proof refused");
-                self.stats.refused_peers += 1;
-                self.forget(&peer);
-                self.unroute(&peer);
+                self.refuse_checked(now, peer, None, &error);
                 self.on_seed_settled(now, unix, &peer);
             }
         }

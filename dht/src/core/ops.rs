@@ -304,7 +304,8 @@ impl<T: Peer> Ops<T> {
 pub(super) enum Timer {
     /// Housekeeping: retries of proof requests, expiries, bounds.
     Tick,
-    /// Send the queued proof-relay requests.
+    /// Send the queued proof-relay requests, and ask again about members whose relayer was
+    /// still checking them.
     RelayFlush,
     /// Save the routing snapshot.
     Snapshot,
@@ -344,6 +345,12 @@ impl Timers {
     /// Sets `timer` to fire at `at`.
     pub(super) fn set(&mut self, timer: Timer, at: Instant) {
         self.at[Self::index(timer)] = Some(at);
+    }
+
+    /// Sets `timer` to fire at `at` unless it is set to fire sooner.
+    pub(super) fn set_by(&mut self, timer: Timer, at: Instant) {
+        let slot = &mut self.at[Self::index(timer)];
+        *slot = Some(slot.map_or(at, |t| t.min(at)));
     }
 
     /// Clears `timer`.

@@ -11,6 +11,7 @@ use crate::api::{AnnounceError, GetError, Path, Route};
 use crate::lockstep::Announced;
 use crate::record::NewRecord;
 use crate::sim::{Sim, SimChecks, SimConfig, SimPeer, proof_of};
+use crate::wire::Relayed;
 
 const SECRET: u64 = 7;
 const UNIX: u64 = crate::sim::START_UNIX;
@@ -81,7 +82,7 @@ fn checks_asked(actions: &[Action<SimPeer>]) -> Vec<(SimPeer, Vec<u8>)> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Verify { peer, proof } => Some((*peer, proof.clone())),
+            Action::Verify { peer, proof, .. } => Some((*peer, proof.clone())),
             _ => None,
         })
         .collect()
@@ -98,19 +99,25 @@ fn run_checks(
     let mut rest = Vec::new();
     loop {
         let asked = checks_asked(&actions);
-        assert!(asked.len() <= 1, "one check at a time: {asked:?}");
+        assert!(
+            asked.len() <= 2,
+            "one check of each kind at a time: {asked:?}"
+        );
         rest.extend(
             actions
                 .into_iter()
                 .filter(|a| !matches!(a, Action::Verify { .. })),
         );
-        let Some((peer, proof)) = asked.into_iter().next() else {
+        if asked.is_empty() {
             return (checked, rest);
-        };
-        let result = core.checks_mut().verify(now, &peer, &proof);
-        core.handle_verified(now, UNIX, peer, result);
-        checked.push(peer);
-        actions = drain(core);
+        }
+        actions = Vec::new();
+        for (peer, proof) in asked {
+            let result = core.checks_mut().verify(now, &peer, &proof);
+            core.handle_verified(now, UNIX, peer, result);
+            checked.push(peer);
+            actions.extend(drain(core));
+        }
     }
 }
 
@@ -122,7 +129,7 @@ fn proofs_of(members: &[u32]) -> Response {
             .map(|&m| {
                 (
                     ByteBuf::from(SimPeer(m).to_bytes()),
-                    ByteBuf::from(proof(m)),
+                    Relayed::Proof(ByteBuf::from(proof(m))),
                 )
             })
             .collect(),
@@ -221,6 +228,123 @@ fn requests_from_a_peer_not_admitted_wait_for_the_gate() {
     assert_eq!(responses(&actions).len(), 1, "answered once admitted");
     assert!(core.is_admitted(&SimPeer(1)));
     assert_eq!(core.sizes().held, 0);
+}
+
+#[test]
+fn a_peer_met_on_a_connection_takes_part_in_swim_at_once_and_serves_the_dht_once_checked() {
+    let (mut core, now) = lone(0, false);
+    core.handle_gate(now, UNIX, SimPeer(1), Ok(()));
+    drain(&mut core);
+    // Peer 5 shows its proof: no evaluation yet, but its SWIM messages reach the membership.
+    core.handle_presented(now, UNIX, SimPeer(5), &proof(5));
+    assert!(core.is_checking(&SimPeer(5)));
+    let actions = drain(&mut core);
+    let asked: Vec<_> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Verify { peer, needed, .. } => Some((*peer, *needed)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked, vec![(SimPeer(5), false)], "nothing waits on it yet");
+    gossip_from(&mut core, now, 5, vec![news(5, 2, State::Alive, 5)]);
+    assert_eq!(core.stats().swim_unadmitted, 0);
+    assert_eq!(
+        core.membership().member(&SimPeer(5)).map(|m| m.incarnation),
+        Some(2)
+    );
+    // Its DHT request waits for the check; a member asking for its proof hears it is pending.
+    let find = Request::FindNode(ByteBuf::from(b"x".to_vec()));
+    core.handle_request(now, UNIX, SimPeer(5), InboundId(1), find);
+    let ask = Request::Proofs(vec![ByteBuf::from(SimPeer(5).to_bytes())]);
+    core.handle_request(now, UNIX, SimPeer(1), InboundId(2), ask.clone());
+    let actions = drain(&mut core);
+    let answered = responses(&actions);
+    assert_eq!(answered.len(), 1);
+    assert_eq!(
+        answered[0],
+        (
+            InboundId(2),
+            &Response::Proofs(vec![(
+                ByteBuf::from(SimPeer(5).to_bytes()),
+                Relayed::Pending
+            )])
+        )
+    );
+    let result = core.checks_mut().verify(now, &SimPeer(5), &proof(5));
+    core.handle_verified(now, UNIX, SimPeer(5), result);
+    let actions = drain(&mut core);
+    assert_eq!(
+        responses(&actions).len(),
+        1,
+        "its request served once checked"
+    );
+    assert!(core.is_admitted(&SimPeer(5)));
+    core.handle_request(now, UNIX, SimPeer(1), InboundId(3), ask.clone());
+    let actions = drain(&mut core);
+    assert!(matches!(
+        responses(&actions)[0].1,
+        Response::Proofs(said) if matches!(said[0].1, Relayed::Proof(_))
+    ));
+
+    // A cheater's proof fails its check: forgotten, and refused when asked about.
+    core.handle_presented(now, UNIX, SimPeer(6), &proof(7));
+    gossip_from(&mut core, now, 6, vec![news(6, 1, State::Alive, 6)]);
+    assert!(core.membership().member(&SimPeer(6)).is_some());
+    let result = core.checks_mut().verify(now, &SimPeer(6), &proof(7));
+    core.handle_verified(now, UNIX, SimPeer(6), result);
+    assert!(core.membership().member(&SimPeer(6)).is_none());
+    assert!(!core.is_checking(&SimPeer(6)) && !core.is_admitted(&SimPeer(6)));
+    assert_eq!(core.stats().refused_peers, 1);
+    drain(&mut core);
+    let ask = Request::Proofs(vec![ByteBuf::from(SimPeer(6).to_bytes())]);
+    core.handle_request(now, UNIX, SimPeer(1), InboundId(4), ask);
+    let actions = drain(&mut core);
+    assert_eq!(
+        responses(&actions)[0].1,
+        &Response::Proofs(vec![(
+            ByteBuf::from(SimPeer(6).to_bytes()),
+            Relayed::Refused
+        )])
+    );
+    // News of it later is cut without asking anyone.
+    gossip_from(&mut core, now, 1, vec![news(6, 3, State::Alive, 1)]);
+    core.handle_timeout(now + Duration::from_millis(10), UNIX);
+    assert!(sends(&drain(&mut core)).is_empty());
+}
+
+#[test]
+fn an_asker_polls_a_relayer_still_checking_and_drops_a_member_it_refused() {
+    let (mut core, now) = lone(0, false);
+    core.handle_gate(now, UNIX, SimPeer(1), Ok(()));
+    gossip_from(
+        &mut core,
+        now,
+        1,
+        vec![news(2, 1, State::Alive, 1), news(3, 1, State::Alive, 1)],
+    );
+    let later = now + Duration::from_millis(10);
+    core.handle_timeout(later, UNIX);
+    let (_, id, _) = sends(&drain(&mut core))[0];
+    let said = |m: u32, r: Relayed| (ByteBuf::from(SimPeer(m).to_bytes()), r);
+    let answer = Response::Proofs(vec![said(2, Relayed::Pending), said(3, Relayed::Refused)]);
+    core.handle_response(later, UNIX, id, Ok(answer));
+    let actions = drain(&mut core);
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Dial { .. })),
+        "neither is dialed: {actions:?}"
+    );
+    assert!(!core.is_checking(&SimPeer(2)) && !core.is_checking(&SimPeer(3)));
+    // Member 2 is asked about again shortly, member 3 not at all.
+    core.handle_timeout(later + Duration::from_millis(300), UNIX);
+    core.handle_timeout(later + Duration::from_millis(310), UNIX);
+    let actions = drain(&mut core);
+    let asked = sends(&actions);
+    assert_eq!(asked.len(), 1);
+    assert_eq!(
+        *asked[0].2,
+        Request::Proofs(vec![ByteBuf::from(SimPeer(2).to_bytes())])
+    );
 }
 
 #[test]
@@ -422,7 +546,7 @@ fn a_bad_relayed_proof_is_refused_and_the_member_stays_out() {
     let (_, id, _) = sends(&actions)[0];
     let forged = Response::Proofs(vec![(
         ByteBuf::from(SimPeer(2).to_bytes()),
-        ByteBuf::from(proof(3)),
+        Relayed::Proof(ByteBuf::from(proof(3))),
     )]);
     core.handle_response(later, UNIX, id, Ok(forged));
     // Listed while its check is queued (a forged proof looks like any other until then).
@@ -485,6 +609,7 @@ fn a_check_the_runtime_never_reports_does_not_stop_the_next() {
         vec![Action::Verify {
             peer: next[0].0,
             proof: next[0].1.clone(),
+            needed: false,
         }],
     );
     // The stalled member is checked again in its turn.
@@ -592,7 +717,7 @@ fn proofs_are_told_only_to_admitted_members() {
             InboundId(2),
             &Response::Proofs(vec![(
                 ByteBuf::from(SimPeer(1).to_bytes()),
-                ByteBuf::from(proof(1))
+                Relayed::Proof(ByteBuf::from(proof(1)))
             )])
         )
     );
@@ -1418,14 +1543,19 @@ fn gets_and_puts_succeed_through_a_join_wave_and_a_kill_while_views_disagree() {
     for &j in &joiners {
         sim.join(j, &[0]);
     }
-    sim.run_for(Duration::from_millis(300));
-    // Node 0 (the seed) already knows the joiners; node 20 has not heard of them: the two views
-    // differ, and both still list the crashed nodes.
     let view = |sim: &Sim, id: u32| {
         let mut v = sim.node(id).unwrap().live_members();
         v.sort();
         v
     };
+    // Until the seed has admitted a joiner (gossip spreads it to the rest within a few hundred
+    // milliseconds).
+    let seen = sim.run_until_cond(Duration::from_secs(5), Duration::from_millis(5), |s| {
+        joiners.iter().any(|j| view(s, 0).contains(&SimPeer(*j)))
+    });
+    assert!(seen.is_some(), "seed 24: the seed never admitted a joiner");
+    // Node 0 (the seed) already knows the joiners; node 20 has not heard of them: the two views
+    // differ, and both still list the crashed nodes.
     let (seed_view, far_view) = (view(&sim, 0), view(&sim, 20));
     assert_ne!(seed_view, far_view, "the views should differ");
     assert!(joiners.iter().any(|j| seed_view.contains(&SimPeer(*j))));

@@ -67,15 +67,17 @@ type Job = (PeerId, Vec<u8>, Instant);
 /// Where a [`Checker`] reports: the member and the outcome.
 pub(crate) type Outcome = (PeerId, Result<IdentityProof, ProofError>);
 
-/// A thread of its own that runs the core's identity checks ([`crate::core::Action::Verify`])
-/// one at a time, at the lowest scheduling priority. Those checks are of members already
-/// listed, which nothing waits on but the DHT's use of them; the gate's checks, which a
-/// connection waits on, and every other thread of this node and of other processes go first.
-/// Twenty nodes started together on two cores each have nineteen to run: at equal priority
-/// they held up the seed's gate checks that every join waits on. The thread ends when the
+/// Runs the core's identity checks ([`crate::core::Action::Verify`]). A needed one (a request
+/// waits on it, or another member asked for the proof) runs on the blocking pool at the node's
+/// own priority; the others on a thread of their own, one at a time, at the lowest scheduling
+/// priority, so that everything else this node and other processes do goes first. Twenty nodes
+/// started together on two cores each have nineteen to run: at equal priority they held up the
+/// seed's checks of the joiners, which every other node waited on. The thread ends when the
 /// checker is dropped.
 pub(crate) struct Checker {
+    checks: NodeChecks,
     jobs: std::sync::mpsc::Sender<Job>,
+    outcomes: tokio::sync::mpsc::Sender<Outcome>,
 }
 
 impl Checker {
@@ -85,26 +87,40 @@ impl Checker {
         outcomes: tokio::sync::mpsc::Sender<Outcome>,
     ) -> std::io::Result<Self> {
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let (mut background, tx) = (checks.clone(), outcomes.clone());
         std::thread::Builder::new()
             .name("shoal-identity-checks".to_owned())
             .spawn(move || {
                 lower_priority();
-                let mut checks = checks;
                 while let Ok((peer, proof, asked)) = queue.recv() {
-                    let result = Checks::verify(&mut checks, asked, &peer, &proof);
-                    if outcomes.blocking_send((peer, result)).is_err() {
+                    let result = Checks::verify(&mut background, asked, &peer, &proof);
+                    if tx.blocking_send((peer, result)).is_err() {
                         // The node's loop ended.
                         return;
                     }
                 }
             })?;
-        Ok(Self { jobs })
+        Ok(Self {
+            checks,
+            jobs,
+            outcomes,
+        })
     }
 
-    /// Queues the check of `peer`'s proof (the core asks for one at a time).
-    pub(crate) fn check(&self, peer: PeerId, proof: Vec<u8>, now: Instant) {
-        // The thread ends only once this sender, or the loop's receiver, is dropped.
-        let _ = self.jobs.send((peer, proof, now));
+    /// Starts the check of `peer`'s proof (the core asks for at most one of each kind at a
+    /// time); its outcome comes back through the outcomes channel.
+    pub(crate) fn check(&self, peer: PeerId, proof: Vec<u8>, now: Instant, needed: bool) {
+        if needed {
+            let (mut checks, tx) = (self.checks.clone(), self.outcomes.clone());
+            tokio::task::spawn_blocking(move || {
+                let result = Checks::verify(&mut checks, now, &peer, &proof);
+                // The loop may have ended meanwhile; then nobody waits for the outcome.
+                let _ = tx.blocking_send((peer, result));
+            });
+        } else {
+            // The thread ends only once this sender, or the loop's receiver, is dropped.
+            let _ = self.jobs.send((peer, proof, now));
+        }
     }
 }
 

@@ -259,6 +259,12 @@ impl EventLoop {
             match woke {
                 Woke::Swarm(event) => self.on_swarm_event(now, unix, event),
                 Woke::Checked((peer, result)) => {
+                    let gate = &mut self.swarm.behaviour_mut().gate;
+                    match &result {
+                        Ok(_) => gate.confirm(&peer),
+                        Err(shoal_pow::ProofError::RateLimited) => {}
+                        Err(_) => gate.disconnect(&peer),
+                    }
                     self.core.handle_verified(now, unix, peer, result);
                 }
                 Woke::Command(command) => self.on_command(now, unix, command),
@@ -406,6 +412,10 @@ impl EventLoop {
         match event {
             SwarmEvent::Behaviour(Event::Gate(gate::Event::Verified { peer, proof, .. })) => {
                 self.core.handle_gate(now, unix, peer, Ok(proof));
+            }
+            SwarmEvent::Behaviour(Event::Gate(gate::Event::Presented { peer, proof })) => {
+                self.core
+                    .handle_presented(now, unix, peer, &proof.to_bytes());
             }
             SwarmEvent::Behaviour(Event::Gate(gate::Event::Refused { peer, error })) => {
                 self.core.handle_gate(now, unix, peer, Err(error));
@@ -592,7 +602,11 @@ impl EventLoop {
                     batch.set_deferred(durability == Durability::Deferred);
                     self.writes.push_back((store::WriteId(id.0), batch));
                 }
-                Action::Verify { peer, proof } => self.checker.check(peer, proof, now),
+                Action::Verify {
+                    peer,
+                    proof,
+                    needed,
+                } => self.checker.check(peer, proof, now, needed),
                 Action::Reply { op, reply } => self.on_reply(now, op, reply),
                 Action::Notice(notice) => {
                     // No subscriber is fine.

@@ -10,10 +10,11 @@
 //! What the real network does around the core is modelled so:
 //!
 //! - **Gate.** When a node gets a message from a peer it has not admitted, the peers' gate
-//!   exchange runs as it would on the new connection: one latency later each side checks the
-//!   other's proof ([`SimChecks`]: a keyed hash of the id stands in for the scrypt puzzle, so a
-//!   cheater's proof fails everywhere). A dial does the same, or fails if the peer is down or cut
-//!   off.
+//!   exchange runs as it would on the new connection: one latency later each side is shown the
+//!   other's proof ([`Core::handle_presented`]) and checks it in its turn ([`SimChecks`]: a
+//!   keyed hash of the id stands in for the scrypt puzzle, so a cheater's proof fails
+//!   everywhere; each check takes [`SimConfig::check_time`]). A dial does the same, or fails if
+//!   the peer is down or cut off.
 //! - **Disk.** A write is applied [`SimConfig::disk_latency`] after it was asked for, and only
 //!   then reported committed; a crash loses what was not committed, and deferred writes
 //!   ([`Durability::Deferred`]) not yet followed by a flushed one. A restarted node starts from
@@ -831,13 +832,10 @@ impl Sim {
                 let proof = self.own_proof(peer);
                 let unix = self.unix(at);
                 self.stats.gates += 1;
+                // The simulated checks keep no cache, so the gate never decides alone: the
+                // proof is presented and checked in its turn, as a real one missing the cache.
                 let core = self.nodes[at as usize].core.as_mut()?;
-                let result = core.checks_mut().verify(now, &SimPeer(peer), &proof);
-                match result {
-                    // The real gate sheds a rate-limited connection without a report.
-                    Err(ProofError::RateLimited) => {}
-                    result => core.handle_gate(now, unix, SimPeer(peer), result),
-                }
+                core.handle_presented(now, unix, SimPeer(peer), &proof);
                 Some(at)
             }
             Delivery::Checked {
@@ -1166,7 +1164,7 @@ impl Sim {
                     },
                 );
             }
-            Action::Verify { peer, proof } => {
+            Action::Verify { peer, proof, .. } => {
                 let generation = self.nodes[id as usize].generation;
                 let at = now + self.config.check_time;
                 self.schedule(
@@ -1243,8 +1241,11 @@ impl Sim {
         let seed = self.seed;
         for (peer, state, _) in core.membership().states() {
             if matches!(state, State::Alive | State::Suspect) {
+                // A peer met on a connection is listed while its proof is checked, a
+                // cheater too; none is admitted.
+                let admitted = core.is_admitted(peer) && !self.is_cheater(peer.0);
                 assert!(
-                    (core.is_admitted(peer) || core.is_checking(peer)) && !self.is_cheater(peer.0),
+                    admitted || core.is_checking(peer),
                     "seed {seed}: node {id} holds {peer:?} live without having admitted it or \
                      holding its proof (cheater: {})",
                     self.is_cheater(peer.0)
