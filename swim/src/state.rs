@@ -71,7 +71,7 @@ use rand::{Rng, SeedableRng};
 
 use self::broadcast::Broadcasts;
 pub use self::merge::Effect;
-use self::suspicion::Suspicions;
+use self::suspicion::{Due, Suspicions};
 use self::table::Table;
 use self::ticks::Ticks;
 use crate::Identity;
@@ -353,7 +353,11 @@ impl<T: Identity> Membership<T> {
             last_now: now,
             members: Table::new(),
             live: 0,
-            suspicions: Suspicions::new(now),
+            suspicions: Suspicions::with_checks(
+                now,
+                config.probe_timeout,
+                config.suspicion_confirmations.get() as usize,
+            ),
             tombstones: VecDeque::new(),
             probe: None,
             next_probe,
@@ -1029,7 +1033,14 @@ impl<T: Identity> Membership<T> {
     }
 
     fn expire_suspicions(&mut self, now: Instant) {
-        while let Some(member) = self.suspicions.pop_expired(now) {
+        while let Some(due) = self.suspicions.pop_due(now) {
+            let member = match due {
+                Due::Check(member) => {
+                    self.check_suspect(member);
+                    continue;
+                }
+                Due::Expired(member) => member,
+            };
             let Some((incarnation, State::Suspect)) = self.members.get(&member) else {
                 continue;
             };
@@ -1041,6 +1052,30 @@ impl<T: Identity> Membership<T> {
                 by: Some(self.me.clone()),
             };
             self.apply(now, update, false);
+        }
+    }
+
+    /// The last check of a suspicion short of `K` confirmations, one probe timeout before it
+    /// declares `member` dead: we tell the suspect (whose ack carries its refutation, if it made
+    /// one) and a few random members (each corrects us at once if it knows of a refutation; see
+    /// [`Self::correct`]). A member that missed a refutation while everyone else heard it, as
+    /// one suspected itself at the time can under heavy loss, then learns it before declaring a
+    /// healthy member dead. A real crash costs each member these few messages, once; a
+    /// suspicion with `K` confirmations, the usual crash of a large cluster, needs no check.
+    fn check_suspect(&mut self, member: T) {
+        if self.status != Status::Active {
+            return;
+        }
+        let Some(news) = self.news_about(&member) else {
+            return;
+        };
+        if news.state != State::Suspect {
+            return;
+        }
+        let seq = self.next_seq();
+        self.send(member.clone(), Payload::Ping { seq }, Some(news.clone()));
+        for to in self.random_live(self.config.indirect_probes.max(1), Some(&member)) {
+            self.send(to, Payload::Gossip, Some(news.clone()));
         }
     }
 

@@ -24,6 +24,11 @@
 //! - **The heap is the timer.** Its root is the next deadline; ties are broken by member, so
 //!   expiries come in the order a `BTreeSet<(Instant, T)>` gives. A 4-ary heap keeps the tree
 //!   shallow: each step that moves an entry also rewrites its place in the map.
+//! - **A last check before the deadline.** When the suspicions are built with a lead, a
+//!   suspicion with fewer than `K` confirmations comes due once `lead` before its deadline (a
+//!   [`Due::Check`]: the core then asks the suspect and a few members whether it is alive), and
+//!   again at its deadline. Its key in the heap is the earlier of the two still ahead, and a flag
+//!   in the padding after the count says which, so a suspicion stays nine words.
 
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
@@ -53,6 +58,19 @@ struct Suspicion<T> {
     prints: [u32; INLINE],
     /// Distinct suspectors counted, `by` included: from 1 to `K + 1`.
     count: u8,
+    /// Whether the last check is done, or not needed: then the suspicion is due at its
+    /// deadline, else `lead` before it.
+    checked: bool,
+}
+
+/// What a suspicion that came due asks of the core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Due<T> {
+    /// Check the member once more: its deadline is `lead` away (or the check came late, and
+    /// the deadline was moved to `lead` from now). The suspicion keeps running.
+    Check(T),
+    /// The suspicion timed out and is removed: declare the member dead.
+    Expired(T),
 }
 
 /// Every running suspicion of one core. See the module docs.
@@ -65,6 +83,11 @@ pub(super) struct Suspicions<T> {
     /// Fingerprints of confirmations past the [`INLINE`] first ones, kept only when `K` is
     /// configured above `INLINE + 1`.
     spill: HashMap<T, Vec<u32>>,
+    /// How long before its deadline a suspicion with fewer than `K` confirmations is checked;
+    /// `None`: never.
+    lead: Option<Duration>,
+    /// `K`: a suspicion with this many confirmations needs no check.
+    k: usize,
 }
 
 impl<T: Identity> Suspicions<T> {
@@ -76,6 +99,18 @@ impl<T: Identity> Suspicions<T> {
             heap: Vec::new(),
             places: HashMap::new(),
             spill: HashMap::new(),
+            lead: None,
+            k: 0,
+        }
+    }
+
+    /// [`Self::new`], with a last check `lead` before the deadline of every suspicion that has
+    /// fewer than `k` confirmations then (see the module docs).
+    pub(super) fn with_checks(epoch: Instant, lead: Duration, k: usize) -> Self {
+        Self {
+            lead: Some(lead),
+            k,
+            ..Self::new(epoch)
         }
     }
 
@@ -97,6 +132,7 @@ impl<T: Identity> Suspicions<T> {
             deadline: Ticks::new(self.epoch, deadline),
             prints: [0; INLINE],
             count: 1,
+            checked: self.lead.is_none(),
         });
         self.places.insert(member, place as u32);
         self.sift_up(place);
@@ -173,8 +209,13 @@ impl<T: Identity> Suspicions<T> {
         s.count = s.count.saturating_add(1);
         if deadline < s.deadline {
             s.deadline = deadline;
-            self.sift_up(place);
         }
+        // Fully confirmed: no check. The key may move either way, so the entry goes both ways.
+        if usize::from(s.count) > self.k {
+            s.checked = true;
+        }
+        let place = self.sift_up(place);
+        self.sift_down(place);
     }
 
     /// Stops the suspicion of `member`, if any.
@@ -187,21 +228,43 @@ impl<T: Identity> Suspicions<T> {
         }
     }
 
-    /// When the next suspicion times out.
+    /// When the next suspicion comes due: its check or its deadline.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
-        self.heap.first().map(|s| s.deadline.instant(self.epoch))
+        (!self.heap.is_empty()).then(|| self.key(0).0.instant(self.epoch))
     }
 
-    /// Removes and returns the member whose suspicion timed out first, if its deadline is not
-    /// after `now`.
-    pub(super) fn pop_expired(&mut self, now: Instant) -> Option<T> {
+    /// The suspicion due first, if it is due at `now`: its check (the suspicion keeps running
+    /// until its deadline, at least `lead` from now) or its expiry (the suspicion is removed).
+    pub(super) fn pop_due(&mut self, now: Instant) -> Option<Due<T>> {
         let first = self.heap.first()?;
-        if first.deadline.instant(self.epoch) > now {
+        if self.key(0).0.instant(self.epoch) > now {
             return None;
         }
         let member = first.member.clone();
-        self.stop(&member);
-        Some(member)
+        if first.checked {
+            self.stop(&member);
+            return Some(Due::Expired(member));
+        }
+        let lead = self.lead.unwrap_or_default();
+        let least = Ticks::new(self.epoch, now + lead);
+        let s = &mut self.heap[0];
+        s.checked = true;
+        // A check that comes late (a confirmation moved the deadline to within `lead`) still
+        // leaves its answers `lead` to arrive.
+        if s.deadline < least {
+            s.deadline = least;
+        }
+        self.sift_down(0);
+        Some(Due::Check(member))
+    }
+
+    /// [`Self::pop_due`] for suspicions without checks: the member whose suspicion timed out
+    /// first, removed.
+    #[cfg(test)]
+    pub(super) fn pop_expired(&mut self, now: Instant) -> Option<T> {
+        match self.pop_due(now)? {
+            Due::Expired(member) | Due::Check(member) => Some(member),
+        }
     }
 
     /// Gives back the memory of a burst of suspicions that has drained.
@@ -233,7 +296,11 @@ impl<T: Identity> Suspicions<T> {
 
     fn key(&self, place: usize) -> (Ticks, &T) {
         let s = &self.heap[place];
-        (s.deadline, &s.member)
+        let due = match self.lead {
+            Some(lead) if !s.checked => s.deadline.saturating_sub(lead),
+            _ => s.deadline,
+        };
+        (due, &s.member)
     }
 
     /// Removes the entry at `place`, whose member is already out of `places`.

@@ -34,6 +34,12 @@ impl Ticks {
         epoch + Duration::from_nanos(self.nanos())
     }
 
+    /// `d` earlier, saturating at the epoch.
+    pub(super) fn saturating_sub(self, d: Duration) -> Self {
+        let d = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        Self::from_nanos(self.nanos().saturating_sub(d))
+    }
+
     fn from_nanos(nanos: u64) -> Self {
         // The halves are stored apart so that the type needs only 4-byte alignment.
         Self([nanos as u32, (nanos >> 32) as u32])

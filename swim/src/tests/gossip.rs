@@ -251,7 +251,16 @@ fn starvation_trace() {
         sim.add_converged(n);
         let start = sim.now();
         let mut events = Vec::new();
-        for _ in 0..secs / 10 {
+        // CRASHES=k crashes members 1, 2, ... k, one every 30 s from the start, to look at
+        // false failures around real ones.
+        let crashes: u32 = std::env::var("CRASHES")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        for i in 0..secs / 10 {
+            if i % 3 == 2 && ((i / 3) as u32) < crashes {
+                sim.crash((i / 3) as u32 + 1);
+            }
             sim.run_for(Duration::from_secs(10));
             events.extend(sim.take_events());
         }
@@ -268,6 +277,11 @@ fn starvation_trace() {
         let seen = seen.borrow().clone();
         (start, events, seen, msgs)
     };
+    let crashes: u32 = std::env::var("CRASHES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let crashed = |m: NodeId| (1..=crashes).contains(&m);
     let (_, events, _, msgs) = run(HashSet::new());
     let failed: Vec<_> = events
         .iter()
@@ -276,7 +290,7 @@ fn starvation_trace() {
                 member,
                 incarnation,
                 ..
-            } => Some((e.at, e.node, member, incarnation)),
+            } if !crashed(member) => Some((e.at, e.node, member, incarnation)),
             _ => None,
         })
         .collect();
@@ -302,7 +316,7 @@ fn starvation_trace() {
                 member,
                 incarnation,
                 ..
-            } => Some((e.at, e.node, member, incarnation)),
+            } if !crashed(member) => Some((e.at, e.node, member, incarnation)),
             _ => None,
         })
         .collect();
@@ -452,4 +466,80 @@ fn first_suspicion_sweep() {
             println!("n {n} fanout {fanout}: {count} crashes, p50 {p50:.3}, mean {mean:.3}");
         }
     }
+}
+
+/// A suspicion short of `K` confirmations asks the suspect and a few members once more, one
+/// probe timeout before its deadline; an answer carrying the refutation ends it.
+#[test]
+fn a_suspicion_checks_once_before_it_expires() {
+    let t0 = Instant::now();
+    let start = || {
+        let mut c = core_with(t0, 1, &[2, 3, 4, 5, 6]);
+        c.handle_message(t0, 3, gossip(vec![suspect(2, 3)]));
+        drain(&mut c);
+        c
+    };
+    // Left alone (nobody answers anything), the core declares member 2 dead at some deadline.
+    let mut alone = start();
+    let mut deadline = None;
+    while deadline.is_none() {
+        let at = alone.poll_timeout().unwrap();
+        assert!(at < t0 + Duration::from_secs(120), "member 2 never failed");
+        alone.handle_timeout(at);
+        drain(&mut alone);
+        while let Some(e) = alone.poll_event() {
+            if matches!(e, Event::Failed { member: 2, .. }) {
+                deadline = Some(at);
+            }
+        }
+    }
+    let deadline = deadline.unwrap();
+    // The same core, same seed: one probe timeout before that deadline it asks.
+    let lead = alone.config().probe_timeout;
+    let mut c = start();
+    let mut asked = Vec::new();
+    loop {
+        let at = c.poll_timeout().unwrap();
+        if at > deadline - lead {
+            break;
+        }
+        c.handle_timeout(at);
+        if at == deadline - lead {
+            asked = drain(&mut c);
+        } else {
+            drain(&mut c);
+        }
+    }
+    let names = |t: &Transmit<u32>| {
+        t.msg
+            .gossip
+            .iter()
+            .any(|u| u.member == 2 && u.state == State::Suspect)
+    };
+    assert!(
+        asked
+            .iter()
+            .any(|t| t.to == 2 && matches!(t.msg.payload, Payload::Ping { .. }) && names(t)),
+        "the suspect was not asked: {asked:#?}"
+    );
+    let others = asked
+        .iter()
+        .filter(|t| t.to != 2 && t.msg.payload == Payload::Gossip && names(t))
+        .count();
+    assert!(others >= 2, "members asked: {others}: {asked:#?}");
+    // The suspect's answer carries its refutation: no death.
+    let refutation = Update {
+        member: 2,
+        incarnation: 1,
+        state: State::Alive,
+        addrs: addrs(2),
+        by: None,
+    };
+    let answer = Message {
+        payload: Payload::Ack { seq: 0 },
+        gossip: vec![refutation],
+    };
+    c.handle_message(deadline - lead + Duration::from_millis(5), 2, answer);
+    c.handle_timeout(deadline + Duration::from_millis(1));
+    assert_eq!(c.member(&2).map(|m| m.state), Some(State::Alive));
 }
