@@ -177,6 +177,9 @@ fn gossip_rounds_reach_suspects_and_leave_the_piggyback() {
 /// gossip round)`.
 type Sighting = (Instant, NodeId, NodeId, u64, State, bool, bool);
 
+/// A ping or ping-req aimed at a crashed member: `(at, from, target, direct)`.
+type Probing = (Instant, NodeId, NodeId, bool);
+
 /// Runs `n` members at `loss` for `secs` and, for every false failure, prints how the
 /// suspicion and its refutation travelled. Diagnostic only.
 #[test]
@@ -219,7 +222,20 @@ fn starvation_trace() {
         let kinds: Rc<RefCell<HashMap<&'static str, (u64, u64)>>> = Rc::default();
         let sink = seen.clone();
         let kinds_sink = kinds.clone();
+        let pings: Rc<RefCell<Vec<Probing>>> = Rc::default();
+        let pings_sink = pings.clone();
+        let crashes_seen: u32 = std::env::var("CRASHES")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         sim.trace = Some(Box::new(move |at, from, to, msg, delivered| {
+            if (1..=crashes_seen).contains(&to) {
+                let direct = matches!(msg.payload, Payload::Ping { .. });
+                let req = matches!(msg.payload, Payload::PingReq { target, .. } if target == to);
+                if direct || req {
+                    pings_sink.borrow_mut().push((at, from, to, direct));
+                }
+            }
             let kind = match msg.payload {
                 Payload::Ping { .. } => "ping",
                 Payload::Ack { .. } => "ack",
@@ -266,6 +282,25 @@ fn starvation_trace() {
         }
         let msgs = sim.stats.messages;
         sim.trace = None;
+        for victim in 1..=crashes_seen.min(n as u32 - 1) {
+            let crashed_at = start + Duration::from_secs(20 + 30 * u64::from(victim - 1));
+            let after = |t: Instant| t >= crashed_at;
+            let first_ping = pings
+                .borrow()
+                .iter()
+                .find(|p| p.2 == victim && p.3 && after(p.0))
+                .map(|p| (p.0 - crashed_at).as_secs_f64());
+            let first_sus = events
+                .iter()
+                .find(|e| {
+                    after(e.at)
+                        && matches!(e.event, Event::Suspected { member, .. } if member == victim)
+                })
+                .map(|e| (e.at - crashed_at).as_secs_f64());
+            println!(
+                "victim {victim}: first probe {first_ping:.2?} s, first suspicion {first_sus:.2?} s"
+            );
+        }
         let per = (n as f64) * secs as f64;
         let mut k: Vec<_> = kinds
             .borrow()
