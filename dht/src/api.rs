@@ -346,6 +346,10 @@ pub struct NodeStats {
     pub listed_unchecked: usize,
     /// Listed members whose identity checks have not ended, now.
     pub checks_pending: usize,
+    /// Identity checks run since start, and those of them something waited on.
+    pub checks_run: usize,
+    /// See [`checks_run`](Self::checks_run).
+    pub checks_needed: usize,
     /// Relayers no longer asked for proofs because one they relayed failed its check.
     pub relayers_distrusted: usize,
     /// Members readmitted since start on the proof kept when SWIM declared them failed or

@@ -164,8 +164,10 @@ struct Measured {
     join: Vec<f64>,
     /// Seconds from the start until each node had also checked every other's identity proof.
     checked: Vec<f64>,
-    /// Per node, once all checked: scrypt evaluations, and their CPU seconds.
+    /// Per node, once all checked: scrypt evaluations, the checks something waited on, and the
+    /// evaluations' CPU seconds.
     evaluations: Vec<f64>,
+    needed: Vec<f64>,
     proof_cpu: Vec<f64>,
     /// CPU seconds of all nodes together from the start until every node checked every other.
     join_cpu: f64,
@@ -290,11 +292,14 @@ async fn measure(
             let checks = &info["identity_checks"];
             m.evaluations
                 .push(checks["scrypt_evaluations"].as_f64().unwrap_or(f64::NAN));
+            m.needed
+                .push(checks["checks_needed"].as_f64().unwrap_or(f64::NAN));
             m.proof_cpu
                 .push(checks["scrypt_secs"].as_f64().unwrap_or(f64::NAN));
         }
     }
     m.evaluations = sorted(std::mem::take(&mut m.evaluations));
+    m.needed = sorted(std::mem::take(&mut m.needed));
     m.proof_cpu = sorted(std::mem::take(&mut m.proof_cpu));
 
     // The steady state: after the joins' own traffic (proof checks, table fills) has settled,
@@ -431,13 +436,15 @@ async fn main() {
         },
     );
     row(
-        "identity checks per node: scrypt evaluations / CPU s, median (max)",
+        "identity checks per node: scrypt evaluations / of them needed / CPU s, median (max)",
         &|m| {
             format!(
-                "{:.0} / {:.2} ({:.0} / {:.2})",
+                "{:.0} / {:.0} / {:.2} ({:.0} / {:.0} / {:.2})",
                 percentile(&m.evaluations, 0.5),
+                percentile(&m.needed, 0.5),
                 percentile(&m.proof_cpu, 0.5),
                 percentile(&m.evaluations, 1.0),
+                percentile(&m.needed, 1.0),
                 percentile(&m.proof_cpu, 1.0)
             )
         },

@@ -306,11 +306,18 @@ async fn json_rpc_end_to_end_in_one_process() {
         .expect("members");
     assert_eq!(members.as_array().expect("array").len(), 2);
     assert_eq!(members[0]["state"], "alive");
+    // Both routed to above, so both checked: listed, then verified.
+    assert_eq!(members[0]["verified"], true);
+    assert_eq!(members[1]["verified"], true);
     let peers = call(&reader, "node_peers", json!({})).await.expect("peers");
     assert_eq!(peers.as_array().expect("array").len(), 2);
     let info = call(&reader, "node_info", json!({})).await.expect("info");
     assert_eq!(info["peer_id"], nodes[1].0.peer_id().to_string());
     assert_eq!(info["members"]["alive"], 2);
+    let checks = &info["identity_checks"];
+    assert_eq!(checks["pending"], 0);
+    assert!(checks["verified"].as_u64() >= Some(2), "{checks}");
+    assert!(checks["scrypt_evaluations"].as_u64() >= Some(1), "{checks}");
     let found = call(
         &reader,
         "dht_findNode",

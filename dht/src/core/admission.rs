@@ -270,7 +270,10 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             {
                 Relayed::Proof(ByteBuf::from(self.checks.proof_bytes(&peer, &proof)))
             } else if let Some(c) = a.checking.get_mut(&peer) {
-                c.needed = true;
+                // Nobody else can vouch for a peer this node met on a connection: its check
+                // becomes needed. One another member vouched for is checked in its turn (the
+                // asker can ask that member, or another that has checked it).
+                c.needed |= c.relayer.is_none();
                 Relayed::Pending
             } else if a.refused.contains_key(&peer) {
                 Relayed::Refused
@@ -762,6 +765,9 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             let proof = self.admission.checking[&peer].proof.clone();
             self.admission.running[slot] = Some((peer, now));
             self.stats.checks_run += 1;
+            if lane == Lane::Needed {
+                self.stats.checks_needed += 1;
+            }
             self.push(Action::Verify {
                 peer,
                 proof,

@@ -443,6 +443,8 @@ pub struct CoreStats<T> {
     pub listed_unchecked: usize,
     /// Checks handed to the runtime ([`Action::Verify`]).
     pub checks_run: usize,
+    /// Of those, the ones something waited on (run at the node's own priority).
+    pub checks_needed: usize,
     /// Relayers no longer asked for proofs since a proof they relayed failed its check.
     pub relayers_distrusted: usize,
     /// Members readmitted on the proof kept when they departed.
@@ -496,6 +498,7 @@ impl<T> Default for CoreStats<T> {
             relay_fallback_dials: 0,
             listed_unchecked: 0,
             checks_run: 0,
+            checks_needed: 0,
             relayers_distrusted: 0,
             readmitted_departed: 0,
             relay_requests: 0,

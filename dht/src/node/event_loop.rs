@@ -713,6 +713,8 @@ impl EventLoop {
             relay_fallback_dials: c.relay_fallback_dials,
             listed_unchecked: c.listed_unchecked,
             checks_pending: self.core.checks_pending(),
+            checks_run: c.checks_run,
+            checks_needed: c.checks_needed,
             relayers_distrusted: c.relayers_distrusted,
             readmitted_departed: c.readmitted_departed,
             departed_proofs: self.core.departed_proofs(),

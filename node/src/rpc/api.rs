@@ -360,6 +360,8 @@ async fn info(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
             "verified": stats.verified,
             "listed_before_check": stats.listed_unchecked,
             "scrypt_evaluations": stats.verifier.scrypt_evaluations,
+            "checks_run": stats.checks_run,
+            "checks_needed": stats.checks_needed,
             "scrypt_secs": stats.verifier.scrypt_micros as f64 / 1e6,
             "relayers_distrusted": stats.relayers_distrusted,
         },

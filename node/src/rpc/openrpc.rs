@@ -315,6 +315,11 @@ const METHODS: &[Method] = &[
                     "verified": integer(),
                     "listed_before_check": integer(),
                     "scrypt_evaluations": integer(),
+                    "checks_run": integer(),
+                    "checks_needed": {
+                        "type": "integer",
+                        "description": "Checks something waited on (run at the node's priority)",
+                    },
                     "scrypt_secs": { "type": "number" },
                     "relayers_distrusted": integer(),
                 })),
