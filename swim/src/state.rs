@@ -271,6 +271,10 @@ enum Status {
 /// Maximum number of reconnection pings remembered.
 const MAX_RECONNECT_PINGS: usize = 16;
 
+/// Members at most waiting to be probed ahead of the round-robin order
+/// ([`Membership::probe_soon`]).
+pub(crate) const MAX_PROBE_SOON: usize = 8;
+
 /// The SWIM + Lifeguard state machine of one member. See the module docs for the call order.
 pub struct Membership<T: Identity> {
     config: Config,
@@ -291,6 +295,8 @@ pub struct Membership<T: Identity> {
     tombstones: VecDeque<Tombstone<T>>,
 
     probe: Option<Probe<T>>,
+    /// Members to probe before the round-robin order goes on ([`Membership::probe_soon`]).
+    soon: VecDeque<T>,
     next_probe: Instant,
     seq: u64,
     local_health: u32,
@@ -360,6 +366,7 @@ impl<T: Identity> Membership<T> {
             ),
             tombstones: VecDeque::new(),
             probe: None,
+            soon: VecDeque::new(),
             next_probe,
             seq: 0,
             local_health: 0,
@@ -581,6 +588,26 @@ impl<T: Identity> Membership<T> {
         }
         self.members.new_round(&mut self.rng);
         added
+    }
+
+    /// Makes `id` (a live member) the next member probed, ahead of the round-robin order: for a
+    /// caller with a hint that it may have failed, such as every connection to it closing at
+    /// once, as a crashed process's do. The probe rate does not change: it comes when the probe
+    /// under way ends (at once if none is), and a member that answers it has cost one probe of
+    /// its turn. At most [`MAX_PROBE_SOON`] wait. Returns whether it was queued.
+    pub fn probe_soon(&mut self, now: Instant, id: &T) -> bool {
+        let live = self
+            .members
+            .get(id)
+            .is_some_and(|(_, s)| matches!(s, State::Alive | State::Suspect));
+        if !live || self.soon.contains(id) || self.soon.len() >= MAX_PROBE_SOON {
+            return false;
+        }
+        self.soon.push_back(id.clone());
+        if self.probe.is_none() {
+            self.next_probe = self.next_probe.min(now);
+        }
+        true
     }
 
     /// Drops `id` at once, without an event, a tombstone or gossip: for a caller that finds a
@@ -846,6 +873,15 @@ impl<T: Identity> Membership<T> {
     fn next_target(&mut self) -> Option<T> {
         if self.live == 0 {
             return None;
+        }
+        while let Some(id) = self.soon.pop_front() {
+            if self
+                .members
+                .get(&id)
+                .is_some_and(|(_, s)| matches!(s, State::Alive | State::Suspect))
+            {
+                return Some(id);
+            }
         }
         self.members.next_live(&mut self.rng)
     }

@@ -445,6 +445,8 @@ pub struct CoreStats<T> {
     pub checks_run: usize,
     /// Of those, the ones something waited on (run at the node's own priority).
     pub checks_needed: usize,
+    /// Members probed ahead of their turn because their last connection closed.
+    pub probes_on_disconnect: u64,
     /// Relayers no longer asked for proofs since a proof they relayed failed its check.
     pub relayers_distrusted: usize,
     /// Members readmitted on the proof kept when they departed.
@@ -499,6 +501,7 @@ impl<T> Default for CoreStats<T> {
             listed_unchecked: 0,
             checks_run: 0,
             checks_needed: 0,
+            probes_on_disconnect: 0,
             relayers_distrusted: 0,
             readmitted_departed: 0,
             relay_requests: 0,
@@ -1102,10 +1105,16 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         self.on_seed_settled(now, unix, &peer);
     }
 
-    /// The last connection to `peer` closed: what it sent while unverified is dropped.
-    pub fn handle_disconnected(&mut self, peer: T) {
-        if !self.admission.is_verified(&peer) {
+    /// The last connection to `peer` closed: what it sent while unverified is dropped, and a
+    /// live member is probed next ([`shoal_swim::Membership::probe_soon`]): the connections
+    /// of a process that crashed all close at once, so every member connected to it starts
+    /// probing it within a probe period, instead of waiting for its turn in the round robin.
+    pub fn handle_disconnected(&mut self, now: Instant, peer: T) {
+        if !self.admission.is_verified(&peer) && !self.admission.is_checking(&peer) {
             self.drop_held(&peer);
+        }
+        if self.is_live(&peer) && self.swim.probe_soon(now, &peer) {
+            self.stats.probes_on_disconnect += 1;
         }
     }
 

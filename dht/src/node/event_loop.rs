@@ -428,7 +428,7 @@ impl EventLoop {
                 peer_id,
                 num_established: 0,
                 ..
-            } => self.core.handle_disconnected(peer_id),
+            } => self.core.handle_disconnected(now, peer_id),
             SwarmEvent::NewListenAddr {
                 listener_id,
                 address,

@@ -825,3 +825,25 @@ fn a_forgotten_member_leaves_no_trace_and_is_news_again() {
     assert_eq!(c.member(&3).map(|m| m.state), Some(State::Alive));
     c.check_table();
 }
+
+#[test]
+fn a_member_to_probe_soon_is_probed_next_when_the_probe_under_way_ends() {
+    let t0 = Instant::now();
+    let others: Vec<u32> = (2..=20).collect();
+    let mut c = core_with(t0, 1, &others);
+    let (first, _, at) = first_probe(&mut c);
+    let target = if first == 17 { 18 } else { 17 };
+    assert!(c.probe_soon(at, &target));
+    assert!(!c.probe_soon(at, &target), "queued once");
+    assert!(!c.probe_soon(at, &99), "not a member");
+    // The probe under way runs its window; the next one goes to the member named.
+    let window = config().probe_window();
+    let sent = advance(&mut c, at + window + Duration::from_millis(1));
+    let pings: Vec<u32> = sent
+        .iter()
+        .filter(|t| matches!(t.msg.payload, Payload::Ping { .. }))
+        .map(|t| t.to)
+        .collect();
+    // One ping in the window: no probe was added beside the one under way.
+    assert_eq!(pings, vec![target], "{sent:?}");
+}
