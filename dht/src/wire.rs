@@ -108,8 +108,9 @@ pub enum Response {
 pub enum Relayed {
     /// The proof, which the relayer checked (the peer is admitted there, or departed lately).
     Proof(ByteBuf),
-    /// The relayer holds the peer's proof and is checking it now: ask again shortly.
-    Pending,
+    /// The proof as the relayer holds it, not checked there yet: the asker may list the peer and
+    /// check the proof itself, but a failure is the peer's, not the relayer's.
+    Unchecked(ByteBuf),
     /// The relayer checked the peer's proof and refused it: do not list or dial the peer.
     Refused,
 }

@@ -75,8 +75,11 @@ pub(super) enum Held<T> {
 struct Checking<T> {
     /// The proof's bytes.
     proof: Vec<u8>,
-    /// The admitted member that relayed it; `None` when the member showed it on a connection.
+    /// The admitted member that relayed it after checking it; `None` when the member showed it
+    /// on a connection, or a relayer passed it on unchecked.
     relayer: Option<T>,
+    /// Whether the member showed it to this node on a connection.
+    met: bool,
     /// Whether something waits on it: another member asked this node for its proof (this node
     /// named it to them). Its requests waiting make it needed too.
     needed: bool,
@@ -93,14 +96,6 @@ pub(super) enum Lane {
     /// A listed member nothing waits on yet.
     Background,
 }
-
-/// How long an asker waits before asking again about a member whose relayer is still checking
-/// it ([`Relayed::Pending`]).
-const PENDING_RETRY: Duration = Duration::from_millis(200);
-
-/// How many times a member is asked about while its relayer keeps answering
-/// [`Relayed::Pending`], before that counts as a failed request.
-const PENDING_POLLS: u8 = 50;
 
 /// Members whose proof this node refused, remembered at most, and for how long: a relayer
 /// answers [`Relayed::Refused`] for them, and news of them is cut without asking anyone.
@@ -132,8 +127,6 @@ struct Wanted<T> {
     retry_at: Option<Instant>,
     /// Proof requests about it that failed so far.
     failed_requests: u8,
-    /// Answers so far that its relayer was still checking it.
-    pending_polls: u8,
 }
 
 /// The admission state of one core.
@@ -270,11 +263,12 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             {
                 Relayed::Proof(ByteBuf::from(self.checks.proof_bytes(&peer, &proof)))
             } else if let Some(c) = a.checking.get_mut(&peer) {
-                // Nobody else can vouch for a peer this node met on a connection: its check
-                // becomes needed. One another member vouched for is checked in its turn (the
-                // asker can ask that member, or another that has checked it).
-                c.needed |= c.relayer.is_none();
-                Relayed::Pending
+                // Listed here on a proof not checked yet: passed on as it is, for the asker to
+                // check itself (a failure is then the peer's, not this node's). A peer this
+                // node met on a connection has nobody else to vouch for it, so its check here
+                // becomes needed: a cheater is refused within a check, and answered as such.
+                c.needed |= c.met;
+                Relayed::Unchecked(ByteBuf::from(c.proof.clone()))
             } else if a.refused.contains_key(&peer) {
                 Relayed::Refused
             } else {
@@ -507,7 +501,6 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 from,
                 retry_at: None,
                 failed_requests: 0,
-                pending_polls: 0,
             },
         );
         if a.distrusted.contains(&from) {
@@ -574,8 +567,10 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 continue;
             }
             match said {
-                Relayed::Proof(proof) => self.check_relayed(now, unix, relayer, member, proof),
-                Relayed::Pending => self.relayer_still_checking(now, member),
+                Relayed::Proof(proof) => {
+                    self.check_relayed(now, unix, Some(relayer), member, proof);
+                }
+                Relayed::Unchecked(proof) => self.check_relayed(now, unix, None, member, proof),
                 Relayed::Refused => {
                     // Not listed and not dialed: the relayer's word costs it nothing to give and
                     // a peer it refused costs everyone else a check. Later news asks again.
@@ -592,26 +587,19 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         self.fall_back_to_dialing(missing);
     }
 
-    /// The relayer asked about `member` holds its proof but is still checking it: asked again
-    /// shortly, and after [`PENDING_POLLS`] such answers as after a failed request.
-    fn relayer_still_checking(&mut self, now: Instant, member: T) {
-        let Some(w) = self.admission.wanted.get_mut(&member) else {
-            return;
-        };
-        w.pending_polls = w.pending_polls.saturating_add(1);
-        if w.pending_polls < PENDING_POLLS {
-            w.retry_at = Some(now + PENDING_RETRY);
-            self.timers.set_by(Timer::RelayFlush, now + PENDING_RETRY);
-        } else {
-            w.pending_polls = 0;
-            self.relay_request_failed(now, vec![member]);
-        }
-    }
-
     /// Takes the proof `relayer` sent for `member`: admitted at once if known valid, refused on
     /// sight if malformed or refused before, otherwise listed and queued for its check (the
     /// caller starts the next check with [`Core::next_check`]).
-    fn check_relayed(&mut self, now: Instant, unix: u64, relayer: T, member: T, bytes: &[u8]) {
+    /// `relayer` is `None` when the relayer passed the proof on unchecked
+    /// ([`Relayed::Unchecked`]): a failure then costs it no trust.
+    fn check_relayed(
+        &mut self,
+        now: Instant,
+        unix: u64,
+        relayer: Option<T>,
+        member: T,
+        bytes: &[u8],
+    ) {
         if self.admission.is_verified(&member) || self.admission.is_checking(&member) {
             return;
         }
@@ -625,9 +613,9 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                     // No longer awaited (forgotten meanwhile): not listed on this answer.
                     return;
                 }
-                self.list_unchecked(now, unix, member, bytes, Some(relayer));
+                self.list_unchecked(now, unix, member, bytes, relayer, false);
             }
-            Err(error) => self.refuse_checked(now, member, Some(relayer), &error),
+            Err(error) => self.refuse_checked(now, member, relayer, &error),
         }
     }
 
@@ -640,6 +628,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         member: T,
         bytes: &[u8],
         relayer: Option<T>,
+        met: bool,
     ) {
         self.stats.listed_unchecked += 1;
         let needed = self.admission.held.contains_key(&member);
@@ -648,6 +637,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             Checking {
                 proof: bytes.to_vec(),
                 relayer,
+                met,
                 needed,
                 not_before: None,
             },
@@ -695,7 +685,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             Ok(Some(proof)) => self.admit(now, unix, peer, proof),
             Ok(None) => {
                 self.admission.wanted.remove(&peer);
-                self.list_unchecked(now, unix, peer, bytes, None);
+                self.list_unchecked(now, unix, peer, bytes, None, true);
                 self.next_check(now);
             }
             Err(error) => self.refuse_checked(now, peer, None, &error),
