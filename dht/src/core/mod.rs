@@ -944,10 +944,8 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         // A peer that showed its proof may ask for the proofs of the members it was told of
         // while its own check waits: a joiner asks its seed for all of them at once, and an
         // empty answer would send it dialing every one.
-        let asks_proofs = matches!(request, Request::Proofs(_));
-        if !self.admit_sender(now, unix, &from)
-            && !(asks_proofs && self.admission.is_checking(&from))
-        {
+        let may_ask = matches!(request, Request::Proofs(_)) && self.admission.is_checking(&from);
+        if !(self.admit_sender(now, unix, &from) || may_ask) {
             self.hold_request(now, from, id, request);
             return;
         }
