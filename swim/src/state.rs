@@ -594,7 +594,7 @@ impl<T: Identity> Membership<T> {
     /// caller with a hint that it may have failed, such as every connection to it closing at
     /// once, as a crashed process's do. The probe rate does not change: it comes when the probe
     /// under way ends (at once if none is), and a member that answers it has cost one probe of
-    /// its turn. At most [`MAX_PROBE_SOON`] wait. Returns whether it was queued.
+    /// its turn. At most eight wait. Returns whether it was queued.
     pub fn probe_soon(&mut self, now: Instant, id: &T) -> bool {
         let live = self
             .members
