@@ -337,48 +337,8 @@ fn main() {
         );
     }
 
-    for (loss, name) in [(0.10, "fp10"), (0.20, "fp20"), (0.30, "fp30")] {
-        if !select.wants("fp", name) {
-            continue;
-        }
-        let wall = Instant::now();
-        let r = scenario::false_positives(seed, s.fp_n, loss, s.fp_time, &config, link.clone());
-        row(
-            "false positives",
-            &format!(
-                "n = {}, {:.0}% uniform loss, {} virtual s",
-                s.fp_n,
-                loss * 100.0,
-                s.fp_time.as_secs()
-            ),
-            &format!(
-                "{} healthy members declared failed ({} failed events); {} suspicion events, \
-                 {} refutations ({:.1} s wall)",
-                r.members_failed,
-                r.failed_events,
-                r.suspicions,
-                r.refutations,
-                wall.elapsed().as_secs_f64()
-            ),
-            "0 failed",
-            r.failed_events == 0,
-        );
-    }
-
-    for (loss, name) in [
-        (0.10, "fp1000-10"),
-        (0.20, "fp1000-20"),
-        (0.30, "fp1000-30"),
-    ] {
-        // Only on request: minutes of wall time.
-        if !select.0.iter().any(|s| s == "fp1000" || s == name) {
-            continue;
-        }
-        let (n, time) = if full {
-            (1000, Duration::from_secs(3600))
-        } else {
-            (24, Duration::from_secs(30))
-        };
+    // One row of healthy members declared failed: n members for `time` at `loss`.
+    let false_positives_row = |n: usize, loss: f64, time: Duration| {
         let wall = Instant::now();
         let r = scenario::false_positives(seed, n, loss, time, &config, link.clone());
         row(
@@ -400,6 +360,29 @@ fn main() {
             "0 failed",
             r.failed_events == 0,
         );
+    };
+    for (loss, name) in [(0.10, "fp10"), (0.20, "fp20"), (0.30, "fp30")] {
+        if !select.wants("fp", name) {
+            continue;
+        }
+        false_positives_row(s.fp_n, loss, s.fp_time);
+    }
+
+    for (loss, name) in [
+        (0.10, "fp1000-10"),
+        (0.20, "fp1000-20"),
+        (0.30, "fp1000-30"),
+    ] {
+        // Only on request: minutes of wall time.
+        if !select.0.iter().any(|s| s == "fp1000" || s == name) {
+            continue;
+        }
+        let (n, time) = if full {
+            (1000, Duration::from_secs(3600))
+        } else {
+            (24, Duration::from_secs(30))
+        };
+        false_positives_row(n, loss, time);
     }
 
     if select.wants("cut", "cut") {

@@ -182,29 +182,22 @@ type Probing = (Instant, NodeId, NodeId, bool);
 
 /// Runs `n` members at `loss` for `secs` and, for every false failure, prints how the
 /// suspicion and its refutation travelled. Diagnostic only.
+/// The environment variable `name` parsed, or `default` when unset or unreadable.
+fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 #[test]
 #[ignore = "diagnostic: cargo test -p shoal-swim --release starvation_trace -- --ignored --nocapture"]
 fn starvation_trace() {
-    let seed: u64 = std::env::var("SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(42);
-    let n: usize = std::env::var("N")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(100);
-    let secs: u64 = std::env::var("SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(600);
-    let loss: f64 = std::env::var("LOSS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0.1);
-    let fanout: usize = std::env::var("FANOUT")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+    let seed: u64 = env("SEED", 42);
+    let n: usize = env("N", 100);
+    let secs: u64 = env("SECS", 600);
+    let loss: f64 = env("LOSS", 0.1);
+    let fanout: usize = env("FANOUT", 3);
     let config = Config {
         gossip_fanout: fanout,
         ..gossiping()
@@ -224,10 +217,7 @@ fn starvation_trace() {
         let kinds_sink = kinds.clone();
         let pings: Rc<RefCell<Vec<Probing>>> = Rc::default();
         let pings_sink = pings.clone();
-        let crashes_seen: u32 = std::env::var("CRASHES")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        let crashes_seen: u32 = env("CRASHES", 0);
         sim.trace = Some(Box::new(move |at, from, to, msg, delivered| {
             if (1..=crashes_seen).contains(&to) {
                 let direct = matches!(msg.payload, Payload::Ping { .. });
@@ -269,10 +259,7 @@ fn starvation_trace() {
         let mut events = Vec::new();
         // CRASHES=k crashes members 1, 2, ... k, one every 30 s from the start, to look at
         // false failures around real ones.
-        let crashes: u32 = std::env::var("CRASHES")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        let crashes: u32 = env("CRASHES", 0);
         for i in 0..secs / 10 {
             if i % 3 == 2 && ((i / 3) as u32) < crashes {
                 sim.crash((i / 3) as u32 + 1);
@@ -312,10 +299,7 @@ fn starvation_trace() {
         let seen = seen.borrow().clone();
         (start, events, seen, msgs)
     };
-    let crashes: u32 = std::env::var("CRASHES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let crashes: u32 = env("CRASHES", 0);
     let crashed = |m: NodeId| (1..=crashes).contains(&m);
     let (_, events, _, msgs) = run(HashSet::new());
     let failed: Vec<_> = events
