@@ -6,19 +6,23 @@
 //! suite's network: one namespace per node on a bridge, loss as `nft` random drop of packets
 //! between nodes). For each loss rate: `n` nodes (testnet preset: SWIM probe 1 s, timeout
 //! 500 ms) are started at once, node 0 with no seed and every other with node 0 as its only
-//! seed; every 100 ms each node's `swim_members` is read, and the time from the start until each
-//! node lists every other alive is kept. Once all have checked all and `settle` more seconds passed, a
+//! seed. Nodes are observed through their own logs, not polled: each logs every membership
+//! change (joined, suspected, refuted, failed, left) with a timestamp, and the bench reads the
+//! logs as they grow (a poll of every node's `swim_members` at 100 ms was 500 calls a second at
+//! n = 50, enough to starve the nodes it measured on two cores). The time from the start until
+//! each node lists every other alive is kept. Once all have checked all and `settle` more seconds passed, a
 //! quiet window measures each node's CPU, resident memory and the packets and bytes it sends
 //! (its interface's counters, nothing polled meanwhile). Then `crashes` times a random live node other than the seed is SIGKILLed
-//! and the survivors are read every 100 ms until each marks it dead: the first suspicion by any
+//! and the survivors' logs are read until each marks it dead: the first suspicion by any
 //! survivor, the time until every survivor marked it dead, and the spread between the first and
-//! the last. Live members any survivor marked dead are counted as false failures. The join rows
-//! also give the time until each node has checked every other's identity proof (a member is
-//! listed before its check ends, and the DHT uses it only after), the scrypt evaluations each
-//! node ran and their CPU time, and the CPU of all nodes until all checked all.
+//! the last. Every suspicion and failure a node logged of a member that was never crashed, over
+//! the whole run, is counted. The join rows also give the time until each node has checked every
+//! other's identity proof (a member is listed before its check ends, and the DHT uses it only
+//! after; `node_info` read every 500 ms), the scrypt evaluations each node ran and their CPU
+//! time, and the CPU of all nodes until all checked all.
 //!
 //! Options after `--`: `--nodes N` (20), `--loss 0,10` (percent), `--crashes N` (10),
-//! `--settle S` (10), `--window S` (20). Under `cargo test --benches` it runs 3 nodes, no loss,
+//! `--settle S` (10), `--window S` (20), `--logs DIR` (keep the nodes' data and JSON logs there). Under `cargo test --benches` it runs 3 nodes, no loss,
 //! 1 crash, a 1 s settle and a 3 s window, judging nothing; without root, `ip` or `nft` it says so and measures nothing.
 
 mod common;
@@ -35,25 +39,26 @@ mod chaos {
 
 use std::collections::HashMap;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use chaos::cluster::{Identity, P2P_PORT, RPC_PORT, TOKEN, call, clients, mint};
 use chaos::net::{self, Fault, Net};
-use chaos::observe::{Seen, parse};
+use chaos::observe::Seen;
 use common::{arg, cpu_secs, load_average, machine};
-use jsonrpsee::http_client::HttpClient;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
-use shoal_node::config::{Config, LogConfig, Network, P2pConfig};
+use shoal_node::config::{Config, LogConfig, LogFormat, Network, P2pConfig};
 use shoal_node::init;
 use shoal_node::rpc::RpcConfig;
 
 const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
-/// How often every node's member list is read.
+/// How often the nodes' logs are read.
 const POLL: Duration = Duration::from_millis(100);
+/// How often `node_info` is read from nodes whose identity checks are not all done.
+const CHECKS_POLL: Duration = Duration::from_millis(500);
 /// Longest wait for all to see all, or for survivors to mark a crash dead.
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -63,6 +68,7 @@ struct Options {
     crashes: usize,
     settle: Duration,
     window: Duration,
+    logs: Option<PathBuf>,
 }
 
 fn options() -> Options {
@@ -81,27 +87,91 @@ fn options() -> Options {
         crashes: number("--crashes", 10, 1),
         settle: Duration::from_secs(number("--settle", 10, 1) as u64),
         window: Duration::from_secs(number("--window", 20, 3) as u64),
+        logs: arg(&args, "--logs").map(PathBuf::from),
     }
 }
 
-/// Every listed node's member list, read at once (`None` for a node that did not answer), with
-/// how many of its members wait for their identity check.
-async fn read_all(
-    clients: &[HttpClient],
-    which: &[usize],
-    peers: &[String],
-) -> Vec<Option<(HashMap<usize, Seen>, usize)>> {
-    let reads = which.iter().map(|&i| async move {
-        let v = call(&clients[i], "swim_members", Value::Null).await.ok()?;
-        let unchecked = v.as_array().map_or(0, |members| {
-            members
-                .iter()
-                .filter(|m| m["verified"] == Value::Bool(false))
-                .count()
-        });
-        parse(&v, peers).map(|seen| (seen, unchecked))
-    });
-    futures::future::join_all(reads).await
+/// One membership change a node logged.
+struct Change {
+    at: SystemTime,
+    observer: usize,
+    member: usize,
+    state: Seen,
+}
+
+/// Every node's JSON log, read as it grows, and each node's view built from the changes in it.
+struct Logs {
+    paths: Vec<PathBuf>,
+    /// Bytes of each log read so far (whole lines only).
+    read: Vec<usize>,
+    peers: Vec<String>,
+    views: Vec<HashMap<usize, Seen>>,
+}
+
+impl Logs {
+    fn new(paths: Vec<PathBuf>, peers: &[String]) -> Self {
+        let n = paths.len();
+        Self {
+            paths,
+            read: vec![0; n],
+            peers: peers.to_vec(),
+            views: vec![HashMap::new(); n],
+        }
+    }
+
+    /// The changes logged since the last read, each applied to its observer's view; `then`
+    /// sees every change right after it is applied, in each node's own order.
+    fn read(&mut self, mut then: impl FnMut(&Change, &HashMap<usize, Seen>)) {
+        for observer in 0..self.paths.len() {
+            let Ok(bytes) = fs::read(&self.paths[observer]) else {
+                continue;
+            };
+            let Some(fresh) = bytes.get(self.read[observer]..) else {
+                continue;
+            };
+            // A line still being written waits for the next read.
+            let whole = fresh.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            self.read[observer] += whole;
+            for line in fresh[..whole].split(|&b| b == b'\n') {
+                let Some(change) = self.parse(observer, line) else {
+                    continue;
+                };
+                self.views[observer].insert(change.member, change.state);
+                then(&change, &self.views[observer]);
+            }
+        }
+    }
+
+    /// A membership change from one line of a node's JSON log (`None` for any other line).
+    fn parse(&self, observer: usize, line: &[u8]) -> Option<Change> {
+        let v: Value = serde_json::from_slice(line).ok()?;
+        let fields = &v["fields"];
+        let state = match fields["state"].as_str()? {
+            "alive" => Seen::Alive,
+            "suspect" => Seen::Suspect,
+            "dead" => Seen::Dead,
+            "left" => Seen::Left,
+            _ => return None,
+        };
+        // The peer is logged in its Debug form, `PeerId("12D3…")`.
+        let peer = fields["peer"].as_str()?;
+        let member = self.peers.iter().position(|p| peer.contains(p.as_str()))?;
+        let at = humantime::parse_rfc3339(v["timestamp"].as_str()?).ok()?;
+        Some(Change {
+            at,
+            observer,
+            member,
+            state,
+        })
+    }
+}
+
+/// Seconds from `start` to `at` (negative if before).
+fn since(start: SystemTime, at: SystemTime) -> f64 {
+    match at.duration_since(start) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
+    }
 }
 
 /// The network's nodes and their processes; killed when dropped.
@@ -160,6 +230,9 @@ fn sorted(mut v: Vec<f64>) -> Vec<f64> {
 /// What one loss rate measured.
 #[derive(Default)]
 struct Measured {
+    /// Seconds from the start until each node listed its first member (the seed's answer to
+    /// its join, or for the seed its first joiner).
+    first: Vec<f64>,
     /// Seconds from the start until each node listed every other alive.
     join: Vec<f64>,
     /// Seconds from the start until each node had also checked every other's identity proof.
@@ -182,7 +255,8 @@ struct Measured {
     spread: Vec<f64>,
     /// Crashes some survivor had not marked dead within the limit.
     undetected: usize,
-    /// (observer, member) pairs where a live member was marked dead.
+    /// Suspicions and failures a node logged of a member that had not crashed.
+    false_suspicions: usize,
     false_failures: usize,
 }
 
@@ -201,6 +275,7 @@ async fn measure(
     let peers: Vec<String> = ids.iter().map(|id| id.peer.clone()).collect();
     let seed = format!("/ip4/{}/tcp/{P2P_PORT}/p2p/{}", net.addrs[0], peers[0]);
     let mut commands = Vec::new();
+    let mut logs = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         let data_dir = root
             .join(format!("run-{scenario}"))
@@ -227,9 +302,10 @@ async fn measure(
                 auth_token: Some(TOKEN.to_owned()),
                 ..RpcConfig::default()
             },
+            // Membership changes are logged by shoal_swim at info.
             log: LogConfig {
-                level: "warn".to_owned(),
-                ..LogConfig::default()
+                level: "warn,shoal_swim=info".to_owned(),
+                format: LogFormat::Json,
             },
             ..Config::default()
         };
@@ -238,6 +314,7 @@ async fn measure(
             .expect("writing the config")
             .expect("written");
         let log = fs::File::create(data_dir.join("node.log")).expect("a log file");
+        logs.push(data_dir.join("node.log"));
         let mut command = Command::new("ip");
         command
             .args(["netns", "exec", &net.node_ns[i], SHOAL, "run", "--config"])
@@ -249,42 +326,68 @@ async fn measure(
     }
     let clients = clients(&net.addrs, Duration::from_secs(2));
     let mut m = Measured::default();
+    let mut logs = Logs::new(logs, &peers);
+    // When each node was killed, for counting suspicions and failures of live members.
+    let mut crashed: Vec<Option<SystemTime>> = vec![None; n];
+    let count_false = |m: &mut Measured, c: &Change, crashed: &[Option<SystemTime>]| {
+        if crashed[c.member].is_none_or(|at| c.at < at) {
+            match c.state {
+                Seen::Suspect => m.false_suspicions += 1,
+                Seen::Dead | Seen::Left => m.false_failures += 1,
+                Seen::Alive => {}
+            }
+        }
+    };
     // All at once; `ip netns exec` execs shoal, so each child's pid is the node's.
-    let start = Instant::now();
+    let start = SystemTime::now();
+    let begun = Instant::now();
     let mut nodes = Nodes {
         children: commands
             .iter_mut()
             .map(|c| Some(c.spawn().expect("starting shoal")))
             .collect(),
     };
-    let all: Vec<usize> = (0..n).collect();
+    let mut first: Vec<Option<f64>> = vec![None; n];
     let mut joined: Vec<Option<f64>> = vec![None; n];
     let mut checked: Vec<Option<f64>> = vec![None; n];
-    while checked.iter().any(Option::is_none) && start.elapsed() < LIMIT {
-        let tick = tokio::time::sleep(POLL);
-        let views = read_all(&clients, &all, &peers).await;
-        let at = start.elapsed().as_secs_f64();
-        for (i, view) in views.iter().enumerate() {
-            let Some((view, unchecked)) = view else {
-                continue;
-            };
+    let mut next_check = begun;
+    while checked.iter().any(Option::is_none) && begun.elapsed() < LIMIT {
+        tokio::time::sleep(POLL).await;
+        logs.read(|c, view| {
+            count_false(&mut m, c, &crashed);
+            first[c.observer].get_or_insert(since(start, c.at));
             let alive = view
                 .iter()
-                .filter(|(j, s)| **j != i && **s == Seen::Alive)
+                .filter(|(j, s)| **j != c.observer && **s == Seen::Alive)
                 .count();
-            if alive == n - 1 {
-                joined[i].get_or_insert(at);
-                if *unchecked == 0 {
-                    checked[i].get_or_insert(at);
+            if alive == n - 1 && joined[c.observer].is_none() {
+                joined[c.observer] = Some(since(start, c.at));
+            }
+        });
+        // Identity checks are read from `node_info`, less often, and only from nodes that list
+        // everyone and have not checked everyone.
+        if Instant::now() >= next_check {
+            next_check = Instant::now() + CHECKS_POLL;
+            let waiting: Vec<usize> = (0..n)
+                .filter(|&i| joined[i].is_some() && checked[i].is_none())
+                .collect();
+            let reads = waiting
+                .iter()
+                .map(|&i| call(&clients[i], "node_info", Value::Null));
+            let infos = futures::future::join_all(reads).await;
+            let at = begun.elapsed().as_secs_f64();
+            for (&i, info) in waiting.iter().zip(infos) {
+                if info.is_ok_and(|v| v["identity_checks"]["pending"] == 0) {
+                    checked[i] = Some(at);
                 }
             }
         }
-        tick.await;
     }
     let pids: Vec<u32> = nodes.children.iter().flatten().map(Child::id).collect();
     m.join_cpu = pids.iter().map(|p| cpu_secs(*p)).sum();
     let infinite =
         |v: &[Option<f64>]| sorted(v.iter().map(|j| j.unwrap_or(f64::INFINITY)).collect());
+    m.first = infinite(&first);
     m.join = infinite(&joined);
     m.checked = infinite(&checked);
     for client in &clients {
@@ -317,40 +420,42 @@ async fn measure(
         m.rss.push(rss_mib(pids[i]));
     }
 
+    // What the quiet window logged.
+    logs.read(|c, _| count_false(&mut m, c, &crashed));
+
     let mut rng = StdRng::seed_from_u64(42 + scenario as u64);
     let mut live: Vec<usize> = (0..n).collect();
     for _ in 0..o.crashes.min(n.saturating_sub(2)) {
         let victim = live[rng.gen_range(1..live.len())];
         live.retain(|&i| i != victim);
+        let killed = SystemTime::now();
+        let begun = Instant::now();
         if let Some(mut child) = nodes.children[victim].take() {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let crashed = Instant::now();
+        crashed[victim] = Some(killed);
         let mut suspected: Option<f64> = None;
         let mut dead: Vec<Option<f64>> = vec![None; n];
-        while live.iter().any(|&s| dead[s].is_none()) && crashed.elapsed() < LIMIT {
-            let tick = tokio::time::sleep(POLL);
-            let views = read_all(&clients, &live, &peers).await;
-            let at = crashed.elapsed().as_secs_f64();
-            for (&s, view) in live.iter().zip(&views) {
-                let Some((view, _)) = view else { continue };
-                match view.get(&victim) {
-                    Some(Seen::Alive) => {}
-                    Some(Seen::Suspect) => {
+        while live.iter().any(|&s| dead[s].is_none()) && begun.elapsed() < LIMIT {
+            tokio::time::sleep(POLL).await;
+            logs.read(|c, _| {
+                count_false(&mut m, c, &crashed);
+                if c.member != victim || c.at < killed {
+                    return;
+                }
+                let at = since(killed, c.at);
+                match c.state {
+                    Seen::Alive => {}
+                    Seen::Suspect => {
                         suspected.get_or_insert(at);
                     }
-                    Some(Seen::Dead | Seen::Left) | None => {
+                    Seen::Dead | Seen::Left => {
                         suspected.get_or_insert(at);
-                        dead[s].get_or_insert(at);
+                        dead[c.observer].get_or_insert(at);
                     }
                 }
-                m.false_failures += live
-                    .iter()
-                    .filter(|&&p| p != s && matches!(view.get(&p), Some(Seen::Dead | Seen::Left)))
-                    .count();
-            }
-            tick.await;
+            });
         }
         let times: Vec<f64> = live.iter().filter_map(|&s| dead[s]).collect();
         if times.len() < live.len() {
@@ -366,6 +471,7 @@ async fn measure(
         // Let the survivors settle before the next crash.
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+    logs.read(|c, _| count_false(&mut m, c, &crashed));
     m.suspicion = sorted(m.suspicion);
     m.all_dead = sorted(m.all_dead);
     m.spread = sorted(m.spread);
@@ -401,11 +507,16 @@ async fn main() {
         machine(),
         load_average()
     );
-    let root = tempfile::tempdir().expect("a temporary directory");
-    let ids = mint(root.path(), o.nodes);
+    // The nodes' data and logs: kept under `--logs DIR` for reading afterwards.
+    let temporary = tempfile::tempdir().expect("a temporary directory");
+    let root = o
+        .logs
+        .clone()
+        .unwrap_or_else(|| temporary.path().to_owned());
+    let ids = mint(&root, o.nodes);
     let mut results = Vec::new();
     for (scenario, &loss) in o.losses.iter().enumerate() {
-        let m = measure(&o, scenario, loss, &ids, root.path()).await;
+        let m = measure(&o, scenario, loss, &ids, &root).await;
         results.push((loss, m));
     }
     let header: Vec<String> = results.iter().map(|(l, _)| format!("{l} % loss")).collect();
@@ -422,6 +533,16 @@ async fn main() {
                 "{:.2} / {:.2}",
                 percentile(&m.join, 0.5),
                 percentile(&m.join, 1.0)
+            )
+        },
+    );
+    row(
+        "… its first member (joined the seed): p50 / max s",
+        &|m| {
+            format!(
+                "{:.2} / {:.2}",
+                percentile(&m.first, 0.5),
+                percentile(&m.first, 1.0)
             )
         },
     );
@@ -479,9 +600,10 @@ async fn main() {
     row("crashes not marked dead by every survivor in 120 s", &|m| {
         m.undetected.to_string()
     });
-    row("live members marked dead (observations)", &|m| {
-        m.false_failures.to_string()
-    });
+    row(
+        "suspicions / failures logged of live members, whole run",
+        &|m| format!("{} / {}", m.false_suspicions, m.false_failures),
+    );
     row("CPU of an idle member, median % of a core", &|m| {
         format!("{:.2}", percentile(&m.cpu, 0.5))
     });

@@ -3,7 +3,8 @@
 //! Each node gets its own data directory `DIR/node-i` with its key, identity proof (minted once,
 //! at the testnet difficulty), `shoal.toml` and log (`node.log`). Node 1 has no seeds; the others
 //! join through it. The launcher waits until every node's JSON-RPC answers and every node sees
-//! all the others alive in SWIM, prints one line per node and a ready line, and on SIGINT or
+//! all the others alive in SWIM with their identity proofs checked (so the DHT uses them: a put
+//! made at once finds its replicas), prints one line per node and a ready line, and on SIGINT or
 //! SIGTERM stops every node (SIGTERM, then SIGKILL after a bound) and exits.
 //!
 //! A node can be restarted by hand with `shoal run --config DIR/node-i/shoal.toml` (same ports,
@@ -404,7 +405,9 @@ async fn wait_until(
                         if alive >= others {
                             ready[i] = true;
                         } else {
-                            last[i] = format!("{alive} of {others} other nodes alive in SWIM");
+                            last[i] = format!(
+                                "{alive} of {others} other nodes alive in SWIM and checked"
+                            );
                         }
                     }
                 },
@@ -431,12 +434,17 @@ async fn wait_until(
     }
 }
 
-/// Members of a `swim_members` result that are alive (the node itself is not listed).
+/// Members of a `swim_members` result that are alive and whose identity proofs this node has
+/// checked (the node itself is not listed). A member listed before its check is not used by the
+/// DHT yet: a testnet called ready with one would fail a put for want of replicas.
 fn alive_members(v: &Value) -> usize {
     v.as_array().map_or(0, |members| {
         members
             .iter()
-            .filter(|m| m.get("state").and_then(Value::as_str) == Some("alive"))
+            .filter(|m| {
+                m.get("state").and_then(Value::as_str) == Some("alive")
+                    && m.get("verified").and_then(Value::as_bool) == Some(true)
+            })
             .count()
     })
 }
@@ -662,11 +670,13 @@ mod tests {
     }
 
     #[test]
-    fn alive_members_counts_alive_only() {
+    fn alive_members_counts_alive_and_checked_only() {
         let v = serde_json::json!([
-            {"peer": "a", "state": "alive"},
-            {"peer": "b", "state": "suspect"},
-            {"peer": "c", "state": "alive"},
+            {"peer": "a", "state": "alive", "verified": true},
+            {"peer": "b", "state": "suspect", "verified": true},
+            {"peer": "c", "state": "alive", "verified": true},
+            {"peer": "d", "state": "alive", "verified": false},
+            {"peer": "e", "state": "alive"},
         ]);
         assert_eq!(alive_members(&v), 2);
         assert_eq!(alive_members(&serde_json::json!({})), 0);
