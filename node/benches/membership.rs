@@ -302,9 +302,11 @@ async fn measure(
                 auth_token: Some(TOKEN.to_owned()),
                 ..RpcConfig::default()
             },
-            // Membership changes are logged by shoal_swim at info.
+            // Membership changes are logged by shoal_swim at info; `SHOAL_BENCH_LOG` (a filter
+            // that keeps shoal_swim at info) logs more for a diagnosis.
             log: LogConfig {
-                level: "warn,shoal_swim=info".to_owned(),
+                level: std::env::var("SHOAL_BENCH_LOG")
+                    .unwrap_or_else(|_| "warn,shoal_swim=info".to_owned()),
                 format: LogFormat::Json,
             },
             ..Config::default()
