@@ -45,7 +45,7 @@ impl Identity {
         builder.recursive(true);
         std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
         builder.create(data_dir).expect("a node data directory");
-        for file in [init::KEY_FILE, init::PROOF_FILE] {
+        for file in [init::KEY_FILE, init::PROOF_FILE, init::CHECKED_FILE] {
             // fs::copy keeps the key's 0600 mode.
             fs::copy(self.dir.join(file), data_dir.join(file)).expect("copying identity");
         }
