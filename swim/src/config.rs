@@ -62,6 +62,16 @@ pub struct Config {
     /// suspected itself at that moment, say) would then keep its suspicion until it declared a
     /// healthy member dead.
     pub gossip_fanout: usize,
+    /// Members a seed tells at once, in a message of their own, that a member joined through
+    /// it; 0 leaves the news to gossip rounds and the piggyback. Default: 32 (LAN and WAN), 8
+    /// (Tor). Limits: 0 to 256.
+    ///
+    /// A seed is the one member sure to hear of a joiner first, and in a network started
+    /// together it is connected to every member: telling them all costs one small message each
+    /// and saves the epidemic's hops (each a round wait, often a new connection, and the proof
+    /// fetch the DHT does before it lists a member). Past this many members the rest learn
+    /// from the ones told, in gossip rounds.
+    pub join_fanout: usize,
     /// Byte budget of the updates piggybacked on one message (on top of the message itself).
     /// Unit: bytes of CBOR. Default: 8 KiB (about 100 updates). Limits: 64 to
     /// `max_message_bytes / 2`.
@@ -130,6 +140,7 @@ impl Config {
             max_local_health: 8,
             gossip_interval: Duration::from_millis(200),
             gossip_fanout: 3,
+            join_fanout: 32,
             gossip_budget: nzu(8192),
             push_pull_interval: Duration::from_secs(30),
             reconnect_interval: Duration::from_secs(5),
@@ -179,6 +190,8 @@ impl Config {
             dead_retention: Duration::from_secs(4 * 3600),
             join_timeout: Duration::from_secs(60),
             leave_timeout: Duration::from_secs(40),
+            // Every message to a member not connected yet builds a circuit.
+            join_fanout: 8,
             ..Self::lan()
         }
     }
@@ -200,6 +213,7 @@ impl Config {
             "at least 1 ms",
         )?;
         check(self.gossip_fanout <= 16, "gossip_fanout", "at most 16")?;
+        check(self.join_fanout <= 256, "join_fanout", "at most 256")?;
         check(
             self.suspicion_alpha.get() <= 100,
             "suspicion_alpha",

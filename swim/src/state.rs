@@ -191,6 +191,9 @@ pub struct Stats {
     pub members_dropped: u64,
     /// Ping-req requests ignored because too many were in flight.
     pub relays_dropped: u64,
+    /// Messages telling a member that another joined through this node
+    /// ([`Config::join_fanout`](crate::Config::join_fanout)).
+    pub joins_announced: u64,
     /// Membership changes seen, by kind (each also logged at info).
     pub changes: Changes,
 }
@@ -662,10 +665,12 @@ impl<T: Identity> Membership<T> {
             Payload::PingReq { seq, target } => self.on_ping_req(now, from, seq, target),
             Payload::Gossip => {}
             Payload::PushPull {
-                join: _,
+                join,
                 reply,
                 members,
             } => {
+                // A joiner this node did not hold alive is news to announce once it is applied.
+                let news = join && self.members.state(&from) != Some(State::Alive);
                 let mut members = members;
                 members.truncate(message::MAX_PUSH_PULL_MEMBERS);
                 self.members.warm(members.iter().map(|u| &u.member));
@@ -673,7 +678,10 @@ impl<T: Identity> Membership<T> {
                     self.apply(now, update, true);
                 }
                 if reply {
-                    self.send_push_pull(from, false, false);
+                    self.send_push_pull(from.clone(), false, false);
+                }
+                if news {
+                    self.announce_join(&from);
                 }
                 if let Some((id, _)) = self.join.take() {
                     let live = self.live;
@@ -1316,24 +1324,8 @@ impl<T: Identity> Membership<T> {
         };
         table.warm(ids.iter().copied());
         for id in ids {
-            let Some((incarnation, state, addrs)) = table.record(id) else {
+            let Some(u) = self.update_of(id) else {
                 continue;
-            };
-            // A suspicion names its first suspector, not us: we relay it, and a receiver that
-            // holds it too must not count us as one more independent confirmation (each
-            // push-pull would otherwise shorten every running suspicion of its receiver and,
-            // through the confirmation it gossips on, everyone's).
-            let by = match state {
-                State::Suspect => Some(self.suspicions.by(id).unwrap_or(&self.me).clone()),
-                State::Dead => Some(self.me.clone()),
-                State::Alive | State::Left => None,
-            };
-            let u = Update {
-                member: id.clone(),
-                incarnation,
-                state,
-                addrs: addrs.to_vec(),
-                by,
             };
             let size = message::encoded_len(&u);
             if size > budget {
@@ -1353,6 +1345,48 @@ impl<T: Identity> Membership<T> {
                 gossip: Vec::new(),
             },
         });
+    }
+
+    /// What this node holds about `id`, as an update to tell others.
+    fn update_of(&self, id: &T) -> Option<Update<T>> {
+        let (incarnation, state, addrs) = self.members.record(id)?;
+        // A suspicion names its first suspector, not us: we relay it, and a receiver that holds
+        // it too must not count us as one more independent confirmation (each push-pull would
+        // otherwise shorten every running suspicion of its receiver and, through the
+        // confirmation it gossips on, everyone's).
+        let by = match state {
+            State::Suspect => Some(self.suspicions.by(id).unwrap_or(&self.me).clone()),
+            State::Dead => Some(self.me.clone()),
+            State::Alive | State::Left => None,
+        };
+        Some(Update {
+            member: id.clone(),
+            incarnation,
+            state,
+            addrs: addrs.to_vec(),
+            by,
+        })
+    }
+
+    /// Tells up to `join_fanout` random members, each in a message of its own, that `joiner`
+    /// joined through this node (see [`Config::join_fanout`]).
+    fn announce_join(&mut self, joiner: &T) {
+        let Some(update) = self.update_of(joiner) else {
+            return;
+        };
+        if update.state != State::Alive {
+            return;
+        }
+        for to in self.random_members(self.config.join_fanout, Some(joiner), false) {
+            self.stats.joins_announced += 1;
+            self.push_transmit(Transmit {
+                to,
+                msg: Message {
+                    payload: Payload::Gossip,
+                    gossip: vec![update.clone()],
+                },
+            });
+        }
     }
 
     fn push_transmit(&mut self, t: Transmit<T>) {

@@ -141,6 +141,44 @@ fn join_reaches_every_member() {
 }
 
 #[test]
+fn members_started_together_see_each_other_once_the_seed_announces_them() {
+    // Nineteen members join one seed at the same instant, as a testnet starts.
+    let converge = |join_fanout| {
+        let config = Config {
+            join_fanout,
+            ..lan()
+        };
+        let mut sim = Sim::new(9, config, LinkModel::lan());
+        sim.add_nodes(20);
+        for i in 1..20 {
+            sim.join(i, &[0]);
+        }
+        let took = sim.run_until_cond(
+            Duration::from_secs(30),
+            Duration::from_millis(5),
+            scenario::converged,
+        );
+        let announced: u64 = (0..20)
+            .filter_map(|i| sim.node(i))
+            .map(|c| c.stats().joins_announced)
+            .sum();
+        (took.expect("converged"), announced)
+    };
+    let (announced, messages) = converge(32);
+    let (gossiped, none) = converge(0);
+    // The seed tells each member of every later joiner; a later joiner learns the earlier ones
+    // from the seed's answer. A few link delays (1-5 ms each), not gossip rounds (200 ms).
+    assert!(
+        announced <= Duration::from_millis(50),
+        "announced joins converged in {announced:?} (gossip alone {gossiped:?})"
+    );
+    assert!(gossiped > announced, "{gossiped:?} vs {announced:?}");
+    // One message per (joiner, member the seed knew then): 0 + 1 + ... + 18.
+    assert_eq!(messages, (0..19).sum::<u64>());
+    assert_eq!(none, 0);
+}
+
+#[test]
 fn cluster_forms_from_scratch_through_one_seed() {
     let config = lan();
     let mut sim = Sim::new(6, config, LinkModel::lan());
