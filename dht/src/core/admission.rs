@@ -362,11 +362,14 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         self.route(&peer);
     }
 
-    /// The newest news cut about `peer` reaches the membership, if an admitted member (or the
-    /// peer itself) sent it: its proof is now in hand.
+    /// The newest news cut about `peer` reaches the membership, if a member SWIM listens to
+    /// sent it (the peer itself, an admitted member, or one listed while its own check waits,
+    /// as a joiner's seed is): `peer`'s proof is now in hand.
     fn replay_reported(&mut self, now: Instant, unix: u64, peer: &T) {
         if let Some((from, update, _)) = self.admission.reported.remove(peer)
-            && (from == *peer || self.admission.is_verified(&from))
+            && (from == *peer
+                || self.admission.is_verified(&from)
+                || self.admission.is_checking(&from))
         {
             let msg = Message {
                 payload: Payload::Gossip,

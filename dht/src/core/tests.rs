@@ -442,6 +442,35 @@ fn news_of_an_unadmitted_member_is_cut_and_its_proof_asked_of_the_relayer() {
 }
 
 #[test]
+fn news_from_a_relayer_whose_own_check_waits_lists_its_members_on_their_proofs() {
+    // A joiner's seed is listed on its proof while its check waits; the members its push-pull
+    // names are listed as soon as their proofs come, not on later news from someone checked
+    // (at 10 % loss a joiner waited 16 s for that).
+    let (mut core, now) = lone(0, false);
+    core.handle_presented(now, UNIX, SimPeer(1), &proof(1));
+    assert!(core.is_checking(&SimPeer(1)));
+    drain(&mut core);
+    gossip_from(&mut core, now, 1, vec![news(2, 5, State::Alive, 1)]);
+    let later = now + Duration::from_millis(10);
+    core.handle_timeout(later, UNIX);
+    let actions = drain(&mut core);
+    let asked: Vec<_> = sends(&actions)
+        .into_iter()
+        .filter(|(_, _, r)| matches!(r, Request::Proofs(_)))
+        .collect();
+    assert_eq!(asked.len(), 1);
+    let (to, id, _) = asked[0];
+    assert_eq!(to, SimPeer(1));
+    core.handle_response(later, UNIX, id, Ok(proofs_of(&[2])));
+    let m = core
+        .membership()
+        .member(&SimPeer(2))
+        .expect("listed on the relayer's news");
+    assert_eq!((m.state, m.incarnation), (State::Alive, 5));
+    assert!(core.is_checking(&SimPeer(2)));
+}
+
+#[test]
 fn news_of_strangers_that_cannot_make_them_live_is_cut_without_a_trace() {
     let (mut core, now) = lone(0, false);
     core.handle_gate(now, UNIX, SimPeer(1), Ok(()));
