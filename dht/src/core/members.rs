@@ -75,6 +75,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             Event::Failed { member, .. } | Event::Left { member, .. } => {
                 self.unroute(&member);
                 self.on_departed(now, &member);
+                self.push(Action::Disconnect { peer: member });
             }
             Event::Suspected { .. } => {}
             Event::JoinFinished { id, result } => self.on_join_finished(now, unix, id, result),

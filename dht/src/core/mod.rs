@@ -387,6 +387,14 @@ pub enum Action<T> {
         /// Its addresses.
         addrs: Vec<Address>,
     },
+    /// Close every connection to `peer`: SWIM declared it failed or gone. A connection that
+    /// carried nothing through a suspicion may be stalled (behind a partition, TCP's
+    /// retransmissions back off to tens of seconds, and messages queued on it after the heal
+    /// wait for them); the next message to `peer` dials afresh.
+    Disconnect {
+        /// The peer.
+        peer: T,
+    },
     /// Check `peer`'s identity proof `proof` with [`Checks::verify`] (an expensive evaluation:
     /// run it off the protocol loop), then report the outcome with [`Core::handle_verified`].
     /// At most two are outstanding, one of each kind.

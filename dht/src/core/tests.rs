@@ -471,6 +471,29 @@ fn news_from_a_relayer_whose_own_check_waits_lists_its_members_on_their_proofs()
 }
 
 #[test]
+fn a_member_declared_dead_has_its_connections_closed() {
+    // Behind a partition a connection's retransmissions back off to tens of seconds; a
+    // reconnection after the heal must not queue behind them (chaos partition heal: 27 s).
+    let (mut core, now) = lone(0, false);
+    core.handle_gate(now, UNIX, SimPeer(1), Ok(()));
+    core.handle_gate(now, UNIX, SimPeer(2), Ok(()));
+    gossip_from(&mut core, now, 1, vec![news(2, 1, State::Alive, 1)]);
+    let closes = |actions: &[Action<SimPeer>]| {
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::Disconnect { peer } if *peer == SimPeer(2)))
+            .count()
+    };
+    assert_eq!(closes(&drain(&mut core)), 0, "alive: kept");
+    gossip_from(&mut core, now, 1, vec![news(2, 1, State::Dead, 1)]);
+    assert_eq!(
+        core.membership().member(&SimPeer(2)).map(|m| m.state),
+        Some(State::Dead)
+    );
+    assert_eq!(closes(&drain(&mut core)), 1);
+}
+
+#[test]
 fn news_of_strangers_that_cannot_make_them_live_is_cut_without_a_trace() {
     let (mut core, now) = lone(0, false);
     core.handle_gate(now, UNIX, SimPeer(1), Ok(()));

@@ -589,6 +589,10 @@ impl EventLoop {
                     }
                 }
                 Action::Swim { to, addrs, msg } => self.send_swim(to, &addrs, &msg),
+                Action::Disconnect { peer } => {
+                    // Not connected is fine.
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
                 Action::Dial { peer, addrs } => {
                     let addrs = shoal_swim::behaviour::to_multiaddrs(&addrs);
                     self.dial(now, unix, peer, addrs);

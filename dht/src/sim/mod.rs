@@ -1111,6 +1111,8 @@ impl Sim {
                 };
                 self.transmit(now, (id, to.0), (Traffic::Swim, len), delivery);
             }
+            // The simulator has no connections to close.
+            Action::Disconnect { .. } => {}
             Action::Dial { peer, .. } => {
                 if peer.0 as usize >= self.nodes.len() {
                     let at = now + self.config.dial_timeout;
