@@ -599,11 +599,8 @@ impl<T: Identity> Membership<T> {
     /// under way ends (at once if none is), and a member that answers it has cost one probe of
     /// its turn. At most eight wait. Returns whether it was queued.
     pub fn probe_soon(&mut self, now: Instant, id: &T) -> bool {
-        let live = self
-            .members
-            .get(id)
-            .is_some_and(|(_, s)| matches!(s, State::Alive | State::Suspect));
-        if !live || self.soon.contains(id) || self.soon.len() >= MAX_PROBE_SOON {
+        if !self.members.is_live(id) || self.soon.contains(id) || self.soon.len() >= MAX_PROBE_SOON
+        {
             return false;
         }
         self.soon.push_back(id.clone());
@@ -883,11 +880,7 @@ impl<T: Identity> Membership<T> {
             return None;
         }
         while let Some(id) = self.soon.pop_front() {
-            if self
-                .members
-                .get(&id)
-                .is_some_and(|(_, s)| matches!(s, State::Alive | State::Suspect))
-            {
+            if self.members.is_live(&id) {
                 return Some(id);
             }
         }
@@ -981,11 +974,7 @@ impl<T: Identity> Membership<T> {
         let seeds: Vec<T> = self
             .seeds
             .iter()
-            .filter(|s| {
-                self.members
-                    .state(s)
-                    .is_none_or(|state| !matches!(state, State::Alive | State::Suspect))
-            })
+            .filter(|s| !self.members.is_live(s))
             .cloned()
             .collect();
         let use_seed = match (&dead, seeds.is_empty()) {

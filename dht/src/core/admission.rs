@@ -189,6 +189,12 @@ impl<T: Peer, P: Clone> Admission<T, P> {
         self.checking.contains_key(peer)
     }
 
+    /// Whether `peer`'s proof is in hand here: admitted, or listed while its check waits (SWIM
+    /// listens to it either way).
+    pub(super) fn is_listed(&self, peer: &T) -> bool {
+        self.is_verified(peer) || self.is_checking(peer)
+    }
+
     /// Listed members whose checks have not ended.
     pub(super) fn checking_len(&self) -> usize {
         self.checking.len()
@@ -367,9 +373,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     /// as a joiner's seed is): `peer`'s proof is now in hand.
     fn replay_reported(&mut self, now: Instant, unix: u64, peer: &T) {
         if let Some((from, update, _)) = self.admission.reported.remove(peer)
-            && (from == *peer
-                || self.admission.is_verified(&from)
-                || self.admission.is_checking(&from))
+            && (from == *peer || self.admission.is_listed(&from))
         {
             let msg = Message {
                 payload: Payload::Gossip,
@@ -603,7 +607,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         member: T,
         bytes: &[u8],
     ) {
-        if self.admission.is_verified(&member) || self.admission.is_checking(&member) {
+        if self.admission.is_listed(&member) {
             return;
         }
         match self.checks.precheck(&member, bytes) {

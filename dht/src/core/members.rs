@@ -223,12 +223,11 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         };
         // A seed whose proof is in hand takes part in SWIM while its check runs.
         let admission = &self.admission;
-        let usable = |p: &T| admission.is_verified(p) || admission.is_checking(p);
-        let any_usable = join.seeds.iter().any(|(p, _)| usable(p));
+        let any_usable = join.seeds.iter().any(|(p, _)| admission.is_listed(p));
         if join.swim.is_some() || (!join.waiting.is_empty() && !any_usable) {
             return;
         }
-        join.seeds.retain(|(p, _)| usable(p));
+        join.seeds.retain(|(p, _)| admission.is_listed(p));
         if join.seeds.is_empty() {
             let tried = join.tried;
             self.ops.remove(op);

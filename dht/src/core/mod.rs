@@ -1122,7 +1122,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     /// of a process that crashed all close at once, so every member connected to it starts
     /// probing it within a probe period, instead of waiting for its turn in the round robin.
     pub fn handle_disconnected(&mut self, now: Instant, peer: T) {
-        if !self.admission.is_verified(&peer) && !self.admission.is_checking(&peer) {
+        if !self.admission.is_listed(&peer) {
             self.drop_held(&peer);
         }
         if self.is_live(&peer) && self.swim.probe_soon(now, &peer) {

@@ -164,6 +164,11 @@ impl<T: Identity> Table<T> {
         self.slots.get(id).map(|s| s.state())
     }
 
+    /// Whether `id` is a live member (alive or suspect).
+    pub(super) fn is_live(&self, id: &T) -> bool {
+        self.state(id).is_some_and(is_live)
+    }
+
     /// The addresses of `id`: the shared empty list if it has none or is unknown.
     pub(super) fn addrs(&self, id: &T) -> &Arc<[Address]> {
         if self.addrs.is_empty() {
@@ -319,7 +324,7 @@ impl<T: Identity> Table<T> {
             while self.cursor < self.active {
                 let id = &self.order[self.cursor];
                 self.cursor += 1;
-                if self.state(id).is_some_and(is_live) {
+                if self.is_live(id) {
                     return Some(id.clone());
                 }
             }
