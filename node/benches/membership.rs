@@ -39,6 +39,7 @@ mod chaos {
 
 use std::collections::HashMap;
 use std::fs;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -123,12 +124,15 @@ impl Logs {
     /// sees every change right after it is applied, in each node's own order.
     fn read(&mut self, mut then: impl FnMut(&Change, &HashMap<usize, Seen>)) {
         for observer in 0..self.paths.len() {
-            let Ok(bytes) = fs::read(&self.paths[observer]) else {
+            // Only what the log gained since the last read.
+            let mut fresh = Vec::new();
+            let gained = fs::File::open(&self.paths[observer]).and_then(|mut f| {
+                f.seek(SeekFrom::Start(self.read[observer] as u64))?;
+                f.read_to_end(&mut fresh)
+            });
+            if gained.is_err() {
                 continue;
-            };
-            let Some(fresh) = bytes.get(self.read[observer]..) else {
-                continue;
-            };
+            }
             // A line still being written waits for the next read.
             let whole = fresh.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
             self.read[observer] += whole;
@@ -220,6 +224,15 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     }
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
+}
+
+/// A table cell: the median and the `q` quantile of `sorted`, in seconds.
+fn median_and(sorted: &[f64], q: f64) -> String {
+    format!(
+        "{:.2} / {:.2}",
+        percentile(sorted, 0.5),
+        percentile(sorted, q)
+    )
 }
 
 fn sorted(mut v: Vec<f64>) -> Vec<f64> {
@@ -530,33 +543,15 @@ async fn main() {
     };
     row(
         "every node lists every other alive, from the start: p50 / max s",
-        &|m| {
-            format!(
-                "{:.2} / {:.2}",
-                percentile(&m.join, 0.5),
-                percentile(&m.join, 1.0)
-            )
-        },
+        &|m| median_and(&m.join, 1.0),
     );
     row(
         "… its first member (joined the seed): p50 / max s",
-        &|m| {
-            format!(
-                "{:.2} / {:.2}",
-                percentile(&m.first, 0.5),
-                percentile(&m.first, 1.0)
-            )
-        },
+        &|m| median_and(&m.first, 1.0),
     );
     row(
         "… and has checked every other's identity proof: p50 / max s",
-        &|m| {
-            format!(
-                "{:.2} / {:.2}",
-                percentile(&m.checked, 0.5),
-                percentile(&m.checked, 1.0)
-            )
-        },
+        &|m| median_and(&m.checked, 1.0),
     );
     row(
         "identity checks per node: scrypt evaluations / of them needed / CPU s, median (max)",
@@ -581,23 +576,11 @@ async fn main() {
     });
     row(
         "crash → every survivor marks it dead, p50 / p99 s",
-        &|m| {
-            format!(
-                "{:.2} / {:.2}",
-                percentile(&m.all_dead, 0.5),
-                percentile(&m.all_dead, 0.99)
-            )
-        },
+        &|m| median_and(&m.all_dead, 0.99),
     );
     row(
         "first survivor dead → every survivor dead, p50 / p99 s",
-        &|m| {
-            format!(
-                "{:.2} / {:.2}",
-                percentile(&m.spread, 0.5),
-                percentile(&m.spread, 0.99)
-            )
-        },
+        &|m| median_and(&m.spread, 0.99),
     );
     row("crashes not marked dead by every survivor in 120 s", &|m| {
         m.undetected.to_string()
