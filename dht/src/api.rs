@@ -359,6 +359,9 @@ pub struct NodeStats {
     pub departed_proofs: usize,
     /// Outbound connection attempts since start (any behaviour's).
     pub dials: usize,
+    /// Of [`dials`](Self::dials), second and later attempts at a seed whose first was late
+    /// ([`crate::Config::seed_redial`]).
+    pub redials: u64,
     /// Proof-relay requests sent since start.
     pub relay_requests: usize,
     /// Proof-relay requests that failed (timed out, lost their connection) since start; their

@@ -78,6 +78,13 @@ pub struct Config {
     /// Bound of one identity-proof exchange, of a proof-relay request, and of how long a peer's
     /// requests wait for its check. Default 10 s; must be above zero.
     pub gate_timeout: Duration,
+    /// How long a join waits for a seed's connection before dialing it again beside the first
+    /// attempt, up to [`SEED_DIALS`](crate::core::SEED_DIALS) attempts at once; `None` never
+    /// does. A lost TCP SYN (or SYN-ACK) is sent again by the kernel after 1 s, then 3 s and
+    /// 7 s, so on a lossy link one unlucky joiner waits seconds for a connection that a fresh
+    /// attempt makes in one round trip. Default 500 ms (300 ms on LAN presets); `None` on Tor,
+    /// where a second attempt builds another rendezvous circuit and only adds load.
+    pub seed_redial: Option<Duration>,
     /// Bound of one request to a peer: a lookup step, a get step, a replica put, a lockstep
     /// announcement or read. Default 10 s; must be above zero.
     pub request_timeout: Duration,
@@ -131,6 +138,7 @@ impl Default for Config {
             query_timeout: Duration::from_secs(30),
             put_quorum: nz(3),
             gate_timeout: Duration::from_secs(10),
+            seed_redial: Some(Duration::from_millis(500)),
             request_timeout: Duration::from_secs(10),
             republish_interval: Duration::from_secs(3600),
             copy_flush_delay: Duration::from_secs(1),
@@ -159,6 +167,7 @@ impl Config {
             puzzle: PuzzleConfig::testnet(),
             stamps: StampPolicy::testnet(),
             swim: shoal_swim::Config::lan(),
+            seed_redial: Some(Duration::from_millis(300)),
             ..Self::default()
         }
     }
@@ -193,6 +202,7 @@ impl Config {
             query_timeout: Duration::from_secs(10),
             put_quorum: nz(2),
             gate_timeout: Duration::from_secs(5),
+            seed_redial: Some(Duration::from_millis(300)),
             request_timeout: Duration::from_secs(5),
             ..Self::default()
         }
@@ -218,6 +228,9 @@ impl Config {
             if t.is_zero() {
                 return Err(ConfigError::ZeroTimeout(name));
             }
+        }
+        if self.seed_redial.is_some_and(|t| t.is_zero()) {
+            return Err(ConfigError::ZeroTimeout("seed_redial"));
         }
         if self.put_quorum > self.replication_factor {
             return Err(ConfigError::QuorumAboveReplication {

@@ -228,9 +228,11 @@ pub async fn transport(
 }
 
 /// Fits a DHT configuration to onion round trips (hundreds of milliseconds to seconds, and
-/// slow first connections): SWIM's Tor preset and longer query, gate and request bounds.
+/// slow first connections): SWIM's Tor preset, longer query, gate and request bounds, and no
+/// second dial of a seed (another rendezvous circuit).
 pub fn fit_for_onions(config: &mut shoal_dht::Config) {
     config.swim = shoal_swim::Config::tor();
+    config.seed_redial = None;
     config.query_timeout = config.query_timeout.max(Duration::from_secs(90));
     config.gate_timeout = config.gate_timeout.max(Duration::from_secs(60));
     config.request_timeout = config.request_timeout.max(Duration::from_secs(60));

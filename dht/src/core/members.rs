@@ -13,7 +13,9 @@ use shoal_swim::{Address, CommandError, CommandId, Event, Message, State};
 
 use super::ops::{Join, Op};
 use super::routing::Inserted;
-use super::{Action, Checks, Core, JOIN_ATTEMPTS, MAX_SEEDS, Meta, OpId, Peer, Reply, WriteOp};
+use super::{
+    Action, Checks, Core, JOIN_ATTEMPTS, MAX_SEEDS, Meta, OpId, Peer, Reply, SEED_DIALS, WriteOp,
+};
 use crate::api::{JoinError, JoinOk};
 
 /// A member known from elsewhere, for [`Core::bootstrap`].
@@ -198,6 +200,9 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             }
         }
         let tried = by_peer.len();
+        // A gate check that never ends (a rate-limited exchange is shed without a report) must
+        // not hold the join forever.
+        let give_up = now + 2 * self.config.gate_timeout;
         self.ops.insert(
             op,
             Op::Join(Join {
@@ -206,12 +211,50 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 tried,
                 swim: None,
                 attempts: 0,
+                dials: 1,
+                give_up,
             }),
         );
-        // A gate check that never ends (a rate-limited exchange is shed without a report) must
-        // not hold the join forever.
         self.ops
-            .set_deadline(op, now + 2 * self.config.gate_timeout);
+            .set_deadline(op, self.next_join_timer(now, 1, give_up));
+    }
+
+    /// When a join whose seeds were dialed `dials` times acts next: its next redial, or when it
+    /// gives up waiting.
+    fn next_join_timer(&self, now: Instant, dials: u32, give_up: Instant) -> Instant {
+        match self.config.seed_redial {
+            Some(after) if dials < SEED_DIALS => (now + after).min(give_up),
+            _ => give_up,
+        }
+    }
+
+    /// A join's timer fired: seeds still awaited are dialed once more while attempts remain
+    /// ([`Action::Redial`]), and once the join's patience is spent it goes on with the seeds
+    /// admitted.
+    pub(super) fn on_join_timer(&mut self, now: Instant, unix: u64, op: OpId) {
+        let Some(Op::Join(join)) = self.ops.get_mut(op) else {
+            return;
+        };
+        if now >= join.give_up {
+            self.on_join_deadline(now, unix, op);
+            return;
+        }
+        join.dials += 1;
+        let (dials, give_up) = (join.dials, join.give_up);
+        let redials: Vec<Action<T>> = join
+            .seeds
+            .iter()
+            .filter(|(p, addrs)| join.waiting.contains(p) && !addrs.is_empty())
+            .map(|(peer, addrs)| Action::Redial {
+                peer: *peer,
+                addrs: addrs.clone(),
+            })
+            .collect();
+        for action in redials {
+            self.push(action);
+        }
+        let at = self.next_join_timer(now, dials, give_up);
+        self.ops.set_deadline(op, at);
     }
 
     /// Starts SWIM's join of `op` as soon as one seed showed its proof (one seed's full state is
@@ -262,7 +305,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     }
 
     /// A join's seeds did not settle in time: it goes on with those admitted.
-    pub(super) fn on_join_deadline(&mut self, now: Instant, unix: u64, op: OpId) {
+    fn on_join_deadline(&mut self, now: Instant, unix: u64, op: OpId) {
         if let Some(Op::Join(j)) = self.ops.get_mut(op) {
             j.waiting.clear();
         }

@@ -387,6 +387,16 @@ pub enum Action<T> {
         /// Its addresses.
         addrs: Vec<Address>,
     },
+    /// Dial `peer` once more beside the attempt of an earlier [`Action::Dial`] still under way
+    /// (a seed whose connection is late: its SYN may be lost). Nothing to do when connected, or
+    /// when that earlier attempt already ended (its outcome was reported); report a failure only
+    /// once every attempt failed.
+    Redial {
+        /// The peer.
+        peer: T,
+        /// Its addresses.
+        addrs: Vec<Address>,
+    },
     /// Close every connection to `peer`: SWIM declared it failed or gone. A connection that
     /// carried nothing through a suspicion may be stalled (behind a partition, TCP's
     /// retransmissions back off to tens of seconds, and messages queued on it after the heal
@@ -601,6 +611,10 @@ pub const MAX_REPORTED: usize = 8192;
 pub const MAX_BACKGROUND_GETS: usize = 16;
 /// SWIM join attempts before a join is reported failed.
 pub const JOIN_ATTEMPTS: u32 = 3;
+/// Dial attempts of one seed a join keeps in flight at once, at most (see
+/// [`Config::seed_redial`](crate::Config::seed_redial)): with 10 % loss each way a TCP
+/// handshake fails about one time in five, so four fail together about one time in 600.
+pub const SEED_DIALS: u32 = 4;
 /// Most seeds whose addresses the core keeps for SWIM's messages to them.
 pub const MAX_SEEDS: usize = 64;
 /// How far past a sequence number the persisted floor is raised, so that the puts and notices

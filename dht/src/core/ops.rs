@@ -66,6 +66,10 @@ pub(super) struct Join<T> {
     pub(super) swim: Option<CommandId>,
     /// SWIM joins tried.
     pub(super) attempts: u32,
+    /// Dials of each waiting seed so far (the first included).
+    pub(super) dials: u32,
+    /// When the join stops waiting for seeds that did not settle.
+    pub(super) give_up: Instant,
 }
 
 /// A lookup under way.

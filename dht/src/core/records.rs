@@ -792,13 +792,13 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         self.advance_lookup(now, unix, op, lookup);
     }
 
-    /// A lookup's deadline passed: it ends with what it found.
+    /// An operation's deadline passed: a lookup ends with what it found, a join acts on its timer.
     pub(super) fn on_op_deadline(&mut self, now: Instant, unix: u64, op: OpId) {
         match self.ops.take(op) {
             Some(Op::Lookup(lookup)) => self.finish_lookup(now, unix, op, *lookup, true),
             Some(Op::Join(join)) => {
                 self.ops.insert(op, Op::Join(join));
-                self.on_join_deadline(now, unix, op);
+                self.on_join_timer(now, unix, op);
             }
             Some(other) => self.ops.insert(op, other),
             None => {}

@@ -7,7 +7,7 @@ use serde_bytes::ByteBuf;
 use shoal_swim::{Message, Payload, State, Update};
 
 use super::*;
-use crate::api::{AnnounceError, GetError, Path, Route};
+use crate::api::{AnnounceError, GetError, JoinError, Path, Route};
 use crate::lockstep::Announced;
 use crate::record::NewRecord;
 use crate::sim::{Sim, SimChecks, SimConfig, SimPeer, proof_of};
@@ -1869,4 +1869,96 @@ fn a_join_starts_once_one_seed_is_admitted_without_waiting_for_a_stalled_one() {
         [SimPeer(1)],
         "SWIM's join went out through seed 1 at once"
     );
+}
+
+#[test]
+fn a_seed_whose_connection_is_late_is_dialed_again_up_to_the_bound_then_the_join_goes_on() {
+    let (mut core, start) = lone(0, false);
+    let redial = core.config().seed_redial.expect("local config redials");
+    let addr = |i: u32| vec![Address(format!("/sim/{i}").into_bytes())];
+    core.handle_command(
+        start,
+        UNIX,
+        Command::Join(vec![(SimPeer(1), addr(1)), (SimPeer(2), addr(2))]),
+    );
+    drain(&mut core);
+    let redials_at = |core: &mut Core<SimPeer, SimChecks>, at: Instant| -> Vec<SimPeer> {
+        core.handle_timeout(at, UNIX);
+        drain(core)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Redial { peer, addrs } => {
+                    assert_eq!(addrs, addr(peer.0));
+                    Some(peer)
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(redials_at(&mut core, start + redial / 2).is_empty());
+    assert!(core.poll_timeout().is_some_and(|t| t <= start + redial));
+    assert_eq!(
+        redials_at(&mut core, start + redial),
+        [SimPeer(1), SimPeer(2)]
+    );
+    // Seed 2's dial failed for good: only seed 1 is dialed again.
+    core.handle_dial_failed(start + redial, UNIX, SimPeer(2));
+    drain(&mut core);
+    let mut at = start + redial;
+    for _ in 2..SEED_DIALS {
+        at += redial;
+        assert_eq!(redials_at(&mut core, at), [SimPeer(1)]);
+    }
+    // The bound is reached: no more attempts, and the join waits for its seeds' outcome.
+    assert!(redials_at(&mut core, at + redial).is_empty());
+    let give_up = start + 2 * core.config().gate_timeout;
+    assert_eq!(core.poll_timeout().map(|t| t <= give_up), Some(true));
+    let mut failed = None;
+    core.handle_timeout(give_up, UNIX);
+    for action in drain(&mut core) {
+        if let Action::Reply {
+            reply: Reply::Join(r),
+            ..
+        } = action
+        {
+            failed = Some(r);
+        }
+    }
+    assert!(
+        matches!(failed, Some(Err(JoinError::NoSeedVerified { tried: 2 }))),
+        "{failed:?}"
+    );
+}
+
+#[test]
+fn seeds_are_not_dialed_again_without_a_redial_delay() {
+    let now = Instant::now();
+    let mut core = Core::new(
+        now,
+        UNIX,
+        SimPeer(0),
+        NodeKey::from_seed([1; 32]),
+        SimChecks::new(SECRET),
+        Config {
+            seed_redial: None,
+            ..config()
+        },
+        false,
+        Restored::default(),
+    )
+    .unwrap();
+    core.handle_command(
+        now,
+        UNIX,
+        Command::Join(vec![(SimPeer(1), vec![Address(b"/sim/1".to_vec())])]),
+    );
+    drain(&mut core);
+    let step = Duration::from_millis(100);
+    let mut at = now;
+    while at + step < now + 2 * core.config().gate_timeout {
+        at += step;
+        core.handle_timeout(at, UNIX);
+        let actions = drain(&mut core);
+        assert!(!actions.iter().any(|a| matches!(a, Action::Redial { .. })));
+    }
 }

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use futures::{FutureExt, StreamExt};
 use libp2p::core::transport::ListenerId;
 use libp2p::swarm::dial_opts::DialOpts;
-use libp2p::swarm::{DialError, Swarm, SwarmEvent};
+use libp2p::swarm::dial_opts::PeerCondition;
+use libp2p::swarm::{ConnectionId, DialError, Swarm, SwarmEvent};
 use libp2p::{Multiaddr, PeerId};
 use serde_bytes::ByteBuf;
 use shoal_pow::{IdentityProof, IdentityVerifier, NodeKey, Puzzle};
@@ -77,6 +78,7 @@ struct Stopping {
 #[derive(Debug, Default)]
 struct Wire {
     dials: usize,
+    redials: u64,
     relay_requests_unconnected: usize,
     swim_sent: u64,
     swim_malformed: u64,
@@ -113,6 +115,9 @@ pub struct EventLoop {
     /// The thread that runs the core's identity checks, and where it reports.
     checker: Checker,
     checked: mpsc::Receiver<Checked>,
+    /// The core's dials ([`Action::Dial`], [`Action::Redial`]) still under way, by peer: one
+    /// failed attempt is reported only when no other is left.
+    dialing: HashMap<PeerId, Vec<ConnectionId>>,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -213,6 +218,7 @@ impl EventLoop {
             wire: Wire::default(),
             checker,
             checked,
+            dialing: HashMap::new(),
         };
         Ok((client, event_loop))
     }
@@ -455,10 +461,28 @@ impl EventLoop {
                 }
                 self.update_local_addrs();
             }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                num_established,
+                ..
+            } => {
+                let ours = self.dial_ended(peer_id, connection_id).is_some();
+                // A second attempt that also connected is not needed.
+                if ours && num_established.get() > 1 {
+                    self.swarm.close_connection(connection_id);
+                }
+            }
             SwarmEvent::OutgoingConnectionError {
                 peer_id: Some(peer),
+                connection_id,
                 ..
-            } if !self.swarm.is_connected(&peer) => self.core.handle_dial_failed(now, unix, peer),
+            } => {
+                let others = self.dial_ended(peer, connection_id).unwrap_or(false);
+                if !others && !self.swarm.is_connected(&peer) {
+                    self.core.handle_dial_failed(now, unix, peer);
+                }
+            }
             _ => {}
         }
     }
@@ -597,6 +621,10 @@ impl EventLoop {
                     let addrs = shoal_swim::behaviour::to_multiaddrs(&addrs);
                     self.dial(now, unix, peer, addrs);
                 }
+                Action::Redial { peer, addrs } => {
+                    let addrs = shoal_swim::behaviour::to_multiaddrs(&addrs);
+                    self.redial(peer, addrs);
+                }
                 Action::Write {
                     id,
                     ops,
@@ -672,14 +700,51 @@ impl EventLoop {
             return;
         }
         let opts = DialOpts::peer_id(peer).addresses(addrs).build();
+        let id = opts.connection_id();
         match self.swarm.dial(opts) {
+            Ok(()) => self.dialing.entry(peer).or_default().push(id),
             // Already being dialed: that dial's outcome settles it.
-            Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {}
+            Err(DialError::DialPeerConditionFalse(_)) => {}
             Err(error) => {
                 tracing::debug!(%peer, %error, "dial failed");
                 self.core.handle_dial_failed(now, unix, peer);
             }
         }
+    }
+
+    /// One more attempt beside the core's dial of `peer` still under way (see
+    /// [`Action::Redial`]); its failure is reported only if it is the last to end.
+    fn redial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if self.swarm.is_connected(&peer) || !self.dialing.contains_key(&peer) {
+            return;
+        }
+        let opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::Always)
+            .addresses(addrs)
+            .build();
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.wire.redials += 1;
+                self.dialing.entry(peer).or_default().push(id);
+            }
+            // The attempt under way still decides.
+            Err(error) => tracing::debug!(%peer, %error, "redial failed"),
+        }
+    }
+
+    /// Attempt `id` to `peer` ended: `None` if it was not the core's, else whether another of
+    /// the core's attempts is still under way.
+    fn dial_ended(&mut self, peer: PeerId, id: ConnectionId) -> Option<bool> {
+        let ids = self.dialing.get_mut(&peer)?;
+        let before = ids.len();
+        ids.retain(|i| *i != id);
+        let ours = ids.len() < before;
+        let others = !ids.is_empty();
+        if !others {
+            self.dialing.remove(&peer);
+        }
+        ours.then_some(others)
     }
 
     fn on_reply(&mut self, now: Instant, op: OpId, reply: Reply<PeerId>) {
@@ -723,6 +788,7 @@ impl EventLoop {
             readmitted_departed: c.readmitted_departed,
             departed_proofs: self.core.departed_proofs(),
             dials: self.wire.dials,
+            redials: self.wire.redials,
             relay_requests: c.relay_requests,
             relay_request_failures: c.relay_request_failures,
             relay_requests_unconnected: self.wire.relay_requests_unconnected,

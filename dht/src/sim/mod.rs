@@ -1111,8 +1111,9 @@ impl Sim {
                 };
                 self.transmit(now, (id, to.0), (Traffic::Swim, len), delivery);
             }
-            // The simulator has no connections to close.
-            Action::Disconnect { .. } => {}
+            // The simulator has no connections to close, and its dials lose no handshake that
+            // a second attempt would make up for.
+            Action::Disconnect { .. } | Action::Redial { .. } => {}
             Action::Dial { peer, .. } => {
                 if peer.0 as usize >= self.nodes.len() {
                     let at = now + self.config.dial_timeout;

@@ -348,6 +348,7 @@ async fn info(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
         "routing_peers": stats.routing_peers,
         "connections": stats.connections,
         "dials": stats.dials,
+        "redials": stats.redials,
         "routing": {
             "view_settled": stats.view_settled,
             "one_hop": stats.one_hop,
