@@ -362,6 +362,10 @@ pub struct NodeStats {
     /// Of [`dials`](Self::dials), second and later attempts at a seed whose first was late
     /// ([`crate::Config::seed_redial`]).
     pub redials: u64,
+    /// Connections to a seed replaced because its identity exchange or a SWIM join through it
+    /// got no answer in time (see
+    /// [`crate::core::Action::Reconnect`]).
+    pub reconnects: u64,
     /// Proof-relay requests sent since start.
     pub relay_requests: usize,
     /// Proof-relay requests that failed (timed out, lost their connection) since start; their

@@ -12,7 +12,7 @@
 //! swarm's time, or both cores, on evaluations nothing waits for. The DHT lets a peer into its
 //! routing table only once its proof passed.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -136,6 +136,8 @@ pub struct Behaviour {
     pending: HashSet<PeerId>,
     /// Peers connected whose proof was presented to the node and awaits its evaluation.
     presented: HashSet<PeerId>,
+    /// Open connections per peer.
+    connections: HashMap<PeerId, usize>,
     events: VecDeque<ToSwarm<Event, THandlerInEvent<rr::Behaviour<ProofCodec>>>>,
 }
 
@@ -168,6 +170,7 @@ impl Behaviour {
             verified: HashSet::new(),
             pending: HashSet::new(),
             presented: HashSet::new(),
+            connections: HashMap::new(),
             events: VecDeque::new(),
         }
     }
@@ -293,6 +296,19 @@ impl Behaviour {
             } => {
                 self.check(peer, &response, None);
             }
+            rr::Event::OutboundFailure {
+                peer,
+                error: rr::OutboundFailure::ConnectionClosed,
+                ..
+            } if self.connections.contains_key(&peer) => {
+                // The connection the exchange went on closed (a stalled one replaced by a
+                // fresh one, say) but another is open: exchange again on it. Even if the peer's
+                // proof is in hand, ours may not have reached it, and it holds our messages
+                // until it has.
+                self.pending.insert(peer);
+                self.inner
+                    .send_request(&peer, self.own_proof.to_bytes().to_vec());
+            }
             rr::Event::OutboundFailure { peer, error, .. } => {
                 self.pending.remove(&peer);
                 if self.verified.contains(&peer) || self.presented.contains(&peer) {
@@ -376,16 +392,21 @@ impl NetworkBehaviour for Behaviour {
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
         match &event {
-            FromSwarm::ConnectionEstablished(e)
-                if !self.verified.contains(&e.peer_id) && self.pending.insert(e.peer_id) =>
-            {
-                let own = self.own_proof.to_bytes().to_vec();
-                self.inner.send_request(&e.peer_id, own);
+            FromSwarm::ConnectionEstablished(e) => {
+                *self.connections.entry(e.peer_id).or_default() += 1;
+                if !self.verified.contains(&e.peer_id) && self.pending.insert(e.peer_id) {
+                    let own = self.own_proof.to_bytes().to_vec();
+                    self.inner.send_request(&e.peer_id, own);
+                }
             }
             FromSwarm::ConnectionClosed(e) if e.remaining_established == 0 => {
+                self.connections.remove(&e.peer_id);
                 self.verified.remove(&e.peer_id);
                 self.pending.remove(&e.peer_id);
                 self.presented.remove(&e.peer_id);
+            }
+            FromSwarm::ConnectionClosed(e) => {
+                self.connections.insert(e.peer_id, e.remaining_established);
             }
             _ => {}
         }

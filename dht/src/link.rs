@@ -34,14 +34,14 @@ use futures::{SinkExt, StreamExt};
 use libp2p::core::transport::PortUse;
 use libp2p::core::upgrade::ReadyUpgrade;
 use libp2p::core::{Endpoint, Multiaddr};
-use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::handler::{
     ConnectionEvent, DialUpgradeError, FullyNegotiatedInbound, FullyNegotiatedOutbound,
 };
 use libp2p::swarm::{
-    ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId, DialError,
-    FromSwarm, NetworkBehaviour, NotifyHandler, Stream, StreamUpgradeError, SubstreamProtocol,
-    THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
+    CloseConnection, ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId,
+    DialError, FromSwarm, NetworkBehaviour, NotifyHandler, Stream, StreamUpgradeError,
+    SubstreamProtocol, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 use libp2p::{PeerId, StreamProtocol};
 
@@ -206,6 +206,8 @@ pub struct Behaviour<M: Messages> {
     connections: HashMap<PeerId, Vec<ConnectionId>>,
     /// Encoded requests for peers being dialed, sent once connected, by wire id (0: told).
     dialing: HashMap<PeerId, Vec<(u64, Bytes)>>,
+    /// Fresh connections being made to replace a peer's stalled ones ([`Self::reconnect`]).
+    reconnecting: HashMap<PeerId, ConnectionId>,
     pending: HashMap<RequestId, Pending>,
     events: VecDeque<ToSwarm<Event<M>, Command>>,
     next_id: u64,
@@ -230,6 +232,7 @@ impl<M: Messages> Behaviour<M> {
             limits,
             connections: HashMap::new(),
             dialing: HashMap::new(),
+            reconnecting: HashMap::new(),
             pending: HashMap::new(),
             events: VecDeque::new(),
             next_id: 0,
@@ -292,8 +295,27 @@ impl<M: Messages> Behaviour<M> {
         Ok(Bytes::from(bytes))
     }
 
-    /// Sends frame `id` (0: told) to `peer` on its first connection, or holds it until one is
-    /// open; the connection it went to, if one was.
+    /// Replaces the connections to `peer`, which look stalled: a fresh one is dialed at
+    /// `addrs`, and once it is up the others are closed (their unanswered requests fail) and
+    /// frames go on the fresh one. A TCP connection that lost a segment several times in a row
+    /// waits out doubling retransmission timeouts (0.2, 0.4, 0.8, 1.6 s...) and everything
+    /// sent on it queues behind that segment; a new connection starts without that backoff.
+    /// Nothing to do if not connected (the next frame dials) or already reconnecting.
+    pub fn reconnect(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if !self.connections.contains_key(&peer) || self.reconnecting.contains_key(&peer) {
+            return;
+        }
+        let opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::Always)
+            .addresses(addrs)
+            .build();
+        self.reconnecting.insert(peer, opts.connection_id());
+        self.events.push_back(ToSwarm::Dial { opts });
+    }
+
+    /// Sends frame `id` (0: told) to `peer` on its newest connection (after a
+    /// [`Self::reconnect`], the fresh one), or holds it until one is open; the connection it
+    /// went to, if one was.
     fn dispatch(
         &mut self,
         peer: PeerId,
@@ -301,7 +323,7 @@ impl<M: Messages> Behaviour<M> {
         bytes: Bytes,
         addrs: Vec<Multiaddr>,
     ) -> Option<ConnectionId> {
-        match self.connections.get(&peer).and_then(|c| c.first()).copied() {
+        match self.connections.get(&peer).and_then(|c| c.last()).copied() {
             Some(connection) => {
                 self.events.push_back(ToSwarm::NotifyHandler {
                     peer_id: peer,
@@ -474,7 +496,17 @@ impl<M: Messages> Behaviour<M> {
     }
 
     fn on_connection_established(&mut self, peer: PeerId, connection: ConnectionId) {
-        self.connections.entry(peer).or_default().push(connection);
+        let connections = self.connections.entry(peer).or_default();
+        if self.reconnecting.get(&peer) == Some(&connection) {
+            self.reconnecting.remove(&peer);
+            for old in connections.iter() {
+                self.events.push_back(ToSwarm::CloseConnection {
+                    peer_id: peer,
+                    connection: CloseConnection::One(*old),
+                });
+            }
+        }
+        connections.push(connection);
         for (id, bytes) in self.dialing.remove(&peer).unwrap_or_default() {
             if id != 0 {
                 match self.pending.get_mut(&RequestId(id)) {
@@ -560,6 +592,10 @@ impl<M: Messages> NetworkBehaviour for Behaviour<M> {
             FromSwarm::ConnectionClosed(e) => self.on_connection_closed(e.peer_id, e.connection_id),
             FromSwarm::DialFailure(e) => {
                 if let Some(peer) = e.peer_id {
+                    if self.reconnecting.get(&peer) == Some(&e.connection_id) {
+                        // The old connections stay.
+                        self.reconnecting.remove(&peer);
+                    }
                     self.on_dial_failure(peer, e.error);
                 }
             }
@@ -1159,6 +1195,62 @@ mod tests {
             }
         }
         assert_eq!(seen, vec![7, 8], "told, then asked, on the same stream");
+    }
+
+    /// After a reconnect, the request left on the old connection fails when it closes, and the
+    /// next one goes on the fresh connection and is answered.
+    #[tokio::test]
+    async fn a_reconnect_moves_to_a_fresh_connection_and_closes_the_old() {
+        let (mut a, mut b) = pair(Duration::from_secs(30));
+        b.listen().with_memory_addr_external().await;
+        a.connect(&mut b).await;
+        let peer = *b.local_peer_id();
+        let addr = b.external_addresses().next().expect("b's address").clone();
+        let old = a.behaviour().connections[&peer].clone();
+        assert_eq!(old.len(), 1);
+        let stalled = a
+            .behaviour_mut()
+            .send_request_with_addresses(&peer, find(1), Vec::new());
+        a.behaviour_mut().reconnect(peer, vec![addr]);
+        let mut held = Vec::new();
+        let mut asked = None;
+        loop {
+            tokio::select! {
+                e = a.next_behaviour_event() => match e {
+                    Event::Failed { id, failure, .. } => {
+                        assert_eq!(id, stalled);
+                        assert!(matches!(failure, Failure::Unreachable(why) if why.contains("closed")));
+                        assert!(!a.behaviour().connections[&peer].contains(&old[0]));
+                        asked = Some(
+                            a.behaviour_mut()
+                                .send_request_with_addresses(&peer, find(2), Vec::new()),
+                        );
+                    }
+                    Event::Response { id, response, .. } => {
+                        assert_eq!(Some(id), asked);
+                        assert_eq!(response, Response::refused("2"));
+                        break;
+                    }
+                    other => panic!("unexpected {other:?}"),
+                },
+                e = b.next_behaviour_event() => match e {
+                    Event::Request { request: Request::FindNode(x), channel, .. } => {
+                        let i = u32::from_be_bytes(x[..].try_into().unwrap());
+                        if i == 1 {
+                            // Held: the stalled request is never answered on its connection.
+                            held.push(channel);
+                        } else {
+                            b.behaviour_mut()
+                                .send_response(channel, Response::refused(format!("{i}")))
+                                .unwrap();
+                        }
+                    }
+                    other => panic!("unexpected {other:?}"),
+                },
+            }
+        }
+        assert_eq!(a.behaviour().connections[&peer].len(), 1);
+        assert!(a.behaviour().reconnecting.is_empty());
     }
 
     /// A request the peer never answers fails once the timeout passed; a request to a peer

@@ -318,6 +318,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
 
     /// Holds a SWIM message from a peer not admitted yet (dropped if the queue is full).
     pub(super) fn hold_swim(&mut self, now: Instant, from: T, msg: Message<T>) {
+        tracing::debug!(peer = ?from, "SWIM message held until the sender's proof comes");
         self.stats.swim_unadmitted += 1;
         let deadline = now + self.config.gate_timeout;
         let _ = self.admission.hold(from, Held::Swim(msg), deadline);

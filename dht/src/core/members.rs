@@ -170,7 +170,13 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     /// Starts a join through `seeds` and the peers of the restored routing snapshot (so a
     /// restarted node whose seeds are down gets in through the members it knew): seeds not
     /// admitted yet are dialed so the gate checks them, then SWIM joins through those admitted.
-    pub(super) fn start_join(&mut self, now: Instant, op: OpId, seeds: Vec<(T, Vec<Address>)>) {
+    pub(super) fn start_join(
+        &mut self,
+        now: Instant,
+        unix: u64,
+        op: OpId,
+        seeds: Vec<(T, Vec<Address>)>,
+    ) {
         let seeds = seeds.into_iter().chain(self.snapshot.iter().cloned());
         let mut by_peer: Vec<(T, Vec<Address>)> = Vec::new();
         let mut index: HashMap<T, usize> = HashMap::new();
@@ -213,10 +219,14 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 attempts: 0,
                 dials: 1,
                 give_up,
+                retry: false,
             }),
         );
         self.ops
             .set_deadline(op, self.next_join_timer(now, 1, give_up));
+        // A seed already listed (met on a connection before, its check perhaps still queued)
+        // settles nothing more: the join goes on now.
+        self.advance_join(now, unix, op);
     }
 
     /// When a join whose seeds were dialed `dials` times acts next: its next redial, or when it
@@ -235,6 +245,11 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         let Some(Op::Join(join)) = self.ops.get_mut(op) else {
             return;
         };
+        if join.retry {
+            join.retry = false;
+            self.advance_join(now, unix, op);
+            return;
+        }
         if now >= join.give_up {
             self.on_join_deadline(now, unix, op);
             return;
@@ -340,11 +355,24 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 );
             }
             Err(error) if join.attempts < JOIN_ATTEMPTS => {
-                // The seed may not have admitted us yet when our first push-pull came in.
+                // The seed may not have admitted us yet when our first push-pull came in, or
+                // the push-pull (or its answer) sits behind a segment TCP retransmits with
+                // backoff: the next attempt goes on fresh connections, once they had time.
                 tracing::debug!(%error, "SWIM join failed, retrying");
                 join.swim = None;
+                for (peer, addrs) in &join.seeds {
+                    self.push(Action::Reconnect {
+                        peer: *peer,
+                        addrs: addrs.clone(),
+                    });
+                }
+                let wait = self.config.seed_redial;
+                join.retry = wait.is_some();
                 self.ops.insert(op, Op::Join(join));
-                self.advance_join(now, unix, op);
+                match wait {
+                    Some(wait) => self.ops.set_deadline(op, now + wait),
+                    None => self.advance_join(now, unix, op),
+                }
             }
             Err(error) => self.reply(op, Reply::Join(Err(JoinError::Swim(error)))),
         }

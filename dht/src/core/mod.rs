@@ -387,11 +387,22 @@ pub enum Action<T> {
         /// Its addresses.
         addrs: Vec<Address>,
     },
-    /// Dial `peer` once more beside the attempt of an earlier [`Action::Dial`] still under way
-    /// (a seed whose connection is late: its SYN may be lost). Nothing to do when connected, or
-    /// when that earlier attempt already ended (its outcome was reported); report a failure only
-    /// once every attempt failed.
+    /// A seed has not settled in time: dial it once more beside the attempt of an earlier
+    /// [`Action::Dial`] still under way (its SYN may be lost), or, when connected (the identity
+    /// exchange is late: a segment of it may sit in TCP's backed-off retransmissions), as
+    /// [`Action::Reconnect`]. Nothing to do when not connected and that earlier attempt already
+    /// ended (its outcome was reported); report a failure only once every attempt failed.
     Redial {
+        /// The peer.
+        peer: T,
+        /// Its addresses.
+        addrs: Vec<Address>,
+    },
+    /// Replace the connections to `peer`, which look stalled (a SWIM join through it got no
+    /// answer in time): open a fresh one at `addrs` and close the others once it is up, so the
+    /// next attempt does not queue behind a segment TCP keeps retransmitting with backoff.
+    /// Nothing to do when not connected.
+    Reconnect {
         /// The peer.
         peer: T,
         /// Its addresses.
@@ -921,7 +932,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     pub fn handle_command(&mut self, now: Instant, unix: u64, command: Command<T>) -> OpId {
         let op = self.ops.next_op();
         match command {
-            Command::Join(seeds) => self.start_join(now, op, seeds),
+            Command::Join(seeds) => self.start_join(now, unix, op, seeds),
             Command::Leave => {
                 let id = self.swim.leave(now);
                 self.ops.insert(op, ops::Op::Leave(id));
@@ -1089,6 +1100,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     /// evaluation ([`Checks::precheck`] could not): the peer takes part in SWIM at once and is
     /// checked in its turn ([`Action::Verify`]); the runtime disconnects it if the check fails.
     pub fn handle_presented(&mut self, now: Instant, unix: u64, peer: T, proof: &[u8]) {
+        tracing::debug!(?peer, "identity proof presented");
         self.on_presented(now, unix, peer, proof);
         self.on_seed_settled(now, unix, &peer);
     }

@@ -1962,3 +1962,56 @@ fn seeds_are_not_dialed_again_without_a_redial_delay() {
         assert!(!actions.iter().any(|a| matches!(a, Action::Redial { .. })));
     }
 }
+
+#[test]
+fn a_swim_join_without_answer_is_tried_again_on_fresh_connections() {
+    let (mut core, start) = lone(0, false);
+    let redial = core.config().seed_redial.expect("local config redials");
+    let join_timeout = core.config().swim.join_timeout;
+    let seed = vec![Address(b"/sim/1".to_vec())];
+    core.handle_command(start, UNIX, Command::Join(vec![(SimPeer(1), seed.clone())]));
+    core.handle_gate(start, UNIX, SimPeer(1), Ok(()));
+    let pushes = |actions: &[Action<SimPeer>]| {
+        actions
+            .iter()
+            .filter(|a| {
+                matches!(a, Action::Swim { to, msg, .. }
+                    if *to == SimPeer(1) && matches!(msg.payload, Payload::PushPull { join: true, .. }))
+            })
+            .count()
+    };
+    assert_eq!(pushes(&drain(&mut core)), 1);
+    // The seed never answers: the attempt times out, the seed's connection is replaced, and the
+    // next attempt waits for it.
+    let failed = start + join_timeout + Duration::from_millis(1);
+    core.handle_timeout(failed, UNIX);
+    let actions = drain(&mut core);
+    assert!(
+        actions.iter().any(
+            |a| matches!(a, Action::Reconnect { peer, addrs } if *peer == SimPeer(1) && *addrs == seed)
+        ),
+        "{actions:?}"
+    );
+    assert_eq!(
+        pushes(&actions),
+        0,
+        "the retry waits for the fresh connection"
+    );
+    core.handle_timeout(failed + redial, UNIX);
+    assert_eq!(pushes(&drain(&mut core)), 1);
+}
+
+#[test]
+fn a_join_through_a_seed_listed_already_starts_at_once() {
+    let (mut core, now) = lone(0, false);
+    let seed = vec![Address(b"/sim/1".to_vec())];
+    // Met on a connection: its proof is in hand, its check still waits.
+    core.handle_presented(now, UNIX, SimPeer(1), &proof(1));
+    drain(&mut core);
+    core.handle_command(now, UNIX, Command::Join(vec![(SimPeer(1), seed)]));
+    let joined = drain(&mut core).iter().any(|a| {
+        matches!(a, Action::Swim { to, msg, .. }
+            if *to == SimPeer(1) && matches!(msg.payload, Payload::PushPull { join: true, .. }))
+    });
+    assert!(joined, "SWIM's join went out without waiting for the check");
+}

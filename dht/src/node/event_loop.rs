@@ -79,6 +79,7 @@ struct Stopping {
 struct Wire {
     dials: usize,
     redials: u64,
+    reconnects: u64,
     relay_requests_unconnected: usize,
     swim_sent: u64,
     swim_malformed: u64,
@@ -432,9 +433,20 @@ impl EventLoop {
             SwarmEvent::Dialing { .. } => self.wire.dials += 1,
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                num_established,
+                cause,
                 ..
-            } => self.core.handle_disconnected(now, peer_id),
+            } => {
+                tracing::debug!(
+                    peer = %peer_id,
+                    left = num_established,
+                    cause = ?cause,
+                    "connection closed"
+                );
+                if num_established == 0 {
+                    self.core.handle_disconnected(now, peer_id);
+                }
+            }
             SwarmEvent::NewListenAddr {
                 listener_id,
                 address,
@@ -465,8 +477,15 @@ impl EventLoop {
                 peer_id,
                 connection_id,
                 num_established,
+                endpoint,
                 ..
             } => {
+                tracing::debug!(
+                    peer = %peer_id,
+                    dialer = endpoint.is_dialer(),
+                    connections = num_established.get(),
+                    "connected"
+                );
                 let ours = self.dial_ended(peer_id, connection_id).is_some();
                 // A second attempt that also connected is not needed.
                 if ours && num_established.get() > 1 {
@@ -476,8 +495,9 @@ impl EventLoop {
             SwarmEvent::OutgoingConnectionError {
                 peer_id: Some(peer),
                 connection_id,
-                ..
+                error,
             } => {
+                tracing::debug!(%peer, %error, "dial failed");
                 let others = self.dial_ended(peer, connection_id).unwrap_or(false);
                 if !others && !self.swarm.is_connected(&peer) {
                     self.core.handle_dial_failed(now, unix, peer);
@@ -625,6 +645,11 @@ impl EventLoop {
                     let addrs = shoal_swim::behaviour::to_multiaddrs(&addrs);
                     self.redial(peer, addrs);
                 }
+                Action::Reconnect { peer, addrs } => {
+                    let addrs = shoal_swim::behaviour::to_multiaddrs(&addrs);
+                    self.wire.reconnects += 1;
+                    self.swarm.behaviour_mut().swim.reconnect(peer, addrs);
+                }
                 Action::Write {
                     id,
                     ops,
@@ -712,10 +737,16 @@ impl EventLoop {
         }
     }
 
-    /// One more attempt beside the core's dial of `peer` still under way (see
-    /// [`Action::Redial`]); its failure is reported only if it is the last to end.
+    /// One more attempt beside the core's dial of `peer` still under way, or a fresh
+    /// connection to replace one whose identity exchange is late (see [`Action::Redial`]); a
+    /// failed attempt is reported only if it is the last to end.
     fn redial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
-        if self.swarm.is_connected(&peer) || !self.dialing.contains_key(&peer) {
+        if self.swarm.is_connected(&peer) {
+            self.wire.reconnects += 1;
+            self.swarm.behaviour_mut().swim.reconnect(peer, addrs);
+            return;
+        }
+        if !self.dialing.contains_key(&peer) {
             return;
         }
         let opts = DialOpts::peer_id(peer)
@@ -789,6 +820,7 @@ impl EventLoop {
             departed_proofs: self.core.departed_proofs(),
             dials: self.wire.dials,
             redials: self.wire.redials,
+            reconnects: self.wire.reconnects,
             relay_requests: c.relay_requests,
             relay_request_failures: c.relay_request_failures,
             relay_requests_unconnected: self.wire.relay_requests_unconnected,

@@ -1113,7 +1113,7 @@ impl Sim {
             }
             // The simulator has no connections to close, and its dials lose no handshake that
             // a second attempt would make up for.
-            Action::Disconnect { .. } | Action::Redial { .. } => {}
+            Action::Disconnect { .. } | Action::Redial { .. } | Action::Reconnect { .. } => {}
             Action::Dial { peer, .. } => {
                 if peer.0 as usize >= self.nodes.len() {
                     let at = now + self.config.dial_timeout;

@@ -349,6 +349,7 @@ async fn info(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
         "connections": stats.connections,
         "dials": stats.dials,
         "redials": stats.redials,
+        "reconnects": stats.reconnects,
         "routing": {
             "view_settled": stats.view_settled,
             "one_hop": stats.one_hop,
