@@ -78,12 +78,15 @@ pub struct Config {
     /// Bound of one identity-proof exchange, of a proof-relay request, and of how long a peer's
     /// requests wait for its check. Default 10 s; must be above zero.
     pub gate_timeout: Duration,
-    /// How long a join waits for a seed's connection before dialing it again beside the first
-    /// attempt, up to [`SEED_DIALS`](crate::core::SEED_DIALS) attempts at once; `None` never
-    /// does. A lost TCP SYN (or SYN-ACK) is sent again by the kernel after 1 s, then 3 s and
-    /// 7 s, so on a lossy link one unlucky joiner waits seconds for a connection that a fresh
-    /// attempt makes in one round trip. Default 500 ms (300 ms on LAN presets); `None` on Tor,
-    /// where a second attempt builds another rendezvous circuit and only adds load.
+    /// How long a join waits for a seed's connection, or for its identity exchange once
+    /// connected, before dialing it again beside the first attempt (a fresh connection that
+    /// replaces a late one), up to [`SEED_DIALS`](crate::core::SEED_DIALS) attempts; also how
+    /// long a SWIM join retry waits for the fresh connection after an attempt got no answer.
+    /// `None` never redials. A lost TCP SYN (or SYN-ACK) is sent again by the kernel after 1 s,
+    /// then 3 s and 7 s, so on a lossy link one unlucky joiner waits seconds for a connection
+    /// that a fresh attempt makes in one round trip. Default 1 s (a few round trips of a long
+    /// path, so a healthy exchange is not replaced); 300 ms on the LAN presets (testnet,
+    /// local); `None` on Tor, where a second attempt builds another rendezvous circuit.
     pub seed_redial: Option<Duration>,
     /// Bound of one request to a peer: a lookup step, a get step, a replica put, a lockstep
     /// announcement or read. Default 10 s; must be above zero.
@@ -138,7 +141,7 @@ impl Default for Config {
             query_timeout: Duration::from_secs(30),
             put_quorum: nz(3),
             gate_timeout: Duration::from_secs(10),
-            seed_redial: Some(Duration::from_millis(500)),
+            seed_redial: Some(Duration::from_secs(1)),
             request_timeout: Duration::from_secs(10),
             republish_interval: Duration::from_secs(3600),
             copy_flush_delay: Duration::from_secs(1),
