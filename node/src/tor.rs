@@ -277,6 +277,7 @@ mod tests {
         fit_for_onions(&mut c);
         assert_eq!(c.swim, shoal_swim::Config::tor());
         assert!(c.query_timeout >= Duration::from_secs(90));
+        assert_eq!(c.seed_redial, None, "no second rendezvous circuit per seed");
         c.validate().expect("the fitted config is valid");
     }
 }
