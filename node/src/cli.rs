@@ -176,7 +176,9 @@ pub struct TestnetArgs {
     /// Keep the temporary directory at exit.
     #[arg(long)]
     pub keep: bool,
-    /// How long to wait for the nodes to be ready, seconds.
+    /// How long to wait for the nodes to be ready, seconds. While they are still checking
+    /// each other's identity proofs (n·(n−1) scrypt evaluations) the wait goes on as long as
+    /// one more check ends within it.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub ready_timeout: u64,
 }

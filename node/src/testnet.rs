@@ -368,7 +368,7 @@ enum Ready {
 async fn wait_until(
     nodes: &mut [TestNode],
     signals: &mut Signals,
-    deadline: Instant,
+    mut deadline: Instant,
     timeout: Duration,
     what: Ready,
 ) -> Result<(), TestnetError> {
@@ -380,6 +380,12 @@ async fn wait_until(
     let total = nodes.len();
     let mut ready = vec![false; total];
     let mut last = vec![String::from("no answer yet"); total];
+    // Members listed and checked, summed over the nodes: the checks of n nodes started together
+    // cost n·(n−1) scrypt evaluations at the lowest priority (about 48 s of two cores at
+    // n = 50), so the wait for members goes on while they advance, and ends `timeout` after
+    // the last advance.
+    let mut listed = vec![0usize; total];
+    let mut best = 0usize;
     loop {
         for (i, node) in nodes.iter_mut().enumerate() {
             if ready[i] {
@@ -402,6 +408,7 @@ async fn wait_until(
                     Ready::Rpc => ready[i] = true,
                     Ready::Members => {
                         let alive = alive_members(&v);
+                        listed[i] = alive;
                         if alive >= others {
                             ready[i] = true;
                         } else {
@@ -417,6 +424,13 @@ async fn wait_until(
         if ready.iter().all(|r| *r) {
             return Ok(());
         }
+        deadline = extended(
+            deadline,
+            &mut best,
+            listed.iter().sum(),
+            Instant::now(),
+            timeout,
+        );
         if Instant::now() >= deadline {
             let i = ready.iter().position(|r| !r).unwrap_or(0);
             return Err(TestnetError::NotReady {
@@ -432,6 +446,22 @@ async fn wait_until(
             _ = signals.recv() => return Err(TestnetError::Interrupted),
         }
     }
+}
+
+/// The wait's deadline once `sum` members are listed and checked over all nodes: `timeout`
+/// from now if that is more than the most seen so far (`best`, updated), else unchanged.
+fn extended(
+    deadline: Instant,
+    best: &mut usize,
+    sum: usize,
+    now: Instant,
+    timeout: Duration,
+) -> Instant {
+    if sum > *best {
+        *best = sum;
+        return deadline.max(now + timeout);
+    }
+    deadline
 }
 
 /// Members of a `swim_members` result that are alive and whose identity proofs this node has
@@ -638,6 +668,30 @@ fn threads_per_node(n: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_wait_for_members_goes_on_while_checks_advance() {
+        let t0 = Instant::now();
+        let timeout = Duration::from_secs(60);
+        let mut best = 0;
+        let first = t0 + timeout;
+        // Progress 50 s in: the deadline moves to 60 s after it.
+        let later = t0 + Duration::from_secs(50);
+        assert_eq!(
+            extended(first, &mut best, 10, later, timeout),
+            later + timeout
+        );
+        assert_eq!(best, 10);
+        // No progress: unchanged, whenever asked.
+        let now = t0 + Duration::from_secs(100);
+        assert_eq!(
+            extended(later + timeout, &mut best, 10, now, timeout),
+            later + timeout
+        );
+        // Progress never brings the deadline closer.
+        assert_eq!(extended(first, &mut best, 11, t0, timeout), first);
+        assert_eq!(best, 11);
+    }
 
     #[test]
     fn testnet_nodes_share_the_cores() {
