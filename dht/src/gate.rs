@@ -256,6 +256,14 @@ impl Behaviour {
         }
     }
 
+    /// Sends our proof to `peer` as a request (its answer carries the peer's proof); the
+    /// exchange is pending until it ends.
+    fn present(&mut self, peer: PeerId) {
+        self.pending.insert(peer);
+        let own = self.own_proof.to_bytes().to_vec();
+        self.inner.send_request(&peer, own);
+    }
+
     fn answer(&mut self, channel: rr::ResponseChannel<Vec<u8>>) {
         let own = self.own_proof.to_bytes().to_vec();
         // The peer may have gone already; then there is nobody to answer.
@@ -305,9 +313,7 @@ impl Behaviour {
                 // fresh one, say) but another is open: exchange again on it. Even if the peer's
                 // proof is in hand, ours may not have reached it, and it holds our messages
                 // until it has.
-                self.pending.insert(peer);
-                self.inner
-                    .send_request(&peer, self.own_proof.to_bytes().to_vec());
+                self.present(peer);
             }
             rr::Event::OutboundFailure { peer, error, .. } => {
                 self.pending.remove(&peer);
@@ -394,9 +400,8 @@ impl NetworkBehaviour for Behaviour {
         match &event {
             FromSwarm::ConnectionEstablished(e) => {
                 *self.connections.entry(e.peer_id).or_default() += 1;
-                if !self.verified.contains(&e.peer_id) && self.pending.insert(e.peer_id) {
-                    let own = self.own_proof.to_bytes().to_vec();
-                    self.inner.send_request(&e.peer_id, own);
+                if !self.verified.contains(&e.peer_id) && !self.pending.contains(&e.peer_id) {
+                    self.present(e.peer_id);
                 }
             }
             FromSwarm::ConnectionClosed(e) if e.remaining_established == 0 => {

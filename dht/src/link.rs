@@ -300,10 +300,11 @@ impl<M: Messages> Behaviour<M> {
     /// frames go on the fresh one. A TCP connection that lost a segment several times in a row
     /// waits out doubling retransmission timeouts (0.2, 0.4, 0.8, 1.6 s...) and everything
     /// sent on it queues behind that segment; a new connection starts without that backoff.
-    /// Nothing to do if not connected (the next frame dials) or already reconnecting.
-    pub fn reconnect(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+    /// Nothing to do if not connected (the next frame dials) or already reconnecting; whether a
+    /// fresh connection is being dialed for this call.
+    pub fn reconnect(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) -> bool {
         if !self.connections.contains_key(&peer) || self.reconnecting.contains_key(&peer) {
-            return;
+            return false;
         }
         let opts = DialOpts::peer_id(peer)
             .condition(PeerCondition::Always)
@@ -311,6 +312,7 @@ impl<M: Messages> Behaviour<M> {
             .build();
         self.reconnecting.insert(peer, opts.connection_id());
         self.events.push_back(ToSwarm::Dial { opts });
+        true
     }
 
     /// Sends frame `id` (0: told) to `peer` on its newest connection (after a
@@ -1211,7 +1213,11 @@ mod tests {
         let stalled = a
             .behaviour_mut()
             .send_request_with_addresses(&peer, find(1), Vec::new());
-        a.behaviour_mut().reconnect(peer, vec![addr]);
+        assert!(a.behaviour_mut().reconnect(peer, vec![addr.clone()]));
+        assert!(
+            !a.behaviour_mut().reconnect(peer, vec![addr]),
+            "one fresh connection at a time"
+        );
         let mut held = Vec::new();
         let mut asked = None;
         loop {

@@ -219,7 +219,6 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 attempts: 0,
                 dials: 1,
                 give_up,
-                retry: false,
             }),
         );
         self.ops
@@ -245,8 +244,9 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         let Some(Op::Join(join)) = self.ops.get_mut(op) else {
             return;
         };
-        if join.retry {
-            join.retry = false;
+        // A SWIM join attempted and none under way: one failed, and the next waited
+        // `seed_redial` for the seeds' fresh connections (without it, it went at once).
+        if join.swim.is_none() && join.attempts > 0 && self.config.seed_redial.is_some() {
             self.advance_join(now, unix, op);
             return;
         }
@@ -366,10 +366,8 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                         addrs: addrs.clone(),
                     });
                 }
-                let wait = self.config.seed_redial;
-                join.retry = wait.is_some();
                 self.ops.insert(op, Op::Join(join));
-                match wait {
+                match self.config.seed_redial {
                     Some(wait) => self.ops.set_deadline(op, now + wait),
                     None => self.advance_join(now, unix, op),
                 }

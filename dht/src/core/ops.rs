@@ -70,9 +70,6 @@ pub(super) struct Join<T> {
     pub(super) dials: u32,
     /// When the join stops waiting for seeds that did not settle.
     pub(super) give_up: Instant,
-    /// A SWIM join failed and the next waits for the seeds' fresh connections (the op's
-    /// deadline).
-    pub(super) retry: bool,
 }
 
 /// A lookup under way.

@@ -647,8 +647,7 @@ impl EventLoop {
                 }
                 Action::Reconnect { peer, addrs } => {
                     let addrs = shoal_swim::behaviour::to_multiaddrs(&addrs);
-                    self.wire.reconnects += 1;
-                    self.swarm.behaviour_mut().swim.reconnect(peer, addrs);
+                    self.reconnect(peer, addrs);
                 }
                 Action::Write {
                     id,
@@ -724,10 +723,8 @@ impl EventLoop {
         if self.swarm.is_connected(&peer) || peer == *self.swarm.local_peer_id() {
             return;
         }
-        let opts = DialOpts::peer_id(peer).addresses(addrs).build();
-        let id = opts.connection_id();
-        match self.swarm.dial(opts) {
-            Ok(()) => self.dialing.entry(peer).or_default().push(id),
+        match self.start_dial(peer, DialOpts::peer_id(peer).addresses(addrs).build()) {
+            Ok(()) => {}
             // Already being dialed: that dial's outcome settles it.
             Err(DialError::DialPeerConditionFalse(_)) => {}
             Err(error) => {
@@ -742,8 +739,7 @@ impl EventLoop {
     /// failed attempt is reported only if it is the last to end.
     fn redial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
         if self.swarm.is_connected(&peer) {
-            self.wire.reconnects += 1;
-            self.swarm.behaviour_mut().swim.reconnect(peer, addrs);
+            self.reconnect(peer, addrs);
             return;
         }
         if !self.dialing.contains_key(&peer) {
@@ -753,14 +749,26 @@ impl EventLoop {
             .condition(PeerCondition::Always)
             .addresses(addrs)
             .build();
-        let id = opts.connection_id();
-        match self.swarm.dial(opts) {
-            Ok(()) => {
-                self.wire.redials += 1;
-                self.dialing.entry(peer).or_default().push(id);
-            }
+        match self.start_dial(peer, opts) {
+            Ok(()) => self.wire.redials += 1,
             // The attempt under way still decides.
             Err(error) => tracing::debug!(%peer, %error, "redial failed"),
+        }
+    }
+
+    /// Dials `peer` with `opts` for the core, keeping the attempt in [`Self::dialing`] so its
+    /// outcome is reported once with the others'.
+    fn start_dial(&mut self, peer: PeerId, opts: DialOpts) -> Result<(), DialError> {
+        let id = opts.connection_id();
+        self.swarm.dial(opts)?;
+        self.dialing.entry(peer).or_default().push(id);
+        Ok(())
+    }
+
+    /// Replaces the connections to `peer` with a fresh one ([`Action::Reconnect`]).
+    fn reconnect(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if self.swarm.behaviour_mut().swim.reconnect(peer, addrs) {
+            self.wire.reconnects += 1;
         }
     }
 
