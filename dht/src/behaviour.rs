@@ -13,7 +13,7 @@ use crate::node::SharedVerifier;
 use crate::{gate, link};
 
 /// SWIM's protocol: its messages told as frames on long-lived streams ([`link::Swim`]).
-pub const SWIM_PROTOCOL: &str = "/shoal/swim/2";
+pub const SWIM_PROTOCOL: &str = "/shoal/swim/3";
 
 /// The combined behaviour.
 #[derive(NetworkBehaviour)]
@@ -21,11 +21,11 @@ pub const SWIM_PROTOCOL: &str = "/shoal/swim/2";
 pub struct Behaviour {
     /// Identify on `/shoal/<network>/id/1.0.0`.
     pub identify: identify::Behaviour,
-    /// SWIM's messages on `/shoal/swim/2`, told on long-lived streams ([`link::Swim`]).
+    /// SWIM's messages on `/shoal/swim/3`, told on long-lived streams ([`link::Swim`]).
     pub swim: link::Behaviour<link::Swim>,
     /// The identity gate on `/shoal/identity/1`.
     pub gate: gate::Behaviour,
-    /// The DHT's requests on `/shoal/<network>/dht/2.0.0`, on long-lived streams.
+    /// The DHT's requests on `/shoal/<network>/dht/3.0.0`, on long-lived streams.
     pub dht: link::Behaviour<link::Dht>,
 }
 

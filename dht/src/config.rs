@@ -42,7 +42,7 @@ pub enum ConfigError {
 /// Configuration of a DHT node.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Network name, part of the identify and DHT protocol names (`/shoal/<network>/dht/2.0.0`),
+    /// Network name, part of the identify and DHT protocol names (`/shoal/<network>/dht/3.0.0`),
     /// so networks never mix. 1 to 64 of `[a-z0-9-]`. Default `"main"`.
     pub network: String,
     /// The identity puzzle every peer's proof must solve. Default [`PuzzleConfig::mainnet`].
@@ -249,9 +249,9 @@ impl Config {
         format!("/shoal/{}/id/1.0.0", self.network)
     }
 
-    /// The DHT protocol name: `/shoal/<network>/dht/2.0.0`, so networks never mix.
+    /// The DHT protocol name: `/shoal/<network>/dht/3.0.0`, so networks never mix.
     pub fn dht_protocol(&self) -> String {
-        format!("/shoal/{}/dht/2.0.0", self.network)
+        format!("/shoal/{}/dht/3.0.0", self.network)
     }
 }
 
@@ -264,7 +264,7 @@ mod tests {
         for c in [Config::default(), Config::testnet(), Config::local()] {
             c.validate().unwrap();
         }
-        assert_eq!(Config::local().dht_protocol(), "/shoal/local/dht/2.0.0");
+        assert_eq!(Config::local().dht_protocol(), "/shoal/local/dht/3.0.0");
     }
 
     #[test]

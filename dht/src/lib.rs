@@ -16,7 +16,7 @@
 //!   `benches/dht_sim.rs`).
 //! - [`behaviour`]: the combined libp2p behaviour (identify, SWIM's transport, the gate, the
 //!   DHT protocol).
-//! - [`wire`]: the DHT protocol `/shoal/<network>/dht/2.0.0` and its bounded codec.
+//! - [`wire`]: the DHT protocol `/shoal/<network>/dht/3.0.0` and its bounded codec.
 //! - [`link`]: its transport, requests and answers as frames on one long-lived stream per
 //!   connection and direction.
 //! - [`config`]: the node's configuration and presets.

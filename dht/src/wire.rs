@@ -1,4 +1,4 @@
-//! The DHT's wire protocol `/shoal/<network>/dht/2.0.0` ([`crate::Config::dht_protocol`]): every
+//! The DHT's wire protocol `/shoal/<network>/dht/3.0.0` ([`crate::Config::dht_protocol`]): every
 //! request one node makes of another, and the answers, as CBOR with bounded sizes, carried in
 //! frames on long-lived streams ([`crate::link`]).
 //!

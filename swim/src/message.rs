@@ -171,8 +171,9 @@ pub struct Message<T> {
     /// The request or answer.
     #[serde(rename = "p")]
     pub payload: Payload<T>,
-    /// Piggybacked membership updates (at most [`MAX_GOSSIP_UPDATES`]).
-    #[serde(rename = "g", default)]
+    /// Piggybacked membership updates (at most [`MAX_GOSSIP_UPDATES`]); left out when none,
+    /// as in most of an idle member's messages.
+    #[serde(rename = "g", default, skip_serializing_if = "Vec::is_empty")]
     pub gossip: Vec<Update<T>>,
 }
 
