@@ -208,14 +208,24 @@ fn sent(net: &Net, i: usize) -> (u64, u64) {
     )
 }
 
-/// Resident memory of a process, MiB.
-fn rss_mib(pid: u32) -> f64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+/// Field `name` (kB) of a `/proc/<pid>/` file, in MiB.
+fn proc_mib(pid: u32, file: &str, name: &str) -> f64 {
+    let text = fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
         .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Resident memory of a process, MiB.
+fn rss_mib(pid: u32) -> f64 {
+    proc_mib(pid, "status", "VmRSS:")
+}
+
+/// The part of it no other process shares, MiB: most of a node's resident memory is the
+/// executable's pages, which every node on the machine maps once.
+fn private_mib(pid: u32) -> f64 {
+    proc_mib(pid, "smaps_rollup", "Private_Dirty:")
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -257,9 +267,10 @@ struct Measured {
     proof_cpu: Vec<f64>,
     /// CPU seconds of all nodes together from the start until every node checked every other.
     join_cpu: f64,
-    /// Per node over the window: CPU share of a core, RSS MiB, packets/s, bytes/s.
+    /// Per node over the window: CPU share of a core, RSS and private MiB, packets/s, bytes/s.
     cpu: Vec<f64>,
     rss: Vec<f64>,
+    private: Vec<f64>,
     packets: Vec<f64>,
     bytes: Vec<f64>,
     /// Per crash: first suspicion, every survivor dead, first dead to last dead (seconds).
@@ -433,6 +444,7 @@ async fn measure(
         m.packets.push((packets - sent0[i].1) as f64 / secs);
         m.cpu.push((cpu_secs(pids[i]) - cpu0[i]) / secs * 100.0);
         m.rss.push(rss_mib(pids[i]));
+        m.private.push(private_mib(pids[i]));
     }
 
     // What the quiet window logged.
@@ -490,7 +502,13 @@ async fn measure(
     m.suspicion = sorted(m.suspicion);
     m.all_dead = sorted(m.all_dead);
     m.spread = sorted(m.spread);
-    for v in [&mut m.cpu, &mut m.rss, &mut m.packets, &mut m.bytes] {
+    for v in [
+        &mut m.cpu,
+        &mut m.rss,
+        &mut m.private,
+        &mut m.packets,
+        &mut m.bytes,
+    ] {
         *v = sorted(std::mem::take(v));
     }
     drop(nodes);
@@ -599,6 +617,16 @@ async fn main() {
             percentile(&m.rss, 1.0)
         )
     });
+    row(
+        "of which private (not shared with other nodes), median / max MiB",
+        &|m| {
+            format!(
+                "{:.1} / {:.1}",
+                percentile(&m.private, 0.5),
+                percentile(&m.private, 1.0)
+            )
+        },
+    );
     row("sent per node per s, median: packets / bytes", &|m| {
         format!(
             "{:.1} / {:.0}",
