@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{LogFormat, Network, Overrides};
+use crate::config::{LogFormat, Network, Overrides, Transport};
 
 /// The shoal node: a Kademlia DHT over SWIM membership with proof-of-work identities.
 #[derive(Debug, Parser)]
@@ -176,11 +176,16 @@ pub struct TestnetArgs {
     /// Keep the temporary directory at exit.
     #[arg(long)]
     pub keep: bool,
-    /// How long to wait for the nodes to be ready, seconds. While they are still checking
-    /// each other's identity proofs (n·(n−1) scrypt evaluations) the wait goes on as long as
-    /// one more check ends within it.
-    #[arg(long, default_value_t = 60, value_name = "SECS")]
-    pub ready_timeout: u64,
+    /// How long to wait for the nodes to be ready, seconds (default 60, or 300 over Tor).
+    /// While they are still checking each other's identity proofs (n·(n−1) scrypt
+    /// evaluations) the wait goes on as long as one more check ends within it.
+    #[arg(long, value_name = "SECS")]
+    pub ready_timeout: Option<u64>,
+    /// How the nodes reach each other: `tcp` on loopback; `tor`: a private Tor network on
+    /// loopback (Debian's `tor`) and Tor-only nodes joining through node 1's onion address;
+    /// `both`: onion services and TCP.
+    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+    pub transport: Transport,
 }
 
 /// `shoal rpc`.
@@ -248,5 +253,14 @@ mod tests {
             panic!("expected testnet");
         };
         assert_eq!(a.nodes, 5);
+        assert_eq!(a.transport, Transport::Tcp);
+        let Command::Testnet(a) = Cli::try_parse_from(["shoal", "testnet", "--transport", "tor"])
+            .unwrap()
+            .command
+        else {
+            panic!("expected testnet");
+        };
+        assert_eq!(a.transport, Transport::Tor);
+        assert!(Cli::try_parse_from(["shoal", "testnet", "--transport", "udp"]).is_err());
     }
 }

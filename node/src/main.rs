@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use shoal_node::cli::{Cli, Command, ConfigArgs, ConfigCommand, InitArgs, RpcArgs, RunArgs};
 use shoal_node::client::ClientError;
-use shoal_node::config::{Config, DEFAULT_CONFIG, resolve_home};
+use shoal_node::config::{Config, DEFAULT_CONFIG, Transport, resolve_home};
 use shoal_node::init::{self, CONFIG_FILE, InitOptions};
 use shoal_node::testnet::TestnetOptions;
 use shoal_node::{client, run, testnet};
@@ -58,8 +58,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 dir: args.dir,
                 base_port: args.base_port,
                 keep: args.keep,
-                ready_timeout: Duration::from_secs(args.ready_timeout),
+                ready_timeout: Duration::from_secs(args.ready_timeout.unwrap_or(
+                    match args.transport {
+                        Transport::Tcp => 60,
+                        // Every node bootstraps arti and publishes an onion service first.
+                        Transport::Tor | Transport::Both => 300,
+                    },
+                )),
                 exe,
+                transport: args.transport,
             };
             runtime()?.block_on(testnet::run(options))?;
             Ok(ExitCode::SUCCESS)

@@ -9,6 +9,12 @@
 //!
 //! A node can be restarted by hand with `shoal run --config DIR/node-i/shoal.toml` (same ports,
 //! same data) when the testnet was started with `--dir` or `--keep`.
+//!
+//! With `--transport tor` the launcher first starts a private Tor network on loopback
+//! (`DIR/tor-network`, as `shoal tor-testnet` does), and the nodes are Tor-only: each listens
+//! only on its onion service, and the others join node 1 through its onion address. With
+//! `--transport both` the nodes listen on TCP as well (and still join through the onion
+//! address). The private network stops with the nodes.
 
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -26,10 +32,12 @@ use shoal_pow::CancelToken;
 use tokio::process::{Child, Command};
 
 use crate::client::{ClientError, RpcClient};
-use crate::config::{Config, ConfigError, DhtSettings, LogConfig, Network, P2pConfig};
+use crate::config::{Config, ConfigError, DhtSettings, LogConfig, Network, P2pConfig, Transport};
 use crate::init::{self, InitError, InitOptions};
 use crate::rpc::RpcConfig;
 use crate::run::{RunError, Signals};
+use crate::tor::TorConfig;
+use crate::tor_testnet::{self, TorTestnetError};
 
 /// Most nodes in a testnet.
 pub const MAX_NODES: u8 = 64;
@@ -111,6 +119,9 @@ pub enum TestnetError {
     /// Interrupted before the testnet was ready; nodes were stopped.
     #[error("interrupted during startup")]
     Interrupted,
+    /// The private Tor network of `--transport tor` or `both` did not start.
+    #[error(transparent)]
+    Tor(#[from] TorTestnetError),
 }
 
 /// How to run the testnet.
@@ -128,6 +139,9 @@ pub struct TestnetOptions {
     pub ready_timeout: Duration,
     /// The `shoal` executable run for each node.
     pub exe: PathBuf,
+    /// How the nodes reach each other: TCP on loopback, or onion services of a private Tor
+    /// network the launcher starts (Tor only, or both).
+    pub transport: Transport,
 }
 
 /// One node of the testnet.
@@ -139,6 +153,8 @@ struct TestNode {
     log_path: PathBuf,
     p2p_port: u16,
     rpc_url: String,
+    /// Its onion address with `/p2p`, when the testnet runs over Tor.
+    onion: Option<String>,
     child: Option<Child>,
 }
 
@@ -209,11 +225,39 @@ async fn run_in(
         started.elapsed().as_secs_f64()
     );
 
-    let first_seed = format!(
-        "/ip4/127.0.0.1/tcp/{}/p2p/{}",
-        ports[0].0,
-        minted[0].peer_id()
-    );
+    let mut tor = None;
+    if options.transport != Transport::Tcp {
+        let dir = root.join("tor-network");
+        eprintln!(
+            "starting a private Tor network in {} (15-60 s)",
+            dir.display()
+        );
+        let (network, _) = tor_testnet::start(&dir).await?;
+        eprintln!(
+            "private Tor network ready after {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        tor = Some(network);
+    }
+    let tor_config = tor
+        .as_ref()
+        .map(|network| TorConfig::for_private_network(&network.private_network()));
+    let onions: Vec<Option<String>> = minted
+        .iter()
+        .map(|m| {
+            let port = tor_config.as_ref()?.onion_port;
+            shoal_tor::onion_address_of(&m.key.to_libp2p().public(), port)
+                .map(|onion| format!("{onion}/p2p/{}", m.peer_id()))
+        })
+        .collect();
+    let first_seed = match &onions[0] {
+        Some(onion) => onion.clone(),
+        None => format!(
+            "/ip4/127.0.0.1/tcp/{}/p2p/{}",
+            ports[0].0,
+            minted[0].peer_id()
+        ),
+    };
     let mut nodes = Vec::with_capacity(n);
     let threads = threads_per_node(n);
     for (i, (dir, ((p2p, rpc), minted))) in dirs.iter().zip(ports.iter().zip(&minted)).enumerate() {
@@ -222,14 +266,19 @@ async fn run_in(
             data_dir: dir.clone(),
             threads,
             p2p: P2pConfig {
-                listen: vec![format!("/ip4/127.0.0.1/tcp/{p2p}")],
+                listen: if options.transport == Transport::Tor {
+                    Vec::new()
+                } else {
+                    vec![format!("/ip4/127.0.0.1/tcp/{p2p}")]
+                },
                 seeds: if i == 0 {
                     Vec::new()
                 } else {
                     vec![first_seed.clone()]
                 },
-                ..P2pConfig::default()
+                transport: options.transport,
             },
+            tor: tor_config.clone().unwrap_or_default(),
             dht: DhtSettings {
                 put_quorum: testnet_quorum(n),
                 ..DhtSettings::default()
@@ -239,7 +288,6 @@ async fn run_in(
                 ..RpcConfig::default()
             },
             log: LogConfig::default(),
-            ..Config::default()
         };
         config.validate()?;
         let config_path = init::write_config(dir, &config, true)
@@ -255,6 +303,7 @@ async fn run_in(
             config_path,
             p2p_port: *p2p,
             rpc_url: format!("http://127.0.0.1:{rpc}"),
+            onion: onions[i].clone(),
             child: None,
         });
     }
@@ -263,15 +312,21 @@ async fn run_in(
     let result = start_all(options, &mut nodes, signals, deadline).await;
     if let Err(e) = result {
         stop_all(&mut nodes).await;
+        stop_tor(tor);
         return Err(e);
     }
 
     let mut out = io::stdout().lock();
     for node in &nodes {
         // A closed stdout must not stop the testnet; the lines are also in the logs.
+        let onion = node
+            .onion
+            .as_deref()
+            .map(|o| format!("  onion {o}"))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "node {}  {}  peer {}  pid {}  config {}",
+            "node {}  {}  peer {}  pid {}  config {}{onion}",
             node.index,
             node.rpc_url,
             node.peer,
@@ -282,16 +337,29 @@ async fn run_in(
     let _ = writeln!(out, "testnet ready: {n} nodes (Ctrl-C to stop)");
     let _ = out.flush();
     drop(out);
+    let reached = match options.transport {
+        Transport::Tcp => format!("p2p ports {}..", nodes[0].p2p_port),
+        Transport::Tor => "onion services only".to_owned(),
+        Transport::Both => format!("onion services and p2p ports {}..", nodes[0].p2p_port),
+    };
     eprintln!(
-        "started in {:.1} s; p2p ports {}..; logs in {}/node-*/node.log",
+        "started in {:.1} s; {reached}; logs in {}/node-*/node.log",
         started.elapsed().as_secs_f64(),
-        nodes[0].p2p_port,
         root.display()
     );
 
     watch(&mut nodes, signals).await;
     stop_all(&mut nodes).await;
+    stop_tor(tor);
     Ok(())
+}
+
+/// Stops the private Tor network, if one runs, after the nodes.
+fn stop_tor(tor: Option<shoal_tor::testnet::TestNetwork>) {
+    if let Some(mut network) = tor {
+        network.stop();
+        eprintln!("private Tor network stopped");
+    }
 }
 
 /// Starts node 1, waits for its RPC, starts the others, and waits for all to see each other.
