@@ -2,8 +2,8 @@
 //! `.ci/install-deps` installs it): three Tor-only nodes join through an onion seed address, a
 //! "both" node bridges them to a TCP-only node; SWIM membership converges; a put through one
 //! node's JSON-RPC is read through the others across the kinds; and no IP-bearing address of a
-//! Tor-only node reaches any other node. A second test runs `shoal testnet --transport tor`,
-//! the one command that does all of that for a user.
+//! Tor-only node reaches any other node. A second test runs `examples/tor/tor_example.sh`:
+//! `shoal testnet --transport tor`, the one command that does the Tor-only part for a user.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -310,93 +310,71 @@ async fn tor_only_and_mixed_networks() {
     println!("done after {:?}", started.elapsed());
 }
 
-/// `shoal testnet --transport tor`: one command starts a private Tor network and three Tor-only
-/// nodes seeded through node 1's onion address, prints each node's URL and onion address, serves
-/// puts and gets over onions, and stops everything on Ctrl-C.
+/// `shoal testnet --transport tor`, through `examples/tor/tor_example.sh`: one command starts a
+/// private Tor network and three Tor-only nodes seeded through node 1's onion address and prints
+/// each node's URL and onion address; a put and a get go over onions; members are known by their
+/// onion addresses only; Ctrl-C stops the nodes and the network, and nothing is left running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn testnet_command_over_tor() {
-    use tokio::io::{AsyncBufReadExt, BufReader};
-
+async fn testnet_command_over_tor_example() {
     let _one = ONE_NETWORK.lock().await;
     let root = tempfile::tempdir().expect("temporary directory");
-    let dir = root.path().join("net");
-    let errors = root.path().join("testnet.err");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/tor/tor_example.sh");
     let started = Instant::now();
-    let mut testnet = tokio::process::Command::new(SHOAL)
-        .args(["testnet", "--transport", "tor", "--nodes", "3", "--dir"])
-        .arg(&dir)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&errors).expect("stderr file"))
+    let run = tokio::process::Command::new("bash")
+        .arg(&script)
+        .env("SHOAL", SHOAL)
+        .env("SHOAL_EXAMPLE_DIR", root.path())
         .kill_on_drop(true)
-        .spawn()
-        .expect("shoal testnet starts");
-    let mut lines = BufReader::new(testnet.stdout.take().expect("stdout")).lines();
-    let stderr = || std::fs::read_to_string(&errors).unwrap_or_default();
-    // (RPC URL, onion address) of each node, from the lines printed before the ready line.
-    let mut nodes: Vec<(String, String)> = Vec::new();
-    loop {
-        let line = tokio::time::timeout(Duration::from_secs(420), lines.next_line())
-            .await
-            .unwrap_or_else(|_| panic!("not ready in 420 s:\n{}", stderr()))
-            .expect("reading stdout")
-            .unwrap_or_else(|| panic!("shoal testnet ended before it was ready:\n{}", stderr()));
-        if line.starts_with("testnet ready") {
-            break;
-        }
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let url = words.get(2).expect("a node line names its URL");
-        let onion = words
-            .iter()
-            .position(|w| *w == "onion")
-            .and_then(|i| words.get(i + 1))
-            .unwrap_or_else(|| panic!("a node line names its onion address: {line}"));
-        nodes.push((url.to_string(), onion.to_string()));
-    }
-    println!("testnet over Tor ready in {:?}", started.elapsed());
-    assert_eq!(nodes.len(), 3);
-    for (_, onion) in &nodes {
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(480), run)
+        .await
+        .expect("the example ends within 480 s")
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = std::fs::read_to_string(root.path().join("testnet.err")).unwrap_or_default();
+    println!("{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "the example failed: {}",
+        output.status
+    );
+    println!("example done in {:?}", started.elapsed());
+
+    let node_lines: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("node ") && l.contains("  http://"))
+        .collect();
+    assert_eq!(node_lines.len(), 3, "one line per node");
+    for line in &node_lines {
+        let onion = line.split("  onion ").nth(1).expect("an onion address");
         assert!(
             onion.starts_with("/onion3/") && onion.contains("/p2p/"),
-            "{onion}"
+            "{line}"
         );
     }
-
-    let put = call(
-        &nodes[0].0,
-        "dht_put",
-        json!({"key": "over-tor", "value": "hello"}),
-    )
-    .await
-    .expect("a put through node 1");
-    assert_eq!(put["key"], "over-tor");
-    let got = call(&nodes[2].0, "dht_get", json!({"key": "over-tor"}))
-        .await
-        .expect("a get through node 3");
-    assert_eq!(got["value"], "hello");
-    // Every member is known by its onion address alone.
-    for (url, _) in &nodes {
-        let members = alive(url).await;
-        assert_eq!(members.len(), 2, "{url} sees the two others alive");
-        for m in members {
-            for a in m["addrs"].as_array().expect("addrs") {
-                let a = a.as_str().expect("address");
-                assert!(a.starts_with("/onion3/") && !reveals_ip(a), "{url}: {a}");
-            }
+    assert!(
+        stdout.contains(r#""value": "hello over onions""#),
+        "the get read the put"
+    );
+    let members = stdout
+        .split("known by their onion addresses only:")
+        .nth(1)
+        .expect("members printed");
+    let members: Value = serde_json::from_str(members.trim()).expect("members as JSON");
+    let members = members.as_array().expect("a member list");
+    assert_eq!(members.len(), 2, "node 3 sees the two others");
+    for m in members {
+        assert_eq!(m["state"], "alive");
+        for a in m["addrs"].as_array().expect("addrs") {
+            let a = a.as_str().expect("address");
+            assert!(a.starts_with("/onion3/") && !reveals_ip(a), "{a}");
         }
     }
 
-    // Ctrl-C stops the nodes, then the private network.
-    let pid = testnet.id().expect("running");
-    let _ = Command::new("kill")
-        .args(["-INT", &pid.to_string()])
-        .status();
-    let status = tokio::time::timeout(Duration::from_secs(60), testnet.wait())
-        .await
-        .expect("stopped within 60 s")
-        .expect("exit status");
-    assert!(status.success(), "{status}:\n{}", stderr());
+    // The script's exit stopped the testnet: nodes, then the private network.
+    assert!(stderr.contains("private Tor network stopped"), "{stderr}");
     let left = Command::new("pgrep")
-        .args(["-f", &dir.display().to_string()])
+        .args(["-f", &root.path().display().to_string()])
         .output()
         .expect("pgrep runs");
     assert!(
@@ -404,6 +382,4 @@ async fn testnet_command_over_tor() {
         "processes left running: {}",
         String::from_utf8_lossy(&left.stdout)
     );
-    assert!(stderr().contains("private Tor network stopped"));
-    println!("done after {:?}", started.elapsed());
 }
