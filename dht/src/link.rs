@@ -4,8 +4,8 @@
 //! A put asks twenty replicas. With libp2p's request-response every request opened a yamux
 //! stream, negotiated the protocol on it, armed a timer for the negotiation and one for the
 //! request (each a wake-up of the global timer thread) and closed the stream again; that
-//! per-stream work was most of a put's cost (docs/benchmarks.md). Here a node opens one stream
-//! to a peer when it first asks it something and keeps it while the connection lasts.
+//! per-stream work was most of a put's cost (CHANGELOG.md). Here a node opens one stream to a
+//! peer when it first asks it something and keeps it while the connection lasts.
 //!
 //! Protocol ([`crate::Config::dht_protocol`]): each side asks its questions on the stream it
 //! opened and answers the other's on the streams the other opened. A frame is a request id and a

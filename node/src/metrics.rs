@@ -3,7 +3,7 @@
 //!
 //! Two sources: the JSON-RPC layer counts calls and times them by method (the latency of
 //! lookups, gets and puts as clients see it), and each scrape asks the DHT node for its counters
-//! (SWIM members by state, probes, refutations, kad queries, records, notices, identity-proof
+//! (SWIM members by state, probes, refutations, DHT queries, records, notices, identity-proof
 //! checks and refusals).
 
 use std::sync::{Arc, Mutex, OnceLock};

@@ -88,7 +88,7 @@ impl PuzzleConfig {
     /// The main network: difficulty 11.
     ///
     /// At about 30 ms an evaluation, 2^11 evaluations take a minute on average on one core (the
-    /// median of the geometric distribution is ln 2 of that, about 43 s; see the README's table).
+    /// median of the geometric distribution is ln 2 of that, about 43 s; see docs/benchmarks.md).
     /// Difficulty 12 would double it to two minutes, which makes `shoal init` a chore without
     /// raising a Sybil attacker's cost meaningfully (it scales linearly in either case).
     pub fn mainnet() -> Self {

@@ -1,4 +1,4 @@
-//! Fuzzes the DHT's wire protocol (`/shoal/<network>/dht/2.0.0`, [`shoal_dht::wire`]) as a node
+//! Fuzzes the DHT's wire protocol (`/shoal/<network>/dht/3.0.0`, [`shoal_dht::wire`]) as a node
 //! reads a stream of it: frames cut by [`shoal_dht::link::FrameCodec`] with the protocol's
 //! bounds, each message decoded by [`wire::decode`], then the bounds a node checks on it.
 //!

@@ -1,5 +1,6 @@
 //! Lockstep on the wire: announcements and notice reads travel on the DHT's protocol
-//! ([`crate::wire`], `/shoal/dht/1`) as [`Request::Announce`](crate::wire::Request::Announce) and
+//! ([`crate::wire`], `/shoal/<network>/dht/3.0.0`) as
+//! [`Request::Announce`](crate::wire::Request::Announce) and
 //! [`Request::Notices`](crate::wire::Request::Notices); a peer answers with
 //! [`Response::Accepted`], [`Response::Refused`] or [`Response::Notices`].
 
