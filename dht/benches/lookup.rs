@@ -26,7 +26,7 @@ use libp2p::{Multiaddr, PeerId};
 use shoal_dht::core::KeyHash;
 use shoal_dht::node::{EventLoop, dangerous_plaintext_memory_transport, memory_transport};
 use shoal_dht::node::{NodeStats, Route};
-use shoal_dht::{Client, Config};
+use shoal_dht::{Client, Config, NodeKeyExt};
 use shoal_pow::{CancelToken, MintOptions, NodeKey, Puzzle, mint};
 
 /// Peers a lookup should find, and Kademlia's k.

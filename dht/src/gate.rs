@@ -26,8 +26,9 @@ use libp2p::swarm::{
     THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
-use shoal_pow::{IdentityProof, PROOF_LEN, ProofError, Verification};
+use shoal_pow::{IdentityProof, PROOF_LEN, ProofError, PublicKey, Verification};
 
+use crate::identity::PublicKeyExt;
 use crate::node::SharedVerifier;
 
 /// The gate's protocol name.
@@ -202,7 +203,7 @@ impl Behaviour {
         let known = {
             let mut verifier = crate::node::checks::lock(&self.verifier);
             verifier
-                .check_key(&peer, &proof)
+                .check_key(PublicKey::from_peer_id(&peer).ok(), &proof)
                 .map(|()| verifier.cached(&proof))
         };
         match known {
@@ -454,6 +455,7 @@ mod tests {
     };
 
     use super::*;
+    use crate::identity::NodeKeyExt;
 
     fn puzzle() -> Puzzle {
         Puzzle::new(PuzzleConfig {
@@ -507,7 +509,11 @@ mod tests {
         let gate = swarm.behaviour_mut();
         let verifier = gate.verifier.clone();
         let passed = crate::node::checks::lock(&verifier)
-            .verify_peer(std::time::Instant::now(), &peer, proof)
+            .verify_peer(
+                std::time::Instant::now(),
+                PublicKey::from_peer_id(&peer).ok(),
+                proof,
+            )
             .is_ok();
         if passed {
             gate.confirm(&peer);

@@ -22,6 +22,7 @@
 //! - [`config`]: the node's configuration and presets.
 //! - [`record`]: the signed CBOR record envelope and its validation.
 //! - [`gate`]: the identity gate behaviour on `/shoal/identity/1`.
+//! - [`identity`]: `shoal-pow`'s keys in their libp2p forms (`PeerId`, `Keypair`).
 //! - [`lockstep`]: lockstep notices and the book of the latest notice per key and publisher.
 //! - [`store`]: the redb database and the group-commit writer.
 //!
@@ -36,6 +37,7 @@ pub mod config;
 pub mod core;
 mod envelope;
 pub mod gate;
+pub mod identity;
 pub mod link;
 pub mod lockstep;
 pub mod node;
@@ -47,4 +49,5 @@ pub mod wire;
 pub use behaviour::Behaviour;
 pub use config::{Config, ConfigError};
 pub use envelope::EnvelopeError;
+pub use identity::{NodeKeyExt, PublicKeyExt};
 pub use node::{Client, EventLoop};

@@ -16,7 +16,7 @@ use shoal_dht::node::{
     EventLoop, GetError, JoinError, PutError, PutRequest, Route, StartError, memory_transport,
 };
 use shoal_dht::record::{NewRecord, SignedRecord};
-use shoal_dht::{Client, Config};
+use shoal_dht::{Client, Config, NodeKeyExt, PublicKeyExt};
 use shoal_pow::{CancelToken, IdentityProof, MintOptions, NodeKey, Puzzle, mint, unix_now};
 
 const TTL: Duration = Duration::from_secs(3600);

@@ -180,8 +180,8 @@ async fn run(
     all
 }
 
-/// Waits until the nodes together use under 0.3 of a core over a quarter of a second (fifty idle
-/// nodes use about 0.18: SWIM's probes), at most `limit`; how long that took.
+/// Waits until the nodes together use under 0.3 of a core over a quarter of a second (above what
+/// idle nodes use for SWIM's probes), at most `limit`; how long that took.
 async fn wait_quiet(pids: &[u32], limit: Duration) -> Option<Duration> {
     let start = Instant::now();
     let window = Duration::from_millis(250);

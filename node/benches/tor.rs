@@ -18,6 +18,7 @@ use jsonrpsee::core::client::ClientT;
 use jsonrpsee::core::params::ObjectParams;
 use jsonrpsee::http_client::HttpClientBuilder;
 use serde_json::{Value, json};
+use shoal_dht::NodeKeyExt;
 use shoal_node::config::{Config, Network, P2pConfig, Transport};
 use shoal_node::rpc::RpcConfig;
 use shoal_node::tor::TorConfig;

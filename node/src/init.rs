@@ -14,6 +14,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use libp2p::PeerId;
 use sha2::{Digest, Sha256};
+use shoal_dht::NodeKeyExt;
 use shoal_pow::{
     CancelToken, IdentityProof, KeyError, MintError, MintOptions, MintProgress, NodeKey, PROOF_LEN,
     ProofError, Puzzle, PuzzleConfig, mint,
@@ -26,10 +27,10 @@ pub const KEY_FILE: &str = "node.key";
 /// The identity proof file in a data directory.
 pub const PROOF_FILE: &str = "identity.proof";
 /// Beside the proof: a digest of the proof and the puzzle it was found to solve, so that a node
-/// does not spend a scrypt evaluation on its own proof at every start (twenty nodes started at
-/// once on two cores waited a third of a second for theirs). A proof that does not match the
-/// digest is checked again; a forged digest only lets a node start with a proof every peer
-/// refuses.
+/// does not spend a scrypt evaluation on its own proof at every start (nodes started at once,
+/// as a testnet starts them, would each wait for the cores behind the others' evaluations). A
+/// proof that does not match the digest is checked again; a forged digest only lets a node
+/// start with a proof every peer refuses.
 pub const CHECKED_FILE: &str = "identity.checked";
 /// The config file `shoal init` writes into a data directory, and `shoal run` reads from it
 /// when no `--config` is given.

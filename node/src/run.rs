@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId};
 use shoal_dht::node::{ListenError, StartError, tcp_transport};
-use shoal_dht::{Client, EventLoop};
+use shoal_dht::{Client, EventLoop, NodeKeyExt};
 use shoal_pow::{KeyError, NodeKey, Puzzle};
 use tokio::task::JoinHandle;
 use tracing_subscriber::EnvFilter;
@@ -37,11 +37,11 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
 /// Every identity check runs scrypt, whose working set is 16 MiB (128 · r · N bytes at
 /// N = 2^14, r = 8). glibc serves the first such block by `mmap` and returns it on free, but
 /// then raises its mmap threshold, so later blocks come from the per-thread heaps and stay
-/// resident once freed: after joining, an idle node held about three times the memory it used,
-/// and `malloc_trim` every few seconds gave back only part of it (docs/benchmarks.md, "Idle
-/// footprint"). A fixed threshold keeps the footprint small at the price of fresh pages for
-/// every check (scrypt measured 13 % slower), which a running node pays once per member and
-/// minting would pay on every try. Elsewhere than glibc this does nothing.
+/// resident once freed: after joining, an idle node held several times the memory it used,
+/// and `malloc_trim` every few seconds gave back only part of it. A fixed threshold keeps the
+/// footprint small at the price of fresh pages for every check (a slower scrypt evaluation),
+/// which a running node pays once per member and minting would pay on every try; the figures
+/// are in docs/benchmarks.md, "Idle footprint". Elsewhere than glibc this does nothing.
 pub fn limit_retained_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

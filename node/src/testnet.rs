@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use serde_json::Value;
+use shoal_dht::NodeKeyExt;
 use shoal_pow::CancelToken;
 use tokio::process::{Child, Command};
 
@@ -449,9 +450,9 @@ async fn wait_until(
     let mut ready = vec![false; total];
     let mut last = vec![String::from("no answer yet"); total];
     // Members listed and checked, summed over the nodes: the checks of n nodes started together
-    // cost n·(n−1) scrypt evaluations at the lowest priority (about 48 s of two cores at
-    // n = 50), so the wait for members goes on while they advance, and ends `timeout` after
-    // the last advance.
+    // cost n·(n−1) scrypt evaluations at the lowest priority (far longer than any fixed wait
+    // for a large n on a small machine), so the wait for members goes on while they advance,
+    // and ends `timeout` after the last advance.
     let mut listed = vec![0usize; total];
     let mut best = 0usize;
     loop {

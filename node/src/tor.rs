@@ -21,6 +21,7 @@ use std::time::Duration;
 use libp2p::core::upgrade::Version;
 use libp2p::{Multiaddr, Transport as _, noise, yamux};
 use serde::{Deserialize, Serialize};
+use shoal_dht::NodeKeyExt;
 use shoal_dht::node::BoxedTransport;
 use shoal_pow::NodeKey;
 

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use shoal_dht::PublicKeyExt;
 use shoal_node::config::{Config, LogFormat, Network};
 use shoal_pow::{IdentityProof, Puzzle};
 

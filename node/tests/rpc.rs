@@ -15,7 +15,7 @@ use jsonrpsee::ws_client::WsClientBuilder;
 use libp2p::Multiaddr;
 use serde_json::{Value, json};
 use shoal_dht::node::{EventLoop, memory_transport};
-use shoal_dht::{Client, Config};
+use shoal_dht::{Client, Config, NodeKeyExt};
 use shoal_node::join::JoinStatus;
 use shoal_node::rpc::{self, Context, RpcConfig, RpcServer};
 use shoal_pow::{CancelToken, MintOptions, NodeKey, Puzzle, mint};

@@ -46,19 +46,19 @@ fn identity(c: &mut Criterion) {
         b.iter_batched(
             || IdentityVerifier::new(puzzle.clone(), VerifierConfig::default()),
             |mut v| {
-                v.verify_peer(Instant::now(), &key.peer_id(), &proof)
+                v.verify_peer(Instant::now(), Some(key.public()), &proof)
                     .expect("valid proof")
             },
             BatchSize::SmallInput,
         )
     });
     let mut cached = IdentityVerifier::new(puzzle.clone(), VerifierConfig::default());
-    let peer = key.peer_id();
+    let peer = Some(key.public());
     cached
-        .verify_peer(Instant::now(), &peer, &proof)
+        .verify_peer(Instant::now(), peer, &proof)
         .expect("valid proof");
     group.bench_function("cached_peer", |b| {
-        b.iter(|| cached.verify_peer(Instant::now(), &peer, black_box(&proof)))
+        b.iter(|| cached.verify_peer(Instant::now(), peer, black_box(&proof)))
     });
     assert_eq!(
         cached.stats().scrypt_evaluations,

@@ -94,34 +94,6 @@ impl NodeKey {
         PublicKey(self.signing.verifying_key())
     }
 
-    /// The libp2p PeerId of this key.
-    pub fn peer_id(&self) -> libp2p_identity::PeerId {
-        self.public().peer_id()
-    }
-
-    /// The same key as a libp2p keypair, for building a swarm.
-    pub fn to_libp2p(&self) -> libp2p_identity::Keypair {
-        let mut seed = self.seed();
-        // Invariant: any 32 bytes are a valid ed25519 seed.
-        let secret = libp2p_identity::ed25519::SecretKey::try_from_bytes(&mut seed)
-            .expect("32-byte seed is always a valid ed25519 secret");
-        libp2p_identity::Keypair::from(libp2p_identity::ed25519::Keypair::from(secret))
-    }
-
-    /// Recovers the key from a libp2p keypair; fails for non-ed25519 keypairs.
-    pub fn from_libp2p(keypair: &libp2p_identity::Keypair) -> Result<Self, KeyError> {
-        let ed = keypair
-            .clone()
-            .try_into_ed25519()
-            .map_err(|_| KeyError::InvalidPublicKey)?;
-        let secret = ed.secret();
-        let seed: [u8; 32] = secret
-            .as_ref()
-            .try_into()
-            .map_err(|_| KeyError::InvalidPublicKey)?;
-        Ok(Self::from_seed(seed))
-    }
-
     /// Signs `message`.
     pub fn sign(&self, message: &[u8]) -> [u8; SIGNATURE_LEN] {
         self.signing.sign(message).to_bytes()
@@ -208,40 +180,6 @@ impl PublicKey {
         self.0.to_bytes()
     }
 
-    /// The key as libp2p sees it.
-    pub fn to_libp2p(&self) -> libp2p_identity::PublicKey {
-        // Invariant: a VerifyingKey's bytes are always a valid ed25519 point.
-        let ed = libp2p_identity::ed25519::PublicKey::try_from_bytes(&self.to_bytes())
-            .expect("a verified ed25519 key converts");
-        libp2p_identity::PublicKey::from(ed)
-    }
-
-    /// Recovers the key from a libp2p public key; fails for non-ed25519 keys.
-    pub fn from_libp2p(key: &libp2p_identity::PublicKey) -> Result<Self, KeyError> {
-        let ed = key
-            .clone()
-            .try_into_ed25519()
-            .map_err(|_| KeyError::InvalidPublicKey)?;
-        Self::from_bytes(&ed.to_bytes())
-    }
-
-    /// Recovers the key from a PeerId (ed25519 PeerIds inline their key).
-    pub fn from_peer_id(peer: &libp2p_identity::PeerId) -> Result<Self, KeyError> {
-        let multihash = peer.as_ref();
-        // An inlined key uses the identity multihash (code 0) over the protobuf-encoded key.
-        if multihash.code() != 0 {
-            return Err(KeyError::InvalidPublicKey);
-        }
-        let key = libp2p_identity::PublicKey::try_decode_protobuf(multihash.digest())
-            .map_err(|_| KeyError::InvalidPublicKey)?;
-        Self::from_libp2p(&key)
-    }
-
-    /// The libp2p PeerId of this key.
-    pub fn peer_id(&self) -> libp2p_identity::PeerId {
-        self.to_libp2p().to_peer_id()
-    }
-
     /// Checks `signature` over `message`.
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), KeyError> {
         let signature = ed25519_dalek::Signature::from_slice(signature)
@@ -265,16 +203,6 @@ mod tests {
         assert!(key.public().verify(b"hello", &sig[..63]).is_err());
         let other = NodeKey::generate();
         assert!(other.public().verify(b"hello", &sig).is_err());
-    }
-
-    #[test]
-    fn peer_id_round_trips() {
-        let key = NodeKey::generate();
-        let peer = key.peer_id();
-        assert_eq!(peer, key.to_libp2p().public().to_peer_id());
-        assert_eq!(PublicKey::from_peer_id(&peer).unwrap(), key.public());
-        let back = NodeKey::from_libp2p(&key.to_libp2p()).unwrap();
-        assert_eq!(back.seed(), key.seed());
     }
 
     #[test]

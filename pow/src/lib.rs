@@ -1,6 +1,7 @@
 //! Shoal's proofs of work: node keys, the identity puzzle and hashcash stamps.
 //!
-//! This crate does no networking. It gives the DHT and the node:
+//! This crate does no networking and knows nothing of libp2p (`shoal_dht::identity` gives these
+//! keys their libp2p forms). It gives the DHT and the node:
 //!
 //! - [`NodeKey`] / [`PublicKey`]: the ed25519 key that is a node's libp2p identity, signs its
 //!   records and, on Tor, is its onion service key. Saved with mode 0600; a key file readable by

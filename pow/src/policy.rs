@@ -31,11 +31,12 @@ impl MessageClass {
 /// What a stamp must satisfy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StampPolicy {
-    /// Bits for [`MessageClass::RecordPut`]. Default 20 (about a million SHA-256, ~80 ms).
+    /// Bits for [`MessageClass::RecordPut`]. Default 20 (about a million SHA-256 to mint; mint
+    /// times per bit count are in docs/benchmarks.md, "Proofs of work").
     pub record_put_bits: u8,
-    /// Bits for [`MessageClass::LockstepNotice`]. Default 18 (~20 ms).
+    /// Bits for [`MessageClass::LockstepNotice`]. Default 18 (a quarter of a put's work).
     pub lockstep_notice_bits: u8,
-    /// Bits for [`MessageClass::Gossip`]. Default 12 (~0.3 ms).
+    /// Bits for [`MessageClass::Gossip`]. Default 12 (4,096 SHA-256 on average).
     pub gossip_bits: u8,
     /// How long after its date a stamp is accepted. Default 1 hour; at most 7 days.
     pub validity: Duration,

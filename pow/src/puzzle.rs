@@ -87,10 +87,11 @@ impl Default for PuzzleConfig {
 impl PuzzleConfig {
     /// The main network: difficulty 11.
     ///
-    /// At about 30 ms an evaluation, 2^11 evaluations take a minute on average on one core (the
-    /// median of the geometric distribution is ln 2 of that, about 43 s; see docs/benchmarks.md).
-    /// Difficulty 12 would double it to two minutes, which makes `shoal init` a chore without
-    /// raising a Sybil attacker's cost meaningfully (it scales linearly in either case).
+    /// 11 is the difficulty whose mean mint time on one core (2^11 evaluations; the median of the
+    /// geometric distribution is ln 2 of the mean) is nearest a minute at the measured cost of an
+    /// evaluation (docs/benchmarks.md, "Proofs of work"). Difficulty 12 would double it, which
+    /// makes `shoal init` a chore without raising a Sybil attacker's cost meaningfully (it scales
+    /// linearly in either case).
     pub fn mainnet() -> Self {
         Self {
             network_id: "shoal-main".to_owned(),

@@ -19,8 +19,9 @@ pub struct VerifierConfig {
     pub cache_capacity: NonZeroUsize,
     /// Refused proofs remembered, so a peer repeating a bad proof costs no scrypt. Default 1,024.
     pub rejected_capacity: NonZeroUsize,
-    /// Sustained scrypt evaluations per second allowed for unknown peers. Default 20 (about 60 %
-    /// of one core at 30 ms an evaluation).
+    /// Sustained scrypt evaluations per second allowed for unknown peers. Default 20: less than
+    /// one core's worth at the measured cost of an evaluation (docs/benchmarks.md, "Proofs of
+    /// work"), so unknown peers cannot take a whole core.
     pub rate_per_second: NonZeroU32,
     /// Evaluations allowed in a burst above the sustained rate. Default 40.
     pub burst: NonZeroU32,
@@ -173,24 +174,29 @@ impl IdentityVerifier {
         }
     }
 
-    /// Checks that `proof` is for `peer`'s own key, then verifies it as [`Self::verify`] does.
+    /// Checks that `proof` is for `peer_key`, then verifies it as [`Self::verify`] does.
+    ///
+    /// `peer_key` is the key the peer's connection authenticated (recovered from its libp2p
+    /// `PeerId` by `shoal_dht::identity::PublicKeyExt::from_peer_id`); `None` when that identity
+    /// is no ed25519 key, which no proof is for.
     pub fn verify_peer(
         &mut self,
         now: Instant,
-        peer: &libp2p_identity::PeerId,
+        peer_key: Option<PublicKey>,
         proof: &IdentityProof,
     ) -> Result<Verification, ProofError> {
-        self.check_key(peer, proof)?;
+        self.check_key(peer_key, proof)?;
         self.verify(now, proof)
     }
 
-    /// Refuses, without scrypt, a proof that is not for `peer`'s own key.
+    /// Refuses, without scrypt, a proof that is not for `peer_key` (as [`Self::verify_peer`]
+    /// takes it).
     pub fn check_key(
         &mut self,
-        peer: &libp2p_identity::PeerId,
+        peer_key: Option<PublicKey>,
         proof: &IdentityProof,
     ) -> Result<(), ProofError> {
-        if PublicKey::from_peer_id(peer).ok() != Some(proof.key) {
+        if peer_key != Some(proof.key) {
             self.stats.rejected += 1;
             return Err(ProofError::WrongKey);
         }
@@ -288,12 +294,12 @@ mod tests {
         let mut v = IdentityVerifier::new(puzzle(), VerifierConfig::default());
         let now = Instant::now();
         assert_eq!(
-            v.verify_peer(now, &key.peer_id(), &proof),
+            v.verify_peer(now, Some(key.public()), &proof),
             Ok(Verification::Verified)
         );
         for _ in 0..100 {
             assert_eq!(
-                v.verify_peer(now, &key.peer_id(), &proof),
+                v.verify_peer(now, Some(key.public()), &proof),
                 Ok(Verification::Cached)
             );
         }
@@ -355,9 +361,13 @@ mod tests {
         let key = NodeKey::generate();
         let proof = minted(&key);
         let mut v = IdentityVerifier::new(puzzle(), VerifierConfig::default());
-        let other = NodeKey::generate().peer_id();
+        let other = NodeKey::generate().public();
         assert_eq!(
-            v.verify_peer(Instant::now(), &other, &proof),
+            v.verify_peer(Instant::now(), Some(other), &proof),
+            Err(ProofError::WrongKey)
+        );
+        assert_eq!(
+            v.verify_peer(Instant::now(), None, &proof),
             Err(ProofError::WrongKey)
         );
         assert_eq!(v.stats().scrypt_evaluations, 0);

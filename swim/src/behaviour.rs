@@ -5,7 +5,8 @@
 //! with the size bound and handed to the core as a message from the connection's authenticated
 //! peer. The behaviour reads the clock once per `poll`, keeps one timer set to the core's
 //! `poll_timeout`, and keeps the core's own addresses in step with the swarm's listen and
-//! external addresses.
+//! external addresses. It emits the core's own [`Event`]s, their members being `PeerId`s;
+//! [`to_multiaddrs`] reads their addresses as multiaddrs.
 //!
 //! Every peer that speaks the protocol takes part. An embedding that must vet members first (the
 //! DHT admits only peers whose identity proof it checked) drives the core itself, as
@@ -27,76 +28,10 @@ use libp2p::swarm::{
 use libp2p::{Multiaddr, PeerId};
 
 use crate::config::Config;
-use crate::error::{CommandError, ConfigError};
+use crate::error::ConfigError;
 use crate::message::{self, Address, State};
 use crate::protocol::{Codec, PROTOCOL};
-use crate::state::{self, CommandId, Member, Membership, Stats};
-
-/// A membership change or a command's answer, with addresses as multiaddrs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    /// A member became alive for the first time, or came back with a newer incarnation.
-    Joined {
-        /// The member.
-        peer: PeerId,
-        /// Its addresses.
-        addrs: Vec<Multiaddr>,
-        /// Its incarnation.
-        incarnation: u64,
-    },
-    /// A member missed a probe and is suspected.
-    Suspected {
-        /// The member.
-        peer: PeerId,
-        /// Its addresses.
-        addrs: Vec<Multiaddr>,
-        /// The incarnation suspected.
-        incarnation: u64,
-        /// Whose probe failed.
-        by: PeerId,
-    },
-    /// A member was declared dead.
-    Failed {
-        /// The member.
-        peer: PeerId,
-        /// Its addresses.
-        addrs: Vec<Multiaddr>,
-        /// The incarnation declared dead.
-        incarnation: u64,
-    },
-    /// A member left gracefully.
-    Left {
-        /// The member.
-        peer: PeerId,
-        /// Its addresses.
-        addrs: Vec<Multiaddr>,
-        /// Its last incarnation.
-        incarnation: u64,
-    },
-    /// A suspected member refuted with a newer incarnation.
-    Refuted {
-        /// The member.
-        peer: PeerId,
-        /// Its addresses.
-        addrs: Vec<Multiaddr>,
-        /// Its new incarnation.
-        incarnation: u64,
-    },
-    /// Answer to [`Behaviour::join`].
-    JoinFinished {
-        /// The command answered.
-        id: CommandId,
-        /// Live members known once a seed answered, or why the join failed.
-        result: Result<usize, CommandError>,
-    },
-    /// Answer to [`Behaviour::leave`].
-    LeaveFinished {
-        /// The command answered.
-        id: CommandId,
-        /// Outcome.
-        result: Result<(), CommandError>,
-    },
-}
+use crate::state::{CommandId, Event, Member, Membership, Stats};
 
 /// Addresses as multiaddrs; bytes that are not a multiaddr are skipped.
 pub fn to_multiaddrs(addrs: &[Address]) -> Vec<Multiaddr> {
@@ -104,63 +39,6 @@ pub fn to_multiaddrs(addrs: &[Address]) -> Vec<Multiaddr> {
         .iter()
         .filter_map(|a| Multiaddr::try_from(a.0.clone()).ok())
         .collect()
-}
-
-impl From<state::Event<PeerId>> for Event {
-    fn from(e: state::Event<PeerId>) -> Self {
-        use state::Event as E;
-        match e {
-            E::Joined {
-                member,
-                addrs,
-                incarnation,
-            } => Self::Joined {
-                peer: member,
-                addrs: to_multiaddrs(&addrs),
-                incarnation,
-            },
-            E::Suspected {
-                member,
-                addrs,
-                incarnation,
-                by,
-            } => Self::Suspected {
-                peer: member,
-                addrs: to_multiaddrs(&addrs),
-                incarnation,
-                by,
-            },
-            E::Failed {
-                member,
-                addrs,
-                incarnation,
-            } => Self::Failed {
-                peer: member,
-                addrs: to_multiaddrs(&addrs),
-                incarnation,
-            },
-            E::Left {
-                member,
-                addrs,
-                incarnation,
-            } => Self::Left {
-                peer: member,
-                addrs: to_multiaddrs(&addrs),
-                incarnation,
-            },
-            E::Refuted {
-                member,
-                addrs,
-                incarnation,
-            } => Self::Refuted {
-                peer: member,
-                addrs: to_multiaddrs(&addrs),
-                incarnation,
-            },
-            E::JoinFinished { id, result } => Self::JoinFinished { id, result },
-            E::LeaveFinished { id, result } => Self::LeaveFinished { id, result },
-        }
-    }
 }
 
 /// Counters of the libp2p layer.
@@ -190,7 +68,7 @@ pub struct Behaviour {
     listen_addrs: Vec<Multiaddr>,
     external_addrs: Vec<Multiaddr>,
     seed_addrs: HashMap<PeerId, Vec<Multiaddr>>,
-    events: VecDeque<Event>,
+    events: VecDeque<Event<PeerId>>,
     wire: WireStats,
 }
 
@@ -383,7 +261,7 @@ impl Behaviour {
 
 impl NetworkBehaviour for Behaviour {
     type ConnectionHandler = THandler<rr::Behaviour<Codec>>;
-    type ToSwarm = Event;
+    type ToSwarm = Event<PeerId>;
 
     fn handle_pending_inbound_connection(
         &mut self,
@@ -466,7 +344,10 @@ impl NetworkBehaviour for Behaviour {
         self.inner.on_connection_handler_event(peer, id, event);
     }
 
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<Event, THandlerInEvent<Self>>> {
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ToSwarm<Event<PeerId>, THandlerInEvent<Self>>> {
         let now = Instant::now();
         loop {
             if let Some(event) = self.events.pop_front() {
@@ -488,7 +369,7 @@ impl NetworkBehaviour for Behaviour {
             }
             let sent = self.send_transmits();
             while let Some(e) = self.core.poll_event() {
-                self.events.push_back(e.into());
+                self.events.push_back(e);
             }
             if sent || !self.events.is_empty() {
                 continue;

@@ -76,10 +76,11 @@ pub struct Config {
     /// Unit: bytes of CBOR. Default: 8 KiB (about 100 updates). Limits: 64 to
     /// `max_message_bytes / 2`.
     ///
-    /// Messages travel on libp2p streams, not datagrams, so no MTU caps them. News of a hundred
-    /// members joining at once, in a network of a thousand probing every 5 s, took more than two
-    /// minutes to reach everyone at 512 bytes a message (about 7 updates) and about 30 s at 8 KiB
-    /// (`cargo bench -p shoal-dht --bench lookup`); with nothing to tell, messages stay small.
+    /// Messages travel on libp2p streams, not datagrams, so no MTU caps them. A budget of a few
+    /// updates made news of many members joining at once (a hundred in a network of a thousand)
+    /// take several times longer to reach everyone than this one does (`cargo bench -p
+    /// shoal-dht --bench lookup`; the figures are in CHANGELOG.md); with nothing to tell,
+    /// messages stay small.
     pub gossip_budget: NonZeroUsize,
     /// Time between two push-pull full state exchanges with a random member. Unit: duration.
     /// Default (LAN): 30 s. Limits: at least `probe_interval`.

@@ -7,8 +7,7 @@ use std::time::Duration;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm};
 use libp2p_swarm_test::SwarmExt;
-use shoal_swim::behaviour::Event;
-use shoal_swim::{Behaviour, Config};
+use shoal_swim::{Behaviour, Config, Event};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -31,7 +30,7 @@ fn node() -> Swarm<Behaviour> {
 }
 
 /// Runs a swarm in a task, forwarding its SWIM events tagged with its id.
-fn spawn(mut swarm: Swarm<Behaviour>, tx: mpsc::Sender<(PeerId, Event)>) -> JoinHandle<()> {
+fn spawn(mut swarm: Swarm<Behaviour>, tx: mpsc::Sender<(PeerId, Event<PeerId>)>) -> JoinHandle<()> {
     let me = *swarm.local_peer_id();
     tokio::spawn(async move {
         loop {
@@ -46,9 +45,9 @@ fn spawn(mut swarm: Swarm<Behaviour>, tx: mpsc::Sender<(PeerId, Event)>) -> Join
 
 /// Waits until `done` holds over the events seen, failing after `limit`.
 async fn wait_for(
-    rx: &mut mpsc::Receiver<(PeerId, Event)>,
+    rx: &mut mpsc::Receiver<(PeerId, Event<PeerId>)>,
     limit: Duration,
-    mut done: impl FnMut(PeerId, &Event) -> bool,
+    mut done: impl FnMut(PeerId, &Event<PeerId>) -> bool,
 ) {
     tokio::time::timeout(limit, async {
         while let Some((who, e)) = rx.recv().await {
@@ -85,9 +84,9 @@ async fn cluster_forms_and_detects_a_crash(tcp: bool) {
     // Every node learns of every other.
     let mut known: HashMap<PeerId, HashSet<PeerId>> = HashMap::new();
     wait_for(&mut rx, Duration::from_secs(20), |who, e| {
-        if let Event::Joined { peer, addrs, .. } = e {
+        if let Event::Joined { member, addrs, .. } = e {
             assert!(!addrs.is_empty(), "joined members carry addresses");
-            known.entry(who).or_default().insert(*peer);
+            known.entry(who).or_default().insert(*member);
         }
         ids.iter()
             .all(|id| known.get(id).is_some_and(|k| k.len() == N - 1))
@@ -101,12 +100,12 @@ async fn cluster_forms_and_detects_a_crash(tcp: bool) {
     let mut suspected = false;
     wait_for(&mut rx, Duration::from_secs(30), |who, e| {
         match e {
-            Event::Suspected { peer, .. } if *peer == victim => suspected = true,
-            Event::Failed { peer, .. } if *peer == victim => {
+            Event::Suspected { member, .. } if *member == victim => suspected = true,
+            Event::Failed { member, .. } if *member == victim => {
                 failed_at.insert(who);
             }
-            Event::Failed { peer, .. } | Event::Left { peer, .. } => {
-                panic!("healthy member {peer} declared failed or gone by {who}")
+            Event::Failed { member, .. } | Event::Left { member, .. } => {
+                panic!("healthy member {member} declared failed or gone by {who}")
             }
             _ => {}
         }

@@ -445,7 +445,7 @@ fn news_of_an_unadmitted_member_is_cut_and_its_proof_asked_of_the_relayer() {
 fn news_from_a_relayer_whose_own_check_waits_lists_its_members_on_their_proofs() {
     // A joiner's seed is listed on its proof while its check waits; the members its push-pull
     // names are listed as soon as their proofs come, not on later news from someone checked
-    // (at 10 % loss a joiner waited 16 s for that).
+    // (under loss, a joiner waited many seconds for that).
     let (mut core, now) = lone(0, false);
     core.handle_presented(now, UNIX, SimPeer(1), &proof(1));
     assert!(core.is_checking(&SimPeer(1)));
@@ -473,7 +473,8 @@ fn news_from_a_relayer_whose_own_check_waits_lists_its_members_on_their_proofs()
 #[test]
 fn a_member_declared_dead_has_its_connections_closed() {
     // Behind a partition a connection's retransmissions back off to tens of seconds; a
-    // reconnection after the heal must not queue behind them (chaos partition heal: 27 s).
+    // reconnection after the heal must not queue behind them (the chaos suite's partition heal
+    // did).
     let (mut core, now) = lone(0, false);
     core.handle_gate(now, UNIX, SimPeer(1), Ok(()));
     core.handle_gate(now, UNIX, SimPeer(2), Ok(()));

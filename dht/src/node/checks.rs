@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
-use shoal_pow::{Check, IdentityProof, IdentityVerifier, ProofError, Puzzle};
+use shoal_pow::{Check, IdentityProof, IdentityVerifier, ProofError, PublicKey, Puzzle};
 use shoal_swim::Address;
 
 use crate::core::Checks;
+use crate::identity::PublicKeyExt;
 
 /// scrypt evaluations running in this process, and the condition a waiting one sleeps on.
 static RUNNING: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
@@ -179,7 +180,7 @@ impl Checks<PeerId> for NodeChecks {
         let proof = IdentityProof::from_bytes(bytes)?;
         let puzzle = {
             let mut verifier = lock(&self.verifier);
-            verifier.check_key(peer, &proof)?;
+            verifier.check_key(PublicKey::from_peer_id(peer).ok(), &proof)?;
             match verifier.begin(now, &proof)? {
                 Check::Done(_) => return Ok(proof),
                 Check::Evaluate => verifier.puzzle().clone(),
@@ -197,7 +198,7 @@ impl Checks<PeerId> for NodeChecks {
     ) -> Result<Option<IdentityProof>, ProofError> {
         let proof = IdentityProof::from_bytes(bytes)?;
         let mut verifier = lock(&self.verifier);
-        verifier.check_key(peer, &proof)?;
+        verifier.check_key(PublicKey::from_peer_id(peer).ok(), &proof)?;
         match verifier.cached(&proof) {
             Some(known) => known.map(|_| Some(proof)),
             None => Ok(None),

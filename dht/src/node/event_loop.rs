@@ -31,6 +31,7 @@ use crate::config::{Config, ConfigError};
 use crate::core::{
     self, Action, Core, Durability, InboundId, OpId, Reply, RequestFailure, Restored, WriteId,
 };
+use crate::identity::NodeKeyExt;
 use crate::lockstep::SignedNotice;
 use crate::store::{self, Batch, Committed, Persist, Writer, WriterError, WriterEvents};
 use crate::wire::Request;

@@ -40,7 +40,8 @@ pub(crate) fn start_testnet(nodes: usize) -> Testnet {
     let mut child = Command::new(SHOAL)
         .args(["testnet", "--nodes", &nodes.to_string(), "--dir"])
         .arg(dir.path())
-        // Fifty nodes take over a minute to all see each other on two cores.
+        // Many nodes on a small machine take minutes to all see each other (each checks every
+        // other's proof).
         .args(["--ready-timeout", "600"])
         .env("SHOAL_LOG", "warn")
         .stdout(Stdio::piped())

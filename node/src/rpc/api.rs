@@ -26,6 +26,7 @@ use libp2p::PeerId;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use shoal_dht::PublicKeyExt;
 use shoal_dht::lockstep::{Announced, SignedNotice};
 use shoal_dht::node::{PutRequest, Route};
 use tokio::sync::broadcast::error::RecvError;
@@ -534,6 +535,8 @@ async fn subscribe(
 
 #[cfg(test)]
 mod tests {
+    use shoal_dht::NodeKeyExt;
+
     use super::*;
 
     fn params(json: &'static str) -> Params<'static> {
