@@ -15,6 +15,13 @@ use crate::{gate, link};
 /// SWIM's protocol: its messages told as frames on long-lived streams ([`link::Swim`]).
 pub const SWIM_PROTOCOL: &str = "/shoal/swim/3";
 
+/// How often identify asks a connected peer again, after the exchange that opens every
+/// connection. libp2p's default is 5 minutes: with a connection to every member probed, that
+/// was a stream and an identify record each way per member every 5 minutes for nothing: a
+/// peer's addresses reach this node through SWIM, and the event loop reads none of identify's
+/// answers.
+const IDENTIFY_INTERVAL: Duration = Duration::from_secs(3600);
+
 /// The combined behaviour.
 #[derive(NetworkBehaviour)]
 #[behaviour(to_swarm = "Event", prelude = "libp2p::swarm::derive_prelude")]
@@ -76,10 +83,10 @@ impl Behaviour {
         config: &Config,
     ) -> Result<Self, ConfigError> {
         config.validate()?;
-        let identify = identify::Behaviour::new(identify::Config::new(
-            config.identify_protocol(),
-            keypair.public(),
-        ));
+        let identify = identify::Behaviour::new(
+            identify::Config::new(config.identify_protocol(), keypair.public())
+                .with_interval(IDENTIFY_INTERVAL),
+        );
         // SWIM's messages are told: nothing waits for an answer, so the timeout only bounds
         // a request a peer asked instead; the bound leaves room for the byte string's header.
         let swim_limits = link::Limits {
