@@ -12,10 +12,10 @@
 //! length `n` (unsigned LEB128 varints, [`FrameCodec`]), then the `n` bytes of the CBOR message
 //! ([`Request`] on a stream one opened, [`Response`] coming back on it). Answers may come in any
 //! order; the asker picks the ids, unique among its unanswered requests. Id 0 is a told request
-//! ([`Behaviour::tell`]): it wants no answer and gets none. Bounds: a message is at
-//! most its bound (a longer one ends the stream, whose framing cannot be trusted after it); at most [`Limits::in_flight`] unanswered requests per stream each way (a
-//! node asking more is not read until it is answered, and asking more than that of a peer fails
-//! at once); at most [`MAX_INBOUND_STREAMS`] streams a peer opened per connection. A frame that
+//! ([`Behaviour::tell`]): it wants no answer and gets none. Bounds: a message is at most its
+//! bound (a longer one ends the stream, whose framing cannot be trusted after it); at most
+//! [`Limits::in_flight`] unanswered requests per stream each way (a node asking more is not read
+//! until it is answered, and asking more than that of a peer fails at once); at most [`MAX_INBOUND_STREAMS`] streams a peer opened per connection. A frame that
 //! does not decode is answered with a refusal that says why.
 //!
 //! A request fails when its connection closes, its stream fails, the dial fails, or
@@ -1033,9 +1033,9 @@ impl ConnectionHandler for Handler {
 // ----- framing -----
 
 /// Frames of the protocol: the request id and the message's length as unsigned LEB128 varints
-/// (at most 10 and 5 bytes, minimal encodings only), then the message. A told SWIM message of
-/// 20 bytes takes 22; with fixed-width fields (a 4-byte length and an 8-byte id) it took 32, a
-/// tenth of what an idle member sends once TCP's headers are counted.
+/// (at most 10 and 5 bytes, minimal encodings only), then the message. Most frames are told
+/// SWIM messages of a few dozen bytes with id 0, so fixed-width fields (a 4-byte length and an
+/// 8-byte id) were a large share of every frame (docs/benchmarks.md).
 #[derive(Debug, Clone, Copy)]
 pub struct FrameCodec {
     /// Longest message accepted (the id not counted).
