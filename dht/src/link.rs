@@ -15,8 +15,9 @@
 //! ([`Behaviour::tell`]): it wants no answer and gets none. Bounds: a message is at most its
 //! bound (a longer one ends the stream, whose framing cannot be trusted after it); at most
 //! [`Limits::in_flight`] unanswered requests per stream each way (a node asking more is not read
-//! until it is answered, and asking more than that of a peer fails at once); at most [`MAX_INBOUND_STREAMS`] streams a peer opened per connection. A frame that
-//! does not decode is answered with a refusal that says why.
+//! until it is answered, and asking more than that of a peer fails at once); at most
+//! [`MAX_INBOUND_STREAMS`] streams a peer opened per connection. A frame that does not decode
+//! is answered with a refusal that says why.
 //!
 //! A request fails when its connection closes, its stream fails, the dial fails, or
 //! [`Limits::timeout`] passes (a backstop: the core keeps its own, shorter deadlines). The
