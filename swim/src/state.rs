@@ -29,8 +29,13 @@
 //! times out after Lifeguard's dynamic timeout, which starts at `β · min` and shrinks
 //! logarithmically towards `min = α · max(1, log10 n) · T` as independent confirmations arrive;
 //! then the member is declared dead. A member refutes a suspicion by raising its incarnation.
-//! Missed acks and nacks raise the local health multiplier, which stretches the probe interval
-//! and timeout (Lifeguard's local health awareness); the buddy system puts the suspicion into
+//! A failed probe raises the local health multiplier (once, however many nacks it missed) and an
+//! answered one lowers it; the multiplier stretches the probe interval and timeout (Lifeguard's
+//! local health awareness). Beside the round-robin order, a second probe at a time checks
+//! members with a hint that they failed: those whose connections all closed (the embedder's
+//! [`Membership::probe_soon`]), and, for about `K + 1` random members of any cluster, a member
+//! someone else just suspected, which brings a crashed member its `K` confirmations within a
+//! probe window. The buddy system puts the suspicion into
 //! the ping sent to a suspect so it can refute at once, and a member that refutes sends its
 //! refutation at once to its suspector and a few others. Updates ride on every message within a
 //! byte budget, and dedicated gossip rounds send fresh news to a few random members (on a budget
@@ -248,6 +253,18 @@ impl<T> Tombstone<T> {
     }
 }
 
+/// The two probes a member may have under way at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    /// The round-robin order, at the pace of the probe interval stretched by local health.
+    Round = 0,
+    /// Members with a hint that they failed ([`Membership::probe_soon`]): checked beside the
+    /// round-robin order, one at a time, so that hints neither wait for the round's probe to end
+    /// nor slow the order down (a member that crashed without a hint is found by the order
+    /// alone, and under heavy loss every slot it lost to a hint delayed that).
+    Check = 1,
+}
+
 struct Probe<T> {
     target: T,
     seq: u64,
@@ -297,9 +314,11 @@ pub struct Membership<T: Identity> {
     /// Oldest first: each is added `dead_retention` after now.
     tombstones: VecDeque<Tombstone<T>>,
 
-    probe: Option<Probe<T>>,
-    /// Members to probe before the round-robin order goes on ([`Membership::probe_soon`]).
+    /// The probes under way, by [`Lane`].
+    probes: [Option<Probe<T>>; 2],
+    /// Members waiting for the check lane ([`Membership::probe_soon`]).
     soon: VecDeque<T>,
+    /// When the round-robin lane starts its next probe.
     next_probe: Instant,
     seq: u64,
     local_health: u32,
@@ -368,7 +387,7 @@ impl<T: Identity> Membership<T> {
                 config.suspicion_confirmations.get() as usize,
             ),
             tombstones: VecDeque::new(),
-            probe: None,
+            probes: [None, None],
             soon: VecDeque::new(),
             next_probe,
             seq: 0,
@@ -593,20 +612,22 @@ impl<T: Identity> Membership<T> {
         added
     }
 
-    /// Makes `id` (a live member) the next member probed, ahead of the round-robin order: for a
-    /// caller with a hint that it may have failed, such as every connection to it closing at
-    /// once, as a crashed process's do. The probe rate does not change: it comes when the probe
-    /// under way ends (at once if none is), and a member that answers it has cost one probe of
-    /// its turn. At most eight wait. Returns whether it was queued.
+    /// Probes `id` (a live member) soon, beside the round-robin order: for a caller with a hint
+    /// that it may have failed, such as every connection to it closing at once, as a crashed
+    /// process's do. Such checks run one at a time, each a whole probe (ping, then helpers), the
+    /// next when the one under way ends (at once if none is); the round-robin order keeps its
+    /// pace. At most eight wait. Returns whether it was queued.
     pub fn probe_soon(&mut self, now: Instant, id: &T) -> bool {
-        if !self.members.is_live(id) || self.soon.contains(id) || self.soon.len() >= MAX_PROBE_SOON
+        let probing = self.probes.iter().flatten().any(|p| p.target == *id);
+        if !self.members.is_live(id)
+            || probing
+            || self.soon.contains(id)
+            || self.soon.len() >= MAX_PROBE_SOON
         {
             return false;
         }
         self.soon.push_back(id.clone());
-        if self.probe.is_none() {
-            self.next_probe = self.next_probe.min(now);
-        }
+        self.start_check(now);
         true
     }
 
@@ -650,9 +671,7 @@ impl<T: Identity> Membership<T> {
             }
             Payload::Ack { seq } => self.on_ack(now, from, seq),
             Payload::Nack { seq } => {
-                if let Some(p) = &mut self.probe
-                    && p.seq == seq
-                {
+                if let Some(p) = self.probe_by_seq(seq) {
                     p.nacks += 1;
                     if p.nacks >= p.expected_nacks {
                         self.run_probe(now);
@@ -702,7 +721,7 @@ impl<T: Identity> Membership<T> {
             && (now >= until || !self.broadcasts.contains(&self.me))
         {
             self.status = Status::Left;
-            self.probe = None;
+            self.probes = [None, None];
             self.transmits
                 .retain(|t| matches!(t.msg.payload, Payload::Ack { .. }));
             self.emit(Event::LeaveFinished { id, result: Ok(()) });
@@ -773,7 +792,7 @@ impl<T: Identity> Membership<T> {
                 next = t;
             }
         };
-        if let Some(p) = &self.probe {
+        for p in self.probes.iter().flatten() {
             if !p.acked && !p.indirect_sent {
                 consider(p.indirect_at);
             }
@@ -802,8 +821,32 @@ impl<T: Identity> Membership<T> {
     // ----- internals: probing -----
 
     fn run_probe(&mut self, now: Instant) {
-        let mult = self.local_health + 1;
-        if let Some(p) = &mut self.probe
+        for lane in [Lane::Round, Lane::Check] {
+            self.advance_probe(now, lane);
+        }
+        if self.probes[Lane::Round as usize].is_none()
+            && now >= self.next_probe
+            && self.status != Status::Left
+        {
+            let mult = self.local_health + 1;
+            match self.next_target() {
+                Some(target) => {
+                    self.start_probe(now, Lane::Round, target);
+                    self.next_probe = self.probes[Lane::Round as usize]
+                        .as_ref()
+                        .map_or(now, |p| p.ends_at);
+                }
+                None => self.next_probe = now + self.config.probe_interval * mult,
+            }
+        }
+        self.start_check(now);
+    }
+
+    /// Moves the probe of `lane` on: helpers once its direct ping timed out, its end (and the
+    /// suspicion of a silent target) once its window passed or every helper nacked.
+    fn advance_probe(&mut self, now: Instant, lane: Lane) {
+        let slot = lane as usize;
+        if let Some(p) = &mut self.probes[slot]
             && !p.acked
             && !p.indirect_sent
             && now >= p.indirect_at
@@ -811,7 +854,7 @@ impl<T: Identity> Membership<T> {
             p.indirect_sent = true;
             let (target, seq) = (p.target.clone(), p.seq);
             let helpers = self.random_live(self.config.indirect_probes, Some(&target));
-            if let Some(p) = &mut self.probe {
+            if let Some(p) = &mut self.probes[slot] {
                 p.expected_nacks = helpers.len() as u32;
             }
             for h in helpers {
@@ -827,51 +870,73 @@ impl<T: Identity> Membership<T> {
         }
         // The probe ends at the end of its window or, earlier, once every helper has nacked:
         // then no indirect ack can come, and a direct one is long overdue.
-        if let Some(p) = &self.probe
+        if let Some(p) = &self.probes[slot]
             && (now >= p.ends_at
                 || (!p.acked && p.expected_nacks > 0 && p.nacks >= p.expected_nacks))
         {
             // Invariant: checked `is_some` just above.
-            let p = self.probe.take().expect("probe is present");
-            let ends_at = p.ends_at;
+            let p = self.probes[slot].take().expect("probe is present");
             if p.acked {
                 self.local_health = self.local_health.saturating_sub(1);
             } else {
                 self.stats.failed_probes += 1;
-                let missed = if p.expected_nacks > 0 {
-                    p.expected_nacks.saturating_sub(p.nacks)
-                } else {
-                    1
-                };
-                self.local_health = (self.local_health + missed).min(self.config.max_local_health);
+                // Lifeguard: a failed probe with nacks missing says our own messages may be
+                // late. Once per probe, not once per missing nack: under loss that the whole
+                // network shares, nacks go missing as often as pings, and counting each of them
+                // held the score near its maximum at 30 % loss, stretching every probe window
+                // nine times; members then probed so rarely that a crash could go unnoticed for
+                // half a minute. A member that is slow itself misses every ack, and its score
+                // still climbs by one a probe.
+                let missed = p.expected_nacks == 0 || p.nacks < p.expected_nacks;
+                self.local_health =
+                    (self.local_health + u32::from(missed)).min(self.config.max_local_health);
                 self.suspect_locally(now, p.target);
             }
-            // Keep the probe rate: the next probe starts when this window would have ended.
-            self.next_probe = ends_at.max(now);
-        }
-        if self.probe.is_none() && now >= self.next_probe && self.status != Status::Left {
-            match self.next_target() {
-                Some(target) => {
-                    self.stats.probes += 1;
-                    let seq = self.next_seq();
-                    let buddy = self.news_about(&target);
-                    self.send(target.clone(), Payload::Ping { seq }, buddy);
-                    let ends_at = now + self.config.probe_window() * mult;
-                    self.probe = Some(Probe {
-                        target,
-                        seq,
-                        indirect_at: now + self.config.probe_timeout * mult,
-                        ends_at,
-                        acked: false,
-                        indirect_sent: false,
-                        expected_nacks: 0,
-                        nacks: 0,
-                    });
-                    self.next_probe = ends_at;
-                }
-                None => self.next_probe = now + self.config.probe_interval * mult,
+            if lane == Lane::Round {
+                // Keep the probe rate: the next probe starts when this window would have ended.
+                self.next_probe = p.ends_at.max(now);
             }
         }
+    }
+
+    /// Starts the check lane's next probe if it is free and a member waits for it.
+    fn start_check(&mut self, now: Instant) {
+        if self.probes[Lane::Check as usize].is_some() || self.status != Status::Active {
+            return;
+        }
+        while let Some(id) = self.soon.pop_front() {
+            let in_round = self.probes[Lane::Round as usize]
+                .as_ref()
+                .is_some_and(|p| p.target == id);
+            if self.members.is_live(&id) && !in_round {
+                self.start_probe(now, Lane::Check, id);
+                return;
+            }
+        }
+    }
+
+    /// Pings `target` and opens the probe of `lane`, whose window the local health stretches.
+    fn start_probe(&mut self, now: Instant, lane: Lane, target: T) {
+        let mult = self.local_health + 1;
+        self.stats.probes += 1;
+        let seq = self.next_seq();
+        let buddy = self.news_about(&target);
+        self.send(target.clone(), Payload::Ping { seq }, buddy);
+        self.probes[lane as usize] = Some(Probe {
+            target,
+            seq,
+            indirect_at: now + self.config.probe_timeout * mult,
+            ends_at: now + self.config.probe_window() * mult,
+            acked: false,
+            indirect_sent: false,
+            expected_nacks: 0,
+            nacks: 0,
+        });
+    }
+
+    /// The probe under way whose ping carried `seq`.
+    fn probe_by_seq(&mut self, seq: u64) -> Option<&mut Probe<T>> {
+        self.probes.iter_mut().flatten().find(|p| p.seq == seq)
     }
 
     /// Next member of the shuffled round-robin order that is alive or suspect.
@@ -879,18 +944,11 @@ impl<T: Identity> Membership<T> {
         if self.live == 0 {
             return None;
         }
-        while let Some(id) = self.soon.pop_front() {
-            if self.members.is_live(&id) {
-                return Some(id);
-            }
-        }
         self.members.next_live(&mut self.rng)
     }
 
     fn on_ack(&mut self, now: Instant, from: T, seq: u64) {
-        if let Some(p) = &mut self.probe
-            && p.seq == seq
-        {
+        if let Some(p) = self.probe_by_seq(seq) {
             p.acked = true;
             return;
         }
@@ -1042,6 +1100,22 @@ impl<T: Identity> Membership<T> {
     fn start_suspicion(&mut self, now: Instant, member: T, by: T) {
         let deadline = now + self.suspicion_timeout(0);
         self.suspicions.start(member, by, now, deadline);
+    }
+
+    /// Someone else suspects `member`, news to us: with probability `(K + 1) / live` we probe it
+    /// next ourselves, so that about `K + 1` members of any size of cluster check it at once.
+    /// A crashed member then gets the `K` independent confirmations that bring its suspicion to
+    /// the minimum timeout within about a probe window of the first suspicion, instead of
+    /// waiting for the round-robin orders to reach it, which under heavy loss (local health
+    /// stretching every window) took tens of seconds; a live one answers, and its refutation
+    /// rides our ping. These probes take the check lane ([`Lane::Check`]), so members that hear
+    /// of many suspicions still keep their round-robin order's pace.
+    fn maybe_confirm_soon(&mut self, now: Instant, member: &T) {
+        let k = self.config.suspicion_confirmations.get() as f64;
+        let share = (k + 1.0) / self.live.max(1) as f64;
+        if self.rng.gen_bool(share.min(1.0)) {
+            self.probe_soon(now, member);
+        }
     }
 
     /// Whether `by` suspecting `member` counts as a new independent confirmation of the

@@ -214,6 +214,9 @@ impl<T: Identity> Membership<T> {
                 let addrs = self.members.addrs(&member).clone();
                 self.members.set(&member, u.incarnation, State::Suspect);
                 self.start_suspicion(now, member.clone(), by.clone());
+                if by != self.me {
+                    self.maybe_confirm_soon(now, &member);
+                }
                 self.emit(Event::Suspected {
                     member,
                     addrs: addrs.clone(),

@@ -11,6 +11,13 @@ fn config() -> Config {
     }
 }
 
+/// A distinct RNG seed for each `id`.
+fn seed_of(id: u32) -> [u8; 32] {
+    let mut seed = [0; 32];
+    seed[..4].copy_from_slice(&id.to_le_bytes());
+    seed
+}
+
 fn addrs(id: u32) -> Vec<Address> {
     vec![Address(format!("/sim/{id}").into_bytes())]
 }
@@ -104,7 +111,7 @@ fn silent_target_gets_ping_req_then_suspected_then_failed() {
     advance(&mut a, sent + Duration::from_secs(1));
     let e = expect_event!(a, Event::Suspected { .. });
     assert!(matches!(e, Event::Suspected { member, by: 1, .. } if member == target));
-    assert_eq!(a.local_health(), 2, "two missed nacks");
+    assert_eq!(a.local_health(), 1, "missing nacks count once a probe");
     assert_eq!(a.member(&target).unwrap().state, State::Suspect);
     // No confirmation: the suspicion lasts β · α · max(1, log10 5) · T = 24 s; local health
     // stretches probes, not suspicions (Lifeguard).
@@ -827,16 +834,27 @@ fn a_forgotten_member_leaves_no_trace_and_is_news_again() {
 }
 
 #[test]
-fn a_member_to_probe_soon_is_probed_next_when_the_probe_under_way_ends() {
+fn a_member_to_probe_soon_is_checked_beside_the_round_robin_order() {
     let t0 = Instant::now();
     let others: Vec<u32> = (2..=20).collect();
     let mut c = core_with(t0, 1, &others);
-    let (first, _, at) = first_probe(&mut c);
+    let (first, first_seq, at) = first_probe(&mut c);
     let target = if first == 17 { 18 } else { 17 };
+    let other = if first == 16 { 15 } else { 16 };
     assert!(c.probe_soon(at, &target));
     assert!(!c.probe_soon(at, &target), "queued once");
     assert!(!c.probe_soon(at, &99), "not a member");
-    // The probe under way runs its window; the next one goes to the member named.
+    assert!(c.probe_soon(at, &other));
+    // The check starts at once, beside the round-robin probe under way.
+    let check_seq = match expect_message!(c, target, Payload::Ping { .. }).msg.payload {
+        Payload::Ping { seq } => seq,
+        _ => unreachable!(),
+    };
+    // The first member acks the round's probe, the checked one acks its check.
+    c.handle_message(at, first, gossip(Payload::Ack { seq: first_seq }, vec![]));
+    c.handle_message(at, target, gossip(Payload::Ack { seq: check_seq }, vec![]));
+    // The next check waits for this one's window; the round-robin order keeps its pace: one
+    // probe a window, to members other than those checked.
     let window = config().probe_window();
     let sent = advance(&mut c, at + window + Duration::from_millis(1));
     let pings: Vec<u32> = sent
@@ -844,6 +862,54 @@ fn a_member_to_probe_soon_is_probed_next_when_the_probe_under_way_ends() {
         .filter(|t| matches!(t.msg.payload, Payload::Ping { .. }))
         .map(|t| t.to)
         .collect();
-    // One ping in the window: no probe was added beside the one under way.
-    assert_eq!(pings, vec![target], "{sent:?}");
+    assert_eq!(pings.len(), 2, "{sent:?}");
+    assert!(pings.contains(&other), "{sent:?}");
+    assert!(
+        pings.iter().any(|p| *p != other && *p != target),
+        "{sent:?}"
+    );
+    expect_no_event!(c, Event::Suspected { .. });
+}
+
+#[test]
+fn a_suspicion_heard_from_others_makes_a_share_of_members_check_the_suspect() {
+    // With (K + 1) / live members checking, a member of a cluster of at most K + 1 always does.
+    let t0 = Instant::now();
+    let mut c = core_with(t0, 1, &[2, 3, 4]);
+    c.handle_message(
+        t0,
+        2,
+        gossip(Payload::Gossip, vec![update(3, 0, State::Suspect, Some(2))]),
+    );
+    expect_event!(c, Event::Suspected { .. });
+    expect_message!(c, 3, Payload::Ping { .. });
+    // In a large cluster, about K + 1 of the members that hear of a suspicion check it.
+    let others: Vec<u32> = (2..=101).collect();
+    let mut checked = 0;
+    for id in 0..400u32 {
+        let mut c = Membership::new(
+            t0,
+            5000 + id,
+            addrs(5000 + id),
+            0,
+            Config {
+                rng_seed: Some(seed_of(id)),
+                ..Config::lan()
+            },
+        )
+        .unwrap();
+        c.restore(others.iter().map(|&o| (o, Arc::from(addrs(o)))));
+        c.handle_message(
+            t0,
+            2,
+            gossip(Payload::Gossip, vec![update(3, 0, State::Suspect, Some(2))]),
+        );
+        while let Some(tx) = c.poll_transmit() {
+            if tx.to == 3 && matches!(tx.msg.payload, Payload::Ping { .. }) {
+                checked += 1;
+            }
+        }
+    }
+    // 400 members hearing it, each checking with probability 4 / 100: 16 expected.
+    assert!((6..=30).contains(&checked), "{checked} of 400 checked");
 }

@@ -155,16 +155,26 @@ fn gossip_rounds_reach_suspects_and_leave_the_piggyback() {
     );
     // A second later the rounds are long done with it (a suspicion rides one round); a probe of
     // member 4 (never the suspect, whose probes carry the suspicion anyway) still carries it.
+    // Member 4 answers its probes; the suspect, checked at once, does not.
     let mut at = t1;
     let mut piggybacked = false;
-    for _ in 0..60 {
+    for _ in 0..200 {
         at += Duration::from_millis(100);
         c.handle_timeout(at);
         for t in drain(&mut c) {
-            piggybacked |= at >= t1 + Duration::from_secs(1)
-                && t.to == 4
-                && matches!(t.msg.payload, Payload::Ping { .. })
-                && t.msg.gossip.iter().any(|u| u.member == 2);
+            if let (4, Payload::Ping { seq }) = (t.to, &t.msg.payload) {
+                piggybacked |=
+                    at >= t1 + Duration::from_secs(1) && t.msg.gossip.iter().any(|u| u.member == 2);
+                let ack = gossip(vec![]);
+                c.handle_message(
+                    at,
+                    4,
+                    Message {
+                        payload: Payload::Ack { seq: *seq },
+                        ..ack
+                    },
+                );
+            }
         }
     }
     assert!(
@@ -498,14 +508,31 @@ fn a_suspicion_checks_once_before_it_expires() {
         drain(&mut c);
         c
     };
-    // Left alone (nobody answers anything), the core declares member 2 dead at some deadline.
+    // Runs the timeouts due at `at`; members other than 2 ack their pings at once.
+    let step = |c: &mut Membership<u32>, at: Instant| {
+        c.handle_timeout(at);
+        let sent = drain(c);
+        for t in &sent {
+            if let (to, Payload::Ping { seq }) = (t.to, &t.msg.payload)
+                && to != 2
+            {
+                let ack = Message {
+                    payload: Payload::Ack { seq: *seq },
+                    gossip: Vec::new(),
+                };
+                c.handle_message(at, to, ack);
+            }
+        }
+        drain(c);
+        sent
+    };
+    // Left alone (member 2 answers nothing), the core declares member 2 dead at some deadline.
     let mut alone = start();
     let mut deadline = None;
     while deadline.is_none() {
         let at = alone.poll_timeout().unwrap();
         assert!(at < t0 + Duration::from_secs(120), "member 2 never failed");
-        alone.handle_timeout(at);
-        drain(&mut alone);
+        step(&mut alone, at);
         while let Some(e) = alone.poll_event() {
             if matches!(e, Event::Failed { member: 2, .. }) {
                 deadline = Some(at);
@@ -522,11 +549,9 @@ fn a_suspicion_checks_once_before_it_expires() {
         if at > deadline - lead {
             break;
         }
-        c.handle_timeout(at);
+        let sent = step(&mut c, at);
         if at == deadline - lead {
-            asked = drain(&mut c);
-        } else {
-            drain(&mut c);
+            asked = sent;
         }
     }
     let names = |t: &Transmit<u32>| {
