@@ -1144,9 +1144,10 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     }
 
     /// The last connection to `peer` closed: what it sent while unverified is dropped, and a
-    /// live member is probed next ([`shoal_swim::Membership::probe_soon`]): the connections
-    /// of a process that crashed all close at once, so every member connected to it starts
-    /// probing it within a probe period, instead of waiting for its turn in the round robin.
+    /// live member is checked at once, beside the round robin
+    /// ([`shoal_swim::Membership::probe_soon`]): the connections of a process that crashed all
+    /// close at once, so every member connected to it probes it together, and its suspicion
+    /// has its confirmations from the start.
     pub fn handle_disconnected(&mut self, now: Instant, peer: T) {
         if !self.admission.is_listed(&peer) {
             self.drop_held(&peer);
