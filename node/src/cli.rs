@@ -191,7 +191,9 @@ pub struct TestnetArgs {
 /// `shoal rpc`.
 #[derive(Debug, Clone, Args)]
 pub struct RpcArgs {
-    /// The method, such as node_info.
+    /// The method, such as node_info. A subscription (a method ending in _subscribe, such as
+    /// lockstep_subscribe) is followed over WebSocket: one line of JSON per notification until
+    /// Ctrl-C.
     pub method: String,
     /// Parameters: a JSON object (by name) or array (by position).
     pub params: Option<String>,

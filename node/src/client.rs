@@ -1,16 +1,24 @@
-//! `shoal rpc METHOD [PARAMS]`: a JSON-RPC client over HTTP.
+//! `shoal rpc METHOD [PARAMS]`: a JSON-RPC client over HTTP, and over WebSocket for a
+//! subscription (a method whose name ends in `_subscribe`), which it follows until the node ends
+//! it or the caller stops.
 //!
 //! PARAMS is a JSON object (parameters by name, which every shoal method takes) or a JSON array
 //! (by position). The result is returned as JSON; a JSON-RPC error keeps its code, message and
 //! data.
 
+use std::future::Future;
 use std::time::Duration;
 
-use jsonrpsee::core::client::{ClientT, Error as JsonRpcError};
-use jsonrpsee::core::params::{ArrayParams, ObjectParams};
+use jsonrpsee::client_transport::ws::WsHandshakeError;
+use jsonrpsee::core::client::{ClientT, Error as JsonRpcError, SubscriptionClientT};
+use jsonrpsee::core::traits::ToRpcParams;
 use jsonrpsee::http_client::transport::Error as HttpTransportError;
 use jsonrpsee::http_client::{HeaderMap, HeaderValue, HttpClient, HttpClientBuilder};
+use jsonrpsee::ws_client::WsClientBuilder;
 use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::cli::RpcArgs;
 
 /// Longest method name accepted, bytes.
 pub const MAX_METHOD_LEN: usize = 256;
@@ -72,14 +80,8 @@ pub struct RpcClient {
 impl RpcClient {
     /// A client of the node at `url`, sending `token` as a bearer token if given.
     pub fn new(url: &str, token: Option<&str>, timeout: Duration) -> Result<Self, ClientError> {
-        let mut headers = HeaderMap::new();
-        if let Some(token) = token {
-            let value = HeaderValue::from_str(&format!("Bearer {token}"))
-                .map_err(|_| ClientError::BadToken)?;
-            headers.insert("authorization", value);
-        }
         let inner = HttpClientBuilder::default()
-            .set_headers(headers)
+            .set_headers(auth_headers(token)?)
             .request_timeout(timeout)
             .max_response_size(MAX_RESPONSE_LEN)
             .build(url)
@@ -92,49 +94,143 @@ impl RpcClient {
 
     /// Calls `method` with `params` (a JSON object, array or nothing).
     pub async fn call(&self, method: &str, params: Option<Value>) -> Result<Value, ClientError> {
+        let params = JsonParams::new(method, params)?;
+        self.inner
+            .request(method, params)
+            .await
+            .map_err(|e| map_error(e, self.timeout))
+    }
+}
+
+/// The `authorization` header for `token`, if any.
+fn auth_headers(token: Option<&str>) -> Result<HeaderMap, ClientError> {
+    let mut headers = HeaderMap::new();
+    if let Some(token) = token {
+        let value =
+            HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| ClientError::BadToken)?;
+        headers.insert("authorization", value);
+    }
+    Ok(headers)
+}
+
+/// A call's params as the JSON the user gave: an object, an array or nothing.
+struct JsonParams(Option<Value>);
+
+impl JsonParams {
+    /// Checks `method` and `params` before anything is sent.
+    fn new(method: &str, params: Option<Value>) -> Result<Self, ClientError> {
         if method.is_empty() || method.len() > MAX_METHOD_LEN {
             return Err(ClientError::BadMethod);
         }
-        let bad = |e: serde_json::Error| ClientError::BadParams(e.to_string());
-        let result = match params {
-            None => self.inner.request(method, ArrayParams::new()).await,
-            Some(Value::Array(items)) => {
-                let mut p = ArrayParams::new();
-                for item in items {
-                    p.insert(item).map_err(bad)?;
-                }
-                self.inner.request(method, p).await
+        match params {
+            None | Some(Value::Array(_) | Value::Object(_)) => Ok(Self(params)),
+            Some(other) => Err(ClientError::BadParams(format!("got {}", kind_of(&other)))),
+        }
+    }
+}
+
+impl ToRpcParams for JsonParams {
+    fn to_rpc_params(self) -> Result<Option<Box<RawValue>>, serde_json::Error> {
+        self.0
+            .map(|v| serde_json::value::to_raw_value(&v))
+            .transpose()
+    }
+}
+
+/// A client error as the user should see it.
+fn map_error(e: JsonRpcError, timeout: Duration) -> ClientError {
+    match e {
+        JsonRpcError::Call(err) => ClientError::Rpc {
+            code: err.code(),
+            message: err.message().to_owned(),
+            data: err
+                .data()
+                .and_then(|raw| serde_json::from_str(raw.get()).ok()),
+        },
+        JsonRpcError::RequestTimeout => ClientError::Timeout(timeout),
+        JsonRpcError::Transport(e)
+            if matches!(
+                e.downcast_ref::<HttpTransportError>(),
+                Some(HttpTransportError::Rejected { status_code: 401 })
+            ) || matches!(
+                e.downcast_ref::<WsHandshakeError>(),
+                Some(WsHandshakeError::Rejected { status_code: 401 })
+            ) =>
+        {
+            ClientError::Unauthorized
+        }
+        other => ClientError::Transport(chain_text(&other)),
+    }
+}
+
+/// Whether `method` opens a subscription, which `shoal rpc` follows over WebSocket.
+pub fn is_subscription(method: &str) -> bool {
+    method.ends_with("_subscribe")
+}
+
+/// The WebSocket URL of the node whose HTTP URL is `url` (both are served on one port).
+fn ws_url(url: &str) -> Result<String, ClientError> {
+    let bad = |reason: &str| ClientError::BadUrl {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if let Some(rest) = url.strip_prefix("http://") {
+        Ok(format!("ws://{rest}"))
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        Ok(format!("wss://{rest}"))
+    } else if url.starts_with("ws://") || url.starts_with("wss://") {
+        Ok(url.to_owned())
+    } else {
+        Err(bad("not an http(s):// or ws(s):// URL"))
+    }
+}
+
+/// Follows subscription `args.method` (its name ends in `_subscribe`; `_unsubscribe` ends it)
+/// at the node at `args.url`, with `args.params`: calls `subscribed` once the node accepted the
+/// subscription, then hands each notification to `each`, in order, until the node ends the
+/// subscription (`Ok`), `stop` completes (`Ok`, after unsubscribing) or `each` fails.
+pub async fn follow(
+    args: &RpcArgs,
+    stop: impl Future<Output = ()>,
+    subscribed: impl FnOnce(),
+    mut each: impl FnMut(Value) -> std::io::Result<()>,
+) -> Result<(), ClientError> {
+    let (url, method) = (args.url.as_str(), args.method.as_str());
+    let token = args.token.as_deref();
+    let timeout = Duration::from_secs(args.timeout.max(1));
+    let Some(base) = method.strip_suffix("_subscribe") else {
+        return Err(ClientError::BadMethod);
+    };
+    let params = args.params.as_deref().map(parse_params).transpose()?;
+    let params = JsonParams::new(method, params)?;
+    let client = WsClientBuilder::default()
+        .set_headers(auth_headers(token)?)
+        .request_timeout(timeout)
+        .connection_timeout(timeout)
+        .max_response_size(MAX_RESPONSE_LEN)
+        .build(ws_url(url)?)
+        .await
+        .map_err(|e| map_error(e, timeout))?;
+    let unsubscribe = format!("{base}_unsubscribe");
+    let mut subscription = client
+        .subscribe::<Value, _>(method, params, &unsubscribe)
+        .await
+        .map_err(|e| map_error(e, timeout))?;
+    subscribed();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => {
+                // Best effort: the node also ends it when the connection closes.
+                let _ = subscription.unsubscribe().await;
+                return Ok(());
             }
-            Some(Value::Object(fields)) => {
-                let mut p = ObjectParams::new();
-                for (name, value) in fields {
-                    p.insert(&name, value).map_err(bad)?;
-                }
-                self.inner.request(method, p).await
-            }
-            Some(other) => {
-                return Err(ClientError::BadParams(format!("got {}", kind_of(&other))));
-            }
-        };
-        result.map_err(|e| match e {
-            JsonRpcError::Call(err) => ClientError::Rpc {
-                code: err.code(),
-                message: err.message().to_owned(),
-                data: err
-                    .data()
-                    .and_then(|raw| serde_json::from_str(raw.get()).ok()),
+            item = subscription.next() => match item {
+                Some(Ok(value)) => each(value).map_err(|e| ClientError::Transport(e.to_string()))?,
+                Some(Err(e)) => return Err(ClientError::Transport(e.to_string())),
+                None => return Ok(()),
             },
-            JsonRpcError::RequestTimeout => ClientError::Timeout(self.timeout),
-            JsonRpcError::Transport(e)
-                if matches!(
-                    e.downcast_ref::<HttpTransportError>(),
-                    Some(HttpTransportError::Rejected { status_code: 401 })
-                ) =>
-            {
-                ClientError::Unauthorized
-            }
-            other => ClientError::Transport(chain_text(&other)),
-        })
+        }
     }
 }
 

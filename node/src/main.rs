@@ -182,6 +182,9 @@ fn init_command(args: &InitArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn rpc_command(args: &RpcArgs) -> anyhow::Result<ExitCode> {
+    if client::is_subscription(&args.method) {
+        return follow_command(args);
+    }
     let result = runtime()?.block_on(client::run(
         &args.url,
         args.token.as_deref(),
@@ -199,5 +202,31 @@ fn rpc_command(args: &RpcArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
         Err(e) => Err(e).with_context(|| format!("calling {} at {}", args.method, args.url)),
+    }
+}
+
+/// `shoal rpc METHOD_subscribe [PARAMS]`: prints each notification as one line of JSON until
+/// the node ends the subscription or Ctrl-C.
+fn follow_command(args: &RpcArgs) -> anyhow::Result<ExitCode> {
+    let stdout = std::io::stdout();
+    let result = runtime()?.block_on(client::follow(
+        args,
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        },
+        || eprintln!("following {} at {}; Ctrl-C stops", args.method, args.url),
+        |item| {
+            let mut out = stdout.lock();
+            writeln!(out, "{item}")?;
+            out.flush()
+        },
+    ));
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e @ ClientError::Rpc { .. }) => {
+            eprintln!("{e}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => Err(e).with_context(|| format!("following {} at {}", args.method, args.url)),
     }
 }

@@ -1,5 +1,6 @@
 //! End to end with the real binary: `shoal testnet --nodes 5` starts five processes on loopback;
-//! a put through one node's JSON-RPC is read through another's; lockstep announce, put, get;
+//! a put through one node's JSON-RPC is read through another's; lockstep announce, put, get,
+//! and `shoal rpc lockstep_subscribe` following the notices of one publisher under a prefix;
 //! one node is killed with SIGKILL and restarted from its config, and still serves its records;
 //! SIGINT stops the testnet and every node.
 //!
@@ -146,6 +147,77 @@ async fn start_testnet(n: usize, dir: &Path) -> (KillOnDrop, Vec<Node>) {
 }
 
 /// Stops the testnet with SIGINT, as Ctrl-C does, and returns its exit status.
+/// `shoal rpc lockstep_subscribe PARAMS` running against a node: its lines of output.
+struct Follower {
+    child: KillOnDrop,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Follower {
+    /// Starts it and waits until it says, on stderr, that the node accepted the subscription.
+    async fn start(url: &str, params: &str) -> Self {
+        let mut child = Command::new(SHOAL)
+            .args(["rpc", "--url", url, "lockstep_subscribe", params])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("shoal rpc starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let said = tokio::task::spawn_blocking(move || {
+            let mut said = Vec::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let following = line.starts_with("following");
+                said.push(line);
+                if following {
+                    break;
+                }
+            }
+            said
+        });
+        let said = tokio::time::timeout(Duration::from_secs(30), said)
+            .await
+            .expect("subscribed within 30 s")
+            .expect("stderr reader");
+        assert!(
+            said.last().is_some_and(|l| l.starts_with("following")),
+            "{said:?}"
+        );
+        Self {
+            child: KillOnDrop(child),
+            lines,
+        }
+    }
+
+    async fn next_line(&mut self, limit: Duration) -> String {
+        tokio::time::timeout(limit, self.lines.recv())
+            .await
+            .expect("a notice within the limit")
+            .expect("shoal rpc still running")
+    }
+
+    /// SIGINT, as Ctrl-C: it unsubscribes and exits.
+    async fn interrupt(mut self) -> ExitStatus {
+        signal(self.child.0.id(), "INT");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.0.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "exits on SIGINT");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 async fn stop_testnet(mut testnet: KillOnDrop) -> ExitStatus {
     signal(testnet.0.id(), "INT");
     tokio::task::spawn_blocking(move || {
@@ -179,7 +251,13 @@ async fn five_process_testnet() {
     assert_eq!(got["value"], "across processes");
     assert_eq!(got["seq"], put["seq"]);
 
-    // Lockstep: announce through node 2, put the value, get through node 5.
+    // Lockstep: announce through node 2, put the value, get through node 5. `shoal rpc` follows
+    // node 5's notices of node 2 under the prefix "l", and prints the one announced.
+    let mut follower = Follower::start(
+        &nodes[4].url,
+        &format!(r#"{{"prefix":"l","publisher":"{}"}}"#, nodes[1].peer),
+    )
+    .await;
     let announced = call(
         &nodes[1].url,
         "lockstep_announce",
@@ -199,6 +277,16 @@ async fn five_process_testnet() {
         .expect("get");
     assert_eq!(got["value"], "v1");
     assert_eq!(got["lockstep"], true);
+    let line = follower.next_line(Duration::from_secs(30)).await;
+    let notice: Value = serde_json::from_str(&line).expect("a JSON line");
+    assert_eq!(notice["key"], "ls", "{line}");
+    assert_eq!(notice["publisher"].as_str(), Some(nodes[1].peer.as_str()));
+    assert_eq!(notice["seq"], announced["seq"]);
+    let status = follower.interrupt().await;
+    assert!(
+        status.success(),
+        "shoal rpc lockstep_subscribe exit status {status}"
+    );
     // A different value for the announced sequence is refused.
     let mismatch = call(
         &nodes[1].url,

@@ -9,7 +9,7 @@
 //! | `dht_findNode` | `peer, route?` | `{target, peers, path, rpcs}` |
 //! | `lockstep_announce` | `key, value, encoding?, key_encoding?, seq?` | `{key, seq, value_hash, accepted, refused}` |
 //! | `lockstep_get` | `key, key_encoding?` | `{key, notices: [{publisher, seq, value_hash, created_at}]}` |
-//! | `lockstep_subscribe` | `key?, key_encoding?` | subscription; notifications `lockstep_notice` |
+//! | `lockstep_subscribe` | `key?, prefix?, publisher?, key_encoding?` | subscription; notifications `lockstep_notice` |
 //! | `swim_members` | none | `[{peer, state, incarnation, addrs}]` |
 //! | `node_peers` | none | `[peer id]` |
 //! | `node_info` | none | `{peer_id, network, version, ...}` |
@@ -175,13 +175,62 @@ struct AnnounceParams {
     seq: Option<u64>,
 }
 
-/// Params of `lockstep_get` and `lockstep_subscribe`.
+/// Params of `lockstep_get`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct KeyParams {
     key: Option<String>,
     #[serde(default)]
     key_encoding: Encoding,
+}
+
+/// Params of `lockstep_subscribe`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscribeParams {
+    key: Option<String>,
+    prefix: Option<String>,
+    publisher: Option<String>,
+    #[serde(default)]
+    key_encoding: Encoding,
+}
+
+/// Which notices a `lockstep_subscribe` subscription receives: those that meet every condition
+/// given (none given: every notice).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NoticeFilter {
+    key: Option<Vec<u8>>,
+    prefix: Option<Vec<u8>>,
+    publisher: Option<PeerId>,
+    /// How the notifications spell keys.
+    key_encoding: Encoding,
+}
+
+impl NoticeFilter {
+    /// The filter of a `lockstep_subscribe` call, or why its params are invalid; the same check
+    /// serves the early validation of a call and the subscription itself.
+    fn parse(params: &Params) -> Result<Self, RpcError> {
+        let p: SubscribeParams = parse(params)?;
+        let bytes = |name: &str, text: Option<String>| {
+            text.map(|t| decode(name, &t, p.key_encoding)).transpose()
+        };
+        Ok(Self {
+            key: bytes("key", p.key)?,
+            prefix: bytes("prefix", p.prefix)?,
+            publisher: p.publisher.map(|t| peer_id("publisher", &t)).transpose()?,
+            key_encoding: p.key_encoding,
+        })
+    }
+
+    fn matches(&self, notice: &SignedNotice) -> bool {
+        let n = notice.notice();
+        self.key.as_ref().is_none_or(|k| *k == n.key)
+            && self.prefix.as_ref().is_none_or(|p| n.key.starts_with(p))
+            && self
+                .publisher
+                .as_ref()
+                .is_none_or(|p| *p == n.publisher.peer_id())
+    }
 }
 
 /// Params of the methods that take none.
@@ -410,10 +459,7 @@ pub fn check_params(method: &str, params: Option<&str>) -> Result<(), RpcError> 
             decode("key", &text, p.key_encoding)?;
         }
         "lockstep_subscribe" => {
-            let p: KeyParams = parse(&params)?;
-            if let Some(text) = p.key {
-                decode("key", &text, p.key_encoding)?;
-            }
+            NoticeFilter::parse(&params)?;
         }
         "swim_members" | "node_peers" | "node_info" | "rpc.discover" => {
             let _: NoParams = parse(&params)?;
@@ -491,19 +537,15 @@ pub fn module(state: State) -> Result<RpcModule<State>, RegisterMethodError> {
     Ok(module)
 }
 
-/// `lockstep_subscribe`: notices this node accepts, optionally only for one key.
+/// `lockstep_subscribe`: notices this node accepts that meet the filter (a key, a key prefix, a
+/// publisher, any combination).
 async fn subscribe(
     params: Params<'static>,
     pending: PendingSubscriptionSink,
     state: Arc<State>,
     _: jsonrpsee::Extensions,
 ) -> SubscriptionResult {
-    let filter = match parse::<KeyParams>(&params).and_then(|p| {
-        p.key
-            .map(|k| decode("key", &k, p.key_encoding))
-            .transpose()
-            .map(|k| (k, p.key_encoding))
-    }) {
+    let filter = match NoticeFilter::parse(&params) {
         Ok(f) => f,
         Err(e) => {
             pending.reject(ErrorObjectOwned::from(e)).await;
@@ -517,10 +559,11 @@ async fn subscribe(
             _ = sink.closed() => return Ok(()),
             received = notices.recv() => match received {
                 Ok(notice) => {
-                    if filter.0.as_ref().is_some_and(|k| *k != notice.notice().key) {
+                    if !filter.matches(&notice) {
                         continue;
                     }
-                    let message = serde_json::value::to_raw_value(&notice_json(&notice, filter.1))?;
+                    let message =
+                        serde_json::value::to_raw_value(&notice_json(&notice, filter.key_encoding))?;
                     sink.send(message).await?;
                 }
                 Err(RecvError::Lagged(missed)) => {
@@ -628,6 +671,7 @@ mod tests {
             ("lockstep_announce", r#"{"key":"k","value":"v","seq":3}"#),
             ("lockstep_get", r#"{"key":"k"}"#),
             ("lockstep_subscribe", "{}"),
+            ("lockstep_subscribe", r#"{"prefix":"ab","key":"abc"}"#),
             ("node_info", "[]"),
         ] {
             check_params(method, Some(ok)).unwrap_or_else(|e| panic!("{method} {ok}: {e:?}"));
@@ -640,11 +684,61 @@ mod tests {
             ("dht_findNode", r#"{"peer":"not-a-peer"}"#),
             ("lockstep_get", "{}"),
             ("lockstep_subscribe", r#"{"key":"zz","key_encoding":"hex"}"#),
+            (
+                "lockstep_subscribe",
+                r#"{"prefix":"zz","key_encoding":"hex"}"#,
+            ),
+            ("lockstep_subscribe", r#"{"publisher":"nobody"}"#),
+            ("lockstep_subscribe", r#"{"topic":"a"}"#),
             ("node_peers", r#"{"x":1}"#),
             ("dht_nope", "{}"),
         ] {
             let e = check_params(method, Some(bad)).expect_err(bad);
             assert_eq!(e.code, Code::InvalidParams, "{method} {bad}");
+        }
+    }
+
+    #[test]
+    fn notice_filters_take_every_condition_given() {
+        let policy = shoal_pow::StampPolicy::testnet();
+        let alice = shoal_pow::NodeKey::generate();
+        let bob = shoal_pow::NodeKey::generate();
+        let notice = |key: &shoal_pow::NodeKey, k: &str| {
+            SignedNotice::create(key, k.as_bytes(), b"value", 1, 1_700_000_000, &policy)
+                .expect("a notice")
+        };
+        let filter = |json: String| NoticeFilter::parse(&Params::new(Some(&json))).expect(&json);
+        let alice_id = alice.peer_id().to_string();
+        let all = filter("{}".into());
+        let by_prefix = filter(r#"{"prefix":"app/"}"#.into());
+        let by_key = filter(r#"{"key":"app/x"}"#.into());
+        let by_alice = filter(format!(r#"{{"publisher":"{alice_id}"}}"#));
+        let alice_prefix = filter(format!(r#"{{"publisher":"{alice_id}","prefix":"app/"}}"#));
+        let hex_prefix = filter(r#"{"prefix":"6170","key_encoding":"hex"}"#.into());
+        for (n, expected) in [
+            (
+                notice(&alice, "app/x"),
+                [true, true, true, true, true, true],
+            ),
+            (
+                notice(&bob, "app/y"),
+                [true, true, false, false, false, true],
+            ),
+            (
+                notice(&alice, "other"),
+                [true, false, false, true, false, false],
+            ),
+        ] {
+            let got = [
+                &all,
+                &by_prefix,
+                &by_key,
+                &by_alice,
+                &alice_prefix,
+                &hex_prefix,
+            ]
+            .map(|f| f.matches(&n));
+            assert_eq!(got, expected, "{:?}", n.notice().key);
         }
     }
 

@@ -229,12 +229,24 @@ const METHODS: &[Method] = &[
     },
     Method {
         name: "lockstep_subscribe",
-        summary: "Subscribes (WebSocket) to the notices this node accepts; notifications are \
-                  lockstep_notice",
+        summary: "Subscribes (WebSocket) to the notices this node accepts that meet every \
+                  condition given; notifications are lockstep_notice",
         params: &[
             Param {
                 name: "key",
                 summary: "Only notices for this key",
+                required: false,
+                schema: string,
+            },
+            Param {
+                name: "prefix",
+                summary: "Only notices for keys that start with this prefix",
+                required: false,
+                schema: string,
+            },
+            Param {
+                name: "publisher",
+                summary: "Only notices of this publisher (a peer id)",
                 required: false,
                 schema: string,
             },
