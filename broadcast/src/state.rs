@@ -627,6 +627,34 @@ impl<T: Peer, V: Verify> Broadcast<T, V> {
         self.store.max_seq(publisher)
     }
 
+    /// Whether every table is within the bound its config sets: the simulator checks it after
+    /// every step, the fuzz target after every input.
+    pub fn within_bounds(&self) -> bool {
+        let q = self.queue_lengths();
+        let c = &self.config;
+        q.members <= c.max_members
+            && q.active <= c.active_max + 1
+            && q.passive <= c.passive_max
+            && q.pending <= c.active_max + 1
+            && q.lost <= 3 * c.passive_max
+            && q.transmits <= c.max_transmit_queue
+            && q.events <= c.max_event_queue
+            && q.lazy <= c.max_lazy_queue
+            && q.missing <= c.max_missing
+            && q.graft_timers <= c.max_missing
+            && q.announcers <= c.max_missing
+            && q.graft_peers <= c.max_peer_clocks
+            && q.peer_clocks <= c.max_peer_clocks
+            && q.wants <= (c.active_max + 1) * message::MAX_FEEDS
+            && q.feeds <= c.max_feeds
+            && q.notices <= c.max_feeds * c.max_notices_per_feed
+            && q.store_bytes <= c.max_store_bytes
+            && q.recent <= c.max_recent
+            && q.marks <= 1024
+            && q.gap_timers <= c.max_feeds
+            && q.gap_repairs <= c.max_feeds
+    }
+
     /// Lengths of the internal tables.
     pub fn queue_lengths(&self) -> QueueLengths {
         let (feeds, notices, store_bytes, recent, marks, gap_timers) = self.store.lengths();
@@ -1149,7 +1177,9 @@ impl<T: Peer, V: Verify> Broadcast<T, V> {
         if grafts.is_empty() {
             return;
         }
-        grafts.sort_by(|a, b| a.0.cmp(&b.0));
+        // By peer, then id: `missing` is a hash map, whose order must not reach the wire (a run
+        // is a function of its inputs).
+        grafts.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         let mut i = 0;
         while i < grafts.len() {
             let peer = grafts[i].0.clone();
@@ -1387,13 +1417,15 @@ impl<T: Peer, V: Verify> Broadcast<T, V> {
         if !progress || !active || wants.is_empty() {
             return;
         }
-        let feeds: Vec<FeedSeq> = wants
+        let mut feeds: Vec<FeedSeq> = wants
             .keys()
             .map(|p| FeedSeq {
                 publisher: p.clone(),
                 max_seq: self.store.max_seq(p),
             })
             .collect();
+        // In publisher order, not the hash map's.
+        feeds.sort_by(|a, b| a.publisher.cmp(&b.publisher));
         self.wants.insert(from.clone(), wants);
         self.send_feeds(from, feeds, false);
     }

@@ -880,30 +880,11 @@ impl Sim {
 
 /// Panics unless every table of `core` is within its bound.
 fn check_bounds(seed: u64, id: NodeId, core: &Broadcast<NodeId, SimVerify>) {
-    let q = core.queue_lengths();
-    let c = core.config();
-    let ok = q.members <= c.max_members
-        && q.active <= c.active_max + 1
-        && q.passive <= c.passive_max
-        && q.pending <= c.active_max + 1
-        && q.lost <= 3 * c.passive_max
-        && q.transmits <= c.max_transmit_queue
-        && q.events <= c.max_event_queue
-        && q.lazy <= c.max_lazy_queue
-        && q.missing <= c.max_missing
-        && q.graft_timers <= c.max_missing
-        && q.announcers <= c.max_missing
-        && q.graft_peers <= c.max_peer_clocks
-        && q.peer_clocks <= c.max_peer_clocks
-        && q.wants <= (c.active_max + 1) * message::MAX_FEEDS
-        && q.feeds <= c.max_feeds
-        && q.notices <= c.max_feeds * c.max_notices_per_feed
-        && q.store_bytes <= c.max_store_bytes
-        && q.recent <= c.max_recent
-        && q.marks <= 1024
-        && q.gap_timers <= c.max_feeds
-        && q.gap_repairs <= c.max_feeds;
-    assert!(ok, "seed {seed}: node {id} state out of bounds: {q:?}");
+    assert!(
+        core.within_bounds(),
+        "seed {seed}: node {id} state out of bounds: {:?}",
+        core.queue_lengths()
+    );
 }
 
 /// Adds every counter of `b` to `a`.

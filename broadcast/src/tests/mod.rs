@@ -121,6 +121,27 @@ fn partition_heals_and_catchup_names_only_changed_feeds() {
     );
 }
 
+/// Two runs of one seed agree exactly: hash maps (whose order differs between instances, even
+/// in one process) must not decide what the core sends.
+#[test]
+fn a_run_is_a_function_of_its_seed() {
+    let spec = PartitionSpec {
+        feeds: 20,
+        active_per_side: 2,
+        rate: 10.0,
+        warmup: Duration::from_secs(5),
+        quiet: Duration::from_secs(1),
+        split_for: Duration::from_secs(20),
+        after: Duration::from_secs(10),
+        drain: Duration::from_secs(5),
+    };
+    let first = scenario::partition(6, 40, &lan(), LinkModel::lan(), &spec);
+    for _ in 0..3 {
+        let again = scenario::partition(6, 40, &lan(), LinkModel::lan(), &spec);
+        assert_eq!(again, first);
+    }
+}
+
 #[test]
 fn invalid_notice_is_never_delivered_or_relayed() {
     let mut sim = scenario::network(7, 20, &lan(), LinkModel::lan());
