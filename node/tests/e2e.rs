@@ -81,11 +81,21 @@ fn signal(pid: u32, name: &str) {
     assert!(status.success(), "kill -{name} {pid}");
 }
 
+/// Whether `pid` runs, or still holds what it had open. A SIGKILLed process shows as a zombie
+/// once its main thread has exited, while its other threads may still be exiting and holding
+/// its files (and so its store's lock) for a moment: it is gone when only the zombie is left.
 fn alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| s.contains(") Z "))
-            .unwrap_or(true)
+    let dir = format!("/proc/{pid}");
+    if !std::path::Path::new(&dir).exists() {
+        return false;
+    }
+    let zombie = std::fs::read_to_string(format!("{dir}/stat"))
+        .map(|s| s.contains(") Z "))
+        .unwrap_or(false);
+    !zombie
+        || std::fs::read_dir(format!("{dir}/task"))
+            .map(|tasks| tasks.count() > 1)
+            .unwrap_or(false)
 }
 
 /// Polls `node_info` until it answers, within `limit`.
