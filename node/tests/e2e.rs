@@ -215,24 +215,19 @@ impl Follower {
     }
 
     /// SIGINT, as Ctrl-C: it unsubscribes and exits.
-    async fn interrupt(mut self) -> ExitStatus {
-        signal(self.child.0.id(), "INT");
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.0.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(start.elapsed() < Duration::from_secs(10), "exits on SIGINT");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    async fn interrupt(self) -> ExitStatus {
+        tokio::time::timeout(Duration::from_secs(10), interrupt(self.child))
+            .await
+            .expect("exits on SIGINT within 10 s")
     }
 }
 
-async fn stop_testnet(mut testnet: KillOnDrop) -> ExitStatus {
-    signal(testnet.0.id(), "INT");
+/// Sends `child` SIGINT and waits for it to exit (a testnet stops its nodes, then itself).
+async fn interrupt(mut child: KillOnDrop) -> ExitStatus {
+    signal(child.0.id(), "INT");
     tokio::task::spawn_blocking(move || {
-        let status = testnet.0.wait().expect("wait for the testnet");
-        drop(testnet);
+        let status = child.0.wait().expect("wait for the child");
+        drop(child);
         status
     })
     .await
@@ -374,7 +369,7 @@ async fn five_process_testnet() {
     assert_eq!(got["value"], "across processes");
 
     // SIGINT stops the testnet and its nodes cleanly.
-    let status = stop_testnet(testnet).await;
+    let status = interrupt(testnet).await;
     assert!(status.success(), "testnet exit status {status}");
     for n in &nodes {
         if n.pid != victim.pid {
@@ -595,6 +590,6 @@ async fn examples_run_against_a_testnet() {
     }
 
     // SIGINT stops the testnet cleanly.
-    let status = stop_testnet(testnet).await;
+    let status = interrupt(testnet).await;
     assert!(status.success(), "testnet exit status {status}");
 }

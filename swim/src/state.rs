@@ -830,12 +830,7 @@ impl<T: Identity> Membership<T> {
         {
             let mult = self.local_health + 1;
             match self.next_target() {
-                Some(target) => {
-                    self.start_probe(now, Lane::Round, target);
-                    self.next_probe = self.probes[Lane::Round as usize]
-                        .as_ref()
-                        .map_or(now, |p| p.ends_at);
-                }
+                Some(target) => self.next_probe = self.start_probe(now, Lane::Round, target),
                 None => self.next_probe = now + self.config.probe_interval * mult,
             }
         }
@@ -915,23 +910,26 @@ impl<T: Identity> Membership<T> {
         }
     }
 
-    /// Pings `target` and opens the probe of `lane`, whose window the local health stretches.
-    fn start_probe(&mut self, now: Instant, lane: Lane, target: T) {
+    /// Pings `target` and opens the probe of `lane`, whose window the local health stretches;
+    /// returns when that window ends.
+    fn start_probe(&mut self, now: Instant, lane: Lane, target: T) -> Instant {
         let mult = self.local_health + 1;
         self.stats.probes += 1;
         let seq = self.next_seq();
         let buddy = self.news_about(&target);
         self.send(target.clone(), Payload::Ping { seq }, buddy);
+        let ends_at = now + self.config.probe_window() * mult;
         self.probes[lane as usize] = Some(Probe {
             target,
             seq,
             indirect_at: now + self.config.probe_timeout * mult,
-            ends_at: now + self.config.probe_window() * mult,
+            ends_at,
             acked: false,
             indirect_sent: false,
             expected_nacks: 0,
             nacks: 0,
         });
+        ends_at
     }
 
     /// The probe under way whose ping carried `seq`.

@@ -214,28 +214,35 @@ impl SimStats {
     }
 }
 
-struct Inbound {
+/// `item`, due at `at`; `seq` (unique, rising) keeps items due at one instant in the order they
+/// were queued. Ordered by `(at, seq)` alone, so the item needs no order of its own.
+struct Timed<E> {
     at: Instant,
     seq: u64,
-    from: NodeId,
-    bytes: Vec<u8>,
+    item: E,
 }
 
-impl PartialEq for Inbound {
+impl<E> PartialEq for Timed<E> {
     fn eq(&self, other: &Self) -> bool {
         (self.at, self.seq) == (other.at, other.seq)
     }
 }
-impl Eq for Inbound {}
-impl PartialOrd for Inbound {
+impl<E> Eq for Timed<E> {}
+impl<E> PartialOrd for Timed<E> {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
 }
-impl Ord for Inbound {
+impl<E> Ord for Timed<E> {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         (self.at, self.seq).cmp(&(other.at, other.seq))
     }
+}
+
+/// A message on its way to a node.
+struct Inbound {
+    from: NodeId,
+    bytes: Vec<u8>,
 }
 
 /// A membership change the simulated SWIM reports later.
@@ -252,32 +259,9 @@ enum Action {
     HealAdd(Arc<Vec<u32>>),
 }
 
-struct Scheduled {
-    at: Instant,
-    seq: u64,
-    action: Action,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Scheduled {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
-    }
-}
-
 struct Node {
     core: Option<Broadcast<NodeId, SimVerify>>,
-    inbox: BinaryHeap<Reverse<Inbound>>,
+    inbox: BinaryHeap<Reverse<Timed<Inbound>>>,
     wake: Option<Instant>,
     group: u32,
     next_seq: u64,
@@ -311,7 +295,7 @@ pub struct Sim {
     rng: StdRng,
     nodes: Vec<Node>,
     queue: BinaryHeap<Reverse<(Instant, u64, NodeId)>>,
-    actions: BinaryHeap<Reverse<Scheduled>>,
+    actions: BinaryHeap<Reverse<Timed<Action>>>,
     seq: u64,
     fifo: HashMap<(NodeId, NodeId), Instant>,
     tracks: Vec<Track>,
@@ -557,7 +541,7 @@ impl Sim {
                 if s.at > self.time {
                     self.time = s.at;
                 }
-                self.apply(s.action);
+                self.apply(s.item);
                 true
             }
             _ => {
@@ -587,14 +571,14 @@ impl Sim {
         while node.inbox.peek().is_some_and(|Reverse(m)| m.at <= now) {
             // Invariant: `peek` returned an entry just above.
             let Reverse(m) = node.inbox.pop().expect("inbox entry");
-            let msg = match message::decode(&m.bytes, &self.limits) {
+            let msg = match message::decode(&m.item.bytes, &self.limits) {
                 Ok(msg) => msg,
                 Err(e) => panic!("seed {seed}: node {id} got an undecodable message: {e}"),
             };
             if let Message::Gossip { .. } = msg {
                 self.stats.gossip_received += 1;
             }
-            core.handle_message(now, m.from, msg);
+            core.handle_message(now, m.item.from, msg);
         }
         if core.poll_timeout().is_some_and(|d| d <= now) {
             core.handle_timeout(now);
@@ -730,10 +714,10 @@ impl Sim {
 
     fn schedule_action(&mut self, at: Instant, action: Action) {
         self.seq += 1;
-        self.actions.push(Reverse(Scheduled {
+        self.actions.push(Reverse(Timed {
             at,
             seq: self.seq,
-            action,
+            item: action,
         }));
     }
 
@@ -844,11 +828,10 @@ impl Sim {
         *last = at;
         self.seq += 1;
         let seq = self.seq;
-        self.nodes[to as usize].inbox.push(Reverse(Inbound {
+        self.nodes[to as usize].inbox.push(Reverse(Timed {
             at,
             seq,
-            from,
-            bytes,
+            item: Inbound { from, bytes },
         }));
         self.wake_at(to, at);
     }
