@@ -627,6 +627,18 @@ impl<T: Peer, V: Verify> Broadcast<T, V> {
         self.store.max_seq(publisher)
     }
 
+    /// The notices of feed `publisher` above `seq` that this node delivered (or skipped behind
+    /// a gap and stored since), in order, at most `max`: what a subscriber that saw the feed up
+    /// to `seq` missed, as far as the store still holds it.
+    pub fn delivered_after(&self, publisher: &[u8], seq: u64, max: usize) -> Vec<&Notice> {
+        self.store.passed_above(publisher, seq).take(max).collect()
+    }
+
+    /// The embedder's verifier, to update what it checks against (the time, in Shoal).
+    pub fn verifier_mut(&mut self) -> &mut V {
+        &mut self.verifier
+    }
+
     /// Whether every table is within the bound its config sets: the simulator checks it after
     /// every step, the fuzz target after every input.
     pub fn within_bounds(&self) -> bool {

@@ -317,6 +317,19 @@ pub struct MemberInfo {
     pub verified: bool,
 }
 
+/// Broadcast messages on the wire (see [`NodeStats::broadcast_wire`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BroadcastWire {
+    /// Messages sent.
+    pub sent: u64,
+    /// Received messages or frames that did not decode (dropped).
+    pub malformed: u64,
+    /// Received messages from peers not admitted (dropped).
+    pub unadmitted: u64,
+    /// Notices of feeds skipped because they did not arrive in time.
+    pub gaps: u64,
+}
+
 /// Counters and gauges of the node, from [`Client::stats`](crate::Client::stats).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeStats {
@@ -397,6 +410,11 @@ pub struct NodeStats {
     pub swim_wire: shoal_swim::WireStats,
     /// The identity gate's proof checks (scrypt evaluations, cache hits, refusals, rate limits).
     pub verifier: shoal_pow::VerifierStats,
+    /// The broadcast core's counters (notices delivered, duplicates, grafts, prunes, views).
+    pub broadcast: shoal_broadcast::Stats,
+    /// Broadcast messages sent, and received ones that did not decode or came from a peer
+    /// not admitted.
+    pub broadcast_wire: BroadcastWire,
     /// Records held in the local store.
     pub records: usize,
     /// Lockstep notices held in the local book.

@@ -34,6 +34,9 @@ pub struct Behaviour {
     pub gate: gate::Behaviour,
     /// The DHT's requests on `/shoal/<network>/dht/3.0.0`, on long-lived streams.
     pub dht: link::Behaviour<link::Dht>,
+    /// Broadcast messages on `/shoal/<network>/broadcast/1`, told on long-lived streams
+    /// ([`link::Broadcast`]).
+    pub broadcast: link::Behaviour<link::Broadcast>,
 }
 
 /// An event of one of the parts.
@@ -47,6 +50,14 @@ pub enum Event {
     Gate(gate::Event),
     /// From the DHT protocol.
     Dht(link::Event<link::Dht>),
+    /// From the broadcast protocol.
+    Broadcast(link::Event<link::Broadcast>),
+}
+
+impl From<link::Event<link::Broadcast>> for Event {
+    fn from(e: link::Event<link::Broadcast>) -> Self {
+        Self::Broadcast(e)
+    }
 }
 
 impl From<identify::Event> for Event {
@@ -100,11 +111,20 @@ impl Behaviour {
         let backstop = 2 * config.request_timeout.max(config.gate_timeout);
         let protocol = StreamProtocol::try_from_owned(config.dht_protocol())
             .map_err(|_| ConfigError::BadNetwork(config.network.clone()))?;
+        let broadcast_limits = link::Limits {
+            max_request: config.broadcast.max_message_bytes + 16,
+            max_response: 16,
+            in_flight: 256,
+            timeout: backstop,
+        };
+        let broadcast_protocol = StreamProtocol::try_from_owned(config.broadcast_protocol())
+            .map_err(|_| ConfigError::BadNetwork(config.network.clone()))?;
         Ok(Self {
             identify,
             swim,
             gate: gate::Behaviour::new(proof, verifier, config.gate_timeout),
             dht: link::Behaviour::new(protocol, link::Limits::dht(256, backstop)),
+            broadcast: link::Behaviour::new(broadcast_protocol, broadcast_limits),
         })
     }
 }

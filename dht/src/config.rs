@@ -26,6 +26,9 @@ pub enum ConfigError {
     /// The SWIM configuration is invalid.
     #[error("swim: {0}")]
     Swim(#[from] shoal_swim::ConfigError),
+    /// The broadcast configuration is invalid.
+    #[error("broadcast: {0}")]
+    Broadcast(#[from] shoal_broadcast::ConfigError),
     /// A timeout is zero.
     #[error("{0} must be above zero")]
     ZeroTimeout(&'static str),
@@ -55,6 +58,10 @@ pub struct Config {
     pub records: RecordRules,
     /// SWIM membership. Default [`shoal_swim::Config::wan`].
     pub swim: shoal_swim::Config,
+    /// Network-wide broadcast of lockstep notices (`/shoal/<network>/broadcast/1`). Default
+    /// [`shoal_broadcast::Config::lan`]; Tor nodes use [`shoal_broadcast::Config::tor`]. Its
+    /// `rng_seed` is derived from [`Config::rng_seed`] when that is set.
+    pub broadcast: shoal_broadcast::Config,
     /// Kademlia's k: replicas of a record, peers a lookup finds and an answer names. Default 20.
     pub replication_factor: NonZeroUsize,
     /// Entries per k-bucket of the routing table (and replacements kept per bucket). Default 20.
@@ -134,6 +141,7 @@ impl Default for Config {
             stamps: StampPolicy::default(),
             records: RecordRules::default(),
             swim: shoal_swim::Config::wan(),
+            broadcast: shoal_broadcast::Config::lan(),
             replication_factor: nz(20),
             kbucket_size: nz(20),
             lookup_parallelism: nz(3),
@@ -220,6 +228,7 @@ impl Config {
         self.puzzle.validate()?;
         self.stamps.validate()?;
         self.swim.validate()?;
+        self.broadcast.validate()?;
         for (name, t) in [
             ("query_timeout", self.query_timeout),
             ("gate_timeout", self.gate_timeout),
@@ -252,6 +261,11 @@ impl Config {
     /// The DHT protocol name: `/shoal/<network>/dht/3.0.0`, so networks never mix.
     pub fn dht_protocol(&self) -> String {
         format!("/shoal/{}/dht/3.0.0", self.network)
+    }
+
+    /// The broadcast protocol name: `/shoal/<network>/broadcast/1`.
+    pub fn broadcast_protocol(&self) -> String {
+        format!("/shoal/{}/broadcast/1", self.network)
     }
 }
 

@@ -123,6 +123,19 @@ impl Messages for Swim {
     fn refusal(_: String) {}
 }
 
+/// Broadcast messages: each an encoded [`shoal_broadcast::Message`], told, like [`Swim`]'s.
+#[derive(Debug)]
+pub enum Broadcast {}
+
+impl Messages for Broadcast {
+    type Request = ByteBuf;
+    type Response = ();
+    fn refusal(_: String) {}
+}
+
+/// Peers whose connections a behaviour keeps open at most ([`Behaviour::keep_alive`]).
+pub const MAX_KEPT: usize = 1024;
+
 /// A request this node sent, unique within its [`Behaviour`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RequestId(u64);
@@ -205,6 +218,8 @@ pub struct Behaviour<M: Messages> {
     /// Fresh connections being made to replace a peer's stalled ones ([`Self::reconnect`]).
     reconnecting: HashMap<PeerId, ConnectionId>,
     pending: HashMap<RequestId, Pending>,
+    /// Peers whose connections stay open however idle ([`Self::keep_alive`]).
+    kept: HashSet<PeerId>,
     events: VecDeque<ToSwarm<Event<M>, Command>>,
     next_id: u64,
     /// Made on the first poll, inside the runtime.
@@ -230,6 +245,7 @@ impl<M: Messages> Behaviour<M> {
             dialing: HashMap::new(),
             reconnecting: HashMap::new(),
             pending: HashMap::new(),
+            kept: HashSet::new(),
             events: VecDeque::new(),
             next_id: 0,
             sweep: None,
@@ -493,7 +509,37 @@ impl<M: Messages> Behaviour<M> {
         }
     }
 
+    /// Keeps the connections to `peer` open however idle (`keep`), or lets them close when idle
+    /// again. At most [`MAX_KEPT`] peers are kept; more are refused (returns false).
+    pub fn keep_alive(&mut self, peer: PeerId, keep: bool) -> bool {
+        let changed = if keep {
+            if self.kept.len() >= MAX_KEPT && !self.kept.contains(&peer) {
+                return false;
+            }
+            self.kept.insert(peer)
+        } else {
+            self.kept.remove(&peer)
+        };
+        if changed {
+            for connection in self.connections.get(&peer).into_iter().flatten() {
+                self.events.push_back(ToSwarm::NotifyHandler {
+                    peer_id: peer,
+                    handler: NotifyHandler::One(*connection),
+                    event: Command::Keep(keep),
+                });
+            }
+        }
+        true
+    }
+
     fn on_connection_established(&mut self, peer: PeerId, connection: ConnectionId) {
+        if self.kept.contains(&peer) {
+            self.events.push_back(ToSwarm::NotifyHandler {
+                peer_id: peer,
+                handler: NotifyHandler::One(connection),
+                event: Command::Keep(true),
+            });
+        }
         let connections = self.connections.entry(peer).or_default();
         if self.reconnecting.get(&peer) == Some(&connection) {
             self.reconnecting.remove(&peer);
@@ -657,6 +703,8 @@ pub enum Command {
         /// The encoded answer.
         bytes: Bytes,
     },
+    /// Keep the connection open however idle (true), or not.
+    Keep(bool),
 }
 
 /// What a connection's handler reports.
@@ -717,6 +765,8 @@ pub struct Handler {
     last_request: Instant,
     /// Fires when the connection may have turned idle; made while busy.
     idle_check: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// Kept open however idle ([`Behaviour::keep_alive`]).
+    keep: bool,
 }
 
 impl Handler {
@@ -735,6 +785,7 @@ impl Handler {
             busy: false,
             last_request: Instant::now(),
             idle_check: None,
+            keep: false,
         }
     }
 
@@ -908,7 +959,8 @@ impl ConnectionHandler for Handler {
     }
 
     fn connection_keep_alive(&self) -> bool {
-        self.busy
+        self.keep
+            || self.busy
             || !self.awaiting.is_empty()
             || self
                 .inbound
@@ -947,6 +999,7 @@ impl ConnectionHandler for Handler {
                     }
                 }
             }
+            Command::Keep(keep) => self.keep = keep,
             Command::Cancel { id } => {
                 self.awaiting.remove(&id);
                 self.queue.retain(|(i, _)| *i != id);

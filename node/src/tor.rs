@@ -229,10 +229,11 @@ pub async fn transport(
 }
 
 /// Fits a DHT configuration to onion round trips (hundreds of milliseconds to seconds, and
-/// slow first connections): SWIM's Tor preset, longer query, gate and request bounds, and no
-/// second dial of a seed (another rendezvous circuit).
+/// slow first connections): SWIM's and the broadcast's Tor presets, longer query, gate and
+/// request bounds, and no second dial of a seed (another rendezvous circuit).
 pub fn fit_for_onions(config: &mut shoal_dht::Config) {
     config.swim = shoal_swim::Config::tor();
+    config.broadcast = shoal_broadcast::Config::tor();
     config.seed_redial = None;
     config.query_timeout = config.query_timeout.max(Duration::from_secs(90));
     config.gate_timeout = config.gate_timeout.max(Duration::from_secs(60));
@@ -277,6 +278,7 @@ mod tests {
         let mut c = shoal_dht::Config::testnet();
         fit_for_onions(&mut c);
         assert_eq!(c.swim, shoal_swim::Config::tor());
+        assert_eq!(c.broadcast, shoal_broadcast::Config::tor());
         assert!(c.query_timeout >= Duration::from_secs(90));
         assert_eq!(c.seed_redial, None, "no second rendezvous circuit per seed");
         c.validate().expect("the fitted config is valid");

@@ -154,6 +154,18 @@ impl<T: Clone> Store<T> {
         })
     }
 
+    /// Stored notices of `publisher` above `seq` that delivery has passed (delivered, or
+    /// skipped behind a gap and stored since), in order.
+    pub(crate) fn passed_above(&self, publisher: &[u8], seq: u64) -> impl Iterator<Item = &Notice> {
+        self.feeds.get(publisher).into_iter().flat_map(move |f| {
+            let next = f.next.unwrap_or(0);
+            let from = seq.saturating_add(1);
+            f.notices
+                .range(from..next.max(from))
+                .map(|(_, s)| &s.notice)
+        })
+    }
+
     /// Feeds changed after version `since`, oldest change first, with their highest sequence
     /// number.
     pub(crate) fn changed_since(&self, since: u64) -> impl Iterator<Item = (&Vec<u8>, u64)> {

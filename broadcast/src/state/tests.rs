@@ -1179,3 +1179,28 @@ fn stats_count_bytes_per_kind() {
     assert_eq!(s.views.active, 1);
     assert_eq!(s.views.eager, 1);
 }
+
+#[test]
+fn delivered_after_names_what_delivery_passed_never_what_waits_behind_a_gap() {
+    let t0 = Instant::now();
+    let mut c = core_with_neighbors(t0, &[1]);
+    for seq in [1, 2, 3, 5] {
+        c.handle_message(t0, 1, gossip(notice(9, seq), 0));
+    }
+    assert_eq!(delivered(&mut c), vec![(9, 1), (9, 2), (9, 3)]);
+    let seqs = |c: &Core, after: u64, max: usize| -> Vec<u64> {
+        c.delivered_after(&[9; 8], after, max)
+            .iter()
+            .map(|n| n.seq)
+            .collect()
+    };
+    // 5 waits for 4: a subscriber resuming is not handed it out of order.
+    assert_eq!(seqs(&c, 0, 10), vec![1, 2, 3]);
+    assert_eq!(seqs(&c, 1, 10), vec![2, 3]);
+    assert_eq!(seqs(&c, 1, 1), vec![2]);
+    assert!(c.delivered_after(&[8; 8], 0, 10).is_empty());
+    // Once the gap is given up on, 5 is passed too.
+    let gap_timeout = c.config().gap_timeout;
+    advance(&mut c, t0 + gap_timeout + Duration::from_millis(1));
+    assert_eq!(seqs(&c, 3, 10), vec![5]);
+}

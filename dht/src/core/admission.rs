@@ -366,7 +366,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 }
             }
         }
-        self.route(&peer);
+        self.route(now, &peer);
     }
 
     /// The newest news cut about `peer` reaches the membership, if a member SWIM listens to
@@ -665,7 +665,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         error: &ProofError,
     ) {
         self.forget(&member);
-        self.unroute(&member);
+        self.unroute(now, &member);
         self.remember_refused(now, member);
         let Some(relayer) = relayer else {
             tracing::info!(peer = ?member, %error, "identity proof refused");

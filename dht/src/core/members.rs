@@ -73,9 +73,11 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
 
     fn on_swim_event(&mut self, now: Instant, unix: u64, event: Event<T>) {
         match event {
-            Event::Joined { member, .. } | Event::Refuted { member, .. } => self.route(&member),
+            Event::Joined { member, .. } | Event::Refuted { member, .. } => {
+                self.route(now, &member);
+            }
             Event::Failed { member, .. } | Event::Left { member, .. } => {
-                self.unroute(&member);
+                self.unroute(now, &member);
                 self.on_departed(now, &member);
                 self.push(Action::Disconnect { peer: member });
             }
@@ -92,16 +94,19 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             .is_some_and(|m| matches!(m.state, State::Alive | State::Suspect))
     }
 
-    /// Offers `peer` a slot in the routing table if it is admitted and SWIM holds it alive.
-    pub(super) fn route(&mut self, peer: &T) {
+    /// Offers `peer` a slot in the routing table, and a place in the broadcast overlay, if it
+    /// is admitted and SWIM holds it alive.
+    pub(super) fn route(&mut self, now: Instant, peer: &T) {
         if self.admission.is_verified(peer) && self.is_live(peer) {
             self.table.insert(*peer);
+            self.feeds_add(now, peer);
         }
     }
 
-    /// Takes `peer` out of the routing table; a freed slot goes to a replacement still admitted
-    /// and alive, or to one found in the membership.
-    pub(super) fn unroute(&mut self, peer: &T) {
+    /// Takes `peer` out of the routing table and the broadcast overlay; a freed slot goes to a
+    /// replacement still admitted and alive, or to one found in the membership.
+    pub(super) fn unroute(&mut self, now: Instant, peer: &T) {
+        self.feeds_remove(now, peer);
         let admission = &self.admission;
         let swim = &self.swim;
         let removed = self.table.remove(peer, |p| {
@@ -161,7 +166,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         let peers: Vec<T> = admitted.iter().map(|(p, _, _)| *p).collect();
         let added = self.swim.restore_at(admitted);
         for peer in &peers {
-            self.route(peer);
+            self.route(now, peer);
         }
         self.drain_swim(now, unix);
         added

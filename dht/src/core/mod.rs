@@ -43,7 +43,8 @@
 //! - `routing.rs`: the k-buckets, filled with admitted members SWIM holds alive.
 //! - `records.rs`: the record store, the one acceptance rule, puts, replicas, gets, read repair,
 //!   expiry and republishing.
-//! - `notices.rs`: lockstep notices.
+//! - `notices.rs`: lockstep notices at the nodes closest to their keys.
+//! - `feeds.rs`: lockstep notices network-wide, through the broadcast core, to subscribers.
 //! - `view.rs`: routing, when the local view names the closest peers (one hop) and when
 //!   Kademlia's iterative lookup runs instead.
 //! - `lookup.rs`: closest-peer lookups, iterative and one-hop.
@@ -51,6 +52,7 @@
 
 mod admission;
 mod departed;
+mod feeds;
 pub mod lookup;
 mod members;
 mod notices;
@@ -73,6 +75,7 @@ use shoal_swim::{Address, Membership, State};
 
 use self::admission::Admission;
 pub use self::departed::{DEPARTED_RETENTION, MAX_DEPARTED};
+pub use self::feeds::{MAX_FEED_REPLY, NoticeCheck};
 pub use self::lookup::KeyHash;
 pub use self::members::Known;
 use self::ops::{Ops, Timer, Timers};
@@ -191,6 +194,13 @@ pub enum Command<T> {
     },
     /// Collect the notices for a key.
     Notices(Vec<u8>),
+    /// The notices of each named feed (a feed id, [`crate::lockstep::FeedPos::feed_id`]) after
+    /// the position given, that this node's broadcast delivered and still holds: what a
+    /// subscriber that saw those positions missed. At most [`MAX_FEED_REPLY`].
+    Feed {
+        /// Feed ids and the last position seen of each.
+        after: Vec<(Vec<u8>, u64)>,
+    },
     /// Send an envelope, unchecked and not stored, straight to these peers as a replica put.
     DangerousPutTo {
         /// The key the envelope claims.
@@ -244,6 +254,8 @@ pub enum Reply<T> {
     Announce(AnnounceResult),
     /// To [`Command::Notices`].
     Notices(NoticesResult),
+    /// To [`Command::Feed`]: in feed order per feed.
+    Feed(Vec<SignedNotice>),
     /// To [`Command::DangerousAnnounceTo`]: the peer's answer, if it answered.
     AnnouncedTo(Option<Response>),
 }
@@ -294,13 +306,18 @@ pub enum WriteOp<T> {
 }
 
 /// What must survive a restart even if the wall clock steps back: the SWIM incarnation last
-/// used, and the highest sequence number used for a record or a notice.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// used, the highest sequence number used for a record or a notice, and where this node's feed
+/// of broadcast notices stands. Every field only moves forward on disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Meta {
     /// The SWIM incarnation last used.
     pub incarnation: u64,
     /// The highest sequence number this node used.
     pub seq_floor: u64,
+    /// The epoch of this node's feed ([`crate::lockstep::FeedPos`]), 0 before its first notice.
+    pub feed_epoch: u64,
+    /// The last position used in that feed, 0 before its first notice.
+    pub feed_seq: u64,
 }
 
 /// What a node's disk held when it started.
@@ -445,8 +462,26 @@ pub enum Action<T> {
         /// The answer.
         reply: Reply<T>,
     },
-    /// A notice this node accepted, for its subscribers (boxed: a notice is large).
+    /// A notice the broadcast delivered (once, in its feed's order), for this node's
+    /// subscribers (boxed: a notice is large).
     Notice(Box<SignedNotice>),
+    /// Send a broadcast message to `to` (dialing `addrs` if needed); no answer is expected.
+    Broadcast {
+        /// The peer.
+        to: T,
+        /// Its known addresses.
+        addrs: Arc<[Address]>,
+        /// The message.
+        msg: shoal_broadcast::Message,
+    },
+    /// `peer` became (`keep`) or stopped being a broadcast neighbor: keep the connection to it
+    /// open while it is one, however idle.
+    Keep {
+        /// The peer.
+        peer: T,
+        /// Whether to keep its connection.
+        keep: bool,
+    },
 }
 
 /// Counters of the core's life, for metrics and tests.
@@ -514,6 +549,11 @@ pub struct CoreStats<T> {
     /// Operations that found their peers by Kademlia's iterative lookup (asked for, or the view
     /// was unsettled).
     pub iterative: u64,
+    /// Broadcast messages dropped because their sender was not admitted.
+    pub broadcast_unadmitted: u64,
+    /// Notices of feeds skipped because they did not arrive in time (see
+    /// [`shoal_broadcast::Event::Gap`]).
+    pub feed_gaps: u64,
 }
 
 impl<T> Default for CoreStats<T> {
@@ -549,6 +589,8 @@ impl<T> Default for CoreStats<T> {
             republished: 0,
             one_hop: 0,
             iterative: 0,
+            broadcast_unadmitted: 0,
+            feed_gaps: 0,
         }
     }
 }
@@ -647,6 +689,7 @@ pub struct Core<T: Peer, C: Checks<T>> {
     records: Records,
     book: NoticeBook,
     stamps: StampChecker,
+    broadcast: shoal_broadcast::Broadcast<T, NoticeCheck>,
     ops: Ops<T>,
     timers: Timers,
     /// Copies kept ([`Request::PutCopy`]) whose write is not yet asked for: written together
@@ -717,7 +760,18 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         }
         let swim = Membership::new(now, local, Vec::new(), incarnation, swim_config)?;
         let stamps = StampChecker::new(config.stamps.clone()).map_err(ConfigError::from)?;
+        let mut broadcast_config = config.broadcast.clone();
+        if let Some(mut seed) = config.rng_seed {
+            seed[0] ^= 0xb7;
+            broadcast_config.rng_seed = Some(seed);
+        }
+        let check = NoticeCheck {
+            unix,
+            stamps: StampChecker::new(config.stamps.clone()).map_err(ConfigError::from)?,
+        };
+        let broadcast = shoal_broadcast::Broadcast::new(now, local, broadcast_config, check)?;
         let mut core = Self {
+            broadcast,
             table: RoutingTable::new(local.point(), config.kbucket_size.get()),
             records: Records::new(config.store.clone()),
             book: NoticeBook::new(config.notices.clone()),
@@ -736,7 +790,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             last_seq: HashMap::new(),
             meta: Meta {
                 incarnation,
-                seq_floor: meta.seq_floor,
+                ..meta
             },
             restart_seq_floor: meta.seq_floor,
             local_addrs: Vec::new(),
@@ -948,6 +1002,10 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 self.start_announce(now, unix, op, key, value, seq);
             }
             Command::Notices(key) => self.start_notices(now, unix, op, key),
+            Command::Feed { after } => {
+                let notices = self.feed_after(&after);
+                self.reply(op, Reply::Feed(notices));
+            }
             Command::DangerousPutTo {
                 key,
                 envelope,
@@ -1152,6 +1210,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         if !self.admission.is_listed(&peer) {
             self.drop_held(&peer);
         }
+        self.feeds_link_down(now, &peer);
         if self.is_live(&peer) && self.swim.probe_soon(now, &peer) {
             self.stats.probes_on_disconnect += 1;
         }
@@ -1180,6 +1239,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             self.swim.handle_timeout(now);
             self.drain_swim(now, unix);
         }
+        self.broadcast_timeout(now, unix);
         for (id, op, peer) in self.ops.expired_requests(now) {
             let _ = id;
             self.on_answer(now, unix, op, peer, Err(RequestFailure::Timeout));
@@ -1234,6 +1294,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     pub fn poll_timeout(&self) -> Option<Instant> {
         [
             self.swim.poll_timeout(),
+            self.broadcast.poll_timeout(),
             self.timers.next(),
             self.ops.next_deadline(),
         ]

@@ -98,16 +98,21 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         seq: Option<u64>,
     ) {
         let seq = seq.unwrap_or_else(|| self.next_seq(&key, unix));
-        let notice =
-            match SignedNotice::create(&self.key, &key, &value, seq, unix, &self.config.stamps) {
-                Ok(n) => n,
-                Err(e) => return self.reply(op, Reply::Announce(Err(e.into()))),
-            };
-        let (mut writes, undo) = match self.keep_notice(notice.clone()) {
+        let feed = self.next_feed_pos(unix);
+        let stamps = &self.config.stamps;
+        let made = SignedNotice::create(&self.key, &key, &value, seq, unix, Some(feed), stamps);
+        let kept = made.and_then(|notice| Ok((notice.clone(), self.keep_notice(notice)?)));
+        let (notice, (mut writes, undo)) = match kept {
             Ok(kept) => kept,
-            Err(e) => return self.reply(op, Reply::Announce(Err(e.into()))),
+            Err(e) => {
+                self.release_feed_pos(feed);
+                return self.reply(op, Reply::Announce(Err(e.into())));
+            }
         };
-        writes.extend(self.advance_seq_floor(seq));
+        // The raised sequence floor and feed position are written with the notice, in one
+        // commit.
+        let _ = self.advance_seq_floor(seq);
+        writes.push(WriteOp::Meta(self.meta));
         let waiting = Waiting::OwnNotice(Box::new(notice), undo);
         self.ops.insert(op, Op::Committing(Box::new(waiting)));
         self.write(now, unix, writes, Some(op));
@@ -184,15 +189,11 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         envelope: &[u8],
     ) {
         let kept = SignedNotice::validate(envelope, unix, &mut self.stamps)
-            .and_then(|notice| Ok((notice.clone(), self.keep_notice(notice)?)));
+            .and_then(|notice| self.keep_notice(notice));
         match kept {
-            Ok((notice, (writes, undo))) => {
+            Ok((writes, undo)) => {
                 let op = self.ops.next_op();
-                let waiting = Waiting::NoticeIn {
-                    inbound: id,
-                    notice: Box::new(notice),
-                    undo,
-                };
+                let waiting = Waiting::NoticeIn { inbound: id, undo };
                 self.ops.insert(op, Op::Committing(Box::new(waiting)));
                 self.write(now, unix, writes, Some(op));
             }

@@ -113,7 +113,6 @@ pub(super) enum Waiting<T> {
     /// An announcement from a peer: answer `Accepted` once durable.
     NoticeIn {
         inbound: InboundId,
-        notice: Box<SignedNotice>,
         undo: NoticeUndo,
     },
     /// This node's announcement: send it once durable.

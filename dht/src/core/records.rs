@@ -524,24 +524,24 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                     self.undo(undo);
                 }
             }
-            (
-                Waiting::NoticeIn {
-                    inbound, notice, ..
-                },
-                Ok(()),
-            ) => {
+            (Waiting::NoticeIn { inbound, .. }, Ok(())) => {
+                // Subscribers hear of it from the broadcast, which delivers every notice once
+                // at every node, in its feed's order.
                 self.respond(inbound, Response::Accepted);
-                self.push(super::Action::Notice(notice));
             }
             (Waiting::NoticeIn { inbound, undo, .. }, Err(e)) => {
                 self.undo_notice(undo);
                 self.respond(inbound, Response::refused(format!("storage: {e}")));
             }
             (Waiting::OwnNotice(notice, _), Ok(())) => {
+                self.publish_notice(now, &notice);
                 let key = notice.notice().key.clone();
                 self.start_lookup(now, unix, op, &key, Route::Auto, Then::Announce(notice));
             }
-            (Waiting::OwnNotice(_, undo), Err(e)) => {
+            (Waiting::OwnNotice(notice, undo), Err(e)) => {
+                if let Some(pos) = notice.notice().feed {
+                    self.release_feed_pos(pos);
+                }
                 self.undo_notice(undo);
                 self.reply(
                     op,

@@ -2016,3 +2016,170 @@ fn a_join_through_a_seed_listed_already_starts_at_once() {
     });
     assert!(joined, "SWIM's join went out without waiting for the check");
 }
+
+// ----- network-wide notices (feeds.rs) -----
+
+fn announce(sim: &mut Sim, node: u32, key: &[u8]) {
+    let op = sim
+        .command(
+            node,
+            Command::Announce {
+                key: key.to_vec(),
+                value: b"coming".to_vec(),
+                seq: None,
+            },
+        )
+        .unwrap();
+    assert!(
+        matches!(wait_reply(sim, node, op), Reply::Announce(Ok(_))),
+        "seed {}: announcement refused",
+        sim.seed()
+    );
+}
+
+/// The feed positions node `at` delivered of `publisher`'s notices, in delivery order.
+fn delivered_from(sim: &Sim, at: u32, publisher: u32) -> Vec<u64> {
+    let key = publisher_key(sim, publisher).public();
+    sim.delivered(at)
+        .iter()
+        .filter(|n| n.notice().publisher == key)
+        .map(|n| n.notice().feed.expect("broadcast notices have a feed").seq)
+        .collect()
+}
+
+#[test]
+fn every_node_delivers_every_announcement_once_in_feed_order() {
+    for seed in [1, 2] {
+        let mut sim = network(seed, 30);
+        for i in 0..10u8 {
+            announce(&mut sim, 3, &[b'k', i]);
+        }
+        sim.run_for(Duration::from_secs(3));
+        let want: Vec<u64> = (1..=10).collect();
+        for node in 0..30 {
+            assert_eq!(
+                delivered_from(&sim, node, 3),
+                want,
+                "seed {seed} node {node}"
+            );
+        }
+        // Only the k closest keep each notice for puts; the broadcast reached the rest.
+        let stats = sim.node(0).unwrap().broadcast().stats();
+        assert_eq!(stats.rejected.invalid, 0);
+        assert!(stats.views.active >= 2, "{:?}", stats.views);
+    }
+}
+
+#[test]
+fn crashes_while_announcing_lose_no_notice_at_the_survivors() {
+    let mut sim = network(5, 30);
+    let crashed = [7, 11, 19, 23, 28];
+    for i in 0..20u8 {
+        if i == 5 {
+            for &c in &crashed {
+                sim.crash(c);
+            }
+        }
+        announce(&mut sim, 1, &[b'c', i]);
+        sim.run_for(Duration::from_millis(50));
+    }
+    sim.run_for(Duration::from_secs(10));
+    let want: Vec<u64> = (1..=20).collect();
+    for node in (0..30).filter(|n| !crashed.contains(n)) {
+        assert_eq!(delivered_from(&sim, node, 1), want, "node {node}");
+    }
+}
+
+#[test]
+fn a_restarted_publisher_continues_its_feed_and_a_subscriber_resumes_after_its_position() {
+    let mut sim = network(8, 12);
+    announce(&mut sim, 2, b"one");
+    announce(&mut sim, 2, b"two");
+    sim.run_for(Duration::from_secs(2));
+    sim.crash(2);
+    sim.run_for(Duration::from_secs(1));
+    sim.restart(2);
+    sim.run_for(Duration::from_secs(5));
+    announce(&mut sim, 2, b"three");
+    sim.run_for(Duration::from_secs(3));
+    assert_eq!(delivered_from(&sim, 5, 2), vec![1, 2, 3]);
+    let (feed, _) = sim.delivered(5)[0].feed_id().unwrap();
+    // What a subscriber that saw position 1 missed, at another node.
+    let op = sim
+        .command(
+            9,
+            Command::Feed {
+                after: vec![(feed, 1)],
+            },
+        )
+        .unwrap();
+    let Reply::Feed(missed) = wait_reply(&mut sim, 9, op) else {
+        panic!("not a feed reply");
+    };
+    let seqs: Vec<u64> = missed
+        .iter()
+        .map(|n| n.notice().feed.unwrap().seq)
+        .collect();
+    assert_eq!(seqs, vec![2, 3]);
+}
+
+#[test]
+fn forged_and_unadmitted_broadcasts_are_dropped_and_counted() {
+    let mut sim = network(4, 8);
+    announce(&mut sim, 1, b"real");
+    sim.run_for(Duration::from_secs(2));
+    let real = sim.delivered(0)[0].clone();
+    let (feed, seq) = real.feed_id().unwrap();
+    let now = sim.now();
+    let unix = sim.unix(0);
+    let gossip = |publisher: Vec<u8>, seq: u64, body: Vec<u8>| shoal_broadcast::Message::Gossip {
+        notice: shoal_broadcast::Notice {
+            publisher,
+            seq,
+            body,
+        },
+        round: 0,
+    };
+    let core = sim.node_mut(0).unwrap();
+    let before = core.broadcast().stats().rejected.invalid;
+    // A real envelope under another feed position, one under another feed, and a body that is
+    // no envelope at all, each from an admitted member.
+    core.handle_broadcast(
+        now,
+        unix,
+        SimPeer(2),
+        gossip(feed.clone(), seq + 1, real.as_bytes().to_vec()),
+    );
+    let mut other = feed.clone();
+    other[39] ^= 1;
+    core.handle_broadcast(
+        now,
+        unix,
+        SimPeer(2),
+        gossip(other, seq, real.as_bytes().to_vec()),
+    );
+    let mut tampered = real.as_bytes().to_vec();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    core.handle_broadcast(
+        now,
+        unix,
+        SimPeer(2),
+        gossip(feed.clone(), seq + 2, tampered),
+    );
+    assert_eq!(core.broadcast().stats().rejected.invalid, before + 3);
+    // The same from a peer never admitted is not even looked at.
+    core.handle_broadcast(
+        now,
+        unix,
+        SimPeer(999),
+        gossip(feed, seq + 1, real.as_bytes().to_vec()),
+    );
+    assert_eq!(core.stats().broadcast_unadmitted, 1);
+    while let Some(action) = core.poll_action() {
+        assert!(
+            !matches!(action, Action::Notice(_)),
+            "a forged notice was delivered"
+        );
+    }
+}

@@ -49,6 +49,10 @@ pub enum LockstepError {
         /// The refused notice's sequence number.
         got: u64,
     },
+    /// A broadcast notice is not signed for the feed position it travelled under. Nothing was
+    /// kept or relayed.
+    #[error("notice is not signed for the feed position it arrived as")]
+    FeedMismatch,
     /// A put's value does not hash to what its publisher announced for that sequence number.
     /// The put was refused.
     #[error("value does not match the announced hash for sequence {seq}")]
@@ -76,6 +80,52 @@ struct Body {
     seq: u64,
     created_at: u64,
     stamp: String,
+    /// The notice's place in its publisher's feed ([`FeedPos`]); absent (0) in notices made
+    /// before feeds existed, which stay valid but are not broadcast.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    feed_epoch: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    feed_seq: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A notice's place in its publisher's feed: the notices a node publishes are numbered 1, 2, 3…
+/// within an epoch (the Unix second the feed began, kept across restarts by a node that keeps
+/// its store; a node that lost it begins a new epoch). Signed with the notice, and covered by
+/// its stamp, so a relayer can neither reorder a feed nor a publisher reuse one stamp twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FeedPos {
+    /// When the feed began, Unix seconds; at least 1.
+    pub epoch: u64,
+    /// The notice's number in the feed, from 1.
+    pub seq: u64,
+}
+
+/// Length of a feed's id ([`FeedPos::feed_id`]).
+pub const FEED_ID_LEN: usize = 40;
+
+impl FeedPos {
+    /// The id of `publisher`'s feed of this epoch, as the broadcast layer names feeds: the
+    /// publisher's key, then the epoch as 8 big-endian bytes.
+    pub fn feed_id(publisher: &PublicKey, epoch: u64) -> Vec<u8> {
+        let mut id = Vec::with_capacity(FEED_ID_LEN);
+        id.extend_from_slice(&publisher.to_bytes());
+        id.extend_from_slice(&epoch.to_be_bytes());
+        id
+    }
+
+    /// The publisher and epoch a feed id names, if it is one.
+    pub fn parse_feed_id(id: &[u8]) -> Option<(PublicKey, u64)> {
+        if id.len() != FEED_ID_LEN {
+            return None;
+        }
+        let key: [u8; 32] = id[..32].try_into().ok()?;
+        let epoch = u64::from_be_bytes(id[32..].try_into().ok()?);
+        Some((PublicKey::from_bytes(&key).ok()?, epoch))
+    }
 }
 
 /// A verified lockstep notice.
@@ -93,6 +143,8 @@ pub struct Notice {
     pub created_at: u64,
     /// The stamp that paid for it.
     pub stamp: Stamp,
+    /// Its place in the publisher's feed, if it has one.
+    pub feed: Option<FeedPos>,
 }
 
 /// A notice with its exact envelope bytes.
@@ -102,29 +154,42 @@ pub struct SignedNotice {
     bytes: Vec<u8>,
 }
 
-fn stamp_payload(value_hash: &[u8; 32], seq: u64, created_at: u64) -> Vec<u8> {
+fn stamp_payload(
+    value_hash: &[u8; 32],
+    seq: u64,
+    created_at: u64,
+    feed: Option<FeedPos>,
+) -> Vec<u8> {
     let mut payload = value_hash.to_vec();
     payload.extend_from_slice(&seq.to_be_bytes());
     payload.extend_from_slice(&created_at.to_be_bytes());
+    if let Some(feed) = feed {
+        payload.extend_from_slice(&feed.epoch.to_be_bytes());
+        payload.extend_from_slice(&feed.seq.to_be_bytes());
+    }
     payload
 }
 
 impl SignedNotice {
-    /// Announces `value` for `key` at sequence `seq`, created at `now` (Unix seconds).
+    /// Announces `value` for `key` at sequence `seq`, created at `now` (Unix seconds), at
+    /// `feed` in the signer's feed if given (a feed position's `epoch` and `seq` must be
+    /// positive).
     pub fn create(
         signer: &NodeKey,
         key: &[u8],
         value: &[u8],
         seq: u64,
         now: u64,
+        feed: Option<FeedPos>,
         policy: &StampPolicy,
     ) -> Result<Self, LockstepError> {
         if key.len() > MAX_KEY_LEN {
             return Err(LockstepError::KeyTooLarge(key.len()));
         }
+        let feed = feed.filter(|f| f.epoch > 0 && f.seq > 0);
         let hash = value_hash(key, value);
         let publisher = signer.public().to_bytes();
-        let payload = stamp_payload(&hash, seq, now);
+        let payload = stamp_payload(&hash, seq, now, feed);
         let stamp = policy.mint(MessageClass::LockstepNotice, now, &publisher, key, &payload)?;
         let body = Body {
             key: key.to_vec(),
@@ -132,6 +197,8 @@ impl SignedNotice {
             seq,
             created_at: now,
             stamp: stamp.to_string(),
+            feed_epoch: feed.map_or(0, |f| f.epoch),
+            feed_seq: feed.map_or(0, |f| f.seq),
         };
         let bytes = envelope::seal(signer, DOMAIN, &body);
         Ok(Self {
@@ -142,6 +209,7 @@ impl SignedNotice {
                 seq,
                 created_at: now,
                 stamp,
+                feed,
             },
             bytes,
         })
@@ -157,7 +225,7 @@ impl SignedNotice {
     ) -> Result<Self, LockstepError> {
         let signed = Self::decode(bytes)?;
         let n = &signed.notice;
-        let payload = stamp_payload(&n.value_hash, n.seq, n.created_at);
+        let payload = stamp_payload(&n.value_hash, n.seq, n.created_at, n.feed);
         stamps.check(
             now,
             &n.stamp,
@@ -175,7 +243,7 @@ impl SignedNotice {
     /// dated beyond the future skew from `now` (Unix seconds).
     pub fn check_kept(&self, now: u64, stamps: &StampChecker) -> Result<(), LockstepError> {
         let n = &self.notice;
-        let payload = stamp_payload(&n.value_hash, n.seq, n.created_at);
+        let payload = stamp_payload(&n.value_hash, n.seq, n.created_at, n.feed);
         stamps.check_stateless(
             n.created_at.min(now),
             &n.stamp,
@@ -185,6 +253,29 @@ impl SignedNotice {
             &payload,
         )?;
         Ok(())
+    }
+
+    /// Checks a notice that arrived by broadcast as the `seq`-th of the feed `feed_id` (the
+    /// broadcast layer's names for it): its envelope's signature, that the feed position it
+    /// signed is that one, and its stamp as [`check_kept`](Self::check_kept) does (a notice
+    /// may be caught up with long after it was made; a stamp pays for one feed position, and
+    /// the broadcast layer delivers each position once, so no replay cache is needed).
+    pub fn verify_broadcast(
+        feed_id: &[u8],
+        seq: u64,
+        body: &[u8],
+        now: u64,
+        stamps: &StampChecker,
+    ) -> Result<Self, LockstepError> {
+        let signed = Self::decode(body)?;
+        if signed
+            .feed_id()
+            .is_none_or(|(id, s)| id != feed_id || s != seq)
+        {
+            return Err(LockstepError::FeedMismatch);
+        }
+        signed.check_kept(now, stamps)?;
+        Ok(signed)
     }
 
     /// Decodes a notice and checks its signature only (for notices read back from storage).
@@ -203,6 +294,17 @@ impl SignedNotice {
                     reason: "value hash is not 32 bytes".into(),
                 })?;
         let stamp = Stamp::parse(body.stamp.as_bytes()).map_err(LockstepError::StampMalformed)?;
+        let feed = match (body.feed_epoch, body.feed_seq) {
+            (0, 0) => None,
+            (epoch, seq) if epoch > 0 && seq > 0 => Some(FeedPos { epoch, seq }),
+            _ => {
+                return Err(EnvelopeError::Malformed {
+                    what: "lockstep notice body",
+                    reason: "a feed position needs both its epoch and its sequence".into(),
+                }
+                .into());
+            }
+        };
         Ok(Self {
             notice: Notice {
                 key: body.key,
@@ -211,6 +313,7 @@ impl SignedNotice {
                 seq: body.seq,
                 created_at: body.created_at,
                 stamp,
+                feed,
             },
             bytes: bytes.to_vec(),
         })
@@ -230,6 +333,15 @@ impl SignedNotice {
     /// The exact envelope bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes
+    }
+
+    /// The id of the feed the notice belongs to ([`FeedPos::feed_id`]) and its place in it.
+    pub fn feed_id(&self) -> Option<(Vec<u8>, u64)> {
+        let feed = self.notice.feed?;
+        Some((
+            FeedPos::feed_id(&self.notice.publisher, feed.epoch),
+            feed.seq,
+        ))
     }
 }
 
@@ -461,7 +573,7 @@ mod tests {
     #[test]
     fn notice_round_trips_and_is_accepted_once() {
         let key = NodeKey::generate();
-        let notice = SignedNotice::create(&key, b"k", b"v", 3, NOW, &policy()).unwrap();
+        let notice = SignedNotice::create(&key, b"k", b"v", 3, NOW, None, &policy()).unwrap();
         let mut stamps = StampChecker::new(policy()).unwrap();
         let back = SignedNotice::validate(notice.as_bytes(), NOW, &mut stamps).unwrap();
         assert_eq!(back, notice);
@@ -473,10 +585,42 @@ mod tests {
     }
 
     #[test]
+    fn a_feed_position_is_signed_and_checked_against_the_one_it_travels_under() {
+        let key = NodeKey::generate();
+        let pos = FeedPos { epoch: NOW, seq: 4 };
+        let notice = SignedNotice::create(&key, b"k", b"v", 3, NOW, Some(pos), &policy()).unwrap();
+        let stamps = StampChecker::new(policy()).unwrap();
+        let (feed, seq) = notice.feed_id().unwrap();
+        assert_eq!(FeedPos::parse_feed_id(&feed), Some((key.public(), NOW)));
+        assert_eq!(seq, 4);
+        let bytes = notice.as_bytes();
+        // Checked long after it was made (a catch-up): the stamp paid for it then.
+        let back = SignedNotice::verify_broadcast(&feed, 4, bytes, NOW + 86_400, &stamps).unwrap();
+        assert_eq!(back.notice().feed, Some(pos));
+        assert_eq!(
+            SignedNotice::verify_broadcast(&feed, 5, bytes, NOW, &stamps),
+            Err(LockstepError::FeedMismatch)
+        );
+        let mut other = feed.clone();
+        other[39] ^= 1;
+        assert_eq!(
+            SignedNotice::verify_broadcast(&other, 4, bytes, NOW, &stamps),
+            Err(LockstepError::FeedMismatch)
+        );
+        // A notice without a feed position is never a broadcast one.
+        let plain = SignedNotice::create(&key, b"k", b"v", 3, NOW, None, &policy()).unwrap();
+        assert_eq!(plain.feed_id(), None);
+        assert_eq!(
+            SignedNotice::verify_broadcast(&feed, 4, plain.as_bytes(), NOW, &stamps),
+            Err(LockstepError::FeedMismatch)
+        );
+    }
+
+    #[test]
     fn put_must_match_the_announced_hash() {
         let key = NodeKey::generate();
         let mut book = NoticeBook::new(NoticeBookConfig::default());
-        book.insert(SignedNotice::create(&key, b"k", b"good", 2, NOW, &policy()).unwrap())
+        book.insert(SignedNotice::create(&key, b"k", b"good", 2, NOW, None, &policy()).unwrap())
             .unwrap();
         assert_eq!(
             book.check_put(&record(&key, "k", "good", 2)),
@@ -509,13 +653,13 @@ mod tests {
     fn keeps_only_the_latest_per_key_and_publisher() {
         let key = NodeKey::generate();
         let mut book = NoticeBook::new(NoticeBookConfig::default());
-        book.insert(SignedNotice::create(&key, b"k", b"a", 2, NOW, &policy()).unwrap())
+        book.insert(SignedNotice::create(&key, b"k", b"a", 2, NOW, None, &policy()).unwrap())
             .unwrap();
         assert_eq!(
-            book.insert(SignedNotice::create(&key, b"k", b"b", 1, NOW, &policy()).unwrap()),
+            book.insert(SignedNotice::create(&key, b"k", b"b", 1, NOW, None, &policy()).unwrap()),
             Err(LockstepError::Stale { kept: 2, got: 1 })
         );
-        book.insert(SignedNotice::create(&key, b"k", b"c", 3, NOW, &policy()).unwrap())
+        book.insert(SignedNotice::create(&key, b"k", b"c", 3, NOW, None, &policy()).unwrap())
             .unwrap();
         assert_eq!(book.len(), 1);
         assert_eq!(
@@ -533,15 +677,17 @@ mod tests {
         let keys: Vec<_> = (0..4).map(|i| NodeKey::from_seed([i; 32])).collect();
         // Three publishers on one key: the third replaces the oldest.
         for (i, k) in keys.iter().take(3).enumerate() {
-            book.insert(SignedNotice::create(k, b"k", b"v", 1, NOW + i as u64, &policy()).unwrap())
-                .unwrap();
+            book.insert(
+                SignedNotice::create(k, b"k", b"v", 1, NOW + i as u64, None, &policy()).unwrap(),
+            )
+            .unwrap();
         }
         assert_eq!(book.for_key(b"k").len(), 2);
         assert!(book.get(b"k", &keys[0].public()).is_none());
         // Two more keys: the total stays at 3, dropping the oldest.
         for (i, k) in [b"x", b"y"].iter().enumerate() {
             book.insert(
-                SignedNotice::create(&keys[3], *k, b"v", 1, NOW + 10 + i as u64, &policy())
+                SignedNotice::create(&keys[3], *k, b"v", 1, NOW + 10 + i as u64, None, &policy())
                     .unwrap(),
             )
             .unwrap();

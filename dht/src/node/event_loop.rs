@@ -87,6 +87,8 @@ struct Wire {
     dht_malformed: u64,
     swim_undeliverable: u64,
     swim_sent_unconnected: u64,
+    broadcast_sent: u64,
+    broadcast_malformed: u64,
 }
 
 /// The outcome of an identity check run off the loop ([`Action::Verify`]).
@@ -107,6 +109,7 @@ pub struct EventLoop {
     /// Writes of this turn and earlier ones not taken by the writer yet, in order.
     writes: VecDeque<(store::WriteId, Batch)>,
     max_swim_bytes: usize,
+    broadcast_limits: shoal_broadcast::Limits,
     inbound: HashMap<InboundId, link::ResponseChannel>,
     next_inbound: u64,
     outbound: HashMap<link::RequestId, core::RequestId>,
@@ -189,6 +192,7 @@ impl EventLoop {
             notices: notices.clone(),
         };
         let max_swim_bytes = config.swim.max_message_bytes.get();
+        let broadcast_limits = config.broadcast.limits();
         let persistent = writer.is_some();
         let core = Core::new(
             Instant::now(),
@@ -211,6 +215,7 @@ impl EventLoop {
             persist,
             writes: VecDeque::new(),
             max_swim_bytes,
+            broadcast_limits,
             inbound: HashMap::new(),
             next_inbound: 0,
             outbound: HashMap::new(),
@@ -430,6 +435,7 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(Event::Swim(event)) => self.on_swim(now, unix, event),
             SwarmEvent::Behaviour(Event::Dht(event)) => self.on_dht(now, unix, event),
+            SwarmEvent::Behaviour(Event::Broadcast(event)) => self.on_broadcast(now, unix, event),
             SwarmEvent::Behaviour(Event::Identify(_)) => {}
             SwarmEvent::Dialing { .. } => self.wire.dials += 1,
             SwarmEvent::ConnectionClosed {
@@ -531,6 +537,37 @@ impl EventLoop {
             }
             link::Event::Failed { peer, failure, .. } => {
                 tracing::trace!(%peer, %failure, "SWIM message not delivered");
+            }
+            link::Event::Response { .. } => {}
+        }
+    }
+
+    fn on_broadcast(&mut self, now: Instant, unix: u64, event: link::Event<link::Broadcast>) {
+        match event {
+            link::Event::Request {
+                peer,
+                request,
+                channel,
+            } => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .broadcast
+                    .send_response(channel, ());
+                match shoal_broadcast::message::decode(&request, &self.broadcast_limits) {
+                    Ok(msg) => self.core.handle_broadcast(now, unix, peer, msg),
+                    Err(error) => {
+                        self.wire.broadcast_malformed += 1;
+                        tracing::debug!(%peer, %error, "malformed broadcast message");
+                    }
+                }
+            }
+            link::Event::Malformed { peer, reason } => {
+                self.wire.broadcast_malformed += 1;
+                tracing::debug!(%peer, %reason, "malformed broadcast frame");
+            }
+            link::Event::Failed { peer, failure, .. } => {
+                tracing::trace!(%peer, %failure, "broadcast message not delivered");
             }
             link::Event::Response { .. } => {}
         }
@@ -669,6 +706,19 @@ impl EventLoop {
                     // No subscriber is fine.
                     let _ = self.notices.send(*notice);
                 }
+                Action::Broadcast { to, addrs, msg } => {
+                    let bytes = shoal_broadcast::message::encode(&msg);
+                    let addrs = shoal_swim::behaviour::to_multiaddrs(&addrs);
+                    self.swarm
+                        .behaviour_mut()
+                        .broadcast
+                        .tell(&to, ByteBuf::from(bytes), addrs);
+                    self.wire.broadcast_sent += 1;
+                }
+                Action::Keep { peer, keep } => {
+                    // The core keeps fewer neighbors than the bound.
+                    let _ = self.swarm.behaviour_mut().broadcast.keep_alive(peer, keep);
+                }
             }
         }
         self.hand_writes();
@@ -803,6 +853,7 @@ impl EventLoop {
             (Some(ReplyTo::Announce(tx)), Reply::Announce(r)) => drop(tx.send(r)),
             (Some(ReplyTo::Notices(tx)), Reply::Notices(r)) => drop(tx.send(r)),
             (Some(ReplyTo::AnnouncedTo(tx)), Reply::AnnouncedTo(r)) => drop(tx.send(r)),
+            (Some(ReplyTo::Feed(tx)), Reply::Feed(r)) => drop(tx.send(r)),
             (_, reply) => tracing::debug!(?op, ?reply, "a reply nobody waits for"),
         }
     }
@@ -867,6 +918,13 @@ impl EventLoop {
             malformed: self.wire.swim_malformed,
             undeliverable: self.wire.swim_undeliverable,
             sent_unconnected: self.wire.swim_sent_unconnected,
+        };
+        stats.broadcast = self.core.broadcast().stats();
+        stats.broadcast_wire = crate::api::BroadcastWire {
+            sent: self.wire.broadcast_sent,
+            malformed: self.wire.broadcast_malformed,
+            unadmitted: c.broadcast_unadmitted,
+            gaps: c.feed_gaps,
         };
         for (_, state, _) in membership.states() {
             match state {

@@ -125,6 +125,7 @@ enum ReplyTo {
     Announce(oneshot::Sender<AnnounceResult>),
     Notices(oneshot::Sender<NoticesResult>),
     AnnouncedTo(oneshot::Sender<Option<Response>>),
+    Feed(oneshot::Sender<Vec<SignedNotice>>),
 }
 
 enum Command {
@@ -262,6 +263,17 @@ impl Client {
         self.run(command, ReplyTo::Announce)
             .await
             .unwrap_or(Err(AnnounceError::Stopped))
+    }
+
+    /// The notices of each named feed after the position given (feed ids as
+    /// [`FeedPos::feed_id`](crate::lockstep::FeedPos::feed_id) makes them), that this node's
+    /// broadcast delivered and still holds, in feed order: what a subscriber that saw those
+    /// positions missed. At most [`MAX_FEED_REPLY`](crate::core::MAX_FEED_REPLY); empty if the
+    /// node stopped.
+    pub async fn feed_after(&self, after: Vec<(Vec<u8>, u64)>) -> Vec<SignedNotice> {
+        self.run(core::Command::Feed { after }, ReplyTo::Feed)
+            .await
+            .unwrap_or_default()
     }
 
     /// Live SWIM members (alive or suspect), ourselves excluded; empty if the node stopped.

@@ -45,6 +45,7 @@ use crate::core::{
     Action, Checks, Command, Core, Durability, InboundId, KeyHash, Known, Meta, OpId, Peer, Reply,
     RequestFailure, RequestId, Restored, WriteId, WriteOp, lookup,
 };
+use crate::lockstep::SignedNotice;
 use crate::record::SignedRecord;
 use crate::wire::{self, MAX_REQUEST_LEN, MAX_RESPONSE_LEN, Request, Response};
 
@@ -189,6 +190,10 @@ pub struct SimStats {
     pub swim_messages: u64,
     /// Bytes of SWIM messages.
     pub swim_bytes: u64,
+    /// Broadcast messages sent by live nodes.
+    pub broadcast_messages: u64,
+    /// Bytes of broadcast messages.
+    pub broadcast_bytes: u64,
     /// DHT requests and answers sent by live nodes.
     pub dht_messages: u64,
     /// Bytes of DHT requests and answers.
@@ -244,6 +249,8 @@ struct Node {
     next_inbound: u64,
     issued: HashMap<OpId, Instant>,
     answers: HashMap<OpId, Answered>,
+    /// The notices delivered to this node's subscribers ([`Action::Notice`]), in order.
+    delivered: Vec<SignedNotice>,
 }
 
 /// Which counters a message adds to.
@@ -251,12 +258,18 @@ struct Node {
 enum Traffic {
     Dht,
     Swim,
+    Broadcast,
 }
 
 /// Something to hand a node at a time.
 enum Delivery {
     Wake(u32),
     Swim {
+        from: u32,
+        to: u32,
+        bytes: Vec<u8>,
+    },
+    Broadcast {
         from: u32,
         to: u32,
         bytes: Vec<u8>,
@@ -512,6 +525,7 @@ impl Sim {
                 next_inbound: 0,
                 issued: HashMap::new(),
                 answers: HashMap::new(),
+                delivered: Vec::new(),
             });
             let core = self.make_core(id);
             self.nodes[id as usize].core = Some(core);
@@ -576,6 +590,12 @@ impl Sim {
     pub fn join(&mut self, id: u32, seeds: &[u32]) -> Option<OpId> {
         let seeds = seeds.iter().map(|&s| (SimPeer(s), Vec::new())).collect();
         self.command(id, Command::Join(seeds))
+    }
+
+    /// The notices node `id` handed its subscribers, in order (a restart keeps them: they
+    /// stand for what its clients saw).
+    pub fn delivered(&self, id: u32) -> &[SignedNotice] {
+        &self.nodes[id as usize].delivered
     }
 
     /// Takes the answer to `op` at `id`, if it came.
@@ -759,6 +779,19 @@ impl Sim {
                     .core
                     .as_mut()?
                     .handle_swim(now, unix, SimPeer(from), msg);
+                Some(to)
+            }
+            Delivery::Broadcast { from, to, bytes } => {
+                self.nodes[to as usize].core.as_ref()?;
+                let limits = self.config.dht.broadcast.limits();
+                let msg = shoal_broadcast::message::decode(&bytes, &limits).ok()?;
+                let unix = self.unix(to);
+                self.nodes[to as usize].core.as_mut()?.handle_broadcast(
+                    now,
+                    unix,
+                    SimPeer(from),
+                    msg,
+                );
                 Some(to)
             }
             Delivery::Request {
@@ -970,6 +1003,8 @@ impl Sim {
                     disk.meta = Some(Meta {
                         incarnation: old.incarnation.max(meta.incarnation),
                         seq_floor: old.seq_floor.max(meta.seq_floor),
+                        feed_epoch: old.feed_epoch.max(meta.feed_epoch),
+                        feed_seq: old.feed_seq.max(meta.feed_seq),
                     });
                 }
             }
@@ -1040,10 +1075,14 @@ impl Sim {
         let (messages, bytes) = match traffic {
             Traffic::Dht => (&mut self.stats.dht_messages, &mut self.stats.dht_bytes),
             Traffic::Swim => (&mut self.stats.swim_messages, &mut self.stats.swim_bytes),
+            Traffic::Broadcast => (
+                &mut self.stats.broadcast_messages,
+                &mut self.stats.broadcast_bytes,
+            ),
         };
         *messages += 1;
         *bytes += len as u64;
-        let down = traffic == Traffic::Swim && !self.is_up(to);
+        let down = traffic != Traffic::Dht && !self.is_up(to);
         if down || self.lost(from, to) {
             self.stats.dropped += 1;
             return;
@@ -1111,9 +1150,22 @@ impl Sim {
                 };
                 self.transmit(now, (id, to.0), (Traffic::Swim, len), delivery);
             }
-            // The simulator has no connections to close, and its dials lose no handshake that
-            // a second attempt would make up for.
-            Action::Disconnect { .. } | Action::Redial { .. } | Action::Reconnect { .. } => {}
+            Action::Broadcast { to, msg, .. } => {
+                let bytes = shoal_broadcast::message::encode(&msg);
+                let len = bytes.len();
+                let delivery = Delivery::Broadcast {
+                    from: id,
+                    to: to.0,
+                    bytes,
+                };
+                self.transmit(now, (id, to.0), (Traffic::Broadcast, len), delivery);
+            }
+            // The simulator has no connections to close or keep, and its dials lose no
+            // handshake that a second attempt would make up for.
+            Action::Disconnect { .. }
+            | Action::Redial { .. }
+            | Action::Reconnect { .. }
+            | Action::Keep { .. } => {}
             Action::Dial { peer, .. } => {
                 if peer.0 as usize >= self.nodes.len() {
                     let at = now + self.config.dial_timeout;
@@ -1196,7 +1248,7 @@ impl Sim {
                     },
                 );
             }
-            Action::Notice(_) => {}
+            Action::Notice(notice) => self.nodes[id as usize].delivered.push(*notice),
         }
     }
 

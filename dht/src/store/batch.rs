@@ -50,7 +50,7 @@ impl Op {
             Op::PutNotice { key, envelope, .. } => key.len() + 32 + envelope.len(),
             Op::RemoveNotice { key, .. } => key.len() + 32,
             Op::ReplaceRouting(peers) => peers.iter().map(|(p, a)| p.len() + a.len()).sum(),
-            Op::RaiseMeta(_) => 2 * size_of::<u64>(),
+            Op::RaiseMeta(_) => 4 * size_of::<u64>(),
         }
     }
 }
@@ -202,6 +202,7 @@ mod tests {
         b.put_notice(b"n", [7; 32], b"e").raise_meta(Meta {
             incarnation: 1,
             seq_floor: 2,
+            ..Meta::default()
         });
         a.append(b);
         assert_eq!(
@@ -219,11 +220,12 @@ mod tests {
                 },
                 Op::RaiseMeta(Meta {
                     incarnation: 1,
-                    seq_floor: 2
+                    seq_floor: 2,
+                    ..Meta::default()
                 }),
             ]
         );
         assert_eq!(a.len(), 4);
-        assert_eq!(a.payload_len(), 3 + 1 + (1 + 32 + 1) + 16);
+        assert_eq!(a.payload_len(), 3 + 1 + (1 + 32 + 1) + 32);
     }
 }

@@ -5,7 +5,7 @@ use libp2p::{Multiaddr, PeerId};
 use serde_bytes::ByteBuf;
 use shoal_swim::Address;
 
-use super::{Batch, Meta, Pairs, Persist, StorageError};
+use super::{Batch, Pairs, Persist, StorageError};
 use crate::core::{Restored, WriteOp};
 
 /// The core's writes as a batch for the writer.
@@ -33,10 +33,7 @@ pub fn to_batch(ops: Vec<WriteOp<PeerId>>) -> Batch {
                 batch.replace_routing(snapshot_pairs(peers));
             }
             WriteOp::Meta(meta) => {
-                batch.raise_meta(Meta {
-                    incarnation: meta.incarnation,
-                    seq_floor: meta.seq_floor,
-                });
+                batch.raise_meta(meta);
             }
         }
     }
@@ -81,9 +78,6 @@ pub fn read_disk(persist: &Persist, local: PeerId) -> Result<Restored<PeerId>, S
         records: persist.records()?,
         notices: persist.notices()?,
         snapshot,
-        meta: persist.meta()?.map(|m| crate::core::Meta {
-            incarnation: m.incarnation,
-            seq_floor: m.seq_floor,
-        }),
+        meta: persist.meta()?,
     })
 }

@@ -27,6 +27,10 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const META_INCARNATION: &str = "incarnation";
 /// [`META`] key of [`Meta::seq_floor`].
 const META_SEQ_FLOOR: &str = "seq_floor";
+/// [`META`] key of [`Meta::feed_epoch`].
+const META_FEED_EPOCH: &str = "feed_epoch";
+/// [`META`] key of [`Meta::feed_seq`].
+const META_FEED_SEQ: &str = "feed_seq";
 
 /// Key/value pairs read from a table, in key order.
 pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
@@ -63,14 +67,8 @@ storage_from!(
 );
 
 /// Node metadata that must never go backwards across restarts, even when the wall clock was
-/// stepped back while the node was down.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct Meta {
-    /// The SWIM incarnation this node last used.
-    pub incarnation: u64,
-    /// The highest record or notice sequence number this node has used.
-    pub seq_floor: u64,
-}
+/// stepped back while the node was down: the core's [`crate::core::Meta`].
+pub use crate::core::Meta;
 
 /// The redb file behind a node.
 #[derive(Debug)]
@@ -165,6 +163,8 @@ impl Persist {
                     Op::RaiseMeta(m) => {
                         raise(&mut meta, META_INCARNATION, m.incarnation)?;
                         raise(&mut meta, META_SEQ_FLOOR, m.seq_floor)?;
+                        raise(&mut meta, META_FEED_EPOCH, m.feed_epoch)?;
+                        raise(&mut meta, META_FEED_SEQ, m.feed_seq)?;
                     }
                 }
             }
@@ -247,14 +247,26 @@ impl Persist {
     pub fn meta(&self) -> Result<Option<Meta>, StorageError> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(META)?;
-        let incarnation = table.get(META_INCARNATION)?.map(|v| v.value());
-        let seq_floor = table.get(META_SEQ_FLOOR)?.map(|v| v.value());
-        if incarnation.is_none() && seq_floor.is_none() {
-            return Ok(None);
+        let mut fields = [0; 4];
+        let mut any = false;
+        let names = [
+            META_INCARNATION,
+            META_SEQ_FLOOR,
+            META_FEED_EPOCH,
+            META_FEED_SEQ,
+        ];
+        for (field, name) in fields.iter_mut().zip(names) {
+            if let Some(v) = table.get(name)? {
+                *field = v.value();
+                any = true;
+            }
         }
-        Ok(Some(Meta {
-            incarnation: incarnation.unwrap_or(0),
-            seq_floor: seq_floor.unwrap_or(0),
+        let [incarnation, seq_floor, feed_epoch, feed_seq] = fields;
+        Ok(any.then_some(Meta {
+            incarnation,
+            seq_floor,
+            feed_epoch,
+            feed_seq,
         }))
     }
 
@@ -363,6 +375,7 @@ mod tests {
                 .raise_meta(Meta {
                     incarnation: 3,
                     seq_floor: 10,
+                    ..Meta::default()
                 });
             p.commit(&batch).unwrap();
         }
@@ -375,7 +388,8 @@ mod tests {
                 routing: vec![pair(b"p2", b"y"), pair(b"p3", b"z")],
                 meta: Some(Meta {
                     incarnation: 3,
-                    seq_floor: 10
+                    seq_floor: 10,
+                    ..Meta::default()
                 }),
             }
         );
@@ -423,18 +437,21 @@ mod tests {
             p.commit(Batch::new().raise_meta(Meta {
                 incarnation: 0,
                 seq_floor: 7,
+                ..Meta::default()
             }))
             .unwrap();
             assert_eq!(
                 p.meta().unwrap(),
                 Some(Meta {
                     incarnation: 0,
-                    seq_floor: 7
+                    seq_floor: 7,
+                    ..Meta::default()
                 })
             );
             p.commit(Batch::new().raise_meta(Meta {
                 incarnation: 5,
                 seq_floor: 2,
+                ..Meta::default()
             }))
             .unwrap();
         }
@@ -443,7 +460,8 @@ mod tests {
             p.meta().unwrap(),
             Some(Meta {
                 incarnation: 5,
-                seq_floor: 7
+                seq_floor: 7,
+                ..Meta::default()
             })
         );
     }
@@ -466,6 +484,7 @@ mod tests {
             .raise_meta(Meta {
                 incarnation: 1,
                 seq_floor: 1,
+                ..Meta::default()
             });
         assert!(matches!(p.commit(&batch), Err(StorageError::Injected)));
         assert!(matches!(
@@ -501,10 +520,14 @@ mod tests {
             }),
             (key(), publisher()).prop_map(|(key, publisher)| Op::RemoveNotice { key, publisher }),
             prop::collection::vec((key(), value()), 0..3).prop_map(Op::ReplaceRouting),
-            (0u64..4, 0u64..4).prop_map(|(incarnation, seq_floor)| Op::RaiseMeta(Meta {
-                incarnation,
-                seq_floor
-            })),
+            (0u64..4, 0u64..4, 0u64..4).prop_map(|(incarnation, seq_floor, feed_seq)| {
+                Op::RaiseMeta(Meta {
+                    incarnation,
+                    seq_floor,
+                    feed_epoch: 1,
+                    feed_seq,
+                })
+            }),
         ]
     }
 

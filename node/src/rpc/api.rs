@@ -704,7 +704,7 @@ mod tests {
         let alice = shoal_pow::NodeKey::generate();
         let bob = shoal_pow::NodeKey::generate();
         let notice = |key: &shoal_pow::NodeKey, k: &str| {
-            SignedNotice::create(key, k.as_bytes(), b"value", 1, 1_700_000_000, &policy)
+            SignedNotice::create(key, k.as_bytes(), b"value", 1, 1_700_000_000, None, &policy)
                 .expect("a notice")
         };
         let filter = |json: String| NoticeFilter::parse(&Params::new(Some(&json))).expect(&json);

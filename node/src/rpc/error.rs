@@ -184,7 +184,9 @@ impl From<LockstepError> for RpcError {
                 message,
                 json!({ "kept_seq": kept, "seq": got }),
             ),
-            LockstepError::Envelope(_) => Self::new(Code::Refused, message, json!({})),
+            LockstepError::Envelope(_) | LockstepError::FeedMismatch => {
+                Self::new(Code::Refused, message, json!({}))
+            }
         }
     }
 }
