@@ -62,6 +62,12 @@ struct Mirrored {
     checks_pending: Gauge,
     scrypt_micros: Counter,
     relayers_distrusted: Counter,
+    broadcast_notices: Family<KindLabels, Counter>,
+    broadcast_dropped: Family<KindLabels, Counter>,
+    broadcast_tree: Family<KindLabels, Counter>,
+    broadcast_messages: Family<KindLabels, Counter>,
+    broadcast_bytes: Family<KindLabels, Counter>,
+    broadcast_views: Family<KindLabels, Gauge>,
 }
 
 /// The node's metrics.
@@ -232,6 +238,39 @@ impl Metrics {
             "Relayers no longer asked for proofs since one they relayed failed its check",
             m.relayers_distrusted.clone(),
         );
+        registry.register(
+            "broadcast_notices",
+            "Network-wide lockstep notices by fate (published here, delivered to subscribers, \
+             duplicate, late: arrived after delivery passed it, skipped: given up on in a gap)",
+            m.broadcast_notices.clone(),
+        );
+        registry.register(
+            "broadcast_dropped",
+            "Broadcast notices and messages dropped, by reason (invalid: failed the lockstep \
+             check, oversized, malformed, malformed_message, unadmitted: sender not admitted)",
+            m.broadcast_dropped.clone(),
+        );
+        registry.register(
+            "broadcast_tree",
+            "Broadcast tree repair (grafts_sent, grafts_received, prunes_sent, \
+             prunes_received, neighbors_up, neighbors_down)",
+            m.broadcast_tree.clone(),
+        );
+        registry.register(
+            "broadcast_messages",
+            "Broadcast messages sent, by kind",
+            m.broadcast_messages.clone(),
+        );
+        registry.register(
+            "broadcast_sent_bytes",
+            "Bytes of broadcast messages sent, by kind",
+            m.broadcast_bytes.clone(),
+        );
+        registry.register(
+            "broadcast_view",
+            "Broadcast overlay views (active, eager, lazy, passive, members)",
+            m.broadcast_views.clone(),
+        );
         let (join_attempts, join_failures, joined) =
             (Counter::default(), Counter::default(), Gauge::default());
         registry.register(
@@ -376,6 +415,58 @@ impl Metrics {
         m.checks_pending.set(gauge(stats.checks_pending));
         mirror(&m.scrypt_micros, stats.verifier.scrypt_micros);
         mirror(&m.relayers_distrusted, stats.relayers_distrusted as u64);
+        self.update_broadcast(stats);
+    }
+
+    /// Mirrors the broadcast's counters.
+    fn update_broadcast(&self, stats: &NodeStats) {
+        let m = &self.mirrored;
+        let b = &stats.broadcast;
+        let w = &stats.broadcast_wire;
+        let counters = [
+            (&m.broadcast_notices, "published", b.published),
+            (&m.broadcast_notices, "delivered", b.delivered),
+            (&m.broadcast_notices, "duplicate", b.duplicates),
+            (&m.broadcast_notices, "late", b.late),
+            (&m.broadcast_notices, "skipped", b.skipped),
+            (&m.broadcast_dropped, "invalid", b.rejected.invalid),
+            (&m.broadcast_dropped, "oversized", b.rejected.oversized),
+            (&m.broadcast_dropped, "malformed", b.rejected.malformed),
+            (&m.broadcast_dropped, "malformed_message", w.malformed),
+            (&m.broadcast_dropped, "unadmitted", w.unadmitted),
+            (&m.broadcast_tree, "grafts_sent", b.grafts_sent),
+            (&m.broadcast_tree, "grafts_received", b.grafts_received),
+            (&m.broadcast_tree, "prunes_sent", b.prunes_sent),
+            (&m.broadcast_tree, "prunes_received", b.prunes_received),
+            (&m.broadcast_tree, "neighbors_up", b.neighbors.up),
+            (&m.broadcast_tree, "neighbors_down", b.neighbors.down),
+        ];
+        for (family, kind, n) in counters {
+            mirror(&family.get_or_create(&KindLabels { kind: kind.into() }), n);
+        }
+        for kind in shoal_broadcast::MessageKind::ALL {
+            let label = KindLabels {
+                kind: kind.name().into(),
+            };
+            let i = kind as usize;
+            mirror(
+                &m.broadcast_messages.get_or_create(&label),
+                b.traffic.messages[i],
+            );
+            mirror(&m.broadcast_bytes.get_or_create(&label), b.traffic.bytes[i]);
+        }
+        let v = &b.views;
+        for (kind, n) in [
+            ("active", v.active),
+            ("eager", v.eager),
+            ("lazy", v.lazy),
+            ("passive", v.passive),
+            ("members", v.members),
+        ] {
+            m.broadcast_views
+                .get_or_create(&KindLabels { kind: kind.into() })
+                .set(gauge(n));
+        }
     }
 
     /// Asks `node` for its counters and renders every metric in the OpenMetrics text format.
@@ -407,6 +498,10 @@ mod tests {
         metrics.update(&stats);
         stats.swim.probes = 12;
         stats.swim.changes.suspected = 3;
+        stats.broadcast.delivered = 5;
+        stats.broadcast.views.active = 4;
+        stats.broadcast_wire.unadmitted = 2;
+        stats.broadcast.traffic.messages[shoal_broadcast::MessageKind::Gossip as usize] = 9;
         metrics.update(&stats);
         assert_eq!(metrics.mirrored.probes.get(), 12);
         metrics.observe("dht_get", "ok", Duration::from_millis(3));
@@ -426,5 +521,13 @@ mod tests {
             text.contains("shoal_rpc_calls_total{method=\"dht_get\",outcome=\"ok\"} 1"),
             "{text}"
         );
+        for line in [
+            "shoal_broadcast_notices_total{kind=\"delivered\"} 5",
+            "shoal_broadcast_view{kind=\"active\"} 4",
+            "shoal_broadcast_dropped_total{kind=\"unadmitted\"} 2",
+            "shoal_broadcast_messages_total{kind=\"gossip\"} 9",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
     }
 }

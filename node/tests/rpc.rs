@@ -400,6 +400,63 @@ async fn json_rpc_end_to_end_in_one_process() {
         .expect("notice decodes");
     assert_eq!(notice["key"], "news", "the key filter holds");
     assert_eq!(notice["publisher"], nodes[0].0.peer_id().to_string());
+    let base = notice["feed_seq"].as_u64().expect("a feed position");
+    let feed = notice["feed"].as_str().expect("a feed name").to_owned();
+
+    // A subscriber that saw the position before that one resumes: it and the next come from
+    // the backlog, the live one after, none twice.
+    call(
+        &writer,
+        "lockstep_announce",
+        json!({"key": "more", "value": "y"}),
+    )
+    .await
+    .expect("announce");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut resumed = ws
+        .subscribe::<Value, _>(
+            "lockstep_subscribe",
+            params(json!({"after": {feed.clone(): base - 1}})),
+            "lockstep_unsubscribe",
+        )
+        .await
+        .expect("subscribe with after");
+    call(
+        &writer,
+        "lockstep_announce",
+        json!({"key": "last", "value": "z"}),
+    )
+    .await
+    .expect("announce");
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let n = tokio::time::timeout(Duration::from_secs(10), resumed.next())
+            .await
+            .expect("a notice within 10 s")
+            .expect("subscription open")
+            .expect("notice decodes");
+        assert_eq!(n["feed"], feed.as_str());
+        seen.push((
+            n["feed_seq"].as_u64().unwrap(),
+            n["key"].as_str().unwrap().to_owned(),
+        ));
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (base, "news".into()),
+            (base + 1, "more".into()),
+            (base + 2, "last".into())
+        ]
+    );
+    let bad = ws
+        .subscribe::<Value, _>(
+            "lockstep_subscribe",
+            params(json!({"after": {"not-a-feed": 1}})),
+            "lockstep_unsubscribe",
+        )
+        .await;
+    assert!(bad.is_err(), "a bad feed name is refused");
 
     bad_input_gets_clear_errors(&nodes[0].1, &writer).await;
     // After all of that, the node still serves.

@@ -9,7 +9,7 @@
 //! | `dht_findNode` | `peer, route?` | `{target, peers, path, rpcs}` |
 //! | `lockstep_announce` | `key, value, encoding?, key_encoding?, seq?` | `{key, seq, value_hash, accepted, refused}` |
 //! | `lockstep_get` | `key, key_encoding?` | `{key, notices: [{publisher, seq, value_hash, created_at}]}` |
-//! | `lockstep_subscribe` | `key?, prefix?, publisher?, key_encoding?` | subscription; notifications `lockstep_notice` |
+//! | `lockstep_subscribe` | `key?, prefix?, publisher?, key_encoding?, after?` | subscription; notifications `lockstep_notice` `{key, key_encoding, publisher, seq, value_hash, created_at, feed, feed_seq}` |
 //! | `swim_members` | none | `[{peer, state, incarnation, addrs}]` |
 //! | `node_peers` | none | `[peer id]` |
 //! | `node_info` | none | `{peer_id, network, version, ...}` |
@@ -27,7 +27,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use shoal_dht::PublicKeyExt;
-use shoal_dht::lockstep::{Announced, SignedNotice};
+use shoal_dht::lockstep::{Announced, FeedPos, SignedNotice};
 use shoal_dht::node::{PutRequest, Route};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -193,6 +193,39 @@ struct SubscribeParams {
     publisher: Option<String>,
     #[serde(default)]
     key_encoding: Encoding,
+    /// The last position seen of each feed (`"<publisher>:<epoch>"` as notifications name
+    /// it): the notices after it that this node still holds come first.
+    after: Option<std::collections::BTreeMap<String, u64>>,
+}
+
+/// Feeds a subscription may name in `after`, at most.
+pub const MAX_RESUME_FEEDS: usize = 1024;
+
+/// A feed's name in notifications and in `after`: its publisher's peer id and its epoch.
+fn feed_name(notice: &SignedNotice) -> Option<(String, u64)> {
+    let n = notice.notice();
+    let feed = n.feed?;
+    Some((
+        format!("{}:{}", n.publisher.peer_id(), feed.epoch),
+        feed.seq,
+    ))
+}
+
+/// The feed id a name of [`feed_name`]'s form stands for.
+fn parse_feed(text: &str) -> Result<Vec<u8>, RpcError> {
+    let bad = |why: String| RpcError::invalid_param("after", format!("feed {text:?}: {why}"));
+    let (peer, epoch) = text
+        .rsplit_once(':')
+        .ok_or_else(|| bad("not <publisher>:<epoch>".into()))?;
+    let peer: PeerId = peer
+        .parse()
+        .map_err(|e| bad(format!("not a peer id: {e}")))?;
+    let key = shoal_pow::PublicKey::from_peer_id(&peer)
+        .map_err(|e| bad(format!("not an ed25519 peer id: {e}")))?;
+    let epoch: u64 = epoch
+        .parse()
+        .map_err(|e| bad(format!("epoch is not a number: {e}")))?;
+    Ok(FeedPos::feed_id(&key, epoch))
 }
 
 /// Which notices a `lockstep_subscribe` subscription receives: those that meet every condition
@@ -204,6 +237,8 @@ struct NoticeFilter {
     publisher: Option<PeerId>,
     /// How the notifications spell keys.
     key_encoding: Encoding,
+    /// Feeds to resume after a position: feed id, its name, the last position seen.
+    after: Vec<(Vec<u8>, String, u64)>,
 }
 
 impl NoticeFilter {
@@ -214,11 +249,22 @@ impl NoticeFilter {
         let bytes = |name: &str, text: Option<String>| {
             text.map(|t| decode(name, &t, p.key_encoding)).transpose()
         };
+        let after = p.after.unwrap_or_default();
+        if after.len() > MAX_RESUME_FEEDS {
+            return Err(RpcError::invalid_param(
+                "after",
+                format!("names {} feeds, at most {MAX_RESUME_FEEDS}", after.len()),
+            ));
+        }
         Ok(Self {
             key: bytes("key", p.key)?,
             prefix: bytes("prefix", p.prefix)?,
             publisher: p.publisher.map(|t| peer_id("publisher", &t)).transpose()?,
             key_encoding: p.key_encoding,
+            after: after
+                .into_iter()
+                .map(|(name, seq)| Ok((parse_feed(&name)?, name, seq)))
+                .collect::<Result<_, RpcError>>()?,
         })
     }
 
@@ -241,14 +287,19 @@ struct NoParams {}
 fn notice_json(notice: &SignedNotice, key_encoding: Encoding) -> Value {
     let n = notice.notice();
     let (key, key_encoding) = key_encoding.encode(&n.key);
-    json!({
+    let mut json = json!({
         "key": key,
         "key_encoding": key_encoding,
         "publisher": n.publisher.peer_id().to_string(),
         "seq": n.seq,
         "value_hash": hex::encode(n.value_hash),
         "created_at": n.created_at,
-    })
+    });
+    if let Some((feed, feed_seq)) = feed_name(notice) {
+        json["feed"] = feed.into();
+        json["feed_seq"] = feed_seq.into();
+    }
+    json
 }
 
 async fn put(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
@@ -537,8 +588,10 @@ pub fn module(state: State) -> Result<RpcModule<State>, RegisterMethodError> {
     Ok(module)
 }
 
-/// `lockstep_subscribe`: notices this node accepts that meet the filter (a key, a key prefix, a
-/// publisher, any combination).
+/// `lockstep_subscribe`: every notice announced anywhere in the network that meets the filter
+/// (a key, a key prefix, a publisher, any combination), once, in feed order per publisher. With
+/// `after`, the notices of the feeds named after the positions given come first (those this
+/// node still holds), then the live ones, none twice.
 async fn subscribe(
     params: Params<'static>,
     pending: PendingSubscriptionSink,
@@ -552,19 +605,46 @@ async fn subscribe(
             return Ok(());
         }
     };
+    // Live notices are taken from here on, before the backlog is read, so none falls between.
     let mut notices = state.node.subscribe();
     let sink = pending.accept().await?;
+    let send = |notice: &SignedNotice| {
+        serde_json::value::to_raw_value(&notice_json(notice, filter.key_encoding))
+    };
+    // The last position sent of each feed resumed: live notices at or below it were sent
+    // from the backlog already.
+    let mut sent: std::collections::HashMap<String, u64> = filter
+        .after
+        .iter()
+        .map(|(_, name, seq)| (name.clone(), *seq))
+        .collect();
+    let mut is_new = |notice: &SignedNotice| match feed_name(notice) {
+        Some((name, seq)) => match sent.get_mut(&name) {
+            Some(last) if seq <= *last => false,
+            Some(last) => {
+                *last = seq;
+                true
+            }
+            None => true,
+        },
+        None => true,
+    };
+    if !filter.after.is_empty() {
+        let after = filter.after.iter().map(|(id, _, seq)| (id.clone(), *seq));
+        for notice in state.node.feed_after(after.collect()).await {
+            if is_new(&notice) && filter.matches(&notice) {
+                sink.send(send(&notice)?).await?;
+            }
+        }
+    }
     loop {
         tokio::select! {
             _ = sink.closed() => return Ok(()),
             received = notices.recv() => match received {
                 Ok(notice) => {
-                    if !filter.matches(&notice) {
-                        continue;
+                    if is_new(&notice) && filter.matches(&notice) {
+                        sink.send(send(&notice)?).await?;
                     }
-                    let message =
-                        serde_json::value::to_raw_value(&notice_json(&notice, filter.key_encoding))?;
-                    sink.send(message).await?;
                 }
                 Err(RecvError::Lagged(missed)) => {
                     let message = serde_json::value::to_raw_value(&json!({ "lagged": missed }))?;
@@ -740,6 +820,41 @@ mod tests {
             .map(|f| f.matches(&n));
             assert_eq!(got, expected, "{:?}", n.notice().key);
         }
+    }
+
+    #[test]
+    fn resume_positions_name_feeds_as_notifications_do() {
+        let policy = shoal_pow::StampPolicy::testnet();
+        let alice = shoal_pow::NodeKey::generate();
+        let pos = FeedPos {
+            epoch: 1_700_000_000,
+            seq: 7,
+        };
+        let notice = SignedNotice::create(&alice, b"k", b"v", 1, 1_700_000_000, Some(pos), &policy)
+            .expect("a notice");
+        let json = notice_json(&notice, Encoding::Utf8);
+        let name = json["feed"].as_str().expect("feed").to_owned();
+        assert_eq!(json["feed_seq"], 7);
+        let p = format!(r#"{{"after":{{"{name}":6}}}}"#);
+        let filter = NoticeFilter::parse(&Params::new(Some(&p))).expect("valid");
+        let (id, _) = notice.feed_id().expect("a feed");
+        assert_eq!(filter.after, vec![(id, name.clone(), 6)]);
+        let bad_name = name.replace(':', "/");
+        for bad in [
+            r#"{"after":{"nonsense":1}}"#.to_owned(),
+            format!(r#"{{"after":{{"{bad_name}":1}}}}"#),
+            format!(r#"{{"after":{{"{name}x":1}}}}"#),
+            format!(r#"{{"after":{{"{name}":-1}}}}"#),
+            r#"{"after":[1]}"#.to_owned(),
+        ] {
+            let e = NoticeFilter::parse(&Params::new(Some(&bad))).expect_err(&bad);
+            assert_eq!(e.code, Code::InvalidParams, "{bad}");
+        }
+        let many: serde_json::Map<String, Value> = (0..=MAX_RESUME_FEEDS)
+            .map(|i| (format!("{}:{}", alice.peer_id(), i + 1), json!(1)))
+            .collect();
+        let p = json!({ "after": many }).to_string();
+        assert!(NoticeFilter::parse(&Params::new(Some(&p))).is_err());
     }
 
     #[test]

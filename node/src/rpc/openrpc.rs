@@ -229,8 +229,10 @@ const METHODS: &[Method] = &[
     },
     Method {
         name: "lockstep_subscribe",
-        summary: "Subscribes (WebSocket) to the notices this node accepts that meet every \
-                  condition given; notifications are lockstep_notice",
+        summary: "Subscribes (WebSocket) to the notices announced anywhere in the network \
+                  that meet every condition given, each once and in its feed's order; \
+                  notifications are lockstep_notice {key, key_encoding, publisher, seq, \
+                  value_hash, created_at, feed, feed_seq}",
         params: &[
             Param {
                 name: "key",
@@ -251,6 +253,14 @@ const METHODS: &[Method] = &[
                 schema: string,
             },
             KEY_ENCODING,
+            Param {
+                name: "after",
+                summary: "Resume: the last feed_seq seen of each feed (by its notifications' \
+                          feed name, at most 1024 feeds); the notices after it that this node \
+                          still holds come first",
+                required: false,
+                schema: || json!({ "type": "object", "additionalProperties": { "type": "integer", "minimum": 0 } }),
+            },
         ],
         result: || json!({ "type": "string", "description": "The subscription id" }),
         errors: &[Code::InvalidParams],
