@@ -4,6 +4,14 @@
 //! one node is killed with SIGKILL and restarted from its config, and still serves its records;
 //! SIGINT stops the testnet and every node.
 //!
+//! Network-wide notices with `shoal testnet --nodes 25`: a subscription at every node sees an
+//! announcement made at node 1 (the time it takes is printed); five nodes killed with SIGKILL
+//! while node 1 announces, every live subscriber still receives every announcement, in feed
+//! order; a subscriber that reconnects with its last position gets what it missed.
+//!
+//! The tests run one at a time (`SERIAL`): 25 processes and the others' testnets beside them
+//! would share two cores.
+//!
 //! The examples of `examples/` against a real testnet (`shoal testnet --nodes 3`): the Rust
 //! `client` (two nodes, WebSocket subscription), the Rust `embed` (joining node 1 as its seed,
 //! and on its own), the Python script and the JavaScript one. Each must exit 0 and print what it
@@ -23,6 +31,9 @@ use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
 use serde_json::{Value, json};
 
 const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
+
+/// Held by each test for its whole run.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// One node line of the testnet's output.
 #[derive(Debug, Clone)]
@@ -236,6 +247,7 @@ async fn interrupt(mut child: KillOnDrop) -> ExitStatus {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_process_testnet() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("temporary directory");
     let (testnet, nodes) = start_testnet(5, dir.path()).await;
     for n in &nodes {
@@ -513,6 +525,7 @@ async fn run_example(name: &str, mut command: tokio::process::Command, expected:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn examples_run_against_a_testnet() {
+    let _serial = SERIAL.lock().await;
     let (client, embed) = tokio::task::spawn_blocking(build_examples)
         .await
         .expect("builder");
@@ -590,6 +603,162 @@ async fn examples_run_against_a_testnet() {
     }
 
     // SIGINT stops the testnet cleanly.
+    let status = interrupt(testnet).await;
+    assert!(status.success(), "testnet exit status {status}");
+}
+
+/// A `lockstep_subscribe` subscription over WebSocket, in the test process.
+type Subscription = jsonrpsee::core::client::Subscription<Value>;
+
+async fn subscribe(url: &str, params: Value) -> (jsonrpsee::ws_client::WsClient, Subscription) {
+    let ws = jsonrpsee::ws_client::WsClientBuilder::default()
+        .build(url.replacen("http://", "ws://", 1))
+        .await
+        .expect("websocket");
+    let mut p = ObjectParams::new();
+    if let Value::Object(map) = params {
+        for (k, v) in map {
+            p.insert(&k, v).expect("JSON values serialize");
+        }
+    }
+    let sub = jsonrpsee::core::client::SubscriptionClientT::subscribe(
+        &ws,
+        "lockstep_subscribe",
+        p,
+        "lockstep_unsubscribe",
+    )
+    .await
+    .expect("subscribed");
+    (ws, sub)
+}
+
+/// The next notice of a subscription, within `limit`.
+async fn next_notice(sub: &mut Subscription, limit: Duration) -> Option<Value> {
+    tokio::time::timeout(limit, sub.next()).await.ok()??.ok()
+}
+
+/// A notice's feed position and key.
+fn position(notice: &Value) -> (u64, String) {
+    (
+        notice["feed_seq"].as_u64().expect("a feed position"),
+        notice["key"].as_str().expect("a key").to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notices_reach_every_node_of_25_through_crashes() {
+    let _serial = SERIAL.lock().await;
+    const N: usize = 25;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (testnet, nodes) = start_testnet(N, dir.path()).await;
+    // Every node lists every other alive, then the broadcast overlay has a moment to form.
+    let start = Instant::now();
+    for node in &nodes {
+        loop {
+            let members = call(&node.url, "swim_members", json!({})).await;
+            let alive = members.ok().and_then(|m| {
+                m.as_array()
+                    .map(|a| a.iter().filter(|m| m["state"] == "alive").count())
+            });
+            if alive == Some(N - 1) {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "{} sees {alive:?} alive",
+                node.url
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let publisher = nodes[0].peer.clone();
+    let mut subs = Vec::new();
+    for node in &nodes {
+        subs.push(subscribe(&node.url, json!({ "publisher": publisher })).await);
+    }
+
+    // One announcement at node 1: every subscription sees it.
+    let sent = Instant::now();
+    call(
+        &nodes[0].url,
+        "lockstep_announce",
+        json!({"key": "b0", "value": "v"}),
+    )
+    .await
+    .expect("announce");
+    let mut slowest = Duration::ZERO;
+    let mut first: Option<Value> = None;
+    for (i, (_, sub)) in subs.iter_mut().enumerate() {
+        let notice = next_notice(sub, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("node {} got no notice", i + 1));
+        slowest = slowest.max(sent.elapsed());
+        assert_eq!(notice["key"], "b0");
+        assert!(first.as_ref().is_none_or(|f| f["feed"] == notice["feed"]));
+        first = Some(notice);
+    }
+    let first = first.expect("25 subscriptions");
+    let feed = first["feed"].as_str().expect("a feed name").to_owned();
+    let (base, _) = position(&first);
+    println!("an announcement reached all {N} subscribers in {slowest:?} (announce call included)");
+    assert!(slowest <= Duration::from_secs(2), "{slowest:?}");
+
+    // Nodes 21 to 25 are killed while node 1 announces 20 more; the survivors' subscribers get
+    // all of them, in order. Node 4's subscriber leaves after the 5th and resumes later after
+    // the position it saw.
+    let victims: Vec<u32> = nodes[N - 5..].iter().map(|n| n.pid).collect();
+    let mut left = None;
+    for i in 1..=20u64 {
+        if i == 6 {
+            for &pid in &victims {
+                signal(pid, "KILL");
+            }
+            let (ws, mut sub) = subs.remove(3);
+            let mut last = base;
+            while last < base + 5 {
+                let notice = next_notice(&mut sub, Duration::from_secs(10))
+                    .await
+                    .expect("node 4's subscriber hears the first five");
+                last = position(&notice).0;
+            }
+            drop(sub);
+            drop(ws);
+            left = Some(last);
+        }
+        call(
+            &nodes[0].url,
+            "lockstep_announce",
+            json!({"key": format!("b{i}"), "value": "v"}),
+        )
+        .await
+        .expect("announce while nodes die");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let want: Vec<(u64, String)> = (1..=20u64).map(|i| (base + i, format!("b{i}"))).collect();
+    // The live nodes' subscribers: nodes 1 to 3 and 5 to 20 (node 4's was taken out).
+    for (i, (_, sub)) in subs.iter_mut().take(N - 6).enumerate() {
+        let mut got = Vec::new();
+        while got.len() < want.len() {
+            match next_notice(sub, Duration::from_secs(30)).await {
+                Some(n) => got.push(position(&n)),
+                None => break,
+            }
+        }
+        assert_eq!(got, want, "subscriber {i}");
+    }
+    let left = left.expect("node 4's subscriber left");
+    let (_ws, mut resumed) = subscribe(&nodes[3].url, json!({ "after": { feed: left } })).await;
+    let mut got = Vec::new();
+    while got.len() < (base + 20 - left) as usize {
+        match next_notice(&mut resumed, Duration::from_secs(10)).await {
+            Some(n) => got.push(position(&n)),
+            None => break,
+        }
+    }
+    let missed: Vec<(u64, String)> = want.into_iter().filter(|(seq, _)| *seq > left).collect();
+    assert_eq!(got, missed, "node 4's subscriber resumed after {left}");
+    drop(subs);
     let status = interrupt(testnet).await;
     assert!(status.success(), "testnet exit status {status}");
 }

@@ -4,8 +4,11 @@
 //! - 0: a notice envelope, decoded and validated as received from a peer;
 //! - 1: a notice body, sealed in a validly signed envelope so the body decoder and the stamp
 //!   parser behind the signature are reached;
-//! - otherwise: fields of a notice made with `SignedNotice::create` (real stamp), which must be
-//!   accepted once and kept, then one bit of it is flipped.
+//! - otherwise: fields of a notice made with `SignedNotice::create` (real stamp, a feed position
+//!   or none), which must be accepted once and kept, then one bit of it is flipped.
+//!
+//! A notice with a feed position is also checked as the broadcast layer does: under its own
+//! position it passes or fails only on its stamp, under any other it is refused.
 //!
 //! Nothing may panic; whatever decodes keeps its exact bytes.
 
@@ -15,7 +18,8 @@ mod common;
 
 use libfuzzer_sys::fuzz_target;
 use shoal_dht::lockstep::{
-    LockstepError, MAX_NOTICE_LEN, NoticeBook, NoticeBookConfig, SignedNotice, value_hash,
+    FeedPos, LockstepError, MAX_NOTICE_LEN, NoticeBook, NoticeBookConfig, SignedNotice,
+    value_hash,
 };
 use shoal_dht::record::MAX_KEY_LEN;
 use shoal_pow::{StampChecker, StampError, StampPolicy};
@@ -48,6 +52,17 @@ fn check(bytes: &[u8]) -> Option<SignedNotice> {
     let _ = SignedNotice::validate(bytes, n.created_at, &mut checker());
     let _ = signed.check_kept(NOW, &checker());
     let _ = signed.check_kept(n.created_at, &checker());
+    if let Some((feed, seq)) = signed.feed_id() {
+        assert_eq!(feed.len(), shoal_dht::lockstep::FEED_ID_LEN);
+        match SignedNotice::verify_broadcast(&feed, seq, bytes, NOW, &checker()) {
+            Ok(back) => assert_eq!(back, signed),
+            Err(e) => assert!(matches!(e, LockstepError::Stamp(_)), "{e}"),
+        }
+        assert_eq!(
+            SignedNotice::verify_broadcast(&feed, seq.wrapping_add(1), bytes, NOW, &checker()),
+            Err(LockstepError::FeedMismatch)
+        );
+    }
     let mut book = NoticeBook::new(NoticeBookConfig::default());
     book.insert(signed.clone())
         .expect("an empty book keeps any notice");
@@ -75,11 +90,16 @@ fuzz_target!(|data: &[u8]| {
             let created_at = input.date();
             let seq = input.u64();
             let flip = input.u64();
+            let feed = Some(FeedPos {
+                epoch: input.u64(),
+                seq: input.u64(),
+            })
+            .filter(|_| flip & 1 == 1);
             let key = input.bytes(MAX_KEY_LEN + 8).to_vec();
             let value = input.rest();
             let policy = StampPolicy::testnet();
             let signed =
-                match SignedNotice::create(common::key(), &key, value, seq, created_at, &policy) {
+                match SignedNotice::create(common::key(), &key, value, seq, created_at, feed, &policy) {
                     Ok(signed) => signed,
                     Err(LockstepError::KeyTooLarge(len)) => {
                         assert!(len > MAX_KEY_LEN);
@@ -88,6 +108,8 @@ fuzz_target!(|data: &[u8]| {
                     Err(e) => panic!("creating a notice failed: {e}"),
                 };
             assert_eq!(signed.notice().value_hash, value_hash(&key, value));
+            let kept_feed = feed.filter(|f| f.epoch > 0 && f.seq > 0);
+            assert_eq!(signed.notice().feed, kept_feed);
             let back = check(signed.as_bytes()).expect("a created notice decodes");
             assert_eq!(back, signed);
             let mut stamps = checker();
