@@ -1,8 +1,9 @@
 //! Tor end to end with the real binary, over a private Tor network on loopback (Debian's `tor`;
 //! `.ci/install-deps` installs it): three Tor-only nodes join through an onion seed address, a
 //! "both" node bridges them to a TCP-only node; SWIM membership converges; a put through one
-//! node's JSON-RPC is read through the others across the kinds; and no IP-bearing address of a
-//! Tor-only node reaches any other node. A second test runs `examples/tor/tor_example.sh`:
+//! node's JSON-RPC is read through the others across the kinds; a notice announced at a Tor-only
+//! node reaches the subscribers of another Tor-only node and of the TCP-only node (through the
+//! bridge); and no IP-bearing address of a Tor-only node reaches any other node. A second test runs `examples/tor/tor_example.sh`:
 //! `shoal testnet --transport tor`, the one command that does the Tor-only part for a user.
 
 use std::net::TcpListener;
@@ -279,6 +280,47 @@ async fn tor_only_and_mixed_networks() {
             t.elapsed()
         );
     }
+
+    // A notice announced at a reaches the subscribers of c (over onions) and of e (through d).
+    let mut subs = Vec::new();
+    for i in [2, 4] {
+        let ws = jsonrpsee::ws_client::WsClientBuilder::default()
+            .build(nodes[i].url.replacen("http://", "ws://", 1))
+            .await
+            .expect("websocket");
+        let sub = jsonrpsee::core::client::SubscriptionClientT::subscribe::<Value, _>(
+            &ws,
+            "lockstep_subscribe",
+            jsonrpsee::rpc_params![],
+            "lockstep_unsubscribe",
+        )
+        .await
+        .expect("subscribed");
+        subs.push((i, ws, sub));
+    }
+    let t = Instant::now();
+    call(
+        &nodes[0].url,
+        "lockstep_announce",
+        json!({"key": "over-tor", "value": "v"}),
+    )
+    .await
+    .expect("announce through a");
+    for (i, _ws, sub) in &mut subs {
+        let notice = tokio::time::timeout(Duration::from_secs(90), sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("{} heard no notice within 90 s", nodes[*i].name))
+            .expect("subscription open")
+            .expect("notice decodes");
+        assert_eq!(notice["key"], "over-tor");
+        assert_eq!(notice["publisher"].as_str(), Some(nodes[0].peer.as_str()));
+        println!(
+            "a notice announced at a reached {}'s subscriber in {:?}",
+            nodes[*i].name,
+            t.elapsed()
+        );
+    }
+    drop(subs);
 
     // No IP-bearing address of a Tor-only node reaches anyone.
     let tor_only: Vec<&str> = nodes[..3].iter().map(|n| n.peer.as_str()).collect();

@@ -1,6 +1,7 @@
 //! Fuzzes the DHT core ([`shoal_dht::core`]) with what peers send it: requests from an admitted
 //! peer and from a stranger, and answers to the requests it sent (a lookup, a get, a replica put,
-//! an announcement, a proof relay), each decoded with the wire codec from the input.
+//! an announcement, a proof relay), each decoded with the wire codec from the input, and broadcast
+//! messages from an admitted peer and from a stranger.
 //!
 //! Each step takes one byte (what to feed) and a length-prefixed message. Nothing may panic, the
 //! core's state stays within its bounds, every request it was handed is answered exactly once,
@@ -80,7 +81,15 @@ fuzz_target!(|data: &[u8]| {
         }
         let what = input.u8();
         let bytes = input.bytes(4096);
-        match what % 4 {
+        match what % 6 {
+            4 | 5 => {
+                let limits = shoal_broadcast::Limits::default();
+                let Ok(msg) = shoal_broadcast::message::decode(bytes, &limits) else {
+                    continue;
+                };
+                let from = if what % 6 == 4 { SimPeer(2) } else { SimPeer(50) };
+                core.handle_broadcast(now, UNIX, from, msg);
+            }
             0 | 1 => {
                 let Ok(request) = wire::decode::<Request>(bytes, MAX_REQUEST_LEN) else {
                     continue;
@@ -89,7 +98,7 @@ fuzz_target!(|data: &[u8]| {
                 let id = InboundId(next_inbound);
                 handed.insert(id);
                 // Peer 1 is admitted; peer 50 is a stranger whose check never ends.
-                let from = if what % 4 == 0 { SimPeer(1) } else { SimPeer(50) };
+                let from = if what % 6 == 0 { SimPeer(1) } else { SimPeer(50) };
                 core.handle_request(now, UNIX, from, id, request);
             }
             2 => {
@@ -108,6 +117,7 @@ fuzz_target!(|data: &[u8]| {
         let s = core.sizes();
         assert!(s.held <= shoal_dht::core::MAX_HELD_PEERS * shoal_dht::core::MAX_HELD_PER_PEER);
         assert!(s.wanted <= shoal_dht::core::MAX_WANTED);
+        assert!(core.broadcast().within_bounds());
     }
     // Past every bound, every request handed in has been answered.
     now += Duration::from_secs(120);

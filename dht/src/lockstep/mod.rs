@@ -617,6 +617,41 @@ mod tests {
     }
 
     #[test]
+    fn a_stamp_pays_for_one_feed_position() {
+        // The publisher reuses the stamp of position 4 for position 5: the envelope is signed,
+        // but the stamp's resource names the other position.
+        let key = NodeKey::generate();
+        let paid = FeedPos { epoch: NOW, seq: 4 };
+        let notice = SignedNotice::create(&key, b"k", b"v", 3, NOW, Some(paid), &policy()).unwrap();
+        let body = Body {
+            key: b"k".to_vec(),
+            value_hash: value_hash(b"k", b"v").to_vec(),
+            seq: 3,
+            created_at: NOW,
+            stamp: notice.notice().stamp.to_string(),
+            feed_epoch: NOW,
+            feed_seq: 5,
+        };
+        let bytes = envelope::seal(&key, DOMAIN, &body);
+        let feed = FeedPos::feed_id(&key.public(), NOW);
+        let stamps = StampChecker::new(policy()).unwrap();
+        assert_eq!(
+            SignedNotice::verify_broadcast(&feed, 5, &bytes, NOW, &stamps),
+            Err(LockstepError::Stamp(StampError::WrongResource))
+        );
+        // And a feed position without its epoch (or its sequence) does not decode.
+        let half = Body {
+            feed_epoch: 0,
+            ..body
+        };
+        let bytes = envelope::seal(&key, DOMAIN, &half);
+        assert!(matches!(
+            SignedNotice::decode(&bytes),
+            Err(LockstepError::Envelope(_))
+        ));
+    }
+
+    #[test]
     fn put_must_match_the_announced_hash() {
         let key = NodeKey::generate();
         let mut book = NoticeBook::new(NoticeBookConfig::default());

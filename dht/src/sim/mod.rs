@@ -1282,6 +1282,11 @@ impl Sim {
                 && q.events <= c.swim.max_event_queue.get(),
             "seed {seed}: node {id} SWIM state out of bounds: {q:?}"
         );
+        assert!(
+            core.broadcast().within_bounds(),
+            "seed {seed}: node {id} broadcast state out of bounds: {:?}",
+            core.broadcast().queue_lengths()
+        );
         if self.config.sample_every.is_none() {
             self.check_admission(id);
         }
