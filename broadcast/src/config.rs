@@ -121,7 +121,9 @@ pub struct Config {
     /// again while answers make progress. Default: 512. Limits: 1 to [`message::MAX_NOTICES`].
     pub max_catchup_notices: usize,
     /// Time between two anti-entropy pulls (a Bloom filter of recent notices sent to a random
-    /// active neighbor). Unit: duration. Default (LAN): 5 s. Limits: at least 1 ms.
+    /// active neighbor), while notices flow; a node that received none within `pull_window`
+    /// pulls once a `pull_window` until one comes. Unit: duration. Default (LAN): 5 s. Limits:
+    /// at least 1 ms.
     pub pull_interval: Duration,
     /// Notices received this recently are named in pulls and may be sent in pull answers.
     /// Unit: duration. Default (LAN): 30 s. Limits: at least `pull_interval`.

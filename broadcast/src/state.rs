@@ -778,9 +778,18 @@ impl<T: Peer, V: Verify> Broadcast<T, V> {
             self.rotate(now);
         }
         if now >= self.next_pull {
-            self.next_pull = now
-                + self.config.pull_interval / 2
-                + jitter(&mut self.rng, self.config.pull_interval);
+            // A node that received nothing within the pull window pulls once a window: in a
+            // quiet network pulls find nothing (an idle node's only broadcast traffic), and a
+            // node that lost every notice of a busy one is still repaired within about a
+            // window, sooner by its neighbors' IHaves and its gap repairs. The first notice
+            // stored brings the next pull back to the interval (`insert`).
+            let quiet = !self.store.has_recent(now, self.config.pull_window);
+            let every = if quiet {
+                self.config.pull_window
+            } else {
+                self.config.pull_interval
+            };
+            self.next_pull = now + every / 2 + jitter(&mut self.rng, every);
             self.pull(now);
         }
     }
@@ -899,6 +908,10 @@ impl<T: Peer, V: Verify> Broadcast<T, V> {
         );
         self.emit_all(&mut out);
         if inserted == Inserted::New {
+            let soon = now + self.config.pull_interval;
+            if self.next_pull > soon {
+                self.next_pull = soon;
+            }
             self.forget_missing(&id);
             if !self.gap_repairs.contains_key(&id.publisher)
                 && self.gap_repairs.len() < self.config.max_feeds

@@ -247,7 +247,9 @@ impl Metrics {
         registry.register(
             "broadcast_dropped",
             "Broadcast notices and messages dropped, by reason (invalid: failed the lockstep \
-             check, oversized, malformed, malformed_message, unadmitted: sender not admitted)",
+             check, oversized, malformed, malformed_message, unadmitted: sender not admitted, \
+             ihave_flood and graft_flood: announcements and grafts over a peer's share, \
+             not_neighbor, queue_full)",
             m.broadcast_dropped.clone(),
         );
         registry.register(
@@ -434,6 +436,14 @@ impl Metrics {
             (&m.broadcast_dropped, "malformed", b.rejected.malformed),
             (&m.broadcast_dropped, "malformed_message", w.malformed),
             (&m.broadcast_dropped, "unadmitted", w.unadmitted),
+            (&m.broadcast_dropped, "ihave_flood", b.drops.announcements),
+            (&m.broadcast_dropped, "graft_flood", b.drops.graft_answers),
+            (&m.broadcast_dropped, "not_neighbor", b.drops.not_neighbor),
+            (
+                &m.broadcast_dropped,
+                "queue_full",
+                b.drops.transmits + b.drops.lazy,
+            ),
             (&m.broadcast_tree, "grafts_sent", b.grafts_sent),
             (&m.broadcast_tree, "grafts_received", b.grafts_received),
             (&m.broadcast_tree, "prunes_sent", b.prunes_sent),

@@ -198,6 +198,14 @@ impl<T: Clone> Store<T> {
     }
 
     /// Hashes of every notice received within `window`.
+    /// Whether a notice was received within `window` before `now`.
+    pub(crate) fn has_recent(&self, now: Instant, window: Duration) -> bool {
+        let from = now.checked_sub(window);
+        self.recent
+            .back()
+            .is_some_and(|r| from.is_none_or(|f| r.at >= f))
+    }
+
     pub(crate) fn recent_hashes(&self, now: Instant, window: Duration) -> Vec<[u64; 2]> {
         let from = now.checked_sub(window);
         self.recent

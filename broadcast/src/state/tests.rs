@@ -1063,6 +1063,35 @@ fn pulls_go_to_a_neighbor_every_interval() {
     assert!(b.contains(crate::bloom::hash_id(&id(5, 1))));
 }
 
+#[test]
+fn a_quiet_node_pulls_once_a_window_and_the_first_notice_brings_the_interval_back() {
+    let t0 = Instant::now();
+    let mut c = core_cfg(
+        t0,
+        0,
+        Config {
+            active_size: Some(1),
+            pull_interval: Duration::from_secs(5),
+            pull_window: Duration::from_secs(30),
+            ..config()
+        },
+    );
+    connect(&mut c, t0, &[1]);
+    let pulls = |sent: &[Transmit<u32>]| {
+        sent.iter()
+            .filter(|t| matches!(t.msg, Message::Pull { .. }))
+            .count()
+    };
+    // Nothing received: after the first pull, one every 15 to 45 s.
+    let quiet = advance(&mut c, t0 + Duration::from_secs(300));
+    assert!((6..=21).contains(&pulls(&quiet)), "{}", pulls(&quiet));
+    // A notice arrives: pulls come every 2.5 to 7.5 s again while it is recent.
+    let t1 = t0 + Duration::from_secs(300);
+    c.handle_message(t1, 1, gossip(notice(5, 1), 0));
+    let busy = advance(&mut c, t1 + Duration::from_secs(25));
+    assert!((3..=11).contains(&pulls(&busy)), "{}", pulls(&busy));
+}
+
 // ----- bounds -----
 
 #[test]
