@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
 use shoal_pow::{NodeKey, ProofError};
 use shoal_swim::sim::LinkModel;
 use shoal_swim::{Address, State};
@@ -244,14 +245,38 @@ struct Node {
     unflushed: Vec<Vec<WriteOp<SimPeer>>>,
     fail_writes: u32,
     wake: Option<Instant>,
-    /// The asker of each request being served, and its id (`None`: told, no answer).
-    inbound: HashMap<InboundId, (SimPeer, Option<RequestId>)>,
+    /// The asker of each request being served, its id (`None`: told, no answer), and for a
+    /// lookup or a get, its target (for an adversary's answer).
+    inbound: HashMap<InboundId, Inbound>,
     next_inbound: u64,
     issued: HashMap<OpId, Instant>,
     answers: HashMap<OpId, Answered>,
     /// The notices delivered to this node's subscribers ([`Action::Notice`]), in order.
     delivered: Vec<SignedNotice>,
+    /// What this node does against the others, if it is malicious.
+    adversary: Option<Adversary>,
+    /// A [`Adversary::Stale`] node's first copy of each record it was sent, by key.
+    first_copies: HashMap<Vec<u8>, Vec<u8>>,
 }
+
+/// What a malicious node does. It paid for a valid identity, is admitted like any node and runs
+/// the honest core; the simulator rewrites its answers on their way out, so the attack is
+/// exactly what peers see on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adversary {
+    /// Answers lookups and gets only with colluders (the eclipse nodes closest to the target),
+    /// never with a record.
+    Eclipse,
+    /// Accepts stores (and acknowledges them) but serves nothing: its get answers carry neither
+    /// a record nor peers.
+    Drop,
+    /// Serves the first copy it was sent of each record, however many newer ones came since.
+    Stale,
+}
+
+/// A request being served: its asker, its id (`None`: told, no answer), and for a lookup or a
+/// get, its target.
+type Inbound = (SimPeer, Option<RequestId>, Option<Vec<u8>>);
 
 /// Which counters a message adds to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -448,7 +473,18 @@ impl Sim {
         self.nodes[id as usize].cheater
     }
 
-    /// The ids of the honest nodes that run.
+    /// Makes `id` malicious (or honest again with `None`) from now on.
+    pub fn set_adversary(&mut self, id: u32, adversary: Option<Adversary>) {
+        self.nodes[id as usize].adversary = adversary;
+    }
+
+    /// What `id` does against the others, if it is malicious.
+    pub fn adversary(&self, id: u32) -> Option<Adversary> {
+        self.nodes[id as usize].adversary
+    }
+
+    /// The ids of the honest nodes that run (nodes with a valid proof that act against the
+    /// others, [`Sim::set_adversary`], count as honest here: see [`Sim::live_benign`]).
     pub fn live_honest(&self) -> Vec<u32> {
         (0..self.nodes.len() as u32)
             .filter(|&i| self.is_up(i) && !self.is_cheater(i))
@@ -526,6 +562,8 @@ impl Sim {
                 issued: HashMap::new(),
                 answers: HashMap::new(),
                 delivered: Vec::new(),
+                adversary: None,
+                first_copies: HashMap::new(),
             });
             let core = self.make_core(id);
             self.nodes[id as usize].core = Some(core);
@@ -821,7 +859,20 @@ impl Sim {
                 let node = &mut self.nodes[to as usize];
                 node.next_inbound += 1;
                 let inbound = InboundId(node.next_inbound);
-                node.inbound.insert(inbound, (SimPeer(from), id));
+                let target = match &request {
+                    Request::FindNode(t) | Request::GetRecord(t) => Some(t.to_vec()),
+                    Request::PutRecord(envelope) | Request::PutCopy(envelope)
+                        if node.adversary == Some(Adversary::Stale) =>
+                    {
+                        if let Ok(r) = SignedRecord::decode(envelope) {
+                            let key = r.record().key.clone();
+                            node.first_copies.entry(key).or_insert(envelope.to_vec());
+                        }
+                        None
+                    }
+                    _ => None,
+                };
+                node.inbound.insert(inbound, (SimPeer(from), id, target));
                 node.core
                     .as_mut()?
                     .handle_request(now, unix, SimPeer(from), inbound, request);
@@ -1124,9 +1175,14 @@ impl Sim {
                 id: inbound,
                 response,
             } => {
-                let Some((from, Some(rid))) = self.nodes[id as usize].inbound.remove(&inbound)
+                let Some((from, Some(rid), target)) =
+                    self.nodes[id as usize].inbound.remove(&inbound)
                 else {
                     return;
+                };
+                let response = match self.nodes[id as usize].adversary {
+                    Some(adversary) => self.tamper(id, adversary, target.as_deref(), response),
+                    None => response,
                 };
                 let bytes = wire::encode(&response);
                 let len = bytes.len();
@@ -1250,6 +1306,64 @@ impl Sim {
             }
             Action::Notice(notice) => self.nodes[id as usize].delivered.push(*notice),
         }
+    }
+
+    /// What adversary `id` answers instead of `response`.
+    fn tamper(
+        &self,
+        id: u32,
+        adversary: Adversary,
+        target: Option<&[u8]>,
+        response: Response,
+    ) -> Response {
+        let k = self.config.dht.replication_factor.get();
+        match (adversary, response) {
+            (Adversary::Eclipse, Response::Peers(_)) => {
+                Response::Peers(self.colluders(target.unwrap_or_default(), k))
+            }
+            (Adversary::Eclipse, Response::Record { .. }) => Response::Record {
+                record: None,
+                closer: self.colluders(target.unwrap_or_default(), k),
+                notice: None,
+            },
+            (Adversary::Drop, Response::Record { .. }) => Response::Record {
+                record: None,
+                closer: Vec::new(),
+                notice: None,
+            },
+            (
+                Adversary::Stale,
+                Response::Record {
+                    record: Some(record),
+                    closer,
+                    notice,
+                },
+            ) => {
+                let first = SignedRecord::decode(&record)
+                    .ok()
+                    .and_then(|r| self.nodes[id as usize].first_copies.get(&r.record().key))
+                    .map(|b| ByteBuf::from(b.clone()));
+                Response::Record {
+                    record: Some(first.unwrap_or(record)),
+                    closer,
+                    notice,
+                }
+            }
+            (_, response) => response,
+        }
+    }
+
+    /// The live eclipse nodes closest to `target`, at most `k`, as peer bytes.
+    fn colluders(&self, target: &[u8], k: usize) -> Vec<ByteBuf> {
+        let eclipse = (0..self.nodes.len() as u32)
+            .filter(|&i| {
+                self.is_up(i) && self.nodes[i as usize].adversary == Some(Adversary::Eclipse)
+            })
+            .map(SimPeer);
+        lookup::closest(&KeyHash::of(target), eclipse, k)
+            .into_iter()
+            .map(|p| ByteBuf::from(p.to_bytes()))
+            .collect()
     }
 
     // ----- invariants -----
@@ -1377,6 +1491,24 @@ impl Sim {
 
     /// The `k` live honest nodes closest to `target`, closest first, `except` left out (a
     /// lookup never names the node that runs it): the truth a lookup is measured against.
+    /// The ids of the nodes that run, with a valid proof and no [`Adversary`] role.
+    pub fn live_benign(&self) -> Vec<u32> {
+        self.live_honest()
+            .into_iter()
+            .filter(|&i| self.nodes[i as usize].adversary.is_none())
+            .collect()
+    }
+
+    /// The `k` live benign nodes ([`Sim::live_benign`]) closest to `target`.
+    pub fn benign_closest(&self, target: &[u8], k: usize) -> Vec<SimPeer> {
+        lookup::closest(
+            &KeyHash::of(target),
+            self.live_benign().into_iter().map(SimPeer),
+            k,
+        )
+    }
+
+    /// The `k` live honest nodes closest to `target`, `except` one.
     pub fn true_closest(&self, target: &[u8], k: usize, except: Option<u32>) -> Vec<SimPeer> {
         lookup::closest(
             &KeyHash::of(target),
@@ -1397,5 +1529,91 @@ impl Sim {
             }
         }
         counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::NewRecord;
+
+    fn envelope(sim: &Sim, key: &[u8], seq: u64) -> Vec<u8> {
+        let new = NewRecord {
+            key: key.to_vec(),
+            value: vec![seq as u8],
+            seq,
+            ttl: 3600,
+        };
+        let signer = &sim.nodes[0].key;
+        SignedRecord::create(signer, new, START_UNIX, &sim.config.dht.stamps)
+            .unwrap()
+            .as_bytes()
+            .to_vec()
+    }
+
+    fn record_answer(bytes: &[u8]) -> Response {
+        Response::Record {
+            record: Some(ByteBuf::from(bytes.to_vec())),
+            closer: Vec::new(),
+            notice: None,
+        }
+    }
+
+    #[test]
+    fn adversaries_rewrite_their_answers_as_their_role_says() {
+        let mut sim = Sim::new(1, SimConfig::local());
+        sim.add_converged(6);
+        sim.set_adversary(1, Some(Adversary::Eclipse));
+        sim.set_adversary(2, Some(Adversary::Eclipse));
+        sim.set_adversary(3, Some(Adversary::Drop));
+        sim.set_adversary(4, Some(Adversary::Stale));
+        assert_eq!(sim.live_benign(), vec![0, 5]);
+        let first = envelope(&sim, b"k", 1);
+        let second = envelope(&sim, b"k", 2);
+        // A put to the stale node is seen on its way in; the first copy is what it keeps serving.
+        for bytes in [&first, &second] {
+            let request = wire::encode(&Request::PutRecord(ByteBuf::from(bytes.clone())));
+            let now = sim.now();
+            sim.deliver(
+                now,
+                Delivery::Request {
+                    from: 0,
+                    to: 4,
+                    id: None,
+                    bytes: request,
+                },
+            );
+        }
+        let stale = sim.tamper(4, Adversary::Stale, Some(b"k"), record_answer(&second));
+        assert_eq!(stale, record_answer(&first));
+        // An eclipse node names only colluders, and never the record.
+        let peers = Response::Peers(vec![ByteBuf::from(SimPeer(0).to_bytes())]);
+        let Response::Peers(named) = sim.tamper(1, Adversary::Eclipse, Some(b"t"), peers) else {
+            panic!("not peers");
+        };
+        let mut named: Vec<Vec<u8>> = named.into_iter().map(|b| b.to_vec()).collect();
+        named.sort();
+        let mut colluders = vec![SimPeer(1).to_bytes(), SimPeer(2).to_bytes()];
+        colluders.sort();
+        assert_eq!(named, colluders);
+        let Response::Record { record, closer, .. } =
+            sim.tamper(2, Adversary::Eclipse, Some(b"k"), record_answer(&second))
+        else {
+            panic!("not a record answer");
+        };
+        assert!(record.is_none() && closer.len() == 2);
+        // A dropper acknowledges stores but serves nothing.
+        assert_eq!(
+            sim.tamper(3, Adversary::Drop, Some(b"k"), Response::Stored),
+            Response::Stored
+        );
+        assert_eq!(
+            sim.tamper(3, Adversary::Drop, Some(b"k"), record_answer(&second)),
+            Response::Record {
+                record: None,
+                closer: Vec::new(),
+                notice: None
+            }
+        );
     }
 }

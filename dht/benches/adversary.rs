@@ -1,0 +1,335 @@
+//! The DHT under attack, in the simulator: a share f of the nodes paid for valid identities and
+//! act against the others ([`shoal_dht::sim::Adversary`]: eclipse, drop, stale; each its own
+//! run). Prints a markdown table per route (one hop from the local view, the default; and
+//! Kademlia's iterative lookup, forced): lookup success (of the benign nodes among the true k
+//! closest, the share a find-node returns, and the share of lookups that found all), RPCs per
+//! lookup, get success (the get returns the latest acknowledged version), put durability (the
+//! share of keys some of the k closest benign nodes hold), and then what a Sybil placement costs.
+//!
+//! Every lookup here takes one path (d = 1): disjoint-path lookups are not built yet.
+//!
+//! `cargo bench -p shoal-dht --bench adversary` runs N = 1,000, f = 0, 10, 20 and 30 %. Options
+//! after `--`: `--nodes N` (1000), `--seed X` (42), `--puts P` (200), `--gets G` (1000),
+//! `--lookups L` (500), `--shares 0,0.1,0.2,0.3`. Without `--bench` (as under `cargo test
+//! --benches`) it runs 60 nodes with few operations, so CI keeps it compiling and working.
+
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use shoal_dht::Config;
+use shoal_dht::core::{Command, OpId, Peer, Reply};
+use shoal_dht::node::{PutRequest, Route};
+use shoal_dht::sim::{Adversary, Sim, SimConfig, SimPeer};
+use shoal_swim::sim::{LinkModel, percentile};
+
+struct Options {
+    nodes: usize,
+    seed: u64,
+    puts: usize,
+    gets: usize,
+    lookups: usize,
+    shares: Vec<f64>,
+}
+
+impl Options {
+    fn parse() -> Self {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let full = args.iter().any(|a| a == "--bench");
+        let value = |name: &str| {
+            args.iter()
+                .position(|a| a == name)
+                .and_then(|i| args.get(i + 1))
+                .cloned()
+        };
+        let number = |name: &str, full_default: usize, test: usize| {
+            value(name).and_then(|v| v.parse().ok()).unwrap_or(if full {
+                full_default
+            } else {
+                test
+            })
+        };
+        Self {
+            nodes: number("--nodes", 1000, 60),
+            seed: number("--seed", 42, 42) as u64,
+            puts: number("--puts", 200, 10),
+            gets: number("--gets", 1000, 20),
+            lookups: number("--lookups", 500, 20),
+            shares: value("--shares")
+                .map(|s| s.split(',').filter_map(|f| f.trim().parse().ok()).collect())
+                .unwrap_or_else(|| {
+                    if full {
+                        vec![0.0, 0.1, 0.2, 0.3]
+                    } else {
+                        vec![0.0, 0.2]
+                    }
+                }),
+        }
+    }
+}
+
+/// What one run measured.
+#[derive(Default)]
+struct Outcome {
+    recall: Vec<f64>,
+    complete: usize,
+    lookups: usize,
+    rpcs: Vec<f64>,
+    gets: usize,
+    got_latest: usize,
+    keys: usize,
+    durable: usize,
+}
+
+fn config() -> SimConfig {
+    SimConfig {
+        dht: Config {
+            network: "sim".to_owned(),
+            stamps: shoal_pow::StampPolicy::testnet(),
+            swim: shoal_swim::Config::lan(),
+            ..Config::default()
+        },
+        link: LinkModel::lan(),
+        disk_latency: Duration::from_millis(1),
+        dial_timeout: Duration::from_secs(3),
+        check_time: Duration::from_millis(30),
+        sample_every: Some(Duration::from_secs(10)),
+        sample_size: 20,
+    }
+}
+
+fn main() {
+    let o = Options::parse();
+    println!("## shoal-dht under attack (simulator)");
+    println!();
+    println!(
+        "seed {}; N = {}; k = 20, put quorum 3, alpha 3; LAN links; every lookup one path (d = 1); \
+         {} puts (each key put twice: the stale attack serves the first), {} gets, {} lookups \
+         per run, from random benign nodes",
+        o.seed, o.nodes, o.puts, o.gets, o.lookups
+    );
+    for route in [Route::Auto, Route::Iterative] {
+        println!();
+        println!(
+            "### route: {}",
+            match route {
+                Route::Auto => "one hop from the local view (default)",
+                _ => "iterative (Kademlia's lookup, forced)",
+            }
+        );
+        println!();
+        println!(
+            "| attack | f | lookup success: mean / all k found | RPCs per lookup p50 / p95 | \
+             get success (latest version) | put durability | wall |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+        for &f in &o.shares {
+            let kinds: &[Option<Adversary>] = if f == 0.0 {
+                &[None]
+            } else {
+                &[
+                    Some(Adversary::Eclipse),
+                    Some(Adversary::Drop),
+                    Some(Adversary::Stale),
+                ]
+            };
+            for &kind in kinds {
+                let wall = Instant::now();
+                let out = run(&o, route, kind, f);
+                let mut rpcs = out.rpcs.clone();
+                let p50 = percentile(&mut rpcs, 0.5).unwrap_or(f64::NAN);
+                let p95 = percentile(&mut rpcs, 0.95).unwrap_or(f64::NAN);
+                println!(
+                    "| {} | {:.0} % | {:.3} / {:.3} | {p50:.0} / {p95:.0} | {:.4} ({} of {}) | {:.4} | {:.0} s |",
+                    kind.map_or("none", name),
+                    f * 100.0,
+                    mean(&out.recall),
+                    out.complete as f64 / out.lookups.max(1) as f64,
+                    out.got_latest as f64 / out.gets.max(1) as f64,
+                    out.got_latest,
+                    out.gets,
+                    out.durable as f64 / out.keys.max(1) as f64,
+                    wall.elapsed().as_secs_f64(),
+                );
+            }
+        }
+    }
+    sybil_cost(&o);
+}
+
+fn name(a: Adversary) -> &'static str {
+    match a {
+        Adversary::Eclipse => "eclipse",
+        Adversary::Drop => "drop",
+        Adversary::Stale => "stale",
+    }
+}
+
+fn run(o: &Options, route: Route, kind: Option<Adversary>, f: f64) -> Outcome {
+    let mut sim = Sim::new(o.seed, config());
+    sim.add_converged(o.nodes);
+    let mut rng = StdRng::seed_from_u64(o.seed ^ 0xadd);
+    let mut ids: Vec<u32> = (0..o.nodes as u32).collect();
+    ids.shuffle(&mut rng);
+    if let Some(kind) = kind {
+        for &id in ids.iter().take((o.nodes as f64 * f).round() as usize) {
+            sim.set_adversary(id, Some(kind));
+        }
+    }
+    sim.run_for(sim.config().dht.view_settle + Duration::from_secs(1));
+    let benign = sim.live_benign();
+    let pick = |rng: &mut StdRng| benign[rng.gen_range(0..benign.len())];
+    let spacing = Duration::from_millis(20);
+    let mut out = Outcome::default();
+
+    // Every key is put twice, from the same node: a stale node keeps serving the first copy.
+    let keys: Vec<Vec<u8>> = (0..o.puts)
+        .map(|i| format!("key-{i}").into_bytes())
+        .collect();
+    for version in 0..2u8 {
+        let mut ops = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let node = benign[i % benign.len()];
+            let put = Command::Put(PutRequest {
+                key: key.clone(),
+                value: vec![version; 64],
+                ttl: Duration::from_secs(86_400),
+                quorum: None,
+                seq: Some(u64::from(version) + 1),
+                route,
+            });
+            if let Some(op) = sim.command(node, put) {
+                ops.push((node, op));
+            }
+            sim.run_for(spacing);
+        }
+        for (node, op) in ops {
+            sim.wait(node, op, Duration::from_secs(120));
+        }
+    }
+    sim.run_for(Duration::from_secs(2));
+    let k = sim.config().dht.replication_factor.get();
+    for key in &keys {
+        out.keys += 1;
+        let holders = sim.benign_closest(key, k);
+        let held = holders.iter().any(|p| {
+            sim.node(p.0)
+                .and_then(|c| c.stored(key))
+                .is_some_and(|r| r.record().seq == 2)
+        });
+        out.durable += usize::from(held);
+    }
+
+    let mut gets = Vec::new();
+    for _ in 0..o.gets {
+        let key = keys[rng.gen_range(0..keys.len())].clone();
+        let node = pick(&mut rng);
+        if let Some(op) = sim.command(node, Command::Get { key, route }) {
+            gets.push((node, op));
+        }
+        sim.run_for(spacing);
+    }
+    let mut lookups: Vec<(u32, OpId, SimPeer)> = Vec::new();
+    for _ in 0..o.lookups {
+        let target = SimPeer(rng.gen_range(10_000_000..20_000_000));
+        let node = pick(&mut rng);
+        if let Some(op) = sim.command(
+            node,
+            Command::FindNode {
+                peer: target,
+                route,
+            },
+        ) {
+            lookups.push((node, op, target));
+        }
+        sim.run_for(spacing);
+    }
+    for (node, op) in gets {
+        out.gets += 1;
+        let Some(answer) = sim.wait(node, op, Duration::from_secs(120)) else {
+            continue;
+        };
+        if let Reply::Get(result) = answer.reply
+            && let Ok(found) = *result
+            && found.record.seq == 2
+        {
+            out.got_latest += 1;
+        }
+    }
+    for (node, op, target) in lookups {
+        out.lookups += 1;
+        let Some(answer) = sim.wait(node, op, Duration::from_secs(120)) else {
+            out.recall.push(0.0);
+            continue;
+        };
+        let Reply::FindNode(Ok(found)) = answer.reply else {
+            out.recall.push(0.0);
+            continue;
+        };
+        // The benign nodes among the true k closest of every live node: an adversary closer to
+        // the target is rightly in the answer, a benign one missing was hidden.
+        let truth: Vec<SimPeer> = sim
+            .true_closest(&target.to_bytes(), k, Some(node))
+            .into_iter()
+            .filter(|p| sim.adversary(p.0).is_none())
+            .collect();
+        let hits = found.peers.iter().filter(|p| truth.contains(p)).count();
+        out.recall.push(hits as f64 / truth.len().max(1) as f64);
+        out.complete += usize::from(hits == truth.len());
+        out.rpcs.push(f64::from(found.stats.requests));
+    }
+    out
+}
+
+/// What placing Sybil identities near a key costs, from the puzzle's parameters: an identity
+/// lands among the k closest of N nodes to a given key with probability about k / N, so one
+/// near a target costs N / k identities, and taking all k places (an eclipse of the key) about
+/// N of them.
+fn sybil_cost(o: &Options) {
+    let config = Config::default();
+    let testnet = Config::testnet();
+    let k = config.replication_factor.get() as f64;
+    let n = o.nodes as f64;
+    // One scrypt evaluation (N = 2^14, r = 8, p = 1) takes about 30 ms on this machine
+    // (docs/benchmarks.md, "Proofs of work"); each try of the puzzle is one.
+    let eval_s = 0.030;
+    println!();
+    println!("### Sybil placement (from the puzzle's parameters; one scrypt evaluation ≈ 30 ms)");
+    println!();
+    println!(
+        "| network | puzzle difficulty (bits) | CPU per identity | one identity among the k closest of a key (N / k identities) | all k places of a key (≈ N identities) |"
+    );
+    println!("|---|---|---|---|---|");
+    for (label, c) in [("main", &config), ("testnet", &testnet)] {
+        let per = 2f64.powi(i32::from(c.puzzle.difficulty)) * eval_s;
+        println!(
+            "| {label} | {} | {} | {} | {} |",
+            c.puzzle.difficulty,
+            human(per),
+            human(per * n / k),
+            human(per * n),
+        );
+    }
+    println!();
+    println!("N = {} here; the cost grows linearly with N.", o.nodes);
+}
+
+fn human(secs: f64) -> String {
+    if secs < 120.0 {
+        format!("{secs:.1} CPU-s")
+    } else if secs < 7200.0 {
+        format!("{:.1} CPU-min", secs / 60.0)
+    } else if secs < 172_800.0 {
+        format!("{:.1} CPU-h", secs / 3600.0)
+    } else {
+        format!("{:.1} CPU-days", secs / 86_400.0)
+    }
+}
+
+fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.iter().sum::<f64>() / v.len() as f64
+}
