@@ -410,6 +410,9 @@ pub struct NodeStats {
     pub swim_wire: shoal_swim::WireStats,
     /// The identity gate's proof checks (scrypt evaluations, cache hits, refusals, rate limits).
     pub verifier: shoal_pow::VerifierStats,
+    /// Peers refused admission by the trust policy's lists (each time one showed a valid proof
+    /// or was named in gossip), and their requests and SWIM messages refused or dropped.
+    pub denied: (u64, u64),
     /// The broadcast core's counters (notices delivered, duplicates, grafts, prunes, views).
     pub broadcast: shoal_broadcast::Stats,
     /// Broadcast messages sent, and received ones that did not decode or came from a peer

@@ -29,6 +29,9 @@ pub enum ConfigError {
     /// The broadcast configuration is invalid.
     #[error("broadcast: {0}")]
     Broadcast(#[from] shoal_broadcast::ConfigError),
+    /// An allow or deny list names more than [`MAX_TRUST_LIST`] peers.
+    #[error("trust.{0} names {1} peers, at most {MAX_TRUST_LIST}")]
+    TrustListTooLong(&'static str, usize),
     /// A timeout is zero.
     #[error("{0} must be above zero")]
     ZeroTimeout(&'static str),
@@ -41,6 +44,20 @@ pub enum ConfigError {
         replication: usize,
     },
 }
+
+/// Which peers a node admits at all, besides their valid identity proofs (peer ids as their
+/// bytes, `PeerId::to_bytes`). A peer refused here never enters the membership, the routing
+/// table or the broadcast overlay; its connections are closed and its requests refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustPolicy {
+    /// Peers never admitted. At most [`MAX_TRUST_LIST`].
+    pub deny: Vec<Vec<u8>>,
+    /// When not empty, the only peers admitted (a closed network). At most [`MAX_TRUST_LIST`].
+    pub allow: Vec<Vec<u8>>,
+}
+
+/// Peers an allow or a deny list names at most.
+pub const MAX_TRUST_LIST: usize = 4096;
 
 /// Configuration of a DHT node.
 #[derive(Debug, Clone)]
@@ -62,6 +79,8 @@ pub struct Config {
     /// [`shoal_broadcast::Config::lan`]; Tor nodes use [`shoal_broadcast::Config::tor`]. Its
     /// `rng_seed` is derived from [`Config::rng_seed`] when that is set.
     pub broadcast: shoal_broadcast::Config,
+    /// Allow and deny lists of peers. Default: both empty (every peer with a valid proof).
+    pub trust: TrustPolicy,
     /// Kademlia's k: replicas of a record, peers a lookup finds and an answer names. Default 20.
     pub replication_factor: NonZeroUsize,
     /// Entries per k-bucket of the routing table (and replacements kept per bucket). Default 20.
@@ -142,6 +161,7 @@ impl Default for Config {
             records: RecordRules::default(),
             swim: shoal_swim::Config::wan(),
             broadcast: shoal_broadcast::Config::lan(),
+            trust: TrustPolicy::default(),
             replication_factor: nz(20),
             kbucket_size: nz(20),
             lookup_parallelism: nz(3),
@@ -229,6 +249,11 @@ impl Config {
         self.stamps.validate()?;
         self.swim.validate()?;
         self.broadcast.validate()?;
+        for (name, list) in [("deny", &self.trust.deny), ("allow", &self.trust.allow)] {
+            if list.len() > MAX_TRUST_LIST {
+                return Err(ConfigError::TrustListTooLong(name, list.len()));
+            }
+        }
         for (name, t) in [
             ("query_timeout", self.query_timeout),
             ("gate_timeout", self.gate_timeout),

@@ -47,7 +47,7 @@ pub mod store;
 pub mod wire;
 
 pub use behaviour::Behaviour;
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, MAX_TRUST_LIST, TrustPolicy};
 pub use envelope::EnvelopeError;
 pub use identity::{NodeKeyExt, PublicKeyExt};
 pub use node::{Client, EventLoop};

@@ -219,6 +219,47 @@ pub fn parse_seed(s: &str) -> Result<(PeerId, Multiaddr), String> {
     }
 }
 
+/// The `[trust]` table: which peers this node admits at all, besides their valid identity
+/// proofs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrustConfig {
+    /// Peer ids never admitted: their connections are closed, their requests refused, news of
+    /// them ignored. At most [`shoal_dht::MAX_TRUST_LIST`]. Default empty.
+    pub deny: Vec<String>,
+    /// When not empty, the only peer ids admitted (a closed network). At most
+    /// [`shoal_dht::MAX_TRUST_LIST`]. Default empty (every peer with a valid proof).
+    pub allow: Vec<String>,
+}
+
+impl TrustConfig {
+    /// The DHT's policy: each list's peer ids as bytes.
+    pub fn policy(&self) -> Result<shoal_dht::TrustPolicy, ConfigError> {
+        let list = |name: &str, ids: &[String]| -> Result<Vec<Vec<u8>>, ConfigError> {
+            if ids.len() > shoal_dht::MAX_TRUST_LIST {
+                return Err(invalid(
+                    name,
+                    format!("{} peers, at most {}", ids.len(), shoal_dht::MAX_TRUST_LIST),
+                ));
+            }
+            ids.iter()
+                .map(|id| {
+                    if id.len() > MAX_STRING {
+                        return Err(invalid(name, format!("longer than {MAX_STRING} bytes")));
+                    }
+                    id.parse::<PeerId>()
+                        .map(|p| p.to_bytes())
+                        .map_err(|e| invalid(name, format!("{id:?} is not a peer id: {e}")))
+                })
+                .collect()
+        };
+        Ok(shoal_dht::TrustPolicy {
+            deny: list("trust.deny", &self.deny)?,
+            allow: list("trust.allow", &self.allow)?,
+        })
+    }
+}
+
 /// The `[dht]` table: overrides of the network preset. Unset options keep the preset's value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -298,6 +339,8 @@ pub struct Config {
     pub p2p: P2pConfig,
     /// Overrides of the network's DHT preset.
     pub dht: DhtSettings,
+    /// Allow and deny lists of peers.
+    pub trust: TrustConfig,
     /// Tor, used when `p2p.transport` is `"tor"` or `"both"`.
     pub tor: TorConfig,
     /// The JSON-RPC endpoint.
@@ -314,6 +357,7 @@ impl Default for Config {
             threads: 0,
             p2p: P2pConfig::default(),
             dht: DhtSettings::default(),
+            trust: TrustConfig::default(),
             tor: TorConfig::default(),
             rpc: RpcConfig::default(),
             log: LogConfig::default(),
@@ -565,6 +609,7 @@ impl Config {
         if let Some(n) = d.max_records {
             c.store.max_records = n.get();
         }
+        c.trust = self.trust.policy()?;
         c.data_dir = Some(self.resolved_data_dir());
         if self.p2p.transport != Transport::Tcp {
             crate::tor::fit_for_onions(&mut c);
@@ -667,6 +712,10 @@ mod tests {
                 max_ttl_secs: NonZeroU64::new(7200),
                 max_records: NonZeroUsize::new(1000),
             },
+            trust: TrustConfig {
+                deny: vec!["12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA".into()],
+                allow: Vec::new(),
+            },
             tor: TorConfig {
                 onion_port: 4001,
                 network: crate::tor::TorNetwork::Private,
@@ -739,6 +788,24 @@ mod tests {
             Err(ConfigError::Invalid { field, .. }) => field,
             other => panic!("expected an invalid field, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn trust_lists_take_peer_ids() {
+        let peer = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA";
+        let mut c = Config::default();
+        c.trust.deny = vec![peer.into()];
+        let policy = c.to_dht_config().expect("valid").trust;
+        assert_eq!(
+            policy.deny,
+            vec![peer.parse::<PeerId>().unwrap().to_bytes()]
+        );
+        assert!(policy.allow.is_empty());
+        c.trust.allow = vec!["not-a-peer".into()];
+        assert_eq!(field_of(c), "trust.allow");
+        let mut c = Config::default();
+        c.trust.deny = vec![peer.into(); shoal_dht::MAX_TRUST_LIST + 1];
+        assert_eq!(field_of(c), "trust.deny");
     }
 
     #[test]

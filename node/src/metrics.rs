@@ -62,6 +62,7 @@ struct Mirrored {
     checks_pending: Gauge,
     scrypt_micros: Counter,
     relayers_distrusted: Counter,
+    trust_denied: Family<KindLabels, Counter>,
     broadcast_notices: Family<KindLabels, Counter>,
     broadcast_dropped: Family<KindLabels, Counter>,
     broadcast_tree: Family<KindLabels, Counter>,
@@ -237,6 +238,12 @@ impl Metrics {
             "relayers_distrusted",
             "Relayers no longer asked for proofs since one they relayed failed its check",
             m.relayers_distrusted.clone(),
+        );
+        registry.register(
+            "trust_denied",
+            "Refusals of the trust policy's allow and deny lists (peers: admissions refused; \
+             messages: requests and SWIM messages of refused peers)",
+            m.trust_denied.clone(),
         );
         registry.register(
             "broadcast_notices",
@@ -417,6 +424,13 @@ impl Metrics {
         m.checks_pending.set(gauge(stats.checks_pending));
         mirror(&m.scrypt_micros, stats.verifier.scrypt_micros);
         mirror(&m.relayers_distrusted, stats.relayers_distrusted as u64);
+        for (kind, n) in [("peers", stats.denied.0), ("messages", stats.denied.1)] {
+            mirror(
+                &m.trust_denied
+                    .get_or_create(&KindLabels { kind: kind.into() }),
+                n,
+            );
+        }
         self.update_broadcast(stats);
     }
 

@@ -280,6 +280,7 @@ async fn run_in(
                 transport: options.transport,
             },
             tor: tor_config.clone().unwrap_or_default(),
+            trust: Default::default(),
             dht: DhtSettings {
                 put_quorum: testnet_quorum(n),
                 ..DhtSettings::default()

@@ -351,6 +351,9 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         if peer == self.local {
             return;
         }
+        if !self.permitted(&peer) {
+            return self.deny(now, peer);
+        }
         if self.admission.verified.insert(peer, proof).is_none() {
             self.stats.verified += 1;
         }
@@ -480,8 +483,30 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         self.on_discovered(now, unix, member, addrs, from);
     }
 
+    /// Whether the trust policy lets `peer` be admitted: not denied, and allowed when there is
+    /// an allow list. The one statement of the policy's lists.
+    pub(super) fn permitted(&self, peer: &T) -> bool {
+        !self.denied.contains(peer) && self.allowed.as_ref().is_none_or(|a| a.contains(peer))
+    }
+
+    /// `peer` is refused by the trust policy: whatever is known of it is forgotten, and its
+    /// connections closed.
+    fn deny(&mut self, now: Instant, peer: T) {
+        tracing::debug!(?peer, "peer denied by the trust policy");
+        self.stats.denied_peers += 1;
+        self.admission.reported.remove(&peer);
+        self.forget(&peer);
+        self.unroute(now, &peer);
+        self.push(Action::Disconnect { peer });
+    }
+
     /// SWIM named `member`, not admitted, as live in a message from `from`.
     fn on_discovered(&mut self, now: Instant, unix: u64, member: T, addrs: Vec<Address>, from: T) {
+        if !self.permitted(&member) {
+            self.stats.denied_peers += 1;
+            self.admission.reported.remove(&member);
+            return;
+        }
         if !self.checks.reachable(&self.local_addrs, &addrs) {
             // A member this node cannot dial (an onion address seen from a TCP-only node, an IP
             // address from a Tor-only one) would only ever be suspected here: it stays out, as
@@ -638,6 +663,9 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         relayer: Option<T>,
         met: bool,
     ) {
+        if !self.permitted(&member) {
+            return self.deny(now, member);
+        }
         self.stats.listed_unchecked += 1;
         let needed = self.admission.held.contains_key(&member);
         self.admission.checking.insert(

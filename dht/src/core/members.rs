@@ -147,7 +147,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             incarnation,
         } in members
         {
-            if peer == self.local {
+            if peer == self.local || !self.permitted(&peer) {
                 continue;
             }
             let Ok(proof) = self.checks.verify(now, &peer, &proof) else {

@@ -64,7 +64,7 @@ mod view;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -551,6 +551,11 @@ pub struct CoreStats<T> {
     pub iterative: u64,
     /// Broadcast messages dropped because their sender was not admitted.
     pub broadcast_unadmitted: u64,
+    /// Peers refused admission by the trust policy (each time one showed a valid proof or was
+    /// named in gossip).
+    pub denied_peers: u64,
+    /// Requests and SWIM messages from peers the trust policy refuses, dropped or refused.
+    pub denied_messages: u64,
     /// Notices of feeds skipped because they did not arrive in time (see
     /// [`shoal_broadcast::Event::Gap`]).
     pub feed_gaps: u64,
@@ -590,6 +595,8 @@ impl<T> Default for CoreStats<T> {
             one_hop: 0,
             iterative: 0,
             broadcast_unadmitted: 0,
+            denied_peers: 0,
+            denied_messages: 0,
             feed_gaps: 0,
         }
     }
@@ -690,6 +697,9 @@ pub struct Core<T: Peer, C: Checks<T>> {
     book: NoticeBook,
     stamps: StampChecker,
     broadcast: shoal_broadcast::Broadcast<T, NoticeCheck>,
+    /// The trust policy's lists ([`Config::trust`]), as peers.
+    denied: HashSet<T>,
+    allowed: Option<HashSet<T>>,
     ops: Ops<T>,
     timers: Timers,
     /// Copies kept ([`Request::PutCopy`]) whose write is not yet asked for: written together
@@ -770,8 +780,15 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             stamps: StampChecker::new(config.stamps.clone()).map_err(ConfigError::from)?,
         };
         let broadcast = shoal_broadcast::Broadcast::new(now, local, broadcast_config, check)?;
+        let peers = |list: &[Vec<u8>]| -> HashSet<T> {
+            list.iter().filter_map(|b| T::from_bytes(b)).collect()
+        };
+        let denied = peers(&config.trust.deny);
+        let allowed = (!config.trust.allow.is_empty()).then(|| peers(&config.trust.allow));
         let mut core = Self {
             broadcast,
+            denied,
+            allowed,
             table: RoutingTable::new(local.point(), config.kbucket_size.get()),
             records: Records::new(config.store.clone()),
             book: NoticeBook::new(config.notices.clone()),
@@ -1032,6 +1049,10 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         id: InboundId,
         request: Request,
     ) {
+        if !self.permitted(&from) {
+            self.stats.denied_messages += 1;
+            return self.respond(id, Response::refused("denied by this node's trust policy"));
+        }
         // A peer that showed its proof may ask for the proofs of the members it was told of
         // while its own check waits: a joiner asks its seed for all of them at once, and an
         // empty answer would send it dialing every one.
@@ -1146,6 +1167,10 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
 
     /// Handles a SWIM message `from` a peer.
     pub fn handle_swim(&mut self, now: Instant, unix: u64, from: T, msg: shoal_swim::Message<T>) {
+        if !self.permitted(&from) {
+            self.stats.denied_messages += 1;
+            return;
+        }
         // A member listed before its check ended takes part in SWIM (not in the DHT) meanwhile.
         if !self.admit_sender(now, unix, &from) && !self.admission.is_checking(&from) {
             self.hold_swim(now, from, msg);

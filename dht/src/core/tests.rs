@@ -212,6 +212,96 @@ fn news(member: u32, incarnation: u64, state: State, by: u32) -> Update<SimPeer>
 
 // ----- admission -----
 
+/// A lone core (id 0) under `trust`.
+fn lone_trusting(trust: crate::TrustPolicy) -> (Core<SimPeer, SimChecks>, Instant) {
+    let now = Instant::now();
+    let config = Config { trust, ..config() };
+    let key = NodeKey::from_seed([1; 32]);
+    let checks = SimChecks::new(SECRET);
+    let core = Core::new(
+        now,
+        UNIX,
+        SimPeer(0),
+        key,
+        checks,
+        config,
+        false,
+        Restored::default(),
+    );
+    (core.unwrap(), now)
+}
+
+#[test]
+fn a_denied_peer_never_enters_the_membership_however_it_comes() {
+    let deny = vec![SimPeer(5).to_bytes()];
+    let (mut core, now) = lone_trusting(crate::TrustPolicy {
+        deny,
+        allow: Vec::new(),
+    });
+    core.handle_gate(now, UNIX, SimPeer(1), Ok(()));
+    drain(&mut core);
+    // On a connection, with a valid proof: refused and disconnected.
+    core.handle_gate(now, UNIX, SimPeer(5), Ok(()));
+    let actions = drain(&mut core);
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Disconnect { peer } if *peer == SimPeer(5))),
+        "{actions:?}"
+    );
+    core.handle_presented(now, UNIX, SimPeer(5), &proof(5));
+    assert!(!core.is_checking(&SimPeer(5)));
+    // Named in gossip by an admitted member: not listed, its proof not even asked for.
+    gossip_from(&mut core, now, 1, vec![news(5, 3, State::Alive, 5)]);
+    let actions = drain(&mut core);
+    assert!(
+        !actions.iter().any(|a| matches!(
+            a,
+            Action::Send {
+                request: Request::Proofs(_),
+                ..
+            }
+        )),
+        "{actions:?}"
+    );
+    // Its own messages: SWIM dropped, requests refused at once.
+    gossip_from(&mut core, now, 5, vec![news(5, 3, State::Alive, 5)]);
+    let find = Request::FindNode(ByteBuf::from(b"x".to_vec()));
+    core.handle_request(now, UNIX, SimPeer(5), InboundId(1), find);
+    let actions = drain(&mut core);
+    assert!(matches!(
+        responses(&actions)[..],
+        [(InboundId(1), Response::Refused(why))] if why.contains("trust policy")
+    ));
+    // Bootstrapped from a member list: skipped.
+    let known = |i: u32| Known {
+        peer: SimPeer(i),
+        addrs: Vec::new(),
+        proof: proof(i),
+        incarnation: 1,
+    };
+    assert_eq!(core.bootstrap(now, UNIX, [known(5), known(6)]), 1);
+    assert!(!core.is_admitted(&SimPeer(5)));
+    assert!(core.membership().member(&SimPeer(5)).is_none());
+    assert!(core.is_admitted(&SimPeer(6)));
+    assert!(core.stats().denied_peers >= 3);
+    assert_eq!(core.stats().denied_messages, 2);
+}
+
+#[test]
+fn an_allow_list_admits_only_the_peers_it_names() {
+    let allow = vec![SimPeer(1).to_bytes(), SimPeer(2).to_bytes()];
+    let (mut core, now) = lone_trusting(crate::TrustPolicy {
+        deny: Vec::new(),
+        allow,
+    });
+    for peer in 1..=3 {
+        core.handle_gate(now, UNIX, SimPeer(peer), Ok(()));
+    }
+    assert!(core.is_admitted(&SimPeer(1)) && core.is_admitted(&SimPeer(2)));
+    assert!(!core.is_admitted(&SimPeer(3)));
+}
+
 #[test]
 fn requests_from_a_peer_not_admitted_wait_for_the_gate() {
     let (mut core, now) = lone(0, false);

@@ -919,6 +919,7 @@ impl EventLoop {
             undeliverable: self.wire.swim_undeliverable,
             sent_unconnected: self.wire.swim_sent_unconnected,
         };
+        stats.denied = (c.denied_peers, c.denied_messages);
         stats.broadcast = self.core.broadcast().stats();
         stats.broadcast_wire = crate::api::BroadcastWire {
             sent: self.wire.broadcast_sent,

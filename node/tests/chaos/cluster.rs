@@ -233,6 +233,7 @@ impl Cluster {
                     ..DhtSettings::default()
                 },
                 tor: Default::default(),
+                trust: Default::default(),
                 rpc: RpcConfig {
                     listen: format!("{}:{RPC_PORT}", net.addrs[i])
                         .parse()
