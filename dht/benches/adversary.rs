@@ -6,7 +6,8 @@
 //! lookup, get success (the get returns the latest acknowledged version), put durability (the
 //! share of keys some of the k closest benign nodes hold), and then what a Sybil placement costs.
 //!
-//! Every lookup here takes one path (d = 1): disjoint-path lookups are not built yet.
+//! A one-hop get hears from `get_paths` groups of alpha replicas (`--paths 1,2`, both by
+//! default); lookups take one path (disjoint-path iterative lookups are not built yet).
 //!
 //! `cargo bench -p shoal-dht --bench adversary` runs N = 1,000, f = 0, 10, 20 and 30 %. Options
 //! after `--`: `--nodes N` (1000), `--seed X` (42), `--puts P` (200), `--gets G` (1000),
@@ -31,6 +32,7 @@ struct Options {
     gets: usize,
     lookups: usize,
     shares: Vec<f64>,
+    paths: Vec<usize>,
 }
 
 impl Options {
@@ -65,6 +67,9 @@ impl Options {
                         vec![0.0, 0.2]
                     }
                 }),
+            paths: value("--paths")
+                .map(|s| s.split(',').filter_map(|d| d.trim().parse().ok()).collect())
+                .unwrap_or_else(|| vec![1, 2]),
         }
     }
 }
@@ -77,15 +82,17 @@ struct Outcome {
     lookups: usize,
     rpcs: Vec<f64>,
     gets: usize,
+    get_rpcs: Vec<f64>,
     got_latest: usize,
     keys: usize,
     durable: usize,
 }
 
-fn config() -> SimConfig {
+fn config(paths: usize) -> SimConfig {
     SimConfig {
         dht: Config {
             network: "sim".to_owned(),
+            get_paths: std::num::NonZeroUsize::new(paths).expect("at least one path"),
             stamps: shoal_pow::StampPolicy::testnet(),
             swim: shoal_swim::Config::lan(),
             ..Config::default()
@@ -104,26 +111,31 @@ fn main() {
     println!("## shoal-dht under attack (simulator)");
     println!();
     println!(
-        "seed {}; N = {}; k = 20, put quorum 3, alpha 3; LAN links; every lookup one path (d = 1); \
+        "seed {}; N = {}; k = 20, put quorum 3, alpha 3; LAN links; lookups one path; \
          {} puts (each key put twice: the stale attack serves the first), {} gets, {} lookups \
          per run, from random benign nodes",
         o.seed, o.nodes, o.puts, o.gets, o.lookups
     );
-    for route in [Route::Auto, Route::Iterative] {
+    let mut runs: Vec<(Route, usize)> = o.paths.iter().map(|&d| (Route::Auto, d)).collect();
+    runs.push((Route::Iterative, 1));
+    for (route, paths) in runs {
         println!();
         println!(
             "### route: {}",
             match route {
-                Route::Auto => "one hop from the local view (default)",
-                _ => "iterative (Kademlia's lookup, forced)",
+                Route::Auto => format!(
+                    "one hop from the local view (default), get_paths = {paths} ({} replicas per get)",
+                    3 * paths
+                ),
+                _ => "iterative (Kademlia's lookup, forced)".to_owned(),
             }
         );
         println!();
         println!(
             "| attack | f | lookup success: mean / all k found | RPCs per lookup p50 / p95 | \
-             get success (latest version) | put durability | wall |"
+             get success (latest version) | RPCs per get p50 / p95 | put durability | wall |"
         );
-        println!("|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|");
         for &f in &o.shares {
             let kinds: &[Option<Adversary>] = if f == 0.0 {
                 &[None]
@@ -136,12 +148,15 @@ fn main() {
             };
             for &kind in kinds {
                 let wall = Instant::now();
-                let out = run(&o, route, kind, f);
+                let out = run(&o, route, paths, kind, f);
                 let mut rpcs = out.rpcs.clone();
                 let p50 = percentile(&mut rpcs, 0.5).unwrap_or(f64::NAN);
                 let p95 = percentile(&mut rpcs, 0.95).unwrap_or(f64::NAN);
+                let mut get_rpcs = out.get_rpcs.clone();
+                let g50 = percentile(&mut get_rpcs, 0.5).unwrap_or(f64::NAN);
+                let g95 = percentile(&mut get_rpcs, 0.95).unwrap_or(f64::NAN);
                 println!(
-                    "| {} | {:.0} % | {:.3} / {:.3} | {p50:.0} / {p95:.0} | {:.4} ({} of {}) | {:.4} | {:.0} s |",
+                    "| {} | {:.0} % | {:.3} / {:.3} | {p50:.0} / {p95:.0} | {:.4} ({} of {}) | {g50:.0} / {g95:.0} | {:.4} | {:.0} s |",
                     kind.map_or("none", name),
                     f * 100.0,
                     mean(&out.recall),
@@ -166,8 +181,8 @@ fn name(a: Adversary) -> &'static str {
     }
 }
 
-fn run(o: &Options, route: Route, kind: Option<Adversary>, f: f64) -> Outcome {
-    let mut sim = Sim::new(o.seed, config());
+fn run(o: &Options, route: Route, paths: usize, kind: Option<Adversary>, f: f64) -> Outcome {
+    let mut sim = Sim::new(o.seed, config(paths));
     sim.add_converged(o.nodes);
     let mut rng = StdRng::seed_from_u64(o.seed ^ 0xadd);
     let mut ids: Vec<u32> = (0..o.nodes as u32).collect();
@@ -252,9 +267,9 @@ fn run(o: &Options, route: Route, kind: Option<Adversary>, f: f64) -> Outcome {
         };
         if let Reply::Get(result) = answer.reply
             && let Ok(found) = *result
-            && found.record.seq == 2
         {
-            out.got_latest += 1;
+            out.get_rpcs.push(f64::from(found.requests));
+            out.got_latest += usize::from(found.record.seq == 2);
         }
     }
     for (node, op, target) in lookups {

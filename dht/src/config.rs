@@ -29,6 +29,9 @@ pub enum ConfigError {
     /// The broadcast configuration is invalid.
     #[error("broadcast: {0}")]
     Broadcast(#[from] shoal_broadcast::ConfigError),
+    /// `get_paths` is above 8.
+    #[error("get_paths is {0}, at most 8")]
+    GetPaths(usize),
     /// An allow or deny list names more than [`MAX_TRUST_LIST`] peers.
     #[error("trust.{0} names {1} peers, at most {MAX_TRUST_LIST}")]
     TrustListTooLong(&'static str, usize),
@@ -89,6 +92,14 @@ pub struct Config {
     pub kbucket_size: NonZeroUsize,
     /// Kademlia's alpha: requests a lookup or a get keeps in flight. Default 3.
     pub lookup_parallelism: NonZeroUsize,
+    /// Independent sources a one-hop get hears from, in groups of alpha: it asks
+    /// `get_paths × alpha` of the closest replicas at once and returns the highest version among
+    /// that many answers holding the record (with one path it may answer with the first copy
+    /// when this node can judge it alone), so a version held back by replicas that serve stale
+    /// copies wins only if every one of them does. Default 1 (3 replicas; the adversarial
+    /// benchmark's figures in docs/benchmarks.md say what 2 buys, at twice the requests). At
+    /// most 8.
+    pub get_paths: NonZeroUsize,
     /// How long the local view of the membership counts as unsettled after this node started,
     /// joined, refuted a suspicion of itself, or saw a departed member come back: operations
     /// then find the closest peers by Kademlia's iterative lookup instead of one hop from the
@@ -165,6 +176,7 @@ impl Default for Config {
             replication_factor: nz(20),
             kbucket_size: nz(20),
             lookup_parallelism: nz(3),
+            get_paths: nz(1),
             view_settle: Duration::from_secs(10),
             query_timeout: Duration::from_secs(30),
             put_quorum: nz(3),
@@ -268,6 +280,9 @@ impl Config {
         }
         if self.seed_redial.is_some_and(|t| t.is_zero()) {
             return Err(ConfigError::ZeroTimeout("seed_redial"));
+        }
+        if self.get_paths.get() > 8 {
+            return Err(ConfigError::GetPaths(self.get_paths.get()));
         }
         if self.put_quorum > self.replication_factor {
             return Err(ConfigError::QuorumAboveReplication {

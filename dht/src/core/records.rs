@@ -694,7 +694,9 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         let seeds = closest(&point, self.verified_live(), 2 * k.get());
         let state = match (path, &then) {
             (Path::OneHop, Then::Get(_)) => {
-                ClosestPeers::one_hop(point, self.local, k, alpha, seeds, alpha)
+                // get_paths groups of alpha replicas, all asked at once: one round still.
+                let wanted = alpha.saturating_mul(self.config.get_paths);
+                ClosestPeers::one_hop(point, self.local, k, wanted, seeds, wanted)
             }
             (Path::OneHop, _) => {
                 let local = self.local;
@@ -783,9 +785,12 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             }
             None => lookup.state.on_failure(&peer),
         }
+        // With one path a get may answer with the first copy when this node can judge it
+        // alone; with more, the point is to hear every path before answering.
         if let Then::Get(state) = &mut lookup.then
             && state.reply
             && state.best.is_some()
+            && self.config.get_paths.get() == 1
         {
             self.answer_early(op, &mut lookup);
         }
