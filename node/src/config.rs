@@ -286,6 +286,10 @@ pub struct DhtSettings {
     /// Records held at most, 1 to [`MAX_RECORDS`]. Default: the preset's (65,536).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_records: Option<NonZeroUsize>,
+    /// Groups of three replicas a get hears from before it answers, 1 to 8 (more resist
+    /// replicas serving stale copies, at that many times the requests). Default 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub get_paths: Option<NonZeroUsize>,
 }
 
 impl Default for DhtSettings {
@@ -297,6 +301,7 @@ impl Default for DhtSettings {
             default_ttl_secs: NonZeroU64::new(86_400).unwrap_or(NonZeroU64::MIN),
             max_ttl_secs: None,
             max_records: None,
+            get_paths: None,
         }
     }
 }
@@ -609,6 +614,9 @@ impl Config {
         if let Some(n) = d.max_records {
             c.store.max_records = n.get();
         }
+        if let Some(d) = d.get_paths {
+            c.get_paths = d;
+        }
         c.trust = self.trust.policy()?;
         c.data_dir = Some(self.resolved_data_dir());
         if self.p2p.transport != Transport::Tcp {
@@ -711,6 +719,7 @@ mod tests {
                 default_ttl_secs: NonZeroU64::new(3600).unwrap(),
                 max_ttl_secs: NonZeroU64::new(7200),
                 max_records: NonZeroUsize::new(1000),
+                get_paths: NonZeroUsize::new(2),
             },
             trust: TrustConfig {
                 deny: vec!["12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA".into()],
