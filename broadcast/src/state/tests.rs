@@ -1034,9 +1034,8 @@ fn pull_is_answered_with_settled_notices_missing_from_the_filter() {
     );
 }
 
-#[test]
-fn pulls_go_to_a_neighbor_every_interval() {
-    let t0 = Instant::now();
+/// A core with one neighbor (1) that pulls every 5 s over a 30 s window.
+fn pulling_core(t0: Instant) -> Core {
     let mut c = core_cfg(
         t0,
         0,
@@ -1048,6 +1047,13 @@ fn pulls_go_to_a_neighbor_every_interval() {
         },
     );
     connect(&mut c, t0, &[1]);
+    c
+}
+
+#[test]
+fn pulls_go_to_a_neighbor_every_interval() {
+    let t0 = Instant::now();
+    let mut c = pulling_core(t0);
     c.publish(t0, notice(5, 1)).unwrap();
     let sent = advance(&mut c, t0 + Duration::from_secs(8));
     let pulls: Vec<_> = sent
@@ -1066,17 +1072,7 @@ fn pulls_go_to_a_neighbor_every_interval() {
 #[test]
 fn a_quiet_node_pulls_once_a_window_and_the_first_notice_brings_the_interval_back() {
     let t0 = Instant::now();
-    let mut c = core_cfg(
-        t0,
-        0,
-        Config {
-            active_size: Some(1),
-            pull_interval: Duration::from_secs(5),
-            pull_window: Duration::from_secs(30),
-            ..config()
-        },
-    );
-    connect(&mut c, t0, &[1]);
+    let mut c = pulling_core(t0);
     let pulls = |sent: &[Transmit<u32>]| {
         sent.iter()
             .filter(|t| matches!(t.msg, Message::Pull { .. }))

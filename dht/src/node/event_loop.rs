@@ -515,15 +515,10 @@ impl EventLoop {
     }
 
     fn on_swim(&mut self, now: Instant, unix: u64, event: link::Event<link::Swim>) {
-        match event {
-            link::Event::Request {
-                peer,
-                request,
-                channel,
-            } => {
-                // Told messages get nothing; a peer that asked is answered empty.
-                let _ = self.swarm.behaviour_mut().swim.send_response(channel, ());
-                match shoal_swim::message::decode::<PeerId>(&request, self.max_swim_bytes) {
+        let max = self.max_swim_bytes;
+        match told(&mut self.swarm.behaviour_mut().swim, event, "SWIM") {
+            Told::Message(peer, bytes) => {
+                match shoal_swim::message::decode::<PeerId>(&bytes, max) {
                     Ok(msg) => self.core.handle_swim(now, unix, peer, msg),
                     Err(error) => {
                         self.wire.swim_malformed += 1;
@@ -531,45 +526,27 @@ impl EventLoop {
                     }
                 }
             }
-            link::Event::Malformed { peer, reason } => {
-                self.wire.swim_malformed += 1;
-                tracing::debug!(%peer, %reason, "malformed SWIM frame");
-            }
-            link::Event::Failed { peer, failure, .. } => {
-                tracing::trace!(%peer, %failure, "SWIM message not delivered");
-            }
-            link::Event::Response { .. } => {}
+            Told::Malformed => self.wire.swim_malformed += 1,
+            Told::Nothing => {}
         }
     }
 
     fn on_broadcast(&mut self, now: Instant, unix: u64, event: link::Event<link::Broadcast>) {
-        match event {
-            link::Event::Request {
-                peer,
-                request,
-                channel,
-            } => {
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .broadcast
-                    .send_response(channel, ());
-                match shoal_broadcast::message::decode(&request, &self.broadcast_limits) {
-                    Ok(msg) => self.core.handle_broadcast(now, unix, peer, msg),
-                    Err(error) => {
-                        self.wire.broadcast_malformed += 1;
-                        tracing::debug!(%peer, %error, "malformed broadcast message");
-                    }
+        let limits = self.broadcast_limits;
+        match told(
+            &mut self.swarm.behaviour_mut().broadcast,
+            event,
+            "broadcast",
+        ) {
+            Told::Message(peer, bytes) => match shoal_broadcast::message::decode(&bytes, &limits) {
+                Ok(msg) => self.core.handle_broadcast(now, unix, peer, msg),
+                Err(error) => {
+                    self.wire.broadcast_malformed += 1;
+                    tracing::debug!(%peer, %error, "malformed broadcast message");
                 }
-            }
-            link::Event::Malformed { peer, reason } => {
-                self.wire.broadcast_malformed += 1;
-                tracing::debug!(%peer, %reason, "malformed broadcast frame");
-            }
-            link::Event::Failed { peer, failure, .. } => {
-                tracing::trace!(%peer, %failure, "broadcast message not delivered");
-            }
-            link::Event::Response { .. } => {}
+            },
+            Told::Malformed => self.wire.broadcast_malformed += 1,
+            Told::Nothing => {}
         }
     }
 
@@ -941,6 +918,44 @@ impl EventLoop {
         stats.listen_addrs = self.swarm.listeners().cloned().collect();
         stats.external_addrs = self.swarm.external_addresses().cloned().collect();
         stats
+    }
+}
+
+/// What an event of a told protocol (SWIM's, the broadcast's) brings.
+enum Told {
+    /// A message's bytes from a peer.
+    Message(PeerId, ByteBuf),
+    /// A frame that did not decode.
+    Malformed,
+    /// Nothing for the core.
+    Nothing,
+}
+
+/// Reads an event of a told protocol's link: a peer that asked instead of telling is answered
+/// with nothing; a failed delivery is only logged (nothing waits for one).
+fn told<M>(behaviour: &mut link::Behaviour<M>, event: link::Event<M>, what: &str) -> Told
+where
+    M: link::Messages<Request = ByteBuf, Response = ()>,
+{
+    match event {
+        link::Event::Request {
+            peer,
+            request,
+            channel,
+        } => {
+            // The peer may have gone; then there is nobody to answer.
+            let _ = behaviour.send_response(channel, ());
+            Told::Message(peer, request)
+        }
+        link::Event::Malformed { peer, reason } => {
+            tracing::debug!(%peer, %reason, "malformed {what} frame");
+            Told::Malformed
+        }
+        link::Event::Failed { peer, failure, .. } => {
+            tracing::trace!(%peer, %failure, "{what} message not delivered");
+            Told::Nothing
+        }
+        link::Event::Response { .. } => Told::Nothing,
     }
 }
 
