@@ -413,6 +413,8 @@ pub struct NodeStats {
     /// Peers refused admission by the trust policy's lists (each time one showed a valid proof
     /// or was named in gossip), and their requests and SWIM messages refused or dropped.
     pub denied: (u64, u64),
+    /// Requests refused by the trust policy's per-peer, per-method rate limit.
+    pub rate_limited: u64,
     /// The broadcast core's counters (notices delivered, duplicates, grafts, prunes, views).
     pub broadcast: shoal_broadcast::Stats,
     /// Broadcast messages sent, and received ones that did not decode or came from a peer

@@ -49,14 +49,34 @@ pub enum ConfigError {
 }
 
 /// Which peers a node admits at all, besides their valid identity proofs (peer ids as their
-/// bytes, `PeerId::to_bytes`). A peer refused here never enters the membership, the routing
-/// table or the broadcast overlay; its connections are closed and its requests refused.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// bytes, `PeerId::to_bytes`), and how much one peer may ask. A peer refused here never enters
+/// the membership, the routing table or the broadcast overlay; its connections are closed and
+/// its requests refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrustPolicy {
     /// Peers never admitted. At most [`MAX_TRUST_LIST`].
     pub deny: Vec<Vec<u8>>,
     /// When not empty, the only peers admitted (a closed network). At most [`MAX_TRUST_LIST`].
     pub allow: Vec<Vec<u8>>,
+    /// Requests of one method (find-node, get, put, copy, announce, notices, proofs) one peer
+    /// may make per second, on average; beyond it (and its burst) they are refused with "rate
+    /// limited" and counted. 0 turns the limit off. Default 10,000: far above what an honest
+    /// peer asks of one node (a put asks each replica once), low enough that one peer cannot
+    /// take a node's whole capacity for a method.
+    pub peer_requests_per_second: u32,
+    /// Requests of one method one peer may make at once after a quiet spell. Default 20,000.
+    pub peer_request_burst: u32,
+}
+
+impl Default for TrustPolicy {
+    fn default() -> Self {
+        Self {
+            deny: Vec::new(),
+            allow: Vec::new(),
+            peer_requests_per_second: 10_000,
+            peer_request_burst: 20_000,
+        }
+    }
 }
 
 /// Peers an allow or a deny list names at most.

@@ -144,6 +144,20 @@ impl Response {
 }
 
 impl Request {
+    /// The request's method, for per-method limits and counters: 0 `FindNode`, 1 `GetRecord`,
+    /// 2 `PutRecord`, 3 `PutCopy`, 4 `Announce`, 5 `Notices`, 6 `Proofs`.
+    pub fn method(&self) -> u8 {
+        match self {
+            Self::FindNode(_) => 0,
+            Self::GetRecord(_) => 1,
+            Self::PutRecord(_) => 2,
+            Self::PutCopy(_) => 3,
+            Self::Announce(_) => 4,
+            Self::Notices(_) => 5,
+            Self::Proofs(_) => 6,
+        }
+    }
+
     /// Whether this asks the peer to keep a record ([`Request::PutRecord`] or
     /// [`Request::PutCopy`]).
     pub fn is_put(&self) -> bool {

@@ -220,8 +220,8 @@ pub fn parse_seed(s: &str) -> Result<(PeerId, Multiaddr), String> {
 }
 
 /// The `[trust]` table: which peers this node admits at all, besides their valid identity
-/// proofs.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// proofs, and how much one peer may ask of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrustConfig {
     /// Peer ids never admitted: their connections are closed, their requests refused, news of
@@ -230,6 +230,23 @@ pub struct TrustConfig {
     /// When not empty, the only peer ids admitted (a closed network). At most
     /// [`shoal_dht::MAX_TRUST_LIST`]. Default empty (every peer with a valid proof).
     pub allow: Vec<String>,
+    /// Requests of one method one peer may make per second on average; 0 turns the limit off.
+    /// Default 10,000.
+    pub peer_requests_per_second: u32,
+    /// Requests of one method one peer may make at once. Default 20,000.
+    pub peer_request_burst: u32,
+}
+
+impl Default for TrustConfig {
+    fn default() -> Self {
+        let policy = shoal_dht::TrustPolicy::default();
+        Self {
+            deny: Vec::new(),
+            allow: Vec::new(),
+            peer_requests_per_second: policy.peer_requests_per_second,
+            peer_request_burst: policy.peer_request_burst,
+        }
+    }
 }
 
 impl TrustConfig {
@@ -256,6 +273,8 @@ impl TrustConfig {
         Ok(shoal_dht::TrustPolicy {
             deny: list("trust.deny", &self.deny)?,
             allow: list("trust.allow", &self.allow)?,
+            peer_requests_per_second: self.peer_requests_per_second,
+            peer_request_burst: self.peer_request_burst,
         })
     }
 }
@@ -724,6 +743,8 @@ mod tests {
             trust: TrustConfig {
                 deny: vec!["12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA".into()],
                 allow: Vec::new(),
+                peer_requests_per_second: 500,
+                peer_request_burst: 1000,
             },
             tor: TorConfig {
                 onion_port: 4001,

@@ -241,8 +241,9 @@ impl Metrics {
         );
         registry.register(
             "trust_denied",
-            "Refusals of the trust policy's allow and deny lists (peers: admissions refused; \
-             messages: requests and SWIM messages of refused peers)",
+            "Refusals of the trust policy (peers: admissions refused by the allow and deny lists; \
+             messages: requests and SWIM messages of refused peers; rate_limited: requests \
+             over a peer's rate for their method)",
             m.trust_denied.clone(),
         );
         registry.register(
@@ -424,7 +425,11 @@ impl Metrics {
         m.checks_pending.set(gauge(stats.checks_pending));
         mirror(&m.scrypt_micros, stats.verifier.scrypt_micros);
         mirror(&m.relayers_distrusted, stats.relayers_distrusted as u64);
-        for (kind, n) in [("peers", stats.denied.0), ("messages", stats.denied.1)] {
+        for (kind, n) in [
+            ("peers", stats.denied.0),
+            ("messages", stats.denied.1),
+            ("rate_limited", stats.rate_limited),
+        ] {
             mirror(
                 &m.trust_denied
                     .get_or_create(&KindLabels { kind: kind.into() }),

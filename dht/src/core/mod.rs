@@ -53,6 +53,7 @@
 mod admission;
 mod departed;
 mod feeds;
+mod limits;
 pub mod lookup;
 mod members;
 mod notices;
@@ -76,6 +77,7 @@ use shoal_swim::{Address, Membership, State};
 use self::admission::Admission;
 pub use self::departed::{DEPARTED_RETENTION, MAX_DEPARTED};
 pub use self::feeds::{MAX_FEED_REPLY, NoticeCheck};
+pub use self::limits::MAX_RATE_BUCKETS;
 pub use self::lookup::KeyHash;
 pub use self::members::Known;
 use self::ops::{Ops, Timer, Timers};
@@ -556,6 +558,8 @@ pub struct CoreStats<T> {
     pub denied_peers: u64,
     /// Requests and SWIM messages from peers the trust policy refuses, dropped or refused.
     pub denied_messages: u64,
+    /// Requests refused by the trust policy's per-peer, per-method rate limit.
+    pub rate_limited: u64,
     /// Notices of feeds skipped because they did not arrive in time (see
     /// [`shoal_broadcast::Event::Gap`]).
     pub feed_gaps: u64,
@@ -597,6 +601,7 @@ impl<T> Default for CoreStats<T> {
             broadcast_unadmitted: 0,
             denied_peers: 0,
             denied_messages: 0,
+            rate_limited: 0,
             feed_gaps: 0,
         }
     }
@@ -651,6 +656,8 @@ pub struct Sizes {
     pub records: usize,
     /// Notices held.
     pub notices: usize,
+    /// Rate-limit buckets (peer and method). Bound: [`MAX_RATE_BUCKETS`].
+    pub rate_buckets: usize,
 }
 
 /// Most peers written to the routing-table snapshot.
@@ -700,6 +707,7 @@ pub struct Core<T: Peer, C: Checks<T>> {
     /// The trust policy's lists ([`Config::trust`]), as peers.
     denied: HashSet<T>,
     allowed: Option<HashSet<T>>,
+    limits: limits::RateLimits<T>,
     ops: Ops<T>,
     timers: Timers,
     /// Copies kept ([`Request::PutCopy`]) whose write is not yet asked for: written together
@@ -785,10 +793,15 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         };
         let denied = peers(&config.trust.deny);
         let allowed = (!config.trust.allow.is_empty()).then(|| peers(&config.trust.allow));
+        let limits = limits::RateLimits::new(
+            config.trust.peer_requests_per_second,
+            config.trust.peer_request_burst,
+        );
         let mut core = Self {
             broadcast,
             denied,
             allowed,
+            limits,
             table: RoutingTable::new(local.point(), config.kbucket_size.get()),
             records: Records::new(config.store.clone()),
             book: NoticeBook::new(config.notices.clone()),
@@ -969,6 +982,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             routing: self.table.held(),
             records: self.records.len(),
             notices: self.book.len(),
+            rate_buckets: self.limits.len(),
         }
     }
 
@@ -1052,6 +1066,16 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         if !self.permitted(&from) {
             self.stats.denied_messages += 1;
             return self.respond(id, Response::refused("denied by this node's trust policy"));
+        }
+        if !self.limits.allow(now, from, request.method()) {
+            self.stats.rate_limited += 1;
+            if request.is_put() {
+                self.stats.count_refused_put(from);
+            }
+            return self.respond(
+                id,
+                Response::refused("rate limited by this node's trust policy"),
+            );
         }
         // A peer that showed its proof may ask for the proofs of the members it was told of
         // while its own check waits: a joiner asks its seed for all of them at once, and an

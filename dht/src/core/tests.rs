@@ -236,7 +236,7 @@ fn a_denied_peer_never_enters_the_membership_however_it_comes() {
     let deny = vec![SimPeer(5).to_bytes()];
     let (mut core, now) = lone_trusting(crate::TrustPolicy {
         deny,
-        allow: Vec::new(),
+        ..Default::default()
     });
     core.handle_gate(now, UNIX, SimPeer(1), Ok(()));
     drain(&mut core);
@@ -289,11 +289,47 @@ fn a_denied_peer_never_enters_the_membership_however_it_comes() {
 }
 
 #[test]
+fn a_peer_over_its_rate_is_refused_per_method_and_recovers() {
+    let (mut core, now) = lone_trusting(crate::TrustPolicy {
+        peer_requests_per_second: 10,
+        peer_request_burst: 5,
+        ..Default::default()
+    });
+    core.handle_gate(now, UNIX, SimPeer(1), Ok(()));
+    drain(&mut core);
+    let find = || Request::FindNode(ByteBuf::from(b"x".to_vec()));
+    let limited = |actions: &[Action<SimPeer>]| {
+        responses(actions)
+            .iter()
+            .filter(|(_, r)| matches!(r, Response::Refused(why) if why.contains("rate limited")))
+            .count()
+    };
+    for i in 0..8 {
+        core.handle_request(now, UNIX, SimPeer(1), InboundId(i), find());
+    }
+    let actions = drain(&mut core);
+    assert_eq!(responses(&actions).len(), 8, "every request answered");
+    assert_eq!(limited(&actions), 3, "the burst is 5");
+    // Another method has its own bucket.
+    let get = Request::GetRecord(ByteBuf::from(b"k".to_vec()));
+    core.handle_request(now, UNIX, SimPeer(1), InboundId(100), get);
+    assert_eq!(limited(&drain(&mut core)), 0);
+    // 300 ms later, 3 tokens came back.
+    let later = now + Duration::from_millis(300);
+    for i in 10..15 {
+        core.handle_request(later, UNIX, SimPeer(1), InboundId(i), find());
+    }
+    assert_eq!(limited(&drain(&mut core)), 2);
+    assert_eq!(core.stats().rate_limited, 5);
+    assert_eq!(core.sizes().rate_buckets, 2);
+}
+
+#[test]
 fn an_allow_list_admits_only_the_peers_it_names() {
     let allow = vec![SimPeer(1).to_bytes(), SimPeer(2).to_bytes()];
     let (mut core, now) = lone_trusting(crate::TrustPolicy {
-        deny: Vec::new(),
         allow,
+        ..Default::default()
     });
     for peer in 1..=3 {
         core.handle_gate(now, UNIX, SimPeer(peer), Ok(()));

@@ -897,6 +897,7 @@ impl EventLoop {
             sent_unconnected: self.wire.swim_sent_unconnected,
         };
         stats.denied = (c.denied_peers, c.denied_messages);
+        stats.rate_limited = c.rate_limited;
         stats.broadcast = self.core.broadcast().stats();
         stats.broadcast_wire = crate::api::BroadcastWire {
             sent: self.wire.broadcast_sent,

@@ -1384,6 +1384,7 @@ impl Sim {
             && s.routing <= 2 * k * 256
             && s.records <= c.store.max_records
             && s.notices <= c.notices.max_notices
+            && s.rate_buckets <= crate::core::MAX_RATE_BUCKETS
             && s.verified <= c.swim.max_members.get() + crate::core::MAX_HELD_PEERS
             && s.ops <= 1_000_000
             && s.pending <= 1_000_000;
