@@ -4,7 +4,9 @@
 //! Kademlia's iterative lookup, forced): lookup success (of the benign nodes among the true k
 //! closest, the share a find-node returns, and the share of lookups that found all), RPCs per
 //! lookup, get success (the get returns the latest acknowledged version), put durability (the
-//! share of keys some of the k closest benign nodes hold), and then what a Sybil placement costs.
+//! share of keys some of the benign nodes among the k closest hold); then the same with drop nodes
+//! placed at m of the 20 places nearest each of 5 keys (what a Sybil attacker near those keys
+//! holds), and what such a placement costs.
 //!
 //! A one-hop get hears from `get_paths` groups of alpha replicas (`--paths 1,2`, both by
 //! default); lookups take one path (disjoint-path iterative lookups are not built yet).
@@ -74,6 +76,22 @@ impl Options {
     }
 }
 
+/// Who attacks in one run.
+#[derive(Clone, Copy)]
+enum Attack {
+    /// Nobody.
+    None,
+    /// A share of the nodes, picked at random, each in the role given.
+    Random(Adversary, f64),
+    /// Drop nodes at `m` of the 20 places nearest each targeted key (what a Sybil attacker who
+    /// paid for identities near those keys holds).
+    Placed(usize),
+}
+
+/// Keys a placed attack targets at most: keys whose 20 nearest nodes are disjoint from those of
+/// the keys targeted before them, so one key's attackers never take another's places.
+const TARGETED_KEYS: usize = 5;
+
 /// What one run measured.
 #[derive(Default)]
 struct Outcome {
@@ -137,18 +155,17 @@ fn main() {
         );
         println!("|---|---|---|---|---|---|---|---|");
         for &f in &o.shares {
-            let kinds: &[Option<Adversary>] = if f == 0.0 {
-                &[None]
+            let attacks: Vec<Attack> = if f == 0.0 {
+                vec![Attack::None]
             } else {
-                &[
-                    Some(Adversary::Eclipse),
-                    Some(Adversary::Drop),
-                    Some(Adversary::Stale),
-                ]
+                [Adversary::Eclipse, Adversary::Drop, Adversary::Stale]
+                    .into_iter()
+                    .map(|a| Attack::Random(a, f))
+                    .collect()
             };
-            for &kind in kinds {
+            for attack in attacks {
                 let wall = Instant::now();
-                let out = run(&o, route, paths, kind, f);
+                let out = run(&o, route, paths, attack);
                 let mut rpcs = out.rpcs.clone();
                 let p50 = percentile(&mut rpcs, 0.5).unwrap_or(f64::NAN);
                 let p95 = percentile(&mut rpcs, 0.95).unwrap_or(f64::NAN);
@@ -157,7 +174,10 @@ fn main() {
                 let g95 = percentile(&mut get_rpcs, 0.95).unwrap_or(f64::NAN);
                 println!(
                     "| {} | {:.0} % | {:.3} / {:.3} | {p50:.0} / {p95:.0} | {:.4} ({} of {}) | {g50:.0} / {g95:.0} | {:.4} | {:.0} s |",
-                    kind.map_or("none", name),
+                    match attack {
+                        Attack::Random(a, _) => name(a),
+                        _ => "none",
+                    },
                     f * 100.0,
                     mean(&out.recall),
                     out.complete as f64 / out.lookups.max(1) as f64,
@@ -170,7 +190,43 @@ fn main() {
             }
         }
     }
+    placed(&o);
     sybil_cost(&o);
+}
+
+/// The placed attack: drop nodes at `m` of the 20 places nearest each of the targeted keys; gets
+/// of those keys only.
+fn placed(o: &Options) {
+    println!();
+    println!(
+        "### placed: drop nodes at m of the 20 places nearest each of up to {TARGETED_KEYS} keys \
+         whose places do not overlap (gets of those keys only)"
+    );
+    println!();
+    println!(
+        "| route | m of 20 | get success (latest version) | RPCs per get p50 | put durability |"
+    );
+    println!("|---|---|---|---|---|");
+    let mut runs: Vec<(Route, usize)> = o.paths.iter().map(|&d| (Route::Auto, d)).collect();
+    runs.push((Route::Iterative, 1));
+    for (route, paths) in runs {
+        for m in [10, 17, 20] {
+            let out = run(o, route, paths, Attack::Placed(m));
+            let mut get_rpcs = out.get_rpcs.clone();
+            let g50 = percentile(&mut get_rpcs, 0.5).unwrap_or(f64::NAN);
+            println!(
+                "| {} | {m} | {:.4} ({} of {}) | {g50:.0} | {:.4} |",
+                match route {
+                    Route::Auto => format!("one hop, get_paths = {paths}"),
+                    _ => "iterative".to_owned(),
+                },
+                out.got_latest as f64 / out.gets.max(1) as f64,
+                out.got_latest,
+                out.gets,
+                out.durable as f64 / out.keys.max(1) as f64,
+            );
+        }
+    }
 }
 
 fn name(a: Adversary) -> &'static str {
@@ -181,17 +237,48 @@ fn name(a: Adversary) -> &'static str {
     }
 }
 
-fn run(o: &Options, route: Route, paths: usize, kind: Option<Adversary>, f: f64) -> Outcome {
+fn run(o: &Options, route: Route, paths: usize, attack: Attack) -> Outcome {
     let mut sim = Sim::new(o.seed, config(paths));
     sim.add_converged(o.nodes);
     let mut rng = StdRng::seed_from_u64(o.seed ^ 0xadd);
     let mut ids: Vec<u32> = (0..o.nodes as u32).collect();
     ids.shuffle(&mut rng);
-    if let Some(kind) = kind {
-        for &id in ids.iter().take((o.nodes as f64 * f).round() as usize) {
-            sim.set_adversary(id, Some(kind));
+    let mut keys: Vec<Vec<u8>> = (0..o.puts)
+        .map(|i| format!("key-{i}").into_bytes())
+        .collect();
+    let targeted = match attack {
+        Attack::None => keys.len(),
+        Attack::Random(kind, f) => {
+            for &id in ids.iter().take((o.nodes as f64 * f).round() as usize) {
+                sim.set_adversary(id, Some(kind));
+            }
+            keys.len()
         }
-    }
+        Attack::Placed(m) => {
+            let k = sim.config().dht.replication_factor.get();
+            let mut taken: Vec<SimPeer> = Vec::new();
+            let mut chosen = Vec::new();
+            for (i, key) in keys.iter().enumerate() {
+                let near = sim.true_closest(key, k, None);
+                if near.iter().any(|p| taken.contains(p)) {
+                    continue;
+                }
+                taken.extend(&near);
+                chosen.push(i);
+                for p in near.iter().take(m) {
+                    sim.set_adversary(p.0, Some(Adversary::Drop));
+                }
+                if chosen.len() == TARGETED_KEYS {
+                    break;
+                }
+            }
+            // The targeted keys first: gets and durability look at those only.
+            for (to, &from) in chosen.iter().enumerate() {
+                keys.swap(to, from);
+            }
+            chosen.len().max(1)
+        }
+    };
     sim.run_for(sim.config().dht.view_settle + Duration::from_secs(1));
     let benign = sim.live_benign();
     let pick = |rng: &mut StdRng| benign[rng.gen_range(0..benign.len())];
@@ -199,9 +286,6 @@ fn run(o: &Options, route: Route, paths: usize, kind: Option<Adversary>, f: f64)
     let mut out = Outcome::default();
 
     // Every key is put twice, from the same node: a stale node keeps serving the first copy.
-    let keys: Vec<Vec<u8>> = (0..o.puts)
-        .map(|i| format!("key-{i}").into_bytes())
-        .collect();
     for version in 0..2u8 {
         let mut ops = Vec::new();
         for (i, key) in keys.iter().enumerate() {
@@ -225,20 +309,22 @@ fn run(o: &Options, route: Route, paths: usize, kind: Option<Adversary>, f: f64)
     }
     sim.run_for(Duration::from_secs(2));
     let k = sim.config().dht.replication_factor.get();
-    for key in &keys {
+    for key in &keys[..targeted] {
         out.keys += 1;
-        let holders = sim.benign_closest(key, k);
-        let held = holders.iter().any(|p| {
-            sim.node(p.0)
-                .and_then(|c| c.stored(key))
-                .is_some_and(|r| r.record().seq == 2)
+        // The benign nodes among the k closest of all: where the puts went.
+        let held = sim.true_closest(key, k, None).iter().any(|p| {
+            sim.adversary(p.0).is_none()
+                && sim
+                    .node(p.0)
+                    .and_then(|c| c.stored(key))
+                    .is_some_and(|r| r.record().seq == 2)
         });
         out.durable += usize::from(held);
     }
 
     let mut gets = Vec::new();
     for _ in 0..o.gets {
-        let key = keys[rng.gen_range(0..keys.len())].clone();
+        let key = keys[rng.gen_range(0..targeted)].clone();
         let node = pick(&mut rng);
         if let Some(op) = sim.command(node, Command::Get { key, route }) {
             gets.push((node, op));
