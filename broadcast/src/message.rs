@@ -409,27 +409,8 @@ pub fn encode_into(msg: &Message, out: &mut Vec<u8>) {
     };
 }
 
-/// Size of the CBOR encoding of `value`. The encoder writes into a counter, not a buffer.
-pub fn encoded_len<V: Serialize + ?Sized>(value: &V) -> usize {
-    let mut counter = cbor4ii::serde::Serializer::new(ByteCounter(0));
-    match value.serialize(&mut counter) {
-        Ok(()) => counter.into_inner().0,
-        // Only a serde error can fail: count the value as unsendable.
-        Err(_) => usize::MAX,
-    }
-}
-
-/// A CBOR sink that only counts the bytes written to it.
-struct ByteCounter(usize);
-
-impl cbor4ii::core::enc::Write for ByteCounter {
-    type Error = std::convert::Infallible;
-
-    fn push(&mut self, input: &[u8]) -> Result<(), Self::Error> {
-        self.0 += input.len();
-        Ok(())
-    }
-}
+/// Size of the CBOR encoding of a value, without encoding it: SWIM's codec's, shared.
+pub use shoal_swim::message::encoded_len;
 
 /// Decodes one message, checking every bound of `limits` (each capped at its hard ceiling).
 /// Never panics.

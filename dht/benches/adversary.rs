@@ -16,6 +16,8 @@
 //! `--lookups L` (500), `--shares 0,0.1,0.2,0.3`. Without `--bench` (as under `cargo test
 //! --benches`) it runs 60 nodes with few operations, so CI keeps it compiling and working.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -26,6 +28,8 @@ use shoal_dht::core::{Command, OpId, Peer, Reply};
 use shoal_dht::node::{PutRequest, Route};
 use shoal_dht::sim::{Adversary, Sim, SimConfig, SimPeer};
 use shoal_swim::sim::{LinkModel, percentile};
+
+use common::Args;
 
 struct Options {
     nodes: usize,
@@ -39,39 +43,22 @@ struct Options {
 
 impl Options {
     fn parse() -> Self {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let full = args.iter().any(|a| a == "--bench");
-        let value = |name: &str| {
-            args.iter()
-                .position(|a| a == name)
-                .and_then(|i| args.get(i + 1))
-                .cloned()
-        };
-        let number = |name: &str, full_default: usize, test: usize| {
-            value(name).and_then(|v| v.parse().ok()).unwrap_or(if full {
-                full_default
-            } else {
-                test
-            })
-        };
+        let a = Args::parse();
+        let full = a.full;
         Self {
-            nodes: number("--nodes", 1000, 60),
-            seed: number("--seed", 42, 42) as u64,
-            puts: number("--puts", 200, 10),
-            gets: number("--gets", 1000, 20),
-            lookups: number("--lookups", 500, 20),
-            shares: value("--shares")
-                .map(|s| s.split(',').filter_map(|f| f.trim().parse().ok()).collect())
-                .unwrap_or_else(|| {
-                    if full {
-                        vec![0.0, 0.1, 0.2, 0.3]
-                    } else {
-                        vec![0.0, 0.2]
-                    }
-                }),
-            paths: value("--paths")
-                .map(|s| s.split(',').filter_map(|d| d.trim().parse().ok()).collect())
-                .unwrap_or_else(|| vec![1, 2]),
+            nodes: a.number("--nodes", 1000, 60),
+            seed: a.number("--seed", 42, 42),
+            puts: a.number("--puts", 200, 10),
+            gets: a.number("--gets", 1000, 20),
+            lookups: a.number("--lookups", 500, 20),
+            shares: a.list("--shares").unwrap_or_else(|| {
+                if full {
+                    vec![0.0, 0.1, 0.2, 0.3]
+                } else {
+                    vec![0.0, 0.2]
+                }
+            }),
+            paths: a.list("--paths").unwrap_or_else(|| vec![1, 2]),
         }
     }
 }

@@ -18,6 +18,8 @@
 //! under `cargo test --benches`) it runs 60 nodes for 60 virtual seconds, so CI keeps it
 //! compiling and working.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -28,6 +30,8 @@ use shoal_dht::core::{Command, OpId, Peer, Reply};
 use shoal_dht::node::{Path, PutRequest, Route};
 use shoal_dht::sim::{Sim, SimConfig, SimPeer};
 use shoal_swim::sim::{LinkModel, percentile};
+
+use common::Args;
 
 /// Peers a lookup should find, and the replication factor.
 const K: usize = 20;
@@ -47,34 +51,21 @@ struct Options {
 
 impl Options {
     fn parse() -> Self {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let full = args.iter().any(|a| a == "--bench");
-        let value = |name: &str| {
-            args.iter()
-                .position(|a| a == name)
-                .and_then(|i| args.get(i + 1))
-                .cloned()
-        };
-        let number = |name: &str, full_default: f64, test: f64| {
-            value(name).and_then(|v| v.parse().ok()).unwrap_or(if full {
-                full_default
-            } else {
-                test
-            })
-        };
+        let a = Args::parse();
+        let full = a.full;
         Self {
             full,
-            sizes: value("--nodes")
-                .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+            sizes: a
+                .list("--nodes")
                 .unwrap_or_else(|| if full { vec![1000, 10_000] } else { vec![60] }),
-            secs: number("--secs", 600.0, 60.0) as u64,
-            seed: number("--seed", 42.0, 42.0) as u64,
-            kill: number("--kill", 0.2, 0.2),
-            lookups: number("--lookups", 200.0, 20.0) as usize,
-            puts: number("--puts", 200.0, 10.0) as usize,
-            wan: value("--swim").is_none_or(|s| s != "lan"),
-            loss: number("--loss", 0.0, 0.0),
-            route: if args.iter().any(|a| a == "--iterative") {
+            secs: a.number("--secs", 600.0, 60.0) as u64,
+            seed: a.number("--seed", 42.0, 42.0) as u64,
+            kill: a.number("--kill", 0.2, 0.2),
+            lookups: a.number("--lookups", 200.0, 20.0) as usize,
+            puts: a.number("--puts", 200.0, 10.0) as usize,
+            wan: a.value("--swim").is_none_or(|s| s != "lan"),
+            loss: a.number("--loss", 0.0, 0.0),
+            route: if a.flag("--iterative") {
                 Route::Iterative
             } else {
                 Route::Auto

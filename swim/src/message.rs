@@ -259,7 +259,7 @@ pub fn to_vec<T: Identity>(msg: &Message<T>, max_len: usize) -> Result<Vec<u8>, 
 
 /// Size of the CBOR encoding of `value` (used for the gossip byte budget). The encoder writes
 /// into a counter, not a buffer: sizing a push-pull's thousands of entries allocates nothing.
-pub fn encoded_len<V: Serialize>(value: &V) -> usize {
+pub fn encoded_len<V: Serialize + ?Sized>(value: &V) -> usize {
     let mut counter = cbor4ii::serde::Serializer::new(ByteCounter(0));
     match value.serialize(&mut counter) {
         Ok(()) => counter.into_inner().0,

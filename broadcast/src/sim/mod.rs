@@ -48,36 +48,8 @@ pub type NodeId = u32;
 /// A tracer of sent messages: `(now, from, to, message, delivered)`; see [`Sim::trace`].
 pub type Trace = Box<dyn FnMut(Instant, NodeId, NodeId, &Message, bool)>;
 
-/// The seeded network model.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LinkModel {
-    /// Smallest one-way latency.
-    pub latency_min: Duration,
-    /// Largest one-way latency; each message draws uniformly in `[min, max]`.
-    pub latency_max: Duration,
-    /// Probability that any message is lost, `0.0..=1.0`.
-    pub loss: f64,
-}
-
-impl LinkModel {
-    /// 1-5 ms latency, no loss: a LAN.
-    pub fn lan() -> Self {
-        Self {
-            latency_min: Duration::from_millis(1),
-            latency_max: Duration::from_millis(5),
-            loss: 0.0,
-        }
-    }
-
-    /// 20-80 ms latency, no loss: a wide-area network.
-    pub fn wan() -> Self {
-        Self {
-            latency_min: Duration::from_millis(20),
-            latency_max: Duration::from_millis(80),
-            loss: 0.0,
-        }
-    }
-}
+/// The seeded network model and the percentile of the reports: SWIM's simulator's, shared.
+pub use shoal_swim::sim::{LinkModel, percentile};
 
 /// The simulator's stand-in for a signature: a notice is valid when its body ends with an
 /// 8-byte tag of its publisher, sequence number and the rest of the body (see [`sign`]).
@@ -938,14 +910,4 @@ fn add_stats(a: &mut crate::Stats, b: &crate::Stats) {
     x.evicted_notices += y.evicted_notices;
     x.evicted_feeds += y.evicted_feeds;
     x.not_neighbor += y.not_neighbor;
-}
-
-/// Percentile (`0.0..=1.0`, nearest rank) of `values`, which it sorts; `None` when empty.
-pub fn percentile(values: &mut [f64], p: f64) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_by(|a, b| a.total_cmp(b));
-    let rank = ((p * values.len() as f64).ceil() as usize).clamp(1, values.len());
-    Some(values[rank - 1])
 }
