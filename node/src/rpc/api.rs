@@ -237,8 +237,8 @@ struct NoticeFilter {
     publisher: Option<PeerId>,
     /// How the notifications spell keys.
     key_encoding: Encoding,
-    /// Feeds to resume after a position: feed id, its name, the last position seen.
-    after: Vec<(Vec<u8>, String, u64)>,
+    /// Feeds to resume after a position: feed id, the last position seen.
+    after: Vec<(Vec<u8>, u64)>,
 }
 
 impl NoticeFilter {
@@ -263,7 +263,7 @@ impl NoticeFilter {
             key_encoding: p.key_encoding,
             after: after
                 .into_iter()
-                .map(|(name, seq)| Ok((parse_feed(&name)?, name, seq)))
+                .map(|(name, seq)| Ok((parse_feed(&name)?, seq)))
                 .collect::<Result<_, RpcError>>()?,
         })
     }
@@ -613,25 +613,25 @@ async fn subscribe(
     };
     // The last position sent of each feed resumed: live notices at or below it were sent
     // from the backlog already.
-    let mut sent: std::collections::HashMap<String, u64> = filter
-        .after
-        .iter()
-        .map(|(_, name, seq)| (name.clone(), *seq))
-        .collect();
-    let mut is_new = |notice: &SignedNotice| match feed_name(notice) {
-        Some((name, seq)) => match sent.get_mut(&name) {
-            Some(last) if seq <= *last => false,
-            Some(last) => {
+    let mut sent: std::collections::HashMap<Vec<u8>, u64> = filter.after.iter().cloned().collect();
+    let mut is_new = |notice: &SignedNotice| {
+        if sent.is_empty() {
+            return true;
+        }
+        match notice
+            .feed_id()
+            .and_then(|(id, seq)| Some((sent.get_mut(&id)?, seq)))
+        {
+            Some((last, seq)) if seq <= *last => false,
+            Some((last, seq)) => {
                 *last = seq;
                 true
             }
             None => true,
-        },
-        None => true,
+        }
     };
     if !filter.after.is_empty() {
-        let after = filter.after.iter().map(|(id, _, seq)| (id.clone(), *seq));
-        for notice in state.node.feed_after(after.collect()).await {
+        for notice in state.node.feed_after(filter.after.clone()).await {
             if is_new(&notice) && filter.matches(&notice) {
                 sink.send(send(&notice)?).await?;
             }
@@ -838,7 +838,7 @@ mod tests {
         let p = format!(r#"{{"after":{{"{name}":6}}}}"#);
         let filter = NoticeFilter::parse(&Params::new(Some(&p))).expect("valid");
         let (id, _) = notice.feed_id().expect("a feed");
-        assert_eq!(filter.after, vec![(id, name.clone(), 6)]);
+        assert_eq!(filter.after, vec![(id, 6)]);
         let bad_name = name.replace(':', "/");
         for bad in [
             r#"{"after":{"nonsense":1}}"#.to_owned(),
