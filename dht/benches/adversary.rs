@@ -313,7 +313,14 @@ fn run(o: &Options, route: Route, paths: usize, attack: Attack) -> Outcome {
     for _ in 0..o.gets {
         let key = keys[rng.gen_range(0..targeted)].clone();
         let node = pick(&mut rng);
-        if let Some(op) = sim.command(node, Command::Get { key, route }) {
+        if let Some(op) = sim.command(
+            node,
+            Command::Get {
+                key,
+                route,
+                prove: false,
+            },
+        ) {
             gets.push((node, op));
         }
         sim.run_for(spacing);

@@ -292,6 +292,7 @@ fn phase(
         let get = Command::Get {
             key: key.clone(),
             route: o.route,
+            prove: false,
         };
         if let Some(op) = sim.command(node, get) {
             ops.push((node, op, Kind::Get));

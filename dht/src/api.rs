@@ -11,6 +11,7 @@ use libp2p::{Multiaddr, PeerId};
 use shoal_swim::{CommandError, State};
 
 use crate::lockstep::{Announced, LockstepError, SignedNotice};
+use crate::receipt::Receipt;
 use crate::record::{Record, RecordError, SignedRecord};
 use crate::store::StoreError;
 
@@ -102,6 +103,9 @@ pub struct PutOk {
     pub seq: u64,
     /// How the replicas were found.
     pub path: Path,
+    /// The receipts of the replicas that kept it, each checked: for this record, signed by the
+    /// replica that answered ([`crate::receipt`]). At least `quorum` of them.
+    pub receipts: Vec<Receipt>,
 }
 
 /// Result of [`Client::put`](crate::Client::put).
@@ -172,6 +176,9 @@ pub struct GetOk {
     pub path: Path,
     /// Requests sent to peers (none when this node answered from its own copy).
     pub requests: u32,
+    /// Asked with proof ([`crate::core::Command::Get`]'s `prove`): the receipts of the holders
+    /// of the winning record, signed as they answered, each checked.
+    pub receipts: Vec<Receipt>,
 }
 
 /// Result of [`Client::get`](crate::Client::get).
@@ -415,6 +422,11 @@ pub struct NodeStats {
     pub denied: (u64, u64),
     /// Requests refused by the trust policy's per-peer, per-method rate limit.
     pub rate_limited: u64,
+    /// Misbehaviour this node proved of peers since start, by kind
+    /// ([`crate::core::Misbehaviour::as_str`]).
+    pub misbehaviour: Vec<(&'static str, u64)>,
+    /// Peers banned for misbehaviour since start, and bans in force now.
+    pub bans: (u64, usize),
     /// The broadcast core's counters (notices delivered, duplicates, grafts, prunes, views).
     pub broadcast: shoal_broadcast::Stats,
     /// Broadcast messages sent, and received ones that did not decode or came from a peer

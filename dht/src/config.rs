@@ -66,6 +66,11 @@ pub struct TrustPolicy {
     pub peer_requests_per_second: u32,
     /// Requests of one method one peer may make at once after a quiet spell. Default 20,000.
     pub peer_request_burst: u32,
+    /// How long a peer whose standing fell to zero is refused (as if deny-listed); zero never
+    /// bans. Default one hour. See [`crate::core::Misbehaviour`] for what lowers standing.
+    pub ban_period: Duration,
+    /// Standing a peer regains an hour, of [`crate::core::FULL_STANDING`]. Default 10.
+    pub standing_recovery_per_hour: u32,
 }
 
 impl Default for TrustPolicy {
@@ -75,6 +80,8 @@ impl Default for TrustPolicy {
             allow: Vec::new(),
             peer_requests_per_second: 10_000,
             peer_request_burst: 20_000,
+            ban_period: Duration::from_secs(3600),
+            standing_recovery_per_hour: 10,
         }
     }
 }
@@ -85,7 +92,7 @@ pub const MAX_TRUST_LIST: usize = 4096;
 /// Configuration of a DHT node.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Network name, part of the identify and DHT protocol names (`/shoal/<network>/dht/3.0.0`),
+    /// Network name, part of the identify and DHT protocol names (`/shoal/<network>/dht/4.0.0`),
     /// so networks never mix. 1 to 64 of `[a-z0-9-]`. Default `"main"`.
     pub network: String,
     /// The identity puzzle every peer's proof must solve. Default [`PuzzleConfig::mainnet`].
@@ -120,6 +127,10 @@ pub struct Config {
     /// benchmark's figures in docs/benchmarks.md say what 2 buys, at twice the requests). At
     /// most 8.
     pub get_paths: NonZeroUsize,
+    /// Test only: answer gets and proof requests as a node that dropped every record would
+    /// ([`crate::wire::Response::withheld`]), while still keeping puts and signing receipts for
+    /// them: for tests of what the others do about such a node. Default false.
+    pub dangerous_withhold_records: bool,
     /// How long the local view of the membership counts as unsettled after this node started,
     /// joined, refuted a suspicion of itself, or saw a departed member come back: operations
     /// then find the closest peers by Kademlia's iterative lookup instead of one hop from the
@@ -197,6 +208,7 @@ impl Default for Config {
             kbucket_size: nz(20),
             lookup_parallelism: nz(3),
             get_paths: nz(1),
+            dangerous_withhold_records: false,
             view_settle: Duration::from_secs(10),
             query_timeout: Duration::from_secs(30),
             put_quorum: nz(3),
@@ -318,9 +330,9 @@ impl Config {
         format!("/shoal/{}/id/1.0.0", self.network)
     }
 
-    /// The DHT protocol name: `/shoal/<network>/dht/3.0.0`, so networks never mix.
+    /// The DHT protocol name: `/shoal/<network>/dht/4.0.0`, so networks never mix.
     pub fn dht_protocol(&self) -> String {
-        format!("/shoal/{}/dht/3.0.0", self.network)
+        format!("/shoal/{}/dht/4.0.0", self.network)
     }
 
     /// The broadcast protocol name: `/shoal/<network>/broadcast/1`.
@@ -338,7 +350,7 @@ mod tests {
         for c in [Config::default(), Config::testnet(), Config::local()] {
             c.validate().unwrap();
         }
-        assert_eq!(Config::local().dht_protocol(), "/shoal/local/dht/3.0.0");
+        assert_eq!(Config::local().dht_protocol(), "/shoal/local/dht/4.0.0");
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub mod identity;
 pub mod link;
 pub mod lockstep;
 pub mod node;
+pub mod receipt;
 pub mod record;
 pub mod sim;
 pub mod store;

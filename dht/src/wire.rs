@@ -1,4 +1,4 @@
-//! The DHT's wire protocol `/shoal/<network>/dht/3.0.0` ([`crate::Config::dht_protocol`]): every
+//! The DHT's wire protocol `/shoal/<network>/dht/4.0.0` ([`crate::Config::dht_protocol`]): every
 //! request one node makes of another, and the answers, as CBOR with bounded sizes, carried in
 //! frames on long-lived streams ([`crate::link`]).
 //!
@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::lockstep::MAX_NOTICE_LEN;
+use crate::receipt::MAX_RECEIPT_LEN;
 use crate::record::{MAX_KEY_LEN, MAX_RECORD_LEN};
 
 /// Most peers in one [`Response::Peers`] or [`Response::Record`] answer.
@@ -39,9 +40,10 @@ pub const MAX_PROOF_LEN: usize = 64;
 /// Largest encoded request: a replica put of the largest record envelope, with its framing.
 pub const MAX_REQUEST_LEN: usize = MAX_RECORD_LEN + 64;
 
-/// Largest encoded response: the largest record, a full list of closer peers and a notice.
+/// Largest encoded response: the largest record, a full list of closer peers, a notice and a
+/// receipt.
 pub const MAX_RESPONSE_LEN: usize =
-    MAX_RECORD_LEN + MAX_PEERS * (MAX_PEER_ID_LEN + 4) + MAX_NOTICE_LEN + 160;
+    MAX_RECORD_LEN + MAX_PEERS * (MAX_PEER_ID_LEN + 4) + MAX_NOTICE_LEN + MAX_RECEIPT_LEN + 160;
 
 /// A request of one node to another.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,8 +54,9 @@ pub enum Request {
     /// The record held under this key, and the peers closest to it. Answered with
     /// [`Response::Record`].
     GetRecord(ByteBuf),
-    /// Keep this signed record envelope (a replica put). Answered with [`Response::Stored`] once
-    /// it passed every check and is kept durably, or [`Response::Refused`].
+    /// Keep this signed record envelope (a replica put). Answered with [`Response::Kept`] and
+    /// the holder's receipt once it passed every check and is kept durably, or
+    /// [`Response::Refused`].
     PutRecord(ByteBuf),
     /// Keep this signed record envelope as a copy beyond the put's quorum: checked like
     /// [`Request::PutRecord`] and kept at once, before it is on disk: the holder writes copies
@@ -70,6 +73,10 @@ pub enum Request {
     /// The identity proofs held for these peers (peer ids as bytes). Answered with
     /// [`Response::Proofs`].
     Proofs(Vec<ByteBuf>),
+    /// As [`Request::GetRecord`], and the holder signs a fresh receipt for the record it holds
+    /// ([`crate::receipt`]): its word, at the time of asking, that it keeps that record.
+    /// Answered with [`Response::Record`], `receipt` set when a record is held.
+    Prove(ByteBuf),
 }
 
 /// An answer to a [`Request`].
@@ -89,9 +96,15 @@ pub enum Response {
         /// another round trip.
         #[serde(default)]
         notice: Option<ByteBuf>,
+        /// With a record, asked by [`Request::Prove`]: the holder's receipt for it.
+        #[serde(default)]
+        receipt: Option<ByteBuf>,
     },
-    /// The record passed every check and is kept.
+    /// The copy ([`Request::PutCopy`]) passed every check and is kept.
     Stored,
+    /// The record ([`Request::PutRecord`]) passed every check and is kept durably: the holder's
+    /// receipt for it ([`crate::receipt::Receipt`]).
+    Kept(ByteBuf),
     /// The notice was kept.
     Accepted,
     /// The record or notice was not kept (or the asker is not admitted), with the reason.
@@ -135,6 +148,7 @@ impl Response {
             Self::Peers(_) => "peers",
             Self::Record { .. } => "record",
             Self::Stored => "stored",
+            Self::Kept(_) => "kept",
             Self::Accepted => "accepted",
             Self::Refused(_) => "refused",
             Self::Notices(_) => "notices",
@@ -143,13 +157,30 @@ impl Response {
     }
 }
 
+impl Response {
+    /// What a node that drops the records it keeps answers in place of this: a record answer
+    /// without its record, notice or receipt, and without closer peers; any other answer as it
+    /// is. The simulator's drop adversary and the node's test-only misbehaviour both answer so.
+    pub fn withheld(self) -> Self {
+        match self {
+            Self::Record { .. } => Self::Record {
+                record: None,
+                closer: Vec::new(),
+                notice: None,
+                receipt: None,
+            },
+            other => other,
+        }
+    }
+}
+
 impl Request {
-    /// The request's method, for per-method limits and counters: 0 `FindNode`, 1 `GetRecord`,
-    /// 2 `PutRecord`, 3 `PutCopy`, 4 `Announce`, 5 `Notices`, 6 `Proofs`.
+    /// The request's method, for per-method limits and counters: 0 `FindNode`, 1 `GetRecord`
+    /// and `Prove`, 2 `PutRecord`, 3 `PutCopy`, 4 `Announce`, 5 `Notices`, 6 `Proofs`.
     pub fn method(&self) -> u8 {
         match self {
             Self::FindNode(_) => 0,
-            Self::GetRecord(_) => 1,
+            Self::GetRecord(_) | Self::Prove(_) => 1,
             Self::PutRecord(_) => 2,
             Self::PutCopy(_) => 3,
             Self::Announce(_) => 4,
@@ -169,7 +200,9 @@ impl Request {
     pub fn is_bounded(&self) -> bool {
         match self {
             Self::FindNode(target) => target.len() <= MAX_KEY_LEN.max(MAX_PEER_ID_LEN),
-            Self::GetRecord(key) | Self::Notices(key) => key.len() <= MAX_KEY_LEN,
+            Self::GetRecord(key) | Self::Prove(key) | Self::Notices(key) => {
+                key.len() <= MAX_KEY_LEN
+            }
             Self::PutRecord(envelope) | Self::PutCopy(envelope) => envelope.len() <= MAX_RECORD_LEN,
             Self::Announce(envelope) => envelope.len() <= MAX_NOTICE_LEN,
             Self::Proofs(peers) => {
@@ -251,6 +284,7 @@ mod tests {
             record: Some(ByteBuf::from(vec![0xff; MAX_RECORD_LEN])),
             closer: vec![ByteBuf::from(vec![1; MAX_PEER_ID_LEN]); MAX_PEERS],
             notice: Some(ByteBuf::from(vec![2; MAX_NOTICE_LEN])),
+            receipt: Some(ByteBuf::from(vec![3; MAX_RECEIPT_LEN])),
         };
         assert!(encode(&record).len() <= MAX_RESPONSE_LEN);
         let notices = Response::Notices(vec![ByteBuf::from(vec![2; MAX_NOTICE_LEN]); MAX_NOTICES]);
@@ -271,6 +305,7 @@ mod tests {
         for request in [
             Request::FindNode(ByteBuf::from(b"target".to_vec())),
             Request::GetRecord(ByteBuf::from(b"key".to_vec())),
+            Request::Prove(ByteBuf::from(b"key".to_vec())),
             Request::Announce(ByteBuf::from(vec![1, 2, 3])),
             Request::Notices(ByteBuf::from(b"key".to_vec())),
             Request::Proofs(vec![ByteBuf::from(vec![1; 38])]),

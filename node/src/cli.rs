@@ -120,6 +120,10 @@ pub struct RunArgs {
     /// Log filter (EnvFilter syntax, such as "info,shoal_dht=debug"). Overrides `log.level`.
     #[arg(long = "log", env = "SHOAL_LOG", value_name = "FILTER")]
     pub log_level: Option<String>,
+    /// Test only, hidden: serve no record (puts are still acknowledged with receipts), so
+    /// tests can show what the other nodes do about a node that drops what it stored.
+    #[arg(long, hide = true)]
+    pub dangerous_withhold_records: bool,
 }
 
 impl ConfigArgs {
@@ -146,6 +150,7 @@ impl RunArgs {
             rpc_token: self.rpc_token.clone(),
             log_format: self.log_format,
             log_level: self.log_level.clone(),
+            dangerous_withhold_records: self.dangerous_withhold_records,
             ..self.config.overrides()
         }
     }

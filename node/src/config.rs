@@ -235,6 +235,11 @@ pub struct TrustConfig {
     pub peer_requests_per_second: u32,
     /// Requests of one method one peer may make at once. Default 20,000.
     pub peer_request_burst: u32,
+    /// Seconds a peer whose standing fell to zero is refused as a denied peer is; 0 never
+    /// bans. Default 3,600. At most a year.
+    pub ban_secs: u64,
+    /// Standing a peer regains an hour, of 100. Default 10.
+    pub standing_recovery_per_hour: u32,
 }
 
 impl Default for TrustConfig {
@@ -245,9 +250,14 @@ impl Default for TrustConfig {
             allow: Vec::new(),
             peer_requests_per_second: policy.peer_requests_per_second,
             peer_request_burst: policy.peer_request_burst,
+            ban_secs: policy.ban_period.as_secs(),
+            standing_recovery_per_hour: policy.standing_recovery_per_hour,
         }
     }
 }
+
+/// Longest ban `trust.ban_secs` may set: a year (an `Instant` far in the future overflows).
+const MAX_BAN_SECS: u64 = 365 * 86_400;
 
 impl TrustConfig {
     /// The DHT's policy: each list's peer ids as bytes.
@@ -270,11 +280,19 @@ impl TrustConfig {
                 })
                 .collect()
         };
+        if self.ban_secs > MAX_BAN_SECS {
+            return Err(invalid(
+                "trust.ban_secs",
+                format!("{} s, at most {MAX_BAN_SECS} (a year)", self.ban_secs),
+            ));
+        }
         Ok(shoal_dht::TrustPolicy {
             deny: list("trust.deny", &self.deny)?,
             allow: list("trust.allow", &self.allow)?,
             peer_requests_per_second: self.peer_requests_per_second,
             peer_request_burst: self.peer_request_burst,
+            ban_period: Duration::from_secs(self.ban_secs),
+            standing_recovery_per_hour: self.standing_recovery_per_hour,
         })
     }
 }
@@ -309,6 +327,12 @@ pub struct DhtSettings {
     /// replicas serving stale copies, at that many times the requests). Default 1.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub get_paths: Option<NonZeroUsize>,
+    /// Test only: answer gets as a node that dropped every record would (nothing held, no
+    /// closer peers), while still acknowledging puts with receipts: for tests of what the
+    /// others do about such a node. Set by `shoal run --dangerous-withhold-records`, never
+    /// written out. Default false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dangerous_withhold_records: bool,
 }
 
 impl Default for DhtSettings {
@@ -321,6 +345,7 @@ impl Default for DhtSettings {
             max_ttl_secs: None,
             max_records: None,
             get_paths: None,
+            dangerous_withhold_records: false,
         }
     }
 }
@@ -408,6 +433,8 @@ pub struct Overrides {
     pub log_format: Option<LogFormat>,
     /// Replaces [`LogConfig::level`].
     pub log_level: Option<String>,
+    /// Sets [`DhtSettings::dangerous_withhold_records`] (test only).
+    pub dangerous_withhold_records: bool,
 }
 
 impl Config {
@@ -479,6 +506,9 @@ impl Config {
         }
         if let Some(v) = o.log_level {
             self.log.level = v;
+        }
+        if o.dangerous_withhold_records {
+            self.dht.dangerous_withhold_records = true;
         }
     }
 
@@ -636,6 +666,7 @@ impl Config {
         if let Some(d) = d.get_paths {
             c.get_paths = d;
         }
+        c.dangerous_withhold_records = d.dangerous_withhold_records;
         c.trust = self.trust.policy()?;
         c.data_dir = Some(self.resolved_data_dir());
         if self.p2p.transport != Transport::Tcp {
@@ -739,12 +770,15 @@ mod tests {
                 max_ttl_secs: NonZeroU64::new(7200),
                 max_records: NonZeroUsize::new(1000),
                 get_paths: NonZeroUsize::new(2),
+                dangerous_withhold_records: false,
             },
             trust: TrustConfig {
                 deny: vec!["12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA".into()],
                 allow: Vec::new(),
                 peer_requests_per_second: 500,
                 peer_request_burst: 1000,
+                ban_secs: 600,
+                standing_recovery_per_hour: 30,
             },
             tor: TorConfig {
                 onion_port: 4001,

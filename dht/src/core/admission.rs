@@ -40,7 +40,7 @@ use super::departed::Departed;
 use super::ops::{Op, Timer};
 use super::{
     Action, Checks, Core, InboundId, MAX_HELD_PEERS, MAX_HELD_PER_PEER, MAX_REPORTED, MAX_WANTED,
-    OpId, Peer, peer_bytes, shrink_sparse,
+    Misbehaviour, OpId, Peer, peer_bytes, shrink_sparse,
 };
 use crate::wire::{MAX_PROOFS, Relayed, Request, Response};
 
@@ -486,7 +486,49 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     /// Whether the trust policy lets `peer` be admitted: not denied, and allowed when there is
     /// an allow list. The one statement of the policy's lists.
     pub(super) fn permitted(&self, peer: &T) -> bool {
-        !self.denied.contains(peer) && self.allowed.as_ref().is_none_or(|a| a.contains(peer))
+        !self.denied.contains(peer)
+            && !self.standings.is_banned(peer)
+            && self.allowed.as_ref().is_none_or(|a| a.contains(peer))
+    }
+
+    /// `peer` did something this node can prove wrong: its standing drops, and at zero it is
+    /// banned (refused as a denied peer is) for the trust policy's ban period.
+    pub(super) fn misbehaved(&mut self, now: Instant, peer: T, what: Misbehaviour) {
+        tracing::info!(?peer, misbehaviour = what.as_str(), "peer misbehaved");
+        if self.standings.penalize(now, peer, what) {
+            tracing::warn!(?peer, period = ?self.config.trust.ban_period, "peer banned");
+            self.deny(now, peer);
+        }
+    }
+
+    /// `peer`'s standing at `now`, 0 to [`super::FULL_STANDING`].
+    pub fn standing(&self, now: Instant, peer: &T) -> u32 {
+        self.standings.of(now, peer)
+    }
+
+    /// Every peer below full standing or banned at `now`: its standing and whether it is
+    /// banned (at most [`super::MAX_STANDINGS`] + [`super::MAX_BANS`]).
+    pub fn standings(&self, now: Instant) -> Vec<(T, u32, bool)> {
+        self.standings.list(now)
+    }
+
+    /// Whether `peer` is banned for misbehaviour.
+    pub fn is_banned(&self, peer: &T) -> bool {
+        self.standings.is_banned(peer)
+    }
+
+    /// Misbehaviour seen since start, by kind, and bans imposed.
+    pub fn misbehaviour(&self) -> ([(Misbehaviour, u64); 3], u64) {
+        let seen = &self.standings.seen;
+        let kinds = Misbehaviour::ALL;
+        (
+            [
+                (kinds[0], seen[0]),
+                (kinds[1], seen[1]),
+                (kinds[2], seen[2]),
+            ],
+            self.standings.banned,
+        )
     }
 
     /// `peer` is refused by the trust policy: whatever is known of it is forgotten, and its
@@ -496,6 +538,9 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         self.stats.denied_peers += 1;
         self.admission.reported.remove(&peer);
         self.forget(&peer);
+        // A member banned while listed leaves the view at once: news naming it later is cut,
+        // as news of any peer this node has not admitted.
+        self.swim.forget(&peer);
         self.unroute(now, &peer);
         self.push(Action::Disconnect { peer });
     }

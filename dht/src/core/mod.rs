@@ -58,8 +58,10 @@ pub mod lookup;
 mod members;
 mod notices;
 mod ops;
+mod receipts;
 mod records;
 pub mod routing;
+mod standing;
 mod view;
 
 #[cfg(test)]
@@ -71,7 +73,7 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use serde_bytes::ByteBuf;
-use shoal_pow::{NodeKey, ProofError, StampChecker};
+use shoal_pow::{NodeKey, ProofError, PublicKey, StampChecker};
 use shoal_swim::{Address, Membership, State};
 
 use self::admission::Admission;
@@ -81,8 +83,10 @@ pub use self::limits::MAX_RATE_BUCKETS;
 pub use self::lookup::KeyHash;
 pub use self::members::Known;
 use self::ops::{Ops, Timer, Timers};
+pub use self::receipts::MAX_RECEIPTS;
 pub use self::records::{AcceptError, Records, StoreError};
 use self::routing::RoutingTable;
+pub use self::standing::{FULL_STANDING, MAX_BANS, MAX_STANDINGS, Misbehaviour};
 pub use self::view::Unsettled;
 use crate::api::{
     AnnounceResult, GetResult, JoinResult, LookupResult, NoticesResult, PutRequest, PutResult,
@@ -140,6 +144,10 @@ pub trait Checks<T> {
     /// TCP-only node cannot reach an onion-only member, nor a Tor-only node an IP one). A node
     /// not listening yet reaches everything.
     fn reachable(&self, ours: &[Address], theirs: &[Address]) -> bool;
+
+    /// Whether `key` is `peer`'s signing key: a receipt counts only when the peer that answered
+    /// with it signed it.
+    fn signed_by(&self, peer: &T, key: &PublicKey) -> bool;
 }
 
 /// Identifies a command, or an operation the core started on its own; the [`Action::Reply`]
@@ -176,6 +184,9 @@ pub enum Command<T> {
         key: Vec<u8>,
         /// How the peers holding it are found.
         route: Route,
+        /// Whether to ask every holder found for a receipt ([`crate::receipt`]): the get then
+        /// answers only once it heard them all, never from this node's copy alone.
+        prove: bool,
     },
     /// Find the peers closest to a peer: at once from the local view when it is settled, by
     /// an iterative lookup otherwise or when `route` asks for one.
@@ -227,6 +238,7 @@ impl<T> Command<T> {
         Self::Get {
             key,
             route: Route::Auto,
+            prove: false,
         }
     }
 
@@ -658,6 +670,12 @@ pub struct Sizes {
     pub notices: usize,
     /// Rate-limit buckets (peer and method). Bound: [`MAX_RATE_BUCKETS`].
     pub rate_buckets: usize,
+    /// Standings remembered. Bound: [`MAX_STANDINGS`].
+    pub standings: usize,
+    /// Bans in force. Bound: [`MAX_BANS`].
+    pub bans: usize,
+    /// Receipts remembered. Bound: [`MAX_RECEIPTS`].
+    pub receipts: usize,
 }
 
 /// Most peers written to the routing-table snapshot.
@@ -708,6 +726,10 @@ pub struct Core<T: Peer, C: Checks<T>> {
     denied: HashSet<T>,
     allowed: Option<HashSet<T>>,
     limits: limits::RateLimits<T>,
+    /// What peers' provable misbehaviour cost them, and the bans it earned.
+    standings: standing::Standings<T>,
+    /// Receipts given for this node's puts, to catch a replica denying one.
+    receipts: receipts::ReceiptBook<T>,
     ops: Ops<T>,
     timers: Timers,
     /// Copies kept ([`Request::PutCopy`]) whose write is not yet asked for: written together
@@ -797,11 +819,17 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             config.trust.peer_requests_per_second,
             config.trust.peer_request_burst,
         );
+        let standings = standing::Standings::new(
+            config.trust.standing_recovery_per_hour,
+            config.trust.ban_period,
+        );
         let mut core = Self {
             broadcast,
             denied,
             allowed,
             limits,
+            standings,
+            receipts: receipts::ReceiptBook::new(),
             table: RoutingTable::new(local.point(), config.kbucket_size.get()),
             records: Records::new(config.store.clone()),
             book: NoticeBook::new(config.notices.clone()),
@@ -983,6 +1011,9 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             records: self.records.len(),
             notices: self.book.len(),
             rate_buckets: self.limits.len(),
+            standings: self.standings.len(),
+            bans: self.standings.bans(),
+            receipts: self.receipts.len(),
         }
     }
 
@@ -1024,7 +1055,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 self.drain_swim(now, unix);
             }
             Command::Put(request) => self.start_put(now, unix, op, request),
-            Command::Get { key, route } => self.start_get(now, unix, op, key, route),
+            Command::Get { key, route, prove } => self.start_get(now, unix, op, key, route, prove),
             Command::FindNode { peer, route } => {
                 let target = peer.to_bytes();
                 self.start_lookup(now, unix, op, &target, route, ops::Then::FindNode);
@@ -1103,30 +1134,8 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 let closest = self.table.closest(&KeyHash::of(&target), k, Some(&from));
                 self.respond(id, Response::Peers(peer_bytes(&closest)));
             }
-            Request::GetRecord(key) => {
-                self.stats.gets_served += 1;
-                let held = self.records.get(&key).filter(|r| !r.is_expired(unix));
-                // A holder's copy is what the asker wanted; only a node without one points it
-                // on, to the closer peers it knows.
-                let closer = if held.is_some() {
-                    Vec::new()
-                } else {
-                    let k = self.config.replication_factor.get();
-                    self.table.closest(&KeyHash::of(&key), k, Some(&from))
-                };
-                let notice = held
-                    .and_then(|r| self.book.get(&key, &r.record().publisher))
-                    .map(|n| ByteBuf::from(n.as_bytes().to_vec()));
-                let record = held.map(|r| ByteBuf::from(r.as_bytes().to_vec()));
-                self.respond(
-                    id,
-                    Response::Record {
-                        record,
-                        closer: peer_bytes(&closer),
-                        notice,
-                    },
-                );
-            }
+            Request::GetRecord(key) => self.serve_get(unix, from, id, &key, false),
+            Request::Prove(key) => self.serve_get(unix, from, id, &key, true),
             Request::PutRecord(envelope) => {
                 self.serve_put(now, unix, from, id, &envelope, Durability::Flushed)
             }
@@ -1177,7 +1186,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     ) {
         match self.ops.kind(op) {
             Some(ops::Kind::Lookup) => self.on_lookup_answer(now, unix, op, peer, result),
-            Some(ops::Kind::Replicate) => self.on_replica_answer(now, op, peer, result),
+            Some(ops::Kind::Replicate) => self.on_replica_answer(now, unix, op, peer, result),
             Some(ops::Kind::Announce) => self.on_announce_answer(op, result),
             Some(ops::Kind::Notices) => self.on_notices_answer(unix, op, result),
             Some(ops::Kind::Proofs) => self.on_proofs_answer(now, unix, op, peer, result),
@@ -1301,6 +1310,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 Timer::Tick => {
                     self.timers.set(Timer::Tick, now + TICK);
                     self.admission_tick(now);
+                    self.standings.lift(now);
                     self.ops.shrink();
                 }
                 Timer::RelayFlush => self.flush_relay_requests(now),
@@ -1312,6 +1322,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 Timer::Expire => {
                     self.timers.set(Timer::Expire, now + EXPIRE_EVERY);
                     self.expire_records(now, unix);
+                    self.receipts.expire(unix);
                 }
                 Timer::CopyWrite => self.write_copies(now, unix),
                 Timer::CopyFlush => {

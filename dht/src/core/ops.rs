@@ -97,18 +97,20 @@ pub(super) enum Then<T> {
     /// Ask the closest peers for their notices.
     Notices(NoticesQuery),
     /// A get: every answer may carry a copy of the record.
-    Get(Box<GetState>),
+    Get(Box<GetState<T>>),
 }
 
 /// What waits for a write.
 pub(super) enum Waiting<T> {
     /// This node's put: replicate once the record is durable.
     OwnPut(Replication<T>, Route, Undo),
-    /// A replica put from a peer: answer `Stored` once durable.
+    /// A replica put from a peer: answer with a receipt once durable.
     Replica {
         inbound: InboundId,
         from: T,
         undo: Undo,
+        /// The record kept: key, sequence, value hash, for the receipt.
+        kept: (Vec<u8>, u64, [u8; 32]),
     },
     /// An announcement from a peer: answer `Accepted` once durable.
     NoticeIn {

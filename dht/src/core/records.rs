@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use serde_bytes::ByteBuf;
 
+use super::Misbehaviour;
 use super::lookup::{ClosestPeers, KeyHash, closest, closest_of};
 use super::ops::{Lookup, Op, Then, Timer, Waiting};
 use super::{
@@ -23,8 +24,10 @@ use super::{
 use crate::api::{
     FindNodeError, GetError, GetOk, LookupOk, LookupStats, Path, PutError, PutOk, PutRequest, Route,
 };
-use crate::lockstep::{Announced, LockstepError, SignedNotice, announces};
-use crate::record::{NewRecord, RecordError, SignedRecord};
+use crate::envelope::EnvelopeError;
+use crate::lockstep::{Announced, LockstepError, SignedNotice, announces, value_hash};
+use crate::receipt::{Receipt, ReceiptError};
+use crate::record::{NewRecord, Record, RecordError, SignedRecord};
 use crate::store::StoreConfig;
 use crate::wire::{MAX_PEERS, Request, Response};
 
@@ -204,6 +207,18 @@ pub(super) struct Replication<T> {
     first: Vec<T>,
     /// Replicas not sent to yet: the second wave (see [`Core::replicate`]).
     rest: Vec<T>,
+    /// What the replicas' receipts must vouch for, when they are checked and kept (this node's
+    /// own puts); `None` counts every receipt as it comes (republishing, raw envelopes).
+    vouch: Option<Vouch>,
+    /// The receipts that verified, one per replica that kept the record.
+    receipts: Vec<Receipt>,
+}
+
+/// The record a put's receipts must be for.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Vouch {
+    hash: [u8; 32],
+    expires_at: u64,
 }
 
 impl<T> Replication<T> {
@@ -229,13 +244,24 @@ impl<T> Replication<T> {
             path: Path::OneHop,
             first: Vec::new(),
             rest: Vec::new(),
+            vouch: None,
+            receipts: Vec::new(),
         }
+    }
+
+    /// Checks and keeps the replicas' receipts for `record` (this replication's).
+    pub(super) fn vouched(mut self, record: &Record) -> Self {
+        self.vouch = Some(Vouch {
+            hash: value_hash(&record.key, &record.value),
+            expires_at: record.expires_at(),
+        });
+        self
     }
 }
 
 /// A get's search: the copies found so far.
 #[derive(Debug)]
-pub(super) struct GetState {
+pub(super) struct GetState<T> {
     key: Vec<u8>,
     /// Whether the caller still waits (`false` once answered early: the search only repairs).
     reply: bool,
@@ -248,22 +274,32 @@ pub(super) struct GetState {
     path: Path,
     /// Requests sent.
     requests: u32,
+    /// Whether holders are asked for receipts ([`Request::Prove`]).
+    prove: bool,
+    /// The receipts holders sent, with the holder (checked against it; at most one each).
+    receipts: Vec<(T, Receipt)>,
 }
 
 /// Most notices a get keeps from its answers (each answer carries at most one).
 const MAX_GET_NOTICES: usize = 32;
 
-impl GetState {
+impl<T> GetState<T> {
     /// The reply with the best copy, announced or not.
     fn ok(&self, best: SignedRecord, announced: Announced) -> GetOk {
         GetOk {
-            record: best.record().clone(),
-            signed: best,
             announced,
             valid: self.valid,
             invalid: self.invalid,
             path: self.path,
             requests: self.requests,
+            receipts: self
+                .receipts
+                .iter()
+                .filter(|(_, r)| r.check(best.record()).is_ok())
+                .map(|(_, r)| r.clone())
+                .collect(),
+            record: best.record().clone(),
+            signed: best,
         }
     }
 }
@@ -384,9 +420,11 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             Err(e) => return self.reply(op, Reply::Put(Err(put_error(e)))),
         };
         let envelope = accepted.signed.as_bytes().to_vec();
+        let accepted_record = &accepted.signed.record().clone();
         let (write, undo) = self.keep(accepted.signed);
         self.note_seq(&request.key, seq);
-        let job = Replication::new(request.key, seq, quorum.get(), envelope, true);
+        let job = Replication::new(request.key, seq, quorum.get(), envelope, true)
+            .vouched(accepted_record);
         match self.advance_seq_floor(seq) {
             // The persisted floor already covers `seq`, so no restart can reuse it, and the
             // quorum counts other replicas only: nothing the put promises rests on this node's
@@ -425,7 +463,11 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             Ok(a) if !a.changes => {
                 // The very same envelope is held, durably: nothing to write.
                 self.stats.stored_puts += 1;
-                self.respond(id, Response::Stored);
+                let answer = match durability {
+                    Durability::Deferred => Response::Stored,
+                    Durability::Flushed => self.kept(unix, held_parts(a.signed.record())),
+                };
+                self.respond(id, answer);
             }
             Ok(a) if durability == Durability::Deferred => {
                 // A copy: answered now; its write waits for others to share a commit.
@@ -435,12 +477,14 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 self.queue_copy(now, unix, write, undo);
             }
             Ok(a) => {
+                let kept = held_parts(a.signed.record());
                 let (write, undo) = self.keep(a.signed);
                 let op = self.ops.next_op();
                 let waiting = Waiting::Replica {
                     inbound: id,
                     from,
                     undo,
+                    kept,
                 };
                 self.ops.insert(op, Op::Committing(Box::new(waiting)));
                 self.write(now, unix, vec![write], Some(op));
@@ -448,9 +492,52 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             Err(error) => {
                 tracing::debug!(?from, %error, "inbound put refused");
                 self.stats.count_refused_put(from);
+                if forged(&error) {
+                    self.misbehaved(now, from, Misbehaviour::InvalidRecord);
+                }
                 self.respond(id, Response::refused(error.to_string()));
             }
         }
+    }
+
+    /// The answer to a replica put kept durably: this node's receipt for it, signed now.
+    fn kept(&self, unix: u64, (key, seq, hash): (Vec<u8>, u64, [u8; 32])) -> Response {
+        let receipt = Receipt::sign_parts(&self.key, &key, seq, hash, unix);
+        Response::Kept(ByteBuf::from(receipt.as_bytes().to_vec()))
+    }
+
+    /// Answers a get ([`Request::GetRecord`]) or, with `prove`, a request for proof of holding
+    /// ([`Request::Prove`]): the record held, with its notice and, proving, a receipt; without
+    /// one, the closer peers known.
+    pub(super) fn serve_get(&mut self, unix: u64, from: T, id: InboundId, key: &[u8], prove: bool) {
+        self.stats.gets_served += 1;
+        let held = self.records.get(key).filter(|r| !r.is_expired(unix));
+        // A holder's copy is what the asker wanted; only a node without one points it on, to
+        // the closer peers it knows.
+        let closer = if held.is_some() {
+            Vec::new()
+        } else {
+            let k = self.config.replication_factor.get();
+            self.table.closest(&KeyHash::of(key), k, Some(&from))
+        };
+        let notice = held
+            .and_then(|r| self.book.get(key, &r.record().publisher))
+            .map(|n| ByteBuf::from(n.as_bytes().to_vec()));
+        let receipt = held.filter(|_| prove).map(|r| {
+            let receipt = Receipt::sign(&self.key, r.record(), unix);
+            ByteBuf::from(receipt.as_bytes().to_vec())
+        });
+        let record = held.map(|r| ByteBuf::from(r.as_bytes().to_vec()));
+        let answer = Response::Record {
+            record,
+            closer: super::peer_bytes(&closer),
+            notice,
+            receipt,
+        };
+        if self.config.dangerous_withhold_records {
+            return self.respond(id, answer.withheld());
+        }
+        self.respond(id, answer);
     }
 
     /// Queues the write of a kept copy nothing promised rests on, to share one deferred commit
@@ -501,15 +588,17 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 self.undo(undo);
                 self.reply(op, Reply::Put(Err(PutError::Store(StoreError::Write(e)))));
             }
-            (Waiting::Replica { inbound, .. }, Ok(())) => {
+            (Waiting::Replica { inbound, kept, .. }, Ok(())) => {
                 self.stats.stored_puts += 1;
-                self.respond(inbound, Response::Stored);
+                let answer = self.kept(unix, kept);
+                self.respond(inbound, answer);
             }
             (
                 Waiting::Replica {
                     inbound,
                     from,
                     undo,
+                    ..
                 },
                 Err(e),
             ) => {
@@ -600,6 +689,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     pub(super) fn on_replica_answer(
         &mut self,
         now: Instant,
+        unix: u64,
         op: OpId,
         peer: T,
         result: Result<Response, RequestFailure>,
@@ -612,10 +702,21 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         job.outstanding = job.outstanding.saturating_sub(1);
         job.first.retain(|p| *p != peer);
         let kept = match result {
-            Ok(Response::Stored) => {
-                job.stored += 1;
-                true
-            }
+            Ok(Response::Kept(bytes)) => match self.check_receipt(unix, &job, peer, &bytes) {
+                Ok(receipt) => {
+                    job.stored += 1;
+                    job.receipts.extend(receipt);
+                    true
+                }
+                Err(error) => {
+                    tracing::info!(?peer, %error, "a replica's receipt was refused");
+                    job.refused += 1;
+                    job.reason
+                        .get_or_insert(format!("receipt refused: {error}"));
+                    self.misbehaved(now, peer, Misbehaviour::BadReceipt);
+                    false
+                }
+            },
             Ok(Response::Refused(reason)) => {
                 job.refused += 1;
                 job.reason.get_or_insert(reason);
@@ -633,6 +734,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 key: job.key.clone(),
                 seq: job.seq,
                 path: job.path,
+                receipts: job.receipts.clone(),
             };
             self.reply(op, Reply::Put(Ok(ok)));
         }
@@ -654,6 +756,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 key: job.key,
                 seq: job.seq,
                 path: job.path,
+                receipts: job.receipts,
             })
         } else {
             Err(PutError::Quorum {
@@ -666,6 +769,59 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             })
         };
         self.reply(op, Reply::Put(result));
+    }
+
+    /// A replica's receipt for `job`'s record, checked: for that record, signed by `peer`.
+    /// Kept in the receipt book, to catch a later denial. `None` when `job` does not check
+    /// receipts.
+    fn check_receipt(
+        &mut self,
+        unix: u64,
+        job: &Replication<T>,
+        peer: T,
+        bytes: &[u8],
+    ) -> Result<Option<Receipt>, ReceiptError> {
+        let Some(vouch) = job.vouch else {
+            return Ok(None);
+        };
+        let receipt = Receipt::decode(bytes)?;
+        receipt.check_parts(&job.key, job.seq, &vouch.hash)?;
+        if !self.checks.signed_by(&peer, receipt.replica()) {
+            return Err(ReceiptError::WrongSigner);
+        }
+        self.receipts
+            .note(unix, peer, &job.key, job.seq, vouch.expires_at);
+        Ok(Some(receipt))
+    }
+
+    /// A receipt a holder sent with its copy for a get that asks for proof: kept if it is for
+    /// that copy and signed by the holder; anything else is the holder's misbehaviour.
+    fn on_get_receipt(
+        &mut self,
+        now: Instant,
+        peer: T,
+        state: &mut GetState<T>,
+        copy: Option<&Record>,
+        bytes: &[u8],
+    ) {
+        let checked = Receipt::decode(bytes).and_then(|receipt| {
+            match copy {
+                Some(record) => receipt.check(record)?,
+                None => return Err(ReceiptError::Mismatch { what: "a record" }),
+            }
+            if !self.checks.signed_by(&peer, receipt.replica()) {
+                return Err(ReceiptError::WrongSigner);
+            }
+            Ok(receipt)
+        });
+        match checked {
+            Ok(receipt) if state.receipts.len() < MAX_PEERS => state.receipts.push((peer, receipt)),
+            Ok(_) => {}
+            Err(error) => {
+                tracing::info!(?peer, %error, "a holder's receipt was refused");
+                self.misbehaved(now, peer, Misbehaviour::BadReceipt);
+            }
+        }
     }
 
     // ----- lookups -----
@@ -719,11 +875,19 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
 
     /// Sends the requests lookup `op` has room for, or ends it if it is finished.
     fn advance_lookup(&mut self, now: Instant, unix: u64, op: OpId, mut lookup: Box<Lookup<T>>) {
-        let get = matches!(lookup.then, Then::Get(_));
+        let get = match &lookup.then {
+            Then::Get(state) => Some(state.prove),
+            _ => None,
+        };
         while let Some(peer) = lookup.state.next_peer() {
-            let request = if get {
+            let request = if let Some(prove) = get {
                 self.stats.get_requests += 1;
-                Request::GetRecord(lookup.target.clone())
+                let key = lookup.target.clone();
+                if prove {
+                    Request::Prove(key)
+                } else {
+                    Request::GetRecord(key)
+                }
             } else {
                 self.stats.lookup_requests += 1;
                 Request::FindNode(lookup.target.clone())
@@ -758,15 +922,25 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                     record,
                     closer,
                     notice,
+                    receipt,
                 }),
             ) => {
-                if let Some(bytes) = record
-                    && self.on_copy(unix, peer, state, &bytes)
-                {
+                let copy = record.and_then(|bytes| self.on_copy(now, unix, peer, state, &bytes));
+                if copy.is_some() {
                     lookup.state.on_hit(&peer);
                     if let Some(bytes) = notice {
                         self.on_get_notice(unix, state, &bytes);
                     }
+                }
+                let answered = copy.as_ref().map(|c| c.record().seq);
+                if self.receipts.denies(unix, peer, &state.key, answered) {
+                    self.misbehaved(now, peer, Misbehaviour::DeniedReceipt);
+                }
+                if state.prove
+                    && let Some(bytes) = receipt
+                {
+                    let copy = copy.as_ref().map(SignedRecord::record);
+                    self.on_get_receipt(now, peer, state, copy, &bytes);
                 }
                 Some(closer)
             }
@@ -786,10 +960,11 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             None => lookup.state.on_failure(&peer),
         }
         // With one path a get may answer with the first copy when this node can judge it
-        // alone; with more, the point is to hear every path before answering.
+        // alone; with more, or asking for proof, the point is to hear every holder first.
         if let Then::Get(state) = &mut lookup.then
             && state.reply
             && state.best.is_some()
+            && !state.prove
             && self.config.get_paths.get() == 1
         {
             self.answer_early(op, &mut lookup);
@@ -882,6 +1057,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         op: OpId,
         key: Vec<u8>,
         route: Route,
+        prove: bool,
     ) {
         let own = self
             .records
@@ -897,8 +1073,12 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             notices: Vec::new(),
             path: self.path_for(now, route),
             requests: 0,
+            prove,
+            receipts: Vec::new(),
         };
-        if let Some(best) = &state.best
+        // Proof comes from holders: asking for it, the own copy answers nothing alone.
+        if !prove
+            && let Some(best) = &state.best
             && let Some(announced) = self.announced_by_own_judgement(best)
         {
             let reply = state.ok(best.clone(), announced);
@@ -914,7 +1094,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
 
     /// A notice a holder sent with its copy: kept for the announced judgement if it is for the
     /// get's key, well signed and paid for by its stamp.
-    fn on_get_notice(&mut self, unix: u64, state: &mut GetState, bytes: &[u8]) {
+    fn on_get_notice(&mut self, unix: u64, state: &mut GetState<T>, bytes: &[u8]) {
         if state.notices.len() >= MAX_GET_NOTICES
             || state.notices.iter().any(|n| n.as_bytes() == bytes)
         {
@@ -929,8 +1109,15 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         }
     }
 
-    /// Weighs a copy `peer` sent for a get; whether it was valid.
-    fn on_copy(&mut self, unix: u64, peer: T, state: &mut GetState, bytes: &[u8]) -> bool {
+    /// Weighs a copy `peer` sent for a get; the copy if it was valid.
+    fn on_copy(
+        &mut self,
+        now: Instant,
+        unix: u64,
+        peer: T,
+        state: &mut GetState<T>,
+        bytes: &[u8],
+    ) -> Option<SignedRecord> {
         let candidate = Candidate::Wire {
             bytes,
             key: Some(&state.key),
@@ -940,14 +1127,17 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             Ok(a) => {
                 state.valid += 1;
                 if state.best.as_ref().is_none_or(|b| a.signed.supersedes(b)) {
-                    state.best = Some(a.signed);
+                    state.best = Some(a.signed.clone());
                 }
-                true
+                Some(a.signed)
             }
             Err(error) => {
                 tracing::debug!(?peer, %error, "invalid record copy");
                 state.invalid += 1;
-                false
+                if forged(&error) {
+                    self.misbehaved(now, peer, Misbehaviour::InvalidRecord);
+                }
+                None
             }
         }
     }
@@ -1016,7 +1206,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     /// The winner was announced when this node's book, or a notice a holder sent with its copy,
     /// holds a notice matching it: holders are among the closest to the key, where notices are
     /// sent, so their word stands for the network's.
-    fn finish_get(&mut self, now: Instant, unix: u64, op: OpId, state: GetState) {
+    fn finish_get(&mut self, now: Instant, unix: u64, op: OpId, state: GetState<T>) {
         if !state.reply {
             return self.repair_copy(now, unix, state);
         }
@@ -1043,7 +1233,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     }
 
     /// After an early answer: keeps the best copy found if it supersedes ours (read repair).
-    fn repair_copy(&mut self, now: Instant, unix: u64, state: GetState) {
+    fn repair_copy(&mut self, now: Instant, unix: u64, state: GetState<T>) {
         let Some(best) = state.best else { return };
         let ours_older = self
             .records
@@ -1115,6 +1305,22 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             self.replicate(now, op, job, peers);
         }
     }
+}
+
+/// A record's key, sequence and value hash: what a receipt for it names.
+fn held_parts(record: &Record) -> (Vec<u8>, u64, [u8; 32]) {
+    let hash = value_hash(&record.key, &record.value);
+    (record.key.clone(), record.seq, hash)
+}
+
+/// Whether a refused record was forged: its signature does not verify. An honest peer never
+/// sends one (every record is checked before it is kept or served); stale, expired or unpaid
+/// records can come from honest peers with other clocks or views, and cost nothing.
+fn forged(error: &AcceptError) -> bool {
+    matches!(
+        error,
+        AcceptError::Record(RecordError::Envelope(EnvelopeError::BadSignature(_)))
+    )
 }
 
 /// The error a put reports for a refused record.

@@ -9,8 +9,9 @@ use shoal_swim::{Message, Payload, State, Update};
 use super::*;
 use crate::api::{AnnounceError, GetError, JoinError, Path, Route};
 use crate::lockstep::Announced;
+use crate::receipt::Receipt;
 use crate::record::NewRecord;
-use crate::sim::{Sim, SimChecks, SimConfig, SimPeer, proof_of};
+use crate::sim::{self, Adversary, Sim, SimChecks, SimConfig, SimPeer, proof_of};
 use crate::wire::Relayed;
 
 const SECRET: u64 = 7;
@@ -27,7 +28,7 @@ fn config() -> Config {
 /// A lone core (id `id`), in memory or with a disk.
 fn lone(id: u32, persistent: bool) -> (Core<SimPeer, SimChecks>, Instant) {
     let now = Instant::now();
-    let key = NodeKey::from_seed([id as u8 + 1; 32]);
+    let key = crate::sim::key_of(SECRET, SimPeer(id));
     let core = Core::new(
         now,
         UNIX,
@@ -216,7 +217,7 @@ fn news(member: u32, incarnation: u64, state: State, by: u32) -> Update<SimPeer>
 fn lone_trusting(trust: crate::TrustPolicy) -> (Core<SimPeer, SimChecks>, Instant) {
     let now = Instant::now();
     let config = Config { trust, ..config() };
-    let key = NodeKey::from_seed([1; 32]);
+    let key = crate::sim::key_of(SECRET, SimPeer(0));
     let checks = SimChecks::new(SECRET);
     let core = Core::new(
         now,
@@ -966,11 +967,17 @@ fn a_replica_acknowledges_only_once_its_write_is_durable() {
     assert!(matches!(&write.1[0], WriteOp::PutRecord { key, .. } if key == b"k"));
     core.handle_committed(now, UNIX, write.0, Ok(()));
     let actions = drain(&mut core);
-    assert_eq!(responses(&actions)[0].1, &Response::Stored);
+    // Answered with this node's receipt for the very record.
+    let receipt = receipt_of(responses(&actions)[0].1);
+    receipt.check(signed.record()).unwrap();
+    assert_eq!(receipt.replica(), &sim::key_of(SECRET, SimPeer(0)).public());
+    assert_eq!(receipt.time(), UNIX);
     // The same envelope again is already durable: answered at once, no write.
     core.handle_request(now, UNIX, SimPeer(1), InboundId(2), put);
     let actions = drain(&mut core);
-    assert_eq!(responses(&actions)[0].1, &Response::Stored);
+    receipt_of(responses(&actions)[0].1)
+        .check(signed.record())
+        .unwrap();
     assert!(!actions.iter().any(|a| matches!(a, Action::Write { .. })));
 }
 
@@ -1001,7 +1008,7 @@ fn a_failed_write_is_refused_never_acknowledged_and_undone() {
         let actions = drain(&mut core);
         let answer = responses(&actions)[0].1.clone();
         if seq == 1 {
-            assert_eq!(answer, Response::Stored);
+            assert!(matches!(answer, Response::Kept(_)));
         } else {
             assert!(matches!(answer, Response::Refused(why) if why.contains("disk full")));
         }
@@ -1177,12 +1184,7 @@ fn a_put_refused_by_its_replicas_reports_the_quorum_it_missed() {
 }
 
 fn publisher_key(sim: &Sim, id: u32) -> NodeKey {
-    // The simulator derives node keys from the seed and the id.
-    let mut seed = [0u8; 32];
-    seed[..8].copy_from_slice(&sim.seed().to_le_bytes());
-    seed[8..12].copy_from_slice(&id.to_le_bytes());
-    seed[12] = 0xee;
-    NodeKey::from_seed(seed)
+    sim.node_key(id)
 }
 
 #[test]
@@ -1615,6 +1617,7 @@ fn get_via(sim: &mut Sim, node: u32, key: &[u8], route: Route) -> crate::api::Ge
     let command = Command::Get {
         key: key.to_vec(),
         route,
+        prove: false,
     };
     let op = sim.command(node, command).unwrap();
     get_result(wait_reply(sim, node, op))
@@ -1811,8 +1814,9 @@ fn a_put_goes_to_the_closest_first_and_to_the_rest_once_they_answered_or_one_ref
         first.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
         truth[..first_wave]
     );
-    for (i, (_, id)) in first.iter().enumerate() {
-        core.handle_response(now, UNIX, *id, Ok(Response::Stored));
+    let kept = core.stored(b"waves").unwrap().record().clone();
+    for (i, (peer, id)) in first.iter().enumerate() {
+        core.handle_response(now, UNIX, *id, Ok(kept_by(*peer, &kept)));
         let actions = drain(&mut core);
         let last = i + 1 == first.len();
         // Answered once the quorum and the alpha closest kept it: with the last of the wave.
@@ -2064,7 +2068,7 @@ fn seeds_are_not_dialed_again_without_a_redial_delay() {
         now,
         UNIX,
         SimPeer(0),
-        NodeKey::from_seed([1; 32]),
+        crate::sim::key_of(SECRET, SimPeer(0)),
         SimChecks::new(SECRET),
         Config {
             seed_redial: None,
@@ -2308,4 +2312,138 @@ fn forged_and_unadmitted_broadcasts_are_dropped_and_counted() {
             "a forged notice was delivered"
         );
     }
+}
+
+// ----- receipts and standing -----
+
+/// The receipt in a replica's answer.
+fn receipt_of(response: &Response) -> Receipt {
+    match response {
+        Response::Kept(bytes) => Receipt::decode(bytes).unwrap(),
+        other => panic!("not a receipt: {other:?}"),
+    }
+}
+
+/// `peer`'s answer that it kept `record`, with its receipt.
+fn kept_by(peer: SimPeer, record: &crate::record::Record) -> Response {
+    let receipt = Receipt::sign(&sim::key_of(SECRET, peer), record, UNIX);
+    Response::Kept(ByteBuf::from(receipt.as_bytes().to_vec()))
+}
+
+#[test]
+fn a_put_returns_the_quorums_receipts_and_a_forged_one_marks_its_sender() {
+    let (mut core, now) = settled_lone(false);
+    let quorum = core.config().put_quorum.get();
+    core.handle_command(now, UNIX, put(b"r", b"v", None));
+    let first: Vec<(SimPeer, RequestId)> = sends(&drain(&mut core))
+        .into_iter()
+        .filter(|(_, _, r)| matches!(r, Request::PutRecord(_)))
+        .map(|(to, id, _)| (to, id))
+        .collect();
+    assert!(first.len() >= quorum);
+    let kept = core.stored(b"r").unwrap().record().clone();
+    // One replica answers with another's receipt, one with a receipt for another value: both
+    // refused, both senders marked; the rest go out at once to make up the quorum.
+    let (liar, mismatched) = (first[0].0, first[1].0);
+    let other = SimPeer(liar.0 % 30 + 1);
+    core.handle_response(now, UNIX, first[0].1, Ok(kept_by(other, &kept)));
+    let mut wrong_value = kept.clone();
+    wrong_value.value = b"w".to_vec();
+    let answer = kept_by(mismatched, &wrong_value);
+    core.handle_response(now, UNIX, first[1].1, Ok(answer));
+    let mut actions = drain(&mut core);
+    let mut rest: Vec<(SimPeer, RequestId)> = sends(&actions)
+        .into_iter()
+        .filter(|(_, _, r)| matches!(r, Request::PutRecord(_)))
+        .map(|(to, id, _)| (to, id))
+        .collect();
+    rest.extend(first[2..].iter().copied());
+    for (peer, id) in rest {
+        core.handle_response(now, UNIX, id, Ok(kept_by(peer, &kept)));
+        actions.extend(drain(&mut core));
+    }
+    let ok = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Reply {
+                reply: Reply::Put(Ok(ok)),
+                ..
+            } => Some(ok.clone()),
+            _ => None,
+        })
+        .expect("the put succeeded");
+    assert!(ok.receipts.len() >= quorum);
+    for receipt in &ok.receipts {
+        receipt.check(&kept).unwrap();
+        let signer = (1..=30)
+            .map(SimPeer)
+            .find(|p| sim::key_of(SECRET, *p).public() == *receipt.replica())
+            .expect("signed by a replica");
+        assert!(signer != liar && signer != mismatched);
+    }
+    let (seen, banned) = core.misbehaviour();
+    assert_eq!(seen[0], (Misbehaviour::BadReceipt, 2));
+    assert_eq!(banned, 0);
+    assert_eq!(core.standing(now, &liar), FULL_STANDING - 20);
+    assert_eq!(core.standing(now, &other), FULL_STANDING);
+}
+
+#[test]
+fn a_replica_that_denies_its_receipts_loses_standing_then_is_banned_and_gets_still_succeed() {
+    let mut sim = settled(31, 20);
+    let (writer, dropper) = (0, 7);
+    let dropper_key = sim.node_key(dropper).public();
+    // Keys whose quorum receipts include the dropper's.
+    let mut keys = Vec::new();
+    for i in 0..200u32 {
+        let key = format!("denied-{i}").into_bytes();
+        let ok = put_ok(&mut sim, writer, &key, b"kept");
+        assert!(ok.receipts.len() >= sim.config().dht.put_quorum.get());
+        if ok.receipts.iter().any(|r| *r.replica() == dropper_key) {
+            keys.push(key);
+        }
+        if keys.len() == 5 {
+            break;
+        }
+    }
+    assert_eq!(keys.len(), 5, "the dropper signed for five keys");
+    sim.set_adversary(dropper, Some(Adversary::Drop));
+    for (i, key) in keys.iter().enumerate() {
+        let op = sim
+            .command(
+                writer,
+                Command::Get {
+                    key: key.clone(),
+                    route: Route::Auto,
+                    prove: true,
+                },
+            )
+            .unwrap();
+        let got = get_result(wait_reply(&mut sim, writer, op)).expect("the others serve it");
+        assert_eq!(got.record.value, b"kept");
+        // Every holder that answered proved it; the dropper proved nothing.
+        assert!(!got.receipts.is_empty());
+        assert!(got.receipts.iter().all(|r| *r.replica() != dropper_key));
+        let now = sim.now();
+        let core = sim.node(writer).unwrap();
+        let standing = core.standing(now, &SimPeer(dropper));
+        if i < 4 {
+            assert_eq!(standing, FULL_STANDING - 20 * (i as u32 + 1), "after {i}");
+            assert!(!core.is_banned(&SimPeer(dropper)));
+        } else {
+            assert!(core.is_banned(&SimPeer(dropper)), "banned after five");
+        }
+    }
+    let (seen, banned) = sim.node(writer).unwrap().misbehaviour();
+    assert_eq!((seen[1], banned), ((Misbehaviour::DeniedReceipt, 5), 1));
+    // Banned: out of the writer's view, whatever the others say of it.
+    sim.run_for(Duration::from_secs(5));
+    let core = sim.node(writer).unwrap();
+    assert!(!core.verified_live().any(|p| p == SimPeer(dropper)));
+    // Nobody else holds a receipt of it, so nobody else judged it.
+    let now = sim.now();
+    assert_eq!(
+        sim.node(1).unwrap().standing(now, &SimPeer(dropper)),
+        FULL_STANDING
+    );
 }

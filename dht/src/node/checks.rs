@@ -213,6 +213,10 @@ impl Checks<PeerId> for NodeChecks {
         let ours: Vec<AddressKind> = ours.iter().filter_map(kind_of).collect();
         ours.is_empty() || theirs.iter().filter_map(kind_of).any(|k| ours.contains(&k))
     }
+
+    fn signed_by(&self, peer: &PeerId, key: &PublicKey) -> bool {
+        PublicKey::from_peer_id(peer).is_ok_and(|k| k == *key)
+    }
 }
 
 /// The kinds of address a transport dials, told apart by an address's first protocol.

@@ -379,6 +379,9 @@ impl EventLoop {
             Command::Peers(reply) => {
                 let _ = reply.send(self.core.routing_table().peers().copied().collect());
             }
+            Command::Standings(reply) => {
+                let _ = reply.send(self.core.standings(now));
+            }
             Command::Stored(key, reply) => {
                 let _ = reply.send(self.core.stored(&key).cloned());
             }
@@ -898,6 +901,9 @@ impl EventLoop {
         };
         stats.denied = (c.denied_peers, c.denied_messages);
         stats.rate_limited = c.rate_limited;
+        let (seen, banned) = self.core.misbehaviour();
+        stats.misbehaviour = seen.iter().map(|(k, n)| (k.as_str(), *n)).collect();
+        stats.bans = (banned, self.core.sizes().bans);
         stats.broadcast = self.core.broadcast().stats();
         stats.broadcast_wire = crate::api::BroadcastWire {
             sent: self.wire.broadcast_sent,

@@ -136,6 +136,7 @@ enum Command {
     Shutdown(oneshot::Sender<()>),
     Members(oneshot::Sender<Vec<PeerId>>),
     Peers(oneshot::Sender<Vec<PeerId>>),
+    Standings(oneshot::Sender<Vec<(PeerId, u32, bool)>>),
     Stored(Vec<u8>, oneshot::Sender<Option<SignedRecord>>),
     Stats(oneshot::Sender<NodeStats>),
     FailWrites(u32, oneshot::Sender<bool>),
@@ -225,7 +226,14 @@ impl Client {
 
     /// Looks `key` up by `route` (see [`Route`]).
     pub async fn get_via(&self, key: Vec<u8>, route: Route) -> GetResult {
-        self.run(core::Command::Get { key, route }, ReplyTo::Get)
+        self.get_with(key, route, false).await
+    }
+
+    /// Looks `key` up by `route`; with `prove`, every holder found is asked for a receipt
+    /// ([`crate::receipt`]) and the get answers once it heard them all.
+    pub async fn get_with(&self, key: Vec<u8>, route: Route, prove: bool) -> GetResult {
+        let command = core::Command::Get { key, route, prove };
+        self.run(command, ReplyTo::Get)
             .await
             .unwrap_or(Err(GetError::Stopped))
     }
@@ -289,6 +297,12 @@ impl Client {
     /// Peers in the routing table; empty if the node stopped.
     pub async fn peers(&self) -> Vec<PeerId> {
         self.ask(Command::Peers).await.unwrap_or_default()
+    }
+
+    /// Every peer whose misbehaviour cost it standing, or that is banned: its standing (of
+    /// [`crate::core::FULL_STANDING`]) and whether it is banned.
+    pub async fn standings(&self) -> Vec<(PeerId, u32, bool)> {
+        self.ask(Command::Standings).await.unwrap_or_default()
     }
 
     /// The record this node stores under `key`, if any.

@@ -71,6 +71,15 @@ pub fn proof_of(secret: u64, peer: SimPeer) -> [u8; 8] {
     splitmix(secret ^ u64::from(peer.0)).to_be_bytes()
 }
 
+/// The signing key of a simulated node: derived from the same secret as its proof, so the
+/// checks can tell whether a receipt was signed by the peer that sent it.
+pub fn key_of(secret: u64, peer: SimPeer) -> NodeKey {
+    let mut seed = [0xee; 32];
+    seed[..8].copy_from_slice(&splitmix(secret ^ 0x6b65_7973).to_le_bytes());
+    seed[8..12].copy_from_slice(&peer.0.to_le_bytes());
+    NodeKey::from_seed(seed)
+}
+
 fn splitmix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -143,6 +152,10 @@ impl Checks<SimPeer> for SimChecks {
 
     fn reachable(&self, _ours: &[Address], _theirs: &[Address]) -> bool {
         true
+    }
+
+    fn signed_by(&self, peer: &SimPeer, key: &shoal_pow::PublicKey) -> bool {
+        key_of(self.secret, *peer).public() == *key
     }
 }
 
@@ -415,6 +428,11 @@ impl Sim {
         self.seed
     }
 
+    /// Node `id`'s signing key (see [`key_of`]).
+    pub fn node_key(&self, id: u32) -> NodeKey {
+        self.nodes[id as usize].key.clone()
+    }
+
     /// Current virtual time.
     pub fn now(&self) -> Instant {
         self.time
@@ -542,13 +560,9 @@ impl Sim {
         let first = self.nodes.len() as u32;
         for i in 0..n {
             let id = first + i as u32;
-            let mut seed = [0u8; 32];
-            seed[..8].copy_from_slice(&self.seed.to_le_bytes());
-            seed[8..12].copy_from_slice(&id.to_le_bytes());
-            seed[12] = 0xee;
             self.nodes.push(Node {
                 core: None,
-                key: NodeKey::from_seed(seed),
+                key: key_of(self.secret, SimPeer(id)),
                 disk: Disk::default(),
                 cheater: i >= n - cheaters.min(n),
                 group: 0,
@@ -860,7 +874,9 @@ impl Sim {
                 node.next_inbound += 1;
                 let inbound = InboundId(node.next_inbound);
                 let target = match &request {
-                    Request::FindNode(t) | Request::GetRecord(t) => Some(t.to_vec()),
+                    Request::FindNode(t) | Request::GetRecord(t) | Request::Prove(t) => {
+                        Some(t.to_vec())
+                    }
                     Request::PutRecord(envelope) | Request::PutCopy(envelope)
                         if node.adversary == Some(Adversary::Stale) =>
                     {
@@ -1325,28 +1341,28 @@ impl Sim {
                 record: None,
                 closer: self.colluders(target.unwrap_or_default(), k),
                 notice: None,
+                receipt: None,
             },
-            (Adversary::Drop, Response::Record { .. }) => Response::Record {
-                record: None,
-                closer: Vec::new(),
-                notice: None,
-            },
+            (Adversary::Drop, response) => response.withheld(),
             (
                 Adversary::Stale,
                 Response::Record {
                     record: Some(record),
                     closer,
                     notice,
+                    ..
                 },
             ) => {
                 let first = SignedRecord::decode(&record)
                     .ok()
                     .and_then(|r| self.nodes[id as usize].first_copies.get(&r.record().key))
                     .map(|b| ByteBuf::from(b.clone()));
+                // Its receipts would name the record it holds; it sends none.
                 Response::Record {
                     record: Some(first.unwrap_or(record)),
                     closer,
                     notice,
+                    receipt: None,
                 }
             }
             (_, response) => response,
@@ -1557,6 +1573,7 @@ mod tests {
             record: Some(ByteBuf::from(bytes.to_vec())),
             closer: Vec::new(),
             notice: None,
+            receipt: None,
         }
     }
 
@@ -1613,7 +1630,8 @@ mod tests {
             Response::Record {
                 record: None,
                 closer: Vec::new(),
-                notice: None
+                notice: None,
+                receipt: None,
             }
         );
     }
