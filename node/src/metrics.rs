@@ -63,6 +63,9 @@ struct Mirrored {
     scrypt_micros: Counter,
     relayers_distrusted: Counter,
     trust_denied: Family<KindLabels, Counter>,
+    trust_misbehaviour: Family<KindLabels, Counter>,
+    trust_banned: Counter,
+    trust_bans: Gauge,
     broadcast_notices: Family<KindLabels, Counter>,
     broadcast_dropped: Family<KindLabels, Counter>,
     broadcast_tree: Family<KindLabels, Counter>,
@@ -245,6 +248,23 @@ impl Metrics {
              messages: requests and SWIM messages of refused peers; rate_limited: requests \
              over a peer's rate for their method)",
             m.trust_denied.clone(),
+        );
+        registry.register(
+            "trust_misbehaviour",
+            "Misbehaviour of peers this node proved, by kind (bad_receipt: a receipt that does \
+             not verify for the record or its sender; denied_receipt: a replica answered without \
+             a record it signed a receipt for; invalid_record: a record with a forged signature)",
+            m.trust_misbehaviour.clone(),
+        );
+        registry.register(
+            "trust_banned",
+            "Peers banned since start because their standing fell to zero",
+            m.trust_banned.clone(),
+        );
+        registry.register(
+            "trust_bans",
+            "Bans for misbehaviour in force",
+            m.trust_bans.clone(),
         );
         registry.register(
             "broadcast_notices",
@@ -436,6 +456,16 @@ impl Metrics {
                 n,
             );
         }
+        for (kind, n) in &stats.misbehaviour {
+            mirror(
+                &m.trust_misbehaviour.get_or_create(&KindLabels {
+                    kind: (*kind).into(),
+                }),
+                *n,
+            );
+        }
+        mirror(&m.trust_banned, stats.bans.0);
+        m.trust_bans.set(gauge(stats.bans.1));
         self.update_broadcast(stats);
     }
 

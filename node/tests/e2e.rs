@@ -9,6 +9,11 @@
 //! while node 1 announces, every live subscriber still receives every announcement, in feed
 //! order; a subscriber that reconnects with its last position gets what it missed.
 //!
+//! A node that drops what it stores (`shoal run --dangerous-withhold-records`, test only): it
+//! still acknowledges puts with signed receipts, which verify with `dht_verifyReceipt` (a forged
+//! or mismatched one is refused); gets asking for proof still succeed through the others, the
+//! putter catches each receipt it denies, its standing drops and it is banned.
+//!
 //! The tests run one at a time (`SERIAL`): 25 processes and the others' testnets beside them
 //! would share two cores.
 //!
@@ -761,4 +766,204 @@ async fn notices_reach_every_node_of_25_through_crashes() {
     drop(subs);
     let status = interrupt(testnet).await;
     assert!(status.success(), "testnet exit status {status}");
+}
+
+// ----- a node that drops what it stores -----
+
+/// The text of `url`'s `/metrics`.
+async fn metrics(url: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// The value of the metric line starting with `name` (labels included).
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// `peer`'s entry in `url`'s `trust_peers`, if it lost standing.
+async fn standing_of(url: &str, peer: &str) -> Option<Value> {
+    let peers = call(url, "trust_peers", json!({}))
+        .await
+        .expect("trust_peers");
+    peers
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|p| p["peer"] == peer)
+        .cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_drops_its_records_is_found_out_by_its_receipts_and_banned() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (testnet, nodes) = start_testnet(5, dir.path()).await;
+    let (writer, reader, dropper) = (&nodes[0], &nodes[1], nodes[4].clone());
+    // Node 5 comes back as a node that keeps and acknowledges puts but serves nothing.
+    signal(dropper.pid, "KILL");
+    let start = Instant::now();
+    while alive(dropper.pid) {
+        assert!(start.elapsed() < Duration::from_secs(10), "node 5 died");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let restarted = KillOnDrop(
+        Command::new(SHOAL)
+            .args(["run", "--dangerous-withhold-records", "--config"])
+            .arg(&dropper.config)
+            .env("SHOAL_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("shoal run starts"),
+    );
+    wait_serving(&dropper.url, Duration::from_secs(30)).await;
+    let start = Instant::now();
+    loop {
+        let info = call(&dropper.url, "node_info", json!({}))
+            .await
+            .expect("info");
+        let members = call(&writer.url, "swim_members", json!({}))
+            .await
+            .expect("members");
+        let listed = members.as_array().expect("a list").iter().any(|m| {
+            m["peer"] == dropper.peer.as_str() && m["state"] == "alive" && m["verified"] == true
+        });
+        if info["join"]["phase"] == "joined" && listed {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "node 5 did not rejoin: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Puts through node 1 until node 5 signed receipts for five keys.
+    let mut keys = Vec::new();
+    let mut checked = false;
+    for i in 0..100 {
+        let key = format!("kept-{i}");
+        let put = call(&writer.url, "dht_put", json!({"key": key, "value": "held"}))
+            .await
+            .expect("put");
+        let receipts = put["receipts"].as_array().expect("receipts").clone();
+        assert!(
+            !receipts.is_empty(),
+            "a put returns its quorum's receipts: {put}"
+        );
+        for r in &receipts {
+            assert_eq!(r["seq"], put["seq"], "{put}");
+        }
+        if !checked {
+            // Anyone can check a receipt: it verifies for its record, not for another.
+            let r = &receipts[0];
+            let ok = call(
+                &reader.url,
+                "dht_verifyReceipt",
+                json!({"receipt": r["receipt"], "key": key, "value": "held", "seq": put["seq"]}),
+            )
+            .await
+            .expect("the receipt verifies");
+            assert_eq!(ok["replica"], r["replica"]);
+            assert_eq!(ok["key"], key.as_str());
+            let other = call(
+                &reader.url,
+                "dht_verifyReceipt",
+                json!({"receipt": r["receipt"], "key": key, "value": "other"}),
+            )
+            .await;
+            let text = format!("{other:?}");
+            assert!(text.contains("for a value other"), "{text}");
+            let mut forged = r["receipt"].as_str().expect("hex").to_owned();
+            let last = if forged.ends_with('0') { "1" } else { "0" };
+            forged.replace_range(forged.len() - 1.., last);
+            let refused = call(&reader.url, "dht_verifyReceipt", json!({"receipt": forged})).await;
+            let text = format!("{refused:?}");
+            assert!(text.contains("bad signature"), "{text}");
+            checked = true;
+        }
+        if receipts
+            .iter()
+            .any(|r| r["replica"] == dropper.peer.as_str())
+        {
+            keys.push(key);
+        }
+        if keys.len() == 5 {
+            break;
+        }
+    }
+    assert_eq!(keys.len(), 5, "node 5 signed for five keys");
+
+    // Gets asking for proof still succeed through the others; each catches node 5 denying a
+    // receipt it signed, until it is banned.
+    for (i, key) in keys.iter().enumerate() {
+        let got = call(&writer.url, "dht_get", json!({"key": key, "prove": true}))
+            .await
+            .expect("the others serve it");
+        assert_eq!(got["value"], "held");
+        let receipts = got["receipts"].as_array().expect("receipts");
+        assert!(!receipts.is_empty(), "holders proved it: {got}");
+        assert!(
+            receipts
+                .iter()
+                .all(|r| r["replica"] != dropper.peer.as_str())
+        );
+        let entry = standing_of(&writer.url, &dropper.peer)
+            .await
+            .expect("it lost standing");
+        if i < 4 {
+            assert_eq!(entry["standing"], 100 - 20 * (i as u64 + 1), "{entry}");
+            assert_eq!(entry["banned"], false, "{entry}");
+        } else {
+            assert_eq!(entry["banned"], true, "{entry}");
+        }
+        // Any node still reads it.
+        let got = call(&reader.url, "dht_get", json!({"key": key}))
+            .await
+            .expect("get");
+        assert_eq!(got["value"], "held");
+    }
+    let text = metrics(&writer.url).await;
+    assert_eq!(
+        metric(
+            &text,
+            "shoal_trust_misbehaviour_total{kind=\"denied_receipt\"}"
+        ),
+        Some(5.0),
+        "{text}"
+    );
+    assert_eq!(metric(&text, "shoal_trust_bans "), Some(1.0), "{text}");
+    // Banned: out of node 1's membership.
+    let start = Instant::now();
+    loop {
+        let members = call(&writer.url, "swim_members", json!({}))
+            .await
+            .expect("members");
+        let listed = members
+            .as_array()
+            .expect("a list")
+            .iter()
+            .any(|m| m["peer"] == dropper.peer.as_str());
+        if !listed {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "still listed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Nobody else holds its receipts, so nobody else judged it.
+    assert!(standing_of(&reader.url, &dropper.peer).await.is_none());
+
+    let status = interrupt(testnet).await;
+    assert!(status.success(), "testnet exit status {status}");
+    drop(restarted);
 }

@@ -10,15 +10,17 @@ use shoal_node::rpc::api::check_params;
 use shoal_node::rpc::error::Code;
 
 /// Every method whose params Shoal decodes, then one it does not know.
-const METHODS: [&str; 11] = [
+const METHODS: [&str; 13] = [
     "dht_put",
     "dht_get",
+    "dht_verifyReceipt",
     "dht_findNode",
     "lockstep_announce",
     "lockstep_get",
     "lockstep_subscribe",
     "swim_members",
     "node_peers",
+    "trust_peers",
     "node_info",
     "rpc.discover",
     "dht_nope",

@@ -4,14 +4,16 @@
 //!
 //! | method | params | result |
 //! |---|---|---|
-//! | `dht_put` | `key, value, encoding?, key_encoding?, ttl?, quorum?, seq?, route?` | `{key, seq, path}` |
-//! | `dht_get` | `key, encoding?, key_encoding?, route?` | `{key, value, encoding, publisher, seq, created_at, expires_at, lockstep, copies, path, rpcs}` |
+//! | `dht_put` | `key, value, encoding?, key_encoding?, ttl?, quorum?, seq?, route?` | `{key, seq, path, receipts}` |
+//! | `dht_get` | `key, encoding?, key_encoding?, route?, prove?` | `{key, value, encoding, publisher, seq, created_at, expires_at, lockstep, copies, path, rpcs, receipts}` |
+//! | `dht_verifyReceipt` | `receipt, key?, value?, seq?, encoding?, key_encoding?` | `{replica, key, key_encoding, seq, value_hash, time}` |
 //! | `dht_findNode` | `peer, route?` | `{target, peers, path, rpcs}` |
 //! | `lockstep_announce` | `key, value, encoding?, key_encoding?, seq?` | `{key, seq, value_hash, accepted, refused}` |
 //! | `lockstep_get` | `key, key_encoding?` | `{key, notices: [{publisher, seq, value_hash, created_at}]}` |
 //! | `lockstep_subscribe` | `key?, prefix?, publisher?, key_encoding?, after?` | subscription; notifications `lockstep_notice` `{key, key_encoding, publisher, seq, value_hash, created_at, feed, feed_seq}` |
 //! | `swim_members` | none | `[{peer, state, incarnation, addrs}]` |
 //! | `node_peers` | none | `[peer id]` |
+//! | `trust_peers` | none | `[{peer, standing, banned}]` |
 //! | `node_info` | none | `{peer_id, network, version, ...}` |
 //! | `rpc.discover` | none | the OpenRPC document |
 
@@ -29,6 +31,7 @@ use serde_json::{Value, json};
 use shoal_dht::PublicKeyExt;
 use shoal_dht::lockstep::{Announced, FeedPos, SignedNotice};
 use shoal_dht::node::{PutRequest, Route};
+use shoal_dht::receipt::{Receipt, ReceiptError};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::metrics::Metrics;
@@ -151,6 +154,55 @@ struct GetParams {
     key_encoding: Encoding,
     #[serde(default)]
     route: RouteParam,
+    #[serde(default)]
+    prove: bool,
+}
+
+/// Params of `dht_verifyReceipt`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReceiptParams {
+    receipt: String,
+    key: Option<String>,
+    value: Option<String>,
+    seq: Option<u64>,
+    #[serde(default)]
+    encoding: Encoding,
+    #[serde(default)]
+    key_encoding: Encoding,
+}
+
+impl ReceiptParams {
+    /// The receipt, checked against what the params name.
+    fn check(&self) -> Result<Receipt, RpcError> {
+        if self.receipt.len() > 2 * shoal_dht::receipt::MAX_RECEIPT_LEN {
+            return Err(RpcError::invalid_param(
+                "receipt",
+                "longer than any receipt",
+            ));
+        }
+        let bytes = hex::decode(&self.receipt)
+            .map_err(|e| RpcError::invalid_param("receipt", format!("not hex: {e}")))?;
+        let refused = |e: ReceiptError| RpcError::invalid_param("receipt", format!("refused: {e}"));
+        let receipt = Receipt::decode(&bytes).map_err(refused)?;
+        let key = match &self.key {
+            Some(text) => decode("key", text, self.key_encoding)?,
+            None => receipt.key().to_vec(),
+        };
+        let hash = match &self.value {
+            Some(text) => {
+                if self.key.is_none() {
+                    return Err(RpcError::invalid_param("value", "given without its key"));
+                }
+                let value = decode("value", text, self.encoding)?;
+                shoal_dht::lockstep::value_hash(&key, &value)
+            }
+            None => *receipt.value_hash(),
+        };
+        let seq = self.seq.unwrap_or(receipt.seq());
+        receipt.check_parts(&key, seq, &hash).map_err(refused)?;
+        Ok(receipt)
+    }
 }
 
 /// Params of `dht_findNode`.
@@ -284,6 +336,16 @@ impl NoticeFilter {
 #[serde(deny_unknown_fields)]
 struct NoParams {}
 
+fn receipt_json(receipt: &Receipt) -> Value {
+    json!({
+        "replica": receipt.replica().peer_id().to_string(),
+        "seq": receipt.seq(),
+        "value_hash": hex::encode(receipt.value_hash()),
+        "time": receipt.time(),
+        "receipt": hex::encode(receipt.as_bytes()),
+    })
+}
+
 fn notice_json(notice: &SignedNotice, key_encoding: Encoding) -> Value {
     let n = notice.notice();
     let (key, key_encoding) = key_encoding.encode(&n.key);
@@ -322,13 +384,19 @@ async fn put(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
             route: p.route.into(),
         })
         .await?;
-    Ok(json!({ "key": p.key, "seq": ok.seq, "path": ok.path.as_str() }))
+    let receipts: Vec<Value> = ok.receipts.iter().map(receipt_json).collect();
+    Ok(json!({
+        "key": p.key,
+        "seq": ok.seq,
+        "path": ok.path.as_str(),
+        "receipts": receipts,
+    }))
 }
 
 async fn get(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
     let p: GetParams = parse(&params)?;
     let key = decode("key", &p.key, p.key_encoding)?;
-    let found = state.node.get_via(key, p.route.into()).await?;
+    let found = state.node.get_with(key, p.route.into(), p.prove).await?;
     let r = &found.record;
     let (value, encoding) = p.encoding.encode(&r.value);
     Ok(json!({
@@ -343,7 +411,36 @@ async fn get(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
         "copies": { "valid": found.valid, "invalid": found.invalid },
         "path": found.path.as_str(),
         "rpcs": found.requests,
+        "receipts": found.receipts.iter().map(receipt_json).collect::<Vec<_>>(),
     }))
+}
+
+async fn verify_receipt(_: &State, params: Params<'_>) -> Result<Value, RpcError> {
+    let p: ReceiptParams = parse(&params)?;
+    let receipt = p.check()?;
+    let (key, key_encoding) = p.key_encoding.encode(receipt.key());
+    Ok(json!({
+        "replica": receipt.replica().peer_id().to_string(),
+        "key": key,
+        "key_encoding": key_encoding,
+        "seq": receipt.seq(),
+        "value_hash": hex::encode(receipt.value_hash()),
+        "time": receipt.time(),
+    }))
+}
+
+async fn trust_peers(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
+    let _: NoParams = parse(&params)?;
+    let peers: Vec<Value> = state
+        .node
+        .standings()
+        .await
+        .into_iter()
+        .map(|(peer, standing, banned)| {
+            json!({ "peer": peer.to_string(), "standing": standing, "banned": banned })
+        })
+        .collect();
+    Ok(Value::Array(peers))
 }
 
 async fn find_node(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
@@ -493,6 +590,10 @@ pub fn check_params(method: &str, params: Option<&str>) -> Result<(), RpcError> 
             let p: GetParams = parse(&params)?;
             decode("key", &p.key, p.key_encoding)?;
         }
+        "dht_verifyReceipt" => {
+            let p: ReceiptParams = parse(&params)?;
+            p.check()?;
+        }
         "dht_findNode" => {
             let p: FindNodeParams = parse(&params)?;
             peer_id("peer", &p.peer)?;
@@ -512,7 +613,7 @@ pub fn check_params(method: &str, params: Option<&str>) -> Result<(), RpcError> 
         "lockstep_subscribe" => {
             NoticeFilter::parse(&params)?;
         }
-        "swim_members" | "node_peers" | "node_info" | "rpc.discover" => {
+        "swim_members" | "node_peers" | "trust_peers" | "node_info" | "rpc.discover" => {
             let _: NoParams = parse(&params)?;
         }
         _ => {
@@ -568,11 +669,13 @@ pub fn module(state: State) -> Result<RpcModule<State>, RegisterMethodError> {
     let mut module = RpcModule::new(state);
     method!(module, "dht_put", put);
     method!(module, "dht_get", get);
+    method!(module, "dht_verifyReceipt", verify_receipt);
     method!(module, "dht_findNode", find_node);
     method!(module, "lockstep_announce", announce);
     method!(module, "lockstep_get", lockstep_get);
     method!(module, "swim_members", members);
     method!(module, "node_peers", peers);
+    method!(module, "trust_peers", trust_peers);
     method!(module, "node_info", info);
     module.register_subscription(
         "lockstep_subscribe",
@@ -741,7 +844,25 @@ mod tests {
     fn check_params_decodes_like_the_methods() {
         let peer = PeerId::random().to_string();
         let find_node = format!(r#"{{"peer":"{peer}"}}"#);
+        let signer = shoal_pow::NodeKey::from_seed([5; 32]);
+        let new = shoal_dht::record::NewRecord {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            seq: 4,
+            ttl: 60,
+        };
+        let now = shoal_pow::unix_now();
+        let policy = shoal_pow::StampPolicy::testnet();
+        let record = shoal_dht::record::SignedRecord::create(&signer, new, now, &policy).unwrap();
+        let receipt = hex::encode(Receipt::sign(&signer, record.record(), now).as_bytes());
+        let verify = format!(r#"{{"receipt":"{receipt}","key":"k","value":"v","seq":4}}"#);
+        let wrong_value = format!(r#"{{"receipt":"{receipt}","key":"k","value":"w"}}"#);
+        let wrong_seq = format!(r#"{{"receipt":"{receipt}","seq":5}}"#);
+        let value_alone = format!(r#"{{"receipt":"{receipt}","value":"v"}}"#);
         for (method, ok) in [
+            ("dht_get", r#"{"key":"a","prove":true}"#),
+            ("dht_verifyReceipt", verify.as_str()),
+            ("trust_peers", "{}"),
             (
                 "dht_put",
                 r#"{"key":"a","value":"00ff","encoding":"hex","ttl":60}"#,
@@ -771,6 +892,11 @@ mod tests {
             ("lockstep_subscribe", r#"{"publisher":"nobody"}"#),
             ("lockstep_subscribe", r#"{"topic":"a"}"#),
             ("node_peers", r#"{"x":1}"#),
+            ("dht_verifyReceipt", r#"{"receipt":"zz"}"#),
+            ("dht_verifyReceipt", r#"{"receipt":"00ff"}"#),
+            ("dht_verifyReceipt", wrong_value.as_str()),
+            ("dht_verifyReceipt", wrong_seq.as_str()),
+            ("dht_verifyReceipt", value_alone.as_str()),
             ("dht_nope", "{}"),
         ] {
             let e = check_params(method, Some(bad)).expect_err(bad);

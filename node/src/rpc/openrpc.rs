@@ -31,6 +31,10 @@ fn integer() -> Value {
     json!({ "type": "integer", "minimum": 0 })
 }
 
+fn boolean() -> Value {
+    json!({ "type": "boolean", "default": false })
+}
+
 fn positive() -> Value {
     json!({ "type": "integer", "minimum": 1 })
 }
@@ -98,8 +102,28 @@ const SEQ: Param = Param {
     schema: integer,
 };
 
+fn receipt() -> Value {
+    json!({
+        "type": "object",
+        "description": "A replica's signed word that it keeps the record (sha256 of key and \
+                        value, sequence, time); `receipt` is its exact signed bytes in hex, \
+                        for dht_verifyReceipt or any ed25519 checker",
+        "properties": {
+            "replica": string(),
+            "seq": integer(),
+            "value_hash": string(),
+            "time": integer(),
+            "receipt": string(),
+        },
+    })
+}
+
+fn receipts() -> Value {
+    json!({ "type": "array", "items": receipt() })
+}
+
 fn put_result() -> Value {
-    object(json!({ "key": string(), "seq": integer(), "path": path() }))
+    object(json!({ "key": string(), "seq": integer(), "path": path(), "receipts": receipts() }))
 }
 
 fn get_result() -> Value {
@@ -115,6 +139,11 @@ fn get_result() -> Value {
         "copies": object(json!({ "valid": integer(), "invalid": integer() })),
         "path": path(),
         "rpcs": { "type": "integer", "description": "Requests sent to peers" },
+        "receipts": {
+            "type": "array",
+            "items": receipt(),
+            "description": "With prove: the receipts of the holders of the winning record",
+        },
     }))
 }
 
@@ -168,9 +197,66 @@ const METHODS: &[Method] = &[
     Method {
         name: "dht_get",
         summary: "Finds the valid record with the highest sequence number for a key",
-        params: &[KEY, ENCODING, KEY_ENCODING, ROUTE],
+        params: &[
+            KEY,
+            ENCODING,
+            KEY_ENCODING,
+            ROUTE,
+            Param {
+                name: "prove",
+                summary: "Ask every holder found for a signed receipt, and answer once all did \
+                          (never from this node's own copy alone); a holder that signed a \
+                          receipt for this node's put and now denies the record loses standing",
+                required: false,
+                schema: boolean,
+            },
+        ],
         result: get_result,
         errors: &[Code::InvalidParams, Code::NotFound, Code::Timeout],
+    },
+    Method {
+        name: "dht_verifyReceipt",
+        summary: "Checks a storage receipt's signature and, given key and value (and seq), that \
+                  it is for that record; returns what it vouches for",
+        params: &[
+            Param {
+                name: "receipt",
+                summary: "The receipt's bytes, hex",
+                required: true,
+                schema: string,
+            },
+            Param {
+                name: "key",
+                summary: "The record's key, to check the receipt names it",
+                required: false,
+                schema: string,
+            },
+            Param {
+                name: "value",
+                summary: "The record's value (with key), to check the receipt names it",
+                required: false,
+                schema: string,
+            },
+            Param {
+                name: "seq",
+                summary: "The record's sequence number, to check the receipt names it",
+                required: false,
+                schema: integer,
+            },
+            ENCODING,
+            KEY_ENCODING,
+        ],
+        result: || {
+            object(json!({
+                "replica": string(),
+                "key": string(),
+                "key_encoding": encoding(),
+                "seq": integer(),
+                "value_hash": string(),
+                "time": integer(),
+            }))
+        },
+        errors: &[Code::InvalidParams],
     },
     Method {
         name: "dht_findNode",
@@ -299,6 +385,19 @@ const METHODS: &[Method] = &[
         summary: "The peers in the Kademlia routing table",
         params: &[],
         result: strings,
+        errors: &[],
+    },
+    Method {
+        name: "trust_peers",
+        summary: "Peers whose proven misbehaviour cost them standing (of 100), or that are banned",
+        params: &[],
+        result: || {
+            json!({ "type": "array", "items": object(json!({
+                "peer": string(),
+                "standing": integer(),
+                "banned": { "type": "boolean" },
+            })) })
+        },
         errors: &[],
     },
     Method {
