@@ -324,6 +324,30 @@ pub struct MemberInfo {
     pub verified: bool,
 }
 
+/// Bytes of messages per protocol ([`NodeStats::traffic`], [`PeerInfo::traffic`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// `/shoal/<network>/dht/…`.
+    pub dht: crate::link::Traffic,
+    /// `/shoal/swim/…`.
+    pub swim: crate::link::Traffic,
+    /// `/shoal/<network>/broadcast/…`.
+    pub broadcast: crate::link::Traffic,
+}
+
+/// A connected peer, as [`Client::connected_peers`](crate::Client::connected_peers) lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer.
+    pub peer: PeerId,
+    /// Whether it is in the routing table.
+    pub routed: bool,
+    /// Bytes of messages it sent and was sent since it connected, per protocol.
+    pub traffic: Traffic,
+    /// Its standing here, of [`crate::core::FULL_STANDING`].
+    pub standing: u32,
+}
+
 /// Broadcast messages on the wire (see [`NodeStats::broadcast_wire`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BroadcastWire {
@@ -427,6 +451,11 @@ pub struct NodeStats {
     pub misbehaviour: Vec<(&'static str, u64)>,
     /// Peers banned for misbehaviour since start, and bans in force now.
     pub bans: (u64, usize),
+    /// Requests and told messages refused or dropped by the trust policy's per-peer bandwidth.
+    pub bandwidth_limited: u64,
+    /// Bytes of messages received and sent since start, per protocol: the DHT's, SWIM's, the
+    /// broadcast's.
+    pub traffic: Traffic,
     /// The broadcast core's counters (notices delivered, duplicates, grafts, prunes, views).
     pub broadcast: shoal_broadcast::Stats,
     /// Broadcast messages sent, and received ones that did not decode or came from a peer

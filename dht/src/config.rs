@@ -66,6 +66,16 @@ pub struct TrustPolicy {
     pub peer_requests_per_second: u32,
     /// Requests of one method one peer may make at once after a quiet spell. Default 20,000.
     pub peer_request_burst: u32,
+    /// Bytes one peer may send this node per second on average, requests and told messages of
+    /// every protocol together; beyond it (and its burst) they are refused or dropped and
+    /// counted. 0 turns the limit off. Default 32 MiB: far above an honest peer's share (a
+    /// put sends a replica one record of at most 64 KiB).
+    pub peer_bytes_per_second: u64,
+    /// Bytes one peer may send at once after a quiet spell. Default 128 MiB.
+    pub peer_bytes_burst: u64,
+    /// How long a peer may stay over its request rate or bandwidth without backing off
+    /// before it is banned (for [`Self::ban_period`]); zero never bans for it. Default 30 s.
+    pub over_limit_ban_after: Duration,
     /// How long a peer whose standing fell to zero is refused (as if deny-listed); zero never
     /// bans. Default one hour. See [`crate::core::Misbehaviour`] for what lowers standing.
     pub ban_period: Duration,
@@ -80,6 +90,9 @@ impl Default for TrustPolicy {
             allow: Vec::new(),
             peer_requests_per_second: 10_000,
             peer_request_burst: 20_000,
+            peer_bytes_per_second: 32 << 20,
+            peer_bytes_burst: 128 << 20,
+            over_limit_ban_after: Duration::from_secs(30),
             ban_period: Duration::from_secs(3600),
             standing_recovery_per_hour: 10,
         }

@@ -171,6 +171,8 @@ pub enum Event<M: Messages> {
         request: M::Request,
         /// Where the answer goes.
         channel: ResponseChannel,
+        /// Its encoded length, for the trust policy's bandwidth.
+        bytes: usize,
     },
     /// The answer to a request this node sent.
     Response {
@@ -224,6 +226,20 @@ pub struct Behaviour<M: Messages> {
     next_id: u64,
     /// Made on the first poll, inside the runtime.
     sweep: Option<tokio::time::Interval>,
+    /// Bytes of messages each connected peer sent and was sent, since it connected (a peer
+    /// without connections is forgotten, so this holds at most one entry per connected peer).
+    traffic: HashMap<PeerId, Traffic>,
+    /// Bytes of messages in all, since start.
+    total: Traffic,
+}
+
+/// Bytes of messages (the encoded request or answer, without framing) one way and the other.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Received.
+    pub bytes_in: u64,
+    /// Sent.
+    pub bytes_out: u64,
 }
 
 impl<M: Messages> std::fmt::Debug for Behaviour<M> {
@@ -249,6 +265,8 @@ impl<M: Messages> Behaviour<M> {
             events: VecDeque::new(),
             next_id: 0,
             sweep: None,
+            traffic: HashMap::new(),
+            total: Traffic::default(),
         }
     }
 
@@ -337,6 +355,7 @@ impl<M: Messages> Behaviour<M> {
         bytes: Bytes,
         addrs: Vec<Multiaddr>,
     ) -> Option<ConnectionId> {
+        self.count(peer, 0, bytes.len());
         match self.connections.get(&peer).and_then(|c| c.last()).copied() {
             Some(connection) => {
                 self.events.push_back(ToSwarm::NotifyHandler {
@@ -396,6 +415,7 @@ impl<M: Messages> Behaviour<M> {
             tracing::warn!(len = bytes.len(), "answer over the bound; refused instead");
             bytes = wire::encode(&M::refusal("answer too long".to_owned()));
         }
+        self.count(channel.peer, 0, bytes.len());
         self.events.push_back(ToSwarm::NotifyHandler {
             peer_id: channel.peer,
             handler: NotifyHandler::One(channel.connection),
@@ -454,9 +474,32 @@ impl<M: Messages> Behaviour<M> {
         }
     }
 
+    /// Counts `bytes_in` received from and `bytes_out` sent to `peer` (per peer only while it
+    /// is connected: what waits for a dial counts once it is sent).
+    fn count(&mut self, peer: PeerId, bytes_in: usize, bytes_out: usize) {
+        let (bytes_in, bytes_out) = (bytes_in as u64, bytes_out as u64);
+        let connected = self.connections.contains_key(&peer);
+        let per_peer = connected.then(|| self.traffic.entry(peer).or_default());
+        for t in per_peer.into_iter().chain([&mut self.total]) {
+            t.bytes_in = t.bytes_in.saturating_add(bytes_in);
+            t.bytes_out = t.bytes_out.saturating_add(bytes_out);
+        }
+    }
+
+    /// Bytes of messages `peer` sent and was sent since it connected, if connected.
+    pub fn traffic(&self, peer: &PeerId) -> Option<Traffic> {
+        self.traffic.get(peer).copied()
+    }
+
+    /// Bytes of messages received and sent in all, since start.
+    pub fn total(&self) -> Traffic {
+        self.total
+    }
+
     fn on_handler_event(&mut self, peer: PeerId, connection: ConnectionId, event: HandlerEvent) {
         match event {
             HandlerEvent::Response { id, bytes } => {
+                self.count(peer, bytes.len(), 0);
                 let id = RequestId(id);
                 if self.pending.remove(&id).is_none() {
                     // Answered after its deadline; the core was told it failed.
@@ -481,6 +524,8 @@ impl<M: Messages> Behaviour<M> {
                 }
             }
             HandlerEvent::Request { stream, id, bytes } => {
+                self.count(peer, bytes.len(), 0);
+                let len = bytes.len();
                 let channel = ResponseChannel {
                     peer,
                     connection,
@@ -494,6 +539,7 @@ impl<M: Messages> Behaviour<M> {
                                 peer,
                                 request,
                                 channel,
+                                bytes: len,
                             }));
                     }
                     Err(e) => {
@@ -572,6 +618,7 @@ impl<M: Messages> Behaviour<M> {
             list.retain(|c| *c != connection);
             if list.is_empty() {
                 self.connections.remove(&peer);
+                self.traffic.remove(&peer);
             }
         }
         let lost: Vec<RequestId> = self

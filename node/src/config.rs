@@ -235,6 +235,15 @@ pub struct TrustConfig {
     pub peer_requests_per_second: u32,
     /// Requests of one method one peer may make at once. Default 20,000.
     pub peer_request_burst: u32,
+    /// Bytes one peer may send per second on average, all protocols together; beyond it (and
+    /// its burst) its requests are refused and its messages dropped. 0 turns the limit off.
+    /// Default 33,554,432 (32 MiB).
+    pub peer_bytes_per_second: u64,
+    /// Bytes one peer may send at once. Default 134,217,728 (128 MiB).
+    pub peer_bytes_burst: u64,
+    /// Seconds a peer may stay over its request rate or bandwidth without backing off before
+    /// it is banned; 0 never bans for it. Default 30.
+    pub over_limit_ban_secs: u64,
     /// Seconds a peer whose standing fell to zero is refused as a denied peer is; 0 never
     /// bans. Default 3,600. At most a year.
     pub ban_secs: u64,
@@ -250,6 +259,9 @@ impl Default for TrustConfig {
             allow: Vec::new(),
             peer_requests_per_second: policy.peer_requests_per_second,
             peer_request_burst: policy.peer_request_burst,
+            peer_bytes_per_second: policy.peer_bytes_per_second,
+            peer_bytes_burst: policy.peer_bytes_burst,
+            over_limit_ban_secs: policy.over_limit_ban_after.as_secs(),
             ban_secs: policy.ban_period.as_secs(),
             standing_recovery_per_hour: policy.standing_recovery_per_hour,
         }
@@ -280,17 +292,25 @@ impl TrustConfig {
                 })
                 .collect()
         };
-        if self.ban_secs > MAX_BAN_SECS {
-            return Err(invalid(
-                "trust.ban_secs",
-                format!("{} s, at most {MAX_BAN_SECS} (a year)", self.ban_secs),
-            ));
+        for (name, secs) in [
+            ("trust.ban_secs", self.ban_secs),
+            ("trust.over_limit_ban_secs", self.over_limit_ban_secs),
+        ] {
+            if secs > MAX_BAN_SECS {
+                return Err(invalid(
+                    name,
+                    format!("{secs} s, at most {MAX_BAN_SECS} (a year)"),
+                ));
+            }
         }
         Ok(shoal_dht::TrustPolicy {
             deny: list("trust.deny", &self.deny)?,
             allow: list("trust.allow", &self.allow)?,
             peer_requests_per_second: self.peer_requests_per_second,
             peer_request_burst: self.peer_request_burst,
+            peer_bytes_per_second: self.peer_bytes_per_second,
+            peer_bytes_burst: self.peer_bytes_burst,
+            over_limit_ban_after: Duration::from_secs(self.over_limit_ban_secs),
             ban_period: Duration::from_secs(self.ban_secs),
             standing_recovery_per_hour: self.standing_recovery_per_hour,
         })
@@ -777,6 +797,9 @@ mod tests {
                 allow: Vec::new(),
                 peer_requests_per_second: 500,
                 peer_request_burst: 1000,
+                peer_bytes_per_second: 1_000_000,
+                peer_bytes_burst: 4_000_000,
+                over_limit_ban_secs: 60,
                 ban_secs: 600,
                 standing_recovery_per_hour: 30,
             },

@@ -38,6 +38,13 @@ struct KindLabels {
     kind: String,
 }
 
+/// Labels of a byte count: which protocol, which way.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TrafficLabels {
+    protocol: String,
+    direction: String,
+}
+
 /// Gauges and counters mirrored from the DHT node at each scrape.
 #[derive(Debug, Default)]
 struct Mirrored {
@@ -64,6 +71,7 @@ struct Mirrored {
     relayers_distrusted: Counter,
     trust_denied: Family<KindLabels, Counter>,
     trust_misbehaviour: Family<KindLabels, Counter>,
+    traffic: Family<TrafficLabels, Counter>,
     trust_banned: Counter,
     trust_bans: Gauge,
     broadcast_notices: Family<KindLabels, Counter>,
@@ -246,7 +254,8 @@ impl Metrics {
             "trust_denied",
             "Refusals of the trust policy (peers: admissions refused by the allow and deny lists; \
              messages: requests and SWIM messages of refused peers; rate_limited: requests \
-             over a peer's rate for their method)",
+             over a peer's rate for their method; bandwidth_limited: requests and messages over \
+             a peer's bandwidth)",
             m.trust_denied.clone(),
         );
         registry.register(
@@ -255,6 +264,12 @@ impl Metrics {
              not verify for the record or its sender; denied_receipt: a replica answered without \
              a record it signed a receipt for; invalid_record: a record with a forged signature)",
             m.trust_misbehaviour.clone(),
+        );
+        registry.register(
+            "traffic_bytes",
+            "Bytes of messages (requests, answers, told messages; without framing) received and \
+             sent, by protocol (dht, swim, broadcast) and direction (in, out)",
+            m.traffic.clone(),
         );
         registry.register(
             "trust_banned",
@@ -449,6 +464,7 @@ impl Metrics {
             ("peers", stats.denied.0),
             ("messages", stats.denied.1),
             ("rate_limited", stats.rate_limited),
+            ("bandwidth_limited", stats.bandwidth_limited),
         ] {
             mirror(
                 &m.trust_denied
@@ -465,6 +481,16 @@ impl Metrics {
             );
         }
         mirror(&m.trust_banned, stats.bans.0);
+        let t = &stats.traffic;
+        for (protocol, traffic) in [("dht", t.dht), ("swim", t.swim), ("broadcast", t.broadcast)] {
+            for (direction, n) in [("in", traffic.bytes_in), ("out", traffic.bytes_out)] {
+                let labels = TrafficLabels {
+                    protocol: protocol.into(),
+                    direction: direction.into(),
+                };
+                mirror(&m.traffic.get_or_create(&labels), n);
+            }
+        }
         m.trust_bans.set(gauge(stats.bans.1));
         self.update_broadcast(stats);
     }

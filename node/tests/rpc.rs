@@ -311,6 +311,30 @@ async fn json_rpc_end_to_end_in_one_process() {
     assert_eq!(members[1]["verified"], true);
     let peers = call(&reader, "node_peers", json!({})).await.expect("peers");
     assert_eq!(peers.as_array().expect("array").len(), 2);
+    // In detail: the connected peers, the bytes each sent and was sent, their standing.
+    let detail = call(&reader, "node_peers", json!({"detail": true}))
+        .await
+        .expect("peers in detail");
+    let detail = detail.as_array().expect("array");
+    assert_eq!(detail.len(), 2, "{detail:?}");
+    for p in detail {
+        assert_eq!(p["standing"], 100, "{p}");
+        assert_eq!(p["routed"], true, "{p}");
+        let swim = &p["traffic"]["swim"];
+        assert!(
+            swim["in"].as_u64() > Some(0) && swim["out"].as_u64() > Some(0),
+            "{p}"
+        );
+    }
+    let writer_entry = detail
+        .iter()
+        .find(|p| p["peer"] == nodes[0].0.peer_id().to_string())
+        .expect("the writer is connected");
+    // It sent the reader a replica put.
+    assert!(
+        writer_entry["traffic"]["dht"]["in"].as_u64() > Some(0),
+        "{writer_entry}"
+    );
     let info = call(&reader, "node_info", json!({})).await.expect("info");
     assert_eq!(info["peer_id"], nodes[1].0.peer_id().to_string());
     assert_eq!(info["members"]["alive"], 2);

@@ -40,7 +40,7 @@ use super::departed::Departed;
 use super::ops::{Op, Timer};
 use super::{
     Action, Checks, Core, InboundId, MAX_HELD_PEERS, MAX_HELD_PER_PEER, MAX_REPORTED, MAX_WANTED,
-    Misbehaviour, OpId, Peer, peer_bytes, shrink_sparse,
+    Misbehaviour, OpId, Peer, Verdict, peer_bytes, shrink_sparse,
 };
 use crate::wire::{MAX_PROOFS, Relayed, Request, Response};
 
@@ -518,17 +518,31 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     }
 
     /// Misbehaviour seen since start, by kind, and bans imposed.
-    pub fn misbehaviour(&self) -> ([(Misbehaviour, u64); 3], u64) {
-        let seen = &self.standings.seen;
-        let kinds = Misbehaviour::ALL;
-        (
-            [
-                (kinds[0], seen[0]),
-                (kinds[1], seen[1]),
-                (kinds[2], seen[2]),
-            ],
-            self.standings.banned,
-        )
+    pub fn misbehaviour(&self) -> (Vec<(Misbehaviour, u64)>, u64) {
+        let seen = Misbehaviour::ALL
+            .iter()
+            .copied()
+            .zip(self.standings.seen)
+            .collect();
+        (seen, self.standings.banned)
+    }
+
+    /// `peer` sent `bytes` more (a request or a told message, on any protocol): whether the
+    /// trust policy's bandwidth lets it through. Over the limit, the runtime refuses or drops
+    /// the message (counted); a peer that stays over it is banned.
+    pub fn admit_bytes(&mut self, now: Instant, peer: T, bytes: usize) -> bool {
+        match self.bytes.take(now, peer, bytes as u64) {
+            Verdict::Pass => true,
+            Verdict::Throttle => {
+                self.stats.bandwidth_limited += 1;
+                false
+            }
+            Verdict::Ban => {
+                self.stats.bandwidth_limited += 1;
+                self.misbehaved(now, peer, Misbehaviour::OverLimit);
+                false
+            }
+        }
     }
 
     /// `peer` is refused by the trust policy: whatever is known of it is forgotten, and its

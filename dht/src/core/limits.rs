@@ -1,76 +1,152 @@
-//! The trust policy's request rate limits: per peer and per method (a request's
-//! [`Request::method`](crate::wire::Request::method)), token buckets on the core's clock.
+//! The trust policy's limits on what one peer may send: requests per method (a request's
+//! [`Request::method`](crate::wire::Request::method)) and bytes, as token buckets on the core's
+//! clock.
+//!
+//! A peer over a limit is throttled: what does not fit is refused (a request) or dropped (a
+//! told message), and counted. A peer that backs off refills its bucket, which forgives it; one
+//! that stays over its limit for the policy's `over_limit_ban_after` is banned (see
+//! [`super::standing`]).
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::hash::Hash;
+use std::time::{Duration, Instant};
 
-use super::Peer;
-
-/// Buckets kept at most; when a new one finds the table full, the buckets that refilled (no
-/// debt to remember) are dropped first, and if none did, the new peer is refused.
+/// Buckets kept per limit at most; when a new one finds the table full, the buckets that
+/// refilled (no debt to remember) are dropped first, and if none did, the new peer is
+/// throttled.
 pub const MAX_RATE_BUCKETS: usize = 16_384;
+
+/// What a limit says of one more request or message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// Within the limit.
+    Pass,
+    /// Over it: refuse or drop this one.
+    Throttle,
+    /// Over it for longer than the policy lets a peer stay: ban the peer.
+    Ban,
+}
 
 struct Bucket {
     tokens: f64,
     at: Instant,
+    /// Since when the peer has been over its limit without backing off.
+    over_since: Option<Instant>,
 }
 
-impl Bucket {
-    fn refill(&mut self, now: Instant, rate: f64, burst: f64) {
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.tokens = (self.tokens + rate * elapsed).min(burst);
-        self.at = now;
-    }
-}
-
-/// Per-peer, per-method token buckets.
-pub(super) struct RateLimits<T> {
+/// One token bucket per key (a peer, or a peer and a method).
+pub(super) struct Buckets<K> {
     rate: f64,
     burst: f64,
-    buckets: HashMap<(T, u8), Bucket>,
+    ban_after: Option<Duration>,
+    buckets: HashMap<K, Bucket>,
 }
 
-impl<T: Peer> RateLimits<T> {
-    /// `rate` requests a second on average and `burst` at once, per peer and method; a rate
-    /// of 0 allows everything.
-    pub(super) fn new(rate: u32, burst: u32) -> Self {
+impl<K: Eq + Hash + Copy> Buckets<K> {
+    /// `rate` a second on average and `burst` at once, per key; a rate of 0 allows everything.
+    /// A key over its limit for `ban_after` is to be banned (`None`: never).
+    pub(super) fn new(rate: u64, burst: u64, ban_after: Option<Duration>) -> Self {
         Self {
-            rate: f64::from(rate),
-            burst: f64::from(burst.max(1)),
+            rate: rate as f64,
+            burst: burst.max(1) as f64,
+            ban_after,
             buckets: HashMap::new(),
         }
     }
 
-    /// Whether `peer` may make one more request of `method` at `now` (and takes its token).
-    pub(super) fn allow(&mut self, now: Instant, peer: T, method: u8) -> bool {
+    /// Whether `key` may have `amount` more at `now` (and takes it if so).
+    pub(super) fn take(&mut self, now: Instant, key: K, amount: u64) -> Verdict {
         if self.rate == 0.0 {
-            return true;
+            return Verdict::Pass;
         }
         let (rate, burst) = (self.rate, self.burst);
-        if !self.buckets.contains_key(&(peer, method)) && self.buckets.len() >= MAX_RATE_BUCKETS {
+        let refill = |b: &mut Bucket| {
+            let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
+            b.tokens = (b.tokens + rate * elapsed).min(burst);
+            b.at = now;
+            if b.tokens >= burst {
+                b.over_since = None;
+            }
+        };
+        if !self.buckets.contains_key(&key) && self.buckets.len() >= MAX_RATE_BUCKETS {
             self.buckets.retain(|_, b| {
-                b.refill(now, rate, burst);
+                refill(b);
                 b.tokens < burst
             });
             if self.buckets.len() >= MAX_RATE_BUCKETS {
-                return false;
+                return Verdict::Throttle;
             }
         }
-        let bucket = self.buckets.entry((peer, method)).or_insert(Bucket {
+        let bucket = self.buckets.entry(key).or_insert(Bucket {
             tokens: burst,
             at: now,
+            over_since: None,
         });
-        bucket.refill(now, rate, burst);
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            true
-        } else {
-            false
+        refill(bucket);
+        // More than a whole burst at once can never fit: it takes the whole bucket.
+        let amount = (amount as f64).min(burst);
+        if bucket.tokens >= amount {
+            bucket.tokens -= amount;
+            return Verdict::Pass;
+        }
+        let since = *bucket.over_since.get_or_insert(now);
+        match self.ban_after {
+            Some(after) if now.saturating_duration_since(since) >= after => {
+                self.buckets.remove(&key);
+                Verdict::Ban
+            }
+            _ => Verdict::Throttle,
         }
     }
 
     /// Buckets held.
     pub(super) fn len(&self) -> usize {
         self.buckets.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_over_its_rate_is_throttled_then_banned_unless_it_backs_off() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut b = Buckets::new(100, 200, Some(10 * s));
+        // The burst, then throttled.
+        assert_eq!(b.take(t0, 1, 200), Verdict::Pass);
+        assert_eq!(b.take(t0, 1, 1), Verdict::Throttle);
+        assert_eq!(b.take(t0, 2, 150), Verdict::Pass, "keys are apart");
+        // Backing off refills the bucket, which forgives.
+        assert_eq!(b.take(t0 + 2 * s, 1, 150), Verdict::Pass);
+        assert_eq!(b.take(t0 + 2 * s, 1, 150), Verdict::Throttle);
+        assert_eq!(b.take(t0 + 5 * s, 1, 200), Verdict::Pass);
+        // Sending at twice the rate for ten seconds earns a ban.
+        let mut verdicts = Vec::new();
+        for tick in 1..=120 {
+            let now = t0 + 5 * s + tick * s / 10;
+            verdicts.push(b.take(now, 1, 20));
+        }
+        assert!(verdicts.contains(&Verdict::Throttle));
+        assert!(verdicts[..100].iter().all(|v| *v != Verdict::Ban));
+        assert_eq!(verdicts.iter().filter(|v| **v == Verdict::Ban).count(), 1);
+        // A larger amount than the burst takes a full bucket instead of never passing.
+        let mut b = Buckets::new(100, 200, None);
+        assert_eq!(b.take(t0, 1, 10_000), Verdict::Pass);
+        assert_eq!(b.take(t0 + 100 * s, 1, 1), Verdict::Pass);
+    }
+
+    #[test]
+    fn a_rate_of_zero_allows_everything_and_the_table_is_bounded() {
+        let t0 = Instant::now();
+        let mut off = Buckets::new(0, 0, Some(Duration::ZERO));
+        assert_eq!(off.take(t0, 1u32, u64::MAX), Verdict::Pass);
+        assert_eq!(off.len(), 0);
+        let mut b = Buckets::new(1, 1, None);
+        for key in 0..(MAX_RATE_BUCKETS as u32 + 10) {
+            b.take(t0, key, 1);
+        }
+        assert!(b.len() <= MAX_RATE_BUCKETS);
     }
 }

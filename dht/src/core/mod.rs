@@ -80,6 +80,7 @@ use self::admission::Admission;
 pub use self::departed::{DEPARTED_RETENTION, MAX_DEPARTED};
 pub use self::feeds::{MAX_FEED_REPLY, NoticeCheck};
 pub use self::limits::MAX_RATE_BUCKETS;
+use self::limits::Verdict;
 pub use self::lookup::KeyHash;
 pub use self::members::Known;
 use self::ops::{Ops, Timer, Timers};
@@ -572,6 +573,8 @@ pub struct CoreStats<T> {
     pub denied_messages: u64,
     /// Requests refused by the trust policy's per-peer, per-method rate limit.
     pub rate_limited: u64,
+    /// Requests and told messages refused or dropped by the trust policy's per-peer bandwidth.
+    pub bandwidth_limited: u64,
     /// Notices of feeds skipped because they did not arrive in time (see
     /// [`shoal_broadcast::Event::Gap`]).
     pub feed_gaps: u64,
@@ -614,6 +617,7 @@ impl<T> Default for CoreStats<T> {
             denied_peers: 0,
             denied_messages: 0,
             rate_limited: 0,
+            bandwidth_limited: 0,
             feed_gaps: 0,
         }
     }
@@ -725,7 +729,10 @@ pub struct Core<T: Peer, C: Checks<T>> {
     /// The trust policy's lists ([`Config::trust`]), as peers.
     denied: HashSet<T>,
     allowed: Option<HashSet<T>>,
-    limits: limits::RateLimits<T>,
+    /// Requests per peer and method.
+    limits: limits::Buckets<(T, u8)>,
+    /// Bytes a peer sends ([`Core::admit_bytes`]).
+    bytes: limits::Buckets<T>,
     /// What peers' provable misbehaviour cost them, and the bans it earned.
     standings: standing::Standings<T>,
     /// Receipts given for this node's puts, to catch a replica denying one.
@@ -815,9 +822,18 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         };
         let denied = peers(&config.trust.deny);
         let allowed = (!config.trust.allow.is_empty()).then(|| peers(&config.trust.allow));
-        let limits = limits::RateLimits::new(
-            config.trust.peer_requests_per_second,
-            config.trust.peer_request_burst,
+        let trust = &config.trust;
+        let ban_after =
+            (!trust.over_limit_ban_after.is_zero()).then_some(trust.over_limit_ban_after);
+        let limits = limits::Buckets::new(
+            trust.peer_requests_per_second.into(),
+            trust.peer_request_burst.into(),
+            ban_after,
+        );
+        let bytes = limits::Buckets::new(
+            trust.peer_bytes_per_second,
+            trust.peer_bytes_burst,
+            ban_after,
         );
         let standings = standing::Standings::new(
             config.trust.standing_recovery_per_hour,
@@ -828,6 +844,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             denied,
             allowed,
             limits,
+            bytes,
             standings,
             receipts: receipts::ReceiptBook::new(),
             table: RoutingTable::new(local.point(), config.kbucket_size.get()),
@@ -1010,7 +1027,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             routing: self.table.held(),
             records: self.records.len(),
             notices: self.book.len(),
-            rate_buckets: self.limits.len(),
+            rate_buckets: self.limits.len() + self.bytes.len(),
             standings: self.standings.len(),
             bans: self.standings.bans(),
             receipts: self.receipts.len(),
@@ -1098,15 +1115,20 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             self.stats.denied_messages += 1;
             return self.respond(id, Response::refused("denied by this node's trust policy"));
         }
-        if !self.limits.allow(now, from, request.method()) {
+        let verdict = self.limits.take(now, (from, request.method()), 1);
+        if verdict != Verdict::Pass {
             self.stats.rate_limited += 1;
             if request.is_put() {
                 self.stats.count_refused_put(from);
             }
-            return self.respond(
+            self.respond(
                 id,
                 Response::refused("rate limited by this node's trust policy"),
             );
+            if verdict == Verdict::Ban {
+                self.misbehaved(now, from, Misbehaviour::OverLimit);
+            }
+            return;
         }
         // A peer that showed its proof may ask for the proofs of the members it was told of
         // while its own check waits: a joiner asks its seed for all of them at once, and an

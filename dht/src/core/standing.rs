@@ -34,11 +34,19 @@ pub enum Misbehaviour {
     DeniedReceipt,
     /// It sent a record (a put or a get's copy) whose signature does not verify.
     InvalidRecord,
+    /// It stayed over the trust policy's request rate or bandwidth for longer than the policy
+    /// lets a peer ([`crate::TrustPolicy::over_limit_ban_after`]): banned at once.
+    OverLimit,
 }
 
 impl Misbehaviour {
     /// Every kind, for metrics.
-    pub const ALL: [Self; 3] = [Self::BadReceipt, Self::DeniedReceipt, Self::InvalidRecord];
+    pub const ALL: [Self; 4] = [
+        Self::BadReceipt,
+        Self::DeniedReceipt,
+        Self::InvalidRecord,
+        Self::OverLimit,
+    ];
 
     /// Its name in metrics and logs.
     pub fn as_str(self) -> &'static str {
@@ -46,6 +54,7 @@ impl Misbehaviour {
             Self::BadReceipt => "bad_receipt",
             Self::DeniedReceipt => "denied_receipt",
             Self::InvalidRecord => "invalid_record",
+            Self::OverLimit => "over_limit",
         }
     }
 
@@ -54,6 +63,7 @@ impl Misbehaviour {
         match self {
             Self::BadReceipt | Self::DeniedReceipt => 20.0,
             Self::InvalidRecord => 10.0,
+            Self::OverLimit => f64::from(FULL_STANDING),
         }
     }
 }
@@ -70,7 +80,7 @@ pub(super) struct Standings<T> {
     scores: HashMap<T, Score>,
     bans: HashMap<T, Instant>,
     /// Misbehaviour seen, by kind (in [`Misbehaviour::ALL`]'s order).
-    pub(super) seen: [u64; 3],
+    pub(super) seen: [u64; 4],
     /// Bans imposed since start.
     pub(super) banned: u64,
 }
@@ -83,7 +93,7 @@ impl<T: Peer> Standings<T> {
             ban_period,
             scores: HashMap::new(),
             bans: HashMap::new(),
-            seen: [0; 3],
+            seen: [0; 4],
             banned: 0,
         }
     }
@@ -232,7 +242,7 @@ mod tests {
         assert!(s.penalize(t0 + hour, bad, Misbehaviour::InvalidRecord));
         assert!(s.is_banned(&bad) && !s.is_banned(&good));
         assert_eq!(s.of(t0 + hour, &good), FULL_STANDING);
-        assert_eq!((s.banned, s.seen), (1, [1, 4, 1]));
+        assert_eq!((s.banned, s.seen), (1, [1, 4, 1, 0]));
         s.lift(t0 + hour + hour / 2);
         assert!(s.is_banned(&bad));
         s.lift(t0 + 2 * hour);

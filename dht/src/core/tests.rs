@@ -326,6 +326,105 @@ fn a_peer_over_its_rate_is_refused_per_method_and_recovers() {
 }
 
 #[test]
+fn a_peer_over_its_bandwidth_is_throttled_then_banned_and_recovers_after_the_period() {
+    let ban_period = Duration::from_secs(60);
+    let (mut core, t0) = lone_trusting(crate::TrustPolicy {
+        peer_bytes_per_second: 1000,
+        peer_bytes_burst: 2000,
+        over_limit_ban_after: Duration::from_secs(10),
+        ban_period,
+        ..Default::default()
+    });
+    let (flooder, other) = (SimPeer(1), SimPeer(2));
+    for peer in [flooder, other] {
+        core.handle_gate(t0, UNIX, peer, Ok(()));
+    }
+    drain(&mut core);
+    // Its burst, then throttled; another peer has its own share.
+    assert!(core.admit_bytes(t0, flooder, 2000));
+    assert!(!core.admit_bytes(t0, flooder, 100));
+    assert!(core.admit_bytes(t0, other, 1500));
+    // Backing off forgives it.
+    let t1 = t0 + Duration::from_secs(3);
+    assert!(core.admit_bytes(t1, flooder, 1500));
+    // Twice its rate: throttled half the time, then banned once over it for ten seconds.
+    let mut throttled = 0;
+    let mut banned_at = None;
+    for tick in 1..=150u32 {
+        let now = t1 + Duration::from_millis(100) * tick;
+        if !core.admit_bytes(now, flooder, 200) {
+            throttled += 1;
+        }
+        if core.is_banned(&flooder) {
+            banned_at = Some(now);
+            break;
+        }
+    }
+    let banned_at = banned_at.expect("banned");
+    assert!(throttled >= 40, "throttled {throttled} times first");
+    assert!(banned_at - t1 >= Duration::from_secs(10));
+    let actions = drain(&mut core);
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Disconnect { peer } if *peer == flooder))
+    );
+    assert!(!core.is_admitted(&flooder));
+    assert_eq!(core.standing(banned_at, &flooder), 0);
+    let (seen, banned) = core.misbehaviour();
+    assert_eq!(seen[3], (Misbehaviour::OverLimit, 1));
+    assert_eq!(banned, 1);
+    assert_eq!(core.stats().bandwidth_limited, throttled + 1);
+    // Banned: its requests are refused, its proof shown again does not admit it.
+    core.handle_request(
+        banned_at,
+        UNIX,
+        flooder,
+        InboundId(1),
+        Request::Notices(ByteBuf::from(b"k".to_vec())),
+    );
+    let actions = drain(&mut core);
+    assert!(matches!(responses(&actions)[0].1, Response::Refused(why) if why.contains("denied")));
+    core.handle_gate(banned_at, UNIX, flooder, Ok(()));
+    assert!(!core.is_admitted(&flooder));
+    // The period over, it is back, at half standing.
+    let mut now = banned_at;
+    while now < banned_at + ban_period + Duration::from_secs(2) {
+        now = core
+            .poll_timeout()
+            .expect("the tick")
+            .max(now + Duration::from_millis(1));
+        core.handle_timeout(now, UNIX);
+    }
+    drain(&mut core);
+    assert!(!core.is_banned(&flooder));
+    assert_eq!(core.standing(now, &flooder), FULL_STANDING / 2);
+    core.handle_gate(now, UNIX, flooder, Ok(()));
+    assert!(core.is_admitted(&flooder));
+    assert!(core.admit_bytes(now, flooder, 1000));
+}
+
+#[test]
+fn a_peer_that_stays_over_its_request_rate_is_banned() {
+    let (mut core, t0) = lone_trusting(crate::TrustPolicy {
+        peer_requests_per_second: 10,
+        peer_request_burst: 10,
+        over_limit_ban_after: Duration::from_secs(5),
+        ..Default::default()
+    });
+    core.handle_gate(t0, UNIX, SimPeer(1), Ok(()));
+    drain(&mut core);
+    let find = || Request::FindNode(ByteBuf::from(b"x".to_vec()));
+    // Twenty a second for six seconds.
+    for i in 0..120u32 {
+        let now = t0 + Duration::from_millis(50) * i;
+        core.handle_request(now, UNIX, SimPeer(1), InboundId(u64::from(i)), find());
+    }
+    assert!(core.is_banned(&SimPeer(1)));
+    assert_eq!(core.misbehaviour().0[3], (Misbehaviour::OverLimit, 1));
+}
+
+#[test]
 fn an_allow_list_admits_only_the_peers_it_names() {
     let allow = vec![SimPeer(1).to_bytes(), SimPeer(2).to_bytes()];
     let (mut core, now) = lone_trusting(crate::TrustPolicy {

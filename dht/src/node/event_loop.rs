@@ -6,7 +6,7 @@
 //! clients or timers. It then carries out the core's actions and hands the turn's writes to the
 //! writer, which commits them together.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,8 +23,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::checks::{Checker, NodeChecks, SharedVerifier, lock};
 use super::{
-    BoxedTransport, Client, Command, ListenError, ListenResult, MAX_SNAPSHOT_PEERS, MemberInfo,
-    NodeStats, ReplyTo, Rpcs, SHUTDOWN_LEAVE_BOUND, StartError,
+    BoxedTransport, Client, Command, ListenError, ListenResult, MAX_LISTED_PEERS,
+    MAX_SNAPSHOT_PEERS, MemberInfo, NodeStats, ReplyTo, Rpcs, SHUTDOWN_LEAVE_BOUND, StartError,
 };
 use crate::behaviour::{Behaviour, Event};
 use crate::config::{Config, ConfigError};
@@ -34,7 +34,7 @@ use crate::core::{
 use crate::identity::NodeKeyExt;
 use crate::lockstep::SignedNotice;
 use crate::store::{self, Batch, Committed, Persist, Writer, WriterError, WriterEvents};
-use crate::wire::Request;
+use crate::wire::{Request, Response};
 use crate::{gate, link};
 
 /// Swarm events handled at most in one turn (after the one that woke it, if any).
@@ -379,6 +379,26 @@ impl EventLoop {
             Command::Peers(reply) => {
                 let _ = reply.send(self.core.routing_table().peers().copied().collect());
             }
+            Command::Connected(reply) => {
+                let b = self.swarm.behaviour();
+                let routed: HashSet<PeerId> = self.core.routing_table().peers().copied().collect();
+                let list = self
+                    .swarm
+                    .connected_peers()
+                    .take(MAX_LISTED_PEERS)
+                    .map(|peer| crate::api::PeerInfo {
+                        peer: *peer,
+                        routed: routed.contains(peer),
+                        traffic: crate::api::Traffic {
+                            dht: b.dht.traffic(peer).unwrap_or_default(),
+                            swim: b.swim.traffic(peer).unwrap_or_default(),
+                            broadcast: b.broadcast.traffic(peer).unwrap_or_default(),
+                        },
+                        standing: self.core.standing(now, peer),
+                    })
+                    .collect();
+                let _ = reply.send(list);
+            }
             Command::Standings(reply) => {
                 let _ = reply.send(self.core.standings(now));
             }
@@ -520,6 +540,7 @@ impl EventLoop {
     fn on_swim(&mut self, now: Instant, unix: u64, event: link::Event<link::Swim>) {
         let max = self.max_swim_bytes;
         match told(&mut self.swarm.behaviour_mut().swim, event, "SWIM") {
+            Told::Message(peer, bytes) if !self.core.admit_bytes(now, peer, bytes.len()) => {}
             Told::Message(peer, bytes) => {
                 match shoal_swim::message::decode::<PeerId>(&bytes, max) {
                     Ok(msg) => self.core.handle_swim(now, unix, peer, msg),
@@ -541,6 +562,7 @@ impl EventLoop {
             event,
             "broadcast",
         ) {
+            Told::Message(peer, bytes) if !self.core.admit_bytes(now, peer, bytes.len()) => {}
             Told::Message(peer, bytes) => match shoal_broadcast::message::decode(&bytes, &limits) {
                 Ok(msg) => self.core.handle_broadcast(now, unix, peer, msg),
                 Err(error) => {
@@ -559,7 +581,19 @@ impl EventLoop {
                 peer,
                 request,
                 channel,
+                bytes,
             } => {
+                if !self.core.admit_bytes(now, peer, bytes) {
+                    let refusal =
+                        Response::refused("over this node's bandwidth limit for the peer");
+                    // The peer may have gone; then there is nobody to answer.
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .dht
+                        .send_response(channel, refusal);
+                    return;
+                }
                 self.next_inbound += 1;
                 let id = InboundId(self.next_inbound);
                 self.inbound.insert(id, channel);
@@ -904,6 +938,13 @@ impl EventLoop {
         let (seen, banned) = self.core.misbehaviour();
         stats.misbehaviour = seen.iter().map(|(k, n)| (k.as_str(), *n)).collect();
         stats.bans = (banned, self.core.sizes().bans);
+        stats.bandwidth_limited = c.bandwidth_limited;
+        let b = self.swarm.behaviour();
+        stats.traffic = crate::api::Traffic {
+            dht: b.dht.total(),
+            swim: b.swim.total(),
+            broadcast: b.broadcast.total(),
+        };
         stats.broadcast = self.core.broadcast().stats();
         stats.broadcast_wire = crate::api::BroadcastWire {
             sent: self.wire.broadcast_sent,
@@ -949,6 +990,7 @@ where
             peer,
             request,
             channel,
+            ..
         } => {
             // The peer may have gone; then there is nobody to answer.
             let _ = behaviour.send_response(channel, ());

@@ -116,6 +116,9 @@ pub enum ListenError {
 /// the node anyway.
 pub const SHUTDOWN_LEAVE_BOUND: Duration = Duration::from_secs(2);
 
+/// Peers [`Client::connected_peers`] lists at most.
+pub const MAX_LISTED_PEERS: usize = 4096;
+
 /// Where the answer to a core command goes.
 enum ReplyTo {
     Join(oneshot::Sender<JoinResult>),
@@ -137,6 +140,7 @@ enum Command {
     Members(oneshot::Sender<Vec<PeerId>>),
     Peers(oneshot::Sender<Vec<PeerId>>),
     Standings(oneshot::Sender<Vec<(PeerId, u32, bool)>>),
+    Connected(oneshot::Sender<Vec<crate::api::PeerInfo>>),
     Stored(Vec<u8>, oneshot::Sender<Option<SignedRecord>>),
     Stats(oneshot::Sender<NodeStats>),
     FailWrites(u32, oneshot::Sender<bool>),
@@ -297,6 +301,12 @@ impl Client {
     /// Peers in the routing table; empty if the node stopped.
     pub async fn peers(&self) -> Vec<PeerId> {
         self.ask(Command::Peers).await.unwrap_or_default()
+    }
+
+    /// The connected peers (at most [`MAX_LISTED_PEERS`]): whether each is routed, the bytes
+    /// of messages it sent and was sent per protocol since it connected, and its standing.
+    pub async fn connected_peers(&self) -> Vec<crate::api::PeerInfo> {
+        self.ask(Command::Connected).await.unwrap_or_default()
     }
 
     /// Every peer whose misbehaviour cost it standing, or that is banned: its standing (of

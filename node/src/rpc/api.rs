@@ -12,7 +12,7 @@
 //! | `lockstep_get` | `key, key_encoding?` | `{key, notices: [{publisher, seq, value_hash, created_at}]}` |
 //! | `lockstep_subscribe` | `key?, prefix?, publisher?, key_encoding?, after?` | subscription; notifications `lockstep_notice` `{key, key_encoding, publisher, seq, value_hash, created_at, feed, feed_seq}` |
 //! | `swim_members` | none | `[{peer, state, incarnation, addrs}]` |
-//! | `node_peers` | none | `[peer id]` |
+//! | `node_peers` | `detail?` | `[peer id]` (the routing table); with `detail`, the connected peers: `[{peer, routed, standing, traffic}]` |
 //! | `trust_peers` | none | `[{peer, standing, banned}]` |
 //! | `node_info` | none | `{peer_id, network, version, ...}` |
 //! | `rpc.discover` | none | the OpenRPC document |
@@ -513,8 +513,42 @@ async fn members(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
     Ok(Value::Array(members))
 }
 
+/// Params of `node_peers`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeersParams {
+    #[serde(default)]
+    detail: bool,
+}
+
+fn traffic_json(t: &shoal_dht::link::Traffic) -> Value {
+    json!({ "in": t.bytes_in, "out": t.bytes_out })
+}
+
 async fn peers(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
-    let _: NoParams = parse(&params)?;
+    let p: PeersParams = parse(&params)?;
+    if p.detail {
+        let peers: Vec<Value> = state
+            .node
+            .connected_peers()
+            .await
+            .iter()
+            .map(|info| {
+                let t = &info.traffic;
+                json!({
+                    "peer": info.peer.to_string(),
+                    "routed": info.routed,
+                    "standing": info.standing,
+                    "traffic": {
+                        "dht": traffic_json(&t.dht),
+                        "swim": traffic_json(&t.swim),
+                        "broadcast": traffic_json(&t.broadcast),
+                    },
+                })
+            })
+            .collect();
+        return Ok(Value::Array(peers));
+    }
     let peers: Vec<String> = state
         .node
         .peers()
@@ -613,7 +647,10 @@ pub fn check_params(method: &str, params: Option<&str>) -> Result<(), RpcError> 
         "lockstep_subscribe" => {
             NoticeFilter::parse(&params)?;
         }
-        "swim_members" | "node_peers" | "trust_peers" | "node_info" | "rpc.discover" => {
+        "node_peers" => {
+            let _: PeersParams = parse(&params)?;
+        }
+        "swim_members" | "trust_peers" | "node_info" | "rpc.discover" => {
             let _: NoParams = parse(&params)?;
         }
         _ => {
@@ -863,6 +900,7 @@ mod tests {
             ("dht_get", r#"{"key":"a","prove":true}"#),
             ("dht_verifyReceipt", verify.as_str()),
             ("trust_peers", "{}"),
+            ("node_peers", r#"{"detail":true}"#),
             (
                 "dht_put",
                 r#"{"key":"a","value":"00ff","encoding":"hex","ttl":60}"#,

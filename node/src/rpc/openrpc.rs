@@ -382,10 +382,32 @@ const METHODS: &[Method] = &[
     },
     Method {
         name: "node_peers",
-        summary: "The peers in the Kademlia routing table",
-        params: &[],
-        result: strings,
-        errors: &[],
+        summary: "The peers in the Kademlia routing table; with detail, the connected peers \
+                  with the bytes of messages each sent and was sent per protocol since it \
+                  connected, its standing, and whether it is routed",
+        params: &[Param {
+            name: "detail",
+            summary: "List the connected peers with their traffic and standing",
+            required: false,
+            schema: boolean,
+        }],
+        result: || {
+            let traffic = || object(json!({ "in": integer(), "out": integer() }));
+            json!({
+                "oneOf": [
+                    strings(),
+                    { "type": "array", "items": object(json!({
+                        "peer": string(),
+                        "routed": { "type": "boolean" },
+                        "standing": integer(),
+                        "traffic": object(json!({
+                            "dht": traffic(), "swim": traffic(), "broadcast": traffic(),
+                        })),
+                    })) },
+                ],
+            })
+        },
+        errors: &[Code::InvalidParams],
     },
     Method {
         name: "trust_peers",
