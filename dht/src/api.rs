@@ -453,6 +453,8 @@ pub struct NodeStats {
     pub bans: (u64, usize),
     /// Requests and told messages refused or dropped by the trust policy's per-peer bandwidth.
     pub bandwidth_limited: u64,
+    /// Peers held out by the churn filter since start.
+    pub churn_holds: u64,
     /// Bytes of messages received and sent since start, per protocol: the DHT's, SWIM's, the
     /// broadcast's.
     pub traffic: Traffic,

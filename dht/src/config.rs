@@ -76,6 +76,13 @@ pub struct TrustPolicy {
     /// How long a peer may stay over its request rate or bandwidth without backing off
     /// before it is banned (for [`Self::ban_period`]); zero never bans for it. Default 30 s.
     pub over_limit_ban_after: Duration,
+    /// Departures (failed or left) of one peer within [`Self::churn_window`] after which it is
+    /// held out, refused as a denied peer is, until fewer stand in the window; 0 turns the
+    /// filter off. Default 10 (an hour's window): an honest node restarting now and then
+    /// never reaches it.
+    pub churn_max_departures: u32,
+    /// The churn filter's window. Default one hour.
+    pub churn_window: Duration,
     /// How long a peer whose standing fell to zero is refused (as if deny-listed); zero never
     /// bans. Default one hour. See [`crate::core::Misbehaviour`] for what lowers standing.
     pub ban_period: Duration,
@@ -93,6 +100,8 @@ impl Default for TrustPolicy {
             peer_bytes_per_second: 32 << 20,
             peer_bytes_burst: 128 << 20,
             over_limit_ban_after: Duration::from_secs(30),
+            churn_max_departures: 10,
+            churn_window: Duration::from_secs(3600),
             ban_period: Duration::from_secs(3600),
             standing_recovery_per_hour: 10,
         }

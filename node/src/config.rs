@@ -244,6 +244,11 @@ pub struct TrustConfig {
     /// Seconds a peer may stay over its request rate or bandwidth without backing off before
     /// it is banned; 0 never bans for it. Default 30.
     pub over_limit_ban_secs: u64,
+    /// Departures (failed or left) of one peer within `churn_window_secs` after which it is
+    /// held out until fewer stand in the window; 0 turns the filter off. Default 10.
+    pub churn_max_departures: u32,
+    /// The churn filter's window, seconds, at most a year. Default 3,600.
+    pub churn_window_secs: u64,
     /// Seconds a peer whose standing fell to zero is refused as a denied peer is; 0 never
     /// bans. Default 3,600. At most a year.
     pub ban_secs: u64,
@@ -262,6 +267,8 @@ impl Default for TrustConfig {
             peer_bytes_per_second: policy.peer_bytes_per_second,
             peer_bytes_burst: policy.peer_bytes_burst,
             over_limit_ban_secs: policy.over_limit_ban_after.as_secs(),
+            churn_max_departures: policy.churn_max_departures,
+            churn_window_secs: policy.churn_window.as_secs(),
             ban_secs: policy.ban_period.as_secs(),
             standing_recovery_per_hour: policy.standing_recovery_per_hour,
         }
@@ -295,6 +302,7 @@ impl TrustConfig {
         for (name, secs) in [
             ("trust.ban_secs", self.ban_secs),
             ("trust.over_limit_ban_secs", self.over_limit_ban_secs),
+            ("trust.churn_window_secs", self.churn_window_secs),
         ] {
             if secs > MAX_BAN_SECS {
                 return Err(invalid(
@@ -311,6 +319,8 @@ impl TrustConfig {
             peer_bytes_per_second: self.peer_bytes_per_second,
             peer_bytes_burst: self.peer_bytes_burst,
             over_limit_ban_after: Duration::from_secs(self.over_limit_ban_secs),
+            churn_max_departures: self.churn_max_departures,
+            churn_window: Duration::from_secs(self.churn_window_secs),
             ban_period: Duration::from_secs(self.ban_secs),
             standing_recovery_per_hour: self.standing_recovery_per_hour,
         })
@@ -800,6 +810,8 @@ mod tests {
                 peer_bytes_per_second: 1_000_000,
                 peer_bytes_burst: 4_000_000,
                 over_limit_ban_secs: 60,
+                churn_max_departures: 4,
+                churn_window_secs: 900,
                 ban_secs: 600,
                 standing_recovery_per_hour: 30,
             },

@@ -73,6 +73,7 @@ struct Mirrored {
     trust_misbehaviour: Family<KindLabels, Counter>,
     traffic: Family<TrafficLabels, Counter>,
     trust_banned: Counter,
+    trust_churn_holds: Counter,
     trust_bans: Gauge,
     broadcast_notices: Family<KindLabels, Counter>,
     broadcast_dropped: Family<KindLabels, Counter>,
@@ -275,6 +276,11 @@ impl Metrics {
             "trust_banned",
             "Peers banned since start because their standing fell to zero",
             m.trust_banned.clone(),
+        );
+        registry.register(
+            "trust_churn_holds",
+            "Peers held out since start because they failed or left too often lately",
+            m.trust_churn_holds.clone(),
         );
         registry.register(
             "trust_bans",
@@ -481,6 +487,7 @@ impl Metrics {
             );
         }
         mirror(&m.trust_banned, stats.bans.0);
+        mirror(&m.trust_churn_holds, stats.churn_holds);
         let t = &stats.traffic;
         for (protocol, traffic) in [("dht", t.dht), ("swim", t.swim), ("broadcast", t.broadcast)] {
             for (direction, n) in [("in", traffic.bytes_in), ("out", traffic.bytes_out)] {

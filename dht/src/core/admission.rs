@@ -416,6 +416,9 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
 
     /// A member SWIM declared failed or gone leaves the admitted set; its proof is kept a while.
     pub(super) fn on_departed(&mut self, now: Instant, peer: &T) {
+        if self.churn.departed(now, *peer) {
+            tracing::info!(?peer, "departed too often lately: held out for a while");
+        }
         let a = &mut self.admission;
         if let Some(proof) = a.verified.remove(peer) {
             a.departed.insert(*peer, proof, now);
@@ -488,6 +491,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     pub(super) fn permitted(&self, peer: &T) -> bool {
         !self.denied.contains(peer)
             && !self.standings.is_banned(peer)
+            && !self.churn.is_held(peer)
             && self.allowed.as_ref().is_none_or(|a| a.contains(peer))
     }
 
@@ -515,6 +519,11 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     /// Whether `peer` is banned for misbehaviour.
     pub fn is_banned(&self, peer: &T) -> bool {
         self.standings.is_banned(peer)
+    }
+
+    /// Peers held out by the churn filter since start.
+    pub fn churn_holds(&self) -> u64 {
+        self.churn.holds
     }
 
     /// Misbehaviour seen since start, by kind, and bans imposed.

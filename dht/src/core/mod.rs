@@ -51,6 +51,7 @@
 //! - `ops.rs`: the one table of work in flight and the timers.
 
 mod admission;
+mod churn;
 mod departed;
 mod feeds;
 mod limits;
@@ -77,6 +78,7 @@ use shoal_pow::{NodeKey, ProofError, PublicKey, StampChecker};
 use shoal_swim::{Address, Membership, State};
 
 use self::admission::Admission;
+pub use self::churn::MAX_CHURN_PEERS;
 pub use self::departed::{DEPARTED_RETENTION, MAX_DEPARTED};
 pub use self::feeds::{MAX_FEED_REPLY, NoticeCheck};
 pub use self::limits::MAX_RATE_BUCKETS;
@@ -672,12 +674,16 @@ pub struct Sizes {
     pub records: usize,
     /// Notices held.
     pub notices: usize,
-    /// Rate-limit buckets (peer and method). Bound: [`MAX_RATE_BUCKETS`].
+    /// Rate-limit buckets (peer and method, and peer for bytes). Bound: twice
+    /// [`MAX_RATE_BUCKETS`].
     pub rate_buckets: usize,
     /// Standings remembered. Bound: [`MAX_STANDINGS`].
     pub standings: usize,
     /// Bans in force. Bound: [`MAX_BANS`].
     pub bans: usize,
+    /// Peers whose departures are remembered or that are held out. Bound: twice
+    /// [`MAX_CHURN_PEERS`].
+    pub churn: usize,
     /// Receipts remembered. Bound: [`MAX_RECEIPTS`].
     pub receipts: usize,
 }
@@ -733,6 +739,8 @@ pub struct Core<T: Peer, C: Checks<T>> {
     limits: limits::Buckets<(T, u8)>,
     /// Bytes a peer sends ([`Core::admit_bytes`]).
     bytes: limits::Buckets<T>,
+    /// Departures of peers lately, and the peers held out for departing too often.
+    churn: churn::Churn<T>,
     /// What peers' provable misbehaviour cost them, and the bans it earned.
     standings: standing::Standings<T>,
     /// Receipts given for this node's puts, to catch a replica denying one.
@@ -846,6 +854,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             limits,
             bytes,
             standings,
+            churn: churn::Churn::new(config.trust.churn_max_departures, config.trust.churn_window),
             receipts: receipts::ReceiptBook::new(),
             table: RoutingTable::new(local.point(), config.kbucket_size.get()),
             records: Records::new(config.store.clone()),
@@ -1030,6 +1039,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             rate_buckets: self.limits.len() + self.bytes.len(),
             standings: self.standings.len(),
             bans: self.standings.bans(),
+            churn: self.churn.len(),
             receipts: self.receipts.len(),
         }
     }
@@ -1333,6 +1343,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                     self.timers.set(Timer::Tick, now + TICK);
                     self.admission_tick(now);
                     self.standings.lift(now);
+                    self.churn.lift(now);
                     self.ops.shrink();
                 }
                 Timer::RelayFlush => self.flush_relay_requests(now),

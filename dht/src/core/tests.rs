@@ -2546,3 +2546,59 @@ fn a_replica_that_denies_its_receipts_loses_standing_then_is_banned_and_gets_sti
         FULL_STANDING
     );
 }
+
+#[test]
+fn a_member_that_departs_too_often_is_held_out_until_its_departures_age() {
+    let mut config = SimConfig::local();
+    config.dht.trust.churn_max_departures = 2;
+    config.dht.trust.churn_window = Duration::from_secs(600);
+    let mut sim = Sim::new(43, config);
+    sim.add_converged(8);
+    let flapper = 7;
+    let others = 0..7u32;
+    let admitted_by_all = |s: &Sim| {
+        others
+            .clone()
+            .all(|i| s.node(i).unwrap().is_admitted(&SimPeer(flapper)))
+    };
+    let gone_at_all = |s: &Sim| {
+        others
+            .clone()
+            .all(|i| !s.node(i).unwrap().is_admitted(&SimPeer(flapper)))
+    };
+    for round in 0..3 {
+        sim.crash(flapper);
+        let gone = sim.run_until_cond(
+            Duration::from_secs(60),
+            Duration::from_millis(500),
+            gone_at_all,
+        );
+        assert!(gone.is_some(), "round {round}: the crash was noticed");
+        sim.restart(flapper);
+        sim.join(flapper, &[0]);
+        let back = sim.run_until_cond(
+            Duration::from_secs(30),
+            Duration::from_millis(500),
+            admitted_by_all,
+        );
+        if round < 2 {
+            assert!(back.is_some(), "round {round}: readmitted");
+        } else {
+            // The third departure within the window: held out everywhere.
+            assert!(back.is_none(), "held out after its third departure");
+            assert!(gone_at_all(&sim));
+        }
+    }
+    let holds: u64 = others
+        .clone()
+        .map(|i| sim.node(i).unwrap().churn_holds())
+        .sum();
+    assert_eq!(holds, 7);
+    // Once its departures age out of the window, it is admitted again.
+    let back = sim.run_until_cond(
+        Duration::from_secs(700),
+        Duration::from_secs(1),
+        admitted_by_all,
+    );
+    assert!(back.is_some(), "admitted again after the window");
+}

@@ -939,6 +939,7 @@ impl EventLoop {
         stats.misbehaviour = seen.iter().map(|(k, n)| (k.as_str(), *n)).collect();
         stats.bans = (banned, self.core.sizes().bans);
         stats.bandwidth_limited = c.bandwidth_limited;
+        stats.churn_holds = self.core.churn_holds();
         let b = self.swarm.behaviour();
         stats.traffic = crate::api::Traffic {
             dht: b.dht.total(),

@@ -1400,7 +1400,11 @@ impl Sim {
             && s.routing <= 2 * k * 256
             && s.records <= c.store.max_records
             && s.notices <= c.notices.max_notices
-            && s.rate_buckets <= crate::core::MAX_RATE_BUCKETS
+            && s.rate_buckets <= 2 * crate::core::MAX_RATE_BUCKETS
+            && s.standings <= crate::core::MAX_STANDINGS
+            && s.bans <= crate::core::MAX_BANS
+            && s.receipts <= crate::core::MAX_RECEIPTS
+            && s.churn <= 2 * crate::core::MAX_CHURN_PEERS
             && s.verified <= c.swim.max_members.get() + crate::core::MAX_HELD_PEERS
             && s.ops <= 1_000_000
             && s.pending <= 1_000_000;
