@@ -9,7 +9,11 @@
 //! holds), and what such a placement costs.
 //!
 //! A one-hop get hears from `get_paths` groups of alpha replicas (`--paths 1,2`, both by
-//! default); lookups take one path (disjoint-path iterative lookups are not built yet).
+//! default); the iterative route runs with 1 and 2 disjoint lookup paths (`lookup_paths`).
+//! Last, lookups that do not start from the full membership (a joiner's first, from a few
+//! random peers) over a synthetic network with eclipse attackers
+//! ([`shoal_dht::sim::lookups`]), with 1 to 4 disjoint paths: what more paths buy when the
+//! view is not full.
 //!
 //! `cargo bench -p shoal-dht --bench adversary` runs N = 1,000, f = 0, 10, 20 and 30 %. Options
 //! after `--`: `--nodes N` (1000), `--seed X` (42), `--puts P` (200), `--gets G` (1000),
@@ -93,11 +97,13 @@ struct Outcome {
     durable: usize,
 }
 
-fn config(paths: usize) -> SimConfig {
+fn config(paths: usize, lookup_paths: usize) -> SimConfig {
+    let nz = |n: usize| std::num::NonZeroUsize::new(n).expect("at least one path");
     SimConfig {
         dht: Config {
             network: "sim".to_owned(),
-            get_paths: std::num::NonZeroUsize::new(paths).expect("at least one path"),
+            get_paths: nz(paths),
+            lookup_paths: nz(lookup_paths),
             stamps: shoal_pow::StampPolicy::testnet(),
             swim: shoal_swim::Config::lan(),
             ..Config::default()
@@ -116,14 +122,16 @@ fn main() {
     println!("## shoal-dht under attack (simulator)");
     println!();
     println!(
-        "seed {}; N = {}; k = 20, put quorum 3, alpha 3; LAN links; lookups one path; \
+        "seed {}; N = {}; k = 20, put quorum 3, alpha 3; LAN links; \
          {} puts (each key put twice: the stale attack serves the first), {} gets, {} lookups \
          per run, from random benign nodes",
         o.seed, o.nodes, o.puts, o.gets, o.lookups
     );
-    let mut runs: Vec<(Route, usize)> = o.paths.iter().map(|&d| (Route::Auto, d)).collect();
-    runs.push((Route::Iterative, 1));
-    for (route, paths) in runs {
+    let mut runs: Vec<(Route, usize, usize)> =
+        o.paths.iter().map(|&d| (Route::Auto, d, 1)).collect();
+    runs.push((Route::Iterative, 1, 1));
+    runs.push((Route::Iterative, 1, 2));
+    for (route, paths, lookup_paths) in runs {
         println!();
         println!(
             "### route: {}",
@@ -132,7 +140,10 @@ fn main() {
                     "one hop from the local view (default), get_paths = {paths} ({} replicas per get)",
                     3 * paths
                 ),
-                _ => "iterative (Kademlia's lookup, forced)".to_owned(),
+                _ => format!(
+                    "iterative (Kademlia's lookup, forced), {lookup_paths} disjoint path{}",
+                    if lookup_paths == 1 { "" } else { "s" }
+                ),
             }
         );
         println!();
@@ -152,7 +163,7 @@ fn main() {
             };
             for attack in attacks {
                 let wall = Instant::now();
-                let out = run(&o, route, paths, attack);
+                let out = run(&o, route, (paths, lookup_paths), attack);
                 let mut rpcs = out.rpcs.clone();
                 let p50 = percentile(&mut rpcs, 0.5).unwrap_or(f64::NAN);
                 let p95 = percentile(&mut rpcs, 0.95).unwrap_or(f64::NAN);
@@ -178,7 +189,48 @@ fn main() {
         }
     }
     placed(&o);
+    partial_views(&o);
     sybil_cost(&o);
+}
+
+/// Lookups from a few random peers over a synthetic network with eclipse attackers, with 1 to
+/// 4 disjoint paths.
+fn partial_views(o: &Options) {
+    let seeds = 3;
+    println!();
+    println!(
+        "### lookups from {seeds} random peers, not the full membership (synthetic network, \
+         N = {}, honest peers know their 20 closest and 40 others, liars answer with the \
+         liars closest to the target; {} lookups each)",
+        o.nodes, o.lookups
+    );
+    println!();
+    println!(
+        "| liars | paths | honest closest found | lookups that found all | requests per lookup |"
+    );
+    println!("|---|---|---|---|---|");
+    for &f in &o.shares {
+        for paths in 1..=4 {
+            let found = shoal_dht::sim::lookups::EclipseLookups {
+                n: o.nodes,
+                liars: f,
+                seeds,
+                paths,
+                lookups: o.lookups,
+                k: 20,
+                alpha: 3,
+                known: 40,
+            }
+            .run(o.seed);
+            println!(
+                "| {:.0} % | {paths} | {:.4} | {:.3} | {:.1} |",
+                f * 100.0,
+                found.share(),
+                found.complete as f64 / o.lookups.max(1) as f64,
+                found.requests as f64 / o.lookups.max(1) as f64,
+            );
+        }
+    }
 }
 
 /// The placed attack: drop nodes at `m` of the 20 places nearest each of the targeted keys; gets
@@ -198,7 +250,7 @@ fn placed(o: &Options) {
     runs.push((Route::Iterative, 1));
     for (route, paths) in runs {
         for m in [10, 17, 20] {
-            let out = run(o, route, paths, Attack::Placed(m));
+            let out = run(o, route, (paths, 1), Attack::Placed(m));
             let mut get_rpcs = out.get_rpcs.clone();
             let g50 = percentile(&mut get_rpcs, 0.5).unwrap_or(f64::NAN);
             println!(
@@ -224,8 +276,13 @@ fn name(a: Adversary) -> &'static str {
     }
 }
 
-fn run(o: &Options, route: Route, paths: usize, attack: Attack) -> Outcome {
-    let mut sim = Sim::new(o.seed, config(paths));
+fn run(
+    o: &Options,
+    route: Route,
+    (paths, lookup_paths): (usize, usize),
+    attack: Attack,
+) -> Outcome {
+    let mut sim = Sim::new(o.seed, config(paths, lookup_paths));
     sim.add_converged(o.nodes);
     let mut rng = StdRng::seed_from_u64(o.seed ^ 0xadd);
     let mut ids: Vec<u32> = (0..o.nodes as u32).collect();

@@ -32,6 +32,9 @@ pub enum ConfigError {
     /// `get_paths` is above 8.
     #[error("get_paths is {0}, at most 8")]
     GetPaths(usize),
+    /// `lookup_paths` is above [`crate::core::lookup::MAX_LOOKUP_PATHS`].
+    #[error("lookup_paths is {0}, at most 8")]
+    LookupPaths(usize),
     /// An allow or deny list names more than [`MAX_TRUST_LIST`] peers.
     #[error("trust.{0} names {1} peers, at most {MAX_TRUST_LIST}")]
     TrustListTooLong(&'static str, usize),
@@ -149,6 +152,13 @@ pub struct Config {
     /// benchmark's figures in docs/benchmarks.md say what 2 buys, at twice the requests). At
     /// most 8.
     pub get_paths: NonZeroUsize,
+    /// Disjoint paths an iterative lookup takes (S/Kademlia, [`crate::core::lookup::DisjointPaths`]):
+    /// every peer is asked by one path only, and the result is the closest that answered on
+    /// any, so peers lying about the closest can mislead only the paths they are on. Each path
+    /// costs a lookup's requests. Default 1: a lookup here starts from the full membership
+    /// SWIM gives, which already holds the true closest (docs/benchmarks.md, "The DHT under
+    /// attack", measures when more paths help). At most 8.
+    pub lookup_paths: NonZeroUsize,
     /// Test only: answer gets and proof requests as a node that dropped every record would
     /// ([`crate::wire::Response::withheld`]), while still keeping puts and signing receipts for
     /// them: for tests of what the others do about such a node. Default false.
@@ -230,6 +240,7 @@ impl Default for Config {
             kbucket_size: nz(20),
             lookup_parallelism: nz(3),
             get_paths: nz(1),
+            lookup_paths: nz(1),
             dangerous_withhold_records: false,
             view_settle: Duration::from_secs(10),
             query_timeout: Duration::from_secs(30),
@@ -334,6 +345,9 @@ impl Config {
         }
         if self.seed_redial.is_some_and(|t| t.is_zero()) {
             return Err(ConfigError::ZeroTimeout("seed_redial"));
+        }
+        if self.lookup_paths.get() > crate::core::lookup::MAX_LOOKUP_PATHS {
+            return Err(ConfigError::LookupPaths(self.lookup_paths.get()));
         }
         if self.get_paths.get() > 8 {
             return Err(ConfigError::GetPaths(self.get_paths.get()));

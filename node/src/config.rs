@@ -357,6 +357,10 @@ pub struct DhtSettings {
     /// replicas serving stale copies, at that many times the requests). Default 1.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub get_paths: Option<NonZeroUsize>,
+    /// Disjoint paths an iterative lookup takes (S/Kademlia), 1 to 8; each costs a lookup's
+    /// requests. Default 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lookup_paths: Option<NonZeroUsize>,
     /// Test only: answer gets as a node that dropped every record would (nothing held, no
     /// closer peers), while still acknowledging puts with receipts: for tests of what the
     /// others do about such a node. Set by `shoal run --dangerous-withhold-records`, never
@@ -375,6 +379,7 @@ impl Default for DhtSettings {
             max_ttl_secs: None,
             max_records: None,
             get_paths: None,
+            lookup_paths: None,
             dangerous_withhold_records: false,
         }
     }
@@ -696,6 +701,9 @@ impl Config {
         if let Some(d) = d.get_paths {
             c.get_paths = d;
         }
+        if let Some(d) = d.lookup_paths {
+            c.lookup_paths = d;
+        }
         c.dangerous_withhold_records = d.dangerous_withhold_records;
         c.trust = self.trust.policy()?;
         c.data_dir = Some(self.resolved_data_dir());
@@ -800,6 +808,7 @@ mod tests {
                 max_ttl_secs: NonZeroU64::new(7200),
                 max_records: NonZeroUsize::new(1000),
                 get_paths: NonZeroUsize::new(2),
+                lookup_paths: NonZeroUsize::new(3),
                 dangerous_withhold_records: false,
             },
             trust: TrustConfig {

@@ -321,6 +321,180 @@ impl<T: Peer> ClosestPeers<T> {
     pub fn counts(&self) -> Counts {
         self.counts
     }
+
+    /// Whether `peer` is among the candidates.
+    fn knows(&self, peer: &T) -> bool {
+        self.state_of(peer).is_some()
+    }
+}
+
+/// Lookups over `d` disjoint paths (S/Kademlia): the seeds are dealt to `d` independent
+/// [`ClosestPeers`] searches, closest first and in turn, and every peer belongs to the first
+/// path that hears of it, so no peer is asked by two paths and one path whose peers lie cannot
+/// steer the others. The result is the `k` closest that answered on any path. With one path it
+/// is Kademlia's lookup; a one-hop search is always one path. Each path asks until its own `k`
+/// closest answered, so `d` paths cost about `d` times the requests, in the same rounds.
+#[derive(Debug)]
+pub struct DisjointPaths<T> {
+    target: KeyHash,
+    k: usize,
+    paths: Vec<ClosestPeers<T>>,
+    /// The path each peer heard of belongs to.
+    owner: std::collections::HashMap<T, usize>,
+}
+
+/// Paths a lookup takes at most.
+pub const MAX_LOOKUP_PATHS: usize = 8;
+
+impl<T: Peer> DisjointPaths<T> {
+    /// A lookup of the `k` peers closest to `target` over `d` disjoint paths (at most
+    /// [`MAX_LOOKUP_PATHS`]), each asking `alpha` at a time, starting from `seeds`.
+    pub fn new(
+        target: KeyHash,
+        local: T,
+        k: NonZeroUsize,
+        alpha: NonZeroUsize,
+        seeds: impl IntoIterator<Item = T>,
+        d: NonZeroUsize,
+    ) -> Self {
+        let d = d.get().min(MAX_LOOKUP_PATHS);
+        let seeds = closest(
+            &target,
+            seeds.into_iter().filter(|p| *p != local),
+            MAX_CANDIDATES,
+        );
+        let mut dealt: Vec<Vec<T>> = vec![Vec::new(); d];
+        let mut owner = std::collections::HashMap::new();
+        for (i, peer) in seeds.into_iter().enumerate() {
+            if owner.insert(peer, i % d).is_none() {
+                dealt[i % d].push(peer);
+            }
+        }
+        let paths = dealt
+            .into_iter()
+            .map(|seeds| ClosestPeers::new(target, local, k, alpha, seeds))
+            .collect();
+        Self {
+            target,
+            k: k.get(),
+            paths,
+            owner,
+        }
+    }
+
+    /// One path: `search` as it is (a one-hop search, say).
+    pub fn single(search: ClosestPeers<T>) -> Self {
+        Self {
+            target: search.target,
+            k: search.k,
+            paths: vec![search],
+            owner: std::collections::HashMap::new(),
+        }
+    }
+
+    /// The path `peer` belongs to (the only one, with one path).
+    fn path_of(&self, peer: &T) -> Option<usize> {
+        match self.paths.len() {
+            1 => Some(0),
+            _ => self.owner.get(peer).copied(),
+        }
+    }
+
+    /// The next peer to ask on any path.
+    pub fn next_peer(&mut self) -> Option<T> {
+        self.paths.iter_mut().find_map(ClosestPeers::next_peer)
+    }
+
+    /// `peer` answered with `closer`: the peers no other path heard of go to its path.
+    pub fn on_answer(&mut self, peer: &T, closer: impl IntoIterator<Item = T>) {
+        let Some(path) = self.path_of(peer) else {
+            return;
+        };
+        if self.paths.len() == 1 {
+            return self.paths[0].on_answer(peer, closer);
+        }
+        let owner = &mut self.owner;
+        let mine: Vec<T> = closer
+            .into_iter()
+            .filter(|p| *owner.entry(*p).or_insert(path) == path)
+            .collect();
+        // Bounded like each path's candidates: the farthest are forgotten past the bound.
+        if owner.len() > MAX_CANDIDATES * MAX_LOOKUP_PATHS {
+            owner.retain(|p, _| self.paths.iter().any(|s| s.knows(p)));
+        }
+        self.paths[path].on_answer(peer, mine);
+    }
+
+    /// `peer`'s answer held what was sought.
+    pub fn on_hit(&mut self, peer: &T) {
+        if let Some(path) = self.path_of(peer) {
+            self.paths[path].on_hit(peer);
+        }
+    }
+
+    /// The request to `peer` failed.
+    pub fn on_failure(&mut self, peer: &T) {
+        if let Some(path) = self.path_of(peer) {
+            self.paths[path].on_failure(peer);
+        }
+    }
+
+    /// Whether every path is finished.
+    pub fn is_finished(&self) -> bool {
+        self.paths.iter().all(ClosestPeers::is_finished)
+    }
+
+    /// Ends every path now.
+    pub fn stop(&mut self) {
+        self.paths.iter_mut().for_each(ClosestPeers::stop);
+    }
+
+    /// The `k` closest peers that answered on any path, closest first.
+    pub fn peers(&self) -> Vec<T> {
+        let all = self.paths.iter().flat_map(ClosestPeers::peers);
+        closest(&self.target, all, self.k)
+    }
+
+    /// What every path cost so far, together.
+    pub fn counts(&self) -> Counts {
+        self.paths.iter().fold(Counts::default(), |mut sum, p| {
+            let c = p.counts();
+            sum.requests += c.requests;
+            sum.answers += c.answers;
+            sum.failures += c.failures;
+            sum
+        })
+    }
+
+    /// Paths taken.
+    pub fn paths(&self) -> usize {
+        self.paths.len()
+    }
+
+    /// Drives the lookup to its end against `answer`, which says what each peer asked answers
+    /// (`None`: the request failed), in the order asked: for benchmarks and tests of lookups
+    /// over a synthetic network. Returns the peers asked, in order.
+    pub fn run_with(&mut self, mut answer: impl FnMut(&T) -> Option<Vec<T>>) -> Vec<T> {
+        let mut asked = Vec::new();
+        let mut in_flight = std::collections::VecDeque::new();
+        loop {
+            while let Some(p) = self.next_peer() {
+                in_flight.push_back(p);
+                asked.push(p);
+            }
+            let Some(p) = in_flight.pop_front() else {
+                break;
+            };
+            match answer(&p) {
+                Some(closer) => self.on_answer(&p, closer),
+                None => self.on_failure(&p),
+            }
+            if self.is_finished() {
+                break;
+            }
+        }
+        asked
+    }
 }
 
 #[cfg(test)]
@@ -421,6 +595,28 @@ mod tests {
         }
         assert!(l.is_finished());
         assert_eq!(l.counts().requests, 8);
+    }
+
+    #[test]
+    fn disjoint_paths_never_share_a_peer_and_merge_to_the_true_closest() {
+        let all = peers(300);
+        let target = KeyHash::of(b"paths");
+        let truth = closest(&target, all.clone(), 20);
+        for d in 1..=4 {
+            // Seeded with the full membership's 40 closest, as the core seeds a lookup.
+            let seeds = closest(&target, all.clone(), 40);
+            let mut lookup =
+                DisjointPaths::new(target, PeerId::random(), nz(20), nz(3), seeds, nz(d));
+            assert_eq!(lookup.paths(), d);
+            let asked = lookup.run_with(|_| Some(closest(&target, all.clone(), 20)));
+            let mut unique = asked.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(unique.len(), asked.len(), "d = {d}: a peer asked twice");
+            assert!(lookup.is_finished());
+            assert_eq!(lookup.peers(), truth, "d = {d}");
+            assert_eq!(lookup.counts().requests as usize, asked.len());
+        }
     }
 
     #[test]

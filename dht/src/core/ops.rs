@@ -13,7 +13,7 @@ use std::time::Instant;
 use serde_bytes::ByteBuf;
 use shoal_swim::CommandId;
 
-use super::lookup::ClosestPeers;
+use super::lookup::DisjointPaths;
 use super::notices::{Announcing, NoticeUndo, NoticesQuery};
 use super::records::{GetState, Replication, Undo};
 use super::{InboundId, OpId, Peer, RequestId, WriteId, shrink_sparse};
@@ -77,7 +77,7 @@ pub(super) struct Lookup<T> {
     /// The key (or peer id bytes) as sent in each request.
     pub(super) target: ByteBuf,
     /// The iterative search.
-    pub(super) state: ClosestPeers<T>,
+    pub(super) state: DisjointPaths<T>,
     /// When it started.
     pub(super) started: Instant,
     /// One hop (a get asking the closest of the local view) or iterative.

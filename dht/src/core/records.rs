@@ -15,7 +15,7 @@ use std::time::Instant;
 use serde_bytes::ByteBuf;
 
 use super::Misbehaviour;
-use super::lookup::{ClosestPeers, KeyHash, closest, closest_of};
+use super::lookup::{ClosestPeers, DisjointPaths, KeyHash, closest, closest_of};
 use super::ops::{Lookup, Op, Then, Timer, Waiting};
 use super::{
     Checks, Core, Durability, InboundId, MAX_BACKGROUND_GETS, OpId, Peer, Reply, RequestFailure,
@@ -829,7 +829,8 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     /// Finds the peers closest to `target` (a record key, or a peer id's bytes) for `then`, by
     /// the path [`Core::path_for`] gives `route`. One hop: the `k` closest admitted live members
     /// of the local view are handed to `then` at once; a get asks them, closest first (see
-    /// [`ClosestPeers::one_hop`]). Iterative: Kademlia's lookup, seeded from the same members.
+    /// [`ClosestPeers::one_hop`]). Iterative: Kademlia's lookup, seeded from the same members,
+    /// over [`Config::lookup_paths`](crate::Config::lookup_paths) disjoint paths.
     pub(super) fn start_lookup(
         &mut self,
         now: Instant,
@@ -852,7 +853,8 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             (Path::OneHop, Then::Get(_)) => {
                 // get_paths groups of alpha replicas, all asked at once: one round still.
                 let wanted = alpha.saturating_mul(self.config.get_paths);
-                ClosestPeers::one_hop(point, self.local, k, wanted, seeds, wanted)
+                let search = ClosestPeers::one_hop(point, self.local, k, wanted, seeds, wanted);
+                DisjointPaths::single(search)
             }
             (Path::OneHop, _) => {
                 let local = self.local;
@@ -860,7 +862,10 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 let stats = LookupStats::default();
                 return self.deliver(now, unix, op, then, peers.collect(), stats, path, false);
             }
-            (Path::Iterative, _) => ClosestPeers::new(point, self.local, k, alpha, seeds),
+            (Path::Iterative, _) => {
+                let d = self.config.lookup_paths;
+                DisjointPaths::new(point, self.local, k, alpha, seeds, d)
+            }
         };
         let lookup = Lookup {
             target: ByteBuf::from(target.to_vec()),

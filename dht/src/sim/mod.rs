@@ -29,6 +29,8 @@
 //! live nodes and every record held is valid. The full admission check costs a scan of the
 //! node's membership, so large runs sample it ([`SimConfig::sample_every`]).
 
+pub mod lookups;
+
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::time::{Duration, Instant};
