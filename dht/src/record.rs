@@ -184,10 +184,23 @@ impl SignedRecord {
         now: u64,
         policy: &StampPolicy,
     ) -> Result<Self, RecordError> {
+        Self::create_with(key, new, now, policy, &mut rand::thread_rng())
+    }
+
+    /// Creates a record as [`SignedRecord::create`] does, with the stamp's salt drawn from
+    /// `rng` (a core's seeded generator makes the record a function of the seed).
+    pub fn create_with(
+        key: &NodeKey,
+        new: NewRecord,
+        now: u64,
+        policy: &StampPolicy,
+        rng: &mut impl rand::RngCore,
+    ) -> Result<Self, RecordError> {
         check_sizes(&new.key, &new.value)?;
         let payload = stamp_payload(&new.value, new.seq, now, new.ttl);
         let publisher = key.public().to_bytes();
-        let stamp = policy.mint(MessageClass::RecordPut, now, &publisher, &new.key, &payload)?;
+        let class = MessageClass::RecordPut;
+        let stamp = policy.mint_with(class, now, &publisher, &new.key, &payload, rng)?;
         let body = Body {
             key: new.key,
             value: new.value,

@@ -118,8 +118,21 @@ impl StampPolicy {
         target: &[u8],
         payload: &[u8],
     ) -> Result<Stamp, StampError> {
+        self.mint_with(class, now, sender, target, payload, &mut rand::thread_rng())
+    }
+
+    /// Mints as [`StampPolicy::mint`] does, with the stamp's salt drawn from `rng`.
+    pub fn mint_with(
+        &self,
+        class: MessageClass,
+        now: u64,
+        sender: &[u8],
+        target: &[u8],
+        payload: &[u8],
+        rng: &mut impl rand::RngCore,
+    ) -> Result<Stamp, StampError> {
         let resource = Resource::new(sender, target, class.method(), payload);
-        Stamp::mint(self.bits(class), now, resource)
+        Stamp::mint_with(self.bits(class), now, resource, rng)
     }
 }
 

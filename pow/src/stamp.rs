@@ -122,8 +122,19 @@ impl Stamp {
     ///
     /// Expected cost: `2^bits` SHA-256 evaluations.
     pub fn mint(bits: u8, date: u64, resource: Resource) -> Result<Self, StampError> {
+        Self::mint_with(bits, date, resource, &mut rand::thread_rng())
+    }
+
+    /// Mints as [`Stamp::mint`] does, with the salt drawn from `rng` (a seeded generator makes
+    /// the stamp a function of the seed, as a deterministic simulation needs).
+    pub fn mint_with(
+        bits: u8,
+        date: u64,
+        resource: Resource,
+        rng: &mut impl RngCore,
+    ) -> Result<Self, StampError> {
         let mut salt = [0u8; 12];
-        rand::thread_rng().fill_bytes(&mut salt);
+        rng.fill_bytes(&mut salt);
         let rand = base64_encode(&salt);
         let mut stamp = Self {
             bits,

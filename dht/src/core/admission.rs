@@ -29,7 +29,7 @@
 //! A member SWIM declares failed or gone leaves the admitted set, but its proof is kept a while
 //! ([`super::departed`]): a message from it, or news of its return, readmits it at once.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde_bytes::ByteBuf;
@@ -134,8 +134,9 @@ pub(super) struct Admission<T, P> {
     verified: HashMap<T, P>,
     departed: Departed<T, P>,
     wanted: HashMap<T, Wanted<T>>,
-    /// Members to ask each relayer about, sent when [`Timer::RelayFlush`] fires.
-    batches: HashMap<T, Vec<T>>,
+    /// Members to ask each relayer about, sent when [`Timer::RelayFlush`] fires. Ordered, so
+    /// the requests go out in relayer order (a run is a function of its inputs).
+    batches: BTreeMap<T, Vec<T>>,
     /// The newest news cut about each member not admitted: who sent it, and when it was first cut.
     reported: HashMap<T, (T, Update<T>, Instant)>,
     held: HashMap<T, HeldQueue<T>>,
@@ -154,7 +155,7 @@ impl<T, P> Default for Admission<T, P> {
             verified: HashMap::new(),
             departed: Departed::default(),
             wanted: HashMap::new(),
-            batches: HashMap::new(),
+            batches: BTreeMap::new(),
             reported: HashMap::new(),
             held: HashMap::new(),
             checking: HashMap::new(),
@@ -407,7 +408,8 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     fn remember_refused(&mut self, now: Instant, peer: T) {
         let refused = &mut self.admission.refused;
         if refused.len() >= MAX_REFUSED
-            && let Some(oldest) = refused.iter().min_by_key(|(_, at)| **at).map(|(p, _)| *p)
+            // Ties broken by peer, not by the hash map's order.
+            && let Some(oldest) = refused.iter().min_by_key(|(p, at)| (**at, **p)).map(|(p, _)| *p)
         {
             refused.remove(&oldest);
         }
@@ -949,13 +951,15 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     /// stale reports; memory of drained bursts given back.
     pub(super) fn admission_tick(&mut self, now: Instant) {
         self.admission.departed.expire(now);
-        let late: Vec<T> = self
+        let mut late: Vec<T> = self
             .admission
             .held
             .iter()
             .filter(|(_, q)| q.deadline <= now)
             .map(|(p, _)| *p)
             .collect();
+        // In peer order, not the hash map's: the refusals go out in this order.
+        late.sort_unstable();
         for peer in late {
             self.drop_held(&peer);
         }
@@ -969,7 +973,6 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         shrink_sparse(&mut a.wanted);
         shrink_sparse(&mut a.reported);
         shrink_sparse(&mut a.held);
-        shrink_sparse(&mut a.batches);
         shrink_sparse(&mut a.checking);
         a.refused
             .retain(|_, at| now.saturating_duration_since(*at) < REFUSED_TTL);
@@ -986,6 +989,8 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 retry.push((w.from, *member));
             }
         }
+        // In member order, not the hash map's: it is the order of each request's list.
+        retry.sort_unstable_by_key(|&(_, member)| member);
         for (relayer, member) in retry {
             self.admission
                 .batches

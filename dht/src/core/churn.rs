@@ -46,10 +46,11 @@ impl<T: Peer> Churn<T> {
             return false;
         }
         if !self.departures.contains_key(&peer) && self.departures.len() >= MAX_CHURN_PEERS {
+            // Ties broken by peer, not by the hash map's order.
             let oldest = self
                 .departures
                 .iter()
-                .min_by_key(|(_, d)| d.back().copied())
+                .min_by_key(|(p, d)| (d.back().copied(), **p))
                 .map(|(p, _)| *p);
             if let Some(oldest) = oldest {
                 self.departures.remove(&oldest);
@@ -73,7 +74,8 @@ impl<T: Peer> Churn<T> {
         self.holds += 1;
         if !self.held.contains_key(&peer)
             && self.held.len() >= MAX_CHURN_PEERS
-            && let Some(first) = self.held.iter().min_by_key(|(_, u)| **u).map(|(p, _)| *p)
+            // Ties broken by peer, not by the hash map's order.
+            && let Some(first) = self.held.iter().min_by_key(|(p, u)| (**u, **p)).map(|(p, _)| *p)
         {
             self.held.remove(&first);
         }

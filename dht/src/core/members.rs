@@ -118,10 +118,12 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         let Some(bucket) = removed.short else {
             return;
         };
-        let candidates: Vec<T> = self
+        let mut candidates: Vec<T> = self
             .verified_live()
             .filter(|p| p != peer && self.table.in_bucket(&p.point(), bucket))
             .collect();
+        // In peer order, not the membership's hash order: it decides who gets the free slots.
+        candidates.sort_unstable();
         for candidate in candidates {
             if self.table.insert(candidate) == Inserted::Full {
                 break;
@@ -308,7 +310,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
 
     /// A seed's dial or gate check ended (either way): joins waiting for it go on.
     pub(super) fn on_seed_settled(&mut self, now: Instant, unix: u64, peer: &T) {
-        let joins: Vec<OpId> = self
+        let mut joins: Vec<OpId> = self
             .ops
             .iter()
             .filter_map(|(id, op)| match op {
@@ -316,6 +318,8 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 _ => None,
             })
             .collect();
+        // Oldest first, not in the hash map's order.
+        joins.sort_unstable();
         for op in joins {
             if let Some(Op::Join(j)) = self.ops.get_mut(op) {
                 j.waiting.retain(|p| p != peer);

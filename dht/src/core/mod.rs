@@ -73,6 +73,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
 use serde_bytes::ByteBuf;
 use shoal_pow::{NodeKey, ProofError, PublicKey, StampChecker};
 use shoal_swim::{Address, Membership, State};
@@ -634,10 +636,11 @@ impl<T: Peer> CoreStats<T> {
     pub(crate) fn count_refused_put(&mut self, peer: T) {
         self.refused_puts_total += 1;
         if !self.refused_puts.contains_key(&peer) && self.refused_puts.len() >= MAX_REFUSAL_PEERS {
+            // Ties broken by peer, not by the hash map's order.
             let fewest = self
                 .refused_puts
                 .iter()
-                .min_by_key(|(_, n)| **n)
+                .min_by_key(|(p, n)| (**n, **p))
                 .map(|(p, _)| *p);
             if let Some(fewest) = fewest {
                 self.refused_puts.remove(&fewest);
@@ -767,6 +770,9 @@ pub struct Core<T: Peer, C: Checks<T>> {
     empty_addrs: Arc<[Address]>,
     /// Until when the local view counts as unsettled (see `view.rs`).
     unsettled_until: Instant,
+    /// Draws the salts of the stamps this node mints: seeded from [`Config::rng_seed`] when
+    /// set, so a simulated run is a function of its seed.
+    rng: StdRng,
 }
 
 impl<T: Peer, C: Checks<T>> std::fmt::Debug for Core<T, C> {
@@ -825,6 +831,13 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             stamps: StampChecker::new(config.stamps.clone()).map_err(ConfigError::from)?,
         };
         let broadcast = shoal_broadcast::Broadcast::new(now, local, broadcast_config, check)?;
+        let rng = match config.rng_seed {
+            Some(mut seed) => {
+                seed[0] ^= 0x3c;
+                StdRng::from_seed(seed)
+            }
+            None => StdRng::from_entropy(),
+        };
         let peers = |list: &[Vec<u8>]| -> HashSet<T> {
             list.iter().filter_map(|b| T::from_bytes(b)).collect()
         };
@@ -882,6 +895,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             snapshot: Vec::new(),
             empty_addrs: Arc::from(Vec::new()),
             unsettled_until: now,
+            rng,
             config,
         };
         core.unsettle(now, view::Unsettled::Started);
@@ -1049,15 +1063,18 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         &mut self.checks
     }
 
-    /// The verified live members with their addresses (at most `max`): the routing snapshot.
+    /// The verified live members with their addresses (at most `max`): the routing snapshot,
+    /// nearest this node first.
     pub fn snapshot(&self, max: usize) -> Vec<(T, Vec<Address>)> {
-        self.swim
-            .members()
-            .filter(|(p, m)| {
-                matches!(m.state, State::Alive | State::Suspect) && self.admission.is_verified(p)
-            })
-            .take(max)
-            .map(|(p, m)| (*p, m.addrs.to_vec()))
+        let live = self.swim.members().filter(|(p, m)| {
+            matches!(m.state, State::Alive | State::Suspect) && self.admission.is_verified(p)
+        });
+        // Chosen and ordered by distance, not by the membership's hash order: a restart dials
+        // them in this order.
+        let live = live.map(|(p, m)| (p.point(), (*p, m.addrs)));
+        lookup::closest_of(&self.local.point(), live, max)
+            .into_iter()
+            .map(|(p, addrs)| (p, addrs.to_vec()))
             .collect()
     }
 

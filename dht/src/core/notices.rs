@@ -4,7 +4,7 @@
 //! The rules of a notice itself (its envelope, its stamp, which notice replaces which, whether a
 //! record matches an announcement) live in [`crate::lockstep`]; this file moves notices around.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use serde_bytes::ByteBuf;
@@ -100,7 +100,9 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         let seq = seq.unwrap_or_else(|| self.next_seq(&key, unix));
         let feed = self.next_feed_pos(unix);
         let stamps = &self.config.stamps;
-        let made = SignedNotice::create(&self.key, &key, &value, seq, unix, Some(feed), stamps);
+        let rng = &mut self.rng;
+        let made =
+            SignedNotice::create_with(&self.key, &key, &value, seq, unix, Some(feed), stamps, rng);
         let kept = made.and_then(|notice| Ok((notice.clone(), self.keep_notice(notice)?)));
         let (notice, (mut writes, undo)) = match kept {
             Ok(kept) => kept,
@@ -261,7 +263,8 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
 
     /// Replies with the latest notice per publisher, newest first.
     fn finish_notices(&mut self, op: OpId, query: NoticesQuery) {
-        let mut latest: HashMap<[u8; 32], SignedNotice> = HashMap::new();
+        // Ordered by publisher, so notices equally new keep one order (not a hash map's).
+        let mut latest: BTreeMap<[u8; 32], SignedNotice> = BTreeMap::new();
         for n in query.found {
             let publisher = n.notice().publisher.to_bytes();
             match latest.get(&publisher) {

@@ -411,7 +411,8 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             seq,
             ttl: request.ttl.as_secs().max(1),
         };
-        let signed = match SignedRecord::create(&self.key, new, unix, &self.config.stamps) {
+        let stamps = &self.config.stamps;
+        let signed = match SignedRecord::create_with(&self.key, new, unix, stamps, &mut self.rng) {
             Ok(s) => s,
             Err(e) => return self.reply(op, Reply::Put(Err(e.into()))),
         };
@@ -1264,12 +1265,14 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
 
     /// Drops the records whose lifetime ended, on disk too.
     pub(super) fn expire_records(&mut self, now: Instant, unix: u64) {
-        let expired: Vec<Vec<u8>> = self
+        let mut expired: Vec<Vec<u8>> = self
             .records
             .iter()
             .filter(|r| r.is_expired(unix))
             .map(|r| r.record().key.clone())
             .collect();
+        // In key order, not the hash map's: it is the order of the write.
+        expired.sort_unstable();
         if expired.is_empty() {
             return;
         }
@@ -1292,12 +1295,14 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         let k = self.config.replication_factor.get();
         // Each member's point hashed once for every record.
         let members: Vec<(KeyHash, T)> = self.verified_live().map(|p| (p.point(), p)).collect();
-        let jobs: Vec<(Vec<u8>, Vec<u8>)> = self
+        let mut jobs: Vec<(Vec<u8>, Vec<u8>)> = self
             .records
             .iter()
             .filter(|r| !r.is_expired(unix))
             .map(|r| (r.record().key.clone(), r.as_bytes().to_vec()))
             .collect();
+        // In key order, not the hash map's: it is the order the requests go out in.
+        jobs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for (key, envelope) in jobs {
             let peers = closest_of(&KeyHash::of(&key), members.iter().copied(), k);
             if peers.is_empty() {

@@ -118,12 +118,14 @@ impl<T: Peer> Standings<T> {
             .unwrap_or(0);
         self.seen[kind] += 1;
         if !self.scores.contains_key(&peer) && self.scores.len() >= MAX_STANDINGS {
+            // Ties broken by peer, not by the hash map's order.
             let best = self
                 .scores
                 .iter()
                 .max_by(|a, b| {
                     self.recovered(a.1, now)
                         .total_cmp(&self.recovered(b.1, now))
+                        .then(a.0.cmp(b.0))
                 })
                 .map(|(p, _)| *p);
             if let Some(best) = best {
@@ -147,10 +149,11 @@ impl<T: Peer> Standings<T> {
             return false;
         }
         if self.bans.len() >= MAX_BANS
+            // Ties broken by peer, not by the hash map's order.
             && let Some(first) = self
                 .bans
                 .iter()
-                .min_by_key(|(_, end)| **end)
+                .min_by_key(|(p, end)| (**end, **p))
                 .map(|(p, _)| *p)
         {
             self.bans.remove(&first);

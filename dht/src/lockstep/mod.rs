@@ -183,6 +183,23 @@ impl SignedNotice {
         feed: Option<FeedPos>,
         policy: &StampPolicy,
     ) -> Result<Self, LockstepError> {
+        let rng = &mut rand::thread_rng();
+        Self::create_with(signer, key, value, seq, now, feed, policy, rng)
+    }
+
+    /// Announces as [`SignedNotice::create`] does, with the stamp's salt drawn from `rng` (a
+    /// core's seeded generator makes the notice a function of the seed).
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_with(
+        signer: &NodeKey,
+        key: &[u8],
+        value: &[u8],
+        seq: u64,
+        now: u64,
+        feed: Option<FeedPos>,
+        policy: &StampPolicy,
+        rng: &mut impl rand::RngCore,
+    ) -> Result<Self, LockstepError> {
         if key.len() > MAX_KEY_LEN {
             return Err(LockstepError::KeyTooLarge(key.len()));
         }
@@ -190,7 +207,8 @@ impl SignedNotice {
         let hash = value_hash(key, value);
         let publisher = signer.public().to_bytes();
         let payload = stamp_payload(&hash, seq, now, feed);
-        let stamp = policy.mint(MessageClass::LockstepNotice, now, &publisher, key, &payload)?;
+        let class = MessageClass::LockstepNotice;
+        let stamp = policy.mint_with(class, now, &publisher, key, &payload, rng)?;
         let body = Body {
             key: key.to_vec(),
             value_hash: hash.to_vec(),
@@ -427,9 +445,10 @@ impl NoticeBook {
             }
         } else if publishers.len() >= self.config.max_publishers_per_key.max(1) {
             // Invariant: the map is non-empty since its length reached a positive bound.
+            // Ties broken by publisher, not by the hash map's order.
             let oldest = publishers
                 .values()
-                .min_by_key(|s| s.notice().created_at)
+                .min_by_key(|s| (s.notice().created_at, s.notice().publisher.to_bytes()))
                 .expect("non-empty")
                 .clone();
             if oldest.notice().created_at >= n.created_at {
@@ -482,7 +501,14 @@ impl NoticeBook {
             .get(key)
             .map(|m| m.values().collect())
             .unwrap_or_default();
-        all.sort_by_key(|s| std::cmp::Reverse((s.notice().created_at, s.notice().seq)));
+        // Ties broken by publisher, not by the hash map's order.
+        all.sort_by_key(|s| {
+            let n = s.notice();
+            (
+                std::cmp::Reverse((n.created_at, n.seq)),
+                n.publisher.to_bytes(),
+            )
+        });
         all
     }
 

@@ -1583,6 +1583,178 @@ mod tests {
         }
     }
 
+    /// A delivery as the trace of a run shows it: its kind, its nodes, and a digest of its bytes.
+    fn describe(delivery: &Delivery) -> String {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let digest = |bytes: &[u8]| {
+            // Fixed keys: the same bytes give the same digest in both runs.
+            let mut h = DefaultHasher::new();
+            bytes.hash(&mut h);
+            h.finish()
+        };
+        match delivery {
+            Delivery::Wake(id) => format!("wake {id}"),
+            Delivery::Swim { from, to, bytes } => format!("swim {from}>{to} {:x}", digest(bytes)),
+            Delivery::Broadcast { from, to, bytes } => {
+                format!("broadcast {from}>{to} {:x}", digest(bytes))
+            }
+            Delivery::Request {
+                from,
+                to,
+                id,
+                bytes,
+            } => format!("request {from}>{to} {id:?} {:x}", digest(bytes)),
+            Delivery::Response { to, id, bytes, .. } => {
+                format!("response >{to} {id:?} {:x}", digest(bytes))
+            }
+            Delivery::Failure { to, id, .. } => format!("failure >{to} {id:?}"),
+            Delivery::Gate { at, peer } => format!("gate {at}:{peer}"),
+            Delivery::Checked { at, peer, .. } => format!("checked {at}:{peer}"),
+            Delivery::DialFailed { at, peer } => format!("dial failed {at}:{peer}"),
+            Delivery::Committed { node, id, ops, .. } => {
+                let ops = digest(format!("{ops:?}").as_bytes());
+                format!("committed {node} {id:?} {ops:x}")
+            }
+        }
+    }
+
+    /// Runs `sim` for `d` as [`Sim::run_for`] does, noting every delivery made in `trace`.
+    fn run_traced(sim: &mut Sim, d: Duration, trace: &mut Vec<String>) {
+        let until = sim.time + d;
+        while let Some(Reverse(s)) = sim.queue.peek()
+            && s.at <= until
+        {
+            let at = s.at - sim.start;
+            trace.push(format!("{at:?} #{} {}", s.seq, describe(&s.delivery)));
+            sim.step();
+        }
+        sim.time = sim.time.max(until);
+    }
+
+    /// Runs a small network through puts (most expiring), gets, two publishers' announcements
+    /// of one key, crashes, a restart from a saved routing snapshot, joins and republishing.
+    /// Returns every delivery in the order made, then the commands' answers, the traffic
+    /// counters, and each node's disk, state sizes, counters, routing table, membership and
+    /// delivered notices.
+    fn fingerprint(seed: u64) -> (Vec<String>, Vec<String>) {
+        let n: u32 = 40;
+        let mut config = SimConfig::local();
+        // Checks slow enough that joiners' proofs are relayed and checked concurrently.
+        config.check_time = Duration::from_millis(30);
+        config.dht.routing_snapshot_interval = Duration::from_secs(5);
+        config.dht.republish_interval = Duration::from_secs(20);
+        let mut sim = Sim::new(seed, config);
+        let mut trace = Vec::new();
+        let mut seen = Vec::new();
+        sim.add_converged(n as usize);
+        run_traced(&mut sim, Duration::from_secs(2), &mut trace);
+        // Issues each command 20 ms after the last, then runs until all are answered (or 30 s).
+        let mut batch = |sim: &mut Sim, trace: &mut Vec<String>, commands: Vec<_>| {
+            let mut ops = Vec::new();
+            for (node, command) in commands {
+                ops.push((node, sim.command(node, command)));
+                run_traced(sim, Duration::from_millis(20), trace);
+            }
+            let until = sim.time + Duration::from_secs(30);
+            let pending = |sim: &Sim| {
+                ops.iter().any(|&(node, op): &(u32, Option<OpId>)| {
+                    op.is_some_and(|op| !sim.nodes[node as usize].answers.contains_key(&op))
+                })
+            };
+            while pending(sim) && sim.time < until {
+                run_traced(sim, Duration::from_millis(100), trace);
+            }
+            for &(node, op) in &ops {
+                let answer = op.and_then(|op| sim.answer(node, op));
+                seen.push(format!(
+                    "node {node}: {:?}",
+                    answer.map(|a| (a.asked - sim.start, a.at - sim.start, a.reply))
+                ));
+            }
+        };
+        let put = |i: u32, ttl: u64| {
+            Command::Put(crate::node::PutRequest {
+                key: format!("key-{i}").into_bytes(),
+                value: vec![i as u8; 32],
+                ttl: Duration::from_secs(ttl),
+                quorum: None,
+                seq: None,
+                route: Default::default(),
+            })
+        };
+        let get = |i: u32| Command::get(format!("key-{i}").into_bytes());
+        let announce = || Command::Announce {
+            key: b"lock".to_vec(),
+            value: b"next".to_vec(),
+            seq: Some(3),
+        };
+        let notices = || Command::Notices(b"lock".to_vec());
+        let ttl = |i: u32| if i < 6 { 30 } else { 3600 };
+        let puts = (0..8).map(|i| ((i * 7) % n, put(i, ttl(i)))).collect();
+        batch(&mut sim, &mut trace, puts);
+        // Two publishers' notices for one key, equally new.
+        batch(&mut sim, &mut trace, vec![(5, announce()), (9, announce())]);
+        batch(&mut sim, &mut trace, vec![(17, notices())]);
+        run_traced(&mut sim, Duration::from_secs(5), &mut trace);
+        for id in [2, 11, 23] {
+            sim.crash(id);
+        }
+        run_traced(&mut sim, Duration::from_secs(5), &mut trace);
+        let gets = (0..8).map(|i| ((i * 5 + 1) % n, get(i))).collect();
+        batch(&mut sim, &mut trace, gets);
+        sim.restart(11);
+        let first = sim.add_nodes(6, 0);
+        for j in first..first + 6 {
+            sim.join(j, &[(j * 7) % n]);
+        }
+        run_traced(&mut sim, Duration::from_secs(10), &mut trace);
+        let mut commands: Vec<_> = (8..12).map(|i| ((i * 3) % n, put(i, 3600))).collect();
+        commands.extend((0..12).map(|i| (first + i % 6, get(i))));
+        batch(&mut sim, &mut trace, commands);
+        // Past the expiry of the short-lived record, and republishing.
+        run_traced(&mut sim, Duration::from_secs(45), &mut trace);
+        batch(&mut sim, &mut trace, vec![(first, notices())]);
+        seen.push(format!("{:?} at {:?}", sim.stats, sim.elapsed()));
+        for (id, node) in sim.nodes.iter().enumerate() {
+            let disk = &node.disk;
+            seen.push(format!(
+                "node {id} disk: {:?} {:?} {:?} {:?}",
+                disk.records, disk.notices, disk.snapshot, disk.meta
+            ));
+            let Some(core) = &node.core else {
+                seen.push(format!("node {id}: down"));
+                continue;
+            };
+            let mut stats = core.stats().clone();
+            let refused: BTreeMap<_, _> = std::mem::take(&mut stats.refused_puts)
+                .into_iter()
+                .collect();
+            let routes: Vec<SimPeer> = core.routing_table().peers().copied().collect();
+            seen.push(format!(
+                "node {id}: {:?} {stats:?} {refused:?} {routes:?} {:?} {:?}",
+                core.sizes(),
+                sim.member_counts(id as u32),
+                node.delivered
+            ));
+        }
+        (trace, seen)
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_run() {
+        let (trace, seen) = fingerprint(5);
+        let (trace_again, seen_again) = fingerprint(5);
+        // The first divergence, rather than two long lists.
+        for (i, (a, b)) in trace.iter().zip(&trace_again).enumerate() {
+            assert_eq!(a, b, "seed 5: the runs diverged at delivery {i}");
+        }
+        assert_eq!(trace.len(), trace_again.len(), "seed 5: deliveries made");
+        for (a, b) in seen.iter().zip(&seen_again) {
+            assert_eq!(a, b, "seed 5: two runs diverged");
+        }
+        assert_eq!(seen.len(), seen_again.len());
+    }
+
     #[test]
     fn adversaries_rewrite_their_answers_as_their_role_says() {
         let mut sim = Sim::new(1, SimConfig::local());
