@@ -30,7 +30,7 @@ use rand::{Rng, SeedableRng};
 use shoal_dht::Config;
 use shoal_dht::core::{Command, OpId, Peer, Reply};
 use shoal_dht::node::{PutRequest, Route};
-use shoal_dht::sim::{Adversary, Sim, SimConfig, SimPeer};
+use shoal_dht::sim::{Adversary, ServiceTimes, Sim, SimConfig, SimPeer};
 use shoal_swim::sim::{LinkModel, percentile};
 
 use common::Args;
@@ -43,6 +43,7 @@ struct Options {
     lookups: usize,
     shares: Vec<f64>,
     paths: Vec<usize>,
+    flood_rate: f64,
 }
 
 impl Options {
@@ -63,6 +64,7 @@ impl Options {
                 }
             }),
             paths: a.list("--paths").unwrap_or_else(|| vec![1, 2]),
+            flood_rate: a.number("--flood-rate", 12.0, 12.0),
         }
     }
 }
@@ -114,6 +116,7 @@ fn config(paths: usize, lookup_paths: usize) -> SimConfig {
         check_time: Duration::from_millis(30),
         sample_every: Some(Duration::from_secs(10)),
         sample_size: 20,
+        service: None,
     }
 }
 
@@ -189,8 +192,134 @@ fn main() {
         }
     }
     placed(&o);
+    flood(&o);
     partial_views(&o);
     sybil_cost(&o);
+}
+
+/// What handling a message costs a simulated node in the flood runs: a replica put checks the
+/// record's signature and stamp and signs a receipt (two ed25519 operations, about 75 µs on
+/// this machine, and the decoding and the store's bookkeeping around them); anything else is
+/// decoded and looked up.
+const FLOOD_SERVICE: ServiceTimes = ServiceTimes {
+    replica_put: Duration::from_micros(150),
+    message: Duration::from_micros(20),
+};
+
+/// The flood attack: a share f of the nodes spend their stamps on puts as fast as the stamp
+/// price lets one core, while benign nodes put at their own pace; the benign puts' latency,
+/// with every node handling one message at a time ([`FLOOD_SERVICE`]).
+fn flood(o: &Options) {
+    let secs = if o.nodes >= 1000 { 10 } else { 2 };
+    println!();
+    println!(
+        "### flood: a share f of the nodes put {:.0} records a second each (the main network's \
+         20-bit stamps let one core make about 12: 84 ms a stamp; `--flood-rate`), {secs} \
+         virtual s; benign nodes make 100 puts/s in all; every node handles one message at a \
+         time (a replica put {} µs, anything else {} µs)",
+        o.flood_rate,
+        FLOOD_SERVICE.replica_put.as_micros(),
+        FLOOD_SERVICE.message.as_micros(),
+    );
+    println!();
+    println!(
+        "| f | flood puts made | benign puts acknowledged | benign put latency p50 / p99 / max | busiest node's load | wall |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for &f in &o.shares {
+        let wall = Instant::now();
+        let r = run_flood(o, f, Duration::from_secs(secs));
+        let mut latency = r.latency.clone();
+        let p50 = percentile(&mut latency, 0.5).unwrap_or(f64::NAN);
+        let p99 = percentile(&mut latency, 0.99).unwrap_or(f64::NAN);
+        let max = latency.iter().copied().fold(0.0, f64::max);
+        println!(
+            "| {:.0} % | {} | {} of {} | {p50:.1} / {p99:.1} / {max:.1} ms | {:.1} % | {:.0} s |",
+            f * 100.0,
+            r.flood_puts,
+            r.acked,
+            r.asked,
+            r.busiest * 100.0,
+            wall.elapsed().as_secs_f64(),
+        );
+    }
+}
+
+#[derive(Default)]
+struct Flooded {
+    flood_puts: usize,
+    asked: usize,
+    acked: usize,
+    latency: Vec<f64>,
+    /// The largest share of the run one node spent handling messages.
+    busiest: f64,
+}
+
+fn run_flood(o: &Options, f: f64, length: Duration) -> Flooded {
+    let mut config = config(1, 1);
+    config.service = Some(FLOOD_SERVICE);
+    let mut sim = Sim::new(o.seed, config);
+    sim.add_converged(o.nodes);
+    sim.run_for(sim.config().dht.view_settle + Duration::from_secs(1));
+    let mut rng = StdRng::seed_from_u64(o.seed ^ 0xf100d);
+    let mut ids: Vec<u32> = (0..o.nodes as u32).collect();
+    ids.shuffle(&mut rng);
+    let (flooders, benign) = ids.split_at((o.nodes as f64 * f).round() as usize);
+    let put = |key: Vec<u8>, value: Vec<u8>| {
+        Command::Put(PutRequest {
+            key,
+            value,
+            ttl: Duration::from_secs(3600),
+            quorum: None,
+            seq: None,
+            route: Route::Auto,
+        })
+    };
+    let tick = Duration::from_millis(10);
+    let per_tick = o.flood_rate * tick.as_secs_f64();
+    let mut owed = 0.0;
+    let mut out = Flooded::default();
+    let mut honest = Vec::new();
+    let start = sim.now();
+    let mut n = 0u64;
+    while sim.now() < start + length {
+        owed += per_tick;
+        while owed >= 1.0 {
+            owed -= 1.0;
+            for &id in flooders {
+                n += 1;
+                let key = format!("flood-{id}-{n}").into_bytes();
+                if sim.command(id, put(key, vec![0xf1; 1024])).is_some() {
+                    out.flood_puts += 1;
+                }
+            }
+        }
+        let node = benign[rng.gen_range(0..benign.len())];
+        let key = format!("benign-{n}-{node}").into_bytes();
+        n += 1;
+        if let Some(op) = sim.command(node, put(key, vec![7; 64])) {
+            honest.push((node, op));
+        }
+        sim.run_for(tick);
+    }
+    for (node, op) in honest {
+        out.asked += 1;
+        let Some(answer) = sim.wait(node, op, Duration::from_secs(60)) else {
+            continue;
+        };
+        if matches!(answer.reply, Reply::Put(Ok(_))) {
+            out.acked += 1;
+            let ms = answer
+                .at
+                .saturating_duration_since(answer.asked)
+                .as_secs_f64()
+                * 1000.0;
+            out.latency.push(ms);
+        }
+    }
+    let elapsed = sim.now().saturating_duration_since(start).as_secs_f64();
+    out.busiest = sim.busiest() / elapsed.max(f64::EPSILON);
+    out
 }
 
 /// Lookups from a few random peers over a synthetic network with eclipse attackers, with 1 to

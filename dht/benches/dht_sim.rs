@@ -150,6 +150,7 @@ fn config(o: &Options) -> SimConfig {
         check_time: Duration::from_millis(30),
         sample_every: Some(Duration::from_secs(10)),
         sample_size: 20,
+        service: None,
     }
 }
 

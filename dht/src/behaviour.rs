@@ -32,7 +32,7 @@ pub struct Behaviour {
     pub swim: link::Behaviour<link::Swim>,
     /// The identity gate on `/shoal/identity/1`.
     pub gate: gate::Behaviour,
-    /// The DHT's requests on `/shoal/<network>/dht/3.0.0`, on long-lived streams.
+    /// The DHT's requests on `/shoal/<network>/dht/4.0.0`, on long-lived streams.
     pub dht: link::Behaviour<link::Dht>,
     /// Broadcast messages on `/shoal/<network>/broadcast/1`, told on long-lived streams
     /// ([`link::Broadcast`]).

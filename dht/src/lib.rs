@@ -16,11 +16,12 @@
 //!   `benches/dht_sim.rs`).
 //! - [`behaviour`]: the combined libp2p behaviour (identify, SWIM's transport, the gate, the
 //!   DHT protocol).
-//! - [`wire`]: the DHT protocol `/shoal/<network>/dht/3.0.0` and its bounded codec.
+//! - [`wire`]: the DHT protocol `/shoal/<network>/dht/4.0.0` and its bounded codec.
 //! - [`link`]: its transport, requests and answers as frames on one long-lived stream per
 //!   connection and direction.
 //! - [`config`]: the node's configuration and presets.
 //! - [`record`]: the signed CBOR record envelope and its validation.
+//! - [`receipt`]: a replica's signed receipt for a record it keeps.
 //! - [`gate`]: the identity gate behaviour on `/shoal/identity/1`.
 //! - [`identity`]: `shoal-pow`'s keys in their libp2p forms (`PeerId`, `Keypair`).
 //! - [`lockstep`]: lockstep notices and the book of the latest notice per key and publisher.

@@ -1,6 +1,7 @@
-//! Fuzzes the DHT's wire protocol (`/shoal/<network>/dht/3.0.0`, [`shoal_dht::wire`]) as a node
+//! Fuzzes the DHT's wire protocol (`/shoal/<network>/dht/4.0.0`, [`shoal_dht::wire`]) as a node
 //! reads a stream of it: frames cut by [`shoal_dht::link::FrameCodec`] with the protocol's
-//! bounds, each message decoded by [`wire::decode`], then the bounds a node checks on it.
+//! bounds, each message decoded by [`wire::decode`], then the bounds a node checks on it, and
+//! the storage receipts answers carry ([`shoal_dht::receipt::Receipt::decode`]).
 //!
 //! The first byte picks a stream of requests (even) or of responses (odd); the rest is the
 //! stream's content. Nothing may panic; a frame is never longer than its bound; whatever
@@ -13,6 +14,7 @@ mod common;
 use asynchronous_codec::{BytesMut, Decoder};
 use libfuzzer_sys::fuzz_target;
 use shoal_dht::link::FrameCodec;
+use shoal_dht::receipt::Receipt;
 use shoal_dht::wire::{self, MAX_REQUEST_LEN, MAX_RESPONSE_LEN, Request, Response};
 
 fuzz_target!(|data: &[u8]| {
@@ -35,6 +37,15 @@ fuzz_target!(|data: &[u8]| {
             if let Response::Notices(list) = &response {
                 let notices = shoal_dht::lockstep::decode_notices(b"k", list);
                 assert!(notices.len() <= wire::MAX_NOTICES);
+            }
+            let receipt = match &response {
+                Response::Kept(bytes) => Some(bytes),
+                Response::Record { receipt, .. } => receipt.as_ref(),
+                _ => None,
+            };
+            if let Some(Ok(receipt)) = receipt.map(|b| Receipt::decode(b)) {
+                assert!(receipt.key().len() <= shoal_dht::record::MAX_KEY_LEN);
+                assert_eq!(Receipt::decode(receipt.as_bytes()), Ok(receipt.clone()));
             }
         }
     }

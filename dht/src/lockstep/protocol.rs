@@ -1,5 +1,5 @@
 //! Lockstep on the wire: announcements and notice reads travel on the DHT's protocol
-//! ([`crate::wire`], `/shoal/<network>/dht/3.0.0`) as
+//! ([`crate::wire`], `/shoal/<network>/dht/4.0.0`) as
 //! [`Request::Announce`](crate::wire::Request::Announce) and
 //! [`Request::Notices`](crate::wire::Request::Notices); a peer answers with
 //! [`Response::Accepted`], [`Response::Refused`] or [`Response::Notices`].

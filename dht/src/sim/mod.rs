@@ -181,6 +181,19 @@ pub struct SimConfig {
     pub sample_every: Option<Duration>,
     /// Nodes checked at each sample.
     pub sample_size: usize,
+    /// How long a node takes to handle each message that arrives, one at a time in order of
+    /// arrival; `None` (the default) handles everything at once. With it, a node flooded with
+    /// work queues it, and what waits behind is late by as much.
+    pub service: Option<ServiceTimes>,
+}
+
+/// What handling one message costs a node ([`SimConfig::service`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceTimes {
+    /// A replica put or copy: the record's signature and stamp checked, a receipt signed.
+    pub replica_put: Duration,
+    /// Any other message.
+    pub message: Duration,
 }
 
 impl SimConfig {
@@ -195,6 +208,7 @@ impl SimConfig {
             check_time: Duration::from_millis(1),
             sample_every: None,
             sample_size: 0,
+            service: None,
         }
     }
 }
@@ -270,6 +284,10 @@ struct Node {
     delivered: Vec<SignedNotice>,
     /// What this node does against the others, if it is malicious.
     adversary: Option<Adversary>,
+    /// Until when it is busy handling what arrived ([`SimConfig::service`]).
+    busy_until: Option<Instant>,
+    /// How long it spent handling messages in all.
+    busy_total: Duration,
     /// A [`Adversary::Stale`] node's first copy of each record it was sent, by key.
     first_copies: HashMap<Vec<u8>, Vec<u8>>,
 }
@@ -359,6 +377,8 @@ struct Scheduled {
     at: Instant,
     seq: u64,
     delivery: Delivery,
+    /// Whether its handling was queued already ([`SimConfig::service`]).
+    queued: bool,
 }
 
 impl PartialEq for Scheduled {
@@ -423,6 +443,15 @@ impl Sim {
             stats: SimStats::default(),
             config,
         }
+    }
+
+    /// The most time one node spent handling messages so far ([`SimConfig::service`]), in
+    /// seconds: the busiest node's load, over the run's length.
+    pub fn busiest(&self) -> f64 {
+        self.nodes
+            .iter()
+            .map(|n| n.busy_total.as_secs_f64())
+            .fold(0.0, f64::max)
     }
 
     /// The seed.
@@ -579,6 +608,8 @@ impl Sim {
                 answers: HashMap::new(),
                 delivered: Vec::new(),
                 adversary: None,
+                busy_until: None,
+                busy_total: Duration::ZERO,
                 first_copies: HashMap::new(),
             });
             let core = self.make_core(id);
@@ -679,6 +710,7 @@ impl Sim {
         node.issued.clear();
         node.unflushed.clear();
         node.generation += 1;
+        node.busy_until = None;
     }
 
     /// Restarts a crashed `id` from its disk.
@@ -741,6 +773,19 @@ impl Sim {
         self.stats.steps += 1;
         if s.at > self.time {
             self.time = s.at;
+        }
+        if !s.queued
+            && let Some(start) = self.queue_for_service(&s)
+            && start > s.at
+        {
+            self.seq += 1;
+            self.queue.push(Reverse(Scheduled {
+                at: start,
+                seq: self.seq,
+                delivery: s.delivery,
+                queued: true,
+            }));
+            return true;
         }
         let node = self.deliver(s.at, s.delivery);
         if let Some(id) = node {
@@ -1098,12 +1143,41 @@ impl Sim {
         loss > 0.0 && self.rng.gen_bool(loss.min(1.0))
     }
 
+    /// With [`SimConfig::service`], a message for a live node takes its turn: when the node
+    /// starts on it (after what arrived before), its handling booked. `None` for what costs
+    /// nothing (timers, dials, commits) or without the model.
+    fn queue_for_service(&mut self, s: &Scheduled) -> Option<Instant> {
+        let service = self.config.service?;
+        let (to, cost) = match &s.delivery {
+            Delivery::Swim { to, .. }
+            | Delivery::Broadcast { to, .. }
+            | Delivery::Response { to, .. } => (*to, service.message),
+            Delivery::Request { to, bytes, .. } => {
+                let put = wire::decode::<Request>(bytes, MAX_REQUEST_LEN).is_ok_and(|r| r.is_put());
+                let cost = if put {
+                    service.replica_put
+                } else {
+                    service.message
+                };
+                (*to, cost)
+            }
+            _ => return None,
+        };
+        let node = &mut self.nodes[to as usize];
+        node.core.as_ref()?;
+        let start = node.busy_until.map_or(s.at, |b| b.max(s.at));
+        node.busy_until = Some(start + cost);
+        node.busy_total += cost;
+        Some(start)
+    }
+
     fn schedule(&mut self, at: Instant, delivery: Delivery) {
         self.seq += 1;
         self.queue.push(Reverse(Scheduled {
             at,
             seq: self.seq,
             delivery,
+            queued: false,
         }));
     }
 
