@@ -263,7 +263,9 @@ impl Metrics {
             "trust_misbehaviour",
             "Misbehaviour of peers this node proved, by kind (bad_receipt: a receipt that does \
              not verify for the record or its sender; denied_receipt: a replica answered without \
-             a record it signed a receipt for; invalid_record: a record with a forged signature)",
+             a record it signed a receipt for; invalid_record: a record with a forged signature or \
+             stamp; over_limit: stayed over a request rate or bandwidth; eclipse_answer: a lookup \
+             answer hiding the closest members)",
             m.trust_misbehaviour.clone(),
         );
         registry.register(

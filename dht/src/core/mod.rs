@@ -999,6 +999,38 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             .map(|(p, _, _)| *p)
     }
 
+    /// The `k` admitted live members closest to `point`, this node and `except` left out: what
+    /// this node answers a lookup with. SWIM gives it the whole membership, so an honest answer
+    /// names the true closest (a k-bucket table would hold only `k` of a far bucket's
+    /// members), which lets an asker tell an answer that hides them.
+    fn closest_members(&self, point: &KeyHash, k: usize, except: Option<&T>) -> Vec<T> {
+        let local = self.local;
+        let members = self
+            .verified_live()
+            .filter(|p| *p != local && Some(p) != except);
+        lookup::closest(point, members, k)
+    }
+
+    /// Judges `peer`'s answer `named` to a lookup of `point`: with this node's view settled
+    /// (so it knows every live member), an answer that leaves out more than half of the `k`
+    /// members this node knows closest (the answerer and this node left out, as the answerer
+    /// leaves them out) hides them, as an eclipse does.
+    fn judge_lookup_answer(&mut self, now: Instant, peer: T, point: &KeyHash, named: &[T]) {
+        let k = self.config.replication_factor.get();
+        if !self.view_settled(now) {
+            return;
+        }
+        let ours = self.closest_members(point, k, Some(&peer));
+        if ours.len() < k {
+            // A network this small has nothing to hide behind.
+            return;
+        }
+        let missing = ours.iter().filter(|m| !named.contains(m)).count();
+        if missing * 2 > k {
+            self.misbehaved(now, peer, Misbehaviour::EclipseAnswer);
+        }
+    }
+
     /// The routing table.
     pub fn routing_table(&self) -> &RoutingTable<T> {
         &self.table
@@ -1180,7 +1212,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             Request::FindNode(target) => {
                 self.stats.lookups_served += 1;
                 let k = self.config.replication_factor.get();
-                let closest = self.table.closest(&KeyHash::of(&target), k, Some(&from));
+                let closest = self.closest_members(&KeyHash::of(&target), k, Some(&from));
                 self.respond(id, Response::Peers(peer_bytes(&closest)));
             }
             Request::GetRecord(key) => self.serve_get(unix, from, id, &key, false),

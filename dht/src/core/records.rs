@@ -519,7 +519,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             Vec::new()
         } else {
             let k = self.config.replication_factor.get();
-            self.table.closest(&KeyHash::of(key), k, Some(&from))
+            self.closest_members(&KeyHash::of(key), k, Some(&from))
         };
         let notice = held
             .and_then(|r| self.book.get(key, &r.record().publisher))
@@ -951,7 +951,12 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 Some(closer)
             }
             (Then::Get(_), Ok(_)) => None,
-            (_, Ok(Response::Peers(closer))) => Some(closer),
+            (_, Ok(Response::Peers(closer))) => {
+                let named = peers_from::<T>(&closer, MAX_PEERS);
+                let point = KeyHash::of(&lookup.target);
+                self.judge_lookup_answer(now, peer, &point, &named);
+                Some(closer)
+            }
             (_, Ok(_) | Err(_)) => None,
         };
         match closer {
@@ -1323,13 +1328,19 @@ fn held_parts(record: &Record) -> (Vec<u8>, u64, [u8; 32]) {
     (record.key.clone(), record.seq, hash)
 }
 
-/// Whether a refused record was forged: its signature does not verify. An honest peer never
-/// sends one (every record is checked before it is kept or served); stale, expired or unpaid
-/// records can come from honest peers with other clocks or views, and cost nothing.
+/// Whether a refused record was forged: its signature does not verify, or its stamp does not
+/// pay for it (a stamp is checked as of the record's creation, so no clock makes an honest one
+/// fail). An honest peer never sends one (every record is checked before it is kept or
+/// served); stale or expired records can come from honest peers with other clocks or views,
+/// and cost nothing.
 fn forged(error: &AcceptError) -> bool {
     matches!(
         error,
-        AcceptError::Record(RecordError::Envelope(EnvelopeError::BadSignature(_)))
+        AcceptError::Record(
+            RecordError::Envelope(EnvelopeError::BadSignature(_))
+                | RecordError::Stamp(_)
+                | RecordError::StampMalformed(_)
+        )
     )
 }
 

@@ -1,12 +1,15 @@
 //! A peer's standing: what its misbehaviour cost it, and the ban it earns.
 //!
-//! Every peer starts at [`FULL_STANDING`]. Misbehaviour this node can prove (a receipt that does
-//! not verify, a receipt its signer later denied, a record whose signature fails) takes points
+//! Every peer starts at [`FULL_STANDING`]. Misbehaviour this node can tell (a receipt that does
+//! not verify, a receipt its signer later denied, a record whose signature or stamp fails, a
+//! peer that stays over a limit, a lookup answer that hides the closest members) takes points
 //! off; standing recovers at the trust policy's rate. At zero the peer is banned for the
 //! policy's ban period: refused like a deny-listed peer (connections closed, requests refused,
 //! never admitted), and back at half standing when the ban ends, so a repeat offender is banned
-//! again sooner. Honest peers never misbehave in these ways: a receipt is signed only for a
-//! record kept durably, and a record is checked before it is kept or served.
+//! again sooner. Honest peers do not misbehave in these ways: a receipt is signed only for a
+//! record kept durably, a record is checked before it is kept or served, and with the whole
+//! membership from SWIM an honest lookup answer names the true closest (views can differ for a
+//! moment, which is why that one costs little).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -32,8 +35,12 @@ pub enum Misbehaviour {
     /// It signed a receipt for a record and later answered for the key with nothing, or with
     /// an older sequence, while the record should still live.
     DeniedReceipt,
-    /// It sent a record (a put or a get's copy) whose signature does not verify.
+    /// It sent a record (a put or a get's copy) whose signature or stamp does not verify.
     InvalidRecord,
+    /// With this node's view settled, it answered a lookup leaving out most of the members this
+    /// node knows closest to the target, as an eclipse does. Cheap, as views can differ for a
+    /// moment: twenty such answers earn a ban.
+    EclipseAnswer,
     /// It stayed over the trust policy's request rate or bandwidth for longer than the policy
     /// lets a peer ([`crate::TrustPolicy::over_limit_ban_after`]): banned at once.
     OverLimit,
@@ -41,11 +48,12 @@ pub enum Misbehaviour {
 
 impl Misbehaviour {
     /// Every kind, for metrics.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::BadReceipt,
         Self::DeniedReceipt,
         Self::InvalidRecord,
         Self::OverLimit,
+        Self::EclipseAnswer,
     ];
 
     /// Its name in metrics and logs.
@@ -55,6 +63,7 @@ impl Misbehaviour {
             Self::DeniedReceipt => "denied_receipt",
             Self::InvalidRecord => "invalid_record",
             Self::OverLimit => "over_limit",
+            Self::EclipseAnswer => "eclipse_answer",
         }
     }
 
@@ -64,6 +73,7 @@ impl Misbehaviour {
             Self::BadReceipt | Self::DeniedReceipt => 20.0,
             Self::InvalidRecord => 10.0,
             Self::OverLimit => f64::from(FULL_STANDING),
+            Self::EclipseAnswer => 5.0,
         }
     }
 }
@@ -80,7 +90,7 @@ pub(super) struct Standings<T> {
     scores: HashMap<T, Score>,
     bans: HashMap<T, Instant>,
     /// Misbehaviour seen, by kind (in [`Misbehaviour::ALL`]'s order).
-    pub(super) seen: [u64; 4],
+    pub(super) seen: [u64; 5],
     /// Bans imposed since start.
     pub(super) banned: u64,
 }
@@ -93,7 +103,7 @@ impl<T: Peer> Standings<T> {
             ban_period,
             scores: HashMap::new(),
             bans: HashMap::new(),
-            seen: [0; 4],
+            seen: [0; 5],
             banned: 0,
         }
     }
@@ -245,7 +255,7 @@ mod tests {
         assert!(s.penalize(t0 + hour, bad, Misbehaviour::InvalidRecord));
         assert!(s.is_banned(&bad) && !s.is_banned(&good));
         assert_eq!(s.of(t0 + hour, &good), FULL_STANDING);
-        assert_eq!((s.banned, s.seen), (1, [1, 4, 1, 0]));
+        assert_eq!((s.banned, s.seen), (1, [1, 4, 1, 0, 0]));
         s.lift(t0 + hour + hour / 2);
         assert!(s.is_banned(&bad));
         s.lift(t0 + 2 * hour);

@@ -2602,3 +2602,46 @@ fn a_member_that_departs_too_often_is_held_out_until_its_departures_age() {
     );
     assert!(back.is_some(), "admitted again after the window");
 }
+
+#[test]
+fn a_lookup_answer_that_hides_the_closest_costs_standing_and_honest_answers_never_do() {
+    let mut sim = settled(47, 30);
+    let liar = 5;
+    sim.set_adversary(liar, Some(Adversary::Eclipse));
+    let mut asked_liar = 0;
+    for t in 0..20u32 {
+        let target = SimPeer(1_000_000 + t);
+        let k = sim.config().dht.replication_factor.get();
+        if sim
+            .true_closest(&target.to_bytes(), k, Some(0))
+            .contains(&SimPeer(liar))
+        {
+            asked_liar += 1;
+        }
+        let command = Command::FindNode {
+            peer: target,
+            route: Route::Iterative,
+        };
+        let op = sim.command(0, command).unwrap();
+        match wait_reply(&mut sim, 0, op) {
+            Reply::FindNode(Ok(found)) => assert_eq!(found.path, Path::Iterative),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        asked_liar >= 2,
+        "the liar was among the closest {asked_liar} times"
+    );
+    let now = sim.now();
+    let core = sim.node(0).unwrap();
+    let (seen, _) = core.misbehaviour();
+    assert_eq!(seen[4].0, Misbehaviour::EclipseAnswer);
+    assert!(seen[4].1 >= 2, "{seen:?}");
+    assert!(core.standing(now, &SimPeer(liar)) < FULL_STANDING);
+    // Nobody else lost standing anywhere: honest answers name the true closest.
+    for id in 0..30 {
+        for (peer, _, _) in sim.node(id).unwrap().standings(now) {
+            assert_eq!(peer, SimPeer(liar), "node {id} judged {peer:?}");
+        }
+    }
+}
