@@ -190,7 +190,46 @@ async fn main() {
     let mean = rss.iter().sum::<f64>() / rss.len() as f64;
     let max = rss.iter().cloned().fold(f64::MIN, f64::max);
     println!("\nresident memory per node: mean {mean:.1} MiB, max {max:.1} MiB ({rss:.1?})");
+    let mut refused = 0.0;
+    for url in &net.urls {
+        refused += trust_refusals(url).await;
+    }
+    println!("trust policy refusals, misbehaviour and bans over the run, all nodes: {refused:.0}");
     targets.print();
+    println!(
+        "- the trust policy's defaults never trip under this load: {}",
+        if refused == 0.0 { "met" } else { "NOT met" }
+    );
+}
+
+/// The sum of `url`'s `shoal_trust_denied`, `shoal_trust_misbehaviour` and `shoal_trust_banned`
+/// counters (0 when `/metrics` cannot be read, which the run would have shown already).
+async fn trust_refusals(url: &str) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("http://").trim_end_matches('/');
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return 0.0;
+    };
+    let head = "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let mut text = Vec::new();
+    if stream.write_all(head.as_bytes()).await.is_err()
+        || stream.read_to_end(&mut text).await.is_err()
+    {
+        return 0.0;
+    }
+    String::from_utf8_lossy(&text)
+        .lines()
+        .filter(|l| {
+            [
+                "shoal_trust_denied_total",
+                "shoal_trust_misbehaviour_total",
+                "shoal_trust_banned_total",
+            ]
+            .iter()
+            .any(|m| l.starts_with(m))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// The targets, judged from the phases run: get p50 and put-to-quorum p50 at concurrency 1, the

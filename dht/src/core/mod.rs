@@ -1267,7 +1267,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     ) {
         match self.ops.kind(op) {
             Some(ops::Kind::Lookup) => self.on_lookup_answer(now, unix, op, peer, result),
-            Some(ops::Kind::Replicate) => self.on_replica_answer(now, unix, op, peer, result),
+            Some(ops::Kind::Replicate) => self.on_replica_answer(now, op, peer, result),
             Some(ops::Kind::Announce) => self.on_announce_answer(op, result),
             Some(ops::Kind::Notices) => self.on_notices_answer(unix, op, result),
             Some(ops::Kind::Proofs) => self.on_proofs_answer(now, unix, op, peer, result),

@@ -1,12 +1,13 @@
 //! The receipts this node was given for its puts, remembered so that a replica that later
 //! denies one is caught (see [`crate::receipt`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use super::Peer;
 
-/// Receipts remembered at most; when full, expired ones go first, then the new one is not
-/// remembered (a denial it would catch goes unnoticed; nothing else changes).
+/// Receipts remembered at most; when full, the receipts of the key noted longest ago are
+/// forgotten first (a denial they would catch goes unnoticed; nothing else changes). Recent puts
+/// are the ones a denial is likeliest to matter for.
 pub const MAX_RECEIPTS: usize = 16_384;
 
 /// How long after a record's expiry a replica may still be asked for it without denying its
@@ -23,6 +24,9 @@ struct Held<T> {
 /// Receipts by key: which replica signed for which sequence, and when the record expires.
 pub(super) struct ReceiptBook<T> {
     by_key: HashMap<Vec<u8>, Vec<Held<T>>>,
+    /// Keys in the order their first receipt was noted (keys forgotten since stay until they
+    /// come up, or the queue is compacted at twice the bound).
+    order: VecDeque<Vec<u8>>,
     len: usize,
 }
 
@@ -30,13 +34,14 @@ impl<T: Peer> ReceiptBook<T> {
     pub(super) fn new() -> Self {
         Self {
             by_key: HashMap::new(),
+            order: VecDeque::new(),
             len: 0,
         }
     }
 
     /// `peer` signed a receipt for sequence `seq` of `key`, whose record expires at
     /// `expires_at` (Unix seconds); `unix` is now.
-    pub(super) fn note(&mut self, unix: u64, peer: T, key: &[u8], seq: u64, expires_at: u64) {
+    pub(super) fn note(&mut self, peer: T, key: &[u8], seq: u64, expires_at: u64) {
         if let Some(held) = self
             .by_key
             .get_mut(key)
@@ -47,10 +52,19 @@ impl<T: Peer> ReceiptBook<T> {
             }
             return;
         }
-        if self.len >= MAX_RECEIPTS {
-            self.expire(unix);
-            if self.len >= MAX_RECEIPTS {
-                return;
+        while self.len >= MAX_RECEIPTS {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(held) = self.by_key.remove(&oldest) {
+                self.len -= held.len();
+            }
+        }
+        if !self.by_key.contains_key(key) {
+            self.order.push_back(key.to_vec());
+            if self.order.len() > 2 * MAX_RECEIPTS {
+                let by_key = &self.by_key;
+                self.order.retain(|k| by_key.contains_key(k));
             }
         }
         self.by_key.entry(key.to_vec()).or_default().push(Held {
@@ -110,9 +124,9 @@ mod tests {
     fn a_replica_denies_a_receipt_by_answering_without_the_record_or_older() {
         let mut book = ReceiptBook::new();
         let (a, b, c) = (SimPeer(1), SimPeer(2), SimPeer(3));
-        book.note(1_000, a, b"k", 5, 10_000);
-        book.note(1_000, b, b"k", 5, 10_000);
-        book.note(1_000, c, b"k", 5, 1_100);
+        book.note(a, b"k", 5, 10_000);
+        book.note(b, b"k", 5, 10_000);
+        book.note(c, b"k", 5, 1_100);
         assert_eq!(book.len(), 3);
         // The same or a newer sequence keeps the receipt; another key is not its business.
         assert!(!book.denies(2_000, a, b"k", Some(5)));
@@ -132,10 +146,15 @@ mod tests {
     fn the_book_is_bounded() {
         let mut book = ReceiptBook::new();
         for i in 0..(MAX_RECEIPTS + 10) as u32 {
-            book.note(1_000, SimPeer(i), b"k", 1, 10_000);
+            book.note(SimPeer(i % 3), &i.to_be_bytes(), 1, 10_000);
         }
+        // Full: the oldest keys made room, the newest are held.
         assert_eq!(book.len(), MAX_RECEIPTS);
-        book.note(20_000, SimPeer(u32::MAX), b"k2", 1, 30_000);
-        assert_eq!(book.len(), 1);
+        assert!(!book.denies(2_000, SimPeer(0), &0u32.to_be_bytes(), None));
+        let last = MAX_RECEIPTS as u32 + 9;
+        assert!(book.denies(2_000, SimPeer(last % 3), &last.to_be_bytes(), None));
+        assert!(book.order.len() <= 2 * MAX_RECEIPTS);
+        book.expire(20_000);
+        assert_eq!(book.len(), 0);
     }
 }

@@ -690,7 +690,6 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     pub(super) fn on_replica_answer(
         &mut self,
         now: Instant,
-        unix: u64,
         op: OpId,
         peer: T,
         result: Result<Response, RequestFailure>,
@@ -703,7 +702,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         job.outstanding = job.outstanding.saturating_sub(1);
         job.first.retain(|p| *p != peer);
         let kept = match result {
-            Ok(Response::Kept(bytes)) => match self.check_receipt(unix, &job, peer, &bytes) {
+            Ok(Response::Kept(bytes)) => match self.check_receipt(&job, peer, &bytes) {
                 Ok(receipt) => {
                     job.stored += 1;
                     job.receipts.extend(receipt);
@@ -777,7 +776,6 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     /// receipts.
     fn check_receipt(
         &mut self,
-        unix: u64,
         job: &Replication<T>,
         peer: T,
         bytes: &[u8],
@@ -791,7 +789,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             return Err(ReceiptError::WrongSigner);
         }
         self.receipts
-            .note(unix, peer, &job.key, job.seq, vouch.expires_at);
+            .note(peer, &job.key, job.seq, vouch.expires_at);
         Ok(Some(receipt))
     }
 
