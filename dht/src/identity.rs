@@ -95,6 +95,20 @@ impl PublicKeyExt for PublicKey {
     }
 }
 
+/// The bytes of an ed25519 key's PeerId before the key's own 32: the identity multihash
+/// (code 0, 36 bytes) of the protobuf-encoded key (type 1, ed25519; data of 32 bytes).
+const ED25519_PEER_ID_PREFIX: [u8; 6] = [0x00, 0x24, 0x08, 0x01, 0x12, 0x20];
+
+/// Whether `peer` is `key`'s PeerId, compared as bytes: an ed25519 PeerId inlines its key, so
+/// nothing is decompressed (what [`PublicKeyExt::from_peer_id`] would cost twice, for every
+/// receipt a put is answered with).
+pub fn is_peer_of(peer: &PeerId, key: &PublicKey) -> bool {
+    let bytes = peer.to_bytes();
+    bytes.len() == ED25519_PEER_ID_PREFIX.len() + 32
+        && bytes[..ED25519_PEER_ID_PREFIX.len()] == ED25519_PEER_ID_PREFIX
+        && bytes[ED25519_PEER_ID_PREFIX.len()..] == key.to_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +121,18 @@ mod tests {
         assert_eq!(PublicKey::from_peer_id(&peer).unwrap(), key.public());
         let back = NodeKey::from_libp2p(&key.to_libp2p()).unwrap();
         assert_eq!(back.seed(), key.seed());
+    }
+
+    #[test]
+    fn a_peer_id_is_told_from_its_key_by_its_bytes() {
+        let keys: Vec<NodeKey> = (0..20u8).map(|i| NodeKey::from_seed([i; 32])).collect();
+        for (i, key) in keys.iter().enumerate() {
+            let peer = key.peer_id();
+            assert!(is_peer_of(&peer, &key.public()));
+            let other = &keys[(i + 1) % keys.len()];
+            assert!(!is_peer_of(&peer, &other.public()));
+        }
+        assert!(!is_peer_of(&PeerId::random(), &keys[0].public()));
     }
 
     #[test]

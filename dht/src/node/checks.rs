@@ -215,7 +215,7 @@ impl Checks<PeerId> for NodeChecks {
     }
 
     fn signed_by(&self, peer: &PeerId, key: &PublicKey) -> bool {
-        PublicKey::from_peer_id(peer).is_ok_and(|k| k == *key)
+        crate::identity::is_peer_of(peer, key)
     }
 }
 
