@@ -11,12 +11,16 @@ use std::time::Instant;
 
 use shoal_swim::{Address, CommandError, CommandId, Event, Message, State};
 
-use super::ops::{Join, Op};
+use super::ops::{Join, Op, Timer};
 use super::routing::Inserted;
 use super::{
     Action, Checks, Core, JOIN_ATTEMPTS, MAX_SEEDS, Meta, OpId, Peer, Reply, SEED_DIALS, WriteOp,
 };
 use crate::api::{JoinError, JoinOk};
+
+/// How soon after a join the routing snapshot is first saved (then every
+/// [`crate::Config::routing_snapshot_interval`]).
+const SNAPSHOT_AFTER_JOIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A member known from elsewhere, for [`Core::bootstrap`].
 #[derive(Debug, Clone)]
@@ -355,6 +359,12 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         match result {
             Ok(members) => {
                 self.unsettle(now, super::Unsettled::Joined);
+                // The members a join brought are worth keeping before a whole snapshot interval
+                // passed: a node that crashes in its first minute then rejoins through them
+                // even if its seeds are down. Their checks get a moment first (only admitted
+                // members are saved).
+                self.timers
+                    .set_by(Timer::Snapshot, now + SNAPSHOT_AFTER_JOIN);
                 self.reply(
                     op,
                     Reply::Join(Ok(JoinOk {

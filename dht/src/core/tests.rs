@@ -2645,3 +2645,24 @@ fn a_lookup_answer_that_hides_the_closest_costs_standing_and_honest_answers_neve
         }
     }
 }
+
+#[test]
+fn a_joiner_saves_its_routing_snapshot_soon_after_joining() {
+    let mut sim = Sim::new(53, SimConfig::local());
+    sim.add_converged(6);
+    let joiner = sim.add_nodes(1, 0);
+    let op = sim.join(joiner, &[0]).unwrap();
+    assert!(matches!(
+        wait_reply(&mut sim, joiner, op),
+        Reply::Join(Ok(_))
+    ));
+    assert!(sim.snapshot_on_disk(joiner).is_empty());
+    // Well within the snapshot interval (a minute): a crash now keeps the members it knew.
+    assert!(sim.config().dht.routing_snapshot_interval >= Duration::from_secs(60));
+    sim.run_for(Duration::from_secs(7));
+    assert!(
+        sim.snapshot_on_disk(joiner).len() >= 5,
+        "{:?}",
+        sim.snapshot_on_disk(joiner)
+    );
+}

@@ -500,6 +500,11 @@ impl Sim {
         self.nodes.get(id as usize)?.core.as_ref()
     }
 
+    /// The routing snapshot on `id`'s disk: the members it would rejoin through.
+    pub fn snapshot_on_disk(&self, id: u32) -> &[(SimPeer, Vec<Address>)] {
+        &self.nodes[id as usize].disk.snapshot
+    }
+
     /// Whether `id`'s disk holds a record under `key` (what a restart would find).
     pub fn on_disk(&self, id: u32, key: &[u8]) -> bool {
         self.nodes
