@@ -221,6 +221,16 @@ pub(super) struct Vouch {
     expires_at: u64,
 }
 
+impl Vouch {
+    /// What receipts for `record` must name, and when it expires.
+    fn of(record: &Record) -> Self {
+        Self {
+            hash: value_hash(&record.key, &record.value),
+            expires_at: record.expires_at(),
+        }
+    }
+}
+
 impl<T> Replication<T> {
     /// A replication of `envelope` (key `key`, sequence `seq`) needing `quorum` replicas;
     /// `reply` says whether a caller waits.
@@ -249,12 +259,10 @@ impl<T> Replication<T> {
         }
     }
 
-    /// Checks and keeps the replicas' receipts for `record` (this replication's).
-    pub(super) fn vouched(mut self, record: &Record) -> Self {
-        self.vouch = Some(Vouch {
-            hash: value_hash(&record.key, &record.value),
-            expires_at: record.expires_at(),
-        });
+    /// Checks and keeps the replicas' receipts for this replication's record, as `vouch`
+    /// describes it.
+    pub(super) fn vouched(mut self, vouch: Vouch) -> Self {
+        self.vouch = Some(vouch);
         self
     }
 }
@@ -284,6 +292,13 @@ pub(super) struct GetState<T> {
 const MAX_GET_NOTICES: usize = 32;
 
 impl<T> GetState<T> {
+    /// A valid copy: the best so far if it supersedes the one held.
+    fn offer(&mut self, copy: SignedRecord) {
+        if self.best.as_ref().is_none_or(|b| copy.supersedes(b)) {
+            self.best = Some(copy);
+        }
+    }
+
     /// The reply with the best copy, announced or not.
     fn ok(&self, best: SignedRecord, announced: Announced) -> GetOk {
         GetOk {
@@ -421,11 +436,10 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             Err(e) => return self.reply(op, Reply::Put(Err(put_error(e)))),
         };
         let envelope = accepted.signed.as_bytes().to_vec();
-        let accepted_record = &accepted.signed.record().clone();
+        let vouch = Vouch::of(accepted.signed.record());
         let (write, undo) = self.keep(accepted.signed);
         self.note_seq(&request.key, seq);
-        let job = Replication::new(request.key, seq, quorum.get(), envelope, true)
-            .vouched(accepted_record);
+        let job = Replication::new(request.key, seq, quorum.get(), envelope, true).vouched(vouch);
         match self.advance_seq_floor(seq) {
             // The persisted floor already covers `seq`, so no restart can reuse it, and the
             // quorum counts other replicas only: nothing the put promises rests on this node's
@@ -783,14 +797,28 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         let Some(vouch) = job.vouch else {
             return Ok(None);
         };
-        let receipt = Receipt::decode(bytes)?;
-        receipt.check_parts(&job.key, job.seq, &vouch.hash)?;
-        if !self.checks.signed_by(&peer, receipt.replica()) {
-            return Err(ReceiptError::WrongSigner);
-        }
+        let receipt = self.checked_receipt(peer, bytes, &job.key, job.seq, &vouch.hash)?;
         self.receipts
             .note(peer, &job.key, job.seq, vouch.expires_at);
         Ok(Some(receipt))
+    }
+
+    /// The receipt in `bytes`, if it is well signed, for the record of `key`, `seq` and value
+    /// hash `hash`, and signed by `peer`, the node that sent it.
+    fn checked_receipt(
+        &self,
+        peer: T,
+        bytes: &[u8],
+        key: &[u8],
+        seq: u64,
+        hash: &[u8; 32],
+    ) -> Result<Receipt, ReceiptError> {
+        let receipt = Receipt::decode(bytes)?;
+        receipt.check_parts(key, seq, hash)?;
+        if !self.checks.signed_by(&peer, receipt.replica()) {
+            return Err(ReceiptError::WrongSigner);
+        }
+        Ok(receipt)
     }
 
     /// A receipt a holder sent with its copy for a get that asks for proof: kept if it is for
@@ -803,16 +831,13 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         copy: Option<&Record>,
         bytes: &[u8],
     ) {
-        let checked = Receipt::decode(bytes).and_then(|receipt| {
-            match copy {
-                Some(record) => receipt.check(record)?,
-                None => return Err(ReceiptError::Mismatch { what: "a record" }),
+        let checked = match copy {
+            Some(r) => {
+                let hash = value_hash(&r.key, &r.value);
+                self.checked_receipt(peer, bytes, &r.key, r.seq, &hash)
             }
-            if !self.checks.signed_by(&peer, receipt.replica()) {
-                return Err(ReceiptError::WrongSigner);
-            }
-            Ok(receipt)
-        });
+            None => Err(ReceiptError::Mismatch { what: "a record" }),
+        };
         match checked {
             Ok(receipt) if state.receipts.len() < MAX_PEERS => state.receipts.push((peer, receipt)),
             Ok(_) => {}
@@ -943,8 +968,11 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 if state.prove
                     && let Some(bytes) = receipt
                 {
-                    let copy = copy.as_ref().map(SignedRecord::record);
-                    self.on_get_receipt(now, peer, state, copy, &bytes);
+                    let record = copy.as_ref().map(SignedRecord::record);
+                    self.on_get_receipt(now, peer, state, record, &bytes);
+                }
+                if let Some(copy) = copy {
+                    state.offer(copy);
                 }
                 Some(closer)
             }
@@ -1118,7 +1146,8 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         }
     }
 
-    /// Weighs a copy `peer` sent for a get; the copy if it was valid.
+    /// Weighs a copy `peer` sent for a get: the copy if it was valid (counted; the caller offers
+    /// it as the best copy once it is done with it, [`GetState::offer`]).
     fn on_copy(
         &mut self,
         now: Instant,
@@ -1135,9 +1164,6 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         match self.accept(unix, candidate, false) {
             Ok(a) => {
                 state.valid += 1;
-                if state.best.as_ref().is_none_or(|b| a.signed.supersedes(b)) {
-                    state.best = Some(a.signed.clone());
-                }
                 Some(a.signed)
             }
             Err(error) => {
