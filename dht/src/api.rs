@@ -335,6 +335,60 @@ pub struct Traffic {
     pub broadcast: crate::link::Traffic,
 }
 
+/// A change SWIM made to a member, as [`Client::member_changes`](crate::Client::member_changes)
+/// reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberChange {
+    /// The member.
+    pub peer: PeerId,
+    /// Its new state.
+    pub state: State,
+    /// Its incarnation at the change.
+    pub incarnation: u64,
+    /// When this node saw the change, in Unix seconds.
+    pub at: u64,
+}
+
+/// One bucket of the routing table, as [`Client::routing_table`](crate::Client::routing_table)
+/// lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketInfo {
+    /// Its index: it holds the peers whose XOR distance `d` from this node has
+    /// `2^index <= d < 2^(index + 1)`.
+    pub index: u8,
+    /// The peers holding its slots (at most k).
+    pub peers: Vec<PeerId>,
+}
+
+/// What [`Client::records`](crate::Client::records) lists of one record held: everything but
+/// its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordSummary {
+    /// Its key.
+    pub key: Vec<u8>,
+    /// Its publisher.
+    pub publisher: PeerId,
+    /// Its sequence number.
+    pub seq: u64,
+    /// Bytes of its value.
+    pub size: usize,
+    /// When it was created, in Unix seconds.
+    pub created_at: u64,
+    /// When it expires, in Unix seconds.
+    pub expires_at: u64,
+}
+
+/// A page of the records held ([`Client::records`](crate::Client::records)).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordPage {
+    /// Records held in all.
+    pub total: usize,
+    /// The page: records in key order, after the cursor given.
+    pub records: Vec<RecordSummary>,
+    /// Whether records follow the page's last.
+    pub more: bool,
+}
+
 /// A connected peer, as [`Client::connected_peers`](crate::Client::connected_peers) lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerInfo {

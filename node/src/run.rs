@@ -183,6 +183,7 @@ impl Node {
         let mode = config.p2p.transport;
         tracing::info!(%peer, %network, ?mode, data_dir = %data_dir.display(), "starting node");
 
+        let mut onion = None;
         let transport = match mode {
             Transport::Tcp => tcp_transport(&key.to_libp2p()),
             Transport::Tor | Transport::Both => {
@@ -190,13 +191,21 @@ impl Node {
                 let tor = crate::tor::transport(&key, &config.tor, &data_dir, with_tcp).await?;
                 tracing::info!(onion = ?tor.onion, "Tor ready");
                 listen.push(shoal_tor::any_onion(config.tor.onion_port));
+                onion = tor.onion.as_ref().map(ToString::to_string);
                 tor.transport
             }
         };
         let (client, event_loop) = EventLoop::new(key, proof, dht_config, transport)?;
         let event_loop = tokio::spawn(event_loop.run());
         let rpc_url_file = data_dir.join(RPC_URL_FILE);
-        match bring_up(&client, config, listen, seeds, &data_dir, &rpc_url_file).await {
+        let up = BringUp {
+            listen,
+            seeds,
+            onion,
+            data_dir: &data_dir,
+            rpc_url_file: &rpc_url_file,
+        };
+        match bring_up(&client, config, up).await {
             Ok((listen_addrs, joiner, rpc)) => Ok(Self {
                 client,
                 rpc,
@@ -264,15 +273,28 @@ impl Node {
     }
 }
 
+/// What [`bring_up`] starts the node with.
+struct BringUp<'a> {
+    listen: Vec<Multiaddr>,
+    seeds: Vec<(PeerId, Multiaddr)>,
+    onion: Option<String>,
+    data_dir: &'a Path,
+    rpc_url_file: &'a Path,
+}
+
 /// Listens, starts joining, starts the RPC server and writes its URL file.
 async fn bring_up(
     client: &Client,
     config: &Config,
-    listen: Vec<Multiaddr>,
-    seeds: Vec<(PeerId, Multiaddr)>,
-    data_dir: &Path,
-    rpc_url_file: &Path,
+    up: BringUp<'_>,
 ) -> Result<(Vec<Multiaddr>, Option<JoinHandle<()>>, RpcServer), RunError> {
+    let BringUp {
+        listen,
+        seeds,
+        onion,
+        data_dir,
+        rpc_url_file,
+    } = up;
     let mut bound = Vec::with_capacity(listen.len());
     for addr in listen {
         let addr = client.listen(addr).await?;
@@ -291,6 +313,12 @@ async fn bring_up(
     };
     let context = rpc::Context {
         network: config.network.as_str().to_owned(),
+        transport: match config.p2p.transport {
+            Transport::Tcp => "tcp",
+            Transport::Tor => "tor",
+            Transport::Both => "tcp+tor",
+        },
+        onion,
         data_dir: Some(data_dir.to_owned()),
         default_ttl: config.default_ttl(),
         join,
@@ -305,6 +333,7 @@ async fn bring_up(
         }
     };
     let url = rpc.url();
+    tracing::info!(url = %rpc.dashboard_url(), "dashboard");
     if let Err(source) = init::write_atomic(rpc_url_file, format!("{url}\n").as_bytes()) {
         if let Some(j) = joiner {
             j.abort();

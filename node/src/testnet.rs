@@ -328,12 +328,13 @@ async fn run_in(
             .unwrap_or_default();
         let _ = writeln!(
             out,
-            "node {}  {}  peer {}  pid {}  config {}{onion}",
+            "node {}  {}  peer {}  pid {}  config {}  dashboard {}/{onion}",
             node.index,
             node.rpc_url,
             node.peer,
             node.pid().unwrap_or(0),
-            node.config_path.display()
+            node.config_path.display(),
+            node.rpc_url,
         );
     }
     let _ = writeln!(out, "testnet ready: {n} nodes (Ctrl-C to stop)");

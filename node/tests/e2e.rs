@@ -17,6 +17,8 @@
 //! The tests run one at a time (`SERIAL`): 25 processes and the others' testnets beside them
 //! would share two cores.
 //!
+//! The dashboard in headless Chromium against a 3-node testnet: see [`dashboard`].
+//!
 //! The examples of `examples/` against a real testnet (`shoal testnet --nodes 3`): the Rust
 //! `client` (two nodes, WebSocket subscription), the Rust `embed` (joining node 1 as its seed,
 //! and on its own), the Python script and the JavaScript one. Each must exit 0 and print what it
@@ -36,6 +38,9 @@ use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
 use serde_json::{Value, json};
 
 const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
+
+#[path = "e2e/dashboard.rs"]
+mod dashboard;
 
 /// Held by each test for its whole run.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -59,6 +59,8 @@ fn rpc_config() -> RpcConfig {
 async fn serve(node: &Client, config: &RpcConfig) -> RpcServer {
     let context = Context {
         network: "local".into(),
+        transport: "tcp",
+        onion: None,
         data_dir: None,
         default_ttl: Duration::from_secs(3600),
         join: Arc::new(JoinStatus::new(false)),
@@ -652,6 +654,37 @@ async fn auth_token_and_rate_limit() {
     let (status, body) = raw_post(&server, body, &auth).await;
     assert!(status.contains("200"), "{status} {body}");
 
+    // The dashboard's page loads without the token and says it needs one; its socket carries
+    // the token in the query; a page of another site is refused even with the token.
+    let (status, page) = raw_get(&server, "/", "").await;
+    assert!(status.contains("200"), "{status}");
+    assert!(page.contains(r#"name="shoal-auth" content="required""#));
+    let client = WsClientBuilder::default()
+        .build(format!(
+            "ws://{}/?access_token={token}",
+            server.local_addr()
+        ))
+        .await
+        .expect("the WebSocket opens with the token in its query");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    call(&client, "node_info", json!({}))
+        .await
+        .expect("a call on the socket opened with the query's token");
+    assert!(
+        WsClientBuilder::default()
+            .build(format!("ws://{}/?access_token=wrong", server.local_addr()))
+            .await
+            .is_err(),
+        "a wrong token in the query is refused"
+    );
+    let (status, _) = raw_post(
+        &server,
+        br#"{"jsonrpc":"2.0","id":1,"method":"node_info"}"#,
+        &format!("{auth}Origin: http://evil.example\r\n"),
+    )
+    .await;
+    assert!(status.contains("403"), "another site's page: {status}");
+
     // Binding beyond loopback without a token is refused.
     let open = RpcConfig {
         listen: "0.0.0.0:0".parse().expect("valid address"),
@@ -659,6 +692,8 @@ async fn auth_token_and_rate_limit() {
     };
     let context = Context {
         network: "local".into(),
+        transport: "tcp",
+        onion: None,
         data_dir: None,
         default_ttl: Duration::from_secs(60),
         join: Arc::new(JoinStatus::new(false)),
@@ -667,4 +702,140 @@ async fn auth_token_and_rate_limit() {
         rpc::start(&open, node.clone(), context).await,
         Err(rpc::RpcStartError::TokenRequired(_))
     ));
+}
+
+/// The methods the dashboard draws from: records in pages, the routing table, member changes as
+/// they happen, and the activity history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboards_methods_list_page_and_follow() {
+    let nodes = cluster(3).await;
+    let client = WsClientBuilder::default()
+        .build(format!("ws://{}", nodes[0].1.local_addr()))
+        .await
+        .expect("WebSocket");
+    let mut changes = client
+        .subscribe::<Value, _>("swim_subscribe", params(json!({})), "swim_unsubscribe")
+        .await
+        .expect("subscribed to member changes");
+
+    for i in 0..7 {
+        call(
+            &client,
+            "dht_put",
+            json!({"key": format!("page-{i}"), "value": "v"}),
+        )
+        .await
+        .expect("put");
+    }
+    call(&client, "dht_put", json!({"key": "other", "value": "vv"}))
+        .await
+        .expect("put");
+    // Pages of 3 under the prefix, in key order, until `next` is null.
+    let mut keys = Vec::new();
+    let mut after = Value::Null;
+    loop {
+        let mut p = json!({"prefix": "page-", "limit": 3});
+        if !after.is_null() {
+            p["after"] = after.clone();
+        }
+        let page = call(&client, "dht_records", p).await.expect("a page");
+        assert_eq!(page["total"], 8, "{page}");
+        let records = page["records"].as_array().expect("records");
+        assert!(records.len() <= 3);
+        for r in records {
+            assert_eq!(r["size"], 1);
+            assert_eq!(r["publisher"], nodes[0].0.peer_id().to_string());
+            keys.push(r["key"].as_str().expect("key").to_owned());
+        }
+        after = page["next"].clone();
+        if after.is_null() {
+            break;
+        }
+    }
+    let expected: Vec<String> = (0..7).map(|i| format!("page-{i}")).collect();
+    assert_eq!(keys, expected);
+
+    let table = call(&client, "dht_routingTable", json!({}))
+        .await
+        .expect("routing table");
+    assert_eq!(table["size"], 2);
+    let mut routed: Vec<String> = table["buckets"]
+        .as_array()
+        .expect("buckets")
+        .iter()
+        .flat_map(|b| b["peers"].as_array().expect("peers").clone())
+        .map(|p| p.as_str().expect("a peer id").to_owned())
+        .collect();
+    routed.sort();
+    let mut others: Vec<String> = nodes[1..]
+        .iter()
+        .map(|(c, _)| c.peer_id().to_string())
+        .collect();
+    others.sort();
+    assert_eq!(routed, others);
+    let members = call(&client, "swim_members", json!({}))
+        .await
+        .expect("members");
+    for m in members.as_array().expect("a list") {
+        assert!(m["changed_at"].as_u64().is_some(), "seen joining: {m}");
+    }
+
+    // Node 3 leaves: the subscription says so.
+    let leaver = nodes[2].0.peer_id().to_string();
+    nodes[2].0.shutdown().await;
+    let change = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let change = changes
+                .next()
+                .await
+                .expect("the subscription stays open")
+                .expect("a change");
+            if change["peer"] == leaver.as_str() {
+                return change;
+            }
+        }
+    })
+    .await
+    .expect("node 3's departure within 30 s");
+    assert!(
+        change["state"] == "left" || change["state"] == "dead",
+        "{change}"
+    );
+    assert!(change["at"].as_u64().is_some());
+
+    // Samples every interval: the puts above are in them.
+    let history = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let h = call(&client, "node_stats", json!({})).await.expect("stats");
+            let samples = h["samples"].as_array().expect("samples").clone();
+            let puts: u64 = samples
+                .iter()
+                .filter_map(|s| s["rpc"]["dht_put"]["calls"].as_u64())
+                .sum();
+            if puts >= 8 {
+                return h;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await
+    .expect("the puts in the history");
+    assert_eq!(history["interval_secs"], 2);
+    let mut samples = client
+        .subscribe::<Value, _>(
+            "node_subscribeStats",
+            params(json!({})),
+            "node_unsubscribeStats",
+        )
+        .await
+        .expect("subscribed to samples");
+    let next = tokio::time::timeout(Duration::from_secs(10), samples.next())
+        .await
+        .expect("a sample within 10 s")
+        .expect("open")
+        .expect("a sample");
+    assert!(
+        next["t"].as_f64().is_some() && next["probes"].as_u64().is_some(),
+        "{next}"
+    );
 }

@@ -76,6 +76,41 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     }
 
     fn on_swim_event(&mut self, now: Instant, unix: u64, event: Event<T>) {
+        let change = match &event {
+            Event::Joined {
+                member,
+                incarnation,
+                ..
+            }
+            | Event::Refuted {
+                member,
+                incarnation,
+                ..
+            } => Some((member, State::Alive, incarnation)),
+            Event::Suspected {
+                member,
+                incarnation,
+                ..
+            } => Some((member, State::Suspect, incarnation)),
+            Event::Failed {
+                member,
+                incarnation,
+                ..
+            } => Some((member, State::Dead, incarnation)),
+            Event::Left {
+                member,
+                incarnation,
+                ..
+            } => Some((member, State::Left, incarnation)),
+            Event::JoinFinished { .. } | Event::LeaveFinished { .. } => None,
+        };
+        if let Some((member, state, incarnation)) = change {
+            self.push(Action::MemberChanged {
+                member: *member,
+                state,
+                incarnation: *incarnation,
+            });
+        }
         match event {
             Event::Joined { member, .. } | Event::Refuted { member, .. } => {
                 self.route(now, &member);

@@ -484,6 +484,16 @@ pub enum Action<T> {
     /// A notice the broadcast delivered (once, in its feed's order), for this node's
     /// subscribers (boxed: a notice is large).
     Notice(Box<SignedNotice>),
+    /// SWIM changed what it holds of `member`, for this node's watchers (the dashboard): it
+    /// joined or refuted a suspicion (`Alive`), is suspected, failed or left.
+    MemberChanged {
+        /// The member.
+        member: T,
+        /// Its new state.
+        state: shoal_swim::State,
+        /// Its incarnation at the change.
+        incarnation: u64,
+    },
     /// Send a broadcast message to `to` (dialing `addrs` if needed); no answer is expected.
     Broadcast {
         /// The peer.

@@ -9,7 +9,7 @@
 //! it) and acknowledged only once its write is durable; a failed write puts the previous copy
 //! back and is refused.
 
-use std::collections::HashMap;
+use std::collections::{BinaryHeap, HashMap};
 use std::time::Instant;
 
 use serde_bytes::ByteBuf;
@@ -158,6 +158,36 @@ impl Records {
     /// Every record held.
     pub fn iter(&self) -> impl Iterator<Item = &SignedRecord> {
         self.map.values()
+    }
+
+    /// Up to `limit` records whose keys start with `prefix` and sort after `after`, in key
+    /// order, and whether more follow: a page for an operator's listing. One pass over the keys
+    /// holding only `limit + 1` of them, so a page of a large store costs no sort of the whole.
+    pub fn page(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> (Vec<&SignedRecord>, bool) {
+        // The `limit + 1` smallest keys that qualify, largest on top.
+        let mut smallest: BinaryHeap<&[u8]> = BinaryHeap::with_capacity(limit + 2);
+        for key in self.map.keys() {
+            let key = key.as_slice();
+            if !key.starts_with(prefix) || after.is_some_and(|a| key <= a) {
+                continue;
+            }
+            if smallest.len() <= limit {
+                smallest.push(key);
+            } else if smallest.peek().is_some_and(|top| key < *top) {
+                smallest.pop();
+                smallest.push(key);
+            }
+        }
+        let mut keys = smallest.into_sorted_vec();
+        let more = keys.len() > limit;
+        keys.truncate(limit);
+        let page = keys.into_iter().filter_map(|k| self.map.get(k)).collect();
+        (page, more)
     }
 
     /// Whether the store would keep `signed`: `Ok(true)` if it changes what is held, `Ok(false)`

@@ -181,6 +181,19 @@ impl<T: Peer> RoutingTable<T> {
             .flat_map(|b| b.entries.iter().map(|(p, _)| p))
     }
 
+    /// The peers of each non-empty bucket, nearest bucket first.
+    pub fn buckets(&self) -> impl Iterator<Item = (u8, impl Iterator<Item = &T>)> {
+        self.buckets
+            .iter()
+            .filter(|(_, b)| !b.entries.is_empty())
+            .map(|(index, b)| (*index, b.entries.iter().map(|(p, _)| p)))
+    }
+
+    /// The bucket size k.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
     /// Peers per non-empty bucket, as `(bucket, slots used)`, farthest bucket first.
     pub fn fill(&self) -> Vec<(u8, usize)> {
         self.buckets

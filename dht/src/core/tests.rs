@@ -2666,3 +2666,56 @@ fn a_joiner_saves_its_routing_snapshot_soon_after_joining() {
         sim.snapshot_on_disk(joiner)
     );
 }
+
+// ----- what an operator sees -----
+
+#[test]
+fn member_changes_are_reported_as_they_happen() {
+    let (mut core, now) = settled_lone(false);
+    gossip_from(&mut core, now, 1, vec![news(3, 1, State::Suspect, 1)]);
+    gossip_from(&mut core, now, 1, vec![news(3, 1, State::Dead, 1)]);
+    let changes: Vec<(SimPeer, State, u64)> = drain(&mut core)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::MemberChanged {
+                member,
+                state,
+                incarnation,
+            } => Some((member, state, incarnation)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        vec![
+            (SimPeer(3), State::Suspect, 1),
+            (SimPeer(3), State::Dead, 1)
+        ]
+    );
+}
+
+#[test]
+fn records_page_in_key_order_under_a_prefix() {
+    let (mut core, _) = lone(0, false);
+    let signer = NodeKey::from_seed([9; 32]);
+    for key in ["b/3", "a/1", "b/1", "c", "b/2", "b/0"] {
+        core.records.put(record(&signer, key.as_bytes(), b"v", 1));
+    }
+    let keys = |page: Vec<&SignedRecord>| -> Vec<String> {
+        page.iter()
+            .map(|r| String::from_utf8_lossy(&r.record().key).into_owned())
+            .collect()
+    };
+    let (page, more) = core.records().page(b"b/", None, 3);
+    assert_eq!(
+        (keys(page), more),
+        (vec!["b/0".into(), "b/1".into(), "b/2".into()], true)
+    );
+    let (page, more) = core.records().page(b"b/", Some(b"b/2"), 3);
+    assert_eq!((keys(page), more), (vec!["b/3".to_owned()], false));
+    let (page, more) = core.records().page(b"", None, 10);
+    assert_eq!(keys(page).len(), 6);
+    assert!(!more);
+    let (page, more) = core.records().page(b"zz", None, 10);
+    assert!(page.is_empty() && !more);
+}

@@ -31,7 +31,7 @@ use crate::config::{Config, ConfigError};
 use crate::core::{
     self, Action, Core, Durability, InboundId, OpId, Reply, RequestFailure, Restored, WriteId,
 };
-use crate::identity::NodeKeyExt;
+use crate::identity::{NodeKeyExt, PublicKeyExt};
 use crate::lockstep::SignedNotice;
 use crate::store::{self, Batch, Committed, Persist, Writer, WriterError, WriterEvents};
 use crate::wire::{Request, Response};
@@ -100,6 +100,7 @@ pub struct EventLoop {
     core: Core<PeerId, NodeChecks>,
     commands: mpsc::Receiver<Command>,
     notices: broadcast::Sender<SignedNotice>,
+    members: broadcast::Sender<crate::api::MemberChange>,
     clock: Arc<dyn WallClock>,
     verifier: SharedVerifier,
     writer: Option<(Writer, WriterEvents)>,
@@ -184,12 +185,14 @@ impl EventLoop {
         );
         let (tx, commands) = mpsc::channel(config.command_queue.get());
         let (notices, _) = broadcast::channel(config.notice_buffer.get());
+        let (members, _) = broadcast::channel(config.notice_buffer.get());
         let (checked_tx, checked) = mpsc::channel(4);
         let checker = Checker::spawn(NodeChecks::new(verifier.clone()), checked_tx)?;
         let client = Client {
             local,
             tx,
             notices: notices.clone(),
+            members: members.clone(),
         };
         let max_swim_bytes = config.swim.max_message_bytes.get();
         let broadcast_limits = config.broadcast.limits();
@@ -209,6 +212,7 @@ impl EventLoop {
             core,
             commands,
             notices,
+            members,
             clock,
             verifier,
             writer,
@@ -404,6 +408,40 @@ impl EventLoop {
             }
             Command::Stored(key, reply) => {
                 let _ = reply.send(self.core.stored(&key).cloned());
+            }
+            Command::Routing(reply) => {
+                let table = self.core.routing_table();
+                let buckets = table
+                    .buckets()
+                    .map(|(index, peers)| crate::api::BucketInfo {
+                        index,
+                        peers: peers.copied().collect(),
+                    })
+                    .collect();
+                let _ = reply.send((table.k(), buckets));
+            }
+            Command::Records(query, reply) => {
+                let held = self.core.records();
+                let (page, more) = held.page(&query.prefix, query.after.as_deref(), query.limit);
+                let records = page
+                    .into_iter()
+                    .map(|signed| {
+                        let r = signed.record();
+                        crate::api::RecordSummary {
+                            key: r.key.clone(),
+                            publisher: r.publisher.peer_id(),
+                            seq: r.seq,
+                            size: r.value.len(),
+                            created_at: r.created_at,
+                            expires_at: r.expires_at(),
+                        }
+                    })
+                    .collect();
+                let _ = reply.send(crate::api::RecordPage {
+                    total: held.len(),
+                    records,
+                    more,
+                });
             }
             Command::Stats(reply) => {
                 let _ = reply.send(self.full_stats(now));
@@ -719,6 +757,19 @@ impl EventLoop {
                 Action::Notice(notice) => {
                     // No subscriber is fine.
                     let _ = self.notices.send(*notice);
+                }
+                Action::MemberChanged {
+                    member,
+                    state,
+                    incarnation,
+                } => {
+                    // No watcher is fine.
+                    let _ = self.members.send(crate::api::MemberChange {
+                        peer: member,
+                        state,
+                        incarnation,
+                        at: unix,
+                    });
                 }
                 Action::Broadcast { to, addrs, msg } => {
                     let bytes = shoal_broadcast::message::encode(&msg);

@@ -142,9 +142,22 @@ enum Command {
     Standings(oneshot::Sender<Vec<(PeerId, u32, bool)>>),
     Connected(oneshot::Sender<Vec<crate::api::PeerInfo>>),
     Stored(Vec<u8>, oneshot::Sender<Option<SignedRecord>>),
+    Routing(oneshot::Sender<(usize, Vec<BucketInfo>)>),
+    Records(RecordQuery, oneshot::Sender<RecordPage>),
     Stats(oneshot::Sender<NodeStats>),
     FailWrites(u32, oneshot::Sender<bool>),
 }
+
+/// What [`Client::records`] lists.
+#[derive(Debug)]
+struct RecordQuery {
+    prefix: Vec<u8>,
+    after: Option<Vec<u8>>,
+    limit: usize,
+}
+
+/// Records a page of [`Client::records`] holds at most.
+pub const MAX_RECORD_PAGE: usize = 1_000;
 
 /// A handle on a running node; cheap to clone.
 #[derive(Debug, Clone)]
@@ -152,6 +165,7 @@ pub struct Client {
     local: PeerId,
     tx: mpsc::Sender<Command>,
     notices: broadcast::Sender<SignedNotice>,
+    members: broadcast::Sender<MemberChange>,
 }
 
 impl Client {
@@ -318,6 +332,37 @@ impl Client {
     /// The record this node stores under `key`, if any.
     pub async fn stored(&self, key: Vec<u8>) -> Option<SignedRecord> {
         self.ask(|r| Command::Stored(key, r)).await.flatten()
+    }
+
+    /// The routing table: its bucket size k and its non-empty buckets, nearest first; `None`
+    /// if the node stopped.
+    pub async fn routing_table(&self) -> Option<(usize, Vec<BucketInfo>)> {
+        self.ask(Command::Routing).await
+    }
+
+    /// A page of the records this node holds: at most `limit` (at most [`MAX_RECORD_PAGE`])
+    /// whose keys start with `prefix` and sort after `after`, in key order, without their
+    /// values. Empty if the node stopped.
+    pub async fn records(
+        &self,
+        prefix: Vec<u8>,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> RecordPage {
+        let query = RecordQuery {
+            prefix,
+            after,
+            limit: limit.min(MAX_RECORD_PAGE),
+        };
+        self.ask(|r| Command::Records(query, r))
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Changes SWIM makes to members from now on (a subscriber that falls behind by more than
+    /// the notice buffer loses the oldest and is told how many it lost).
+    pub fn member_changes(&self) -> broadcast::Receiver<MemberChange> {
+        self.members.subscribe()
     }
 
     /// The node's counters; `None` if the node stopped.

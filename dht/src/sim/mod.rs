@@ -1316,6 +1316,7 @@ impl Sim {
             // The simulator has no connections to close or keep, and its dials lose no
             // handshake that a second attempt would make up for.
             Action::Disconnect { .. }
+            | Action::MemberChanged { .. }
             | Action::Redial { .. }
             | Action::Reconnect { .. }
             | Action::Keep { .. } => {}

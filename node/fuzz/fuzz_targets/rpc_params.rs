@@ -10,8 +10,13 @@ use shoal_node::rpc::api::check_params;
 use shoal_node::rpc::error::Code;
 
 /// Every method whose params Shoal decodes, then one it does not know.
-const METHODS: [&str; 13] = [
+const METHODS: [&str; 19] = [
     "dht_put",
+    "dht_records",
+    "dht_routingTable",
+    "swim_subscribe",
+    "node_stats",
+    "node_subscribeStats",
     "dht_get",
     "dht_verifyReceipt",
     "dht_findNode",

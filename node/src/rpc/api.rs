@@ -11,7 +11,12 @@
 //! | `lockstep_announce` | `key, value, encoding?, key_encoding?, seq?` | `{key, seq, value_hash, accepted, refused}` |
 //! | `lockstep_get` | `key, key_encoding?` | `{key, notices: [{publisher, seq, value_hash, created_at}]}` |
 //! | `lockstep_subscribe` | `key?, prefix?, publisher?, key_encoding?, after?` | subscription; notifications `lockstep_notice` `{key, key_encoding, publisher, seq, value_hash, created_at, feed, feed_seq}` |
-//! | `swim_members` | none | `[{peer, state, incarnation, addrs}]` |
+//! | `swim_members` | none | `[{peer, state, incarnation, addrs, verified, changed_at}]` |
+//! | `swim_subscribe` | none | subscription; notifications `swim_change` `{peer, state, incarnation, at}` |
+//! | `dht_routingTable` | none | `{k, size, buckets: [{distance, peers}]}` |
+//! | `dht_records` | `prefix?, key_encoding?, after?, limit?` | `{total, records: [{key, key_encoding, publisher, seq, size, created_at, expires_at}], next}` |
+//! | `node_stats` | none | `{interval_secs, samples: [{t, rpc, probes, failed_probes, refutations, puts_stored, puts_refused, bytes_in, bytes_out}]}` |
+//! | `node_subscribeStats` | none | subscription; notifications `node_stats`, one sample each interval |
 //! | `node_peers` | `detail?` | `[peer id]` (the routing table); with `detail`, the connected peers: `[{peer, routed, standing, traffic}]` |
 //! | `trust_peers` | none | `[{peer, standing, banned}]` |
 //! | `node_info` | none | `{peer_id, network, version, ...}` |
@@ -38,6 +43,7 @@ use crate::metrics::Metrics;
 use crate::rpc::Context;
 use crate::rpc::encoding::Encoding;
 use crate::rpc::error::{Code, RpcError};
+use crate::rpc::history::{self, History, MemberTimes};
 use crate::rpc::openrpc;
 
 /// What every method shares.
@@ -48,6 +54,8 @@ pub struct State {
     metrics: Arc<Metrics>,
     call_timeout: Duration,
     started: Instant,
+    history: Arc<History>,
+    member_times: Arc<MemberTimes>,
 }
 
 impl State {
@@ -64,7 +72,18 @@ impl State {
             metrics,
             call_timeout,
             started: Instant::now(),
+            history: Arc::new(History::new()),
+            member_times: Arc::new(MemberTimes::default()),
         }
+    }
+
+    /// Starts what keeps the history and the members' change times; the server aborts them
+    /// when it stops.
+    pub fn spawn_watchers(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        vec![
+            self.history.clone().spawn_sampler(self.node.clone()),
+            self.member_times.clone().spawn_watcher(&self.node),
+        ]
     }
 }
 
@@ -492,6 +511,16 @@ async fn lockstep_get(state: &State, params: Params<'_>) -> Result<Value, RpcErr
     Ok(json!({ "key": text, "notices": notices }))
 }
 
+/// A SWIM state as the methods name it.
+fn state_name(state: shoal_swim::State) -> &'static str {
+    match state {
+        shoal_swim::State::Alive => "alive",
+        shoal_swim::State::Suspect => "suspect",
+        shoal_swim::State::Dead => "dead",
+        shoal_swim::State::Left => "left",
+    }
+}
+
 async fn members(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
     let _: NoParams = parse(&params)?;
     let members: Vec<Value> = state
@@ -503,14 +532,121 @@ async fn members(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
             let addrs: Vec<String> = m.addrs.iter().map(ToString::to_string).collect();
             json!({
                 "peer": m.peer.to_string(),
-                "state": format!("{:?}", m.state).to_lowercase(),
+                "state": state_name(m.state),
                 "incarnation": m.incarnation,
                 "addrs": addrs,
                 "verified": m.verified,
+                "changed_at": state.member_times.get(&m.peer),
             })
         })
         .collect();
     Ok(Value::Array(members))
+}
+
+async fn routing_table(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
+    let _: NoParams = parse(&params)?;
+    let (k, buckets) = state
+        .node
+        .routing_table()
+        .await
+        .ok_or_else(RpcError::unavailable)?;
+    let size: usize = buckets.iter().map(|b| b.peers.len()).sum();
+    let buckets: Vec<Value> = buckets
+        .iter()
+        .map(|b| {
+            let peers: Vec<String> = b.peers.iter().map(ToString::to_string).collect();
+            json!({ "distance": b.index, "peers": peers })
+        })
+        .collect();
+    Ok(json!({ "k": k, "size": size, "buckets": buckets }))
+}
+
+/// Records a `dht_records` page holds at most, and by default.
+pub const MAX_RECORDS_PAGE: usize = 100;
+const DEFAULT_RECORDS_PAGE: usize = 50;
+
+/// Params of `dht_records`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordsParams {
+    prefix: Option<String>,
+    #[serde(default)]
+    key_encoding: Encoding,
+    /// The `next` of the page before: the hex of its last key.
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// A `dht_records` query, decoded.
+struct RecordsQuery {
+    prefix: Vec<u8>,
+    after: Option<Vec<u8>>,
+    limit: usize,
+}
+
+impl RecordsParams {
+    fn check(&self) -> Result<RecordsQuery, RpcError> {
+        let prefix = match &self.prefix {
+            Some(text) => decode("prefix", text, self.key_encoding)?,
+            None => Vec::new(),
+        };
+        let after = match &self.after {
+            Some(cursor) => Some(hex::decode(cursor).map_err(|_| {
+                RpcError::invalid_param("after", "not a cursor that dht_records returned")
+            })?),
+            None => None,
+        };
+        let limit = match self.limit {
+            None => DEFAULT_RECORDS_PAGE,
+            Some(n) if (1..=MAX_RECORDS_PAGE).contains(&n) => n,
+            Some(n) => {
+                return Err(RpcError::invalid_param(
+                    "limit",
+                    format!("{n} is not within 1..={MAX_RECORDS_PAGE}"),
+                ));
+            }
+        };
+        Ok(RecordsQuery {
+            prefix,
+            after,
+            limit,
+        })
+    }
+}
+
+async fn records(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
+    let p: RecordsParams = parse(&params)?;
+    let q = p.check()?;
+    let page = state.node.records(q.prefix, q.after, q.limit).await;
+    let next = page
+        .more
+        .then(|| page.records.last().map(|r| hex::encode(&r.key)))
+        .flatten();
+    let records: Vec<Value> = page
+        .records
+        .iter()
+        .map(|r| {
+            let (key, key_encoding) = p.key_encoding.encode(&r.key);
+            json!({
+                "key": key,
+                "key_encoding": key_encoding,
+                "publisher": r.publisher.to_string(),
+                "seq": r.seq,
+                "size": r.size,
+                "created_at": r.created_at,
+                "expires_at": r.expires_at,
+            })
+        })
+        .collect();
+    Ok(json!({ "total": page.total, "records": records, "next": next }))
+}
+
+async fn stats_history(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
+    let _: NoParams = parse(&params)?;
+    Ok(json!({
+        "interval_secs": history::INTERVAL.as_secs(),
+        "samples": state.history.samples(),
+    }))
 }
 
 /// Params of `node_peers`.
@@ -563,9 +699,17 @@ async fn info(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
     let _: NoParams = parse(&params)?;
     let stats = state.node.stats().await.ok_or_else(RpcError::unavailable)?;
     let addrs = |a: &[libp2p::Multiaddr]| a.iter().map(ToString::to_string).collect::<Vec<_>>();
+    let reachability = reachability(
+        state.context.onion.as_deref(),
+        &stats.listen_addrs,
+        &stats.external_addrs,
+    );
     Ok(json!({
         "peer_id": state.node.peer_id().to_string(),
         "network": state.context.network,
+        "transport": state.context.transport,
+        "onion_address": state.context.onion,
+        "reachability": reachability,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_secs": state.started.elapsed().as_secs(),
         "data_dir": state.context.data_dir,
@@ -601,6 +745,42 @@ async fn info(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
         },
         "join": state.context.join.get(),
     }))
+}
+
+/// How peers can reach this node, in a phrase for people: what its addresses say (the node does
+/// not probe its own reachability yet).
+fn reachability(
+    onion: Option<&str>,
+    listen: &[libp2p::Multiaddr],
+    external: &[libp2p::Multiaddr],
+) -> String {
+    use libp2p::multiaddr::Protocol;
+    let loopback = |a: &libp2p::Multiaddr| {
+        a.iter().any(|p| match p {
+            Protocol::Ip4(ip) => ip.is_loopback(),
+            Protocol::Ip6(ip) => ip.is_loopback(),
+            _ => false,
+        })
+    };
+    let tcp = listen
+        .iter()
+        .filter(|a| !a.iter().any(|p| matches!(p, Protocol::Onion3(_))));
+    let tcp: Vec<_> = tcp.collect();
+    let by_tcp = if !external.is_empty() {
+        Some(format!("at {} external address(es)", external.len()))
+    } else if tcp.is_empty() {
+        None
+    } else if tcp.iter().all(|a| loopback(a)) {
+        Some("on loopback only".to_owned())
+    } else {
+        Some("at its listen addresses (not confirmed from outside)".to_owned())
+    };
+    match (onion, by_tcp) {
+        (Some(_), Some(tcp)) => format!("through its onion service, and {tcp}"),
+        (Some(_), None) => "through its onion service only".to_owned(),
+        (None, Some(tcp)) => tcp,
+        (None, None) => "not listening".to_owned(),
+    }
 }
 
 /// Parses and decodes the params of `method` exactly as the method does (its params struct, the
@@ -650,7 +830,18 @@ pub fn check_params(method: &str, params: Option<&str>) -> Result<(), RpcError> 
         "node_peers" => {
             let _: PeersParams = parse(&params)?;
         }
-        "swim_members" | "trust_peers" | "node_info" | "rpc.discover" => {
+        "dht_records" => {
+            let p: RecordsParams = parse(&params)?;
+            p.check()?;
+        }
+        "swim_members"
+        | "swim_subscribe"
+        | "trust_peers"
+        | "node_info"
+        | "node_stats"
+        | "node_subscribeStats"
+        | "dht_routingTable"
+        | "rpc.discover" => {
             let _: NoParams = parse(&params)?;
         }
         _ => {
@@ -688,7 +879,9 @@ where
         Ok(_) => "ok",
         Err(e) => e.code.name(),
     };
-    state.metrics.observe(method, outcome, start.elapsed());
+    let elapsed = start.elapsed();
+    state.metrics.observe(method, outcome, elapsed);
+    state.history.observe(method, result.is_ok(), elapsed);
     result.map_err(Into::into)
 }
 
@@ -714,6 +907,21 @@ pub fn module(state: State) -> Result<RpcModule<State>, RegisterMethodError> {
     method!(module, "node_peers", peers);
     method!(module, "trust_peers", trust_peers);
     method!(module, "node_info", info);
+    method!(module, "dht_routingTable", routing_table);
+    method!(module, "dht_records", records);
+    method!(module, "node_stats", stats_history);
+    module.register_subscription(
+        "swim_subscribe",
+        "swim_change",
+        "swim_unsubscribe",
+        follow_members,
+    )?;
+    module.register_subscription(
+        "node_subscribeStats",
+        "node_stats",
+        "node_unsubscribeStats",
+        follow_stats,
+    )?;
     module.register_subscription(
         "lockstep_subscribe",
         "lockstep_notice",
@@ -796,6 +1004,65 @@ async fn subscribe(
     }
 }
 
+/// Sends what `next` yields to the accepted subscription until the client leaves or the source
+/// ends; a subscriber that fell behind is told how many items it missed (`{"lagged": n}`), as
+/// `lockstep_subscribe` does, and should read the whole state again.
+async fn forward<T: Clone>(
+    pending: PendingSubscriptionSink,
+    mut source: tokio::sync::broadcast::Receiver<T>,
+    to_json: impl Fn(&T) -> Value,
+) -> SubscriptionResult {
+    let sink = pending.accept().await?;
+    loop {
+        let message = tokio::select! {
+            _ = sink.closed() => return Ok(()),
+            received = source.recv() => match received {
+                Ok(item) => to_json(&item),
+                Err(RecvError::Lagged(missed)) => json!({ "lagged": missed }),
+                Err(RecvError::Closed) => return Ok(()),
+            },
+        };
+        sink.send(serde_json::value::to_raw_value(&message)?)
+            .await?;
+    }
+}
+
+/// `swim_subscribe`: every change SWIM makes to a member from now on.
+async fn follow_members(
+    params: Params<'static>,
+    pending: PendingSubscriptionSink,
+    state: Arc<State>,
+    _: jsonrpsee::Extensions,
+) -> SubscriptionResult {
+    if let Err(e) = parse::<NoParams>(&params) {
+        pending.reject(ErrorObjectOwned::from(e)).await;
+        return Ok(());
+    }
+    forward(pending, state.node.member_changes(), |c| {
+        json!({
+            "peer": c.peer.to_string(),
+            "state": state_name(c.state),
+            "incarnation": c.incarnation,
+            "at": c.at,
+        })
+    })
+    .await
+}
+
+/// `node_subscribeStats`: each new sample of the node's activity.
+async fn follow_stats(
+    params: Params<'static>,
+    pending: PendingSubscriptionSink,
+    state: Arc<State>,
+    _: jsonrpsee::Extensions,
+) -> SubscriptionResult {
+    if let Err(e) = parse::<NoParams>(&params) {
+        pending.reject(ErrorObjectOwned::from(e)).await;
+        return Ok(());
+    }
+    forward(pending, state.history.follow(), |sample| json!(sample)).await
+}
+
 #[cfg(test)]
 mod tests {
     use shoal_dht::NodeKeyExt;
@@ -853,6 +1120,8 @@ mod tests {
             .expect("the local preset starts");
         let context = Context {
             network: "local".into(),
+            transport: "tcp",
+            onion: None,
             data_dir: None,
             default_ttl: Duration::from_secs(60),
             join: Arc::new(crate::join::JoinStatus::new(false)),
@@ -912,6 +1181,15 @@ mod tests {
             ("lockstep_subscribe", "{}"),
             ("lockstep_subscribe", r#"{"prefix":"ab","key":"abc"}"#),
             ("node_info", "[]"),
+            ("dht_records", "{}"),
+            (
+                "dht_records",
+                r#"{"prefix":"ab","key_encoding":"hex","after":"abcd","limit":100}"#,
+            ),
+            ("dht_routingTable", "{}"),
+            ("swim_subscribe", "{}"),
+            ("node_stats", "{}"),
+            ("node_subscribeStats", "{}"),
         ] {
             check_params(method, Some(ok)).unwrap_or_else(|e| panic!("{method} {ok}: {e:?}"));
         }
@@ -936,6 +1214,13 @@ mod tests {
             ("dht_verifyReceipt", wrong_seq.as_str()),
             ("dht_verifyReceipt", value_alone.as_str()),
             ("dht_nope", "{}"),
+            ("dht_records", r#"{"limit":0}"#),
+            ("dht_records", r#"{"limit":101}"#),
+            ("dht_records", r#"{"after":"not a cursor"}"#),
+            ("dht_records", r#"{"prefix":"zz","key_encoding":"hex"}"#),
+            ("dht_routingTable", r#"{"k":1}"#),
+            ("swim_subscribe", r#"{"all":true}"#),
+            ("node_stats", r#"{"since":1}"#),
         ] {
             let e = check_params(method, Some(bad)).expect_err(bad);
             assert_eq!(e.code, Code::InvalidParams, "{method} {bad}");

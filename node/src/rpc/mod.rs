@@ -6,7 +6,8 @@
 //! - [`encoding`]: how keys and values travel in JSON.
 //! - [`openrpc`]: the OpenRPC document `rpc.discover` returns.
 //! - [`limit`]: the per-connection rate limit.
-//! - [`http`]: the HTTP layer: bearer-token check, `/metrics`, `/health`.
+//! - [`http`]: the HTTP layer: bearer-token check, `/metrics`, `/health`, the dashboard.
+//! - [`history`]: the recent activity the dashboard draws.
 //!
 //! Safety: the server binds loopback by default and refuses to start on any other address
 //! without an auth token; request and response sizes, connections, batch sizes and per-connection
@@ -15,6 +16,7 @@
 pub mod api;
 pub mod encoding;
 pub mod error;
+pub mod history;
 pub mod http;
 pub mod limit;
 pub mod openrpc;
@@ -140,6 +142,10 @@ impl RpcConfig {
 pub struct Context {
     /// The network's name.
     pub network: String,
+    /// The transports the node uses: `tcp`, `tor` or `tcp+tor`.
+    pub transport: &'static str,
+    /// Its onion address, with Tor.
+    pub onion: Option<String>,
     /// The node's data directory, if it has one.
     pub data_dir: Option<PathBuf>,
     /// TTL of a put that gives none.
@@ -153,6 +159,16 @@ pub struct Context {
 pub struct RpcServer {
     local_addr: SocketAddr,
     handle: ServerHandle,
+    /// The tasks that keep the dashboard's history; aborted when the server goes.
+    watchers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for RpcServer {
+    fn drop(&mut self) {
+        for watcher in &self.watchers {
+            watcher.abort();
+        }
+    }
 }
 
 impl RpcServer {
@@ -170,7 +186,12 @@ impl RpcServer {
     pub async fn stop(self) {
         // Already stopped is fine: the goal is a stopped server.
         let _ = self.handle.stop();
-        self.handle.stopped().await;
+        self.handle.clone().stopped().await;
+    }
+
+    /// The dashboard's URL.
+    pub fn dashboard_url(&self) -> String {
+        format!("http://{}/", self.local_addr)
     }
 }
 
@@ -183,12 +204,14 @@ pub async fn start(
     config.validate()?;
     let metrics = Arc::new(Metrics::new());
     metrics.watch_join(context.join.clone());
-    let module = api::module(api::State::new(
+    let state = api::State::new(
         node.clone(),
         context,
         metrics.clone(),
         Duration::from_secs(config.call_timeout_secs),
-    ))?;
+    );
+    let watchers = state.spawn_watchers();
+    let module = api::module(state)?;
     let server_config = ServerConfig::builder()
         .max_request_body_size(config.max_request_bytes)
         .max_response_body_size(config.max_response_bytes)
@@ -223,7 +246,11 @@ pub async fn start(
     })?;
     let handle = server.start(module);
     tracing::info!(%local_addr, "JSON-RPC listening");
-    Ok(RpcServer { local_addr, handle })
+    Ok(RpcServer {
+        local_addr,
+        handle,
+        watchers,
+    })
 }
 
 #[cfg(test)]

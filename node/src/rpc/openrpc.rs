@@ -56,6 +56,33 @@ fn path() -> Value {
     })
 }
 
+/// One sample of `node_stats`.
+fn sample() -> Value {
+    let calls = object(json!({
+        "calls": integer(), "errors": integer(),
+        "p50_ms": { "type": "number" }, "p99_ms": { "type": "number" },
+    }));
+    object(json!({
+        "t": { "type": "number", "description": "End of the interval, Unix seconds" },
+        "rpc": { "type": "object", "additionalProperties": calls },
+        "probes": integer(),
+        "failed_probes": integer(),
+        "refutations": integer(),
+        "puts_stored": integer(),
+        "puts_refused": integer(),
+        "bytes_in": integer(),
+        "bytes_out": integer(),
+    }))
+}
+
+/// The param of the unsubscribe methods.
+const SUBSCRIPTION: Param = Param {
+    name: "subscription",
+    summary: "The subscription id",
+    required: true,
+    schema: string,
+};
+
 fn object(properties: Value) -> Value {
     json!({ "type": "object", "properties": properties })
 }
@@ -354,12 +381,7 @@ const METHODS: &[Method] = &[
     Method {
         name: "lockstep_unsubscribe",
         summary: "Ends a lockstep_subscribe subscription",
-        params: &[Param {
-            name: "subscription",
-            summary: "The subscription id",
-            required: true,
-            schema: string,
-        }],
+        params: &[SUBSCRIPTION],
         result: || json!({ "type": "boolean" }),
         errors: &[],
     },
@@ -376,8 +398,117 @@ const METHODS: &[Method] = &[
                 "incarnation": integer(),
                 "addrs": strings(),
                 "verified": { "type": "boolean" },
+                "changed_at": {
+                    "type": ["integer", "null"],
+                    "description": "When this node last saw its state change (Unix seconds); \
+                                    null if not since this node started",
+                },
             })) })
         },
+        errors: &[],
+    },
+    Method {
+        name: "swim_subscribe",
+        summary: "Every change SWIM makes to a member from now on: joined or refuted \
+                  (alive), suspected, failed (dead), left. A subscriber that fell behind gets \
+                  {lagged: n} and should read swim_members again",
+        params: &[],
+        result: || json!({ "type": "string", "description": "The subscription id" }),
+        errors: &[Code::InvalidParams],
+    },
+    Method {
+        name: "swim_unsubscribe",
+        summary: "Ends a swim_subscribe subscription",
+        params: &[SUBSCRIPTION],
+        result: || json!({ "type": "boolean" }),
+        errors: &[],
+    },
+    Method {
+        name: "dht_routingTable",
+        summary: "The Kademlia routing table: the bucket size k and each non-empty bucket by \
+                  its distance (peers at XOR distance d with 2^distance <= d < 2^(distance+1))",
+        params: &[],
+        result: || {
+            object(json!({
+                "k": integer(),
+                "size": integer(),
+                "buckets": { "type": "array", "items": object(json!({
+                    "distance": integer(),
+                    "peers": strings(),
+                })) },
+            }))
+        },
+        errors: &[Code::Unavailable],
+    },
+    Method {
+        name: "dht_records",
+        summary: "A page of the records this node holds, in key order, without their values",
+        params: &[
+            Param {
+                name: "prefix",
+                summary: "Only keys that start with this prefix (in key_encoding)",
+                required: false,
+                schema: string,
+            },
+            KEY_ENCODING,
+            Param {
+                name: "after",
+                summary: "The next of the page before",
+                required: false,
+                schema: string,
+            },
+            Param {
+                name: "limit",
+                summary: "Records in the page, 1 to 100 (default 50)",
+                required: false,
+                schema: positive,
+            },
+        ],
+        result: || {
+            object(json!({
+                "total": { "type": "integer", "description": "Records held in all" },
+                "records": { "type": "array", "items": object(json!({
+                    "key": string(),
+                    "key_encoding": encoding(),
+                    "publisher": string(),
+                    "seq": integer(),
+                    "size": { "type": "integer", "description": "Bytes of the value" },
+                    "created_at": integer(),
+                    "expires_at": integer(),
+                })) },
+                "next": {
+                    "type": ["string", "null"],
+                    "description": "The after of the next page; null on the last",
+                },
+            }))
+        },
+        errors: &[Code::InvalidParams],
+    },
+    Method {
+        name: "node_stats",
+        summary: "The node's recent activity, one sample per interval (the last 300): calls, \
+                  errors and latency per method, SWIM probes and refutations, puts stored and \
+                  refused, bytes of peer traffic",
+        params: &[],
+        result: || {
+            object(
+                json!({ "interval_secs": integer(), "samples": { "type": "array", "items": sample() } }),
+            )
+        },
+        errors: &[],
+    },
+    Method {
+        name: "node_subscribeStats",
+        summary: "Each new sample of node_stats as its interval ends",
+        params: &[],
+        result: || json!({ "type": "string", "description": "The subscription id" }),
+        errors: &[Code::InvalidParams],
+    },
+    Method {
+        name: "node_unsubscribeStats",
+        summary: "Ends a node_subscribeStats subscription",
+        params: &[SUBSCRIPTION],
+        result: || json!({ "type": "boolean" }),
         errors: &[],
     },
     Method {
@@ -430,6 +561,12 @@ const METHODS: &[Method] = &[
             object(json!({
                 "peer_id": string(),
                 "network": string(),
+                "transport": { "type": "string", "enum": ["tcp", "tor", "tcp+tor"] },
+                "onion_address": { "type": ["string", "null"] },
+                "reachability": {
+                    "type": "string",
+                    "description": "How peers can reach this node, as its addresses say",
+                },
                 "version": string(),
                 "uptime_secs": integer(),
                 "listen_addrs": strings(),
