@@ -2,7 +2,8 @@
 //! headless Chromium through chromedriver (WebDriver). From the page's DOM: three members alive;
 //! a put made through the page's form shows up among the node's records; a key too long shows
 //! the JSON-RPC error's own text; node 3 killed with SIGKILL turns suspect, then dead, on the page
-//! without a reload. A screenshot of every view goes to `target/tmp/dashboard/`.
+//! without a reload; at 420 px wide no view is wider than the screen. A screenshot of every view
+//! goes to `target/tmp/dashboard/`.
 //!
 //! Skipped, with a message, when `chromium` or `chromedriver` is not installed
 //! (`.ci/install-deps` installs both, as root).
@@ -239,6 +240,30 @@ async fn the_dashboard_shows_a_testnet_live_in_a_browser() {
         "the page received {bytes_in} bytes over its socket; screenshots in {}",
         shots.display()
     );
+
+    // A narrow screen: every view fits its width (tables scroll inside their own boxes).
+    page.set_window_size(420, 800)
+        .await
+        .expect("a narrow window");
+    for view in [
+        "node", "members", "routing", "records", "traffic", "actions",
+    ] {
+        click(&page, &format!("#tab-{view}")).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let overflow = page
+            .execute(
+                "return document.documentElement.scrollWidth - window.innerWidth;",
+                vec![],
+            )
+            .await
+            .expect("script runs");
+        assert!(
+            overflow.as_i64().is_some_and(|o| o <= 0),
+            "the {view} view is {overflow} px wider than a narrow screen"
+        );
+    }
+    let png = page.screenshot().await.expect("a screenshot");
+    std::fs::write(shots.join("narrow-actions.png"), png).expect("screenshot saved");
 
     page.close().await.expect("browser session closed");
     let status = interrupt(testnet).await;

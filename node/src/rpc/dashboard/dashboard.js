@@ -1190,7 +1190,7 @@
       frag.append(h('tr', { 'data-key': key }, [
         keyCell,
         h('td', {}, [peerCode(rec.publisher)]),
-        h('td', { className: 'num', text: fmtInt(rec.seq) }),
+        h('td', { className: 'num', text: String(rec.seq) }),
         h('td', { className: 'num', text: fmtBytes(rec.size) }),
         exp,
       ]));
@@ -1248,7 +1248,7 @@
     const parts = [keyEl];
     if (n.key_encoding && n.key_encoding !== 'utf8') parts.push(' ', h('span', { className: 'tag', text: String(n.key_encoding) }));
     parts.push(
-      h('span', { className: 'num', text: ` seq ${fmtInt(n.seq)}` }),
+      h('span', { className: 'num', text: ` seq ${String(n.seq)}` }),
       h('span', {}, [' by ', peerCode(n.publisher)]),
     );
     if (n.feed != null) {
@@ -1699,7 +1699,7 @@
     out.append(h('dl', { className: 'kvlist result-list' }, [
       row('Value', valueDd),
       row('Publisher', h('dd', {}, [h('code', { className: 'wrap', text: String(r.publisher ?? '—') })])),
-      row('Seq', h('dd', { className: 'num', text: fmtInt(r.seq) })),
+      row('Seq', h('dd', { className: 'num', text: String(r.seq) })),
       row('Expires', h('dd', { text: expires })),
       row('Copies', h('dd', { text: copies })),
       row('Path', h('dd', { text: `${r.path ?? '—'}${isNum(r.rpcs) ? ` (${fmtInt(r.rpcs)} RPCs)` : ''}` })),
