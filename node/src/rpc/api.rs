@@ -17,7 +17,7 @@
 //! | `dht_records` | `prefix?, key_encoding?, after?, limit?` | `{total, records: [{key, key_encoding, publisher, seq, size, created_at, expires_at}], next}` |
 //! | `node_stats` | none | `{interval_secs, samples: [{t, rpc, probes, failed_probes, refutations, puts_stored, puts_refused, bytes_in, bytes_out}]}` |
 //! | `node_subscribeStats` | none | subscription; notifications `node_stats`, one sample each interval |
-//! | `node_peers` | `detail?` | `[peer id]` (the routing table); with `detail`, the connected peers: `[{peer, routed, standing, traffic}]` |
+//! | `node_peers` | `detail?, limit?` | `[peer id]` (the routing table); with `detail`, the connected peers: `[{peer, routed, standing, traffic}]` |
 //! | `trust_peers` | none | `[{peer, standing, banned}]` |
 //! | `node_info` | none | `{peer_id, network, version, ...}` |
 //! | `rpc.discover` | none | the OpenRPC document |
@@ -655,6 +655,20 @@ async fn stats_history(state: &State, params: Params<'_>) -> Result<Value, RpcEr
 struct PeersParams {
     #[serde(default)]
     detail: bool,
+    /// With `detail`: only the busiest this many (by bytes both ways).
+    limit: Option<usize>,
+}
+
+impl PeersParams {
+    fn check(&self) -> Result<(), RpcError> {
+        match self.limit {
+            Some(_) if !self.detail => {
+                Err(RpcError::invalid_param("limit", "only with detail: true"))
+            }
+            Some(0) => Err(RpcError::invalid_param("limit", "must be at least 1")),
+            _ => Ok(()),
+        }
+    }
 }
 
 fn traffic_json(t: &shoal_dht::link::Traffic) -> Value {
@@ -663,11 +677,21 @@ fn traffic_json(t: &shoal_dht::link::Traffic) -> Value {
 
 async fn peers(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
     let p: PeersParams = parse(&params)?;
+    p.check()?;
     if p.detail {
-        let peers: Vec<Value> = state
-            .node
-            .connected_peers()
-            .await
+        let mut connected = state.node.connected_peers().await;
+        if let Some(limit) = p.limit {
+            let total = |info: &shoal_dht::api::PeerInfo| {
+                let t = &info.traffic;
+                [t.dht, t.swim, t.broadcast]
+                    .iter()
+                    .map(|x| x.bytes_in + x.bytes_out)
+                    .sum::<u64>()
+            };
+            connected.sort_by_key(|info| std::cmp::Reverse(total(info)));
+            connected.truncate(limit);
+        }
+        let peers: Vec<Value> = connected
             .iter()
             .map(|info| {
                 let t = &info.traffic;
@@ -828,7 +852,8 @@ pub fn check_params(method: &str, params: Option<&str>) -> Result<(), RpcError> 
             NoticeFilter::parse(&params)?;
         }
         "node_peers" => {
-            let _: PeersParams = parse(&params)?;
+            let p: PeersParams = parse(&params)?;
+            p.check()?;
         }
         "dht_records" => {
             let p: RecordsParams = parse(&params)?;
@@ -1170,6 +1195,7 @@ mod tests {
             ("dht_verifyReceipt", verify.as_str()),
             ("trust_peers", "{}"),
             ("node_peers", r#"{"detail":true}"#),
+            ("node_peers", r#"{"detail":true,"limit":100}"#),
             (
                 "dht_put",
                 r#"{"key":"a","value":"00ff","encoding":"hex","ttl":60}"#,
@@ -1214,6 +1240,8 @@ mod tests {
             ("dht_verifyReceipt", wrong_seq.as_str()),
             ("dht_verifyReceipt", value_alone.as_str()),
             ("dht_nope", "{}"),
+            ("node_peers", r#"{"limit":10}"#),
+            ("node_peers", r#"{"detail":true,"limit":0}"#),
             ("dht_records", r#"{"limit":0}"#),
             ("dht_records", r#"{"limit":101}"#),
             ("dht_records", r#"{"after":"not a cursor"}"#),

@@ -516,12 +516,20 @@ const METHODS: &[Method] = &[
         summary: "The peers in the Kademlia routing table; with detail, the connected peers \
                   with the bytes of messages each sent and was sent per protocol since it \
                   connected, its standing, and whether it is routed",
-        params: &[Param {
-            name: "detail",
-            summary: "List the connected peers with their traffic and standing",
-            required: false,
-            schema: boolean,
-        }],
+        params: &[
+            Param {
+                name: "detail",
+                summary: "List the connected peers with their traffic and standing",
+                required: false,
+                schema: boolean,
+            },
+            Param {
+                name: "limit",
+                summary: "With detail: only the busiest this many, by bytes both ways",
+                required: false,
+                schema: positive,
+            },
+        ],
         result: || {
             let traffic = || object(json!({ "in": integer(), "out": integer() }));
             json!({

@@ -1570,7 +1570,8 @@
     once('node_peers', async () => {
       let peers;
       try {
-        peers = await rpc.call('node_peers', { detail: true });
+        // The node sends the busiest only: a node with thousands of connections stays cheap.
+        peers = await rpc.call('node_peers', { detail: true, limit: MAX_PEER_ROWS });
         setText($('peers-error'), '');
       } catch (e) {
         if (rpc.connected) setText($('peers-error'), errorText(e));
@@ -1631,8 +1632,12 @@
       frag.append(h('tr', { className: 'empty' }, [h('td', { colspan: '11', text: 'No connected peers.' })]));
     }
     $('peers').tBodies[0].replaceChildren(frag);
+    const connected = info && isNum(info.connections) ? info.connections : null;
     let summary = `${fmtInt(rows.length)} connected ${rows.length === 1 ? 'peer' : 'peers'}`;
-    if (rows.length > MAX_PEER_ROWS) summary += ` (the ${MAX_PEER_ROWS} busiest shown)`;
+    if (rows.length >= MAX_PEER_ROWS) {
+      summary = `the ${fmtInt(rows.length)} busiest peers`;
+      if (connected !== null) summary += ` (${fmtInt(connected)} connections)`;
+    }
     if (trust) summary += ` · ${fmtInt(banned)} banned in the trust table`;
     setText($('peers-summary'), summary);
   }
