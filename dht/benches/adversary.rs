@@ -17,7 +17,10 @@
 //!
 //! `cargo bench -p shoal-dht --bench adversary` runs N = 1,000, f = 0, 10, 20 and 30 %. Options
 //! after `--`: `--nodes N` (1000), `--seed X` (42), `--puts P` (200), `--gets G` (1000),
-//! `--lookups L` (500), `--shares 0,0.1,0.2,0.3`. Without `--bench` (as under `cargo test
+//! `--lookups L` (500), `--shares 0,0.1,0.2,0.3`, `--flood-rate R` (12 puts/s per flooder),
+//! `--notice-rate R` (48 notices/s per flooder), `--notice-nodes N` (200: every notice reaches
+//! every node, so the notice flood runs on a smaller network), `--only routes,placed,flood,
+//! notices,views,sybil` (the sections to run). Without `--bench` (as under `cargo test
 //! --benches`) it runs 60 nodes with few operations, so CI keeps it compiling and working.
 
 mod common;
@@ -36,6 +39,7 @@ use shoal_swim::sim::{LinkModel, percentile};
 use common::Args;
 
 struct Options {
+    full: bool,
     nodes: usize,
     seed: u64,
     puts: usize,
@@ -44,6 +48,20 @@ struct Options {
     shares: Vec<f64>,
     paths: Vec<usize>,
     flood_rate: f64,
+    notice_rate: f64,
+    notice_nodes: usize,
+    /// The sections to run (`--only`); all when empty.
+    only: Vec<String>,
+}
+
+impl Options {
+    fn runs_full(&self) -> bool {
+        self.full
+    }
+
+    fn runs(&self, section: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
 }
 
 impl Options {
@@ -51,6 +69,7 @@ impl Options {
         let a = Args::parse();
         let full = a.full;
         Self {
+            full,
             nodes: a.number("--nodes", 1000, 60),
             seed: a.number("--seed", 42, 42),
             puts: a.number("--puts", 200, 10),
@@ -65,6 +84,9 @@ impl Options {
             }),
             paths: a.list("--paths").unwrap_or_else(|| vec![1, 2]),
             flood_rate: a.number("--flood-rate", 12.0, 12.0),
+            notice_rate: a.number("--notice-rate", 48.0, 48.0),
+            notice_nodes: a.number("--notice-nodes", 200, 30),
+            only: a.list("--only").unwrap_or_default(),
         }
     }
 }
@@ -134,6 +156,9 @@ fn main() {
         o.paths.iter().map(|&d| (Route::Auto, d, 1)).collect();
     runs.push((Route::Iterative, 1, 1));
     runs.push((Route::Iterative, 1, 2));
+    if !o.runs("routes") {
+        runs.clear();
+    }
     for (route, paths, lookup_paths) in runs {
         println!();
         println!(
@@ -191,10 +216,21 @@ fn main() {
             }
         }
     }
-    placed(&o);
-    flood(&o);
-    partial_views(&o);
-    sybil_cost(&o);
+    if o.runs("placed") {
+        placed(&o);
+    }
+    if o.runs("flood") {
+        flood(&o);
+    }
+    if o.runs("notices") {
+        notice_flood(&o);
+    }
+    if o.runs("views") {
+        partial_views(&o);
+    }
+    if o.runs("sybil") {
+        sybil_cost(&o);
+    }
 }
 
 /// What handling a message costs a simulated node in the flood runs: a replica put checks the
@@ -203,6 +239,8 @@ fn main() {
 /// decoded and looked up.
 const FLOOD_SERVICE: ServiceTimes = ServiceTimes {
     replica_put: Duration::from_micros(150),
+    // One ed25519 check and a stamp's hash, with the decoding around them.
+    notice: Duration::from_micros(80),
     message: Duration::from_micros(20),
 };
 
@@ -318,6 +356,135 @@ fn run_flood(o: &Options, f: f64, length: Duration) -> Flooded {
         }
     }
     let elapsed = sim.now().saturating_duration_since(start).as_secs_f64();
+    out.busiest = sim.busiest() / elapsed.max(f64::EPSILON);
+    out
+}
+
+/// The notice flood: a share f of the nodes announce as fast as the notice stamps' price lets
+/// one core (the main network's 18 bits: about 48 a second), and every notice goes to every node
+/// through the broadcast; benign nodes announce 10 a second in all. What it costs each node, and
+/// how fast benign notices still reach everyone.
+fn notice_flood(o: &Options) {
+    let n = o.notice_nodes;
+    let secs = if o.runs_full() { 3 } else { 1 };
+    println!();
+    println!(
+        "### notice flood: N = {n}, a share f of the nodes announce {:.0} notices a second each \
+         (the main network's 18-bit notice stamps let one core make about 48: 21 ms a stamp; \
+         `--notice-rate`), {secs} virtual s; benign nodes announce 10 a second in all; every node \
+         handles one message at a time (a notice checked {} µs more than the {} µs of any \
+         message); then 5 s for the last to arrive",
+        o.notice_rate,
+        FLOOD_SERVICE.notice.as_micros(),
+        FLOOD_SERVICE.message.as_micros(),
+    );
+    println!();
+    println!(
+        "| f | flood notices made | flood notices delivered per node per s | benign notices delivered (of benign node × notice pairs) | benign delivery latency p50 / p99 / max | busiest node's load | wall |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for &f in &o.shares {
+        let wall = Instant::now();
+        let r = run_notice_flood(o, f, Duration::from_secs(secs));
+        let mut latency = r.latency.clone();
+        let p50 = percentile(&mut latency, 0.5).unwrap_or(f64::NAN);
+        let p99 = percentile(&mut latency, 0.99).unwrap_or(f64::NAN);
+        let max = latency.iter().copied().fold(0.0, f64::max);
+        println!(
+            "| {:.0} % | {} | {:.0} | {:.4} ({} of {}) | {p50:.0} / {p99:.0} / {max:.0} ms | {:.1} % | {:.0} s |",
+            f * 100.0,
+            r.flood_notices,
+            r.flood_delivered_per_node_s,
+            r.delivered as f64 / r.expected.max(1) as f64,
+            r.delivered,
+            r.expected,
+            r.busiest * 100.0,
+            wall.elapsed().as_secs_f64(),
+        );
+    }
+}
+
+#[derive(Default)]
+struct NoticeFlooded {
+    flood_notices: usize,
+    flood_delivered_per_node_s: f64,
+    expected: usize,
+    delivered: usize,
+    latency: Vec<f64>,
+    busiest: f64,
+}
+
+fn run_notice_flood(o: &Options, f: f64, length: Duration) -> NoticeFlooded {
+    let mut config = config(1, 1);
+    config.service = Some(FLOOD_SERVICE);
+    let n = o.notice_nodes;
+    let mut sim = Sim::new(o.seed, config);
+    sim.add_converged(n);
+    sim.run_for(sim.config().dht.view_settle + Duration::from_secs(1));
+    sim.forget_delivered();
+    let mut rng = StdRng::seed_from_u64(o.seed ^ 0x4071ce);
+    let mut ids: Vec<u32> = (0..n as u32).collect();
+    ids.shuffle(&mut rng);
+    let (flooders, benign) = ids.split_at((n as f64 * f).round() as usize);
+    let announce = |key: Vec<u8>| Command::Announce {
+        key,
+        value: vec![0x5a; 64],
+        seq: None,
+    };
+    let tick = Duration::from_millis(10);
+    let per_tick = o.notice_rate * tick.as_secs_f64();
+    let benign_per_tick = 10.0 * tick.as_secs_f64();
+    let (mut owed, mut benign_owed) = (0.0, 0.0);
+    let mut out = NoticeFlooded::default();
+    // Benign notices by key: when each was announced.
+    let mut announced: std::collections::HashMap<Vec<u8>, Instant> = Default::default();
+    let start = sim.now();
+    let mut k = 0u64;
+    while sim.now() < start + length {
+        owed += per_tick;
+        while owed >= 1.0 {
+            owed -= 1.0;
+            for &id in flooders {
+                k += 1;
+                if sim
+                    .command(id, announce(format!("flood-{id}-{k}").into_bytes()))
+                    .is_some()
+                {
+                    out.flood_notices += 1;
+                }
+            }
+        }
+        benign_owed += benign_per_tick;
+        while benign_owed >= 1.0 {
+            benign_owed -= 1.0;
+            let node = benign[rng.gen_range(0..benign.len())];
+            k += 1;
+            let key = format!("benign-{node}-{k}").into_bytes();
+            if sim.command(node, announce(key.clone())).is_some() {
+                announced.insert(key, sim.now());
+            }
+        }
+        sim.run_for(tick);
+    }
+    sim.run_for(Duration::from_secs(5));
+    let elapsed = sim.now().saturating_duration_since(start).as_secs_f64();
+    let mut flood_delivered = 0usize;
+    for &id in benign {
+        for (notice, at) in sim.delivered(id).iter().zip(sim.delivered_at(id)) {
+            let key = &notice.notice().key;
+            match announced.get(key) {
+                Some(asked) => {
+                    out.delivered += 1;
+                    let ms = at.saturating_duration_since(*asked).as_secs_f64() * 1000.0;
+                    out.latency.push(ms);
+                }
+                None => flood_delivered += 1,
+            }
+        }
+    }
+    out.expected = announced.len() * benign.len();
+    out.flood_delivered_per_node_s =
+        flood_delivered as f64 / benign.len().max(1) as f64 / length.as_secs_f64();
     out.busiest = sim.busiest() / elapsed.max(f64::EPSILON);
     out
 }

@@ -2,10 +2,10 @@
 //! and per minute in each view, with 1,000 members and with 100,000 records.
 //!
 //! `cargo bench -p shoal-node --bench dashboard` starts, in one process over the memory
-//! transport, `--members` real nodes (1,000; gate, SWIM and the DHT, libp2p's plaintext upgrade
-//! as `shoal-dht`'s lookup benchmark uses, so one process can pay for them) joining in waves
-//! through a few seeds, with node 0 serving JSON-RPC; and one more node alone holding
-//! `--records` records (100,000). Over a WebSocket it makes the calls the page makes, as the page
+//! transport, `--members` real nodes (1,000; gate, SWIM with its WAN timing and the DHT,
+//! libp2p's plaintext upgrade as `shoal-dht`'s lookup benchmark uses, so one process can pay for
+//! them) joining in waves through a few seeds, with node 0 serving JSON-RPC; and one more node
+//! holding `--records` records (100,000), put by its one peer. Over a WebSocket it makes the calls the page makes, as the page
 //! makes them (on load; then every 5 s the visible view's own; subscriptions throughout), and
 //! prints the JSON bytes of each and the total per view per minute. Without `--bench` (as under
 //! `cargo test --benches`) it runs 20 members and 2,000 records, judging nothing.
@@ -58,8 +58,10 @@ impl Options {
 }
 
 fn config(records: usize) -> Config {
+    // SWIM's WAN timing (a probe every 5 s): a thousand nodes in one process on two cores cannot
+    // keep LAN timing's pace, while each real node runs only its own.
     let mut config = Config {
-        swim: shoal_swim::Config::lan(),
+        swim: shoal_swim::Config::wan(),
         idle_connection_timeout: Duration::from_secs(10),
         ..Config::local()
     };
@@ -106,8 +108,8 @@ async fn serve(node: &Client) -> RpcServer {
         .expect("the RPC server starts")
 }
 
-/// `n` nodes, node 0 the first seed, joined in waves; returns them once node 0 lists every other
-/// as a live member (or after 10 minutes, saying so).
+/// `n` nodes, node 0 the first seed, joined in waves; returns them once node 0 lists 99 % of the
+/// others as live members (or after 5 minutes, saying how many it lists).
 async fn network(n: usize) -> Vec<Client> {
     let puzzle = Puzzle::new(config(0).puzzle).expect("the local preset is valid");
     let mut nodes = Vec::with_capacity(n);
@@ -142,18 +144,19 @@ async fn network(n: usize) -> Vec<Client> {
     let start = Instant::now();
     loop {
         let live = nodes[0].0.members().await.len();
-        if live == n - 1 {
+        if live * 100 >= (n - 1) * 99 {
             eprintln!(
                 "  node 0 lists {live} members after {:.0?}",
                 start.elapsed()
             );
             break;
         }
-        if start.elapsed() > Duration::from_secs(600) {
-            eprintln!("  node 0 lists {live} of {} members after 10 min", n - 1);
+        if start.elapsed() > Duration::from_secs(300) {
+            eprintln!("  node 0 lists {live} of {} members after 5 min", n - 1);
             break;
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        eprintln!("  node 0 lists {live} members");
+        tokio::time::sleep(Duration::from_secs(5)).await;
     }
     nodes.into_iter().map(|(c, _)| c).collect()
 }
@@ -230,6 +233,7 @@ async fn main() {
     eprintln!("== {} members", options.members);
     let nodes = network(options.members).await;
     let server = serve(&nodes[0]).await;
+    let listed = nodes[0].members().await.len();
     let ws = WsClientBuilder::default()
         .max_response_size(64 << 20)
         .build(format!("ws://{}", server.local_addr()))
@@ -264,7 +268,7 @@ async fn main() {
 
     println!();
     println!(
-        "## {} members (node 0's view; 10 % of them crash during the change window)",
+        "## {} members (node 0 lists {listed} live; 10 % of them crash during the change window)",
         options.members
     );
     println!();
@@ -309,19 +313,28 @@ async fn main() {
     );
     drop(ws);
     server.stop().await;
-    for node in &nodes {
-        node.shutdown().await;
-    }
+    // Dropped, not shut down one by one (a graceful leave each would take minutes): an event
+    // loop ends once its last client is gone.
+    drop(nodes);
 
     eprintln!("== {} records", options.records);
     let puzzle = Puzzle::new(config(0).puzzle).expect("the local preset is valid");
-    let (holder, _) = start_node(&puzzle, config(options.records)).await;
+    // A put needs a replica besides its putter: the holder stores what its one peer puts.
+    let (holder, holder_addr) = start_node(&puzzle, config(options.records)).await;
+    let (putter, _) = start_node(&puzzle, config(options.records)).await;
+    putter
+        .join(vec![(holder.peer_id(), holder_addr)])
+        .await
+        .expect("the putter joins the holder");
+    while holder.members().await.is_empty() || putter.peers().await.is_empty() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let started = Instant::now();
     futures::stream::iter(0..options.records)
         .map(|i| {
-            let holder = holder.clone();
+            let putter = putter.clone();
             async move {
-                holder
+                putter
                     .put(
                         format!("record-{i:07}").into_bytes(),
                         vec![7; 64],
@@ -329,7 +342,7 @@ async fn main() {
                         NonZeroUsize::new(1),
                     )
                     .await
-                    .expect("a lone node keeps its own put")
+                    .expect("the holder keeps the put")
             }
         })
         .buffer_unordered(64)

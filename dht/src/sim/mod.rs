@@ -192,8 +192,33 @@ pub struct SimConfig {
 pub struct ServiceTimes {
     /// A replica put or copy: the record's signature and stamp checked, a receipt signed.
     pub replica_put: Duration,
+    /// A notice checked (signature and stamp), on top of [`message`](Self::message): each
+    /// notice an announce request or a broadcast message carries.
+    pub notice: Duration,
     /// Any other message.
     pub message: Duration,
+}
+
+impl ServiceTimes {
+    /// What handling the DHT request `bytes` costs.
+    fn request(&self, bytes: &[u8]) -> Duration {
+        match wire::decode::<Request>(bytes, MAX_REQUEST_LEN) {
+            Ok(r) if r.is_put() => self.replica_put,
+            Ok(Request::Announce(_)) => self.message + self.notice,
+            _ => self.message,
+        }
+    }
+
+    /// What handling the broadcast message `bytes` costs.
+    fn broadcast(&self, bytes: &[u8], limits: &shoal_broadcast::message::Limits) -> Duration {
+        use shoal_broadcast::Message;
+        let notices = match shoal_broadcast::message::decode(bytes, limits) {
+            Ok(Message::Gossip { .. }) => 1,
+            Ok(Message::Notices { notices }) => notices.len() as u32,
+            _ => 0,
+        };
+        self.message + self.notice * notices
+    }
 }
 
 impl SimConfig {
@@ -282,6 +307,8 @@ struct Node {
     answers: HashMap<OpId, Answered>,
     /// The notices delivered to this node's subscribers ([`Action::Notice`]), in order.
     delivered: Vec<SignedNotice>,
+    /// When each of [`delivered`](Self::delivered) was.
+    delivered_at: Vec<Instant>,
     /// What this node does against the others, if it is malicious.
     adversary: Option<Adversary>,
     /// Until when it is busy handling what arrived ([`SimConfig::service`]).
@@ -612,6 +639,7 @@ impl Sim {
                 issued: HashMap::new(),
                 answers: HashMap::new(),
                 delivered: Vec::new(),
+                delivered_at: Vec::new(),
                 adversary: None,
                 busy_until: None,
                 busy_total: Duration::ZERO,
@@ -686,6 +714,19 @@ impl Sim {
     /// stand for what its clients saw).
     pub fn delivered(&self, id: u32) -> &[SignedNotice] {
         &self.nodes[id as usize].delivered
+    }
+
+    /// When each notice of [`delivered`](Self::delivered) was delivered.
+    pub fn delivered_at(&self, id: u32) -> &[Instant] {
+        &self.nodes[id as usize].delivered_at
+    }
+
+    /// Forgets the notices delivered so far (a long flood run would hold them all).
+    pub fn forget_delivered(&mut self) {
+        for node in &mut self.nodes {
+            node.delivered.clear();
+            node.delivered_at.clear();
+        }
     }
 
     /// Takes the answer to `op` at `id`, if it came.
@@ -1154,18 +1195,12 @@ impl Sim {
     fn queue_for_service(&mut self, s: &Scheduled) -> Option<Instant> {
         let service = self.config.service?;
         let (to, cost) = match &s.delivery {
-            Delivery::Swim { to, .. }
-            | Delivery::Broadcast { to, .. }
-            | Delivery::Response { to, .. } => (*to, service.message),
-            Delivery::Request { to, bytes, .. } => {
-                let put = wire::decode::<Request>(bytes, MAX_REQUEST_LEN).is_ok_and(|r| r.is_put());
-                let cost = if put {
-                    service.replica_put
-                } else {
-                    service.message
-                };
-                (*to, cost)
+            Delivery::Swim { to, .. } | Delivery::Response { to, .. } => (*to, service.message),
+            Delivery::Broadcast { to, bytes, .. } => {
+                let limits = self.config.dht.broadcast.limits();
+                (*to, service.broadcast(bytes, &limits))
             }
+            Delivery::Request { to, bytes, .. } => (*to, service.request(bytes)),
             _ => return None,
         };
         let node = &mut self.nodes[to as usize];
@@ -1402,7 +1437,11 @@ impl Sim {
                     },
                 );
             }
-            Action::Notice(notice) => self.nodes[id as usize].delivered.push(*notice),
+            Action::Notice(notice) => {
+                let node = &mut self.nodes[id as usize];
+                node.delivered.push(*notice);
+                node.delivered_at.push(now);
+            }
         }
     }
 
