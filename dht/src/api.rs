@@ -500,6 +500,8 @@ pub struct NodeStats {
     pub denied: (u64, u64),
     /// Requests refused by the trust policy's per-peer, per-method rate limit.
     pub rate_limited: u64,
+    /// Requests over that rate held and served later, at the rate.
+    pub slowed: u64,
     /// Misbehaviour this node proved of peers since start, by kind
     /// ([`crate::core::Misbehaviour::as_str`]).
     pub misbehaviour: Vec<(&'static str, u64)>,

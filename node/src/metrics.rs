@@ -74,6 +74,7 @@ struct Mirrored {
     traffic: Family<TrafficLabels, Counter>,
     trust_banned: Counter,
     trust_churn_holds: Counter,
+    trust_slowed: Counter,
     trust_bans: Gauge,
     broadcast_notices: Family<KindLabels, Counter>,
     broadcast_dropped: Family<KindLabels, Counter>,
@@ -278,6 +279,11 @@ impl Metrics {
             "trust_banned",
             "Peers banned since start because their standing fell to zero",
             m.trust_banned.clone(),
+        );
+        registry.register(
+            "trust_slowed",
+            "Requests over their sender's rate held and served later, at the rate",
+            m.trust_slowed.clone(),
         );
         registry.register(
             "trust_churn_holds",
@@ -490,6 +496,7 @@ impl Metrics {
         }
         mirror(&m.trust_banned, stats.bans.0);
         mirror(&m.trust_churn_holds, stats.churn_holds);
+        mirror(&m.trust_slowed, stats.slowed);
         let t = &stats.traffic;
         for (protocol, traffic) in [("dht", t.dht), ("swim", t.swim), ("broadcast", t.broadcast)] {
             for (direction, n) in [("in", traffic.bytes_in), ("out", traffic.bytes_out)] {

@@ -2,13 +2,19 @@
 //! [`Request::method`](crate::wire::Request::method)) and bytes, as token buckets on the core's
 //! clock.
 //!
-//! A peer over a limit is throttled: what does not fit is refused (a request) or dropped (a
-//! told message), and counted. A peer that backs off refills its bucket, which forgives it; one
-//! that stays over its limit for the policy's `over_limit_ban_after` is banned (see
+//! A peer over a limit is slowed, then refused: a request over its rate waits ([`Slowed`]) until
+//! its bucket has a token again, and is served then, at the rate; what does not fit in the wait
+//! (a peer's [`MAX_SLOWED_PER_PEER`], everyone's [`MAX_SLOWED`]) is refused, a told message over
+//! the byte limit dropped, and counted. A peer that backs off refills its bucket, which forgives
+//! it; one that stays over its limit for the policy's `over_limit_ban_after` is banned (see
 //! [`super::standing`]).
 
 use std::collections::HashMap;
 use std::hash::Hash;
+
+use crate::wire::Request;
+
+use super::InboundId;
 use std::time::{Duration, Instant};
 
 /// Buckets kept per limit at most; when a new one finds the table full, the buckets that
@@ -99,9 +105,94 @@ impl<K: Eq + Hash + Copy> Buckets<K> {
         }
     }
 
+    /// How long until `key` has one token again: zero if it has one (or there is no limit).
+    pub(super) fn wait(&self, now: Instant, key: &K) -> Duration {
+        if self.rate == 0.0 {
+            return Duration::ZERO;
+        }
+        let Some(b) = self.buckets.get(key) else {
+            return Duration::ZERO;
+        };
+        let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
+        let tokens = (b.tokens + self.rate * elapsed).min(self.burst);
+        Duration::from_secs_f64(((1.0 - tokens) / self.rate).max(0.0))
+    }
+
+    /// The time between two tokens (zero without a limit).
+    pub(super) fn period(&self) -> Duration {
+        if self.rate == 0.0 {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64(1.0 / self.rate)
+    }
+
     /// Buckets held.
     pub(super) fn len(&self) -> usize {
         self.buckets.len()
+    }
+}
+
+/// Requests slowed at most, of all peers.
+pub const MAX_SLOWED: usize = 1_024;
+
+/// Requests of one peer slowed at most: past them, a peer over its rate is refused.
+pub const MAX_SLOWED_PER_PEER: usize = 32;
+
+/// A request waiting for its sender's bucket: when it is due, and the request.
+type Waiting<T> = (Instant, T, InboundId, Request);
+
+/// Requests over their sender's rate, held until they are due (each a token's period after the
+/// one before it from the same peer), then served. Bounded by [`MAX_SLOWED`] and
+/// [`MAX_SLOWED_PER_PEER`]; a small list scanned when a deadline passes.
+pub(super) struct Slowed<T> {
+    waiting: Vec<Waiting<T>>,
+}
+
+impl<T> Default for Slowed<T> {
+    fn default() -> Self {
+        Self {
+            waiting: Vec::new(),
+        }
+    }
+}
+
+impl<T: Eq + Copy> Slowed<T> {
+    /// Holds `request` of `from` until `now + wait`, after the peer's requests held already, each
+    /// `period` apart; gives it back if the peer or everyone holds the most allowed.
+    pub(super) fn hold(
+        &mut self,
+        now: Instant,
+        (wait, period): (Duration, Duration),
+        from: T,
+        id: InboundId,
+        request: Request,
+    ) -> Result<(), (InboundId, Request)> {
+        let held = self.waiting.iter().filter(|w| w.1 == from).count();
+        if held >= MAX_SLOWED_PER_PEER || self.waiting.len() >= MAX_SLOWED {
+            return Err((id, request));
+        }
+        let due = now + wait + period * held as u32;
+        self.waiting.push((due, from, id, request));
+        Ok(())
+    }
+
+    /// The requests due at `now`, in the order they came.
+    pub(super) fn due(&mut self, now: Instant) -> Vec<(T, InboundId, Request)> {
+        let (due, waiting): (Vec<_>, Vec<_>) = self.waiting.drain(..).partition(|w| w.0 <= now);
+        self.waiting = waiting;
+        due.into_iter()
+            .map(|(_, from, id, r)| (from, id, r))
+            .collect()
+    }
+
+    /// When the next request is due.
+    pub(super) fn next(&self) -> Option<Instant> {
+        self.waiting.iter().map(|w| w.0).min()
+    }
+
+    /// Requests held.
+    pub(super) fn len(&self) -> usize {
+        self.waiting.len()
     }
 }
 

@@ -83,8 +83,8 @@ use self::admission::Admission;
 pub use self::churn::MAX_CHURN_PEERS;
 pub use self::departed::{DEPARTED_RETENTION, MAX_DEPARTED};
 pub use self::feeds::{MAX_FEED_REPLY, NoticeCheck};
-pub use self::limits::MAX_RATE_BUCKETS;
 use self::limits::Verdict;
+pub use self::limits::{MAX_RATE_BUCKETS, MAX_SLOWED, MAX_SLOWED_PER_PEER};
 pub use self::lookup::KeyHash;
 pub use self::members::Known;
 use self::ops::{Ops, Timer, Timers};
@@ -587,6 +587,8 @@ pub struct CoreStats<T> {
     pub denied_messages: u64,
     /// Requests refused by the trust policy's per-peer, per-method rate limit.
     pub rate_limited: u64,
+    /// Requests over their sender's rate held and served later, at the rate.
+    pub slowed: u64,
     /// Requests and told messages refused or dropped by the trust policy's per-peer bandwidth.
     pub bandwidth_limited: u64,
     /// Notices of feeds skipped because they did not arrive in time (see
@@ -631,6 +633,7 @@ impl<T> Default for CoreStats<T> {
             denied_peers: 0,
             denied_messages: 0,
             rate_limited: 0,
+            slowed: 0,
             bandwidth_limited: 0,
             feed_gaps: 0,
         }
@@ -690,6 +693,8 @@ pub struct Sizes {
     /// Rate-limit buckets (peer and method, and peer for bytes). Bound: twice
     /// [`MAX_RATE_BUCKETS`].
     pub rate_buckets: usize,
+    /// Requests slowed. Bound: [`MAX_SLOWED`].
+    pub slowed: usize,
     /// Standings remembered. Bound: [`MAX_STANDINGS`].
     pub standings: usize,
     /// Bans in force. Bound: [`MAX_BANS`].
@@ -750,6 +755,8 @@ pub struct Core<T: Peer, C: Checks<T>> {
     allowed: Option<HashSet<T>>,
     /// Requests per peer and method.
     limits: limits::Buckets<(T, u8)>,
+    /// Requests over their rate, waiting for their turn.
+    slowed: limits::Slowed<T>,
     /// Bytes a peer sends ([`Core::admit_bytes`]).
     bytes: limits::Buckets<T>,
     /// Departures of peers lately, and the peers held out for departing too often.
@@ -875,6 +882,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             denied,
             allowed,
             limits,
+            slowed: limits::Slowed::default(),
             bytes,
             standings,
             churn: churn::Churn::new(config.trust.churn_max_departures, config.trust.churn_window),
@@ -1093,6 +1101,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             records: self.records.len(),
             notices: self.book.len(),
             rate_buckets: self.limits.len() + self.bytes.len(),
+            slowed: self.slowed.len(),
             standings: self.standings.len(),
             bans: self.standings.bans(),
             churn: self.churn.len(),
@@ -1184,7 +1193,38 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             self.stats.denied_messages += 1;
             return self.respond(id, Response::refused("denied by this node's trust policy"));
         }
-        let verdict = self.limits.take(now, (from, request.method()), 1);
+        self.serve_request(now, unix, from, id, request, true);
+    }
+
+    /// [`handle_request`](Self::handle_request) past the trust lists: a request over its
+    /// sender's rate is slowed if `may_slow` and there is room (served when due), else refused.
+    fn serve_request(
+        &mut self,
+        now: Instant,
+        unix: u64,
+        from: T,
+        id: InboundId,
+        request: Request,
+        may_slow: bool,
+    ) {
+        let key = (from, request.method());
+        let verdict = self.limits.take(now, key, 1);
+        let (id, request) = match verdict {
+            Verdict::Throttle if may_slow => {
+                let wait = (self.limits.wait(now, &key), self.limits.period());
+                match self.slowed.hold(now, wait, from, id, request) {
+                    Ok(()) => {
+                        self.stats.slowed += 1;
+                        if let Some(due) = self.slowed.next() {
+                            self.timers.set(Timer::Slowed, due);
+                        }
+                        return;
+                    }
+                    Err(back) => back,
+                }
+            }
+            _ => (id, request),
+        };
         if verdict != Verdict::Pass {
             self.stats.rate_limited += 1;
             if request.is_put() {
@@ -1417,6 +1457,22 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                     self.receipts.expire(unix);
                 }
                 Timer::CopyWrite => self.write_copies(now, unix),
+                Timer::Slowed => {
+                    for (from, id, request) in self.slowed.due(now) {
+                        // Still refused if its sender was banned or denied since.
+                        if self.permitted(&from) {
+                            self.serve_request(now, unix, from, id, request, false);
+                        } else {
+                            self.respond(
+                                id,
+                                Response::refused("denied by this node's trust policy"),
+                            );
+                        }
+                    }
+                    if let Some(due) = self.slowed.next() {
+                        self.timers.set(Timer::Slowed, due);
+                    }
+                }
                 Timer::CopyFlush => {
                     // An empty flushed commit makes the deferred ones before it durable.
                     let id = self.ops.add_write(None);

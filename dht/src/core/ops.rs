@@ -324,9 +324,11 @@ pub(super) enum Timer {
     ///
     /// [`Config::copy_flush_delay`]: crate::Config::copy_flush_delay
     CopyFlush,
+    /// Serve the slowed requests now due (see [`super::limits::Slowed`]).
+    Slowed,
 }
 
-const TIMERS: [Timer; 7] = [
+const TIMERS: [Timer; 8] = [
     Timer::Tick,
     Timer::RelayFlush,
     Timer::Snapshot,
@@ -334,6 +336,7 @@ const TIMERS: [Timer; 7] = [
     Timer::Republish,
     Timer::CopyWrite,
     Timer::CopyFlush,
+    Timer::Slowed,
 ];
 
 /// One deadline per [`Timer`].

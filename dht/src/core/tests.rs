@@ -290,7 +290,7 @@ fn a_denied_peer_never_enters_the_membership_however_it_comes() {
 }
 
 #[test]
-fn a_peer_over_its_rate_is_refused_per_method_and_recovers() {
+fn a_peer_over_its_rate_is_slowed_then_refused_per_method_and_recovers() {
     let (mut core, now) = lone_trusting(crate::TrustPolicy {
         peer_requests_per_second: 10,
         peer_request_burst: 5,
@@ -305,24 +305,47 @@ fn a_peer_over_its_rate_is_refused_per_method_and_recovers() {
             .filter(|(_, r)| matches!(r, Response::Refused(why) if why.contains("rate limited")))
             .count()
     };
+    // The burst is served at once; the 3 over it wait for their tokens, 100 ms apart.
     for i in 0..8 {
         core.handle_request(now, UNIX, SimPeer(1), InboundId(i), find());
     }
     let actions = drain(&mut core);
-    assert_eq!(responses(&actions).len(), 8, "every request answered");
-    assert_eq!(limited(&actions), 3, "the burst is 5");
+    assert_eq!(responses(&actions).len(), 5, "the burst answered");
+    assert_eq!(limited(&actions), 0, "none refused");
+    assert_eq!(core.stats().slowed, 3);
+    assert_eq!(core.sizes().slowed, 3);
     // Another method has its own bucket.
     let get = Request::GetRecord(ByteBuf::from(b"k".to_vec()));
     core.handle_request(now, UNIX, SimPeer(1), InboundId(100), get);
-    assert_eq!(limited(&drain(&mut core)), 0);
-    // 300 ms later, 3 tokens came back.
-    let later = now + Duration::from_millis(300);
-    for i in 10..15 {
-        core.handle_request(later, UNIX, SimPeer(1), InboundId(i), find());
+    assert_eq!(responses(&drain(&mut core)).len(), 1);
+    // As the bucket refills, the slowed ones are served in turn.
+    let mut served = Vec::new();
+    for ms in [50, 100, 150, 200, 250, 300, 350] {
+        let at = now + Duration::from_millis(ms);
+        if core.poll_timeout().is_some_and(|t| t <= at) {
+            core.handle_timeout(at, UNIX);
+        }
+        for (id, r) in responses(&drain(&mut core)) {
+            assert!(!matches!(r, Response::Refused(_)), "{r:?}");
+            served.push((ms, id));
+        }
     }
-    assert_eq!(limited(&drain(&mut core)), 2);
-    assert_eq!(core.stats().rate_limited, 5);
-    assert_eq!(core.sizes().rate_buckets, 2);
+    let ids: Vec<u64> = served.iter().map(|(_, id)| id.0).collect();
+    assert_eq!(ids, vec![5, 6, 7], "in the order they came: {served:?}");
+    assert!(
+        served[0].0 >= 100 && served[2].0 <= 350,
+        "at the rate: {served:?}"
+    );
+    assert_eq!(core.sizes().slowed, 0);
+    // A flood past what may wait is refused, counted.
+    let later = now + Duration::from_secs(10);
+    let n = (5 + crate::core::MAX_SLOWED_PER_PEER + 4) as u64;
+    for i in 0..n {
+        core.handle_request(later, UNIX, SimPeer(1), InboundId(200 + i), find());
+    }
+    assert_eq!(limited(&drain(&mut core)), 4);
+    assert_eq!(core.stats().rate_limited, 4);
+    assert_eq!(core.sizes().slowed, crate::core::MAX_SLOWED_PER_PEER);
 }
 
 #[test]

@@ -986,6 +986,7 @@ impl EventLoop {
         };
         stats.denied = (c.denied_peers, c.denied_messages);
         stats.rate_limited = c.rate_limited;
+        stats.slowed = c.slowed;
         let (seen, banned) = self.core.misbehaviour();
         stats.misbehaviour = seen.iter().map(|(k, n)| (k.as_str(), *n)).collect();
         stats.bans = (banned, self.core.sizes().bans);
