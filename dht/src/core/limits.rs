@@ -107,6 +107,12 @@ impl<K: Eq + Hash + Copy> Buckets<K> {
 
     /// How long until `key` has one token again: zero if it has one (or there is no limit).
     pub(super) fn wait(&self, now: Instant, key: &K) -> Duration {
+        self.wait_for(now, key, 1)
+    }
+
+    /// How long until `key` has `amount` tokens (at most a burst) again: zero if it has them
+    /// (or there is no limit).
+    pub(super) fn wait_for(&self, now: Instant, key: &K, amount: u64) -> Duration {
         if self.rate == 0.0 {
             return Duration::ZERO;
         }
@@ -115,7 +121,8 @@ impl<K: Eq + Hash + Copy> Buckets<K> {
         };
         let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
         let tokens = (b.tokens + self.rate * elapsed).min(self.burst);
-        Duration::from_secs_f64(((1.0 - tokens) / self.rate).max(0.0))
+        let amount = (amount as f64).min(self.burst);
+        Duration::from_secs_f64(((amount - tokens) / self.rate).max(0.0))
     }
 
     /// The time between two tokens (zero without a limit).
@@ -138,8 +145,12 @@ pub const MAX_SLOWED: usize = 1_024;
 /// Requests of one peer slowed at most: past them, a peer over its rate is refused.
 pub const MAX_SLOWED_PER_PEER: usize = 32;
 
-/// A request waiting for its sender's bucket: when it is due, and the request.
-type Waiting<T> = (Instant, T, InboundId, Request);
+/// A request waiting for its sender's bucket: the request and the bytes of it still to be
+/// metered (zero once paid).
+pub(super) type Held = (InboundId, Request, u64);
+
+/// When a held request is due, and whose it is.
+type Waiting<T> = (Instant, T, Held);
 
 /// Requests over their sender's rate, held until they are due (each a token's period after the
 /// one before it from the same peer), then served. Bounded by [`MAX_SLOWED`] and
@@ -164,24 +175,23 @@ impl<T: Eq + Copy> Slowed<T> {
         now: Instant,
         (wait, period): (Duration, Duration),
         from: T,
-        id: InboundId,
-        request: Request,
+        held: Held,
     ) -> Result<(), (InboundId, Request)> {
-        let held = self.waiting.iter().filter(|w| w.1 == from).count();
-        if held >= MAX_SLOWED_PER_PEER || self.waiting.len() >= MAX_SLOWED {
-            return Err((id, request));
+        let of_peer = self.waiting.iter().filter(|w| w.1 == from).count();
+        if of_peer >= MAX_SLOWED_PER_PEER || self.waiting.len() >= MAX_SLOWED {
+            return Err((held.0, held.1));
         }
-        let due = now + wait + period * held as u32;
-        self.waiting.push((due, from, id, request));
+        let due = now + wait + period * of_peer as u32;
+        self.waiting.push((due, from, held));
         Ok(())
     }
 
     /// The requests due at `now`, in the order they came.
-    pub(super) fn due(&mut self, now: Instant) -> Vec<(T, InboundId, Request)> {
+    pub(super) fn due(&mut self, now: Instant) -> Vec<(T, Held)> {
         let (due, waiting): (Vec<_>, Vec<_>) = self.waiting.drain(..).partition(|w| w.0 <= now);
         self.waiting = waiting;
         due.into_iter()
-            .map(|(_, from, id, r)| (from, id, r))
+            .map(|(_, from, held)| (from, held))
             .collect()
     }
 

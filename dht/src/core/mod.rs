@@ -1180,7 +1180,8 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     }
 
     /// Handles a peer's request; exactly one [`Action::Respond`] with `id` answers it, now or
-    /// later.
+    /// later. Not metered against the peer's bandwidth: see
+    /// [`handle_sized_request`](Self::handle_sized_request).
     pub fn handle_request(
         &mut self,
         now: Instant,
@@ -1189,15 +1190,64 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         id: InboundId,
         request: Request,
     ) {
+        self.handle_sized_request(now, unix, from, id, request, 0);
+    }
+
+    /// [`handle_request`](Self::handle_request) for a request that took `bytes` on the wire,
+    /// metered against its sender's bandwidth as well as its request rate.
+    pub fn handle_sized_request(
+        &mut self,
+        now: Instant,
+        unix: u64,
+        from: T,
+        id: InboundId,
+        request: Request,
+        bytes: usize,
+    ) {
         if !self.permitted(&from) {
             self.stats.denied_messages += 1;
             return self.respond(id, Response::refused("denied by this node's trust policy"));
         }
-        self.serve_request(now, unix, from, id, request, true);
+        self.serve_request(now, unix, from, id, request, bytes as u64, true);
+    }
+
+    /// Whether a request of `from` that took `bytes` (still to be paid) fits its limits: its
+    /// bandwidth first, then its rate of the request's method. When it does not, the verdict,
+    /// what it waits for to fit, the time between its peer's turns, the bytes still owed, and
+    /// the reason a refusal gives.
+    fn over_limits(
+        &mut self,
+        now: Instant,
+        from: T,
+        method: u8,
+        bytes: u64,
+    ) -> Option<(Verdict, (Duration, Duration), u64, &'static str)> {
+        if bytes > 0 {
+            let verdict = self.bytes.take(now, from, bytes);
+            if verdict != Verdict::Pass {
+                let wait = self.bytes.wait_for(now, &from, bytes);
+                return Some((
+                    verdict,
+                    (wait, Duration::ZERO),
+                    bytes,
+                    "over this node's bandwidth limit for the peer",
+                ));
+            }
+        }
+        let key = (from, method);
+        match self.limits.take(now, key, 1) {
+            Verdict::Pass => None,
+            verdict => {
+                let wait = (self.limits.wait(now, &key), self.limits.period());
+                Some((verdict, wait, 0, "rate limited by this node's trust policy"))
+            }
+        }
     }
 
     /// [`handle_request`](Self::handle_request) past the trust lists: a request over its
-    /// sender's rate is slowed if `may_slow` and there is room (served when due), else refused.
+    /// sender's bandwidth or rate is slowed if `may_slow` and there is room (served when due),
+    /// else refused; staying over a limit bans.
+    #[allow(clippy::too_many_arguments)]
     fn serve_request(
         &mut self,
         now: Instant,
@@ -1205,14 +1255,14 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         from: T,
         id: InboundId,
         request: Request,
+        bytes: u64,
         may_slow: bool,
     ) {
-        let key = (from, request.method());
-        let verdict = self.limits.take(now, key, 1);
-        let (id, request) = match verdict {
-            Verdict::Throttle if may_slow => {
-                let wait = (self.limits.wait(now, &key), self.limits.period());
-                match self.slowed.hold(now, wait, from, id, request) {
+        if let Some((verdict, wait, owed, why)) =
+            self.over_limits(now, from, request.method(), bytes)
+        {
+            let (id, request) = if verdict == Verdict::Throttle && may_slow {
+                match self.slowed.hold(now, wait, from, (id, request, owed)) {
                     Ok(()) => {
                         self.stats.slowed += 1;
                         if let Some(due) = self.slowed.next() {
@@ -1222,18 +1272,18 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                     }
                     Err(back) => back,
                 }
+            } else {
+                (id, request)
+            };
+            if owed > 0 {
+                self.stats.bandwidth_limited += 1;
+            } else {
+                self.stats.rate_limited += 1;
             }
-            _ => (id, request),
-        };
-        if verdict != Verdict::Pass {
-            self.stats.rate_limited += 1;
             if request.is_put() {
                 self.stats.count_refused_put(from);
             }
-            self.respond(
-                id,
-                Response::refused("rate limited by this node's trust policy"),
-            );
+            self.respond(id, Response::refused(why));
             if verdict == Verdict::Ban {
                 self.misbehaved(now, from, Misbehaviour::OverLimit);
             }
@@ -1458,10 +1508,10 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 }
                 Timer::CopyWrite => self.write_copies(now, unix),
                 Timer::Slowed => {
-                    for (from, id, request) in self.slowed.due(now) {
+                    for (from, (id, request, owed)) in self.slowed.due(now) {
                         // Still refused if its sender was banned or denied since.
                         if self.permitted(&from) {
-                            self.serve_request(now, unix, from, id, request, false);
+                            self.serve_request(now, unix, from, id, request, owed, false);
                         } else {
                             self.respond(
                                 id,

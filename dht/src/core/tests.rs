@@ -2742,3 +2742,39 @@ fn records_page_in_key_order_under_a_prefix() {
     let (page, more) = core.records().page(b"zz", None, 10);
     assert!(page.is_empty() && !more);
 }
+
+#[test]
+fn a_request_over_its_peers_bandwidth_waits_for_the_bytes_then_is_served() {
+    let (mut core, now) = lone_trusting(crate::TrustPolicy {
+        peer_bytes_per_second: 1_000,
+        peer_bytes_burst: 1_000,
+        ..Default::default()
+    });
+    core.handle_gate(now, UNIX, SimPeer(1), Ok(()));
+    drain(&mut core);
+    let find = || Request::FindNode(ByteBuf::from(b"x".to_vec()));
+    // 800 bytes fit the burst; the next 800 wait 600 ms for the bytes to come back.
+    core.handle_sized_request(now, UNIX, SimPeer(1), InboundId(1), find(), 800);
+    core.handle_sized_request(now, UNIX, SimPeer(1), InboundId(2), find(), 800);
+    assert_eq!(responses(&drain(&mut core)).len(), 1);
+    assert_eq!(core.stats().slowed, 1);
+    let mut served = None;
+    for ms in (50..=1_000).step_by(50) {
+        let at = now + Duration::from_millis(ms);
+        while core.poll_timeout().is_some_and(|t| t <= at) {
+            core.handle_timeout(at, UNIX);
+        }
+        let actions = drain(&mut core);
+        let answered = responses(&actions);
+        if let Some((_, r)) = answered.first() {
+            assert!(!matches!(r, Response::Refused(_)), "{r:?}");
+            served = Some(ms);
+            break;
+        }
+    }
+    assert!(
+        served.is_some_and(|ms| (600..=700).contains(&ms)),
+        "served when the bytes came back: {served:?} ms"
+    );
+    assert_eq!(core.stats().bandwidth_limited, 0);
+}

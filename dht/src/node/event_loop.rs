@@ -34,7 +34,7 @@ use crate::core::{
 use crate::identity::{NodeKeyExt, PublicKeyExt};
 use crate::lockstep::SignedNotice;
 use crate::store::{self, Batch, Committed, Persist, Writer, WriterError, WriterEvents};
-use crate::wire::{Request, Response};
+use crate::wire::Request;
 use crate::{gate, link};
 
 /// Swarm events handled at most in one turn (after the one that woke it, if any).
@@ -621,21 +621,13 @@ impl EventLoop {
                 channel,
                 bytes,
             } => {
-                if !self.core.admit_bytes(now, peer, bytes) {
-                    let refusal =
-                        Response::refused("over this node's bandwidth limit for the peer");
-                    // The peer may have gone; then there is nobody to answer.
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .dht
-                        .send_response(channel, refusal);
-                    return;
-                }
+                // Metered in the core: a request over the peer's bandwidth or rate waits for its
+                // turn there, then is answered, or is refused.
                 self.next_inbound += 1;
                 let id = InboundId(self.next_inbound);
                 self.inbound.insert(id, channel);
-                self.core.handle_request(now, unix, peer, id, request);
+                self.core
+                    .handle_sized_request(now, unix, peer, id, request, bytes);
             }
             link::Event::Response { id, response, .. } => {
                 if let Some(id) = self.outbound.remove(&id) {
