@@ -12,6 +12,9 @@ use std::time::Instant;
 use shoal_swim::{Address, CommandError, CommandId, Event, Message, State};
 
 use super::ops::{Join, Op, Timer};
+
+/// Admitted live members a join goes through besides its seeds, at most.
+const ADMITTED_JOIN_SEEDS: usize = 8;
 use super::routing::Inserted;
 use super::{
     Action, Checks, Core, JOIN_ATTEMPTS, MAX_SEEDS, Meta, OpId, Peer, Reply, SEED_DIALS, WriteOp,
@@ -223,7 +226,18 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         op: OpId,
         seeds: Vec<(T, Vec<Address>)>,
     ) {
-        let seeds = seeds.into_iter().chain(self.snapshot.iter().cloned());
+        // Live members this node admitted already join it too, whatever their addresses: a
+        // node restarted while its seeds are down is found again by the members that knew it,
+        // which may announce no address it could give as a seed, over connections they opened.
+        let admitted: Vec<(T, Vec<Address>)> = self
+            .verified_live()
+            .take(ADMITTED_JOIN_SEEDS)
+            .map(|p| (p, Vec::new()))
+            .collect();
+        let seeds = seeds
+            .into_iter()
+            .chain(self.snapshot.iter().cloned())
+            .chain(admitted);
         let mut by_peer: Vec<(T, Vec<Address>)> = Vec::new();
         let mut index: HashMap<T, usize> = HashMap::new();
         for (peer, addrs) in seeds {
@@ -240,7 +254,9 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         }
         let mut waiting = Vec::new();
         for (peer, addrs) in &by_peer {
-            if self.seed_addrs.len() < MAX_SEEDS || self.seed_addrs.contains_key(peer) {
+            if !addrs.is_empty()
+                && (self.seed_addrs.len() < MAX_SEEDS || self.seed_addrs.contains_key(peer))
+            {
                 self.seed_addrs.insert(*peer, addrs.clone().into());
             }
             if !self.admission.is_verified(peer) {

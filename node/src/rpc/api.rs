@@ -1032,11 +1032,17 @@ async fn subscribe(
 /// Sends what `next` yields to the accepted subscription until the client leaves or the source
 /// ends; a subscriber that fell behind is told how many items it missed (`{"lagged": n}`), as
 /// `lockstep_subscribe` does, and should read the whole state again.
+/// Subscriptions that take no params: anything else is refused before one starts.
 async fn forward<T: Clone>(
+    params: Params<'static>,
     pending: PendingSubscriptionSink,
     mut source: tokio::sync::broadcast::Receiver<T>,
     to_json: impl Fn(&T) -> Value,
 ) -> SubscriptionResult {
+    if let Err(e) = parse::<NoParams>(&params) {
+        pending.reject(ErrorObjectOwned::from(e)).await;
+        return Ok(());
+    }
     let sink = pending.accept().await?;
     loop {
         let message = tokio::select! {
@@ -1059,11 +1065,7 @@ async fn follow_members(
     state: Arc<State>,
     _: jsonrpsee::Extensions,
 ) -> SubscriptionResult {
-    if let Err(e) = parse::<NoParams>(&params) {
-        pending.reject(ErrorObjectOwned::from(e)).await;
-        return Ok(());
-    }
-    forward(pending, state.node.member_changes(), |c| {
+    forward(params, pending, state.node.member_changes(), |c| {
         json!({
             "peer": c.peer.to_string(),
             "state": state_name(c.state),
@@ -1081,11 +1083,10 @@ async fn follow_stats(
     state: Arc<State>,
     _: jsonrpsee::Extensions,
 ) -> SubscriptionResult {
-    if let Err(e) = parse::<NoParams>(&params) {
-        pending.reject(ErrorObjectOwned::from(e)).await;
-        return Ok(());
-    }
-    forward(pending, state.history.follow(), |sample| json!(sample)).await
+    forward(params, pending, state.history.follow(), |sample| {
+        json!(sample)
+    })
+    .await
 }
 
 #[cfg(test)]
