@@ -335,6 +335,17 @@ pub struct Traffic {
     pub broadcast: crate::link::Traffic,
 }
 
+impl Traffic {
+    /// The bytes of every protocol together.
+    pub fn total(&self) -> crate::link::Traffic {
+        let all = [self.dht, self.swim, self.broadcast];
+        crate::link::Traffic {
+            bytes_in: all.iter().map(|t| t.bytes_in).sum(),
+            bytes_out: all.iter().map(|t| t.bytes_out).sum(),
+        }
+    }
+}
+
 /// A change SWIM made to a member, as [`Client::member_changes`](crate::Client::member_changes)
 /// reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -167,6 +167,41 @@ pub enum Event<T> {
     },
 }
 
+impl<T> Event<T> {
+    /// The member whose state the event changed, the state it is in now and the incarnation:
+    /// joined and refuted are alive. `None` for the answers to this node's own commands.
+    pub fn change(&self) -> Option<(&T, State, u64)> {
+        match self {
+            Event::Joined {
+                member,
+                incarnation,
+                ..
+            }
+            | Event::Refuted {
+                member,
+                incarnation,
+                ..
+            } => Some((member, State::Alive, *incarnation)),
+            Event::Suspected {
+                member,
+                incarnation,
+                ..
+            } => Some((member, State::Suspect, *incarnation)),
+            Event::Failed {
+                member,
+                incarnation,
+                ..
+            } => Some((member, State::Dead, *incarnation)),
+            Event::Left {
+                member,
+                incarnation,
+                ..
+            } => Some((member, State::Left, *incarnation)),
+            Event::JoinFinished { .. } | Event::LeaveFinished { .. } => None,
+        }
+    }
+}
+
 /// What the core knows about one member, as [`Membership::member`] and [`Membership::members`]
 /// build it: the addresses are shared with the core's table, not copied.
 #[derive(Debug, Clone, PartialEq, Eq)]

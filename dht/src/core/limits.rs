@@ -11,11 +11,10 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-
-use crate::wire::Request;
+use std::time::{Duration, Instant};
 
 use super::InboundId;
-use std::time::{Duration, Instant};
+use crate::wire::Request;
 
 /// Buckets kept per limit at most; when a new one finds the table full, the buckets that
 /// refilled (no debt to remember) are dropped first, and if none did, the new peer is

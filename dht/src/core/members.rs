@@ -12,14 +12,14 @@ use std::time::Instant;
 use shoal_swim::{Address, CommandError, CommandId, Event, Message, State};
 
 use super::ops::{Join, Op, Timer};
-
-/// Admitted live members a join goes through besides its seeds, at most.
-const ADMITTED_JOIN_SEEDS: usize = 8;
 use super::routing::Inserted;
 use super::{
     Action, Checks, Core, JOIN_ATTEMPTS, MAX_SEEDS, Meta, OpId, Peer, Reply, SEED_DIALS, WriteOp,
 };
 use crate::api::{JoinError, JoinOk};
+
+/// Admitted live members a join goes through besides its seeds, at most.
+const ADMITTED_JOIN_SEEDS: usize = 8;
 
 /// How soon after a join the routing snapshot is first saved (then every
 /// [`crate::Config::routing_snapshot_interval`]).
@@ -79,39 +79,11 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     }
 
     fn on_swim_event(&mut self, now: Instant, unix: u64, event: Event<T>) {
-        let change = match &event {
-            Event::Joined {
-                member,
-                incarnation,
-                ..
-            }
-            | Event::Refuted {
-                member,
-                incarnation,
-                ..
-            } => Some((member, State::Alive, incarnation)),
-            Event::Suspected {
-                member,
-                incarnation,
-                ..
-            } => Some((member, State::Suspect, incarnation)),
-            Event::Failed {
-                member,
-                incarnation,
-                ..
-            } => Some((member, State::Dead, incarnation)),
-            Event::Left {
-                member,
-                incarnation,
-                ..
-            } => Some((member, State::Left, incarnation)),
-            Event::JoinFinished { .. } | Event::LeaveFinished { .. } => None,
-        };
-        if let Some((member, state, incarnation)) = change {
+        if let Some((member, state, incarnation)) = event.change() {
             self.push(Action::MemberChanged {
                 member: *member,
                 state,
-                incarnation: *incarnation,
+                incarnation,
             });
         }
         match event {

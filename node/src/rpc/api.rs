@@ -681,14 +681,10 @@ async fn peers(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
     if p.detail {
         let mut connected = state.node.connected_peers().await;
         if let Some(limit) = p.limit {
-            let total = |info: &shoal_dht::api::PeerInfo| {
-                let t = &info.traffic;
-                [t.dht, t.swim, t.broadcast]
-                    .iter()
-                    .map(|x| x.bytes_in + x.bytes_out)
-                    .sum::<u64>()
-            };
-            connected.sort_by_key(|info| std::cmp::Reverse(total(info)));
+            connected.sort_by_key(|info| {
+                let t = info.traffic.total();
+                std::cmp::Reverse(t.bytes_in + t.bytes_out)
+            });
             connected.truncate(limit);
         }
         let peers: Vec<Value> = connected
@@ -786,10 +782,10 @@ fn reachability(
             _ => false,
         })
     };
-    let tcp = listen
+    let tcp: Vec<_> = listen
         .iter()
-        .filter(|a| !a.iter().any(|p| matches!(p, Protocol::Onion3(_))));
-    let tcp: Vec<_> = tcp.collect();
+        .filter(|a| !a.iter().any(|p| matches!(p, Protocol::Onion3(_))))
+        .collect();
     let by_tcp = if !external.is_empty() {
         Some(format!("at {} external address(es)", external.len()))
     } else if tcp.is_empty() {
@@ -979,7 +975,7 @@ async fn subscribe(
         }
     };
     // Live notices are taken from here on, before the backlog is read, so none falls between.
-    let mut notices = state.node.subscribe();
+    let notices = state.node.subscribe();
     let sink = pending.accept().await?;
     let send = |notice: &SignedNotice| {
         serde_json::value::to_raw_value(&notice_json(notice, filter.key_encoding))
@@ -1010,45 +1006,29 @@ async fn subscribe(
             }
         }
     }
-    loop {
-        tokio::select! {
-            _ = sink.closed() => return Ok(()),
-            received = notices.recv() => match received {
-                Ok(notice) => {
-                    if is_new(&notice) && filter.matches(&notice) {
-                        sink.send(send(&notice)?).await?;
-                    }
-                }
-                Err(RecvError::Lagged(missed)) => {
-                    let message = serde_json::value::to_raw_value(&json!({ "lagged": missed }))?;
-                    sink.send(message).await?;
-                }
-                Err(RecvError::Closed) => return Ok(()),
-            },
-        }
-    }
+    pump(&sink, notices, |notice| {
+        (is_new(notice) && filter.matches(notice)).then(|| notice_json(notice, filter.key_encoding))
+    })
+    .await
 }
 
-/// Sends what `next` yields to the accepted subscription until the client leaves or the source
-/// ends; a subscriber that fell behind is told how many items it missed (`{"lagged": n}`), as
-/// `lockstep_subscribe` does, and should read the whole state again.
-/// Subscriptions that take no params: anything else is refused before one starts.
-async fn forward<T: Clone>(
-    params: Params<'static>,
-    pending: PendingSubscriptionSink,
+/// Sends what `source` yields, as `to_json` makes it (`None`: not for this subscriber), to an
+/// accepted subscription until the client leaves or the source ends. A subscriber that fell
+/// behind is told how many items it missed (`{"lagged": n}`) and should read the whole state
+/// again.
+async fn pump<T: Clone>(
+    sink: &jsonrpsee::SubscriptionSink,
     mut source: tokio::sync::broadcast::Receiver<T>,
-    to_json: impl Fn(&T) -> Value,
+    mut to_json: impl FnMut(&T) -> Option<Value>,
 ) -> SubscriptionResult {
-    if let Err(e) = parse::<NoParams>(&params) {
-        pending.reject(ErrorObjectOwned::from(e)).await;
-        return Ok(());
-    }
-    let sink = pending.accept().await?;
     loop {
         let message = tokio::select! {
             _ = sink.closed() => return Ok(()),
             received = source.recv() => match received {
-                Ok(item) => to_json(&item),
+                Ok(item) => match to_json(&item) {
+                    Some(message) => message,
+                    None => continue,
+                },
                 Err(RecvError::Lagged(missed)) => json!({ "lagged": missed }),
                 Err(RecvError::Closed) => return Ok(()),
             },
@@ -1056,6 +1036,22 @@ async fn forward<T: Clone>(
         sink.send(serde_json::value::to_raw_value(&message)?)
             .await?;
     }
+}
+
+/// A subscription that takes no params (anything else is refused before it starts), each item
+/// of `source` sent as `to_json` makes it.
+async fn forward<T: Clone>(
+    params: Params<'static>,
+    pending: PendingSubscriptionSink,
+    source: tokio::sync::broadcast::Receiver<T>,
+    to_json: impl Fn(&T) -> Value,
+) -> SubscriptionResult {
+    if let Err(e) = parse::<NoParams>(&params) {
+        pending.reject(ErrorObjectOwned::from(e)).await;
+        return Ok(());
+    }
+    let sink = pending.accept().await?;
+    pump(&sink, source, |item| Some(to_json(item))).await
 }
 
 /// `swim_subscribe`: every change SWIM makes to a member from now on.

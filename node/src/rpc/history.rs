@@ -83,15 +83,15 @@ struct Counters {
 
 impl Counters {
     fn of(stats: &NodeStats) -> Self {
-        let t = &stats.traffic;
+        let t = stats.traffic.total();
         Self {
             probes: stats.swim.probes,
             failed_probes: stats.swim.failed_probes,
             refutations: stats.swim.refutations,
             puts_stored: stats.stored_puts,
             puts_refused: stats.refused_puts_total,
-            bytes_in: t.dht.bytes_in + t.swim.bytes_in + t.broadcast.bytes_in,
-            bytes_out: t.dht.bytes_out + t.swim.bytes_out + t.broadcast.bytes_out,
+            bytes_in: t.bytes_in,
+            bytes_out: t.bytes_out,
         }
     }
 }

@@ -95,49 +95,17 @@ fn dashboard_file(path: &str, auth: bool) -> Option<(&'static str, String)> {
     }
 }
 
-/// The token a request carries: its bearer header, or its `access_token` query parameter.
+/// The token a request carries: its bearer header, or its `access_token` query parameter
+/// (form-encoded, as RFC 6750 says; a malformed escape stays as it is and fails the comparison).
 fn given_token(request: &HttpRequest) -> Vec<u8> {
     if let Some(header) = request.headers().get(http::header::AUTHORIZATION) {
         return header.as_bytes().to_vec();
     }
     let query = request.uri().query().unwrap_or_default();
-    query
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("access_token="))
-        .map(|token| {
-            let token = percent_decode(token);
-            let mut bearer = b"Bearer ".to_vec();
-            bearer.extend_from_slice(&token);
-            bearer
-        })
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(name, _)| name == "access_token")
+        .map(|(_, token)| format!("Bearer {token}").into_bytes())
         .unwrap_or_default()
-}
-
-/// Decodes `%XX` escapes (a token is printable ASCII, which a page escapes with
-/// `encodeURIComponent`); a malformed escape stays as it is and fails the comparison.
-fn percent_decode(text: &str) -> Vec<u8> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
-            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
-                let (h, l) = (hex(h).unwrap_or(0), hex(l).unwrap_or(0));
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (b'+', _, _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    out
 }
 
 /// Whether a browser sent `request` from a page of another origin: its `Origin` is not this
@@ -280,7 +248,8 @@ mod tests {
         let query = request("/?x=1&access_token=a%2Bb%20c", &[]);
         assert_eq!(given_token(&query), b"Bearer a+b c");
         assert_eq!(given_token(&request("/?access=1", &[])), b"");
-        assert_eq!(percent_decode("%zz%4"), b"%zz%4");
+        let malformed = request("/?access_token=%zz%4", &[]);
+        assert_eq!(given_token(&malformed), b"Bearer %zz%4");
     }
 
     #[test]
