@@ -13,7 +13,7 @@ use crate::node::SharedVerifier;
 use crate::{gate, link};
 
 /// SWIM's protocol: its messages told as frames on long-lived streams ([`link::Swim`]).
-pub const SWIM_PROTOCOL: &str = "/shoal/swim/3";
+pub const SWIM_PROTOCOL: &str = "/shoal/swim/4";
 
 /// How often identify asks a connected peer again, after the exchange that opens every
 /// connection. libp2p's default is 5 minutes: with a connection to every member probed, that
@@ -28,7 +28,7 @@ const IDENTIFY_INTERVAL: Duration = Duration::from_secs(3600);
 pub struct Behaviour {
     /// Identify on `/shoal/<network>/id/1.0.0`.
     pub identify: identify::Behaviour,
-    /// SWIM's messages on `/shoal/swim/3`, told on long-lived streams ([`link::Swim`]).
+    /// SWIM's messages on `/shoal/swim/4`, told on long-lived streams ([`link::Swim`]).
     pub swim: link::Behaviour<link::Swim>,
     /// The identity gate on `/shoal/identity/1`.
     pub gate: gate::Behaviour,

@@ -314,6 +314,7 @@ struct Probe<T> {
 struct Relay<T> {
     origin: T,
     origin_seq: u64,
+    target: T,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -666,6 +667,49 @@ impl<T: Identity> Membership<T> {
         true
     }
 
+    /// The transport could not reach `id` at all: a dial to it was refused or failed, and no
+    /// connection to it is open (a crashed process's host refuses at once). Waiting out the
+    /// probe timeout cannot bring an ack over a connection that does not exist, so a probe of
+    /// `id` still waiting for its direct ack asks its helpers now, and pings this node relays to
+    /// `id` are nacked now: a crash then reaches its first suspicion within a round trip or two
+    /// instead of a probe window, while the suspicion's own timeout, which gives a live member
+    /// its time to refute, is untouched. A loss of a message on the way is no such news (it
+    /// only goes unanswered), so loss cannot trigger this. Returns whether anything moved.
+    pub fn unreachable(&mut self, now: Instant, id: &T) -> bool {
+        let now = self.clock(now);
+        let mut moved = false;
+        for p in self.probes.iter_mut().flatten() {
+            if p.target == *id && !p.acked && !p.indirect_sent && p.indirect_at > now {
+                p.indirect_at = now;
+                moved = true;
+            }
+        }
+        let mut failed: Vec<u64> = self
+            .relays
+            .iter()
+            .filter(|(_, r)| r.target == *id)
+            .map(|(seq, _)| *seq)
+            .collect();
+        // In sequence order, not the hash map's: the nacks go out in this order.
+        failed.sort_unstable();
+        for seq in failed {
+            if let Some(relay) = self.relays.remove(&seq) {
+                self.send(
+                    relay.origin,
+                    Payload::Nack {
+                        seq: relay.origin_seq,
+                    },
+                    None,
+                );
+                moved = true;
+            }
+        }
+        if moved {
+            self.run_probe(now);
+        }
+        moved
+    }
+
     /// Drops `id` at once, without an event, a tombstone or gossip: for a caller that finds a
     /// member should never have been listed (an identity check that ended after SWIM learned of
     /// it refused the member). Later news naming it is taken as news of a stranger. Returns
@@ -714,6 +758,11 @@ impl<T: Identity> Membership<T> {
                 }
             }
             Payload::PingReq { seq, target } => self.on_ping_req(now, from, seq, target),
+            Payload::Digest { hash } => {
+                if !self.whole_view_fits() || self.view_digest() != hash {
+                    self.send_push_pull(from, false, true);
+                }
+            }
             Payload::Gossip => {}
             Payload::PushPull {
                 join,
@@ -786,7 +835,7 @@ impl<T: Identity> Membership<T> {
                 + self.config.push_pull_interval / 2
                 + jitter(&mut self.rng, self.config.push_pull_interval);
             if let Some(to) = self.random_live(1, None).pop() {
-                self.send_push_pull(to, false, true);
+                self.start_sync(to);
             }
         }
         if now >= self.next_gossip {
@@ -1018,6 +1067,7 @@ impl<T: Identity> Membership<T> {
             Relay {
                 origin: from,
                 origin_seq: seq,
+                target: target.clone(),
             },
         );
         // Nack early enough for the requester to count it within its probe window.
@@ -1441,6 +1491,34 @@ impl<T: Identity> Membership<T> {
                 gossip: Vec::new(),
             },
         });
+    }
+
+    /// The periodic anti-entropy exchange with `to`: the view's digest while the whole view
+    /// fits in one push-pull (`to` answers with its table only if its view differs), the
+    /// push-pull itself once it does not (a sampled table proves nothing by its hash).
+    fn start_sync(&mut self, to: T) {
+        if self.whole_view_fits() {
+            let hash = self.view_digest();
+            self.send(to, Payload::Digest { hash }, None);
+        } else {
+            self.send_push_pull(to, false, true);
+        }
+    }
+
+    /// Whether a push-pull carries the whole table rather than a sample of it.
+    fn whole_view_fits(&self) -> bool {
+        self.members.len() < self.config.max_push_pull_members.get()
+    }
+
+    /// [`message::view_digest`] of what a push-pull of the whole table would carry.
+    fn view_digest(&self) -> u64 {
+        let mine = (&self.me, self.incarnation, State::Alive, &self.my_addrs[..]);
+        let table = &self.members;
+        let others = table.in_order().filter_map(|id| {
+            let (incarnation, state, addrs) = table.record(id)?;
+            Some((id, incarnation, state, &addrs[..]))
+        });
+        message::view_digest(std::iter::once(mine).chain(others))
     }
 
     /// What this node holds about `id`, as an update to tell others.

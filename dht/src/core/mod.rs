@@ -1434,9 +1434,14 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         self.on_checked(now, unix, peer, result);
     }
 
-    /// A dial to `peer` failed and no connection to it is open.
+    /// A dial to `peer` failed and no connection to it is open: SWIM's probes of it and pings
+    /// relayed to it stop waiting for an ack that cannot come
+    /// ([`shoal_swim::Membership::unreachable`]).
     pub fn handle_dial_failed(&mut self, now: Instant, unix: u64, peer: T) {
         self.on_dial_failed(&peer);
+        if self.swim.unreachable(now, &peer) {
+            self.drain_swim(now, unix);
+        }
         self.on_seed_settled(now, unix, &peer);
     }
 
@@ -1445,13 +1450,14 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     /// ([`shoal_swim::Membership::probe_soon`]): the connections of a process that crashed all
     /// close at once, so every member connected to it probes it together, and its suspicion
     /// has its confirmations from the start.
-    pub fn handle_disconnected(&mut self, now: Instant, peer: T) {
+    pub fn handle_disconnected(&mut self, now: Instant, unix: u64, peer: T) {
         if !self.admission.is_listed(&peer) {
             self.drop_held(&peer);
         }
         self.feeds_link_down(now, &peer);
         if self.is_live(&peer) && self.swim.probe_soon(now, &peer) {
             self.stats.probes_on_disconnect += 1;
+            self.drain_swim(now, unix);
         }
     }
 

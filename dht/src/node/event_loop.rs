@@ -512,7 +512,7 @@ impl EventLoop {
                     "connection closed"
                 );
                 if num_established == 0 {
-                    self.core.handle_disconnected(now, peer_id);
+                    self.core.handle_disconnected(now, unix, peer_id);
                 }
             }
             SwarmEvent::NewListenAddr {

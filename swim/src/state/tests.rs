@@ -280,6 +280,125 @@ fn helper_forwards_ack_or_nacks() {
 }
 
 #[test]
+fn an_unreachable_target_is_suspected_within_a_round_trip_not_a_probe_window() {
+    let t0 = Instant::now();
+    let mut a = core_with(t0, 1, &[2, 3, 4, 5]);
+    let (target, seq, sent) = first_probe(&mut a);
+    // The dial of the ping is refused 3 ms later: helpers are asked at once, not at 500 ms.
+    let refused = sent + Duration::from_millis(3);
+    assert!(a.unreachable(refused, &target));
+    let mut reqs = Vec::new();
+    while let Some(tx) = a.poll_transmit() {
+        if matches!(tx.msg.payload, Payload::PingReq { target: x, seq: s } if x == target && s == seq)
+        {
+            reqs.push(tx.to);
+        }
+    }
+    assert_eq!(reqs.len(), 3, "k = 3 helpers asked at once");
+    // Each helper's own dial of the target is refused too, and it nacks at once.
+    for (i, &h) in reqs.iter().enumerate() {
+        let mut helper = core_with(t0, h, &[1, 2, 3, 4, 5]);
+        let at = refused + Duration::from_millis(1);
+        helper.handle_message(at, 1, gossip(Payload::PingReq { seq, target }, vec![]));
+        expect_message!(helper, target, Payload::Ping { .. });
+        assert!(helper.unreachable(at + Duration::from_millis(2), &target));
+        let nack = expect_message!(helper, 1, Payload::Nack { .. });
+        assert_eq!(nack.msg.payload, Payload::Nack { seq });
+        a.handle_message(
+            at + Duration::from_millis(4 + i as u64),
+            h,
+            gossip(Payload::Nack { seq }, vec![]),
+        );
+    }
+    let e = expect_event!(a, Event::Suspected { .. });
+    assert!(matches!(e, Event::Suspected { member, by: 1, .. } if member == target));
+    assert_eq!(
+        a.local_health(),
+        0,
+        "every helper answered: our messages are not late"
+    );
+    // News of a member with no probe or relay under way moves nothing; the suspicion's own
+    // timeout is untouched (no confirmations: 24 s from the suspicion).
+    assert!(!a.unreachable(refused, &target));
+    let suspected_at = refused + Duration::from_millis(7);
+    advance(&mut a, suspected_at + Duration::from_millis(23_900));
+    expect_no_event!(a, Event::Failed { .. });
+}
+
+/// The periodic anti-entropy exchange: views that agree cost one digest and no tables; a view
+/// that differs answers with its table, asks for the sender's, and both then agree.
+#[test]
+fn agreeing_views_exchange_a_digest_and_differing_ones_their_tables() {
+    let t0 = Instant::now();
+    let mut a = core_with(t0, 1, &[2]);
+    // Runs `a` until its periodic exchange, its probes answered at once.
+    let next_digest = |a: &mut Membership<u32>, from: Instant| {
+        let mut at = from;
+        loop {
+            at += Duration::from_millis(100);
+            assert!(at < from + Duration::from_secs(120), "no digest sent");
+            let mut digest = None;
+            for t in advance(a, at) {
+                match t.msg.payload {
+                    Payload::Ping { seq } => {
+                        a.handle_message(at, t.to, gossip(Payload::Ack { seq }, vec![]))
+                    }
+                    Payload::Digest { .. } => digest = Some(t),
+                    Payload::PushPull { .. } => panic!("a table, not a digest: {t:?}"),
+                    _ => {}
+                }
+            }
+            if let Some(t) = digest {
+                return (t, at);
+            }
+        }
+    };
+    let tables = |c: &mut Membership<u32>| {
+        let mut out = Vec::new();
+        while let Some(t) = c.poll_transmit() {
+            if matches!(t.msg.payload, Payload::PushPull { .. }) {
+                out.push(t);
+            }
+        }
+        out
+    };
+    let (digest, at) = next_digest(&mut a, t0);
+    assert_eq!(digest.to, 2);
+    // Member 2 holds the same view: it says nothing.
+    let mut same = core_with(t0, 2, &[1]);
+    same.handle_message(at, 1, digest.msg.clone());
+    assert!(tables(&mut same).is_empty());
+    // Member 2 also knows member 3: it sends its table and asks for member 1's.
+    let mut other = core_with(t0, 2, &[1, 3]);
+    other.handle_message(at, 1, digest.msg);
+    let answer = tables(&mut other);
+    assert_eq!(answer.len(), 1);
+    assert!(matches!(
+        answer[0].msg.payload,
+        Payload::PushPull {
+            reply: true,
+            join: false,
+            ..
+        }
+    ));
+    a.handle_message(at, 2, answer[0].msg.clone());
+    assert_eq!(a.member(&3).map(|m| m.state), Some(State::Alive));
+    let reply: Vec<_> = tables(&mut a).into_iter().filter(|t| t.to == 2).collect();
+    assert_eq!(reply.len(), 1, "member 1's table in return");
+    other.handle_message(at, 1, reply[0].msg.clone());
+    // Now they agree: the next digest draws no table.
+    let (digest, at) = next_digest(&mut a, at);
+    if digest.to == 2 {
+        other.handle_message(at, 1, digest.msg);
+        assert!(tables(&mut other).is_empty());
+    } else {
+        let mut third = core_with(t0, 3, &[1, 2]);
+        third.handle_message(at, 1, digest.msg);
+        assert!(tables(&mut third).is_empty());
+    }
+}
+
+#[test]
 fn join_through_a_seed() {
     let t0 = Instant::now();
     let mut a = core(t0, 1);

@@ -243,6 +243,7 @@ fn starvation_trace() {
                 Payload::PingReq { .. } => "ping-req",
                 Payload::Gossip => "gossip",
                 Payload::PushPull { .. } => "push-pull",
+                Payload::Digest { .. } => "digest",
             };
             let size = crate::message::to_vec(msg, 1 << 20).map_or(0, |v| v.len() as u64);
             let k = &mut *kinds_sink.borrow_mut();
