@@ -112,6 +112,9 @@ impl Transport {
     /// (and locks) arti's state directory but sends nothing.
     pub fn new(config: Config, node_key: ed25519_dalek::SigningKey) -> Result<Self, Error> {
         let arti_config = crate::arti::client_config(&config)?;
+        // arti's TLS to relays is rustls, which takes its crypto from a provider installed
+        // once per process; a second install (another transport) fails harmlessly.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let runtime = PreferredRuntime::current().map_err(Error::NoRuntime)?;
         let client = TorClient::with_runtime(runtime)
             .config(arti_config)
