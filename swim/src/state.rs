@@ -693,16 +693,7 @@ impl<T: Identity> Membership<T> {
         // In sequence order, not the hash map's: the nacks go out in this order.
         failed.sort_unstable();
         for seq in failed {
-            if let Some(relay) = self.relays.remove(&seq) {
-                self.send(
-                    relay.origin,
-                    Payload::Nack {
-                        seq: relay.origin_seq,
-                    },
-                    None,
-                );
-                moved = true;
-            }
+            moved |= self.nack_relay(seq);
         }
         if moved {
             self.run_probe(now);
@@ -1083,16 +1074,24 @@ impl<T: Identity> Membership<T> {
                 break;
             }
             self.relay_timers.pop_front();
-            if let Some(relay) = self.relays.remove(&seq) {
-                self.send(
-                    relay.origin,
-                    Payload::Nack {
-                        seq: relay.origin_seq,
-                    },
-                    None,
-                );
-            }
+            self.nack_relay(seq);
         }
+    }
+
+    /// Ends the relayed ping `seq`, if still under way, with a nack to the member that asked
+    /// for it. Returns whether it was under way.
+    fn nack_relay(&mut self, seq: u64) -> bool {
+        let Some(relay) = self.relays.remove(&seq) else {
+            return false;
+        };
+        self.send(
+            relay.origin,
+            Payload::Nack {
+                seq: relay.origin_seq,
+            },
+            None,
+        );
+        true
     }
 
     fn reconnect(&mut self) {
