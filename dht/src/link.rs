@@ -39,9 +39,9 @@ use libp2p::swarm::handler::{
     ConnectionEvent, DialUpgradeError, FullyNegotiatedInbound, FullyNegotiatedOutbound,
 };
 use libp2p::swarm::{
-    CloseConnection, ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId,
-    DialError, FromSwarm, NetworkBehaviour, NotifyHandler, Stream, StreamUpgradeError,
-    SubstreamProtocol, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
+    ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId, DialError,
+    FromSwarm, NetworkBehaviour, NotifyHandler, Stream, StreamUpgradeError, SubstreamProtocol,
+    THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 use libp2p::{PeerId, StreamProtocol};
 
@@ -64,6 +64,110 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// connection whose requests come one at a time would turn idle after each answer, and the
 /// swarm would arm (and drop) an idle timer on its global timer thread every time.
 const BUSY_FOR: Duration = Duration::from_secs(10);
+
+/// How long a superseded connection, due to close, waits at most for the answers to requests
+/// asked on it ([`Retiring`]).
+pub const RETIRE_WAIT_MAX: Duration = Duration::from_secs(10);
+
+/// How often a superseded connection on which a request still waits is looked at again.
+const RETIRE_RECHECK: Duration = Duration::from_millis(250);
+
+/// Why a connection is retired ([`Retiring`]), which says how long it stays open at least.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retire {
+    /// A reconnect's fresh connection replaced it, as stalled: both sides send on the fresh
+    /// one (their newest) from now on, and what the peer sent on this one before it saw the
+    /// fresh one has a second to arrive.
+    Replaced,
+    /// It is one more of several attempts to reach a peer that connected after the first,
+    /// which is kept (a later one is likely one whose SYN was sent again, and TCP, without a
+    /// round-trip sample, then waits a second to send a lost segment again). This node sends
+    /// nothing more on it, but the peer sends on it, its newest, until it closes: it stays
+    /// long enough for what the peer sent to arrive even after such a wait.
+    Extra,
+}
+
+impl Retire {
+    /// How long a connection retired for this reason stays open at least.
+    pub fn grace(self) -> Duration {
+        match self {
+            Self::Replaced => Duration::from_secs(1),
+            Self::Extra => Duration::from_secs(10),
+        }
+    }
+}
+
+/// Connections superseded by another to the same peer, to close once nothing comes on them any
+/// more.
+///
+/// Frames go on a peer's newest connection, on both sides. When another comes up beside it (a
+/// reconnect, or one more of several attempts to reach a seed that all connected), one of them
+/// is closed, but not at once: what the peer sent on it is still arriving, and so are the
+/// answers to requests asked on it. Closed at once, a seed's answer to a join was lost (the
+/// joiner waited out the join's timeout), and so was its answer to the joiner's request for the
+/// proofs of the members it named. Each is closed once its [`Retire::grace`] passed and no
+/// request asked on it waits for an answer, or [`RETIRE_WAIT_MAX`] later whatever waits.
+#[derive(Debug, Default)]
+pub struct Retiring {
+    list: Vec<Retired>,
+}
+
+#[derive(Debug)]
+struct Retired {
+    connection: ConnectionId,
+    /// When it is looked at next.
+    due: Instant,
+    /// When it is closed whatever waits.
+    by: Instant,
+}
+
+impl Retiring {
+    /// `connection`, open, was superseded at `now` for `why`. Holds one entry per connection
+    /// (the caller retires only open ones and reports each close, [`Self::closed`]).
+    pub fn retire(&mut self, now: Instant, connection: ConnectionId, why: Retire) {
+        if self.list.iter().any(|r| r.connection == connection) {
+            return;
+        }
+        let due = now + why.grace();
+        self.list.push(Retired {
+            connection,
+            due,
+            by: due + RETIRE_WAIT_MAX,
+        });
+    }
+
+    /// `connection` closed.
+    pub fn closed(&mut self, connection: ConnectionId) {
+        self.list.retain(|r| r.connection != connection);
+    }
+
+    /// When [`Self::take_due`] has something to look at next.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.list.iter().map(|r| r.due).min()
+    }
+
+    /// The connections to close now: past their grace with nothing waiting on them (`waits`),
+    /// or [`RETIRE_WAIT_MAX`] past it.
+    pub fn take_due(
+        &mut self,
+        now: Instant,
+        waits: impl Fn(ConnectionId) -> bool,
+    ) -> Vec<ConnectionId> {
+        let mut close = Vec::new();
+        self.list.retain_mut(|r| {
+            if r.due > now {
+                return true;
+            }
+            if now >= r.by || !waits(r.connection) {
+                close.push(r.connection);
+                return false;
+            }
+            r.due = (now + RETIRE_RECHECK).min(r.by);
+            true
+        });
+        close
+    }
+}
 
 /// The bounds of a [`Behaviour`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -326,23 +430,48 @@ impl<M: Messages> Behaviour<M> {
     }
 
     /// Replaces the connections to `peer`, which look stalled: a fresh one is dialed at
-    /// `addrs`, and once it is up the others are closed (their unanswered requests fail) and
-    /// frames go on the fresh one. A TCP connection that lost a segment several times in a row
+    /// `addrs`, and once it is up frames go on it (the newest). Closing the others is the
+    /// caller's ([`Retiring`]): what the peer sent on them before it saw the fresh one, and the
+    /// answers to requests asked on them, are still coming. A TCP connection that lost a segment several times in a row
     /// waits out doubling retransmission timeouts (0.2, 0.4, 0.8, 1.6 s...) and everything
     /// sent on it queues behind that segment; a new connection starts without that backoff.
-    /// Nothing to do if not connected (the next frame dials) or already reconnecting; whether a
-    /// fresh connection is being dialed for this call.
-    pub fn reconnect(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) -> bool {
+    /// Nothing to do if not connected (the next frame dials) or already reconnecting; the fresh
+    /// connection's id if one is being dialed for this call.
+    pub fn reconnect(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) -> Option<ConnectionId> {
         if !self.connections.contains_key(&peer) || self.reconnecting.contains_key(&peer) {
-            return false;
+            return None;
         }
         let opts = DialOpts::peer_id(peer)
             .condition(PeerCondition::Always)
             .addresses(addrs)
             .build();
-        self.reconnecting.insert(peer, opts.connection_id());
+        let id = opts.connection_id();
+        self.reconnecting.insert(peer, id);
         self.events.push_back(ToSwarm::Dial { opts });
-        true
+        Some(id)
+    }
+
+    /// The open connections to `peer`, oldest first (frames go on the last).
+    pub fn connections_of(&self, peer: &PeerId) -> &[ConnectionId] {
+        self.connections.get(peer).map_or(&[], Vec::as_slice)
+    }
+
+    /// Sends nothing more on `connection` to `peer` while another is open (it goes to the front
+    /// of the list; frames go on the last).
+    pub fn demote(&mut self, peer: &PeerId, connection: ConnectionId) {
+        if let Some(list) = self.connections.get_mut(peer)
+            && let Some(i) = list.iter().position(|c| *c == connection)
+        {
+            let c = list.remove(i);
+            list.insert(0, c);
+        }
+    }
+
+    /// Whether a request sent on `connection` still waits for its answer.
+    pub fn unanswered_on(&self, connection: ConnectionId) -> bool {
+        self.pending
+            .values()
+            .any(|p| p.connection == Some(connection))
     }
 
     /// Sends frame `id` (0: told) to `peer` on its newest connection (after a
@@ -586,17 +715,10 @@ impl<M: Messages> Behaviour<M> {
                 event: Command::Keep(true),
             });
         }
-        let connections = self.connections.entry(peer).or_default();
         if self.reconnecting.get(&peer) == Some(&connection) {
             self.reconnecting.remove(&peer);
-            for old in connections.iter() {
-                self.events.push_back(ToSwarm::CloseConnection {
-                    peer_id: peer,
-                    connection: CloseConnection::One(*old),
-                });
-            }
         }
-        connections.push(connection);
+        self.connections.entry(peer).or_default().push(connection);
         for (id, bytes) in self.dialing.remove(&peer).unwrap_or_default() {
             if id != 0 {
                 match self.pending.get_mut(&RequestId(id)) {
@@ -868,6 +990,7 @@ impl Handler {
 
     /// Fails every request sent or queued; the next request opens a new stream.
     fn fail_outbound(&mut self, reason: String) {
+        tracing::debug!(%reason, queued = self.queue.len(), "outbound stream failed");
         self.outbound = None;
         self.queue.clear();
         let ids: Vec<u64> = self.awaiting.drain().collect();
@@ -1319,64 +1442,163 @@ mod tests {
         assert_eq!(seen, vec![7, 8], "told, then asked, on the same stream");
     }
 
-    /// After a reconnect, the request left on the old connection fails when it closes, and the
-    /// next one goes on the fresh connection and is answered.
+    /// After a reconnect, the next request goes on the fresh connection and is answered; the
+    /// old connection stays open (closing it is the caller's, [`Retiring`]), and the request
+    /// left on it is still answered there.
     #[tokio::test]
-    async fn a_reconnect_moves_to_a_fresh_connection_and_closes_the_old() {
+    async fn a_reconnect_moves_to_a_fresh_connection_and_keeps_the_old_open() {
         let (mut a, mut b) = pair(Duration::from_secs(30));
         b.listen().with_memory_addr_external().await;
         a.connect(&mut b).await;
         let peer = *b.local_peer_id();
         let addr = b.external_addresses().next().expect("b's address").clone();
-        let old = a.behaviour().connections[&peer].clone();
+        let old = a.behaviour().connections_of(&peer).to_vec();
         assert_eq!(old.len(), 1);
-        let stalled = a
+        let early = a
             .behaviour_mut()
             .send_request_with_addresses(&peer, find(1), Vec::new());
-        assert!(a.behaviour_mut().reconnect(peer, vec![addr.clone()]));
-        assert!(
-            !a.behaviour_mut().reconnect(peer, vec![addr]),
+        let fresh = a
+            .behaviour_mut()
+            .reconnect(peer, vec![addr.clone()])
+            .expect("a fresh connection is dialed");
+        assert_eq!(
+            a.behaviour_mut().reconnect(peer, vec![addr]),
+            None,
             "one fresh connection at a time"
         );
-        let mut held = Vec::new();
+        assert!(a.behaviour().unanswered_on(old[0]));
+        let mut held = None;
         let mut asked = None;
-        loop {
+        let mut answered = Vec::new();
+        while answered.len() < 2 {
+            if asked.is_none() && a.behaviour().connections_of(&peer) == [old[0], fresh] {
+                let id = a
+                    .behaviour_mut()
+                    .send_request_with_addresses(&peer, find(2), Vec::new());
+                assert!(a.behaviour().unanswered_on(fresh), "asked on the fresh one");
+                asked = Some(id);
+            }
             tokio::select! {
                 e = a.next_behaviour_event() => match e {
-                    Event::Failed { id, failure, .. } => {
-                        assert_eq!(id, stalled);
-                        assert!(matches!(failure, Failure::Unreachable(why) if why.contains("closed")));
-                        assert!(!a.behaviour().connections[&peer].contains(&old[0]));
-                        asked = Some(
-                            a.behaviour_mut()
-                                .send_request_with_addresses(&peer, find(2), Vec::new()),
-                        );
-                    }
                     Event::Response { id, response, .. } => {
-                        assert_eq!(Some(id), asked);
-                        assert_eq!(response, Response::refused("2"));
-                        break;
+                        let want = if id == early { "1" } else { "2" };
+                        assert!(id == early || Some(id) == asked);
+                        assert_eq!(response, Response::refused(want));
+                        answered.push(id);
                     }
                     other => panic!("unexpected {other:?}"),
                 },
                 e = b.next_behaviour_event() => match e {
                     Event::Request { request: Request::FindNode(x), channel, .. } => {
                         let i = u32::from_be_bytes(x[..].try_into().unwrap());
-                        if i == 1 {
-                            // Held: the stalled request is never answered on its connection.
-                            held.push(channel);
-                        } else {
+                        let answer = |b: &mut Swarm<Behaviour<Dht>>, channel| {
                             b.behaviour_mut()
                                 .send_response(channel, Response::refused(format!("{i}")))
                                 .unwrap();
+                        };
+                        if i == 1 {
+                            // The old connection's request is answered only once the second
+                            // was asked on the fresh one.
+                            held = Some(channel);
+                        } else {
+                            answer(&mut b, channel);
+                            if let Some(c) = held.take() {
+                                b.behaviour_mut()
+                                    .send_response(c, Response::refused("1"))
+                                    .unwrap();
+                            }
                         }
                     }
                     other => panic!("unexpected {other:?}"),
                 },
+                // Both swarms are driven by the branches above; this one only lets the loop
+                // look at `a`'s connections again once the fresh one is up.
+                () = tokio::time::sleep(Duration::from_millis(10)) => {}
             }
         }
-        assert_eq!(a.behaviour().connections[&peer].len(), 1);
+        assert_eq!(a.behaviour().connections_of(&peer), [old[0], fresh]);
         assert!(a.behaviour().reconnecting.is_empty());
+        assert!(!a.behaviour().unanswered_on(old[0]));
+    }
+
+    /// Frames go on the newest connection, unless it was demoted: then on the one before.
+    #[tokio::test]
+    async fn a_demoted_connection_carries_no_new_frames() {
+        let (mut a, mut b) = pair(Duration::from_secs(30));
+        b.listen().with_memory_addr_external().await;
+        a.connect(&mut b).await;
+        let peer = *b.local_peer_id();
+        let addr = b.external_addresses().next().expect("b's address").clone();
+        let first = a.behaviour().connections_of(&peer)[0];
+        let second = a
+            .behaviour_mut()
+            .reconnect(peer, vec![addr])
+            .expect("a second connection is dialed");
+        while a.behaviour().connections_of(&peer).len() < 2 {
+            tokio::select! {
+                _ = a.next_swarm_event() => {}
+                _ = b.next_swarm_event() => {}
+            }
+        }
+        a.behaviour_mut()
+            .send_request_with_addresses(&peer, find(1), Vec::new());
+        assert!(a.behaviour().unanswered_on(second));
+        a.behaviour_mut().demote(&peer, second);
+        assert_eq!(a.behaviour().connections_of(&peer), [second, first]);
+        a.behaviour_mut()
+            .send_request_with_addresses(&peer, find(2), Vec::new());
+        assert!(
+            a.behaviour().unanswered_on(first),
+            "the demoted one is skipped"
+        );
+    }
+
+    #[test]
+    fn a_superseded_connection_closes_after_its_grace_once_nothing_waits_on_it() {
+        let start = Instant::now();
+        let (quiet, busy, closed, extra) = (
+            ConnectionId::new_unchecked(1),
+            ConnectionId::new_unchecked(2),
+            ConnectionId::new_unchecked(3),
+            ConnectionId::new_unchecked(4),
+        );
+        let replaced = Retire::Replaced.grace();
+        assert!(Retire::Extra.grace() > replaced);
+        let mut retiring = Retiring::default();
+        for c in [quiet, busy, closed, quiet] {
+            retiring.retire(start, c, Retire::Replaced);
+        }
+        retiring.retire(start, extra, Retire::Extra);
+        assert_eq!(retiring.next_due(), Some(start + replaced));
+        retiring.closed(closed);
+        let waits = |c: ConnectionId| c == busy;
+        // Not before its grace, even with nothing waiting.
+        assert!(retiring.take_due(start, waits).is_empty());
+        let just_before = start + replaced - Duration::from_millis(1);
+        assert!(retiring.take_due(just_before, waits).is_empty());
+        assert_eq!(retiring.take_due(start + replaced, waits), [quiet]);
+        // The busy one is looked at again, and closed once its answer came...
+        let again = retiring.next_due().expect("the busy one");
+        assert!(again > start + replaced && again <= start + replaced + RETIRE_RECHECK);
+        assert!(retiring.take_due(again, waits).is_empty());
+        let next = retiring.next_due().expect("still the busy one");
+        assert_eq!(retiring.take_due(next, |_| false), [busy]);
+        // The extra one after its longer grace.
+        assert_eq!(retiring.next_due(), Some(start + Retire::Extra.grace()));
+        assert_eq!(
+            retiring.take_due(start + Retire::Extra.grace(), waits),
+            [extra]
+        );
+        assert_eq!(retiring.next_due(), None);
+        // ...or at the latest `RETIRE_WAIT_MAX` after its grace, whatever waits.
+        retiring.retire(start, busy, Retire::Replaced);
+        let mut closed_at = None;
+        while let Some(at) = retiring.next_due() {
+            if !retiring.take_due(at, |_| true).is_empty() {
+                closed_at = Some(at);
+            }
+        }
+        assert_eq!(closed_at, Some(start + replaced + RETIRE_WAIT_MAX));
     }
 
     /// A request the peer never answers fails once the timeout passed; a request to a peer

@@ -484,6 +484,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             return;
         }
         let addrs = update.addrs.clone();
+        tracing::debug!(?member, ?from, "member named before its proof is in hand");
         self.admission.reported.insert(member, (from, update, now));
         self.on_discovered(now, unix, member, addrs, from);
     }
@@ -628,6 +629,11 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
 
     fn send_proof_request(&mut self, now: Instant, relayer: T, members: Vec<T>) {
         self.stats.relay_requests += 1;
+        tracing::debug!(
+            ?relayer,
+            members = members.len(),
+            "proofs asked of a relayer"
+        );
         let op = self.ops.next_op();
         let request = Request::Proofs(peer_bytes(&members));
         self.ops.insert(op, Op::Proofs(members));
@@ -659,8 +665,15 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             return;
         };
         let Ok(Response::Proofs(pairs)) = result else {
+            tracing::debug!(
+                ?relayer,
+                asked = asked.len(),
+                ?result,
+                "proof request failed"
+            );
             return self.relay_request_failed(now, asked);
         };
+        tracing::debug!(?relayer, asked = asked.len(), "proofs answered");
         let mut answered = HashSet::new();
         for (peer, said) in pairs.iter().take(MAX_PROOFS) {
             let Some(member) = T::from_bytes(peer) else {

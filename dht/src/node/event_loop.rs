@@ -124,6 +124,11 @@ pub struct EventLoop {
     /// The core's dials ([`Action::Dial`], [`Action::Redial`]) still under way, by peer: one
     /// failed attempt is reported only when no other is left.
     dialing: HashMap<PeerId, Vec<ConnectionId>>,
+    /// The fresh connections of reconnects ([`Action::Reconnect`]) still being dialed.
+    fresh: HashSet<ConnectionId>,
+    /// Connections to close once nothing is coming on them: superseded by a reconnect's fresh
+    /// one, or one more of the core's attempts that connected after the first.
+    retiring: link::Retiring,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -230,6 +235,8 @@ impl EventLoop {
             checker,
             checked,
             dialing: HashMap::new(),
+            fresh: HashSet::new(),
+            retiring: link::Retiring::default(),
         };
         Ok((client, event_loop))
     }
@@ -245,6 +252,7 @@ impl EventLoop {
             let deadline = [
                 self.core.poll_timeout(),
                 self.stopping.as_ref().map(|s| s.deadline),
+                self.retiring.next_due(),
             ]
             .into_iter()
             .flatten()
@@ -319,6 +327,7 @@ impl EventLoop {
         if self.core.poll_timeout().is_some_and(|t| t <= now) {
             self.core.handle_timeout(now, unix);
         }
+        self.close_retired(now);
         self.carry_out(now, unix);
     }
 
@@ -501,10 +510,12 @@ impl EventLoop {
             SwarmEvent::Dialing { .. } => self.wire.dials += 1,
             SwarmEvent::ConnectionClosed {
                 peer_id,
+                connection_id,
                 num_established,
                 cause,
                 ..
             } => {
+                self.retiring.closed(connection_id);
                 tracing::debug!(
                     peer = %peer_id,
                     left = num_established,
@@ -555,9 +566,29 @@ impl EventLoop {
                     "connected"
                 );
                 let ours = self.dial_ended(peer_id, connection_id).is_some();
-                // A second attempt that also connected is not needed.
-                if ours && num_established.get() > 1 {
-                    self.swarm.close_connection(connection_id);
+                if self.fresh.remove(&connection_id) {
+                    // A reconnect's fresh connection: frames go on it (the newest) on both
+                    // sides now, and the stalled ones go once nothing is coming on them.
+                    let older: Vec<ConnectionId> = (self.swarm.behaviour().swim)
+                        .connections_of(&peer_id)
+                        .iter()
+                        .copied()
+                        .filter(|c| *c != connection_id)
+                        .collect();
+                    for c in older {
+                        self.retiring.retire(now, c, link::Retire::Replaced);
+                    }
+                } else if ours && num_established.get() > 1 {
+                    // One more of the core's attempts to reach a seed connected after the first:
+                    // the first is kept, this one carries nothing more of ours and goes later
+                    // (see `link::Retire::Extra`). Closed at once, what the peer had sent on it,
+                    // its newest, was lost (a seed's answer to a join).
+                    let b = self.swarm.behaviour_mut();
+                    b.swim.demote(&peer_id, connection_id);
+                    b.dht.demote(&peer_id, connection_id);
+                    b.broadcast.demote(&peer_id, connection_id);
+                    self.retiring
+                        .retire(now, connection_id, link::Retire::Extra);
                 }
             }
             SwarmEvent::OutgoingConnectionError {
@@ -566,6 +597,7 @@ impl EventLoop {
                 error,
             } => {
                 tracing::debug!(%peer, %error, "dial failed");
+                self.fresh.remove(&connection_id);
                 let others = self.dial_ended(peer, connection_id).unwrap_or(false);
                 if !others && !self.swarm.is_connected(&peer) {
                     self.core.handle_dial_failed(now, unix, peer);
@@ -875,8 +907,20 @@ impl EventLoop {
 
     /// Replaces the connections to `peer` with a fresh one ([`Action::Reconnect`]).
     fn reconnect(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
-        if self.swarm.behaviour_mut().swim.reconnect(peer, addrs) {
+        if let Some(id) = self.swarm.behaviour_mut().swim.reconnect(peer, addrs) {
             self.wire.reconnects += 1;
+            self.fresh.insert(id);
+        }
+    }
+
+    /// Closes the superseded connections nothing is coming on any more ([`link::Retiring`]).
+    fn close_retired(&mut self, now: Instant) {
+        let b = self.swarm.behaviour();
+        let due = self.retiring.take_due(now, |c| {
+            b.swim.unanswered_on(c) || b.dht.unanswered_on(c) || b.broadcast.unanswered_on(c)
+        });
+        for connection in due {
+            self.swarm.close_connection(connection);
         }
     }
 
