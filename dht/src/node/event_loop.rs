@@ -124,8 +124,10 @@ pub struct EventLoop {
     /// The core's dials ([`Action::Dial`], [`Action::Redial`]) still under way, by peer: one
     /// failed attempt is reported only when no other is left.
     dialing: HashMap<PeerId, Vec<ConnectionId>>,
-    /// The fresh connections of reconnects ([`Action::Reconnect`]) still being dialed.
-    fresh: HashSet<ConnectionId>,
+    /// The fresh connection of a reconnect ([`Action::Reconnect`]) still being dialed, by peer
+    /// (one at a time, as the link dials them); an entry whose dial failed before it began is
+    /// replaced by the peer's next, or dropped when its last connection closes.
+    fresh: HashMap<PeerId, ConnectionId>,
     /// Connections to close once nothing is coming on them: superseded by a reconnect's fresh
     /// one, or one more of the core's attempts that connected after the first.
     retiring: link::Retiring,
@@ -235,7 +237,7 @@ impl EventLoop {
             checker,
             checked,
             dialing: HashMap::new(),
-            fresh: HashSet::new(),
+            fresh: HashMap::new(),
             retiring: link::Retiring::default(),
         };
         Ok((client, event_loop))
@@ -523,6 +525,7 @@ impl EventLoop {
                     "connection closed"
                 );
                 if num_established == 0 {
+                    self.fresh.remove(&peer_id);
                     self.core.handle_disconnected(now, unix, peer_id);
                 }
             }
@@ -566,7 +569,8 @@ impl EventLoop {
                     "connected"
                 );
                 let ours = self.dial_ended(peer_id, connection_id).is_some();
-                if self.fresh.remove(&connection_id) {
+                if self.fresh.get(&peer_id) == Some(&connection_id) {
+                    self.fresh.remove(&peer_id);
                     // A reconnect's fresh connection: frames go on it (the newest) on both
                     // sides now, and the stalled ones go once nothing is coming on them.
                     let older: Vec<ConnectionId> = (self.swarm.behaviour().swim)
@@ -597,7 +601,9 @@ impl EventLoop {
                 error,
             } => {
                 tracing::debug!(%peer, %error, "dial failed");
-                self.fresh.remove(&connection_id);
+                if self.fresh.get(&peer) == Some(&connection_id) {
+                    self.fresh.remove(&peer);
+                }
                 let others = self.dial_ended(peer, connection_id).unwrap_or(false);
                 if !others && !self.swarm.is_connected(&peer) {
                     self.core.handle_dial_failed(now, unix, peer);
@@ -909,7 +915,7 @@ impl EventLoop {
     fn reconnect(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
         if let Some(id) = self.swarm.behaviour_mut().swim.reconnect(peer, addrs) {
             self.wire.reconnects += 1;
-            self.fresh.insert(id);
+            self.fresh.insert(peer, id);
         }
     }
 
