@@ -432,9 +432,10 @@ impl<M: Messages> Behaviour<M> {
     /// Replaces the connections to `peer`, which look stalled: a fresh one is dialed at
     /// `addrs`, and once it is up frames go on it (the newest). Closing the others is the
     /// caller's ([`Retiring`]): what the peer sent on them before it saw the fresh one, and the
-    /// answers to requests asked on them, are still coming. A TCP connection that lost a segment several times in a row
-    /// waits out doubling retransmission timeouts (0.2, 0.4, 0.8, 1.6 s...) and everything
-    /// sent on it queues behind that segment; a new connection starts without that backoff.
+    /// answers to requests asked on them, are still coming. A TCP connection that lost a
+    /// segment several times in a row waits out doubling retransmission timeouts (0.2, 0.4,
+    /// 0.8, 1.6 s...) and everything sent on it queues behind that segment; a new connection
+    /// starts without that backoff.
     /// Nothing to do if not connected (the next frame dials) or already reconnecting; the fresh
     /// connection's id if one is being dialed for this call.
     pub fn reconnect(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) -> Option<ConnectionId> {
@@ -474,9 +475,9 @@ impl<M: Messages> Behaviour<M> {
             .any(|p| p.connection == Some(connection))
     }
 
-    /// Sends frame `id` (0: told) to `peer` on its newest connection (after a
-    /// [`Self::reconnect`], the fresh one), or holds it until one is open; the connection it
-    /// went to, if one was.
+    /// Sends frame `id` (0: told) to `peer` on the last of its connections, the newest unless
+    /// [`Self::demote`]d (after a [`Self::reconnect`], the fresh one), or holds it until one is
+    /// open; the connection it went to, if one was.
     fn dispatch(
         &mut self,
         peer: PeerId,
@@ -1341,7 +1342,11 @@ mod tests {
     use proptest::prelude::*;
     use serde_bytes::ByteBuf;
 
-    fn pair(timeout: Duration) -> (Swarm<Behaviour<Dht>>, Swarm<Behaviour<Dht>>) {
+    /// Two behaviours with `timeout`, `a` connected to `b` (listening on a memory address), and
+    /// `b`'s peer id.
+    async fn connected(
+        timeout: Duration,
+    ) -> (Swarm<Behaviour<Dht>>, Swarm<Behaviour<Dht>>, PeerId) {
         let make = || {
             Swarm::new_ephemeral_tokio(|_| {
                 Behaviour::new(
@@ -1350,7 +1355,16 @@ mod tests {
                 )
             })
         };
-        (make(), make())
+        let (mut a, mut b) = (make(), make());
+        b.listen().with_memory_addr_external().await;
+        a.connect(&mut b).await;
+        let peer = *b.local_peer_id();
+        (a, b, peer)
+    }
+
+    /// `b`'s address, to dial it again.
+    fn address_of(b: &Swarm<Behaviour<Dht>>) -> Multiaddr {
+        b.external_addresses().next().expect("b's address").clone()
     }
 
     fn find(i: u32) -> Request {
@@ -1361,10 +1375,7 @@ mod tests {
     /// though they are answered in reverse order and more are asked than the per-stream bound.
     #[tokio::test]
     async fn answers_reach_their_requests_in_any_order() {
-        let (mut a, mut b) = pair(Duration::from_secs(30));
-        b.listen().with_memory_addr_external().await;
-        a.connect(&mut b).await;
-        let peer = *b.local_peer_id();
+        let (mut a, mut b, peer) = connected(Duration::from_secs(30)).await;
         let mut sent = HashMap::new();
         // The first 8 fill the stream's bound; the 9th fails at once, the rest after answers.
         for i in 0..8 {
@@ -1447,11 +1458,8 @@ mod tests {
     /// left on it is still answered there.
     #[tokio::test]
     async fn a_reconnect_moves_to_a_fresh_connection_and_keeps_the_old_open() {
-        let (mut a, mut b) = pair(Duration::from_secs(30));
-        b.listen().with_memory_addr_external().await;
-        a.connect(&mut b).await;
-        let peer = *b.local_peer_id();
-        let addr = b.external_addresses().next().expect("b's address").clone();
+        let (mut a, mut b, peer) = connected(Duration::from_secs(30)).await;
+        let addr = address_of(&b);
         let old = a.behaviour().connections_of(&peer).to_vec();
         assert_eq!(old.len(), 1);
         let early = a
@@ -1491,17 +1499,14 @@ mod tests {
                 e = b.next_behaviour_event() => match e {
                     Event::Request { request: Request::FindNode(x), channel, .. } => {
                         let i = u32::from_be_bytes(x[..].try_into().unwrap());
-                        let answer = |b: &mut Swarm<Behaviour<Dht>>, channel| {
-                            b.behaviour_mut()
-                                .send_response(channel, Response::refused(format!("{i}")))
-                                .unwrap();
-                        };
                         if i == 1 {
                             // The old connection's request is answered only once the second
                             // was asked on the fresh one.
                             held = Some(channel);
                         } else {
-                            answer(&mut b, channel);
+                            b.behaviour_mut()
+                                .send_response(channel, Response::refused(format!("{i}")))
+                                .unwrap();
                             if let Some(c) = held.take() {
                                 b.behaviour_mut()
                                     .send_response(c, Response::refused("1"))
@@ -1524,11 +1529,8 @@ mod tests {
     /// Frames go on the newest connection, unless it was demoted: then on the one before.
     #[tokio::test]
     async fn a_demoted_connection_carries_no_new_frames() {
-        let (mut a, mut b) = pair(Duration::from_secs(30));
-        b.listen().with_memory_addr_external().await;
-        a.connect(&mut b).await;
-        let peer = *b.local_peer_id();
-        let addr = b.external_addresses().next().expect("b's address").clone();
+        let (mut a, mut b, peer) = connected(Duration::from_secs(30)).await;
+        let addr = address_of(&b);
         let first = a.behaviour().connections_of(&peer)[0];
         let second = a
             .behaviour_mut()
@@ -1605,10 +1607,7 @@ mod tests {
     /// that cannot be dialed fails at once.
     #[tokio::test]
     async fn unanswered_requests_time_out_and_undialable_peers_fail() {
-        let (mut a, mut b) = pair(Duration::from_millis(1500));
-        b.listen().with_memory_addr_external().await;
-        a.connect(&mut b).await;
-        let peer = *b.local_peer_id();
+        let (mut a, mut b, peer) = connected(Duration::from_millis(1500)).await;
         let started = tokio::time::Instant::now();
         let id = a
             .behaviour_mut()

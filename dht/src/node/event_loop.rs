@@ -569,8 +569,7 @@ impl EventLoop {
                     "connected"
                 );
                 let ours = self.dial_ended(peer_id, connection_id).is_some();
-                if self.fresh.get(&peer_id) == Some(&connection_id) {
-                    self.fresh.remove(&peer_id);
+                if self.fresh_ended(peer_id, connection_id) {
                     // A reconnect's fresh connection: frames go on it (the newest) on both
                     // sides now, and the stalled ones go once nothing is coming on them.
                     let older: Vec<ConnectionId> = (self.swarm.behaviour().swim)
@@ -601,9 +600,7 @@ impl EventLoop {
                 error,
             } => {
                 tracing::debug!(%peer, %error, "dial failed");
-                if self.fresh.get(&peer) == Some(&connection_id) {
-                    self.fresh.remove(&peer);
-                }
+                self.fresh_ended(peer, connection_id);
                 let others = self.dial_ended(peer, connection_id).unwrap_or(false);
                 if !others && !self.swarm.is_connected(&peer) {
                     self.core.handle_dial_failed(now, unix, peer);
@@ -917,6 +914,16 @@ impl EventLoop {
             self.wire.reconnects += 1;
             self.fresh.insert(peer, id);
         }
+    }
+
+    /// Attempt `id` to `peer` ended: whether it was a reconnect's fresh connection (then no
+    /// longer awaited).
+    fn fresh_ended(&mut self, peer: PeerId, id: ConnectionId) -> bool {
+        let fresh = self.fresh.get(&peer) == Some(&id);
+        if fresh {
+            self.fresh.remove(&peer);
+        }
+        fresh
     }
 
     /// Closes the superseded connections nothing is coming on any more ([`link::Retiring`]).
