@@ -411,6 +411,50 @@ pub struct PeerInfo {
     pub traffic: Traffic,
     /// Its standing here, of [`crate::core::FULL_STANDING`].
     pub standing: u32,
+    /// Whether one of its connections is direct; `false` if all go through a circuit relay.
+    pub direct: bool,
+}
+
+/// NAT traversal's state (see [`crate::nat`]), in [`NodeStats::nat`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatReport {
+    /// Whether NAT traversal runs ([`crate::nat::NatConfig::auto`] with a relay transport).
+    pub enabled: bool,
+    /// What the node knows of its reachability.
+    pub reachability: crate::nat::Reachability,
+    /// The relays holding an accepted reservation for this node.
+    pub relays: Vec<PeerId>,
+    /// AutoNAT tests that confirmed an address, since start.
+    pub probes_confirmed: u64,
+    /// AutoNAT tests that found an address unreachable, since start.
+    pub probes_failed: u64,
+    /// Reservations asked for, since start.
+    pub reservations_asked: u64,
+    /// Reservations accepted, since start (renewals not counted).
+    pub reservations_accepted: u64,
+    /// Reservations refused, timed out or lost with their relay, since start.
+    pub reservations_lost: u64,
+    /// Relayed connections upgraded to direct ones by hole punching (DCUtR), since start.
+    pub holes_punched: u64,
+    /// Hole punches that failed, since start.
+    pub hole_punch_failures: u64,
+}
+
+impl Default for NatReport {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            reachability: crate::nat::Reachability::Unknown,
+            relays: Vec::new(),
+            probes_confirmed: 0,
+            probes_failed: 0,
+            reservations_asked: 0,
+            reservations_accepted: 0,
+            reservations_lost: 0,
+            holes_punched: 0,
+            hole_punch_failures: 0,
+        }
+    }
 }
 
 /// Broadcast messages on the wire (see [`NodeStats::broadcast_wire`]).
@@ -552,4 +596,6 @@ pub struct NodeStats {
     pub listen_addrs: Vec<Multiaddr>,
     /// The swarm's confirmed external addresses.
     pub external_addrs: Vec<Multiaddr>,
+    /// NAT traversal.
+    pub nat: NatReport,
 }

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{StreamProtocol, identify};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{StreamProtocol, autonat, dcutr, identify, relay, upnp};
 use shoal_pow::IdentityProof;
 
 use crate::config::{Config, ConfigError};
@@ -37,6 +38,22 @@ pub struct Behaviour {
     /// Broadcast messages on `/shoal/<network>/broadcast/1`, told on long-lived streams
     /// ([`link::Broadcast`]).
     pub broadcast: link::Behaviour<link::Broadcast>,
+    /// The circuit relay client, with [`crate::nat::NatConfig::auto`] and a transport that
+    /// dials and listens through relays ([`crate::node::tcp_transport_with_relay`]).
+    pub relay_client: Toggle<relay::client::Behaviour>,
+    /// The circuit relay server, with [`crate::nat::NatConfig::relay_service`]: it offers
+    /// itself only while this node has a confirmed public address.
+    pub relay: Toggle<relay::Behaviour>,
+    /// AutoNAT v2's client, with [`crate::nat::NatConfig::auto`]: tests the addresses peers
+    /// observed.
+    pub autonat: Toggle<autonat::v2::client::Behaviour>,
+    /// AutoNAT v2's server, with [`crate::nat::NatConfig::auto`]: dials back the addresses
+    /// peers ask it to test.
+    pub autonat_server: Toggle<autonat::v2::server::Behaviour>,
+    /// DCUtR, with [`crate::nat::NatConfig::auto`]: hole punching over a relayed connection.
+    pub dcutr: Toggle<dcutr::Behaviour>,
+    /// UPnP port mapping, with [`crate::nat::NatConfig::upnp`].
+    pub upnp: Toggle<upnp::tokio::Behaviour>,
 }
 
 /// An event of one of the parts.
@@ -52,7 +69,39 @@ pub enum Event {
     Dht(link::Event<link::Dht>),
     /// From the broadcast protocol.
     Broadcast(link::Event<link::Broadcast>),
+    /// From the relay client.
+    RelayClient(relay::client::Event),
+    /// From the relay server.
+    Relay(relay::Event),
+    /// From AutoNAT's client.
+    Autonat(autonat::v2::client::Event),
+    /// From AutoNAT's server.
+    AutonatServer(autonat::v2::server::Event),
+    /// From DCUtR.
+    Dcutr(dcutr::Event),
+    /// From UPnP.
+    Upnp(upnp::Event),
 }
+
+/// `From` for each NAT behaviour's event.
+macro_rules! from_event {
+    ($($variant:ident($ty:ty)),* $(,)?) => {
+        $(impl From<$ty> for Event {
+            fn from(e: $ty) -> Self {
+                Self::$variant(e)
+            }
+        })*
+    };
+}
+
+from_event!(
+    RelayClient(relay::client::Event),
+    Relay(relay::Event),
+    Autonat(autonat::v2::client::Event),
+    AutonatServer(autonat::v2::server::Event),
+    Dcutr(dcutr::Event),
+    Upnp(upnp::Event),
+);
 
 impl From<link::Event<link::Broadcast>> for Event {
     fn from(e: link::Event<link::Broadcast>) -> Self {
@@ -86,14 +135,20 @@ impl From<link::Event<link::Dht>> for Event {
 
 impl Behaviour {
     /// The behaviour of the node with `keypair`, presenting `proof` to the gate, which checks
-    /// peers with `verifier`.
+    /// peers with `verifier`. `relay_client` is the relay transport's other half (with
+    /// [`crate::nat::NatConfig::auto`]); without it, the node neither reserves relays nor
+    /// punches holes.
     pub fn new(
         keypair: &libp2p::identity::Keypair,
         proof: IdentityProof,
         verifier: SharedVerifier,
         config: &Config,
+        relay_client: Option<relay::client::Behaviour>,
     ) -> Result<Self, ConfigError> {
         config.validate()?;
+        let local = keypair.public().to_peer_id();
+        let nat = &config.nat;
+        let auto = nat.auto && relay_client.is_some();
         let identify = identify::Behaviour::new(
             identify::Config::new(config.identify_protocol(), keypair.public())
                 .with_interval(IDENTIFY_INTERVAL),
@@ -125,6 +180,17 @@ impl Behaviour {
             gate: gate::Behaviour::new(proof, verifier, config.gate_timeout),
             dht: link::Behaviour::new(protocol, link::Limits::dht(256, backstop)),
             broadcast: link::Behaviour::new(broadcast_protocol, broadcast_limits),
+            relay_client: relay_client.filter(|_| auto).into(),
+            relay: nat
+                .relay_service
+                .then(|| relay::Behaviour::new(local, nat.relay_limits.to_libp2p()))
+                .into(),
+            autonat: auto.then(autonat::v2::client::Behaviour::default).into(),
+            autonat_server: auto.then(autonat::v2::server::Behaviour::default).into(),
+            dcutr: auto.then(|| dcutr::Behaviour::new(local)).into(),
+            upnp: (auto && nat.upnp)
+                .then(upnp::tokio::Behaviour::default)
+                .into(),
         })
     }
 }

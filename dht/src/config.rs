@@ -7,6 +7,7 @@ use std::time::Duration;
 use shoal_pow::{PolicyError, PuzzleConfig, StampPolicy, VerifierConfig};
 
 use crate::lockstep::NoticeBookConfig;
+pub use crate::nat::{NatConfig, RelayLimits};
 use crate::record::RecordRules;
 use crate::store::StoreConfig;
 
@@ -41,6 +42,9 @@ pub enum ConfigError {
     /// A timeout is zero.
     #[error("{0} must be above zero")]
     ZeroTimeout(&'static str),
+    /// The NAT traversal settings are out of bounds.
+    #[error("{0}")]
+    Nat(&'static str),
     /// The default put quorum exceeds the replication factor.
     #[error("put quorum {quorum} exceeds the replication factor {replication}")]
     QuorumAboveReplication {
@@ -223,6 +227,9 @@ pub struct Config {
     /// Seed of the core's random number generator (lookup order, SWIM's choices). `None`
     /// (default) seeds from OS entropy; the simulator and tests set it.
     pub rng_seed: Option<[u8; 32]>,
+    /// NAT traversal (AutoNAT, circuit relays, hole punching, UPnP). Default
+    /// [`NatConfig::default`]: off.
+    pub nat: NatConfig,
 }
 
 impl Default for Config {
@@ -258,6 +265,7 @@ impl Default for Config {
             command_queue: nz(64),
             notice_buffer: nz(256),
             rng_seed: None,
+            nat: NatConfig::default(),
         }
     }
 }
@@ -343,6 +351,7 @@ impl Config {
                 return Err(ConfigError::ZeroTimeout(name));
             }
         }
+        self.nat.validate().map_err(ConfigError::Nat)?;
         if self.seed_redial.is_some_and(|t| t.is_zero()) {
             return Err(ConfigError::ZeroTimeout("seed_redial"));
         }

@@ -26,6 +26,8 @@
 //! - [`identity`]: `shoal-pow`'s keys in their libp2p forms (`PeerId`, `Keypair`).
 //! - [`lockstep`]: lockstep notices and the book of the latest notice per key and publisher.
 //! - [`store`]: the redb database and the group-commit writer.
+//! - [`nat`]: NAT traversal's rules: reachability, and the circuit relays a private node
+//!   reserves at (AutoNAT, circuit relay v2, DCUtR and UPnP do the protocols).
 //!
 //! A put is kept locally and durably first, then sent to the `k` closest nodes, and returns once
 //! `quorum` of them validated and kept it (each acknowledges only after its own commit). A
@@ -41,6 +43,7 @@ pub mod gate;
 pub mod identity;
 pub mod link;
 pub mod lockstep;
+pub mod nat;
 pub mod node;
 pub mod receipt;
 pub mod record;
@@ -49,7 +52,7 @@ pub mod store;
 pub mod wire;
 
 pub use behaviour::Behaviour;
-pub use config::{Config, ConfigError, MAX_TRUST_LIST, TrustPolicy};
+pub use config::{Config, ConfigError, MAX_TRUST_LIST, NatConfig, RelayLimits, TrustPolicy};
 pub use envelope::EnvelopeError;
 pub use identity::{NodeKeyExt, PublicKeyExt};
 pub use node::{Client, EventLoop};

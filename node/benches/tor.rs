@@ -78,6 +78,7 @@ fn start_node(dir: &Path, seed: Option<&str>, tor: &TorConfig) -> (Proc, String,
             listen: Vec::new(),
             seeds: seed.map(str::to_owned).into_iter().collect(),
             transport: Transport::Tor,
+            ..P2pConfig::default()
         },
         tor: TorConfig {
             onion_port: ONION_PORT,

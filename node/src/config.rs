@@ -146,6 +146,18 @@ pub enum Transport {
     Both,
 }
 
+/// NAT traversal of a TCP node (`[p2p] nat`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum NatMode {
+    /// Learn reachability (AutoNAT); when private, reserve slots at public members (circuit
+    /// relays), advertise those, and punch holes (DCUtR) where the NAT allows.
+    #[default]
+    Auto,
+    /// Assume the listen addresses are reachable.
+    Off,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -169,6 +181,13 @@ pub struct P2pConfig {
     pub seeds: Vec<String>,
     /// The transport: `"tcp"`, `"tor"` or `"both"` (see [`crate::tor`]). Default `"tcp"`.
     pub transport: Transport,
+    /// NAT traversal over TCP: `"auto"` or `"off"` (transport `"tcp"` only). Default `"auto"`.
+    pub nat: NatMode,
+    /// Map the listen port on the network's UPnP gateway (with `nat = "auto"`). Default off.
+    pub upnp: bool,
+    /// Serve as a circuit relay for nodes behind NATs while this node is publicly reachable,
+    /// within the `[relay]` limits (with `nat = "auto"`). Default on.
+    pub relay_service: bool,
 }
 
 impl Default for P2pConfig {
@@ -177,7 +196,82 @@ impl Default for P2pConfig {
             listen: vec!["/ip4/0.0.0.0/tcp/7401".to_owned()],
             seeds: Vec::new(),
             transport: Transport::Tcp,
+            nat: NatMode::Auto,
+            upnp: false,
+            relay_service: true,
         }
+    }
+}
+
+/// The `[relay]` table: what this node serves at most as a circuit relay
+/// (`p2p.relay_service`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Reservations held at once, 1 to 4096. Default 128.
+    pub max_reservations: usize,
+    /// Reservations of one peer, 1 to 64. Default 4.
+    pub max_reservations_per_peer: usize,
+    /// Circuits open at once, 1 to 4096. Default 64.
+    pub max_circuits: usize,
+    /// Circuits of one peer, 1 to 64. Default 8.
+    pub max_circuits_per_peer: usize,
+    /// Seconds one circuit lasts before it is closed, 1 to 86400. Default 1800.
+    pub max_circuit_secs: u64,
+    /// Bytes one circuit carries before it is closed, 1 to 2^30. Default 16777216 (16 MiB).
+    pub max_circuit_bytes: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        let d = shoal_dht::RelayLimits::default();
+        Self {
+            max_reservations: d.max_reservations,
+            max_reservations_per_peer: d.max_reservations_per_peer,
+            max_circuits: d.max_circuits,
+            max_circuits_per_peer: d.max_circuits_per_peer,
+            max_circuit_secs: d.max_circuit_duration.as_secs(),
+            max_circuit_bytes: d.max_circuit_bytes,
+        }
+    }
+}
+
+impl RelayConfig {
+    /// The limits, checked against their bounds.
+    pub fn limits(&self) -> Result<shoal_dht::RelayLimits, ConfigError> {
+        let within = |field: &str, v: u64, max: u64| {
+            if v == 0 || v > max {
+                Err(invalid(
+                    format!("relay.{field}"),
+                    format!("{v} is not 1 to {max}"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        within("max_reservations", self.max_reservations as u64, 4096)?;
+        within(
+            "max_reservations_per_peer",
+            self.max_reservations_per_peer as u64,
+            64,
+        )?;
+        within("max_circuits", self.max_circuits as u64, 4096)?;
+        within(
+            "max_circuits_per_peer",
+            self.max_circuits_per_peer as u64,
+            64,
+        )?;
+        within("max_circuit_secs", self.max_circuit_secs, 86_400)?;
+        within("max_circuit_bytes", self.max_circuit_bytes, 1 << 30)?;
+        Ok(shoal_dht::RelayLimits {
+            max_reservations: self.max_reservations,
+            max_reservations_per_peer: self.max_reservations_per_peer,
+            max_circuits: self.max_circuits,
+            max_circuits_per_peer: self.max_circuits_per_peer,
+            max_circuit_duration: Duration::from_secs(self.max_circuit_secs),
+            max_circuit_bytes: self.max_circuit_bytes,
+            ..shoal_dht::RelayLimits::default()
+        })
     }
 }
 
@@ -421,6 +515,8 @@ pub struct Config {
     pub threads: usize,
     /// Peers and transport.
     pub p2p: P2pConfig,
+    /// What this node serves as a circuit relay.
+    pub relay: RelayConfig,
     /// Overrides of the network's DHT preset.
     pub dht: DhtSettings,
     /// Allow and deny lists of peers.
@@ -440,6 +536,7 @@ impl Default for Config {
             data_dir: PathBuf::from("~/.shoal"),
             threads: 0,
             p2p: P2pConfig::default(),
+            relay: RelayConfig::default(),
             dht: DhtSettings::default(),
             trust: TrustConfig::default(),
             tor: TorConfig::default(),
@@ -707,7 +804,13 @@ impl Config {
         c.dangerous_withhold_records = d.dangerous_withhold_records;
         c.trust = self.trust.policy()?;
         c.data_dir = Some(self.resolved_data_dir());
-        if self.p2p.transport != Transport::Tcp {
+        // NAT traversal is for TCP: a Tor node is reached through its onion service.
+        let tcp = self.p2p.transport == Transport::Tcp;
+        c.nat.auto = tcp && self.p2p.nat == NatMode::Auto;
+        c.nat.upnp = c.nat.auto && self.p2p.upnp;
+        c.nat.relay_service = c.nat.auto && self.p2p.relay_service;
+        c.nat.relay_limits = self.relay.limits()?;
+        if !tcp {
             crate::tor::fit_for_onions(&mut c);
         }
         c.validate().map_err(|e| invalid("dht", e))?;
@@ -799,6 +902,17 @@ mod tests {
                 listen: vec!["/ip4/127.0.0.1/tcp/9000".into(), "/ip6/::1/tcp/9000".into()],
                 seeds: vec![seed.into()],
                 transport: Transport::Tcp,
+                nat: NatMode::Off,
+                upnp: true,
+                relay_service: false,
+            },
+            relay: RelayConfig {
+                max_reservations: 7,
+                max_reservations_per_peer: 2,
+                max_circuits: 9,
+                max_circuits_per_peer: 3,
+                max_circuit_secs: 60,
+                max_circuit_bytes: 1 << 20,
             },
             dht: DhtSettings {
                 replication_factor: NonZeroUsize::new(10),

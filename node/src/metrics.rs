@@ -82,6 +82,9 @@ struct Mirrored {
     broadcast_messages: Family<KindLabels, Counter>,
     broadcast_bytes: Family<KindLabels, Counter>,
     broadcast_views: Family<KindLabels, Gauge>,
+    nat_reachability: Family<KindLabels, Gauge>,
+    nat_relays: Gauge,
+    nat_events: Family<KindLabels, Counter>,
 }
 
 /// The node's metrics.
@@ -157,6 +160,23 @@ impl Metrics {
             m.members.clone(),
         );
         registry.register("swim_probes", "SWIM probes started", m.probes.clone());
+        registry.register(
+            "nat_reachability",
+            "1 for what AutoNAT found of this node's reachability (unknown, public, private)",
+            m.nat_reachability.clone(),
+        );
+        registry.register(
+            "nat_relays",
+            "Circuit relays holding an accepted reservation for this node",
+            m.nat_relays.clone(),
+        );
+        registry.register(
+            "nat_events",
+            "NAT traversal since start, by kind (probe_confirmed, probe_failed, \
+             reservation_asked, reservation_accepted, reservation_lost, hole_punched, \
+             hole_punch_failed)",
+            m.nat_events.clone(),
+        );
         registry.register(
             "swim_failed_probes",
             "SWIM probes that ended without an ack",
@@ -509,6 +529,40 @@ impl Metrics {
         }
         m.trust_bans.set(gauge(stats.bans.1));
         self.update_broadcast(stats);
+        self.update_nat(&stats.nat);
+    }
+
+    /// Mirrors NAT traversal's state and counters.
+    fn update_nat(&self, nat: &shoal_dht::node::NatReport) {
+        use shoal_dht::nat::Reachability;
+        let m = &self.mirrored;
+        for r in [
+            Reachability::Unknown,
+            Reachability::Public,
+            Reachability::Private,
+        ] {
+            m.nat_reachability
+                .get_or_create(&KindLabels {
+                    kind: r.as_str().into(),
+                })
+                .set(i64::from(r == nat.reachability));
+        }
+        m.nat_relays.set(gauge(nat.relays.len()));
+        for (kind, n) in [
+            ("probe_confirmed", nat.probes_confirmed),
+            ("probe_failed", nat.probes_failed),
+            ("reservation_asked", nat.reservations_asked),
+            ("reservation_accepted", nat.reservations_accepted),
+            ("reservation_lost", nat.reservations_lost),
+            ("hole_punched", nat.holes_punched),
+            ("hole_punch_failed", nat.hole_punch_failures),
+        ] {
+            mirror(
+                &m.nat_events
+                    .get_or_create(&KindLabels { kind: kind.into() }),
+                n,
+            );
+        }
     }
 
     /// Mirrors the broadcast's counters.
@@ -603,6 +657,8 @@ mod tests {
         stats.broadcast.views.active = 4;
         stats.broadcast_wire.unadmitted = 2;
         stats.broadcast.traffic.messages[shoal_broadcast::MessageKind::Gossip as usize] = 9;
+        stats.nat.reachability = shoal_dht::nat::Reachability::Private;
+        stats.nat.holes_punched = 2;
         metrics.update(&stats);
         assert_eq!(metrics.mirrored.probes.get(), 12);
         metrics.observe("dht_get", "ok", Duration::from_millis(3));
@@ -627,6 +683,9 @@ mod tests {
             "shoal_broadcast_view{kind=\"active\"} 4",
             "shoal_broadcast_dropped_total{kind=\"unadmitted\"} 2",
             "shoal_broadcast_messages_total{kind=\"gossip\"} 9",
+            "shoal_nat_reachability{kind=\"private\"} 1",
+            "shoal_nat_reachability{kind=\"public\"} 0",
+            "shoal_nat_events_total{kind=\"hole_punched\"} 2",
         ] {
             assert!(text.contains(line), "{line} in {text}");
         }

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId};
-use shoal_dht::node::{ListenError, StartError, tcp_transport};
+use shoal_dht::node::{
+    ListenError, NodeTransport, StartError, tcp_transport, tcp_transport_with_relay,
+};
 use shoal_dht::{Client, EventLoop, NodeKeyExt};
 use shoal_pow::{KeyError, NodeKey, Puzzle};
 use tokio::task::JoinHandle;
@@ -184,15 +186,17 @@ impl Node {
         tracing::info!(%peer, %network, ?mode, data_dir = %data_dir.display(), "starting node");
 
         let mut onion = None;
-        let transport = match mode {
-            Transport::Tcp => tcp_transport(&key.to_libp2p()),
+        let transport: NodeTransport = match mode {
+            // NAT traversal dials and listens through circuit relays as well.
+            Transport::Tcp if dht_config.nat.auto => tcp_transport_with_relay(&key.to_libp2p()),
+            Transport::Tcp => tcp_transport(&key.to_libp2p()).into(),
             Transport::Tor | Transport::Both => {
                 let with_tcp = mode == Transport::Both;
                 let tor = crate::tor::transport(&key, &config.tor, &data_dir, with_tcp).await?;
                 tracing::info!(onion = ?tor.onion, "Tor ready");
                 listen.push(shoal_tor::any_onion(config.tor.onion_port));
                 onion = tor.onion.as_ref().map(ToString::to_string);
-                tor.transport
+                tor.transport.into()
             }
         };
         let (client, event_loop) = EventLoop::new(key, proof, dht_config, transport)?;

@@ -278,7 +278,9 @@ async fn run_in(
                     vec![first_seed.clone()]
                 },
                 transport: options.transport,
+                ..P2pConfig::default()
             },
+            relay: Default::default(),
             tor: tor_config.clone().unwrap_or_default(),
             trust: Default::default(),
             dht: DhtSettings {

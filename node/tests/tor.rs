@@ -90,6 +90,7 @@ fn config(
             listen: node.tcp.iter().cloned().collect(),
             seeds,
             transport,
+            ..P2pConfig::default()
         },
         dht: DhtSettings {
             // A TCP-only node reaches a single peer (the bridge); a quorum of one lets it put.

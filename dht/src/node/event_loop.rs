@@ -22,9 +22,10 @@ use shoal_swim::{Address, State};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::checks::{Checker, NodeChecks, SharedVerifier, lock};
+use super::traversal::Traversal;
 use super::{
-    BoxedTransport, Client, Command, ListenError, ListenResult, MAX_LISTED_PEERS,
-    MAX_SNAPSHOT_PEERS, MemberInfo, NodeStats, ReplyTo, Rpcs, SHUTDOWN_LEAVE_BOUND, StartError,
+    Client, Command, ListenError, ListenResult, MAX_LISTED_PEERS, MAX_SNAPSHOT_PEERS, MemberInfo,
+    NodeStats, NodeTransport, ReplyTo, Rpcs, SHUTDOWN_LEAVE_BOUND, StartError,
 };
 use crate::behaviour::{Behaviour, Event};
 use crate::config::{Config, ConfigError};
@@ -131,6 +132,8 @@ pub struct EventLoop {
     /// Connections to close once nothing is coming on them: superseded by a reconnect's fresh
     /// one, or one more of the core's attempts that connected after the first.
     retiring: link::Retiring,
+    /// NAT traversal: reachability and relay reservations.
+    traversal: Traversal,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -142,13 +145,14 @@ impl std::fmt::Debug for EventLoop {
 }
 
 impl EventLoop {
-    /// A node with `key`, presenting `proof`, over `transport`. Opens the redb store when
+    /// A node with `key`, presenting `proof`, over `transport` (a [`super::BoxedTransport`], or
+    /// a [`NodeTransport`] that goes through relays too). Opens the redb store when
     /// [`Config::data_dir`] is set (records, notices and the routing snapshot are loaded back).
     pub fn new(
         key: NodeKey,
         proof: IdentityProof,
         config: Config,
-        transport: BoxedTransport,
+        transport: impl Into<NodeTransport>,
     ) -> Result<(Client, EventLoop), StartError> {
         Self::with_clock(key, proof, config, transport, Arc::new(SystemClock))
     }
@@ -158,10 +162,15 @@ impl EventLoop {
         key: NodeKey,
         proof: IdentityProof,
         config: Config,
-        transport: BoxedTransport,
+        transport: impl Into<NodeTransport>,
         clock: Arc<dyn WallClock>,
     ) -> Result<(Client, EventLoop), StartError> {
         config.validate()?;
+        let NodeTransport {
+            transport,
+            relay_client,
+        } = transport.into();
+        let traversal = Traversal::new(&config.nat, config.nat.auto && relay_client.is_some());
         let local = key.peer_id();
         let keypair = key.to_libp2p();
         let (restored, writer, persist) = match &config.data_dir {
@@ -182,7 +191,7 @@ impl EventLoop {
             puzzle,
             config.verifier.clone(),
         )));
-        let behaviour = Behaviour::new(&keypair, proof, verifier.clone(), &config)?;
+        let behaviour = Behaviour::new(&keypair, proof, verifier.clone(), &config, relay_client)?;
         let swarm = Swarm::new(
             transport,
             behaviour,
@@ -239,6 +248,7 @@ impl EventLoop {
             dialing: HashMap::new(),
             fresh: HashMap::new(),
             retiring: link::Retiring::default(),
+            traversal,
         };
         Ok((client, event_loop))
     }
@@ -255,6 +265,7 @@ impl EventLoop {
                 self.core.poll_timeout(),
                 self.stopping.as_ref().map(|s| s.deadline),
                 self.retiring.next_due(),
+                self.traversal.next_due(),
             ]
             .into_iter()
             .flatten()
@@ -330,6 +341,14 @@ impl EventLoop {
             self.core.handle_timeout(now, unix);
         }
         self.close_retired(now);
+        let members = self.core.membership();
+        self.traversal.drive(now, &mut self.swarm, |peer| {
+            members
+                .member(peer)
+                .filter(|m| m.state == State::Alive)
+                .map(|m| shoal_swim::behaviour::to_multiaddrs(&m.addrs))
+                .unwrap_or_default()
+        });
         self.carry_out(now, unix);
     }
 
@@ -410,6 +429,7 @@ impl EventLoop {
                             broadcast: b.broadcast.traffic(peer).unwrap_or_default(),
                         },
                         standing: self.core.standing(now, peer),
+                        direct: self.traversal.any_direct(b.swim.connections_of(peer)),
                     })
                     .collect();
                 let _ = reply.send(list);
@@ -508,7 +528,8 @@ impl EventLoop {
             SwarmEvent::Behaviour(Event::Swim(event)) => self.on_swim(now, unix, event),
             SwarmEvent::Behaviour(Event::Dht(event)) => self.on_dht(now, unix, event),
             SwarmEvent::Behaviour(Event::Broadcast(event)) => self.on_broadcast(now, unix, event),
-            SwarmEvent::Behaviour(Event::Identify(_)) => {}
+            SwarmEvent::Behaviour(event) if self.traversal.on_event(&event) => {}
+            SwarmEvent::Behaviour(_) => {}
             SwarmEvent::Dialing { .. } => self.wire.dials += 1,
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -518,6 +539,7 @@ impl EventLoop {
                 ..
             } => {
                 self.retiring.closed(connection_id);
+                self.traversal.on_closed(connection_id);
                 tracing::debug!(
                     peer = %peer_id,
                     left = num_established,
@@ -538,20 +560,29 @@ impl EventLoop {
                 }
                 self.update_local_addrs();
             }
-            SwarmEvent::ExpiredListenAddr { .. }
-            | SwarmEvent::ExternalAddrConfirmed { .. }
-            | SwarmEvent::ExternalAddrExpired { .. } => self.update_local_addrs(),
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                tracing::info!(%address, "external address confirmed");
+                self.traversal.on_confirmed(&address);
+                self.update_local_addrs();
+            }
+            SwarmEvent::ExternalAddrExpired { address } => {
+                tracing::info!(%address, "external address expired");
+                self.traversal.on_expired(&address);
+                self.update_local_addrs();
+            }
+            SwarmEvent::ExpiredListenAddr { .. } => self.update_local_addrs(),
             SwarmEvent::ListenerClosed {
                 listener_id,
                 reason,
                 ..
             } => {
+                let why = match &reason {
+                    Ok(()) => "closed".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                self.traversal.on_listener_closed(now, listener_id, &why);
                 if let Some((addr, reply)) = self.listens.remove(&listener_id) {
-                    let reason = match reason {
-                        Ok(()) => "closed".to_owned(),
-                        Err(e) => e.to_string(),
-                    };
-                    let _ = reply.send(Err(ListenError::Transport { addr, reason }));
+                    let _ = reply.send(Err(ListenError::Transport { addr, reason: why }));
                 }
                 self.update_local_addrs();
             }
@@ -565,9 +596,12 @@ impl EventLoop {
                 tracing::debug!(
                     peer = %peer_id,
                     dialer = endpoint.is_dialer(),
+                    relayed = endpoint.is_relayed(),
                     connections = num_established.get(),
                     "connected"
                 );
+                self.traversal
+                    .on_connected(connection_id, endpoint.is_relayed());
                 let ours = self.dial_ended(peer_id, connection_id).is_some();
                 if self.fresh_ended(peer_id, connection_id) {
                     // A reconnect's fresh connection: frames go on it (the newest) on both
@@ -1067,6 +1101,7 @@ impl EventLoop {
         stats.connected_peers = info.num_peers();
         stats.listen_addrs = self.swarm.listeners().cloned().collect();
         stats.external_addrs = self.swarm.external_addresses().cloned().collect();
+        stats.nat = self.traversal.report();
         stats
     }
 }

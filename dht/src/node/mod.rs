@@ -37,6 +37,7 @@ use crate::store::StorageError;
 
 pub(crate) mod checks;
 mod event_loop;
+mod traversal;
 
 pub use crate::api::*;
 pub use crate::core::{MAX_REFUSAL_PEERS, MAX_SNAPSHOT_PEERS, MAX_SNAPSHOT_SEEDS};
@@ -48,12 +49,7 @@ pub type BoxedTransport = Boxed<(PeerId, StreamMuxerBox)>;
 
 /// The in-process memory transport with noise and yamux, for tests and simulations.
 pub fn memory_transport(keypair: &identity::Keypair) -> BoxedTransport {
-    MemoryTransport::default()
-        .upgrade(Version::V1)
-        // Invariant: noise accepts every ed25519 keypair.
-        .authenticate(noise::Config::new(keypair).expect("noise accepts ed25519 keys"))
-        .multiplex(yamux::Config::default())
-        .boxed()
+    secured(MemoryTransport::default(), keypair)
 }
 
 /// The in-process memory transport with libp2p's plaintext upgrade (public keys exchanged, no
@@ -71,12 +67,82 @@ pub fn dangerous_plaintext_memory_transport(keypair: &identity::Keypair) -> Boxe
 
 /// TCP with noise and yamux.
 pub fn tcp_transport(keypair: &identity::Keypair) -> BoxedTransport {
+    secured(tcp(), keypair)
+}
+
+fn tcp() -> libp2p::tcp::tokio::Transport {
     libp2p::tcp::tokio::Transport::new(libp2p::tcp::Config::default().nodelay(true))
-        .upgrade(Version::V1)
+}
+
+/// `base` with noise and yamux.
+fn secured<T>(base: T, keypair: &identity::Keypair) -> BoxedTransport
+where
+    T: Transport + Send + Unpin + 'static,
+    T::Output: futures::AsyncRead + futures::AsyncWrite + Send + Unpin + 'static,
+    T::Dial: Send + 'static,
+    T::ListenerUpgrade: Send + 'static,
+    T::Error: Send + Sync + 'static,
+{
+    base.upgrade(Version::V1)
         // Invariant: noise accepts every ed25519 keypair.
         .authenticate(noise::Config::new(keypair).expect("noise accepts ed25519 keys"))
         .multiplex(yamux::Config::default())
+        .timeout(CONNECT_TIMEOUT)
         .boxed()
+}
+
+/// Bound of a connection's establishment: the dial, noise and yamux. A NAT's firewall drops a
+/// connection nobody inside asked for rather than refusing it, and the kernel would wait for
+/// minutes before it gave up (AutoNAT's dial-back to a private node, a hole punch that missed).
+/// Below AutoNAT's 10 s bound on a test request, so that a dial-back that cannot connect is
+/// reported as a failed test instead of a lost request.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// A node's transport and, when it also dials and listens through circuit relays, the relay
+/// client that drives them: the two halves `libp2p::relay::client::new` makes, which only work
+/// together. [`EventLoop::new`] takes either a bare [`BoxedTransport`] or one of these.
+pub struct NodeTransport {
+    /// The transport.
+    pub transport: BoxedTransport,
+    /// The relay client, if the transport goes through relays too.
+    pub relay_client: Option<libp2p::relay::client::Behaviour>,
+}
+
+impl From<BoxedTransport> for NodeTransport {
+    fn from(transport: BoxedTransport) -> Self {
+        Self {
+            transport,
+            relay_client: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for NodeTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeTransport")
+            .field("relayed", &self.relay_client.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// TCP and circuit relays (`/p2p-circuit` addresses), with noise and yamux: what a node with NAT
+/// traversal ([`crate::nat::NatConfig::auto`]) runs on.
+pub fn tcp_transport_with_relay(keypair: &identity::Keypair) -> NodeTransport {
+    let (relayed, relay_client) = libp2p::relay::client::new(keypair.public().to_peer_id());
+    NodeTransport {
+        transport: secured(relayed.or_transport(tcp()), keypair),
+        relay_client: Some(relay_client),
+    }
+}
+
+/// The memory transport and circuit relays, with noise and yamux, for tests of relayed
+/// connections in one process.
+pub fn memory_transport_with_relay(keypair: &identity::Keypair) -> NodeTransport {
+    let (relayed, relay_client) = libp2p::relay::client::new(keypair.public().to_peer_id());
+    NodeTransport {
+        transport: secured(relayed.or_transport(MemoryTransport::default()), keypair),
+        relay_client: Some(relay_client),
+    }
 }
 
 /// Why the node could not start. Nothing was started.

@@ -694,6 +694,7 @@ async fn peers(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
                 json!({
                     "peer": info.peer.to_string(),
                     "routed": info.routed,
+                    "direct": info.direct,
                     "standing": info.standing,
                     "traffic": {
                         "dht": traffic_json(&t.dht),
@@ -723,7 +724,9 @@ async fn info(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
         state.context.onion.as_deref(),
         &stats.listen_addrs,
         &stats.external_addrs,
+        &stats.nat,
     );
+    let nat = &stats.nat;
     Ok(json!({
         "peer_id": state.node.peer_id().to_string(),
         "network": state.context.network,
@@ -735,6 +738,18 @@ async fn info(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
         "data_dir": state.context.data_dir,
         "listen_addrs": addrs(&stats.listen_addrs),
         "external_addrs": addrs(&stats.external_addrs),
+        "nat": {
+            "mode": if nat.enabled { "auto" } else { "off" },
+            "reachability": nat.reachability.as_str(),
+            "relays": nat.relays.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "probes_confirmed": nat.probes_confirmed,
+            "probes_failed": nat.probes_failed,
+            "reservations_asked": nat.reservations_asked,
+            "reservations_accepted": nat.reservations_accepted,
+            "reservations_lost": nat.reservations_lost,
+            "holes_punched": nat.holes_punched,
+            "hole_punch_failures": nat.hole_punch_failures,
+        },
         "members": {
             "alive": stats.members.alive,
             "suspect": stats.members.suspect,
@@ -773,8 +788,10 @@ fn reachability(
     onion: Option<&str>,
     listen: &[libp2p::Multiaddr],
     external: &[libp2p::Multiaddr],
+    nat: &shoal_dht::node::NatReport,
 ) -> String {
     use libp2p::multiaddr::Protocol;
+    use shoal_dht::nat::{Reachability, is_circuit};
     let loopback = |a: &libp2p::Multiaddr| {
         a.iter().any(|p| match p {
             Protocol::Ip4(ip) => ip.is_loopback(),
@@ -786,8 +803,14 @@ fn reachability(
         .iter()
         .filter(|a| !a.iter().any(|p| matches!(p, Protocol::Onion3(_))))
         .collect();
-    let by_tcp = if !external.is_empty() {
-        Some(format!("at {} external address(es)", external.len()))
+    let relayed = external.iter().filter(|a| is_circuit(a)).count();
+    let direct = external.len() - relayed;
+    let by_tcp = if direct > 0 {
+        Some(format!("at {direct} external address(es)"))
+    } else if relayed > 0 {
+        Some(format!("behind a NAT, through {relayed} relay address(es)"))
+    } else if nat.reachability == Reachability::Private {
+        Some("behind a NAT, no relay reserved yet".to_owned())
     } else if tcp.is_empty() {
         None
     } else if tcp.iter().all(|a| loopback(a)) {

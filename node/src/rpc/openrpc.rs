@@ -538,6 +538,10 @@ const METHODS: &[Method] = &[
                     { "type": "array", "items": object(json!({
                         "peer": string(),
                         "routed": { "type": "boolean" },
+                        "direct": {
+                            "type": "boolean",
+                            "description": "Whether a connection is direct (not through a relay)",
+                        },
                         "standing": integer(),
                         "traffic": object(json!({
                             "dht": traffic(), "swim": traffic(), "broadcast": traffic(),
@@ -579,6 +583,23 @@ const METHODS: &[Method] = &[
                 "uptime_secs": integer(),
                 "listen_addrs": strings(),
                 "external_addrs": strings(),
+                "nat": object(json!({
+                    "mode": { "type": "string", "enum": ["auto", "off"] },
+                    "reachability": {
+                        "type": "string",
+                        "enum": ["unknown", "public", "private"],
+                        "description": "What AutoNAT found: public once an address was reached \
+                            from outside, private once tests failed and none was",
+                    },
+                    "relays": strings(),
+                    "probes_confirmed": integer(),
+                    "probes_failed": integer(),
+                    "reservations_asked": integer(),
+                    "reservations_accepted": integer(),
+                    "reservations_lost": integer(),
+                    "holes_punched": integer(),
+                    "hole_punch_failures": integer(),
+                })),
                 "members": object(json!({
                     "alive": integer(), "suspect": integer(), "dead": integer(), "left": integer(),
                 })),

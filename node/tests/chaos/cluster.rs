@@ -228,6 +228,7 @@ impl Cluster {
                     seeds: (0..n).filter(|&j| j != i).map(seed).collect(),
                     ..P2pConfig::default()
                 },
+                relay: Default::default(),
                 dht: DhtSettings {
                     put_quorum: NonZeroUsize::new(quorum),
                     ..DhtSettings::default()

@@ -1,0 +1,572 @@
+//! NAT traversal for TCP nodes: what a node knows of its own reachability, and the circuit
+//! relays it holds reservations at while it is private.
+//!
+//! libp2p's behaviours speak the protocols ([`crate::behaviour`]): AutoNAT v2 tests the
+//! addresses identify observed, UPnP maps the listen port on a gateway that offers it, circuit
+//! relay v2 reserves slots and carries circuits, DCUtR punches a hole once two nodes share a
+//! relayed connection. [`Nat`] holds the rules between them, sans IO: the event loop tells it
+//! what those behaviours report (with `now`), and carries out the reservations it asks for
+//! ([`Nat::poll`]).
+//!
+//! - **Reachability.** Public once an address that is not a circuit is confirmed (by AutoNAT or
+//!   UPnP); private once an AutoNAT test failed and none is; unknown before either.
+//! - **Relays.** A private node keeps [`NatConfig::relays`] reservations at members that offer
+//!   the relay protocol (a relay advertises it only while it has a confirmed public address).
+//!   A reservation not accepted in time, refused, or lost with its relay makes room for another
+//!   member, and that relay is not asked again for [`NatConfig::relay_backoff`]. A node that
+//!   becomes public releases its reservations.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+
+/// How a TCP node handles NATs ([`crate::Config::nat`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatConfig {
+    /// Learn reachability with AutoNAT, reserve relays when private and punch holes with DCUtR.
+    /// Off, the node assumes it is reachable at its listen addresses. Default off (the library's
+    /// default; `shoal run` turns it on).
+    pub auto: bool,
+    /// Map the listen port on a UPnP gateway and advertise the mapped address (with
+    /// [`auto`](Self::auto)). Default off.
+    pub upnp: bool,
+    /// Serve as a circuit relay for private nodes while this node is publicly reachable,
+    /// within [`relay_limits`](Self::relay_limits). Default off.
+    pub relay_service: bool,
+    /// What a relay serves at most. Default [`RelayLimits::default`].
+    pub relay_limits: RelayLimits,
+    /// Reservations a private node keeps, 1 to [`MAX_RELAYS`]. Default 2.
+    pub relays: usize,
+    /// How long a reservation may wait for its relay's answer before another relay is tried.
+    /// Default 10 s.
+    pub reservation_timeout: Duration,
+    /// How long a relay that refused, timed out or dropped a reservation is not asked again.
+    /// Default 60 s.
+    pub relay_backoff: Duration,
+}
+
+impl Default for NatConfig {
+    fn default() -> Self {
+        Self {
+            auto: false,
+            upnp: false,
+            relay_service: false,
+            relay_limits: RelayLimits::default(),
+            relays: 2,
+            reservation_timeout: Duration::from_secs(10),
+            relay_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Reservations a private node keeps at most.
+pub const MAX_RELAYS: usize = 8;
+
+/// Members offering the relay protocol remembered at most.
+pub const MAX_OFFERS: usize = 256;
+
+/// Relays remembered as refusing at most (the oldest is forgotten first).
+const MAX_BACKOFF: usize = 256;
+
+impl NatConfig {
+    /// Checks the bounds; the error names the field.
+    pub fn validate(&self) -> Result<(), &'static str> {
+        if self.relays == 0 || self.relays > MAX_RELAYS {
+            return Err("nat.relays must be 1 to 8");
+        }
+        if self.reservation_timeout.is_zero() {
+            return Err("nat.reservation_timeout must be above zero");
+        }
+        self.relay_limits.validate()
+    }
+}
+
+/// What a node serving as a relay accepts at most: libp2p's circuit relay limits, with defaults
+/// sized for SWIM's and the DHT's traffic over a circuit (libp2p's own, 2 minutes and 128 KiB a
+/// circuit, would cut a relayed member's connection every few minutes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Reservations held at once. Default 128.
+    pub max_reservations: usize,
+    /// Reservations of one peer. Default 4.
+    pub max_reservations_per_peer: usize,
+    /// Circuits open at once. Default 64.
+    pub max_circuits: usize,
+    /// Circuits of one peer (as source or destination). Default 8.
+    pub max_circuits_per_peer: usize,
+    /// How long one circuit lasts before the relay closes it. Default 30 minutes.
+    pub max_circuit_duration: Duration,
+    /// Bytes one circuit carries, both ways, before the relay closes it. Default 16 MiB.
+    pub max_circuit_bytes: u64,
+    /// How long a reservation lasts before the private node renews it. Default 1 hour.
+    pub reservation_duration: Duration,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        Self {
+            max_reservations: 128,
+            max_reservations_per_peer: 4,
+            max_circuits: 64,
+            max_circuits_per_peer: 8,
+            max_circuit_duration: Duration::from_secs(30 * 60),
+            max_circuit_bytes: 16 << 20,
+            reservation_duration: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl RelayLimits {
+    /// Checks the bounds (libp2p's protocol carries durations as 32-bit seconds).
+    pub fn validate(&self) -> Result<(), &'static str> {
+        if self.max_reservations == 0 || self.max_reservations_per_peer == 0 {
+            return Err("relay reservations must be above zero");
+        }
+        if self.max_circuits == 0 || self.max_circuits_per_peer == 0 {
+            return Err("relay circuits must be above zero");
+        }
+        let secs = |d: Duration| d.as_secs() > 0 && d.as_secs() <= u64::from(u32::MAX);
+        if !secs(self.max_circuit_duration) || !secs(self.reservation_duration) {
+            return Err("relay durations must be 1 s to 2^32 - 1 s");
+        }
+        if self.max_circuit_bytes == 0 {
+            return Err("relay circuit bytes must be above zero");
+        }
+        Ok(())
+    }
+
+    /// libp2p's relay configuration with these limits.
+    pub fn to_libp2p(&self) -> libp2p::relay::Config {
+        libp2p::relay::Config {
+            max_reservations: self.max_reservations,
+            max_reservations_per_peer: self.max_reservations_per_peer,
+            reservation_duration: self.reservation_duration,
+            max_circuits: self.max_circuits,
+            max_circuits_per_peer: self.max_circuits_per_peer,
+            max_circuit_duration: self.max_circuit_duration,
+            max_circuit_bytes: self.max_circuit_bytes,
+            ..libp2p::relay::Config::default()
+        }
+    }
+}
+
+/// What a node knows of its own reachability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reachability {
+    /// Not tested yet (or NAT traversal is off).
+    Unknown,
+    /// An address that is not a circuit was confirmed reachable from outside.
+    Public,
+    /// Tests of its addresses failed and none was confirmed: it is reached through relays.
+    Private,
+}
+
+impl Reachability {
+    /// The name used in `node_info` and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Public => "public",
+            Self::Private => "private",
+        }
+    }
+}
+
+/// What [`Nat`] asks of the event loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NatAction {
+    /// Listen through `relay` (reached at `addr`): a reservation.
+    Reserve {
+        /// The relay.
+        relay: PeerId,
+        /// Its address, ending in `/p2p/<relay>/p2p-circuit`.
+        addr: Multiaddr,
+    },
+    /// Stop listening through `relay`.
+    Release {
+        /// The relay.
+        relay: PeerId,
+    },
+}
+
+/// A reservation's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// Asked for at this instant, not yet accepted.
+    Pending(Instant),
+    /// Accepted.
+    Active,
+}
+
+/// Counters of NAT traversal, since start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatStats {
+    /// AutoNAT tests that confirmed an address.
+    pub probes_confirmed: u64,
+    /// AutoNAT tests that found an address unreachable.
+    pub probes_failed: u64,
+    /// Reservations asked for.
+    pub reservations_asked: u64,
+    /// Reservations accepted (first acceptance of each; renewals not counted).
+    pub reservations_accepted: u64,
+    /// Reservations refused, timed out or lost with their relay.
+    pub reservations_lost: u64,
+}
+
+/// The NAT traversal state of one node; see the module documentation.
+#[derive(Debug)]
+pub struct Nat {
+    relays_wanted: usize,
+    reservation_timeout: Duration,
+    relay_backoff: Duration,
+    /// Confirmed external addresses that are not circuits.
+    public: BTreeSet<Multiaddr>,
+    /// An AutoNAT test found an address unreachable.
+    refused: bool,
+    /// Peers whose identify said they serve as relays.
+    offers: BTreeSet<PeerId>,
+    reservations: BTreeMap<PeerId, Slot>,
+    /// Relays not to ask again before the instant.
+    backoff: BTreeMap<PeerId, Instant>,
+    actions: VecDeque<NatAction>,
+    stats: NatStats,
+}
+
+/// Whether `addr` goes through a circuit relay.
+pub fn is_circuit(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| p == Protocol::P2pCircuit)
+}
+
+impl Nat {
+    /// The state of a node that knows nothing yet.
+    pub fn new(config: &NatConfig) -> Self {
+        Self {
+            relays_wanted: config.relays.clamp(1, MAX_RELAYS),
+            reservation_timeout: config.reservation_timeout,
+            relay_backoff: config.relay_backoff,
+            public: BTreeSet::new(),
+            refused: false,
+            offers: BTreeSet::new(),
+            reservations: BTreeMap::new(),
+            backoff: BTreeMap::new(),
+            actions: VecDeque::new(),
+            stats: NatStats::default(),
+        }
+    }
+
+    /// What this node knows of its reachability.
+    pub fn reachability(&self) -> Reachability {
+        if !self.public.is_empty() {
+            Reachability::Public
+        } else if self.refused {
+            Reachability::Private
+        } else {
+            Reachability::Unknown
+        }
+    }
+
+    /// The relays whose reservations were accepted.
+    pub fn relays(&self) -> impl Iterator<Item = &PeerId> {
+        self.reservations
+            .iter()
+            .filter(|(_, s)| **s == Slot::Active)
+            .map(|(p, _)| p)
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &NatStats {
+        &self.stats
+    }
+
+    /// An external address was confirmed (by AutoNAT, UPnP, or a relay's reservation).
+    pub fn on_confirmed(&mut self, addr: &Multiaddr) {
+        if !is_circuit(addr) {
+            self.public.insert(addr.clone());
+        }
+    }
+
+    /// An external address expired.
+    pub fn on_expired(&mut self, addr: &Multiaddr) {
+        self.public.remove(addr);
+    }
+
+    /// An AutoNAT test of `addr` ended: `ok` if it was reached from outside. (A confirmed
+    /// address also arrives through [`Nat::on_confirmed`].) Only tests of direct IP addresses
+    /// count: a circuit address is reachable through its relay whatever the NAT does, and
+    /// identify sometimes offers a bare `/p2p/..` candidate, which no one can dial.
+    pub fn on_probe(&mut self, addr: &Multiaddr, ok: bool) {
+        let ip = matches!(
+            addr.iter().next(),
+            Some(
+                Protocol::Ip4(_)
+                    | Protocol::Ip6(_)
+                    | Protocol::Dns(_)
+                    | Protocol::Dns4(_)
+                    | Protocol::Dns6(_)
+            )
+        );
+        if !ip || is_circuit(addr) {
+            return;
+        }
+        if ok {
+            self.stats.probes_confirmed += 1;
+        } else {
+            self.stats.probes_failed += 1;
+            self.refused = true;
+        }
+    }
+
+    /// `peer`'s identify said whether it serves as a relay now.
+    pub fn on_offer(&mut self, peer: PeerId, offers: bool) {
+        if !offers {
+            self.offers.remove(&peer);
+        } else if self.offers.len() < MAX_OFFERS {
+            self.offers.insert(peer);
+        }
+    }
+
+    /// `relay` accepted (or renewed) the reservation.
+    pub fn on_accepted(&mut self, relay: PeerId) {
+        if let Some(slot) = self.reservations.get_mut(&relay)
+            && *slot != Slot::Active
+        {
+            *slot = Slot::Active;
+            self.stats.reservations_accepted += 1;
+        }
+    }
+
+    /// The reservation at `relay` ended: refused, its listener failed, or its connection closed.
+    pub fn on_ended(&mut self, now: Instant, relay: PeerId) {
+        if self.reservations.remove(&relay).is_some() {
+            self.stats.reservations_lost += 1;
+            self.back_off(now, relay);
+        }
+    }
+
+    fn back_off(&mut self, now: Instant, relay: PeerId) {
+        if self.backoff.len() >= MAX_BACKOFF
+            && let Some((&oldest, _)) = self.backoff.iter().min_by_key(|(_, t)| **t)
+        {
+            self.backoff.remove(&oldest);
+        }
+        self.backoff.insert(relay, now + self.relay_backoff);
+    }
+
+    /// The earliest instant [`Nat::poll`] has something to do without new input.
+    pub fn next_due(&self) -> Option<Instant> {
+        let pending = self.reservations.values().filter_map(|s| match s {
+            Slot::Pending(since) => Some(*since + self.reservation_timeout),
+            Slot::Active => None,
+        });
+        let backoff = self.backoff.values().copied();
+        pending.chain(backoff).min()
+    }
+
+    /// Moves the state on at `now` and returns the next thing to do. `addrs_of` gives a live
+    /// member's addresses (none if it is not one): relays are chosen among live members only.
+    pub fn poll(
+        &mut self,
+        now: Instant,
+        addrs_of: impl Fn(&PeerId) -> Vec<Multiaddr>,
+    ) -> Option<NatAction> {
+        if let Some(action) = self.actions.pop_front() {
+            return Some(action);
+        }
+        self.backoff.retain(|_, until| *until > now);
+        let late: Vec<PeerId> = self
+            .reservations
+            .iter()
+            .filter(|(_, s)| matches!(s, Slot::Pending(since) if now >= *since + self.reservation_timeout))
+            .map(|(p, _)| *p)
+            .collect();
+        for relay in late {
+            self.on_ended(now, relay);
+            self.actions.push_back(NatAction::Release { relay });
+        }
+        if self.reachability() == Reachability::Public {
+            let held: Vec<PeerId> = self.reservations.keys().copied().collect();
+            for relay in held {
+                self.reservations.remove(&relay);
+                self.actions.push_back(NatAction::Release { relay });
+            }
+        } else if self.reachability() == Reachability::Private {
+            self.choose(now, &addrs_of);
+        }
+        self.actions.pop_front()
+    }
+
+    /// Asks for reservations at offering members until [`NatConfig::relays`] are held or asked.
+    fn choose(&mut self, now: Instant, addrs_of: &impl Fn(&PeerId) -> Vec<Multiaddr>) {
+        let mut offers = self.offers.iter();
+        while self.reservations.len() < self.relays_wanted {
+            let Some(relay) = offers.next() else { return };
+            if self.reservations.contains_key(relay) || self.backoff.contains_key(relay) {
+                continue;
+            }
+            // A relay reached through another relay would be no use: its direct address only.
+            let Some(addr) = addrs_of(relay).into_iter().find(|a| !is_circuit(a)) else {
+                continue;
+            };
+            let addr = addr
+                .with_p2p(*relay)
+                .unwrap_or_else(|a| a)
+                .with(Protocol::P2pCircuit);
+            self.reservations.insert(*relay, Slot::Pending(now));
+            self.stats.reservations_asked += 1;
+            self.actions.push_back(NatAction::Reserve {
+                relay: *relay,
+                addr,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(i: u8) -> Multiaddr {
+        format!("/ip4/192.0.2.{i}/tcp/7401").parse().expect("valid")
+    }
+
+    fn drain(nat: &mut Nat, now: Instant, members: &[(PeerId, Multiaddr)]) -> Vec<NatAction> {
+        let addrs_of = |p: &PeerId| {
+            members
+                .iter()
+                .filter(|(m, _)| m == p)
+                .map(|(_, a)| a.clone())
+                .collect()
+        };
+        std::iter::from_fn(|| nat.poll(now, addrs_of)).collect()
+    }
+
+    #[test]
+    fn reachability_follows_confirmations_and_failed_probes() {
+        let mut nat = Nat::new(&NatConfig::default());
+        assert_eq!(nat.reachability(), Reachability::Unknown);
+        let circuit = addr(1)
+            .with(Protocol::P2p(PeerId::random()))
+            .with(Protocol::P2pCircuit);
+        nat.on_confirmed(&circuit);
+        assert_eq!(
+            nat.reachability(),
+            Reachability::Unknown,
+            "a circuit is not public"
+        );
+        nat.on_probe(&circuit, false);
+        let bare = Multiaddr::empty().with(Protocol::P2p(PeerId::random()));
+        nat.on_probe(&bare, false);
+        assert_eq!(
+            nat.reachability(),
+            Reachability::Unknown,
+            "only IP addresses count"
+        );
+        nat.on_probe(&addr(3), false);
+        assert_eq!(nat.reachability(), Reachability::Private);
+        nat.on_confirmed(&addr(2));
+        assert_eq!(nat.reachability(), Reachability::Public);
+        nat.on_expired(&addr(2));
+        assert_eq!(nat.reachability(), Reachability::Private);
+    }
+
+    #[test]
+    fn a_private_node_reserves_at_offering_members_and_replaces_lost_relays() {
+        let config = NatConfig::default();
+        let mut nat = Nat::new(&config);
+        let now = Instant::now();
+        let relays: Vec<(PeerId, Multiaddr)> =
+            (1..=3).map(|i| (PeerId::random(), addr(i))).collect();
+        for (p, _) in &relays {
+            nat.on_offer(*p, true);
+        }
+        // An offer from a peer that is not a live member is not used.
+        nat.on_offer(PeerId::random(), true);
+        assert!(
+            drain(&mut nat, now, &relays).is_empty(),
+            "unknown: no reservation"
+        );
+        nat.on_probe(&addr(9), false);
+        let asked = drain(&mut nat, now, &relays);
+        assert_eq!(asked.len(), 2, "{asked:?}");
+        for a in &asked {
+            let NatAction::Reserve { relay, addr } = a else {
+                panic!("{a:?}")
+            };
+            assert!(is_circuit(addr));
+            assert!(addr.iter().any(|p| p == Protocol::P2p(*relay)));
+            nat.on_accepted(*relay);
+        }
+        assert_eq!(nat.relays().count(), 2);
+        // The first relay drops: the third takes its place, and the dropped one is not asked
+        // again until its backoff ends.
+        let NatAction::Reserve { relay: lost, .. } = asked[0].clone() else {
+            unreachable!()
+        };
+        nat.on_ended(now, lost);
+        let next = drain(&mut nat, now, &relays);
+        assert_eq!(next.len(), 1);
+        let NatAction::Reserve { relay: third, .. } = next[0].clone() else {
+            panic!("{next:?}")
+        };
+        assert_ne!(third, lost);
+        // The third never answers: released at its timeout; the first is still backed off.
+        let later = now + config.reservation_timeout;
+        assert_eq!(nat.next_due(), Some(later));
+        let after = drain(&mut nat, later, &relays);
+        assert_eq!(after, vec![NatAction::Release { relay: third }]);
+        assert_eq!(nat.stats().reservations_lost, 2);
+        // Once the backoffs end, both are asked again.
+        let end = now + config.relay_backoff + config.reservation_timeout;
+        let again = drain(&mut nat, end, &relays);
+        assert_eq!(again.len(), 1, "one slot free: {again:?}");
+    }
+
+    #[test]
+    fn a_node_that_becomes_public_releases_its_relays() {
+        let mut nat = Nat::new(&NatConfig::default());
+        let now = Instant::now();
+        let relay = (PeerId::random(), addr(1));
+        nat.on_offer(relay.0, true);
+        nat.on_probe(&addr(8), false);
+        let asked = drain(&mut nat, now, std::slice::from_ref(&relay));
+        assert_eq!(asked.len(), 1);
+        nat.on_accepted(relay.0);
+        nat.on_confirmed(&addr(9));
+        let released = drain(&mut nat, now, std::slice::from_ref(&relay));
+        assert_eq!(released, vec![NatAction::Release { relay: relay.0 }]);
+        assert_eq!(nat.relays().count(), 0);
+    }
+
+    #[test]
+    fn offers_are_bounded_and_withdrawn() {
+        let mut nat = Nat::new(&NatConfig::default());
+        for _ in 0..MAX_OFFERS + 10 {
+            nat.on_offer(PeerId::random(), true);
+        }
+        assert_eq!(nat.offers.len(), MAX_OFFERS);
+        let first = *nat.offers.iter().next().expect("one");
+        nat.on_offer(first, false);
+        assert_eq!(nat.offers.len(), MAX_OFFERS - 1);
+    }
+
+    #[test]
+    fn config_bounds() {
+        assert!(NatConfig::default().validate().is_ok());
+        let zero = NatConfig {
+            relays: 0,
+            ..NatConfig::default()
+        };
+        assert!(zero.validate().is_err());
+        let long = NatConfig {
+            relay_limits: RelayLimits {
+                max_circuit_duration: Duration::from_secs(u64::from(u32::MAX) + 1),
+                ..RelayLimits::default()
+            },
+            ..NatConfig::default()
+        };
+        assert!(long.validate().is_err());
+    }
+}

@@ -1,0 +1,195 @@
+//! The event loop's side of NAT traversal: it hands [`Nat`] what AutoNAT, UPnP, identify, the
+//! relay client and DCUtR report, and turns [`Nat`]'s reservations into listeners on
+//! `/p2p-circuit` addresses. Off ([`crate::nat::NatConfig::auto`] false, or a transport without
+//! relays), it does nothing.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use libp2p::core::transport::ListenerId;
+use libp2p::swarm::{ConnectionId, Swarm};
+use libp2p::{Multiaddr, PeerId, autonat, dcutr, relay};
+
+use crate::api::NatReport;
+use crate::behaviour::{Behaviour, Event};
+use crate::nat::{Nat, NatAction, NatConfig};
+
+/// NAT traversal's state in the event loop.
+#[derive(Debug)]
+pub(crate) struct Traversal {
+    on: bool,
+    nat: Nat,
+    /// The circuit listener of each reservation.
+    listeners: HashMap<ListenerId, PeerId>,
+    /// Open connections that go through a relay.
+    relayed: HashSet<ConnectionId>,
+    holes_punched: u64,
+    hole_punch_failures: u64,
+}
+
+impl Traversal {
+    pub(crate) fn new(config: &NatConfig, on: bool) -> Self {
+        Self {
+            on,
+            nat: Nat::new(config),
+            listeners: HashMap::new(),
+            relayed: HashSet::new(),
+            holes_punched: 0,
+            hole_punch_failures: 0,
+        }
+    }
+
+    /// When [`Traversal::drive`] has something to do without new input.
+    pub(crate) fn next_due(&self) -> Option<Instant> {
+        self.on.then(|| self.nat.next_due()).flatten()
+    }
+
+    /// Asks for and releases reservations as [`Nat`] decides; `addrs_of` gives a live member's
+    /// addresses.
+    pub(crate) fn drive(
+        &mut self,
+        now: Instant,
+        swarm: &mut Swarm<Behaviour>,
+        addrs_of: impl Fn(&PeerId) -> Vec<Multiaddr>,
+    ) {
+        if !self.on {
+            return;
+        }
+        while let Some(action) = self.nat.poll(now, &addrs_of) {
+            match action {
+                NatAction::Reserve { relay, addr } => match swarm.listen_on(addr.clone()) {
+                    Ok(id) => {
+                        tracing::info!(%relay, %addr, "asking a relay for a reservation");
+                        self.listeners.insert(id, relay);
+                    }
+                    Err(error) => {
+                        tracing::info!(%relay, %addr, %error, "cannot listen through a relay");
+                        self.nat.on_ended(now, relay);
+                    }
+                },
+                NatAction::Release { relay } => {
+                    let ids: Vec<ListenerId> = self
+                        .listeners
+                        .iter()
+                        .filter(|(_, r)| **r == relay)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for id in ids {
+                        self.listeners.remove(&id);
+                        swarm.remove_listener(id);
+                    }
+                    tracing::info!(%relay, "relay released");
+                }
+            }
+        }
+    }
+
+    /// A behaviour's event that concerns NAT traversal; `false` if `event` is not one.
+    pub(crate) fn on_event(&mut self, event: &Event) -> bool {
+        match event {
+            Event::Identify(e) => {
+                if let libp2p::identify::Event::Received { peer_id, info, .. } = e.as_ref() {
+                    let offers = info.protocols.contains(&relay::HOP_PROTOCOL_NAME);
+                    self.nat.on_offer(*peer_id, offers);
+                }
+            }
+            Event::RelayClient(relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal,
+                ..
+            }) => {
+                if !renewal {
+                    tracing::info!(relay = %relay_peer_id, "reservation accepted");
+                }
+                self.nat.on_accepted(*relay_peer_id);
+            }
+            Event::RelayClient(e) => tracing::debug!(event = ?e, "relay client"),
+            Event::Relay(e) => tracing::debug!(event = ?e, "relay service"),
+            Event::Autonat(autonat::v2::client::Event {
+                tested_addr,
+                server,
+                result,
+                ..
+            }) => {
+                match result {
+                    Ok(()) => tracing::info!(addr = %tested_addr, %server, "address reachable"),
+                    Err(error) => {
+                        tracing::info!(addr = %tested_addr, %server, %error, "address not reachable")
+                    }
+                }
+                self.nat.on_probe(tested_addr, result.is_ok());
+            }
+            Event::AutonatServer(e) => {
+                tracing::debug!(client = %e.client, addr = %e.tested_addr, "tested a peer's address")
+            }
+            Event::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            }) => match result {
+                Ok(_) => {
+                    self.holes_punched += 1;
+                    tracing::info!(peer = %remote_peer_id, "direct connection through the NAT");
+                }
+                Err(error) => {
+                    self.hole_punch_failures += 1;
+                    tracing::info!(peer = %remote_peer_id, %error, "hole punch failed");
+                }
+            },
+            Event::Upnp(e) => tracing::info!(event = ?e, "UPnP"),
+            _ => return false,
+        }
+        true
+    }
+
+    /// An external address was confirmed.
+    pub(crate) fn on_confirmed(&mut self, addr: &Multiaddr) {
+        self.nat.on_confirmed(addr);
+    }
+
+    /// An external address expired.
+    pub(crate) fn on_expired(&mut self, addr: &Multiaddr) {
+        self.nat.on_expired(addr);
+    }
+
+    /// A listener closed: if it held a reservation, the reservation ended.
+    pub(crate) fn on_listener_closed(&mut self, now: Instant, id: ListenerId, reason: &str) {
+        if let Some(relay) = self.listeners.remove(&id) {
+            tracing::info!(%relay, %reason, "reservation ended");
+            self.nat.on_ended(now, relay);
+        }
+    }
+
+    /// A connection opened; `relayed` if it goes through a relay.
+    pub(crate) fn on_connected(&mut self, id: ConnectionId, relayed: bool) {
+        if relayed {
+            self.relayed.insert(id);
+        }
+    }
+
+    /// A connection closed.
+    pub(crate) fn on_closed(&mut self, id: ConnectionId) {
+        self.relayed.remove(&id);
+    }
+
+    /// Whether one of `connections` is direct.
+    pub(crate) fn any_direct(&self, connections: &[ConnectionId]) -> bool {
+        connections.iter().any(|c| !self.relayed.contains(c))
+    }
+
+    /// What `node_info` and metrics show.
+    pub(crate) fn report(&self) -> NatReport {
+        let s = self.nat.stats();
+        NatReport {
+            enabled: self.on,
+            reachability: self.nat.reachability(),
+            relays: self.nat.relays().copied().collect(),
+            probes_confirmed: s.probes_confirmed,
+            probes_failed: s.probes_failed,
+            reservations_asked: s.reservations_asked,
+            reservations_accepted: s.reservations_accepted,
+            reservations_lost: s.reservations_lost,
+            holes_punched: self.holes_punched,
+            hole_punch_failures: self.hole_punch_failures,
+        }
+    }
+}

@@ -1,0 +1,656 @@
+//! NAT traversal with real `shoal` processes in network namespaces.
+//!
+//! The network: a public segment (a bridge) with three public nodes, and three home networks,
+//! each one node behind a router namespace that masquerades its traffic with nft. Two routers
+//! map ports the way Linux does by default (a connection from the node's port keeps that port:
+//! the "cone" NATs of most home routers, filtering what does not answer a connection the node
+//! opened); the third maps each connection to a random port (`masquerade random`, a symmetric
+//! NAT). A management network, on which only the JSON-RPC listens, lets the test reach every
+//! node; peers never learn those addresses.
+//!
+//! What is checked, each within a stated bound: every public node finds it is public and every
+//! home node that it is private and holds relay reservations; every node lists every other
+//! alive; a value put through one home node is read through the others; the two cone-NAT nodes
+//! end up with a direct connection (hole punched through both NATs) while the symmetric-NAT
+//! node stays reachable through relays; killing a relay of a home node moves it to another
+//! relay. The printed table gives the time from start to reachable, the fraction of node pairs
+//! connected directly, and get latencies through direct and relayed connections.
+//!
+//! Needs root, `ip` (iproute2) and `nft` (nftables), like the chaos suite; `SHOAL_CHAOS=skip`
+//! skips it (as `scripts/test` does when not root). Logs are kept in the printed directory on
+//! failure, or always with `SHOAL_CHAOS_KEEP=1`.
+
+#[allow(dead_code)]
+mod chaos {
+    pub(crate) mod cluster;
+    pub(crate) mod net;
+}
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chaos::cluster::{self, Identity, P2P_PORT, RPC_PORT, TOKEN, call, clients};
+use chaos::net::run;
+use jsonrpsee::http_client::HttpClient;
+use serde_json::{Value, json};
+use shoal_node::config::{Config, LogConfig, Network, P2pConfig};
+use shoal_node::init;
+use shoal_node::rpc::RpcConfig;
+
+const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
+
+/// Bound of the start: every node knows its reachability, home nodes hold a reservation, and
+/// every node lists every other alive.
+const START_BOUND: Duration = Duration::from_secs(60);
+/// Bound of the hole punch between the two cone-NAT nodes, after the start.
+const PUNCH_BOUND: Duration = Duration::from_secs(45);
+/// Bound of a home node's move to another relay after one of its relays is killed.
+const MOVE_BOUND: Duration = Duration::from_secs(30);
+/// Gets timed per kind of path.
+const GETS: usize = 10;
+
+/// How a node meets the public segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Site {
+    /// On the public segment.
+    Public,
+    /// Behind a router that keeps the node's source port (a cone NAT).
+    Cone,
+    /// Behind a router that maps each connection to a random port (a symmetric NAT).
+    Symmetric,
+}
+
+const SITES: [Site; 6] = [
+    Site::Public,
+    Site::Public,
+    Site::Public,
+    Site::Cone,
+    Site::Cone,
+    Site::Symmetric,
+];
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    run("ip", args, None).map(|_| ())
+}
+
+fn in_ns(ns: &str, program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+    let mut all = vec!["netns", "exec", ns, program];
+    all.extend_from_slice(args);
+    run("ip", &all, stdin)
+}
+
+/// The namespaces and links; all deleted on drop.
+#[derive(Debug)]
+struct Topology {
+    made: Vec<String>,
+    host_if: String,
+    /// Each node's namespace.
+    node_ns: Vec<String>,
+    /// Each node's p2p address (on the public segment, or in its home network).
+    p2p: Vec<String>,
+    /// Each node's management address (JSON-RPC only).
+    mgmt: Vec<String>,
+}
+
+impl Topology {
+    /// Public segment `11.78.X.0/24` (a global range, as a real public network's would be; it
+    /// is routed nowhere but between these namespaces), management `10.79.X.0/24` (the host
+    /// end is `.1`), home networks `192.168.(10 + i).0/24`.
+    fn create() -> Result<Self, String> {
+        let pid = std::process::id();
+        let used = run("ip", &["-4", "-o", "addr", "show"], None)?;
+        let x = (0..256u32)
+            .map(|i| ((pid + i * 37) % 256) as u8)
+            .find(|x| !used.contains(&format!("10.79.{x}.")))
+            .ok_or("no free 10.79.X.0/24 subnet")?;
+        let prefix = format!("shn-{pid}");
+        let mut t = Topology {
+            made: Vec::new(),
+            host_if: format!("shn{pid}"),
+            node_ns: Vec::new(),
+            p2p: Vec::new(),
+            mgmt: Vec::new(),
+        };
+        let hub = format!("{prefix}-hub");
+        ip(&["netns", "add", &hub])?;
+        t.made.push(hub.clone());
+        for br in ["br0", "br1"] {
+            ip(&["-n", &hub, "link", "add", br, "type", "bridge"])?;
+            ip(&["-n", &hub, "link", "set", br, "up"])?;
+        }
+        ip(&[
+            "link", "add", &t.host_if, "type", "veth", "peer", "name", "host", "netns", &hub,
+        ])?;
+        ip(&["-n", &hub, "link", "set", "host", "master", "br1", "up"])?;
+        ip(&["addr", "add", &format!("10.79.{x}.1/24"), "dev", &t.host_if])?;
+        ip(&["link", "set", &t.host_if, "up"])?;
+        for (i, site) in SITES.iter().enumerate() {
+            let ns = format!("{prefix}-n{i}");
+            ip(&["netns", "add", &ns])?;
+            t.made.push(ns.clone());
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+            // Management: a port on br1.
+            let m = format!("m{i}");
+            ip(&[
+                "-n", &hub, "link", "add", &m, "type", "veth", "peer", "name", "mgmt", "netns", &ns,
+            ])?;
+            ip(&["-n", &hub, "link", "set", &m, "master", "br1", "up"])?;
+            let mgmt = format!("10.79.{x}.{}", 10 + i);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{mgmt}/24"),
+                "dev",
+                "mgmt",
+            ])?;
+            ip(&["-n", &ns, "link", "set", "mgmt", "up"])?;
+            t.mgmt.push(mgmt);
+            let wan_port = format!("p{i}");
+            match site {
+                Site::Public => {
+                    ip(&[
+                        "-n", &hub, "link", "add", &wan_port, "type", "veth", "peer", "name",
+                        "eth0", "netns", &ns,
+                    ])?;
+                    ip(&["-n", &hub, "link", "set", &wan_port, "master", "br0", "up"])?;
+                    let addr = format!("11.78.{x}.{}", 10 + i);
+                    ip(&[
+                        "-n",
+                        &ns,
+                        "addr",
+                        "add",
+                        &format!("{addr}/24"),
+                        "dev",
+                        "eth0",
+                    ])?;
+                    ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+                    t.p2p.push(addr);
+                }
+                Site::Cone | Site::Symmetric => {
+                    let router = format!("{prefix}-r{i}");
+                    ip(&["netns", "add", &router])?;
+                    t.made.push(router.clone());
+                    ip(&["-n", &router, "link", "set", "lo", "up"])?;
+                    ip(&[
+                        "-n", &hub, "link", "add", &wan_port, "type", "veth", "peer", "name",
+                        "wan", "netns", &router,
+                    ])?;
+                    ip(&["-n", &hub, "link", "set", &wan_port, "master", "br0", "up"])?;
+                    let wan = format!("11.78.{x}.{}", 30 + i);
+                    ip(&[
+                        "-n",
+                        &router,
+                        "addr",
+                        "add",
+                        &format!("{wan}/24"),
+                        "dev",
+                        "wan",
+                    ])?;
+                    ip(&["-n", &router, "link", "set", "wan", "up"])?;
+                    ip(&[
+                        "-n", &router, "link", "add", "lan", "type", "veth", "peer", "name",
+                        "eth0", "netns", &ns,
+                    ])?;
+                    let home = format!("192.168.{}", 10 + i);
+                    ip(&[
+                        "-n",
+                        &router,
+                        "addr",
+                        "add",
+                        &format!("{home}.1/24"),
+                        "dev",
+                        "lan",
+                    ])?;
+                    ip(&["-n", &router, "link", "set", "lan", "up"])?;
+                    ip(&[
+                        "-n",
+                        &ns,
+                        "addr",
+                        "add",
+                        &format!("{home}.2/24"),
+                        "dev",
+                        "eth0",
+                    ])?;
+                    ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+                    ip(&[
+                        "-n",
+                        &ns,
+                        "route",
+                        "add",
+                        "default",
+                        "via",
+                        &format!("{home}.1"),
+                    ])?;
+                    in_ns(
+                        &router,
+                        "sh",
+                        &["-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"],
+                        None,
+                    )?;
+                    let random = if *site == Site::Symmetric {
+                        " random"
+                    } else {
+                        ""
+                    };
+                    // Like a home router: it masquerades what goes out, and its firewall drops
+                    // connections from outside that nobody inside asked for (instead of
+                    // answering them with a reset, which would also end the mapping a hole
+                    // punch is opening from the other side).
+                    let rules = format!(
+                        "table ip nat {{\n  chain post {{\n    type nat hook postrouting \
+                         priority srcnat; policy accept;\n    oifname \"wan\" masquerade{random}\n  \
+                         }}\n}}\ntable inet filter {{\n  chain input {{\n    type filter hook \
+                         input priority 0; policy accept;\n    iifname \"wan\" ct state new drop\n  \
+                         }}\n}}\n"
+                    );
+                    in_ns(&router, "nft", &["-f", "-"], Some(&rules))?;
+                    t.p2p.push(format!("{home}.2"));
+                }
+            }
+            t.node_ns.push(ns);
+        }
+        Ok(t)
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for ns in self.made.iter().rev() {
+            if let Err(e) = ip(&["netns", "del", ns]) {
+                eprintln!("nat: cleanup: {e}");
+            }
+        }
+        let _ = ip(&["link", "del", &self.host_if]);
+    }
+}
+
+/// The processes; killed on drop.
+struct Nodes {
+    children: Vec<Option<Child>>,
+    dirs: Vec<PathBuf>,
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Nodes {
+    fn start(t: &Topology, ids: &[Identity], root: &Path) -> Self {
+        let publics: Vec<usize> = (0..SITES.len())
+            .filter(|&i| SITES[i] == Site::Public)
+            .collect();
+        let mut nodes = Nodes {
+            children: Vec::new(),
+            dirs: Vec::new(),
+        };
+        for (i, id) in ids.iter().enumerate() {
+            let dir = root.join(format!("node-{i}"));
+            id.install(&dir);
+            let config = Config {
+                network: Network::Testnet,
+                data_dir: dir.clone(),
+                p2p: P2pConfig {
+                    listen: vec![format!("/ip4/{}/tcp/{P2P_PORT}", t.p2p[i])],
+                    seeds: publics
+                        .iter()
+                        .filter(|&&j| j != i)
+                        .map(|&j| format!("/ip4/{}/tcp/{P2P_PORT}/p2p/{}", t.p2p[j], ids[j].peer))
+                        .collect(),
+                    ..P2pConfig::default()
+                },
+                rpc: RpcConfig {
+                    listen: format!("{}:{RPC_PORT}", t.mgmt[i])
+                        .parse()
+                        .expect("an address"),
+                    auth_token: Some(TOKEN.to_owned()),
+                    ..RpcConfig::default()
+                },
+                log: LogConfig {
+                    level: "info".to_owned(),
+                    ..LogConfig::default()
+                },
+                ..Config::default()
+            };
+            config.validate().expect("a valid node config");
+            let path = init::write_config(&dir, &config, true)
+                .expect("writing the config")
+                .expect("overwritten");
+            let log = fs::File::create(dir.join("node.log")).expect("the node log");
+            let mut command = Command::new("ip");
+            command
+                .args(["netns", "exec", &t.node_ns[i], SHOAL, "run", "--config"])
+                .arg(&path)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log handle"))
+                .stderr(log);
+            for (name, _) in std::env::vars_os() {
+                if name.to_string_lossy().starts_with("SHOAL_") {
+                    command.env_remove(name);
+                }
+            }
+            nodes
+                .children
+                .push(Some(command.spawn().expect("starting shoal")));
+            nodes.dirs.push(dir);
+        }
+        nodes
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.children[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A node's `node_info`, or `Null` if it did not answer.
+async fn info(client: &HttpClient) -> Value {
+    call(client, "node_info", Value::Null)
+        .await
+        .unwrap_or(Value::Null)
+}
+
+/// The peers `client`'s node lists alive.
+async fn alive(client: &HttpClient) -> Vec<String> {
+    let Ok(Value::Array(members)) = call(client, "swim_members", Value::Null).await else {
+        return Vec::new();
+    };
+    members
+        .iter()
+        .filter(|m| m["state"] == "alive")
+        .filter_map(|m| m["peer"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The connected peers `client`'s node reaches directly, and through relays only.
+async fn connections(client: &HttpClient) -> (Vec<String>, Vec<String>) {
+    let Ok(Value::Array(peers)) = call(client, "node_peers", json!({"detail": true})).await else {
+        return (Vec::new(), Vec::new());
+    };
+    let (direct, relayed): (Vec<&Value>, Vec<&Value>) =
+        peers.iter().partition(|p| p["direct"] == true);
+    let names = |v: Vec<&Value>| {
+        v.iter()
+            .filter_map(|p| p["peer"].as_str().map(str::to_owned))
+            .collect()
+    };
+    (names(direct), names(relayed))
+}
+
+fn relays_of(info: &Value) -> Vec<String> {
+    info["nat"]["relays"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether node `i` knows what it should of its reachability (and holds a relay if private).
+fn reachable_as_expected(i: usize, info: &Value) -> bool {
+    match SITES[i] {
+        Site::Public => info["nat"]["reachability"] == "public",
+        Site::Cone | Site::Symmetric => {
+            info["nat"]["reachability"] == "private" && !relays_of(info).is_empty()
+        }
+    }
+}
+
+fn p50(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+async fn scenario(t: &Topology, ids: &[Identity], root: &Path) -> Result<Vec<String>, String> {
+    let n = SITES.len();
+    let peers: Vec<String> = ids.iter().map(|id| id.peer.clone()).collect();
+    let rpc = clients(&t.mgmt, Duration::from_secs(30));
+    let started = Instant::now();
+    let mut nodes = Nodes::start(t, ids, root);
+    let mut table = Vec::new();
+
+    // 1. Reachability and membership.
+    let mut reachable_at: Vec<Option<Duration>> = vec![None; n];
+    let mut all_alive_at: Option<Duration> = None;
+    loop {
+        for i in 0..n {
+            if reachable_at[i].is_none() && reachable_as_expected(i, &info(&rpc[i]).await) {
+                reachable_at[i] = Some(started.elapsed());
+            }
+        }
+        if all_alive_at.is_none() {
+            let mut all = true;
+            for (i, client) in rpc.iter().enumerate() {
+                let seen = alive(client).await;
+                all &= (0..n).filter(|&j| j != i).all(|j| seen.contains(&peers[j]));
+            }
+            if all {
+                all_alive_at = Some(started.elapsed());
+            }
+        }
+        if all_alive_at.is_some() && reachable_at.iter().all(Option::is_some) {
+            break;
+        }
+        if started.elapsed() > START_BOUND {
+            let mut why = Vec::new();
+            for i in 0..n {
+                let info = info(&rpc[i]).await;
+                why.push(format!(
+                    "node {i} ({:?}): nat {}, alive {}",
+                    SITES[i],
+                    info["nat"],
+                    alive(&rpc[i]).await.len()
+                ));
+            }
+            return Err(format!(
+                "not every node reachable and seeing all within {START_BOUND:?}:\n{}",
+                why.join("\n")
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for i in 0..n {
+        table.push(format!(
+            "| node {i} ({:?}) reachable as expected after | {:.1} s |",
+            SITES[i],
+            reachable_at[i].unwrap_or_default().as_secs_f64()
+        ));
+    }
+    table.push(format!(
+        "| every node lists every other alive after | {:.1} s |",
+        all_alive_at.unwrap_or_default().as_secs_f64()
+    ));
+
+    // 2. The two cone-NAT nodes end up connected directly; the symmetric one through relays.
+    let cones: Vec<usize> = (0..n).filter(|&i| SITES[i] == Site::Cone).collect();
+    let sym = (0..n)
+        .find(|&i| SITES[i] == Site::Symmetric)
+        .expect("a symmetric site");
+    let (a, b) = (cones[0], cones[1]);
+    let punch_start = Instant::now();
+    loop {
+        let (direct, _) = connections(&rpc[a]).await;
+        if direct.contains(&peers[b]) {
+            break;
+        }
+        if punch_start.elapsed() > PUNCH_BOUND {
+            return Err(format!(
+                "nodes {a} and {b} (both behind cone NATs) not connected directly within \
+                 {PUNCH_BOUND:?}; node {a}: {}",
+                info(&rpc[a]).await["nat"]
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    table.push(format!(
+        "| cone ↔ cone connected directly after | {:.1} s from start |",
+        started.elapsed().as_secs_f64()
+    ));
+    let mut direct_pairs = 0;
+    let mut pairs = 0;
+    for (i, client) in rpc.iter().enumerate() {
+        let (direct, relayed) = connections(client).await;
+        for peer in &peers[i + 1..] {
+            if direct.contains(peer) || relayed.contains(peer) {
+                pairs += 1;
+                direct_pairs += usize::from(direct.contains(peer));
+            }
+        }
+        if i == sym
+            && let Some(c) = cones.iter().find(|&&c| direct.contains(&peers[c]))
+        {
+            return Err(format!(
+                "node {sym}, behind a symmetric NAT, has a direct connection to node {c}, \
+                 behind a cone NAT: the NATs are not what this test says they are"
+            ));
+        }
+    }
+    table.push(format!(
+        "| node pairs connected directly | {direct_pairs} of {pairs} connected pairs |"
+    ));
+
+    // 3. A put through one home node, read through the others. Every node holds a copy (k is
+    // above n), so a plain get answers from the reader's own copy; a get with receipts asks
+    // every holder and answers once all did: from a public node every holder is reached
+    // directly, from the symmetric-NAT node two of them (the cone-NAT nodes) through relays.
+    let key = format!("nat-{}", std::process::id());
+    call(
+        &rpc[a],
+        "dht_put",
+        json!({"key": key, "value": "behind-a-nat"}),
+    )
+    .await
+    .map_err(|e| format!("put through node {a}: {e}"))?;
+    let public = (0..n)
+        .find(|&i| SITES[i] == Site::Public)
+        .expect("a public site");
+    for (reader, prove, what) in [
+        (
+            b,
+            false,
+            "plain get through the other cone-NAT node (its own copy)",
+        ),
+        (
+            sym,
+            false,
+            "plain get through the symmetric-NAT node (its own copy)",
+        ),
+        (
+            public,
+            true,
+            "get with receipts through a public node (every holder direct)",
+        ),
+        (
+            sym,
+            true,
+            "get with receipts through the symmetric-NAT node (2 holders relayed)",
+        ),
+    ] {
+        let mut v = Vec::with_capacity(GETS);
+        for _ in 0..GETS {
+            let t0 = Instant::now();
+            let got = call(&rpc[reader], "dht_get", json!({"key": key, "prove": prove}))
+                .await
+                .map_err(|e| format!("get through node {reader}: {e}"))?;
+            if got["value"] != "behind-a-nat" {
+                return Err(format!("get through node {reader}: {got}"));
+            }
+            v.push(t0.elapsed());
+        }
+        table.push(format!("| {what}, p50 of {GETS} | {} |", ms(p50(v))));
+    }
+
+    // 4. One of a home node's relays is killed: it holds reservations elsewhere again.
+    let before = relays_of(&info(&rpc[a]).await);
+    let killed = (0..n)
+        .find(|&j| before.contains(&peers[j]))
+        .ok_or("the home node lists no relay")?;
+    nodes.kill(killed);
+    let kill_at = Instant::now();
+    loop {
+        let now = relays_of(&info(&rpc[a]).await);
+        if now.len() >= before.len() && !now.contains(&peers[killed]) {
+            table.push(format!(
+                "| node {a} holds {} reservations again, none at the killed relay, after | {:.1} s |",
+                now.len(),
+                kill_at.elapsed().as_secs_f64()
+            ));
+            break;
+        }
+        if kill_at.elapsed() > MOVE_BOUND {
+            return Err(format!(
+                "node {a} did not move off killed relay {killed} within {MOVE_BOUND:?}: relays \
+                 {now:?}, nat {}",
+                info(&rpc[a]).await["nat"]
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(table)
+}
+
+fn preflight() -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("it must run as root (it creates network namespaces)".to_owned());
+    }
+    run("ip", &["-V"], None).map_err(|e| format!("`ip` (iproute2) is needed: {e}"))?;
+    run("nft", &["--version"], None).map_err(|e| format!("`nft` (nftables) is needed: {e}"))?;
+    Ok(())
+}
+
+#[test]
+fn nodes_behind_nats_join_are_reachable_and_punch_holes() {
+    if std::env::var("SHOAL_CHAOS").unwrap_or_default() == "skip" {
+        eprintln!("NAT suite skipped (SHOAL_CHAOS=skip)");
+        return;
+    }
+    if let Err(why) = preflight() {
+        panic!(
+            "the NAT suite cannot run: {why}. Run it as root with iproute2 and nftables \
+             installed (`.ci/install-deps` installs them), or set SHOAL_CHAOS=skip to skip it"
+        );
+    }
+    let root = std::env::temp_dir().join(format!("shoal-nat-{}", std::process::id()));
+    fs::create_dir_all(&root).expect("the suite's directory");
+    let ids = cluster::mint(&root, SITES.len());
+    let topology = Topology::create().expect("creating the NAT network");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let result = runtime.block_on(scenario(&topology, &ids, &root));
+    drop(topology);
+    match result {
+        Ok(table) => {
+            println!("\nNAT traversal, {} nodes\n", SITES.len());
+            println!("| measure | value |\n|---|---|");
+            for row in table {
+                println!("{row}");
+            }
+            if std::env::var_os("SHOAL_CHAOS_KEEP").is_some() {
+                println!("node logs kept in {}", root.display());
+            } else {
+                let _ = fs::remove_dir_all(&root);
+            }
+        }
+        Err(why) => panic!("{why}\n(node logs kept in {})", root.display()),
+    }
+}
