@@ -298,17 +298,7 @@ impl Nat {
     /// count: a circuit address is reachable through its relay whatever the NAT does, and
     /// identify sometimes offers a bare `/p2p/..` candidate, which no one can dial.
     pub fn on_probe(&mut self, addr: &Multiaddr, ok: bool) {
-        let ip = matches!(
-            addr.iter().next(),
-            Some(
-                Protocol::Ip4(_)
-                    | Protocol::Ip6(_)
-                    | Protocol::Dns(_)
-                    | Protocol::Dns4(_)
-                    | Protocol::Dns6(_)
-            )
-        );
-        if !ip || is_circuit(addr) {
+        if !crate::node::checks::is_ip(addr) || is_circuit(addr) {
             return;
         }
         if ok {

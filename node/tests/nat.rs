@@ -28,7 +28,7 @@ mod chaos {
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use chaos::cluster::{self, Identity, P2P_PORT, RPC_PORT, TOKEN, call, clients};
@@ -38,8 +38,6 @@ use serde_json::{Value, json};
 use shoal_node::config::{Config, LogConfig, Network, P2pConfig};
 use shoal_node::init;
 use shoal_node::rpc::RpcConfig;
-
-const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
 
 /// Bound of the start: every node knows its reachability, home nodes hold a reservation, and
 /// every node lists every other alive.
@@ -324,22 +322,9 @@ impl Nodes {
             let path = init::write_config(&dir, &config, true)
                 .expect("writing the config")
                 .expect("overwritten");
-            let log = fs::File::create(dir.join("node.log")).expect("the node log");
-            let mut command = Command::new("ip");
-            command
-                .args(["netns", "exec", &t.node_ns[i], SHOAL, "run", "--config"])
-                .arg(&path)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("log handle"))
-                .stderr(log);
-            for (name, _) in std::env::vars_os() {
-                if name.to_string_lossy().starts_with("SHOAL_") {
-                    command.env_remove(name);
-                }
-            }
             nodes
                 .children
-                .push(Some(command.spawn().expect("starting shoal")));
+                .push(Some(cluster::spawn_in(&t.node_ns[i], &path, &dir)));
             nodes.dirs.push(dir);
         }
         nodes

@@ -227,6 +227,11 @@ enum AddressKind {
     Memory,
 }
 
+/// Whether `addr` starts with an IP address or a DNS name (TCP's addresses, a circuit's too).
+pub(crate) fn is_ip(addr: &Multiaddr) -> bool {
+    address_kind(addr) == Some(AddressKind::Ip)
+}
+
 fn kind_of(addr: &Address) -> Option<AddressKind> {
     let addr = Multiaddr::try_from(addr.0.clone()).ok()?;
     address_kind(&addr)

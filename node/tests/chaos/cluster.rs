@@ -176,6 +176,30 @@ pub(crate) struct Cluster {
     pub(crate) truth: SharedTruth,
 }
 
+/// Starts `shoal run --config <config>` in namespace `ns`, its output appended to
+/// `<data_dir>/node.log`, without the test's own `SHOAL_*` variables. `ip netns exec` execs the
+/// command, so the child's pid is shoal's.
+pub(crate) fn spawn_in(ns: &str, config: &Path, data_dir: &Path) -> Child {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data_dir.join("node.log"))
+        .expect("the node log");
+    let mut command = Command::new("ip");
+    command
+        .args(["netns", "exec", ns, SHOAL, "run", "--config"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log handle"))
+        .stderr(log);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("SHOAL_") {
+            command.env_remove(name);
+        }
+    }
+    command.spawn().expect("starting shoal")
+}
+
 /// A client with the bearer token for each node address, with `timeout`.
 pub(crate) fn clients(addrs: &[String], timeout: Duration) -> Vec<HttpClient> {
     let mut headers = HeaderMap::new();
@@ -281,25 +305,7 @@ impl Cluster {
     /// Starts node `i` and waits until its JSON-RPC answers.
     pub(crate) async fn start(&mut self, i: usize) {
         let node = &mut self.nodes[i];
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(node.data_dir.join("node.log"))
-            .expect("the node log");
-        let mut command = Command::new("ip");
-        command
-            .args(["netns", "exec", &node.ns, SHOAL, "run", "--config"])
-            .arg(&node.config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log);
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("SHOAL_") {
-                command.env_remove(name);
-            }
-        }
-        // `ip netns exec` execs the command, so this pid is shoal's.
-        node.child = Some(command.spawn().expect("starting shoal"));
+        node.child = Some(spawn_in(&node.ns, &node.config, &node.data_dir));
         let start = Instant::now();
         loop {
             if call(&self.fast[i], "node_info", Value::Null).await.is_ok() {
