@@ -44,7 +44,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use chaos::cluster::{Identity, P2P_PORT, RPC_PORT, TOKEN, call, clients, mint};
+use chaos::cluster::{Identity, P2P_PORT, call, clients, mint};
 use chaos::net::{self, Fault, Net};
 use chaos::observe::Seen;
 use common::{arg, cpu_secs, load_average, machine};
@@ -53,7 +53,6 @@ use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use shoal_node::config::{Config, LogConfig, LogFormat, Network, P2pConfig};
 use shoal_node::init;
-use shoal_node::rpc::RpcConfig;
 
 const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
 /// How often the nodes' logs are read.
@@ -319,13 +318,7 @@ async fn measure(
                 },
                 ..P2pConfig::default()
             },
-            rpc: RpcConfig {
-                listen: format!("{}:{RPC_PORT}", net.addrs[i])
-                    .parse()
-                    .expect("an address"),
-                auth_token: Some(TOKEN.to_owned()),
-                ..RpcConfig::default()
-            },
+            rpc: chaos::cluster::rpc_at(&net.addrs[i]),
             // Membership changes are logged by shoal_swim at info; `SHOAL_BENCH_LOG` (a filter
             // that keeps shoal_swim at info) logs more for a diagnosis.
             log: LogConfig {

@@ -214,17 +214,6 @@ impl Row {
     }
 }
 
-fn preflight() -> Result<(), String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err("it must run as root (it creates network namespaces)".to_owned());
-    }
-    chaos::net::run("ip", &["-V"], None).map_err(|e| format!("`ip` (iproute2) is needed: {e}"))?;
-    chaos::net::run("nft", &["--version"], None)
-        .map_err(|e| format!("`nft` (nftables) is needed: {e}"))?;
-    Ok(())
-}
-
 async fn run_scenario(
     k: usize,
     scenario: Scenario,
@@ -462,7 +451,7 @@ fn chaos_suite() {
         eprintln!("chaos suite skipped (SHOAL_CHAOS=skip)");
         return;
     }
-    if let Err(why) = preflight() {
+    if let Err(why) = chaos::net::preflight() {
         panic!(
             "the chaos suite cannot run: {why}. Run it as root with iproute2 and nftables \
              installed (`.ci/install-deps` installs them): \

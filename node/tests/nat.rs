@@ -31,13 +31,12 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use chaos::cluster::{self, Identity, P2P_PORT, RPC_PORT, TOKEN, call, clients};
-use chaos::net::run;
+use chaos::cluster::{self, Identity, P2P_PORT, call, clients};
+use chaos::net::{ip, preflight, run};
 use jsonrpsee::http_client::HttpClient;
 use serde_json::{Value, json};
 use shoal_node::config::{Config, LogConfig, Network, P2pConfig};
 use shoal_node::init;
-use shoal_node::rpc::RpcConfig;
 
 /// Bound of the start: every node knows its reachability, home nodes hold a reservation, and
 /// every node lists every other alive.
@@ -68,10 +67,6 @@ const SITES: [Site; 6] = [
     Site::Cone,
     Site::Symmetric,
 ];
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    run("ip", args, None).map(|_| ())
-}
 
 fn in_ns(ns: &str, program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
     let mut all = vec!["netns", "exec", ns, program];
@@ -305,13 +300,7 @@ impl Nodes {
                         .collect(),
                     ..P2pConfig::default()
                 },
-                rpc: RpcConfig {
-                    listen: format!("{}:{RPC_PORT}", t.mgmt[i])
-                        .parse()
-                        .expect("an address"),
-                    auth_token: Some(TOKEN.to_owned()),
-                    ..RpcConfig::default()
-                },
+                rpc: cluster::rpc_at(&t.mgmt[i]),
                 log: LogConfig {
                     level: "info".to_owned(),
                     ..LogConfig::default()
@@ -588,16 +577,6 @@ async fn scenario(t: &Topology, ids: &[Identity], root: &Path) -> Result<Vec<Str
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     Ok(table)
-}
-
-fn preflight() -> Result<(), String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err("it must run as root (it creates network namespaces)".to_owned());
-    }
-    run("ip", &["-V"], None).map_err(|e| format!("`ip` (iproute2) is needed: {e}"))?;
-    run("nft", &["--version"], None).map_err(|e| format!("`nft` (nftables) is needed: {e}"))?;
-    Ok(())
 }
 
 #[test]

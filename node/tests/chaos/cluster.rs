@@ -200,6 +200,15 @@ pub(crate) fn spawn_in(ns: &str, config: &Path, data_dir: &Path) -> Child {
     command.spawn().expect("starting shoal")
 }
 
+/// The JSON-RPC of a node at `addr`: port [`RPC_PORT`], bearer token [`TOKEN`].
+pub(crate) fn rpc_at(addr: &str) -> RpcConfig {
+    RpcConfig {
+        listen: format!("{addr}:{RPC_PORT}").parse().expect("an address"),
+        auth_token: Some(TOKEN.to_owned()),
+        ..RpcConfig::default()
+    }
+}
+
 /// A client with the bearer token for each node address, with `timeout`.
 pub(crate) fn clients(addrs: &[String], timeout: Duration) -> Vec<HttpClient> {
     let mut headers = HeaderMap::new();
@@ -259,13 +268,7 @@ impl Cluster {
                 },
                 tor: Default::default(),
                 trust: Default::default(),
-                rpc: RpcConfig {
-                    listen: format!("{}:{RPC_PORT}", net.addrs[i])
-                        .parse()
-                        .expect("an address"),
-                    auth_token: Some(TOKEN.to_owned()),
-                    ..RpcConfig::default()
-                },
+                rpc: rpc_at(&net.addrs[i]),
                 log: LogConfig {
                     level: "info".to_owned(),
                     ..LogConfig::default()

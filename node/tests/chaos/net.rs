@@ -75,8 +75,20 @@ pub(crate) fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<S
     }
 }
 
-fn ip(args: &[&str]) -> Result<(), String> {
+pub(crate) fn ip(args: &[&str]) -> Result<(), String> {
     run("ip", args, None).map(|_| ())
+}
+
+/// Why this machine cannot build test networks, if it cannot: the suites that do need root,
+/// `ip` (iproute2) and `nft` (nftables).
+pub(crate) fn preflight() -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("it must run as root (it creates network namespaces)".to_owned());
+    }
+    run("ip", &["-V"], None).map_err(|e| format!("`ip` (iproute2) is needed: {e}"))?;
+    run("nft", &["--version"], None).map_err(|e| format!("`nft` (nftables) is needed: {e}"))?;
+    Ok(())
 }
 
 /// A `/24` of `10.77.0.0/16` no host interface uses, starting the search at `hint`.
