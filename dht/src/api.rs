@@ -438,6 +438,8 @@ pub struct NatReport {
     pub holes_punched: u64,
     /// Hole punches that failed, since start.
     pub hole_punch_failures: u64,
+    /// The address a UPnP gateway maps to this node's listen port, while it does.
+    pub upnp_mapped: Option<Multiaddr>,
 }
 
 impl Default for NatReport {
@@ -453,6 +455,7 @@ impl Default for NatReport {
             reservations_lost: 0,
             holes_punched: 0,
             hole_punch_failures: 0,
+            upnp_mapped: None,
         }
     }
 }

@@ -1,24 +1,28 @@
 //! NAT traversal with real `shoal` processes in network namespaces.
 //!
-//! The network: a public segment (a bridge) with three public nodes, and three home networks,
+//! The network: a public segment (a bridge) with three public nodes, and four home networks,
 //! each one node behind a router namespace that masquerades its traffic with nft. Two routers
 //! map ports the way Linux does by default (a connection from the node's port keeps that port:
 //! the "cone" NATs of most home routers, filtering what does not answer a connection the node
 //! opened); the third maps each connection to a random port (`masquerade random`, a symmetric
-//! NAT). A management network, on which only the JSON-RPC listens, lets the test reach every
-//! node; peers never learn those addresses.
+//! NAT); the fourth is a cone NAT that also offers UPnP (Debian's `miniupnpd`), and its node
+//! has `p2p.upnp` on. A management network, on which only the JSON-RPC listens, lets the test
+//! reach every node; peers never learn those addresses.
 //!
 //! What is checked, each within a stated bound: every public node finds it is public and every
-//! home node that it is private and holds relay reservations; every node lists every other
-//! alive; a value put through one home node is read through the others; the two cone-NAT nodes
-//! end up with a direct connection (hole punched through both NATs) while the symmetric-NAT
-//! node stays reachable through relays; killing a relay of a home node moves it to another
-//! relay. The printed table gives the time from start to reachable, the fraction of node pairs
-//! connected directly, and get latencies through direct and relayed connections.
+//! home node that it is private and holds relay reservations, except the UPnP node, which finds
+//! it is public through its mapped port and holds none; every node lists every other alive;
+//! every node reaches the UPnP node directly; a value put through one home node is read through
+//! the others; the two cone-NAT nodes end up with a direct connection (hole punched through both
+//! NATs) while the symmetric-NAT node stays reachable through relays; killing a relay of a home
+//! node moves it to another relay. The printed table gives the time from start to reachable,
+//! the fraction of node pairs connected directly, and get latencies through direct and relayed
+//! connections.
 //!
-//! Needs root, `ip` (iproute2) and `nft` (nftables), like the chaos suite; `SHOAL_CHAOS=skip`
-//! skips it (as `scripts/test` does when not root). Logs are kept in the printed directory on
-//! failure, or always with `SHOAL_CHAOS_KEEP=1`.
+//! Needs root, `ip` (iproute2), `nft` (nftables) and `miniupnpd` (Debian's
+//! `miniupnpd-nftables`), all installed by `.ci/install-deps`; `SHOAL_CHAOS=skip` skips it (as
+//! `scripts/test` does when not root). Logs are kept in the printed directory on failure, or
+//! always with `SHOAL_CHAOS_KEEP=1`.
 
 #[allow(dead_code)]
 mod chaos {
@@ -28,7 +32,7 @@ mod chaos {
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chaos::cluster::{self, Identity, P2P_PORT, call, clients};
@@ -45,6 +49,10 @@ const START_BOUND: Duration = Duration::from_secs(60);
 const PUNCH_BOUND: Duration = Duration::from_secs(45);
 /// Bound of a home node's move to another relay after one of its relays is killed.
 const MOVE_BOUND: Duration = Duration::from_secs(30);
+/// Bound of every other node's direct connection to the UPnP node, after the start.
+const UPNP_BOUND: Duration = Duration::from_secs(30);
+/// Debian's UPnP gateway daemon (package `miniupnpd-nftables`).
+const MINIUPNPD: &str = "/usr/sbin/miniupnpd";
 /// Gets timed per kind of path.
 const GETS: usize = 10;
 
@@ -57,16 +65,60 @@ enum Site {
     Cone,
     /// Behind a router that maps each connection to a random port (a symmetric NAT).
     Symmetric,
+    /// Behind a cone NAT whose router offers UPnP (Debian's `miniupnpd`); the node maps its
+    /// port there (`p2p.upnp = true`).
+    Upnp,
 }
 
-const SITES: [Site; 6] = [
+const SITES: [Site; 7] = [
     Site::Public,
     Site::Public,
     Site::Public,
     Site::Cone,
     Site::Cone,
     Site::Symmetric,
+    Site::Upnp,
 ];
+
+/// The UPnP router's firewall: what [`Site::Cone`]'s does, plus the chains `miniupnpd` (nftables
+/// build, its default table and chain names) fills with a port mapping's forward and
+/// destination NAT rules.
+const UPNP_RULES: &str = "table inet filter {
+  chain forward {
+    type filter hook forward priority 0; policy accept;
+    jump miniupnpd
+  }
+  chain miniupnpd {
+  }
+  chain prerouting {
+    type nat hook prerouting priority dstnat; policy accept;
+    jump prerouting_miniupnpd
+  }
+  chain prerouting_miniupnpd {
+  }
+  chain postrouting {
+    type nat hook postrouting priority srcnat; policy accept;
+    jump postrouting_miniupnpd
+    oifname \"wan\" masquerade
+  }
+  chain postrouting_miniupnpd {
+  }
+  chain input {
+    type filter hook input priority 0; policy accept;
+    iifname \"wan\" ct state new drop
+  }
+}
+";
+
+/// `miniupnpd`'s configuration: the gateway's outside and inside interfaces, and mappings
+/// only for the home network's own hosts, each to its own address.
+fn miniupnpd_config(home: &str) -> String {
+    format!(
+        "ext_ifname=wan\nlistening_ip=lan\nport=0\nenable_upnp=yes\nenable_natpmp=no\n\
+         secure_mode=yes\nsystem_uptime=yes\nuuid=5e0a1c2d-3b4f-4a6b-8c7d-9e0f1a2b3c4d\n\
+         allow 1024-65535 {home}.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n"
+    )
+}
 
 fn in_ns(ns: &str, program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
     let mut all = vec!["netns", "exec", ns, program];
@@ -85,6 +137,8 @@ struct Topology {
     p2p: Vec<String>,
     /// Each node's management address (JSON-RPC only).
     mgmt: Vec<String>,
+    /// The routers that offer UPnP: namespace and home network prefix.
+    upnp_routers: Vec<(String, String)>,
 }
 
 impl Topology {
@@ -105,6 +159,7 @@ impl Topology {
             node_ns: Vec::new(),
             p2p: Vec::new(),
             mgmt: Vec::new(),
+            upnp_routers: Vec::new(),
         };
         let hub = format!("{prefix}-hub");
         ip(&["netns", "add", &hub])?;
@@ -163,7 +218,7 @@ impl Topology {
                     ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
                     t.p2p.push(addr);
                 }
-                Site::Cone | Site::Symmetric => {
+                Site::Cone | Site::Symmetric | Site::Upnp => {
                     let router = format!("{prefix}-r{i}");
                     ip(&["netns", "add", &router])?;
                     t.made.push(router.clone());
@@ -240,7 +295,15 @@ impl Topology {
                          input priority 0; policy accept;\n    iifname \"wan\" ct state new drop\n  \
                          }}\n}}\n"
                     );
+                    let rules = if *site == Site::Upnp {
+                        UPNP_RULES.to_owned()
+                    } else {
+                        rules
+                    };
                     in_ns(&router, "nft", &["-f", "-"], Some(&rules))?;
+                    if *site == Site::Upnp {
+                        t.upnp_routers.push((router.clone(), home.clone()));
+                    }
                     t.p2p.push(format!("{home}.2"));
                 }
             }
@@ -258,6 +321,42 @@ impl Drop for Topology {
             }
         }
         let _ = ip(&["link", "del", &self.host_if]);
+    }
+}
+
+/// The UPnP daemons of the routers that offer it; killed on drop.
+struct Gateways(Vec<Child>);
+
+impl Gateways {
+    fn start(t: &Topology, root: &Path) -> Result<Self, String> {
+        let mut gateways = Gateways(Vec::new());
+        for (k, (router, home)) in t.upnp_routers.iter().enumerate() {
+            let config = root.join(format!("miniupnpd-{k}.conf"));
+            fs::write(&config, miniupnpd_config(home)).map_err(|e| e.to_string())?;
+            let log = fs::File::create(root.join(format!("miniupnpd-{k}.log")))
+                .map_err(|e| e.to_string())?;
+            let child = Command::new("ip")
+                .args(["netns", "exec", router, MINIUPNPD, "-d", "-f"])
+                .arg(&config)
+                .arg("-P")
+                .arg(root.join(format!("miniupnpd-{k}.pid")))
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().map_err(|e| e.to_string())?)
+                .stderr(log)
+                .spawn()
+                .map_err(|e| format!("starting {MINIUPNPD}: {e}"))?;
+            gateways.0.push(child);
+        }
+        Ok(gateways)
+    }
+}
+
+impl Drop for Gateways {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -293,6 +392,7 @@ impl Nodes {
                 data_dir: dir.clone(),
                 p2p: P2pConfig {
                     listen: vec![format!("/ip4/{}/tcp/{P2P_PORT}", t.p2p[i])],
+                    upnp: SITES[i] == Site::Upnp,
                     seeds: publics
                         .iter()
                         .filter(|&&j| j != i)
@@ -379,6 +479,15 @@ fn reachable_as_expected(i: usize, info: &Value) -> bool {
         Site::Cone | Site::Symmetric => {
             info["nat"]["reachability"] == "private" && !relays_of(info).is_empty()
         }
+        // Its port mapped on the gateway, a test from outside reaches it: public, and it needs
+        // no relay (one reserved before the mapping is released).
+        Site::Upnp => {
+            info["nat"]["reachability"] == "public"
+                && relays_of(info).is_empty()
+                && info["nat"]["upnp_mapped"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with("/ip4/11.78."))
+        }
     }
 }
 
@@ -395,6 +504,7 @@ async fn scenario(t: &Topology, ids: &[Identity], root: &Path) -> Result<Vec<Str
     let n = SITES.len();
     let peers: Vec<String> = ids.iter().map(|id| id.peer.clone()).collect();
     let rpc = clients(&t.mgmt, Duration::from_secs(30));
+    let _gateways = Gateways::start(t, root)?;
     let started = Instant::now();
     let mut nodes = Nodes::start(t, ids, root);
     let mut table = Vec::new();
@@ -451,7 +561,37 @@ async fn scenario(t: &Topology, ids: &[Identity], root: &Path) -> Result<Vec<Str
         all_alive_at.unwrap_or_default().as_secs_f64()
     ));
 
-    // 2. The two cone-NAT nodes end up connected directly; the symmetric one through relays.
+    // 2. The node whose gateway mapped its port is reached directly by every other node,
+    // those behind NATs included, with no relay.
+    let upnp = (0..n)
+        .find(|&i| SITES[i] == Site::Upnp)
+        .expect("a UPnP site");
+    let upnp_start = Instant::now();
+    loop {
+        let mut waiting = Vec::new();
+        for (i, client) in rpc.iter().enumerate() {
+            if i != upnp && !connections(client).await.0.contains(&peers[upnp]) {
+                waiting.push(i);
+            }
+        }
+        if waiting.is_empty() {
+            break;
+        }
+        if upnp_start.elapsed() > UPNP_BOUND {
+            return Err(format!(
+                "nodes {waiting:?} not connected directly to node {upnp} (UPnP) within \
+                 {UPNP_BOUND:?}; node {upnp}: {}",
+                info(&rpc[upnp]).await["nat"]
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    table.push(format!(
+        "| every node connected directly to the UPnP node after | {:.1} s from start |",
+        started.elapsed().as_secs_f64()
+    ));
+
+    // 3. The two cone-NAT nodes end up connected directly; the symmetric one through relays.
     let cones: Vec<usize> = (0..n).filter(|&i| SITES[i] == Site::Cone).collect();
     let sym = (0..n)
         .find(|&i| SITES[i] == Site::Symmetric)
@@ -499,7 +639,7 @@ async fn scenario(t: &Topology, ids: &[Identity], root: &Path) -> Result<Vec<Str
         "| node pairs connected directly | {direct_pairs} of {pairs} connected pairs |"
     ));
 
-    // 3. A put through one home node, read through the others. Every node holds a copy (k is
+    // 4. A put through one home node, read through the others. Every node holds a copy (k is
     // above n), so a plain get answers from the reader's own copy; a get with receipts asks
     // every holder and answers once all did: from a public node every holder is reached
     // directly, from the symmetric-NAT node two of them (the cone-NAT nodes) through relays.
@@ -550,7 +690,7 @@ async fn scenario(t: &Topology, ids: &[Identity], root: &Path) -> Result<Vec<Str
         table.push(format!("| {what}, p50 of {GETS} | {} |", ms(p50(v))));
     }
 
-    // 4. One of a home node's relays is killed: it holds reservations elsewhere again.
+    // 5. One of a home node's relays is killed: it holds reservations elsewhere again.
     let before = relays_of(&info(&rpc[a]).await);
     let killed = (0..n)
         .find(|&j| before.contains(&peers[j]))
@@ -591,6 +731,11 @@ fn nodes_behind_nats_join_are_reachable_and_punch_holes() {
              installed (`.ci/install-deps` installs them), or set SHOAL_CHAOS=skip to skip it"
         );
     }
+    assert!(
+        Path::new(MINIUPNPD).exists(),
+        "the NAT suite's UPnP router needs {MINIUPNPD}: apt-get install miniupnpd-nftables \
+         (`.ci/install-deps` installs it), or set SHOAL_CHAOS=skip to skip the suite"
+    );
     let root = std::env::temp_dir().join(format!("shoal-nat-{}", std::process::id()));
     fs::create_dir_all(&root).expect("the suite's directory");
     let ids = cluster::mint(&root, SITES.len());

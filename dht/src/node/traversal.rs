@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use libp2p::core::transport::ListenerId;
 use libp2p::swarm::{ConnectionId, Swarm};
-use libp2p::{Multiaddr, PeerId, autonat, dcutr, relay};
+use libp2p::{Multiaddr, PeerId, autonat, dcutr, relay, upnp};
 
 use crate::api::NatReport;
 use crate::behaviour::{Behaviour, Event};
@@ -25,6 +25,8 @@ pub(crate) struct Traversal {
     relayed: HashSet<ConnectionId>,
     holes_punched: u64,
     hole_punch_failures: u64,
+    /// The address a UPnP gateway maps to this node's listen port, while it does.
+    upnp_mapped: Option<Multiaddr>,
 }
 
 impl Traversal {
@@ -36,6 +38,7 @@ impl Traversal {
             relayed: HashSet::new(),
             holes_punched: 0,
             hole_punch_failures: 0,
+            upnp_mapped: None,
         }
     }
 
@@ -135,7 +138,28 @@ impl Traversal {
                     tracing::info!(peer = %remote_peer_id, %error, "hole punch failed");
                 }
             },
-            Event::Upnp(e) => tracing::info!(event = ?e, "UPnP"),
+            Event::Upnp(upnp::Event::NewExternalAddr {
+                local_addr,
+                external_addr,
+            }) => {
+                tracing::info!(local = %local_addr, external = %external_addr, "UPnP gateway mapped the listen port");
+                self.upnp_mapped = Some(external_addr.clone());
+            }
+            Event::Upnp(upnp::Event::ExpiredExternalAddr {
+                local_addr,
+                external_addr,
+            }) => {
+                tracing::warn!(local = %local_addr, external = %external_addr, "UPnP gateway did not renew the mapping");
+                if self.upnp_mapped.as_ref() == Some(external_addr) {
+                    self.upnp_mapped = None;
+                }
+            }
+            Event::Upnp(upnp::Event::GatewayNotFound) => {
+                tracing::info!("no UPnP gateway found on the local network")
+            }
+            Event::Upnp(upnp::Event::NonRoutableGateway) => {
+                tracing::info!("the UPnP gateway is itself behind a NAT: its mappings are not used")
+            }
             _ => return false,
         }
         true
@@ -190,6 +214,7 @@ impl Traversal {
             reservations_lost: s.reservations_lost,
             holes_punched: self.holes_punched,
             hole_punch_failures: self.hole_punch_failures,
+            upnp_mapped: self.upnp_mapped.clone(),
         }
     }
 }

@@ -749,6 +749,7 @@ async fn info(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
             "reservations_lost": nat.reservations_lost,
             "holes_punched": nat.holes_punched,
             "hole_punch_failures": nat.hole_punch_failures,
+            "upnp_mapped": nat.upnp_mapped.as_ref().map(ToString::to_string),
         },
         "members": {
             "alive": stats.members.alive,

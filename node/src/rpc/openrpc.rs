@@ -599,6 +599,11 @@ const METHODS: &[Method] = &[
                     "reservations_lost": integer(),
                     "holes_punched": integer(),
                     "hole_punch_failures": integer(),
+                    "upnp_mapped": {
+                        "type": ["string", "null"],
+                        "description": "The address a UPnP gateway maps to the listen port \
+                            (with p2p.upnp on), while it does",
+                    },
                 })),
                 "members": object(json!({
                     "alive": integer(), "suspect": integer(), "dead": integer(), "left": integer(),
