@@ -12,12 +12,13 @@
 //! What is checked, each within a stated bound: every public node finds it is public and every
 //! home node that it is private and holds relay reservations, except the UPnP node, which finds
 //! it is public through its mapped port and holds none; every node lists every other alive;
-//! every node reaches the UPnP node directly; a value put through one home node is read through
-//! the others; the two cone-NAT nodes end up with a direct connection (hole punched through both
-//! NATs) while the symmetric-NAT node stays reachable through relays; killing a relay of a home
-//! node moves it to another relay. The printed table gives the time from start to reachable,
-//! the fraction of node pairs connected directly, and get latencies through direct and relayed
-//! connections.
+//! every node reaches the UPnP node directly; the two cone-NAT nodes end up with a direct
+//! connection (hole punched through both NATs) while the symmetric-NAT node stays reachable
+//! through relays; a value put through one home node is read through the others; a lockstep
+//! announcement through the symmetric-NAT node is kept by every node, the cone-NAT nodes
+//! reached through relays; killing a relay of a home node moves it to another relay. The
+//! printed table gives the time from start to reachable, the fraction of node pairs connected
+//! directly, and get latencies through direct and relayed connections.
 //!
 //! Needs root, `ip` (iproute2), `nft` (nftables) and `miniupnpd` (Debian's
 //! `miniupnpd-nftables`), all installed by `.ci/install-deps`; `SHOAL_CHAOS=skip` skips it (as
@@ -690,7 +691,63 @@ async fn scenario(t: &Topology, ids: &[Identity], root: &Path) -> Result<Vec<Str
         table.push(format!("| {what}, p50 of {GETS} | {} |", ms(p50(v))));
     }
 
-    // 5. One of a home node's relays is killed: it holds reservations elsewhere again.
+    // 5. Lockstep through relays: the symmetric-NAT node announces a key's hash; every other
+    // node keeps the notice, the cone-NAT nodes reached through relays; the value put under the
+    // announced sequence is read through a cone-NAT node as lockstep-checked.
+    let lkey = format!("nat-lockstep-{}", std::process::id());
+    let t0 = Instant::now();
+    let announced = call(
+        &rpc[sym],
+        "lockstep_announce",
+        json!({"key": lkey, "value": "announced-behind-a-nat"}),
+    )
+    .await
+    .map_err(|e| format!("announce through node {sym}: {e}"))?;
+    let announce_took = t0.elapsed();
+    if announced["accepted"] != n - 1 {
+        return Err(format!(
+            "node {sym}'s announcement kept by {} of the {} other nodes: {announced}",
+            announced["accepted"],
+            n - 1
+        ));
+    }
+    for &cone in &cones {
+        let got = call(&rpc[cone], "lockstep_get", json!({"key": lkey}))
+            .await
+            .map_err(|e| format!("lockstep_get through node {cone}: {e}"))?;
+        let kept = got["notices"].as_array().is_some_and(|notices| {
+            notices
+                .iter()
+                .any(|x| x["publisher"] == peers[sym].as_str() && x["seq"] == announced["seq"])
+        });
+        if !kept {
+            return Err(format!(
+                "node {cone} lacks node {sym}'s announced notice: {got}"
+            ));
+        }
+    }
+    call(
+        &rpc[sym],
+        "dht_put",
+        json!({"key": lkey, "value": "announced-behind-a-nat", "seq": announced["seq"]}),
+    )
+    .await
+    .map_err(|e| format!("put of the announced value through node {sym}: {e}"))?;
+    let got = call(&rpc[a], "dht_get", json!({"key": lkey}))
+        .await
+        .map_err(|e| format!("get of the announced value through node {a}: {e}"))?;
+    if got["value"] != "announced-behind-a-nat" || got["lockstep"] != true {
+        return Err(format!(
+            "get of the announced value through node {a}: {got}"
+        ));
+    }
+    table.push(format!(
+        "| lockstep announce through the symmetric-NAT node, kept by all {} others | {} |",
+        n - 1,
+        ms(announce_took)
+    ));
+
+    // 6. One of a home node's relays is killed: it holds reservations elsewhere again.
     let before = relays_of(&info(&rpc[a]).await);
     let killed = (0..n)
         .find(|&j| before.contains(&peers[j]))
