@@ -31,6 +31,16 @@ pub enum Error {
     /// No tokio runtime is running; nothing was started.
     #[error("the Tor transport needs a running tokio runtime")]
     NoRuntime(#[source] std::io::Error),
+    /// The onion-service state an earlier run left in `state_dir` could not be removed;
+    /// nothing was started.
+    #[error("cannot remove the stale onion-service state at {path}")]
+    StaleState {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// arti could not be created or failed to bootstrap; nothing is running.
     #[error("arti failed to start or bootstrap")]
     Bootstrap(#[source] arti_client::Error),
@@ -112,6 +122,9 @@ impl Transport {
     /// (and locks) arti's state directory but sends nothing.
     pub fn new(config: Config, node_key: ed25519_dalek::SigningKey) -> Result<Self, Error> {
         let arti_config = crate::arti::client_config(&config)?;
+        if let Some(dir) = &config.state_dir {
+            remove_stale_service_state(dir)?;
+        }
         // arti's TLS to relays is rustls, which takes its crypto from a provider installed
         // once per process; a second install (another transport) fails harmlessly.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -220,6 +233,24 @@ impl Transport {
             return Err(TransportError::Other(Error::ZeroPort));
         }
         Ok(port)
+    }
+}
+
+/// Removes the onion-service state an earlier run left in arti's state directory `dir`.
+///
+/// arti records its introduction points there (`hss/<nickname>/`) and keeps their keys in the
+/// keystore, which here is in memory only. After a restart it would restore those introduction
+/// points without their keys and publish under regenerated ones (logging a "bug" for each)
+/// while clients still hold the earlier descriptor; seen on the test network as a restarted
+/// service that no client reached for minutes. Without the records, a restart starts the
+/// service as new, as its first launch did. Only a directory this transport owns is touched
+/// (`Config::state_dir` set; never arti's shared default).
+fn remove_stale_service_state(dir: &std::path::Path) -> Result<(), Error> {
+    let path = dir.join("hss");
+    match std::fs::remove_dir_all(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(Error::StaleState { path, source }),
     }
 }
 
@@ -374,6 +405,19 @@ mod tests {
     fn other_onion(port: u16) -> Multiaddr {
         let other = ed25519_dalek::SigningKey::from_bytes(&[8; 32]);
         OnionAddr::from_public_key(&other.verifying_key(), port).to_multiaddr()
+    }
+
+    #[tokio::test]
+    async fn a_new_transport_removes_the_onion_service_state_of_an_earlier_run() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let ipts = dir.path().join("state/hss/shoal1/ipts");
+        std::fs::create_dir_all(&ipts).expect("a stale service directory");
+        std::fs::write(ipts.join("record.json"), b"{}").expect("a stale record");
+        drop(transport(dir.path()));
+        assert!(!dir.path().join("state/hss").exists());
+        // The rest of arti's state is kept, and a directory without service state is fine.
+        assert!(dir.path().join("state").is_dir());
+        drop(transport(dir.path()));
     }
 
     #[tokio::test]
