@@ -413,6 +413,8 @@ pub struct PeerInfo {
     pub standing: u32,
     /// Whether one of its connections is direct; `false` if all go through a circuit relay.
     pub direct: bool,
+    /// Hole punches with it that failed since the last direct connection to it.
+    pub hole_punch_failures: u32,
 }
 
 /// NAT traversal's state (see [`crate::nat`]), in [`NodeStats::nat`].
@@ -438,6 +440,8 @@ pub struct NatReport {
     pub holes_punched: u64,
     /// Hole punches that failed, since start.
     pub hole_punch_failures: u64,
+    /// Hole punches retried through a new relayed connection after one failed, since start.
+    pub hole_punch_retries: u64,
     /// The address a UPnP gateway maps to this node's listen port, while it does.
     pub upnp_mapped: Option<Multiaddr>,
 }
@@ -455,6 +459,7 @@ impl Default for NatReport {
             reservations_lost: 0,
             holes_punched: 0,
             hole_punch_failures: 0,
+            hole_punch_retries: 0,
             upnp_mapped: None,
         }
     }

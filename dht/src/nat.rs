@@ -15,6 +15,11 @@
 //!   A reservation not accepted in time, refused, or lost with its relay makes room for another
 //!   member, and that relay is not asked again for [`NatConfig::relay_backoff`]. A node that
 //!   becomes public releases its reservations.
+//! - **Hole punches.** DCUtR tries a relayed connection's upgrade a few times, once, when the
+//!   connection opens. After it gave up with a peer, [`Nat`] asks for a new relayed connection
+//!   to it after [`NatConfig::punch_retry`] (doubling for each failure, at most
+//!   [`NatConfig::punch_retries`] times), so DCUtR tries again: a NAT's mapping or a firewall
+//!   may have changed since. A direct connection to the peer ends the retries.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -45,6 +50,11 @@ pub struct NatConfig {
     /// How long a relay that refused, timed out or dropped a reservation is not asked again.
     /// Default 60 s.
     pub relay_backoff: Duration,
+    /// How long after a failed hole punch with a peer a new relayed connection to it is
+    /// opened, for another punch; doubled for each failure after the first. Default 60 s.
+    pub punch_retry: Duration,
+    /// Hole punches retried per peer at most, [`MAX_PUNCH_RETRIES`] at most. Default 3.
+    pub punch_retries: u32,
 }
 
 impl Default for NatConfig {
@@ -57,6 +67,8 @@ impl Default for NatConfig {
             relays: 2,
             reservation_timeout: Duration::from_secs(10),
             relay_backoff: Duration::from_secs(60),
+            punch_retry: Duration::from_secs(60),
+            punch_retries: 3,
         }
     }
 }
@@ -70,6 +82,13 @@ pub const MAX_OFFERS: usize = 256;
 /// Relays remembered as refusing at most (the oldest is forgotten first).
 const MAX_BACKOFF: usize = 256;
 
+/// Peers whose hole punch is to be retried, at most (one with no retry pending is dropped
+/// first).
+pub const MAX_PUNCHES: usize = 256;
+
+/// [`NatConfig::punch_retries`] at most: beyond, the doubled delay exceeds a day.
+pub const MAX_PUNCH_RETRIES: u32 = 10;
+
 impl NatConfig {
     /// Checks the bounds; the error names the field.
     pub fn validate(&self) -> Result<(), &'static str> {
@@ -78,6 +97,12 @@ impl NatConfig {
         }
         if self.reservation_timeout.is_zero() {
             return Err("nat.reservation_timeout must be above zero");
+        }
+        if self.punch_retry.is_zero() || self.punch_retry > Duration::from_secs(3600) {
+            return Err("nat.punch_retry must be above zero and at most an hour");
+        }
+        if self.punch_retries > MAX_PUNCH_RETRIES {
+            return Err("nat.punch_retries must be at most 10");
         }
         self.relay_limits.validate()
     }
@@ -190,6 +215,22 @@ pub enum NatAction {
         /// The relay.
         relay: PeerId,
     },
+    /// Open a new connection to `peer` through a relay, at `addr`, so DCUtR punches again.
+    Repunch {
+        /// The peer.
+        peer: PeerId,
+        /// One of its circuit addresses.
+        addr: Multiaddr,
+    },
+}
+
+/// A peer whose hole punch failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Punch {
+    /// Punches that failed.
+    failures: u32,
+    /// When to retry; `None` while a retry is under way or after the last one.
+    due: Option<Instant>,
 }
 
 /// A reservation's state.
@@ -214,6 +255,8 @@ pub struct NatStats {
     pub reservations_accepted: u64,
     /// Reservations refused, timed out or lost with their relay.
     pub reservations_lost: u64,
+    /// Hole punches retried through a new relayed connection.
+    pub punches_retried: u64,
 }
 
 /// The NAT traversal state of one node; see the module documentation.
@@ -222,6 +265,10 @@ pub struct Nat {
     relays_wanted: usize,
     reservation_timeout: Duration,
     relay_backoff: Duration,
+    punch_retry: Duration,
+    punch_retries: u32,
+    /// Peers whose hole punch failed and is not yet retried for the last time.
+    punches: BTreeMap<PeerId, Punch>,
     /// Confirmed external addresses that are not circuits.
     public: BTreeSet<Multiaddr>,
     /// An AutoNAT test found an address unreachable.
@@ -247,6 +294,9 @@ impl Nat {
             relays_wanted: config.relays.clamp(1, MAX_RELAYS),
             reservation_timeout: config.reservation_timeout,
             relay_backoff: config.relay_backoff,
+            punch_retry: config.punch_retry,
+            punch_retries: config.punch_retries.min(MAX_PUNCH_RETRIES),
+            punches: BTreeMap::new(),
             public: BTreeSet::new(),
             refused: false,
             offers: BTreeSet::new(),
@@ -336,6 +386,35 @@ impl Nat {
         }
     }
 
+    /// DCUtR gave up punching a hole to `peer`: a retry is due after [`NatConfig::punch_retry`],
+    /// doubled for each earlier failure, unless this was the last allowed.
+    pub fn on_punch_failed(&mut self, now: Instant, peer: PeerId) {
+        if !self.punches.contains_key(&peer)
+            && self.punches.len() >= MAX_PUNCHES
+            && let Some((&idle, _)) = self.punches.iter().min_by_key(|(_, p)| p.due.is_some())
+        {
+            self.punches.remove(&idle);
+        }
+        let punch = self.punches.entry(peer).or_insert(Punch {
+            failures: 0,
+            due: None,
+        });
+        punch.failures = punch.failures.saturating_add(1);
+        punch.due = (punch.failures <= self.punch_retries).then(|| {
+            now + self.punch_retry * (1u32 << (punch.failures - 1).min(MAX_PUNCH_RETRIES))
+        });
+    }
+
+    /// Hole punches with `peer` that failed since the last direct connection to it.
+    pub fn punch_failures(&self, peer: &PeerId) -> u32 {
+        self.punches.get(peer).map_or(0, |p| p.failures)
+    }
+
+    /// A direct connection to `peer` opened: no more punches to retry with it.
+    pub fn on_direct(&mut self, peer: &PeerId) {
+        self.punches.remove(peer);
+    }
+
     fn back_off(&mut self, now: Instant, relay: PeerId) {
         if self.backoff.len() >= MAX_BACKOFF
             && let Some((&oldest, _)) = self.backoff.iter().min_by_key(|(_, t)| **t)
@@ -352,7 +431,8 @@ impl Nat {
             Slot::Active => None,
         });
         let backoff = self.backoff.values().copied();
-        pending.chain(backoff).min()
+        let punches = self.punches.values().filter_map(|p| p.due);
+        pending.chain(backoff).chain(punches).min()
     }
 
     /// Moves the state on at `now` and returns the next thing to do. `addrs_of` gives a live
@@ -385,7 +465,33 @@ impl Nat {
         } else if self.reachability() == Reachability::Private {
             self.choose(now, &addrs_of);
         }
+        self.repunch(now, &addrs_of);
         self.actions.pop_front()
+    }
+
+    /// Asks for a new relayed connection to each peer whose retry is due and that is a live
+    /// member reachable through a relay; one that is not is forgotten.
+    fn repunch(&mut self, now: Instant, addrs_of: &impl Fn(&PeerId) -> Vec<Multiaddr>) {
+        let due: Vec<PeerId> = self
+            .punches
+            .iter()
+            .filter(|(_, p)| p.due.is_some_and(|at| at <= now))
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in due {
+            match addrs_of(&peer).into_iter().find(is_circuit) {
+                Some(addr) => {
+                    if let Some(p) = self.punches.get_mut(&peer) {
+                        p.due = None;
+                    }
+                    self.stats.punches_retried += 1;
+                    self.actions.push_back(NatAction::Repunch { peer, addr });
+                }
+                None => {
+                    self.punches.remove(&peer);
+                }
+            }
+        }
     }
 
     /// Asks for reservations at offering members until [`NatConfig::relays`] are held or asked.
@@ -531,6 +637,69 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_hole_punch_is_retried_with_doubling_delays_until_direct_or_given_up() {
+        let config = NatConfig {
+            punch_retry: Duration::from_secs(10),
+            punch_retries: 2,
+            ..NatConfig::default()
+        };
+        let mut nat = Nat::new(&config);
+        let now = Instant::now();
+        let peer = PeerId::random();
+        let circuit = addr(1)
+            .with(Protocol::P2p(PeerId::random()))
+            .with(Protocol::P2pCircuit)
+            .with(Protocol::P2p(peer));
+        let members = [(peer, addr(2)), (peer, circuit.clone())];
+        let repunch = NatAction::Repunch {
+            peer,
+            addr: circuit.clone(),
+        };
+        nat.on_punch_failed(now, peer);
+        assert_eq!(nat.punch_failures(&peer), 1);
+        assert_eq!(nat.next_due(), Some(now + Duration::from_secs(10)));
+        assert!(drain(&mut nat, now + Duration::from_secs(9), &members).is_empty());
+        let at = now + Duration::from_secs(10);
+        assert_eq!(drain(&mut nat, at, &members), vec![repunch.clone()]);
+        assert_eq!(
+            nat.next_due(),
+            None,
+            "nothing due while the retry is under way"
+        );
+        assert!(drain(&mut nat, at + Duration::from_secs(100), &members).is_empty());
+        // The retry failed too: the next one waits twice as long.
+        nat.on_punch_failed(at, peer);
+        assert_eq!(nat.next_due(), Some(at + Duration::from_secs(20)));
+        let at = at + Duration::from_secs(20);
+        assert_eq!(drain(&mut nat, at, &members), vec![repunch]);
+        // The last allowed retry failed: no more.
+        nat.on_punch_failed(at, peer);
+        assert_eq!(nat.next_due(), None);
+        assert!(drain(&mut nat, at + Duration::from_secs(3600), &members).is_empty());
+        assert_eq!(nat.stats().punches_retried, 2);
+
+        // A direct connection ends the retries; a peer with no circuit address is forgotten.
+        let other = PeerId::random();
+        nat.on_punch_failed(now, other);
+        nat.on_direct(&other);
+        assert_eq!(nat.punch_failures(&other), 0);
+        assert_eq!(nat.next_due(), None);
+        nat.on_punch_failed(now, other);
+        assert!(drain(&mut nat, now + Duration::from_secs(10), &[(other, addr(3))]).is_empty());
+        assert!(!nat.punches.contains_key(&other));
+    }
+
+    #[test]
+    fn punch_retries_are_bounded() {
+        let mut nat = Nat::new(&NatConfig::default());
+        let now = Instant::now();
+        for _ in 0..MAX_PUNCHES + 10 {
+            nat.on_punch_failed(now, PeerId::random());
+        }
+        assert_eq!(nat.punches.len(), MAX_PUNCHES);
+    }
+
+    #[test]
     fn offers_are_bounded_and_withdrawn() {
         let mut nat = Nat::new(&NatConfig::default());
         for _ in 0..MAX_OFFERS + 10 {
@@ -558,5 +727,17 @@ mod tests {
             ..NatConfig::default()
         };
         assert!(long.validate().is_err());
+        for bad in [
+            NatConfig {
+                punch_retry: Duration::ZERO,
+                ..NatConfig::default()
+            },
+            NatConfig {
+                punch_retries: MAX_PUNCH_RETRIES + 1,
+                ..NatConfig::default()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
     }
 }

@@ -188,6 +188,10 @@ pub struct P2pConfig {
     /// Serve as a circuit relay for nodes behind NATs while this node is publicly reachable,
     /// within the `[relay]` limits (with `nat = "auto"`). Default on.
     pub relay_service: bool,
+    /// Seconds after a failed hole punch before a new relayed connection to that peer tries
+    /// again (doubled for each further failure, three retries), 1 to 3,600 (with
+    /// `nat = "auto"`). Default 60.
+    pub hole_punch_retry_secs: u64,
 }
 
 impl Default for P2pConfig {
@@ -199,6 +203,7 @@ impl Default for P2pConfig {
             nat: NatMode::Auto,
             upnp: false,
             relay_service: true,
+            hole_punch_retry_secs: 60,
         }
     }
 }
@@ -677,6 +682,9 @@ impl Config {
             ));
         }
         let seeds = self.p2p.seed_addrs()?;
+        if !(1..=3600).contains(&self.p2p.hole_punch_retry_secs) {
+            return Err(invalid("p2p.hole_punch_retry_secs", "must be 1 to 3600"));
+        }
         if tor_only {
             // A Tor-only node never listens on or dials an IP address.
             if let Some(a) = self.p2p.listen.first() {
@@ -810,6 +818,7 @@ impl Config {
         c.nat.upnp = c.nat.auto && self.p2p.upnp;
         c.nat.relay_service = c.nat.auto && self.p2p.relay_service;
         c.nat.relay_limits = self.relay.limits()?;
+        c.nat.punch_retry = Duration::from_secs(self.p2p.hole_punch_retry_secs);
         if !tcp {
             crate::tor::fit_for_onions(&mut c);
         }
@@ -905,6 +914,7 @@ mod tests {
                 nat: NatMode::Off,
                 upnp: true,
                 relay_service: false,
+                hole_punch_retry_secs: 120,
             },
             relay: RelayConfig {
                 max_reservations: 7,
@@ -1063,6 +1073,11 @@ mod tests {
             c.to_dht_config().expect("valid").swim,
             shoal_swim::Config::tor()
         );
+        for secs in [0, 3601] {
+            let mut c = Config::default();
+            c.p2p.hole_punch_retry_secs = secs;
+            assert_eq!(field_of(c), "p2p.hole_punch_retry_secs");
+        }
         let mut c = Config::default();
         c.rpc.listen = "0.0.0.0:7400".parse().unwrap();
         assert_eq!(field_of(c), "rpc");

@@ -556,6 +556,7 @@ impl Metrics {
             ("reservation_lost", nat.reservations_lost),
             ("hole_punched", nat.holes_punched),
             ("hole_punch_failed", nat.hole_punch_failures),
+            ("hole_punch_retried", nat.hole_punch_retries),
         ] {
             mirror(
                 &m.nat_events

@@ -1,24 +1,26 @@
 //! NAT traversal with real `shoal` processes in network namespaces.
 //!
-//! The network: a public segment (a bridge) with three public nodes, and four home networks,
-//! each one node behind a router namespace that masquerades its traffic with nft. Two routers
+//! The network: a public segment (a bridge) with three public nodes, and five home networks,
+//! each one node behind a router namespace that masquerades its traffic with nft. Three routers
 //! map ports the way Linux does by default (a connection from the node's port keeps that port:
 //! the "cone" NATs of most home routers, filtering what does not answer a connection the node
-//! opened); the third maps each connection to a random port (`masquerade random`, a symmetric
-//! NAT); the fourth is a cone NAT that also offers UPnP (Debian's `miniupnpd`), and its node
-//! has `p2p.upnp` on. A management network, on which only the JSON-RPC listens, lets the test
-//! reach every node; peers never learn those addresses.
+//! opened); one maps each connection to a random port (`masquerade random`, a symmetric NAT);
+//! one is a cone NAT that also offers UPnP (Debian's `miniupnpd`), and its node has `p2p.upnp`
+//! on. The first and third cone-NAT routers also drop what their nodes send to each other
+//! until step 7 (a firewall rule). A management network, on which only the JSON-RPC
+//! listens, lets the test reach every node; peers never learn those addresses.
 //!
 //! What is checked, each within a stated bound: every public node finds it is public and every
 //! home node that it is private and holds relay reservations, except the UPnP node, which finds
 //! it is public through its mapped port and holds none; every node lists every other alive;
-//! every node reaches the UPnP node directly; the two cone-NAT nodes end up with a direct
-//! connection (hole punched through both NATs) while the symmetric-NAT node stays reachable
-//! through relays; a value put through one home node is read through the others; a lockstep
+//! every node reaches the UPnP node directly; two cone-NAT nodes end up with a direct connection
+//! (hole punched through both NATs) while the symmetric-NAT node stays reachable through
+//! relays; a value put through one home node is read through the others; a lockstep
 //! announcement through the symmetric-NAT node is kept by every node, the cone-NAT nodes
-//! reached through relays; killing a relay of a home node moves it to another relay. The
-//! printed table gives the time from start to reachable, the fraction of node pairs connected
-//! directly, and get latencies through direct and relayed connections.
+//! reached through relays; killing a relay of a home node moves it to another relay; the hole
+//! punch the firewall rule failed is retried once the rule is lifted, and succeeds. The printed
+//! table gives the time from start to reachable, the fraction of node pairs connected directly,
+//! and get latencies through direct and relayed connections.
 //!
 //! Needs root, `ip` (iproute2), `nft` (nftables) and `miniupnpd` (Debian's
 //! `miniupnpd-nftables`), all installed by `.ci/install-deps`; `SHOAL_CHAOS=skip` skips it (as
@@ -52,6 +54,16 @@ const PUNCH_BOUND: Duration = Duration::from_secs(45);
 const MOVE_BOUND: Duration = Duration::from_secs(30);
 /// Bound of every other node's direct connection to the UPnP node, after the start.
 const UPNP_BOUND: Duration = Duration::from_secs(30);
+/// Seconds before a failed hole punch is retried (60 by default), so that step 7's retry comes
+/// within the test's time.
+const PUNCH_RETRY_SECS: u64 = 5;
+/// Bound of the direct connection after the firewall rule that failed a punch is lifted: a
+/// retry's punch can fail too (each takes up to three 8 s attempts), and the next retry waits
+/// twice as long.
+const RETRY_BOUND: Duration = Duration::from_secs(75);
+/// Two cone-NAT nodes whose routers drop what their nodes send to the other's public address
+/// until step 7, so that their first hole punch fails.
+const PUNCH_BLOCKED: (usize, usize) = (7, 3);
 /// Debian's UPnP gateway daemon (package `miniupnpd-nftables`).
 const MINIUPNPD: &str = "/usr/sbin/miniupnpd";
 /// Gets timed per kind of path.
@@ -71,7 +83,7 @@ enum Site {
     Upnp,
 }
 
-const SITES: [Site; 7] = [
+const SITES: [Site; 8] = [
     Site::Public,
     Site::Public,
     Site::Public,
@@ -79,6 +91,7 @@ const SITES: [Site; 7] = [
     Site::Cone,
     Site::Symmetric,
     Site::Upnp,
+    Site::Cone,
 ];
 
 /// The UPnP router's firewall: what [`Site::Cone`]'s does, plus the chains `miniupnpd` (nftables
@@ -138,6 +151,8 @@ struct Topology {
     p2p: Vec<String>,
     /// Each node's management address (JSON-RPC only).
     mgmt: Vec<String>,
+    /// Each node's router namespace (`None` on the public segment).
+    router: Vec<Option<String>>,
     /// The routers that offer UPnP: namespace and home network prefix.
     upnp_routers: Vec<(String, String)>,
 }
@@ -160,6 +175,7 @@ impl Topology {
             node_ns: Vec::new(),
             p2p: Vec::new(),
             mgmt: Vec::new(),
+            router: Vec::new(),
             upnp_routers: Vec::new(),
         };
         let hub = format!("{prefix}-hub");
@@ -218,6 +234,7 @@ impl Topology {
                     ])?;
                     ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
                     t.p2p.push(addr);
+                    t.router.push(None);
                 }
                 Site::Cone | Site::Symmetric | Site::Upnp => {
                     let router = format!("{prefix}-r{i}");
@@ -302,10 +319,24 @@ impl Topology {
                         rules
                     };
                     in_ns(&router, "nft", &["-f", "-"], Some(&rules))?;
+                    // The firewall rule of step 7, on both routers, in front of their
+                    // connection tracking (priority raw): a dropped punch leaves no half-open
+                    // entry behind on either side.
+                    let (late, blocked) = PUNCH_BLOCKED;
+                    if i == late || i == blocked {
+                        let other = format!("11.78.{x}.{}", 30 + (late + blocked - i));
+                        let block = format!(
+                            "table inet punchblock {{\n  chain pre {{\n    type filter hook \
+                             prerouting priority raw; policy accept;\n    iifname \"lan\" ip \
+                             daddr {other} drop\n  }}\n}}\n"
+                        );
+                        in_ns(&router, "nft", &["-f", "-"], Some(&block))?;
+                    }
                     if *site == Site::Upnp {
                         t.upnp_routers.push((router.clone(), home.clone()));
                     }
                     t.p2p.push(format!("{home}.2"));
+                    t.router.push(Some(router.clone()));
                 }
             }
             t.node_ns.push(ns);
@@ -394,6 +425,7 @@ impl Nodes {
                 p2p: P2pConfig {
                     listen: vec![format!("/ip4/{}/tcp/{P2P_PORT}", t.p2p[i])],
                     upnp: SITES[i] == Site::Upnp,
+                    hole_punch_retry_secs: PUNCH_RETRY_SECS,
                     seeds: publics
                         .iter()
                         .filter(|&&j| j != i)
@@ -445,6 +477,17 @@ async fn alive(client: &HttpClient) -> Vec<String> {
         .filter(|m| m["state"] == "alive")
         .filter_map(|m| m["peer"].as_str().map(str::to_owned))
         .collect()
+}
+
+/// `client`'s node's `node_peers` entry for `peer` (`Null` if not connected).
+async fn peer_entry(client: &HttpClient, peer: &str) -> Value {
+    let Ok(Value::Array(peers)) = call(client, "node_peers", json!({"detail": true})).await else {
+        return Value::Null;
+    };
+    peers
+        .into_iter()
+        .find(|p| p["peer"] == peer)
+        .unwrap_or(Value::Null)
 }
 
 /// The connected peers `client`'s node reaches directly, and through relays only.
@@ -643,7 +686,7 @@ async fn scenario(t: &Topology, ids: &[Identity], root: &Path) -> Result<Vec<Str
     // 4. A put through one home node, read through the others. Every node holds a copy (k is
     // above n), so a plain get answers from the reader's own copy; a get with receipts asks
     // every holder and answers once all did: from a public node every holder is reached
-    // directly, from the symmetric-NAT node two of them (the cone-NAT nodes) through relays.
+    // directly, from the symmetric-NAT node the cone-NAT ones through relays.
     let key = format!("nat-{}", std::process::id());
     call(
         &rpc[a],
@@ -674,7 +717,7 @@ async fn scenario(t: &Topology, ids: &[Identity], root: &Path) -> Result<Vec<Str
         (
             sym,
             true,
-            "get with receipts through the symmetric-NAT node (2 holders relayed)",
+            "get with receipts through the symmetric-NAT node (the cone-NAT holders relayed)",
         ),
     ] {
         let mut v = Vec::with_capacity(GETS);
@@ -769,6 +812,65 @@ async fn scenario(t: &Topology, ids: &[Identity], root: &Path) -> Result<Vec<Str
                 "node {a} did not move off killed relay {killed} within {MOVE_BOUND:?}: relays \
                  {now:?}, nat {}",
                 info(&rpc[a]).await["nat"]
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // 7. The routers of the third and the first cone-NAT nodes dropped what each sent to the
+    // other's public address since the start (a firewall rule), so their hole punch failed.
+    // The rule is lifted: the punch is retried on a new relayed connection and succeeds.
+    let (late, blocked) = PUNCH_BLOCKED;
+    let fail_start = Instant::now();
+    loop {
+        let failures = peer_entry(&rpc[late], &peers[blocked]).await["hole_punch_failures"]
+            .as_u64()
+            .unwrap_or(0)
+            + peer_entry(&rpc[blocked], &peers[late]).await["hole_punch_failures"]
+                .as_u64()
+                .unwrap_or(0);
+        if failures > 0 {
+            break;
+        }
+        if fail_start.elapsed() > PUNCH_BOUND {
+            return Err(format!(
+                "no failed hole punch between nodes {late} and {blocked} within {PUNCH_BOUND:?}, \
+                 though their routers drop their direct traffic: {}",
+                peer_entry(&rpc[late], &peers[blocked]).await
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    if connections(&rpc[late]).await.0.contains(&peers[blocked]) {
+        return Err(format!(
+            "nodes {late} and {blocked} connected directly while a firewall drops their traffic"
+        ));
+    }
+    for i in [late, blocked] {
+        let router = t.router[i].as_ref().ok_or("a cone-NAT node has a router")?;
+        in_ns(
+            router,
+            "nft",
+            &["delete", "table", "inet", "punchblock"],
+            None,
+        )?;
+    }
+    let lifted = Instant::now();
+    loop {
+        if connections(&rpc[late]).await.0.contains(&peers[blocked]) {
+            table.push(format!(
+                "| a failed hole punch retried (after {PUNCH_RETRY_SECS} s) once the firewall let \
+                 it through: connected directly after | {:.1} s |",
+                lifted.elapsed().as_secs_f64()
+            ));
+            break;
+        }
+        if lifted.elapsed() > RETRY_BOUND {
+            return Err(format!(
+                "nodes {late} and {blocked} not connected directly within {RETRY_BOUND:?} of \
+                 the firewall rule's removal: node {late}: {}, nat {}",
+                peer_entry(&rpc[late], &peers[blocked]).await,
+                info(&rpc[late]).await["nat"]
             ));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

@@ -430,6 +430,7 @@ impl EventLoop {
                         },
                         standing: self.core.standing(now, peer),
                         direct: self.traversal.any_direct(b.swim.connections_of(peer)),
+                        hole_punch_failures: self.traversal.punch_failures(peer),
                     })
                     .collect();
                 let _ = reply.send(list);
@@ -528,7 +529,7 @@ impl EventLoop {
             SwarmEvent::Behaviour(Event::Swim(event)) => self.on_swim(now, unix, event),
             SwarmEvent::Behaviour(Event::Dht(event)) => self.on_dht(now, unix, event),
             SwarmEvent::Behaviour(Event::Broadcast(event)) => self.on_broadcast(now, unix, event),
-            SwarmEvent::Behaviour(event) if self.traversal.on_event(&event) => {}
+            SwarmEvent::Behaviour(event) if self.traversal.on_event(now, &event) => {}
             SwarmEvent::Behaviour(_) => {}
             SwarmEvent::Dialing { .. } => self.wire.dials += 1,
             SwarmEvent::ConnectionClosed {
@@ -601,7 +602,7 @@ impl EventLoop {
                     "connected"
                 );
                 self.traversal
-                    .on_connected(connection_id, endpoint.is_relayed());
+                    .on_connected(&peer_id, connection_id, endpoint.is_relayed());
                 let ours = self.dial_ended(peer_id, connection_id).is_some();
                 if self.fresh_ended(peer_id, connection_id) {
                     // A reconnect's fresh connection: frames go on it (the newest) on both

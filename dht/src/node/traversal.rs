@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use libp2p::core::transport::ListenerId;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, Swarm};
 use libp2p::{Multiaddr, PeerId, autonat, dcutr, relay, upnp};
 
@@ -83,12 +84,29 @@ impl Traversal {
                     }
                     tracing::info!(%relay, "relay released");
                 }
+                NatAction::Repunch { peer, addr } => {
+                    if self.any_direct(swarm.behaviour().swim.connections_of(&peer)) {
+                        self.nat.on_direct(&peer);
+                        continue;
+                    }
+                    // A new relayed connection: DCUtR punches once on each.
+                    let opts = DialOpts::peer_id(peer)
+                        .addresses(vec![addr.clone()])
+                        .condition(PeerCondition::Always)
+                        .build();
+                    match swarm.dial(opts) {
+                        Ok(()) => tracing::info!(%peer, %addr, "retrying a hole punch"),
+                        Err(error) => {
+                            tracing::info!(%peer, %addr, %error, "cannot retry a hole punch")
+                        }
+                    }
+                }
             }
         }
     }
 
     /// A behaviour's event that concerns NAT traversal; `false` if `event` is not one.
-    pub(crate) fn on_event(&mut self, event: &Event) -> bool {
+    pub(crate) fn on_event(&mut self, now: Instant, event: &Event) -> bool {
         match event {
             Event::Identify(e) => {
                 if let libp2p::identify::Event::Received { peer_id, info, .. } = e.as_ref() {
@@ -136,6 +154,7 @@ impl Traversal {
                 Err(error) => {
                     self.hole_punch_failures += 1;
                     tracing::info!(peer = %remote_peer_id, %error, "hole punch failed");
+                    self.nat.on_punch_failed(now, *remote_peer_id);
                 }
             },
             Event::Upnp(upnp::Event::NewExternalAddr {
@@ -183,10 +202,12 @@ impl Traversal {
         }
     }
 
-    /// A connection opened; `relayed` if it goes through a relay.
-    pub(crate) fn on_connected(&mut self, id: ConnectionId, relayed: bool) {
+    /// A connection to `peer` opened; `relayed` if it goes through a relay.
+    pub(crate) fn on_connected(&mut self, peer: &PeerId, id: ConnectionId, relayed: bool) {
         if relayed {
             self.relayed.insert(id);
+        } else {
+            self.nat.on_direct(peer);
         }
     }
 
@@ -198,6 +219,11 @@ impl Traversal {
     /// Whether one of `connections` is direct.
     pub(crate) fn any_direct(&self, connections: &[ConnectionId]) -> bool {
         connections.iter().any(|c| !self.relayed.contains(c))
+    }
+
+    /// Hole punches with `peer` that failed since the last direct connection to it.
+    pub(crate) fn punch_failures(&self, peer: &PeerId) -> u32 {
+        self.nat.punch_failures(peer)
     }
 
     /// What `node_info` and metrics show.
@@ -214,6 +240,7 @@ impl Traversal {
             reservations_lost: s.reservations_lost,
             holes_punched: self.holes_punched,
             hole_punch_failures: self.hole_punch_failures,
+            hole_punch_retries: s.punches_retried,
             upnp_mapped: self.upnp_mapped.clone(),
         }
     }

@@ -695,6 +695,7 @@ async fn peers(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
                     "peer": info.peer.to_string(),
                     "routed": info.routed,
                     "direct": info.direct,
+                    "hole_punch_failures": info.hole_punch_failures,
                     "standing": info.standing,
                     "traffic": {
                         "dht": traffic_json(&t.dht),
@@ -749,6 +750,7 @@ async fn info(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
             "reservations_lost": nat.reservations_lost,
             "holes_punched": nat.holes_punched,
             "hole_punch_failures": nat.hole_punch_failures,
+            "hole_punch_retries": nat.hole_punch_retries,
             "upnp_mapped": nat.upnp_mapped.as_ref().map(ToString::to_string),
         },
         "members": {

@@ -542,6 +542,11 @@ const METHODS: &[Method] = &[
                             "type": "boolean",
                             "description": "Whether a connection is direct (not through a relay)",
                         },
+                        "hole_punch_failures": {
+                            "type": "integer",
+                            "description": "Hole punches with it that failed since the last \
+                                direct connection to it (each retried later)",
+                        },
                         "standing": integer(),
                         "traffic": object(json!({
                             "dht": traffic(), "swim": traffic(), "broadcast": traffic(),
@@ -599,6 +604,7 @@ const METHODS: &[Method] = &[
                     "reservations_lost": integer(),
                     "holes_punched": integer(),
                     "hole_punch_failures": integer(),
+                    "hole_punch_retries": integer(),
                     "upnp_mapped": {
                         "type": ["string", "null"],
                         "description": "The address a UPnP gateway maps to the listen port \
