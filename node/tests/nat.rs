@@ -698,6 +698,30 @@ async fn scenario(t: &Topology, ids: &[Identity], root: &Path) -> Result<Vec<Str
     let public = (0..n)
         .find(|&i| SITES[i] == Site::Public)
         .expect("a public site");
+    // Puts store at every node (k above n) and answer once the quorum acknowledged: timed
+    // through a public node (every holder direct) and through the symmetric-NAT node (the
+    // cone-NAT holders relayed).
+    for (writer, what) in [
+        (public, "put through a public node (every holder direct)"),
+        (
+            sym,
+            "put through the symmetric-NAT node (the cone-NAT holders relayed)",
+        ),
+    ] {
+        let mut v = Vec::with_capacity(GETS);
+        for j in 0..GETS {
+            let t0 = Instant::now();
+            call(
+                &rpc[writer],
+                "dht_put",
+                json!({"key": format!("{key}-{writer}-{j}"), "value": "timed"}),
+            )
+            .await
+            .map_err(|e| format!("put through node {writer}: {e}"))?;
+            v.push(t0.elapsed());
+        }
+        table.push(format!("| {what}, p50 of {GETS} | {} |", ms(p50(v))));
+    }
     for (reader, prove, what) in [
         (
             b,
