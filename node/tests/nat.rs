@@ -39,7 +39,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chaos::cluster::{self, Identity, P2P_PORT, call, clients};
-use chaos::net::{ip, preflight, run};
+use chaos::net::{Made, ip, preflight, run};
 use jsonrpsee::http_client::HttpClient;
 use serde_json::{Value, json};
 use shoal_node::config::{Config, LogConfig, Network, P2pConfig};
@@ -143,8 +143,7 @@ fn in_ns(ns: &str, program: &str, args: &[&str], stdin: Option<&str>) -> Result<
 /// The namespaces and links; all deleted on drop.
 #[derive(Debug)]
 struct Topology {
-    made: Vec<String>,
-    host_if: String,
+    made: Made,
     /// Each node's namespace.
     node_ns: Vec<String>,
     /// Each node's p2p address (on the public segment, or in its home network).
@@ -170,8 +169,7 @@ impl Topology {
             .ok_or("no free 10.79.X.0/24 subnet")?;
         let prefix = format!("shn-{pid}");
         let mut t = Topology {
-            made: Vec::new(),
-            host_if: format!("shn{pid}"),
+            made: Made::new(format!("shn{pid}")),
             node_ns: Vec::new(),
             p2p: Vec::new(),
             mgmt: Vec::new(),
@@ -179,23 +177,21 @@ impl Topology {
             upnp_routers: Vec::new(),
         };
         let hub = format!("{prefix}-hub");
-        ip(&["netns", "add", &hub])?;
-        t.made.push(hub.clone());
+        t.made.namespace(&hub)?;
         for br in ["br0", "br1"] {
             ip(&["-n", &hub, "link", "add", br, "type", "bridge"])?;
             ip(&["-n", &hub, "link", "set", br, "up"])?;
         }
+        let host_if = t.made.host_if().to_owned();
         ip(&[
-            "link", "add", &t.host_if, "type", "veth", "peer", "name", "host", "netns", &hub,
+            "link", "add", &host_if, "type", "veth", "peer", "name", "host", "netns", &hub,
         ])?;
         ip(&["-n", &hub, "link", "set", "host", "master", "br1", "up"])?;
-        ip(&["addr", "add", &format!("10.79.{x}.1/24"), "dev", &t.host_if])?;
-        ip(&["link", "set", &t.host_if, "up"])?;
+        ip(&["addr", "add", &format!("10.79.{x}.1/24"), "dev", &host_if])?;
+        ip(&["link", "set", &host_if, "up"])?;
         for (i, site) in SITES.iter().enumerate() {
             let ns = format!("{prefix}-n{i}");
-            ip(&["netns", "add", &ns])?;
-            t.made.push(ns.clone());
-            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+            t.made.namespace(&ns)?;
             // Management: a port on br1.
             let m = format!("m{i}");
             ip(&[
@@ -238,9 +234,7 @@ impl Topology {
                 }
                 Site::Cone | Site::Symmetric | Site::Upnp => {
                     let router = format!("{prefix}-r{i}");
-                    ip(&["netns", "add", &router])?;
-                    t.made.push(router.clone());
-                    ip(&["-n", &router, "link", "set", "lo", "up"])?;
+                    t.made.namespace(&router)?;
                     ip(&[
                         "-n", &hub, "link", "add", &wan_port, "type", "veth", "peer", "name",
                         "wan", "netns", &router,
@@ -342,17 +336,6 @@ impl Topology {
             t.node_ns.push(ns);
         }
         Ok(t)
-    }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        for ns in self.made.iter().rev() {
-            if let Err(e) = ip(&["netns", "del", ns]) {
-                eprintln!("nat: cleanup: {e}");
-            }
-        }
-        let _ = ip(&["link", "del", &self.host_if]);
     }
 }
 

@@ -37,10 +37,50 @@ pub(crate) struct Net {
     pub(crate) node_ns: Vec<String>,
     /// Each node's address.
     pub(crate) addrs: Vec<String>,
-    /// The host end of the host link.
+    /// What was made, deleted on drop.
+    made: Made,
+}
+
+/// The namespaces a test network made and the host's end of its link to them: all deleted on
+/// drop, even on panic (the host end goes with its peer; deleting it again covers a partial
+/// setup).
+#[derive(Debug)]
+pub(crate) struct Made {
     host_if: String,
-    /// Namespaces made so far (deleted on drop).
-    made: Vec<String>,
+    namespaces: Vec<String>,
+}
+
+impl Made {
+    /// Nothing made yet; `host_if` names the host's end of the link, made by the caller.
+    pub(crate) fn new(host_if: String) -> Self {
+        Self {
+            host_if,
+            namespaces: Vec::new(),
+        }
+    }
+
+    /// The host's end of the link.
+    pub(crate) fn host_if(&self) -> &str {
+        &self.host_if
+    }
+
+    /// Makes namespace `name`, with its loopback up.
+    pub(crate) fn namespace(&mut self, name: &str) -> Result<(), String> {
+        ip(&["netns", "add", name])?;
+        self.namespaces.push(name.to_owned());
+        ip(&["-n", name, "link", "set", "lo", "up"])
+    }
+}
+
+impl Drop for Made {
+    fn drop(&mut self) {
+        for ns in self.namespaces.iter().rev() {
+            if let Err(e) = ip(&["netns", "del", ns]) {
+                eprintln!("test network cleanup: {e}");
+            }
+        }
+        let _ = ip(&["link", "del", &self.host_if]);
+    }
 }
 
 /// Runs a command; `Err` carries its stderr.
@@ -114,16 +154,13 @@ impl Net {
                 .map(|i| format!("10.77.{x}.{}", 10 + i))
                 .collect(),
             // Interface names are at most 15 bytes: "shc" + pid (<= 7 digits) + "x" + scenario.
-            host_if: format!("shc{pid}x{scenario}"),
-            made: Vec::new(),
+            made: Made::new(format!("shc{pid}x{scenario}")),
         };
         let hub = net.hub.clone();
-        ip(&["netns", "add", &hub])?;
-        net.made.push(hub.clone());
-        ip(&["-n", &hub, "link", "set", "lo", "up"])?;
+        net.made.namespace(&hub)?;
         ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", &hub, "link", "set", "br0", "up"])?;
-        let host_if = net.host_if.clone();
+        let host_if = net.made.host_if().to_owned();
         ip(&[
             "link", "add", &host_if, "type", "veth", "peer", "name", "up0", "netns", &hub,
         ])?;
@@ -132,9 +169,7 @@ impl Net {
         ip(&["link", "set", &host_if, "up"])?;
         for i in 0..nodes {
             let ns = net.node_ns[i].clone();
-            ip(&["netns", "add", &ns])?;
-            net.made.push(ns.clone());
-            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+            net.made.namespace(&ns)?;
             let port = format!("p{i}");
             ip(&[
                 "-n", &hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
@@ -232,18 +267,6 @@ impl Net {
             )?;
         }
         Ok(())
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        for ns in self.made.iter().rev() {
-            if let Err(e) = ip(&["netns", "del", ns]) {
-                eprintln!("chaos: cleanup: {e}");
-            }
-        }
-        // Gone with its peer in the hub namespace; deleting it again only covers a partial setup.
-        let _ = ip(&["link", "del", &self.host_if]);
     }
 }
 
