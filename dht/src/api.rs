@@ -418,7 +418,7 @@ pub struct PeerInfo {
 }
 
 /// NAT traversal's state (see [`crate::nat`]), in [`NodeStats::nat`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NatReport {
     /// Whether NAT traversal runs ([`crate::nat::NatConfig::auto`] with a relay transport).
     pub enabled: bool,
@@ -444,25 +444,6 @@ pub struct NatReport {
     pub hole_punch_retries: u64,
     /// The address a UPnP gateway maps to this node's listen port, while it does.
     pub upnp_mapped: Option<Multiaddr>,
-}
-
-impl Default for NatReport {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            reachability: crate::nat::Reachability::Unknown,
-            relays: Vec::new(),
-            probes_confirmed: 0,
-            probes_failed: 0,
-            reservations_asked: 0,
-            reservations_accepted: 0,
-            reservations_lost: 0,
-            holes_punched: 0,
-            hole_punch_failures: 0,
-            hole_punch_retries: 0,
-            upnp_mapped: None,
-        }
-    }
 }
 
 /// Broadcast messages on the wire (see [`NodeStats::broadcast_wire`]).

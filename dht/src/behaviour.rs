@@ -83,7 +83,7 @@ pub enum Event {
     Upnp(upnp::Event),
 }
 
-/// `From` for each NAT behaviour's event.
+/// `From` for each part's event (identify's is boxed, below).
 macro_rules! from_event {
     ($($variant:ident($ty:ty)),* $(,)?) => {
         $(impl From<$ty> for Event {
@@ -95,6 +95,10 @@ macro_rules! from_event {
 }
 
 from_event!(
+    Swim(link::Event<link::Swim>),
+    Gate(gate::Event),
+    Dht(link::Event<link::Dht>),
+    Broadcast(link::Event<link::Broadcast>),
     RelayClient(relay::client::Event),
     Relay(relay::Event),
     Autonat(autonat::v2::client::Event),
@@ -103,33 +107,9 @@ from_event!(
     Upnp(upnp::Event),
 );
 
-impl From<link::Event<link::Broadcast>> for Event {
-    fn from(e: link::Event<link::Broadcast>) -> Self {
-        Self::Broadcast(e)
-    }
-}
-
 impl From<identify::Event> for Event {
     fn from(e: identify::Event) -> Self {
         Self::Identify(Box::new(e))
-    }
-}
-
-impl From<link::Event<link::Swim>> for Event {
-    fn from(e: link::Event<link::Swim>) -> Self {
-        Self::Swim(e)
-    }
-}
-
-impl From<gate::Event> for Event {
-    fn from(e: gate::Event) -> Self {
-        Self::Gate(e)
-    }
-}
-
-impl From<link::Event<link::Dht>> for Event {
-    fn from(e: link::Event<link::Dht>) -> Self {
-        Self::Dht(e)
     }
 }
 

@@ -86,6 +86,15 @@ const MAX_BACKOFF: usize = 256;
 /// first).
 pub const MAX_PUNCHES: usize = 256;
 
+/// [`NatConfig::punch_retry`] at most.
+pub const MAX_PUNCH_RETRY: Duration = Duration::from_secs(3600);
+
+/// Whether `retry` is a valid [`NatConfig::punch_retry`]: above zero, at most
+/// [`MAX_PUNCH_RETRY`].
+pub fn punch_retry_in_bounds(retry: Duration) -> bool {
+    !retry.is_zero() && retry <= MAX_PUNCH_RETRY
+}
+
 /// [`NatConfig::punch_retries`] at most: beyond, the doubled delay exceeds a day.
 pub const MAX_PUNCH_RETRIES: u32 = 10;
 
@@ -98,7 +107,7 @@ impl NatConfig {
         if self.reservation_timeout.is_zero() {
             return Err("nat.reservation_timeout must be above zero");
         }
-        if self.punch_retry.is_zero() || self.punch_retry > Duration::from_secs(3600) {
+        if !punch_retry_in_bounds(self.punch_retry) {
             return Err("nat.punch_retry must be above zero and at most an hour");
         }
         if self.punch_retries > MAX_PUNCH_RETRIES {
@@ -178,10 +187,13 @@ impl RelayLimits {
 }
 
 /// What a node knows of its own reachability.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Reachability {
     /// Not tested yet (or NAT traversal is off).
+    #[default]
     Unknown,
     /// An address that is not a circuit was confirmed reachable from outside.
     Public,
@@ -255,6 +267,10 @@ pub struct NatStats {
     pub reservations_accepted: u64,
     /// Reservations refused, timed out or lost with their relay.
     pub reservations_lost: u64,
+    /// Relayed connections upgraded to direct ones by hole punching (DCUtR).
+    pub holes_punched: u64,
+    /// Hole punches that failed.
+    pub hole_punch_failures: u64,
     /// Hole punches retried through a new relayed connection.
     pub punches_retried: u64,
 }
@@ -389,6 +405,7 @@ impl Nat {
     /// DCUtR gave up punching a hole to `peer`: a retry is due after [`NatConfig::punch_retry`],
     /// doubled for each earlier failure, unless this was the last allowed.
     pub fn on_punch_failed(&mut self, now: Instant, peer: PeerId) {
+        self.stats.hole_punch_failures += 1;
         if !self.punches.contains_key(&peer)
             && self.punches.len() >= MAX_PUNCHES
             && let Some((&idle, _)) = self.punches.iter().min_by_key(|(_, p)| p.due.is_some())
@@ -408,6 +425,12 @@ impl Nat {
     /// Hole punches with `peer` that failed since the last direct connection to it.
     pub fn punch_failures(&self, peer: &PeerId) -> u32 {
         self.punches.get(peer).map_or(0, |p| p.failures)
+    }
+
+    /// A hole punch to `peer` succeeded: a direct connection, no more punches to retry.
+    pub fn on_punched(&mut self, peer: &PeerId) {
+        self.stats.holes_punched += 1;
+        self.on_direct(peer);
     }
 
     /// A direct connection to `peer` opened: no more punches to retry with it.
@@ -687,6 +710,11 @@ mod tests {
         nat.on_punch_failed(now, other);
         assert!(drain(&mut nat, now + Duration::from_secs(10), &[(other, addr(3))]).is_empty());
         assert!(!nat.punches.contains_key(&other));
+        assert_eq!(nat.stats().hole_punch_failures, 5);
+        nat.on_punch_failed(now, other);
+        nat.on_punched(&other);
+        assert_eq!(nat.punch_failures(&other), 0);
+        assert_eq!(nat.stats().holes_punched, 1);
     }
 
     #[test]

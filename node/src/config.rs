@@ -682,8 +682,12 @@ impl Config {
             ));
         }
         let seeds = self.p2p.seed_addrs()?;
-        if !(1..=3600).contains(&self.p2p.hole_punch_retry_secs) {
-            return Err(invalid("p2p.hole_punch_retry_secs", "must be 1 to 3600"));
+        let retry = Duration::from_secs(self.p2p.hole_punch_retry_secs);
+        if !shoal_dht::nat::punch_retry_in_bounds(retry) {
+            return Err(invalid(
+                "p2p.hole_punch_retry_secs",
+                format!("must be 1 to {}", shoal_dht::nat::MAX_PUNCH_RETRY.as_secs()),
+            ));
         }
         if tor_only {
             // A Tor-only node never listens on or dials an IP address.

@@ -174,7 +174,7 @@ impl Metrics {
             "nat_events",
             "NAT traversal since start, by kind (probe_confirmed, probe_failed, \
              reservation_asked, reservation_accepted, reservation_lost, hole_punched, \
-             hole_punch_failed)",
+             hole_punch_failed, hole_punch_retried)",
             m.nat_events.clone(),
         );
         registry.register(

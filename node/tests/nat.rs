@@ -39,7 +39,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chaos::cluster::{self, Identity, P2P_PORT, call, clients};
-use chaos::net::{Made, ip, preflight, run};
+use chaos::net::{Made, address, ip, plug, preflight, run};
 use jsonrpsee::http_client::HttpClient;
 use serde_json::{Value, json};
 use shoal_node::config::{Config, LogConfig, Network, P2pConfig};
@@ -193,89 +193,36 @@ impl Topology {
             let ns = format!("{prefix}-n{i}");
             t.made.namespace(&ns)?;
             // Management: a port on br1.
-            let m = format!("m{i}");
-            ip(&[
-                "-n", &hub, "link", "add", &m, "type", "veth", "peer", "name", "mgmt", "netns", &ns,
-            ])?;
-            ip(&["-n", &hub, "link", "set", &m, "master", "br1", "up"])?;
             let mgmt = format!("10.79.{x}.{}", 10 + i);
-            ip(&[
-                "-n",
+            plug(
+                &hub,
+                "br1",
+                &format!("m{i}"),
                 &ns,
-                "addr",
-                "add",
-                &format!("{mgmt}/24"),
-                "dev",
                 "mgmt",
-            ])?;
-            ip(&["-n", &ns, "link", "set", "mgmt", "up"])?;
+                &format!("{mgmt}/24"),
+            )?;
             t.mgmt.push(mgmt);
             let wan_port = format!("p{i}");
             match site {
                 Site::Public => {
-                    ip(&[
-                        "-n", &hub, "link", "add", &wan_port, "type", "veth", "peer", "name",
-                        "eth0", "netns", &ns,
-                    ])?;
-                    ip(&["-n", &hub, "link", "set", &wan_port, "master", "br0", "up"])?;
                     let addr = format!("11.78.{x}.{}", 10 + i);
-                    ip(&[
-                        "-n",
-                        &ns,
-                        "addr",
-                        "add",
-                        &format!("{addr}/24"),
-                        "dev",
-                        "eth0",
-                    ])?;
-                    ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+                    plug(&hub, "br0", &wan_port, &ns, "eth0", &format!("{addr}/24"))?;
                     t.p2p.push(addr);
                     t.router.push(None);
                 }
                 Site::Cone | Site::Symmetric | Site::Upnp => {
                     let router = format!("{prefix}-r{i}");
                     t.made.namespace(&router)?;
-                    ip(&[
-                        "-n", &hub, "link", "add", &wan_port, "type", "veth", "peer", "name",
-                        "wan", "netns", &router,
-                    ])?;
-                    ip(&["-n", &hub, "link", "set", &wan_port, "master", "br0", "up"])?;
-                    let wan = format!("11.78.{x}.{}", 30 + i);
-                    ip(&[
-                        "-n",
-                        &router,
-                        "addr",
-                        "add",
-                        &format!("{wan}/24"),
-                        "dev",
-                        "wan",
-                    ])?;
-                    ip(&["-n", &router, "link", "set", "wan", "up"])?;
+                    let wan = format!("11.78.{x}.{}/24", 30 + i);
+                    plug(&hub, "br0", &wan_port, &router, "wan", &wan)?;
                     ip(&[
                         "-n", &router, "link", "add", "lan", "type", "veth", "peer", "name",
                         "eth0", "netns", &ns,
                     ])?;
                     let home = format!("192.168.{}", 10 + i);
-                    ip(&[
-                        "-n",
-                        &router,
-                        "addr",
-                        "add",
-                        &format!("{home}.1/24"),
-                        "dev",
-                        "lan",
-                    ])?;
-                    ip(&["-n", &router, "link", "set", "lan", "up"])?;
-                    ip(&[
-                        "-n",
-                        &ns,
-                        "addr",
-                        "add",
-                        &format!("{home}.2/24"),
-                        "dev",
-                        "eth0",
-                    ])?;
-                    ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+                    address(&router, "lan", &format!("{home}.1/24"))?;
+                    address(&ns, "eth0", &format!("{home}.2/24"))?;
                     ip(&[
                         "-n",
                         &ns,
@@ -300,17 +247,16 @@ impl Topology {
                     // connections from outside that nobody inside asked for (instead of
                     // answering them with a reset, which would also end the mapping a hole
                     // punch is opening from the other side).
-                    let rules = format!(
-                        "table ip nat {{\n  chain post {{\n    type nat hook postrouting \
-                         priority srcnat; policy accept;\n    oifname \"wan\" masquerade{random}\n  \
-                         }}\n}}\ntable inet filter {{\n  chain input {{\n    type filter hook \
-                         input priority 0; policy accept;\n    iifname \"wan\" ct state new drop\n  \
-                         }}\n}}\n"
-                    );
                     let rules = if *site == Site::Upnp {
                         UPNP_RULES.to_owned()
                     } else {
-                        rules
+                        format!(
+                            "table ip nat {{\n  chain post {{\n    type nat hook postrouting \
+                             priority srcnat; policy accept;\n    oifname \"wan\" \
+                             masquerade{random}\n  }}\n}}\ntable inet filter {{\n  chain input \
+                             {{\n    type filter hook input priority 0; policy accept;\n    \
+                             iifname \"wan\" ct state new drop\n  }}\n}}\n"
+                        )
                     };
                     in_ns(&router, "nft", &["-f", "-"], Some(&rules))?;
                     // The firewall rule of step 7, on both routers, in front of their

@@ -128,19 +128,27 @@ impl std::fmt::Debug for NodeTransport {
 /// TCP and circuit relays (`/p2p-circuit` addresses), with noise and yamux: what a node with NAT
 /// traversal ([`crate::nat::NatConfig::auto`]) runs on.
 pub fn tcp_transport_with_relay(keypair: &identity::Keypair) -> NodeTransport {
-    let (relayed, relay_client) = libp2p::relay::client::new(keypair.public().to_peer_id());
-    NodeTransport {
-        transport: secured(relayed.or_transport(tcp()), keypair),
-        relay_client: Some(relay_client),
-    }
+    with_relay(tcp(), keypair)
 }
 
 /// The memory transport and circuit relays, with noise and yamux, for tests of relayed
 /// connections in one process.
 pub fn memory_transport_with_relay(keypair: &identity::Keypair) -> NodeTransport {
+    with_relay(MemoryTransport::default(), keypair)
+}
+
+/// Circuit relays or `base`, with noise and yamux, and the relay client that drives them.
+fn with_relay<T>(base: T, keypair: &identity::Keypair) -> NodeTransport
+where
+    T: Transport + Send + Unpin + 'static,
+    T::Output: futures::AsyncRead + futures::AsyncWrite + Send + Unpin + 'static,
+    T::Dial: Send + 'static,
+    T::ListenerUpgrade: Send + 'static,
+    T::Error: Send + Sync + 'static,
+{
     let (relayed, relay_client) = libp2p::relay::client::new(keypair.public().to_peer_id());
     NodeTransport {
-        transport: secured(relayed.or_transport(MemoryTransport::default()), keypair),
+        transport: secured(relayed.or_transport(base), keypair),
         relay_client: Some(relay_client),
     }
 }

@@ -24,8 +24,6 @@ pub(crate) struct Traversal {
     listeners: HashMap<ListenerId, PeerId>,
     /// Open connections that go through a relay.
     relayed: HashSet<ConnectionId>,
-    holes_punched: u64,
-    hole_punch_failures: u64,
     /// The address a UPnP gateway maps to this node's listen port, while it does.
     upnp_mapped: Option<Multiaddr>,
 }
@@ -37,8 +35,6 @@ impl Traversal {
             nat: Nat::new(config),
             listeners: HashMap::new(),
             relayed: HashSet::new(),
-            holes_punched: 0,
-            hole_punch_failures: 0,
             upnp_mapped: None,
         }
     }
@@ -148,11 +144,10 @@ impl Traversal {
                 result,
             }) => match result {
                 Ok(_) => {
-                    self.holes_punched += 1;
                     tracing::info!(peer = %remote_peer_id, "direct connection through the NAT");
+                    self.nat.on_punched(remote_peer_id);
                 }
                 Err(error) => {
-                    self.hole_punch_failures += 1;
                     tracing::info!(peer = %remote_peer_id, %error, "hole punch failed");
                     self.nat.on_punch_failed(now, *remote_peer_id);
                 }
@@ -238,8 +233,8 @@ impl Traversal {
             reservations_asked: s.reservations_asked,
             reservations_accepted: s.reservations_accepted,
             reservations_lost: s.reservations_lost,
-            holes_punched: self.holes_punched,
-            hole_punch_failures: self.hole_punch_failures,
+            holes_punched: s.holes_punched,
+            hole_punch_failures: s.hole_punch_failures,
             hole_punch_retries: s.punches_retried,
             upnp_mapped: self.upnp_mapped.clone(),
         }

@@ -41,6 +41,29 @@ pub(crate) struct Net {
     made: Made,
 }
 
+/// Gives `dev` in namespace `ns` the address `cidr` and brings it up.
+pub(crate) fn address(ns: &str, dev: &str, cidr: &str) -> Result<(), String> {
+    ip(&["-n", ns, "addr", "add", cidr, "dev", dev])?;
+    ip(&["-n", ns, "link", "set", dev, "up"])
+}
+
+/// Plugs namespace `ns` into bridge `bridge` of namespace `hub`: a veth pair whose end `port`
+/// is on the bridge and whose end `dev`, in `ns`, gets the address `cidr`.
+pub(crate) fn plug(
+    hub: &str,
+    bridge: &str,
+    port: &str,
+    ns: &str,
+    dev: &str,
+    cidr: &str,
+) -> Result<(), String> {
+    ip(&[
+        "-n", hub, "link", "add", port, "type", "veth", "peer", "name", dev, "netns", ns,
+    ])?;
+    ip(&["-n", hub, "link", "set", port, "master", bridge, "up"])?;
+    address(ns, dev, cidr)
+}
+
 /// The namespaces a test network made and the host's end of its link to them: all deleted on
 /// drop, even on panic (the host end goes with its peer; deleting it again covers a partial
 /// setup).
@@ -170,15 +193,8 @@ impl Net {
         for i in 0..nodes {
             let ns = net.node_ns[i].clone();
             net.made.namespace(&ns)?;
-            let port = format!("p{i}");
-            ip(&[
-                "-n", &hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
-                &ns,
-            ])?;
-            ip(&["-n", &hub, "link", "set", &port, "master", "br0", "up"])?;
-            let addr = format!("{}/24", net.addrs[i]);
-            ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
-            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            let cidr = format!("{}/24", net.addrs[i]);
+            plug(&hub, "br0", &format!("p{i}"), &ns, "eth0", &cidr)?;
         }
         Ok(net)
     }
