@@ -486,6 +486,8 @@ pub struct NodeStats {
     pub relay_fallback_dials: usize,
     /// Members listed on a relayed proof before its check ended, since start.
     pub listed_unchecked: usize,
+    /// Members whose proof came attached to news of them (nobody was asked for it), since start.
+    pub proofs_with_news: usize,
     /// Listed members whose identity checks have not ended, now.
     pub checks_pending: usize,
     /// Identity checks run since start, and those of them something waited on.

@@ -13,6 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
+use shoal_swim::Credential;
 
 use crate::lockstep::MAX_NOTICE_LEN;
 use crate::receipt::MAX_RECEIPT_LEN;
@@ -126,6 +127,36 @@ pub enum Relayed {
     Unchecked(ByteBuf),
     /// The relayer checked the peer's proof and refused it: do not list or dial the peer.
     Refused,
+}
+
+impl Relayed {
+    /// The credential that carries this on news that the peer is alive
+    /// ([`shoal_swim::Credential`]): a tag byte, 1 for [`Relayed::Proof`] and 0 for
+    /// [`Relayed::Unchecked`], then the proof. `None` for [`Relayed::Refused`], which no news
+    /// carries (a refused peer is not a member).
+    pub fn to_credential(&self) -> Option<Credential> {
+        let (tag, proof) = match self {
+            Relayed::Proof(proof) => (1, proof),
+            Relayed::Unchecked(proof) => (0, proof),
+            Relayed::Refused => return None,
+        };
+        let mut bytes = Vec::with_capacity(1 + proof.len());
+        bytes.push(tag);
+        bytes.extend_from_slice(proof);
+        Some(Credential::new(bytes))
+    }
+
+    /// What a credential says, if it is one [`Relayed::to_credential`] made: `None` for an
+    /// empty one or an unknown tag.
+    pub fn from_credential(credential: &Credential) -> Option<Relayed> {
+        let (tag, proof) = credential.as_bytes().split_first()?;
+        let proof = ByteBuf::from(proof.to_vec());
+        match tag {
+            1 => Some(Relayed::Proof(proof)),
+            0 => Some(Relayed::Unchecked(proof)),
+            _ => None,
+        }
+    }
 }
 
 impl Response {
@@ -258,6 +289,25 @@ pub fn peer_list<'a>(peers: impl IntoIterator<Item = &'a [u8]>, max: usize) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_credential_says_what_a_relayer_says_of_a_proof() {
+        let proof = ByteBuf::from(vec![5; 40]);
+        for said in [
+            Relayed::Proof(proof.clone()),
+            Relayed::Unchecked(proof.clone()),
+        ] {
+            let credential = said.to_credential().expect("a proof");
+            assert_eq!(credential.as_bytes().len(), 41);
+            assert_eq!(Relayed::from_credential(&credential), Some(said));
+        }
+        assert_eq!(Relayed::Refused.to_credential(), None);
+        assert_eq!(Relayed::from_credential(&Credential::default()), None);
+        assert_eq!(
+            Relayed::from_credential(&Credential::new(vec![2, 5, 5])),
+            None
+        );
+    }
 
     #[test]
     fn refusal_reasons_are_bounded_at_a_char_boundary() {

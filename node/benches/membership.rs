@@ -264,6 +264,9 @@ struct Measured {
     evaluations: Vec<f64>,
     needed: Vec<f64>,
     proof_cpu: Vec<f64>,
+    /// Per node, once all checked: proof requests sent, and proofs that came with news instead.
+    asked: Vec<f64>,
+    with_news: Vec<f64>,
     /// CPU seconds of all nodes together from the start until every node checked every other.
     join_cpu: f64,
     /// Per node over the window: CPU share of a core, RSS and private MiB, packets/s, bytes/s.
@@ -418,11 +421,17 @@ async fn measure(
                 .push(checks["checks_needed"].as_f64().unwrap_or(f64::NAN));
             m.proof_cpu
                 .push(checks["scrypt_secs"].as_f64().unwrap_or(f64::NAN));
+            m.asked
+                .push(checks["proof_requests"].as_f64().unwrap_or(f64::NAN));
+            m.with_news
+                .push(checks["proofs_with_news"].as_f64().unwrap_or(f64::NAN));
         }
     }
     m.evaluations = sorted(std::mem::take(&mut m.evaluations));
     m.needed = sorted(std::mem::take(&mut m.needed));
     m.proof_cpu = sorted(std::mem::take(&mut m.proof_cpu));
+    m.asked = sorted(std::mem::take(&mut m.asked));
+    m.with_news = sorted(std::mem::take(&mut m.with_news));
 
     // The steady state: after the joins' own traffic (proof checks, table fills) has settled,
     // a window with nothing polled.
@@ -575,6 +584,18 @@ async fn main() {
                 percentile(&m.evaluations, 1.0),
                 percentile(&m.needed, 1.0),
                 percentile(&m.proof_cpu, 1.0)
+            )
+        },
+    );
+    row(
+        "proof requests sent / proofs that came with news, per node, median (max)",
+        &|m| {
+            format!(
+                "{:.0} / {:.0} ({:.0} / {:.0})",
+                percentile(&m.asked, 0.5),
+                percentile(&m.with_news, 0.5),
+                percentile(&m.asked, 1.0),
+                percentile(&m.with_news, 1.0)
             )
         },
     );

@@ -953,6 +953,7 @@ fn pending_bytes(n: usize, cores: usize, with_addrs: bool) -> Pending {
                 state,
                 addrs: Vec::new(),
                 by: (state == State::Suspect).then_some(1),
+                credential: Default::default(),
             })
             .collect()
     };

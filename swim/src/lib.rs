@@ -47,7 +47,7 @@ mod tests;
 pub use behaviour::{Behaviour, WireStats};
 pub use config::Config;
 pub use error::{CodecError, CommandError, ConfigError};
-pub use message::{Address, Message, Payload, State, Update};
+pub use message::{Address, Credential, Message, Payload, State, Update};
 pub use state::{
     Changes, CommandId, Effect, Event, Member, Membership, QueueLengths, Stats, Transmit,
 };

@@ -27,6 +27,8 @@ pub const MAX_PUSH_PULL_MEMBERS: usize = 8192;
 pub const MAX_ADDRESSES: usize = 8;
 /// Maximum length of one address. Unit: bytes.
 pub const MAX_ADDRESS_LEN: usize = 256;
+/// Maximum length of a [`Credential`]. Unit: bytes.
+pub const MAX_CREDENTIAL_LEN: usize = 128;
 
 /// An opaque transport address of a member (for libp2p, the bytes of a `Multiaddr`). Encoded as
 /// a CBOR byte string of at most [`MAX_ADDRESS_LEN`] bytes.
@@ -73,6 +75,77 @@ impl<'de> Deserialize<'de> for Address {
     }
 }
 
+/// Bytes an application attaches to news that a member is alive, for a receiver that does not
+/// know the member yet (Shoal attaches the member's identity proof, so that the receiver can list
+/// it without first asking the sender for the proof). SWIM never sets or reads one; it is
+/// encoded as a CBOR byte string of at most [`MAX_CREDENTIAL_LEN`] bytes, and left out when
+/// empty.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct Credential(Box<[u8]>);
+
+impl Credential {
+    /// A credential of `bytes` (at most [`MAX_CREDENTIAL_LEN`] of them: [`Update::check`]
+    /// refuses a longer one).
+    pub fn new(bytes: impl Into<Box<[u8]>>) -> Self {
+        Credential(bytes.into())
+    }
+
+    /// Its bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// What it adds to an update's encoding: the field's key and the byte string.
+    pub fn encoded_len(&self) -> usize {
+        if self.is_empty() {
+            return 0;
+        }
+        let header = match self.0.len() {
+            0..24 => 1,
+            24..256 => 2,
+            _ => 3,
+        };
+        // The key "c" (a one-letter text string) and the byte string's header and bytes.
+        2 + header + self.0.len()
+    }
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Credential({} bytes)", self.0.len())
+    }
+}
+
+impl Serialize for Credential {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Credential {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Credential;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a byte string of at most {MAX_CREDENTIAL_LEN} bytes")
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Credential, E> {
+                if v.len() > MAX_CREDENTIAL_LEN {
+                    return Err(E::invalid_length(v.len(), &self));
+                }
+                Ok(Credential::new(v))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
 /// What a member is believed to be. Ordered by precedence at equal incarnation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum State {
@@ -110,6 +183,10 @@ pub struct Update<T> {
     /// [`State::Dead`], so that Lifeguard can count independent confirmations.
     #[serde(rename = "b", default, skip_serializing_if = "Option::is_none")]
     pub by: Option<T>,
+    /// What the application attached (only to news that the member is alive); SWIM passes it
+    /// on untouched and never keeps it.
+    #[serde(rename = "c", default, skip_serializing_if = "Credential::is_empty")]
+    pub credential: Credential,
 }
 
 /// The request or answer a message carries.
@@ -221,6 +298,18 @@ impl<T: Identity> Update<T> {
         if needs_by != self.by.is_some() {
             return Err(CodecError::Invalid(
                 "`by` must be present exactly for suspect and dead",
+            ));
+        }
+        if self.credential.as_bytes().len() > MAX_CREDENTIAL_LEN {
+            return Err(CodecError::TooMany {
+                what: "credential bytes",
+                len: self.credential.as_bytes().len(),
+                max: MAX_CREDENTIAL_LEN,
+            });
+        }
+        if !self.credential.is_empty() && self.state != State::Alive {
+            return Err(CodecError::Invalid(
+                "a credential rides only on news that a member is alive",
             ));
         }
         Ok(())
@@ -365,6 +454,7 @@ mod tests {
             state,
             addrs: vec![Address::from("/ip4/10.0.0.1/tcp/4001")],
             by,
+            credential: Credential::default(),
         }
     }
 
@@ -513,6 +603,45 @@ mod tests {
     }
 
     #[test]
+    fn a_credential_rides_only_on_alive_news_within_its_bound() {
+        let gossip = |u: Update<u32>| Message {
+            payload: Payload::Ping { seq: 1 },
+            gossip: vec![u],
+        };
+        // Its encoded cost is what the update grows by.
+        for len in [1, 23, 24, 40, MAX_CREDENTIAL_LEN] {
+            let mut u = update(1, State::Alive);
+            let bare = encoded_len(&u);
+            u.credential = Credential::new(vec![7; len]);
+            assert_eq!(
+                encoded_len(&u),
+                bare + u.credential.encoded_len(),
+                "{len} bytes"
+            );
+            roundtrip(&gossip(u));
+        }
+        // Longer than the bound: refused by the decoder, and by the encoder's check.
+        let mut u = update(1, State::Alive);
+        u.credential = Credential::new(vec![7; MAX_CREDENTIAL_LEN + 1]);
+        let bytes = cbor4ii::serde::to_vec(Vec::new(), &gossip(u.clone())).unwrap();
+        assert!(matches!(
+            decode::<u32>(&bytes, MAX_MESSAGE_BYTES),
+            Err(CodecError::Malformed(_))
+        ));
+        assert!(to_vec(&gossip(u), MAX_MESSAGE_BYTES).is_err());
+        // On news of a suspicion, a death or a departure: invalid.
+        for state in [State::Suspect, State::Dead, State::Left] {
+            let mut u = update(1, state);
+            u.credential = Credential::new(vec![7; 40]);
+            let bytes = cbor4ii::serde::to_vec(Vec::new(), &gossip(u)).unwrap();
+            assert!(matches!(
+                decode::<u32>(&bytes, MAX_MESSAGE_BYTES),
+                Err(CodecError::Invalid(_))
+            ));
+        }
+    }
+
+    #[test]
     fn rejects_trailing_bytes_and_garbage() {
         let mut bytes = to_vec(
             &Message::<u32> {
@@ -559,11 +688,18 @@ mod tests {
 
         #[test]
         fn roundtrip_arbitrary(seq in any::<u64>(), inc in any::<u64>(), m in any::<u32>(),
-                               addr in proptest::collection::vec(any::<u8>(), 0..64)) {
+                               addr in proptest::collection::vec(any::<u8>(), 0..64),
+                               cred in proptest::collection::vec(any::<u8>(), 0..=MAX_CREDENTIAL_LEN)) {
             let msg = Message {
                 payload: Payload::PingReq { seq, target: m },
-                gossip: vec![Update { member: m, incarnation: inc, state: State::Dead,
-                                      addrs: vec![Address(addr)], by: Some(m ^ 1) }],
+                gossip: vec![
+                    Update { member: m, incarnation: inc, state: State::Dead,
+                             addrs: vec![Address(addr.clone())], by: Some(m ^ 1),
+                             credential: Credential::default() },
+                    Update { member: m ^ 2, incarnation: inc, state: State::Alive,
+                             addrs: vec![Address(addr)], by: None,
+                             credential: Credential::new(cred) },
+                ],
             };
             let bytes = to_vec(&msg, MAX_MESSAGE_BYTES).unwrap();
             prop_assert_eq!(decode::<u32>(&bytes, MAX_MESSAGE_BYTES).unwrap(), msg);

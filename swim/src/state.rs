@@ -82,7 +82,7 @@ use self::ticks::Ticks;
 use crate::Identity;
 use crate::config::Config;
 use crate::error::{CommandError, ConfigError};
-use crate::message::{self, Address, Message, Payload, State, Update};
+use crate::message::{self, Address, Credential, Message, Payload, State, Update};
 
 /// Identifies a command ([`Membership::join`], [`Membership::leave`]); the event that answers it
 /// carries the same id.
@@ -600,6 +600,7 @@ impl<T: Identity> Membership<T> {
             state: State::Left,
             addrs: self.my_addrs.to_vec(),
             by: None,
+            credential: Credential::default(),
         };
         self.broadcasts.push(update);
         // Tell a few members directly so the news does not wait for the next probe.
@@ -1157,6 +1158,7 @@ impl<T: Identity> Membership<T> {
             state: State::Suspect,
             addrs: Vec::new(),
             by: Some(self.me.clone()),
+            credential: Credential::default(),
         };
         self.apply(now, update, false);
     }
@@ -1239,6 +1241,7 @@ impl<T: Identity> Membership<T> {
                 state: State::Dead,
                 addrs: Vec::new(),
                 by: Some(self.me.clone()),
+                credential: Credential::default(),
             };
             self.apply(now, update, false);
         }
@@ -1349,6 +1352,7 @@ impl<T: Identity> Membership<T> {
             state,
             addrs: Vec::new(),
             by,
+            credential: Credential::default(),
         })
     }
 
@@ -1359,6 +1363,7 @@ impl<T: Identity> Membership<T> {
             state: State::Alive,
             addrs: self.my_addrs.to_vec(),
             by: None,
+            credential: Credential::default(),
         }
     }
 
@@ -1538,6 +1543,7 @@ impl<T: Identity> Membership<T> {
             state,
             addrs: addrs.to_vec(),
             by,
+            credential: Credential::default(),
         })
     }
 

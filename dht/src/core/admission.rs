@@ -14,6 +14,12 @@
 //! - its proof is asked of the member that named it, in batches; a relayer that holds none, or
 //!   requests that keep failing, fall back to dialing it so the gate checks it.
 //!
+//! Most news needs no request: news that a member is alive (a join or a refutation) carries
+//! the member's proof when the sender holds it ([`shoal_swim::Credential`],
+//! [`Core::attach_proofs`]), and so does a join's answer for every member it names, so a member
+//! spreads through the cluster with its proof and a joiner lists everyone on the answer alone.
+//! A proof taken so is a relayed one in every other way.
+//!
 //! A relayed proof costs one scrypt evaluation to check, and a node meeting a whole cluster at
 //! once has one to run per member: waiting for all of them before listing anyone made a node
 //! of 20 started together see the others only after seconds of both cores. So a relayed proof
@@ -34,7 +40,8 @@ use std::time::{Duration, Instant};
 
 use serde_bytes::ByteBuf;
 use shoal_pow::ProofError;
-use shoal_swim::{Address, Effect, Message, Payload, Update};
+use shoal_swim::message::encoded_len;
+use shoal_swim::{Address, Effect, Message, Payload, State, Update};
 
 use super::departed::Departed;
 use super::ops::{Op, Timer};
@@ -261,30 +268,148 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             if !seen.insert(peer) {
                 continue;
             }
-            let a = &mut self.admission;
-            let said = if let Some(proof) = a
-                .verified
-                .get(&peer)
-                .cloned()
-                .or_else(|| a.departed.get(&peer))
-            {
-                Relayed::Proof(ByteBuf::from(self.checks.proof_bytes(&peer, &proof)))
-            } else if let Some(c) = a.checking.get_mut(&peer) {
-                // Listed here on a proof not checked yet: passed on as it is, for the asker to
-                // check itself (a failure is then the peer's, not this node's). A peer this
-                // node met on a connection has nobody else to vouch for it, so its check here
-                // becomes needed: a cheater is refused within a check, and answered as such.
-                c.needed |= c.met;
-                Relayed::Unchecked(ByteBuf::from(c.proof.clone()))
-            } else if a.refused.contains_key(&peer) {
-                Relayed::Refused
-            } else {
+            let Some(said) = self.proof_to_pass_on(&peer) else {
                 continue;
             };
+            if let Relayed::Unchecked(_) = said
+                && let Some(c) = self.admission.checking.get_mut(&peer)
+            {
+                // A peer this node met on a connection has nobody else to vouch for it, so its
+                // check here becomes needed: a cheater is refused within a check, and answered
+                // as such.
+                c.needed |= c.met;
+            }
             answer.push((ByteBuf::from(peer.to_bytes()), said));
         }
         self.next_check(now);
         Response::Proofs(answer)
+    }
+
+    /// What this node can pass on of `peer`'s proof: the proof if it admitted `peer` (or did
+    /// until it departed lately); the proof as it holds it if `peer` is listed while its check
+    /// is still to run (the receiver checks it itself, and a failure is then the peer's, not
+    /// this node's); refused if its check failed; nothing if it does not know `peer`.
+    fn proof_to_pass_on(&self, peer: &T) -> Option<Relayed> {
+        let a = &self.admission;
+        if let Some(proof) = a
+            .verified
+            .get(peer)
+            .cloned()
+            .or_else(|| a.departed.get(peer))
+        {
+            Some(Relayed::Proof(ByteBuf::from(
+                self.checks.proof_bytes(peer, &proof),
+            )))
+        } else if let Some(c) = a.checking.get(peer) {
+            Some(Relayed::Unchecked(ByteBuf::from(c.proof.clone())))
+        } else if a.refused.contains_key(peer) {
+            Some(Relayed::Refused)
+        } else {
+            None
+        }
+    }
+
+    /// Attaches to the news in `msg`, bound for `to`, that a member is alive the member's proof
+    /// ([`Relayed::to_credential`]), so that a receiver who does not know the member lists it
+    /// at once instead of asking this node for the proof first: to gossip always (news of a
+    /// member alive is a join or a refutation, rare once a cluster settled), and to every
+    /// member of a push-pull when it answers `to`'s join (`whole_table`), as a joiner knows
+    /// nobody. The periodic push-pulls go without: their receivers know most members, and a
+    /// table of proofs each time would cost more than the few requests it saves. Stops before
+    /// the message would outgrow SWIM's message bound.
+    pub(super) fn attach_proofs(&self, to: &T, msg: &mut Message<T>, whole_table: bool) {
+        let wanted =
+            |u: &Update<T>| u.state == State::Alive && u.member != *to && u.member != self.local;
+        let members: &mut [Update<T>] = match &mut msg.payload {
+            Payload::PushPull { members, .. } if whole_table => members,
+            _ => &mut [],
+        };
+        if !msg.gossip.iter().chain(members.iter()).any(wanted) {
+            return;
+        }
+        // Room for the credentials, less a little for the envelope's length headers growing.
+        let max = self.swim.config().max_message_bytes.get();
+        let mut room = max.saturating_sub(encoded_len(msg) + 16);
+        let members: &mut [Update<T>] = match &mut msg.payload {
+            Payload::PushPull { members, .. } if whole_table => members,
+            _ => &mut [],
+        };
+        for u in msg.gossip.iter_mut().chain(members.iter_mut()) {
+            if !wanted(u) {
+                continue;
+            }
+            let Some(credential) = self
+                .proof_to_pass_on(&u.member)
+                .and_then(|said| said.to_credential())
+            else {
+                continue;
+            };
+            let cost = credential.encoded_len();
+            if cost > room {
+                break;
+            }
+            room -= cost;
+            u.credential = credential;
+        }
+    }
+
+    /// Takes the proofs that came attached to news in `msg` from `from` (see
+    /// [`Core::attach_proofs`]) as if `from` had answered a request for them: a member this
+    /// node does not know is listed at once while its check waits, or admitted if the proof is
+    /// known valid, or refused. A checked proof that fails costs `from` this node's trust, as a
+    /// relayed one does; a distrusted sender's proofs are ignored (its news takes the way of any
+    /// other, and the members it names are dialed). The credentials are removed either way.
+    fn take_proofs(&mut self, now: Instant, unix: u64, from: T, msg: &mut Message<T>) {
+        let mut taken = Vec::new();
+        let members: &mut [Update<T>] = match &mut msg.payload {
+            Payload::PushPull { members, .. } => members,
+            _ => &mut [],
+        };
+        for u in msg.gossip.iter_mut().chain(members.iter_mut()) {
+            if !u.credential.is_empty() {
+                let credential = std::mem::take(&mut u.credential);
+                taken.push((u.member, u.addrs.clone(), credential));
+            }
+        }
+        if taken.is_empty() || self.admission.distrusted.contains(&from) {
+            return;
+        }
+        let mut listed = false;
+        for (member, addrs, credential) in taken {
+            let a = &self.admission;
+            if member == self.local
+                || a.is_listed(&member)
+                || a.refused.contains_key(&member)
+                || a.departed.contains(&member)
+                || (!a.wanted.contains_key(&member)
+                    && a.wanted.len() + a.checking.len() >= MAX_WANTED)
+                || !self.permitted(&member)
+                || !self.checks.reachable(&self.local_addrs, &addrs)
+            {
+                // Known already, or left to the way news without a proof takes (a departed
+                // member is readmitted on the proof kept; bounds and the trust policy apply).
+                continue;
+            }
+            let (relayer, proof) = match Relayed::from_credential(&credential) {
+                Some(Relayed::Proof(proof)) => (Some(from), proof),
+                Some(Relayed::Unchecked(proof)) => (None, proof),
+                Some(Relayed::Refused) | None => continue,
+            };
+            self.stats.proofs_with_news += 1;
+            // The member is awaited as if its news had come without the proof, and the proof
+            // is taken as an answer about it.
+            self.admission.wanted.entry(member).or_insert(Wanted {
+                addrs,
+                from,
+                retry_at: None,
+                failed_requests: 0,
+            });
+            self.check_relayed(now, unix, relayer, member, &proof);
+            listed = true;
+        }
+        if listed {
+            self.next_check(now);
+        }
     }
 
     /// Whether `from` may be served now: it is admitted, or it departed lately and is readmitted
@@ -439,6 +564,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         from: T,
         msg: &mut Message<T>,
     ) {
+        self.take_proofs(now, unix, from, msg);
         let mut reviving = Vec::new();
         let mut cut = 0u64;
         {

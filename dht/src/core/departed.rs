@@ -73,6 +73,11 @@ impl<T: Copy + Eq + std::hash::Hash, P: Clone> Departed<T, P> {
         self.proofs.get(peer).map(|(proof, _)| proof.clone())
     }
 
+    /// Whether `peer` departed lately (its proof is kept).
+    pub(super) fn contains(&self, peer: &T) -> bool {
+        self.proofs.contains_key(peer)
+    }
+
     /// Removes `peer` (it came back, or was refused), giving back its proof.
     pub(super) fn remove(&mut self, peer: &T) -> Option<P> {
         self.proofs.remove(peer).map(|(proof, _)| proof)

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use shoal_swim::{Address, CommandError, CommandId, Event, Message, State};
+use shoal_swim::{Address, CommandError, CommandId, Event, Message, Payload, State};
 
 use super::ops::{Join, Op, Timer};
 use super::routing::Inserted;
@@ -42,23 +42,32 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
     /// Hands an admitted peer's SWIM message to the membership, after admission's filter.
     pub(super) fn pass_to_swim(&mut self, now: Instant, unix: u64, from: T, mut msg: Message<T>) {
         self.filter_updates(now, unix, from, &mut msg);
+        let joining = matches!(msg.payload, Payload::PushPull { join: true, .. });
         self.stats.swim_received += 1;
         self.swim.handle_message(now, from, msg);
-        self.drain_swim(now, unix);
+        self.drain_swim_answering(now, unix, joining.then_some(from));
     }
 
     /// Turns what the membership produced into actions and applies its events: transmits to
     /// send, members to route or unroute, commands answered. Persists a raised incarnation.
     pub(super) fn drain_swim(&mut self, now: Instant, unix: u64) {
+        self.drain_swim_answering(now, unix, None);
+    }
+
+    /// [`Core::drain_swim`] right after the membership took a join from `joiner`: its answer,
+    /// this node's table, carries every member's proof ([`Core::attach_proofs`]).
+    fn drain_swim_answering(&mut self, now: Instant, unix: u64, joiner: Option<T>) {
         loop {
             let mut progress = false;
             while let Some(t) = self.swim.poll_transmit() {
                 progress = true;
                 let addrs = self.addrs_of(&t.to);
+                let mut msg = t.msg;
+                self.attach_proofs(&t.to, &mut msg, joiner == Some(t.to));
                 self.push(Action::Swim {
                     to: t.to,
                     addrs,
-                    msg: t.msg,
+                    msg,
                 });
             }
             while let Some(event) = self.swim.poll_event() {

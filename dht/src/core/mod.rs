@@ -534,6 +534,8 @@ pub struct CoreStats<T> {
     pub relay_fallback_dials: usize,
     /// Members listed in the membership on a relayed proof whose check was still to run.
     pub listed_unchecked: usize,
+    /// Members whose proof came attached to news of them, so that nobody had to be asked for it.
+    pub proofs_with_news: usize,
     /// Checks handed to the runtime ([`Action::Verify`]).
     pub checks_run: usize,
     /// Of those, the ones something waited on (run at the node's own priority).
@@ -608,6 +610,7 @@ impl<T> Default for CoreStats<T> {
             refused_relayed: 0,
             relay_fallback_dials: 0,
             listed_unchecked: 0,
+            proofs_with_news: 0,
             checks_run: 0,
             checks_needed: 0,
             probes_on_disconnect: 0,

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_bytes::ByteBuf;
-use shoal_swim::{Message, Payload, State, Update};
+use shoal_swim::{Credential, Message, Payload, State, Update};
 
 use super::*;
 use crate::api::{AnnounceError, GetError, JoinError, Path, Route};
@@ -208,7 +208,27 @@ fn news(member: u32, incarnation: u64, state: State, by: u32) -> Update<SimPeer>
         state,
         addrs: Vec::new(),
         by: matches!(state, State::Suspect | State::Dead).then_some(SimPeer(by)),
+        credential: Credential::default(),
     }
+}
+
+/// News that `member` is alive carrying `said` of its proof.
+fn news_with(member: u32, said: Relayed) -> Update<SimPeer> {
+    Update {
+        credential: said.to_credential().expect("a proof"),
+        ..news(member, 1, State::Alive, 0)
+    }
+}
+
+/// The SWIM messages among `actions`, with their receivers.
+fn swims(actions: &[Action<SimPeer>]) -> Vec<(SimPeer, &Message<SimPeer>)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Swim { to, msg, .. } => Some((*to, msg)),
+            _ => None,
+        })
+        .collect()
 }
 
 // ----- admission -----
@@ -688,6 +708,123 @@ fn news_of_an_unadmitted_member_is_cut_and_its_proof_asked_of_the_relayer() {
     assert_eq!(core.stats().verified_by_relay, 1);
     assert_eq!(core.stats().listed_unchecked, 1);
     assert!(core.routing_table().contains(&SimPeer(2)));
+}
+
+#[test]
+fn news_with_its_proof_lists_the_member_without_asking_and_a_bad_vouched_proof_costs_trust() {
+    let (mut core, now) = lone(0, false);
+    core.handle_gate(now, UNIX, SimPeer(1), Ok(()));
+    drain(&mut core);
+    let checked = |p: Vec<u8>| Relayed::Proof(ByteBuf::from(p));
+    let unchecked = |p: Vec<u8>| Relayed::Unchecked(ByteBuf::from(p));
+    gossip_from(
+        &mut core,
+        now,
+        1,
+        vec![
+            news_with(2, checked(proof(2))),
+            news_with(3, unchecked(proof(3))),
+            // Vouched for by member 1, and another member's proof: it fails its check.
+            news_with(4, checked(proof(9))),
+        ],
+    );
+    assert_eq!(core.stats().proofs_with_news, 3);
+    assert_eq!(core.stats().updates_cut, 0, "none cut: all listed");
+    for m in [2, 3, 4] {
+        assert!(core.membership().member(&SimPeer(m)).is_some(), "{m}");
+        assert!(core.is_checking(&SimPeer(m)) && !core.is_admitted(&SimPeer(m)));
+    }
+    // Nobody is asked for a proof, and nobody is dialed.
+    core.handle_timeout(now + Duration::from_millis(10), UNIX);
+    let actions = drain(&mut core);
+    assert!(sends(&actions).is_empty(), "{actions:?}");
+    assert!(!actions.iter().any(|a| matches!(a, Action::Dial { .. })));
+    let (checked_peers, _) = run_checks(&mut core, now, actions);
+    assert_eq!(checked_peers.len(), 3);
+    assert!(core.is_admitted(&SimPeer(2)) && core.is_admitted(&SimPeer(3)));
+    assert!(!core.is_admitted(&SimPeer(4)) && core.membership().member(&SimPeer(4)).is_none());
+    assert_eq!(core.stats().relayers_distrusted, 1);
+    // A distrusted sender's proofs are not taken: its news is cut, and the member dialed.
+    gossip_from(&mut core, now, 1, vec![news_with(5, checked(proof(5)))]);
+    assert!(core.membership().member(&SimPeer(5)).is_none());
+    assert_eq!(core.stats().proofs_with_news, 3);
+    let actions = drain(&mut core);
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Dial { peer, .. } if *peer == SimPeer(5))),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn a_joins_answer_carries_every_proof_and_news_of_a_member_alive_carries_its_own() {
+    let (mut core, now) = lone(0, false);
+    for m in [1, 2] {
+        core.handle_gate(now, UNIX, SimPeer(m), Ok(()));
+    }
+    core.handle_presented(now, UNIX, SimPeer(3), &proof(3));
+    gossip_from(
+        &mut core,
+        now,
+        1,
+        vec![news(2, 1, State::Alive, 0), news(3, 1, State::Alive, 0)],
+    );
+    drain(&mut core);
+    // Member 1 joins through this node: the answer names 2 (checked here) and 3 (listed, its
+    // check waiting) with their proofs, this node and member 1 itself without.
+    let join = Message {
+        payload: Payload::PushPull {
+            join: true,
+            reply: true,
+            members: vec![news(1, 1, State::Alive, 0)],
+        },
+        gossip: Vec::new(),
+    };
+    core.handle_swim(now, UNIX, SimPeer(1), join);
+    let actions = drain(&mut core);
+    let answers: Vec<_> = swims(&actions)
+        .into_iter()
+        .filter(|(to, m)| *to == SimPeer(1) && matches!(m.payload, Payload::PushPull { .. }))
+        .collect();
+    assert_eq!(answers.len(), 1, "{actions:?}");
+    let Payload::PushPull { members, .. } = &answers[0].1.payload else {
+        unreachable!()
+    };
+    let said = |m: u32| {
+        let u = members
+            .iter()
+            .find(|u| u.member == SimPeer(m))
+            .expect("named");
+        Relayed::from_credential(&u.credential)
+    };
+    assert_eq!(said(2), Some(Relayed::Proof(ByteBuf::from(proof(2)))));
+    assert_eq!(said(3), Some(Relayed::Unchecked(ByteBuf::from(proof(3)))));
+    assert_eq!(said(0), None);
+    assert_eq!(said(1), None);
+    // The news of member 1's join goes out with its proof to the others, in gossip; push-pulls
+    // that answer no join carry none.
+    let mut carried = 0;
+    let mut at = now;
+    for _ in 0..50 {
+        at += Duration::from_millis(100);
+        core.handle_timeout(at, UNIX);
+        for (to, msg) in swims(&drain(&mut core)) {
+            for u in &msg.gossip {
+                let has = !u.credential.is_empty();
+                assert_eq!(
+                    has,
+                    u.state == State::Alive && u.member != to && u.member != SimPeer(0),
+                    "{u:?} to {to:?}"
+                );
+                carried += usize::from(has && u.member == SimPeer(1));
+            }
+            if let Payload::PushPull { members, .. } = &msg.payload {
+                assert!(members.iter().all(|u| u.credential.is_empty()));
+            }
+        }
+    }
+    assert!(carried > 0, "the join's news went out with its proof");
 }
 
 #[test]

@@ -1021,6 +1021,7 @@ impl EventLoop {
             refused_relayed: c.refused_relayed,
             relay_fallback_dials: c.relay_fallback_dials,
             listed_unchecked: c.listed_unchecked,
+            proofs_with_news: c.proofs_with_news,
             checks_pending: self.core.checks_pending(),
             checks_run: c.checks_run,
             checks_needed: c.checks_needed,

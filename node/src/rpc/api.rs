@@ -775,6 +775,8 @@ async fn info(state: &State, params: Params<'_>) -> Result<Value, RpcError> {
             "pending": stats.checks_pending,
             "verified": stats.verified,
             "listed_before_check": stats.listed_unchecked,
+            "proofs_with_news": stats.proofs_with_news,
+            "proof_requests": stats.relay_requests,
             "scrypt_evaluations": stats.verifier.scrypt_evaluations,
             "checks_run": stats.checks_run,
             "checks_needed": stats.checks_needed,

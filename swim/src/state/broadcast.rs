@@ -43,7 +43,7 @@ use std::sync::Arc;
 
 use super::{grow_gently, shrink_gently, shrink_sparse};
 use crate::Identity;
-use crate::message::{Address, State, Update, encoded_len};
+use crate::message::{Address, Credential, State, Update, encoded_len};
 
 /// Bits of [`Entry::meta`]: the state in the lowest two.
 const STATE_MASK: u32 = 0b11;
@@ -121,6 +121,7 @@ impl<T: Identity> Entry<T> {
             state,
             addrs: addrs.map_or_else(Vec::new, |a| a.to_vec()),
             by: (self.meta & HAS_BY != 0).then(|| self.by.clone()),
+            credential: Credential::default(),
         }
     }
 }
@@ -437,6 +438,7 @@ mod tests {
             state: State::Alive,
             addrs: vec![],
             by: None,
+            credential: Credential::default(),
         }
     }
 
@@ -492,6 +494,7 @@ mod tests {
                 state: State::Suspect,
                 addrs: table.to_vec(),
                 by: Some(9),
+                credential: Credential::default(),
             },
             Update {
                 member: 8,
@@ -499,6 +502,7 @@ mod tests {
                 state: State::Dead,
                 addrs: vec![Address::from("/c")],
                 by: Some(8),
+                credential: Credential::default(),
             },
             Update {
                 member: 10,
@@ -506,6 +510,7 @@ mod tests {
                 state: State::Left,
                 addrs: vec![],
                 by: None,
+                credential: Credential::default(),
             },
         ];
         let mut b = Broadcasts::new();
@@ -641,6 +646,7 @@ mod tests {
                 .map(|i| Address(vec![b'x'; 10 * i as usize + 1]))
                 .collect(),
             by: matches!(state, State::Suspect | State::Dead).then_some(member + 1),
+            credential: Credential::default(),
         }
     }
 

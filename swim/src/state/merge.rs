@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use super::{Event, Membership, Status};
 use crate::Identity;
-use crate::message::{Address, Payload, State, Update};
+use crate::message::{Address, Credential, Payload, State, Update};
 
 /// What applying an update would do to the member it names, as told by
 /// [`Membership::effect`].
@@ -306,6 +306,7 @@ impl<T: Identity> Membership<T> {
                 state: State::Left,
                 addrs: self.my_addrs.to_vec(),
                 by: None,
+                credential: Credential::default(),
             });
         } else {
             self.broadcasts.push(self.my_update());
@@ -346,6 +347,7 @@ impl<T: Identity> Membership<T> {
             state: State::Alive,
             addrs: self.members.addrs(&u.member).to_vec(),
             by: None,
+            credential: Credential::default(),
         })
     }
 }

@@ -40,6 +40,7 @@ fn update(member: u32, incarnation: u64, state: State, by: Option<u32>) -> Updat
         state,
         addrs: addrs(member),
         by,
+        credential: Credential::default(),
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::message::{Address, Message, Payload, State, Update};
+use crate::message::{Address, Credential, Message, Payload, State, Update};
 use crate::sim::scenario;
 use crate::sim::{LinkModel, NodeId, Sim};
 use crate::state::{Event, Membership, Transmit};
@@ -67,6 +67,7 @@ fn suspect(member: u32, by: u32) -> Update<u32> {
         state: State::Suspect,
         addrs: Vec::new(),
         by: Some(by),
+        credential: Credential::default(),
     }
 }
 
@@ -579,6 +580,7 @@ fn a_suspicion_checks_once_before_it_expires() {
         state: State::Alive,
         addrs: addrs(2),
         by: None,
+        credential: Credential::default(),
     };
     let answer = Message {
         payload: Payload::Ack { seq: 0 },

@@ -126,7 +126,7 @@ proptest! {
                     let by = matches!(state, State::Suspect | State::Dead).then_some(by);
                     let msg = Message {
                         payload: Payload::Ping { seq: 1 },
-                        gossip: vec![Update { member, incarnation: inc as u64, state, addrs: vec![], by }],
+                        gossip: vec![Update { member, incarnation: inc as u64, state, addrs: vec![], by, credential: Default::default() }],
                     };
                     let from = (to + 1) % NODES;
                     cores[to as usize].handle_message(now, from, msg);
