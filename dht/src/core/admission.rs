@@ -66,6 +66,12 @@ const RELAY_RETRY_AFTER: Duration = Duration::from_secs(2);
 /// (a push-pull naming hundreds of members) then costs a few requests, not one each.
 const RELAY_BATCH_DELAY: Duration = Duration::from_millis(5);
 
+/// How long after listing a member this node attaches its proof to news that it is alive: long
+/// enough for the news of a join to reach everyone, even at heavy loss. News of an older member
+/// goes without, as every member has listed it by then (at 30 % loss, refutations of members
+/// long known are many, and their proofs grew every probe's gossip for nothing).
+const FRESH_FOR: Duration = Duration::from_secs(30);
+
 /// How long news cut about a member that is neither admitted nor awaited is remembered; later
 /// news about it is reported again after that.
 const REPORTED_TTL: Duration = Duration::from_secs(60);
@@ -148,6 +154,9 @@ pub(super) struct Admission<T, P> {
     reported: HashMap<T, (T, Update<T>, Instant)>,
     held: HashMap<T, HeldQueue<T>>,
     checking: HashMap<T, Checking<T>>,
+    /// When each member listed in the last [`FRESH_FOR`] was listed here: news that one of them
+    /// is alive carries its proof ([`Core::attach_proofs`]).
+    fresh: HashMap<T, Instant>,
     /// The member whose check the runtime is running in each lane, and since when.
     running: [Option<(T, Instant)>; 2],
     /// Relayers a relayed proof of which failed its check.
@@ -166,6 +175,7 @@ impl<T, P> Default for Admission<T, P> {
             reported: HashMap::new(),
             held: HashMap::new(),
             checking: HashMap::new(),
+            fresh: HashMap::new(),
             running: [None, None],
             distrusted: HashSet::new(),
             refused: HashMap::new(),
@@ -311,31 +321,49 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
 
     /// Attaches to the news in `msg`, bound for `to`, that a member is alive the member's proof
     /// ([`Relayed::to_credential`]), so that a receiver who does not know the member lists it
-    /// at once instead of asking this node for the proof first: to gossip always (news of a
-    /// member alive is a join or a refutation, rare once a cluster settled), and to every
-    /// member of a push-pull when it answers `to`'s join (`whole_table`), as a joiner knows
-    /// nobody. The periodic push-pulls go without: their receivers know most members, and a
-    /// table of proofs each time would cost more than the few requests it saves. Stops before
-    /// the message would outgrow SWIM's message bound.
-    pub(super) fn attach_proofs(&self, to: &T, msg: &mut Message<T>, whole_table: bool) {
-        let wanted =
-            |u: &Update<T>| u.state == State::Alive && u.member != *to && u.member != self.local;
-        let members: &mut [Update<T>] = match &mut msg.payload {
-            Payload::PushPull { members, .. } if whole_table => members,
-            _ => &mut [],
+    /// at once instead of asking this node for the proof first: in gossip, for a member this
+    /// node listed in the last [`FRESH_FOR`] (a joiner, as news of it spreads); in a push-pull
+    /// that answers `to`'s join (`whole_table`), for every member, as a joiner knows nobody.
+    /// The periodic push-pulls go without: their receivers know most members, and a table of
+    /// proofs each time would cost more than the few requests it saves. Stops before the
+    /// message would outgrow SWIM's message bound.
+    pub(super) fn attach_proofs(
+        &self,
+        now: Instant,
+        to: &T,
+        msg: &mut Message<T>,
+        whole_table: bool,
+    ) {
+        let fresh = |member: &T| {
+            self.admission
+                .fresh
+                .get(member)
+                .is_some_and(|at| now.saturating_duration_since(*at) < FRESH_FOR)
         };
-        if !msg.gossip.iter().chain(members.iter()).any(wanted) {
+        let wanted = |u: &Update<T>, in_table: bool| {
+            u.state == State::Alive
+                && u.member != *to
+                && u.member != self.local
+                && (in_table || fresh(&u.member))
+        };
+        let table: &[Update<T>] = match &msg.payload {
+            Payload::PushPull { members, .. } if whole_table => members,
+            _ => &[],
+        };
+        if !msg.gossip.iter().any(|u| wanted(u, false)) && !table.iter().any(|u| wanted(u, true)) {
             return;
         }
         // Room for the credentials, less a little for the envelope's length headers growing.
         let max = self.swim.config().max_message_bytes.get();
         let mut room = max.saturating_sub(encoded_len(msg) + 16);
-        let members: &mut [Update<T>] = match &mut msg.payload {
+        let Message { gossip, payload } = msg;
+        let members: &mut [Update<T>] = match payload {
             Payload::PushPull { members, .. } if whole_table => members,
             _ => &mut [],
         };
-        for u in msg.gossip.iter_mut().chain(members.iter_mut()) {
-            if !wanted(u) {
+        let news = gossip.iter_mut().map(|u| (u, false));
+        for (u, in_table) in news.chain(members.iter_mut().map(|u| (u, true))) {
+            if !wanted(u, in_table) {
                 continue;
             }
             let Some(credential) = self
@@ -480,6 +508,9 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         if !self.permitted(&peer) {
             return self.deny(now, peer);
         }
+        if !self.admission.is_listed(&peer) {
+            self.admission.fresh.insert(peer, now);
+        }
         if self.admission.verified.insert(peer, proof).is_none() {
             self.stats.verified += 1;
         }
@@ -523,6 +554,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         a.departed.remove(peer);
         a.wanted.remove(peer);
         a.reported.remove(peer);
+        a.fresh.remove(peer);
         if a.checking.remove(peer).is_some() && !verified {
             self.swim.forget(peer);
         }
@@ -876,6 +908,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             return self.deny(now, member);
         }
         self.stats.listed_unchecked += 1;
+        self.admission.fresh.insert(member, now);
         let needed = self.admission.held.contains_key(&member);
         self.admission.checking.insert(
             member,
@@ -1113,6 +1146,9 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         shrink_sparse(&mut a.reported);
         shrink_sparse(&mut a.held);
         shrink_sparse(&mut a.checking);
+        a.fresh
+            .retain(|_, at| now.saturating_duration_since(*at) < FRESH_FOR);
+        shrink_sparse(&mut a.fresh);
         a.refused
             .retain(|_, at| now.saturating_duration_since(*at) < REFUSED_TTL);
         shrink_sparse(&mut a.refused);

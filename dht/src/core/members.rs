@@ -63,7 +63,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 progress = true;
                 let addrs = self.addrs_of(&t.to);
                 let mut msg = t.msg;
-                self.attach_proofs(&t.to, &mut msg, joiner == Some(t.to));
+                self.attach_proofs(now, &t.to, &mut msg, joiner == Some(t.to));
                 self.push(Action::Swim {
                     to: t.to,
                     addrs,

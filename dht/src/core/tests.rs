@@ -758,7 +758,7 @@ fn news_with_its_proof_lists_the_member_without_asking_and_a_bad_vouched_proof_c
 }
 
 #[test]
-fn a_joins_answer_carries_every_proof_and_news_of_a_member_alive_carries_its_own() {
+fn a_joins_answer_carries_every_proof_and_news_of_a_fresh_member_carries_its_own() {
     let (mut core, now) = lone(0, false);
     for m in [1, 2] {
         core.handle_gate(now, UNIX, SimPeer(m), Ok(()));
@@ -825,6 +825,24 @@ fn a_joins_answer_carries_every_proof_and_news_of_a_member_alive_carries_its_own
         }
     }
     assert!(carried > 0, "the join's news went out with its proof");
+    // Half a minute after they were listed, news of the same members goes without: everyone
+    // has listed them by then (a refutation of member 2 here).
+    at += Duration::from_secs(30);
+    core.handle_timeout(at, UNIX);
+    drain(&mut core);
+    gossip_from(&mut core, at, 1, vec![news(2, 2, State::Alive, 0)]);
+    let mut told = 0;
+    for _ in 0..20 {
+        at += Duration::from_millis(100);
+        core.handle_timeout(at, UNIX);
+        for (_, msg) in swims(&drain(&mut core)) {
+            for u in msg.gossip.iter().filter(|u| u.member == SimPeer(2)) {
+                assert!(u.credential.is_empty(), "{u:?}");
+                told += 1;
+            }
+        }
+    }
+    assert!(told > 0, "the refutation went out");
 }
 
 #[test]
