@@ -634,6 +634,14 @@ const METHODS: &[Method] = &[
                     },
                     "verified": integer(),
                     "listed_before_check": integer(),
+                    "proofs_with_news": {
+                        "type": "integer", "minimum": 0,
+                        "description": "Members whose proof came attached to news of them",
+                    },
+                    "proof_requests": {
+                        "type": "integer", "minimum": 0,
+                        "description": "Requests sent to members for proofs of members they named",
+                    },
                     "scrypt_evaluations": integer(),
                     "checks_run": integer(),
                     "checks_needed": {
