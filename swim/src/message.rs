@@ -58,21 +58,27 @@ impl Serialize for Address {
 
 impl<'de> Deserialize<'de> for Address {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Address;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "a byte string of at most {MAX_ADDRESS_LEN} bytes")
-            }
-            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Address, E> {
-                if v.len() > MAX_ADDRESS_LEN {
-                    return Err(E::invalid_length(v.len(), &self));
-                }
-                Ok(Address(v.to_vec()))
-            }
-        }
-        d.deserialize_bytes(V)
+        bounded_bytes(d, MAX_ADDRESS_LEN).map(Address)
     }
+}
+
+/// Reads a CBOR byte string of at most `max` bytes: the decoder refuses a longer one before
+/// copying it.
+fn bounded_bytes<'de, D: Deserializer<'de>>(d: D, max: usize) -> Result<Vec<u8>, D::Error> {
+    struct V(usize);
+    impl<'de> Visitor<'de> for V {
+        type Value = Vec<u8>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "a byte string of at most {} bytes", self.0)
+        }
+        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            if v.len() > self.0 {
+                return Err(E::invalid_length(v.len(), &self));
+            }
+            Ok(v.to_vec())
+        }
+    }
+    d.deserialize_bytes(V(max))
 }
 
 /// Bytes an application attaches to news that a member is alive, for a receiver that does not
@@ -129,20 +135,7 @@ impl Serialize for Credential {
 
 impl<'de> Deserialize<'de> for Credential {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Credential;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "a byte string of at most {MAX_CREDENTIAL_LEN} bytes")
-            }
-            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Credential, E> {
-                if v.len() > MAX_CREDENTIAL_LEN {
-                    return Err(E::invalid_length(v.len(), &self));
-                }
-                Ok(Credential::new(v))
-            }
-        }
-        d.deserialize_bytes(V)
+        bounded_bytes(d, MAX_CREDENTIAL_LEN).map(Credential::new)
     }
 }
 
