@@ -313,20 +313,32 @@ async fn json_rpc_end_to_end_in_one_process() {
     assert_eq!(members[1]["verified"], true);
     let peers = call(&reader, "node_peers", json!({})).await.expect("peers");
     assert_eq!(peers.as_array().expect("array").len(), 2);
-    // In detail: the connected peers, the bytes each sent and was sent, their standing.
-    let detail = call(&reader, "node_peers", json!({"detail": true}))
-        .await
-        .expect("peers in detail");
+    // In detail: the connected peers, the bytes each sent and was sent, their standing. A
+    // member listed from news (with its proof) may not have exchanged a SWIM message with the
+    // reader yet: its first probe or gossip round comes within a probe period or so.
+    let swim_both_ways = |p: &Value| {
+        let swim = &p["traffic"]["swim"];
+        swim["in"].as_u64() > Some(0) && swim["out"].as_u64() > Some(0)
+    };
+    let mut detail = Value::Null;
+    for _ in 0..100 {
+        detail = call(&reader, "node_peers", json!({"detail": true}))
+            .await
+            .expect("peers in detail");
+        if detail
+            .as_array()
+            .is_some_and(|d| d.len() == 2 && d.iter().all(swim_both_ways))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let detail = detail.as_array().expect("array");
     assert_eq!(detail.len(), 2, "{detail:?}");
     for p in detail {
         assert_eq!(p["standing"], 100, "{p}");
         assert_eq!(p["routed"], true, "{p}");
-        let swim = &p["traffic"]["swim"];
-        assert!(
-            swim["in"].as_u64() > Some(0) && swim["out"].as_u64() > Some(0),
-            "{p}"
-        );
+        assert!(swim_both_ways(p), "{p}");
     }
     let writer_entry = detail
         .iter()
