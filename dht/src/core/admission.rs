@@ -14,11 +14,11 @@
 //! - its proof is asked of the member that named it, in batches; a relayer that holds none, or
 //!   requests that keep failing, fall back to dialing it so the gate checks it.
 //!
-//! Most news needs no request: news that a member is alive (a join or a refutation) carries
-//! the member's proof when the sender holds it ([`shoal_swim::Credential`],
-//! [`Core::attach_proofs`]), and so does a join's answer for every member it names, so a member
-//! spreads through the cluster with its proof and a joiner lists everyone on the answer alone.
-//! A proof taken so is a relayed one in every other way.
+//! Most news needs no request: news that a member is alive carries the member's proof when the
+//! sender listed the member in the last half minute (the news of a join, as it spreads;
+//! [`shoal_swim::Credential`], [`Core::attach_proofs`]), and a join's answer carries the proof
+//! of every member it names, so a joiner lists everyone on the answer alone. A proof taken so is
+//! a relayed one in every other way.
 //!
 //! A relayed proof costs one scrypt evaluation to check, and a node meeting a whole cluster at
 //! once has one to run per member: waiting for all of them before listing anyone made a node
