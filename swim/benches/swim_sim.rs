@@ -17,6 +17,12 @@
 //! `--seeds N` pools the 30%-loss crash rows (`crash30`, `crash30-1000`) over the seeds from
 //! the seed on (`SWIM_BENCH_SEED`, default 42) to N - 1 after it.
 //!
+//! The `fp1000` rows print their progress to stderr every virtual minute. `--fp-secs S` runs
+//! them for `S` virtual seconds instead of an hour (to time a build), and `--no-checks` runs
+//! them without the codec round trip and the view checks, which take a good part of the time
+//! (docs/benchmarks.md gives the figure). The run is the same (the checks only observe it), and
+//! the invariants checked after every step are still checked.
+//!
 //! `--fanout F` overrides the preset's `gossip_fanout` (0 turns dedicated gossip rounds off), to
 //! compare with and without them.
 //!
@@ -117,6 +123,8 @@ struct Args {
     kill: Option<f64>,
     fanout: Option<usize>,
     seeds: u64,
+    fp_secs: Option<u64>,
+    no_checks: bool,
 }
 
 impl Args {
@@ -130,12 +138,16 @@ impl Args {
             kill: None,
             fanout: None,
             seeds: 1,
+            fp_secs: None,
+            no_checks: false,
         };
         let mut it = std::env::args().skip(1);
         while let Some(a) = it.next() {
             match a.as_str() {
                 "--bench" => args.full = true,
                 "--no-addrs" => args.no_addrs = true,
+                "--no-checks" => args.no_checks = true,
+                "--fp-secs" => args.fp_secs = Some(number(&a, it.next())),
                 "--scale-n" => args.scale_n = Some(number(&a, it.next())),
                 "--scale-secs" => args.scale_secs = Some(number(&a, it.next())),
                 "--fanout" => args.fanout = Some(number(&a, it.next())),
@@ -374,15 +386,49 @@ fn main() {
     }
 
     // One row of healthy members declared failed: n members for `time` at `loss`.
+    // At n = 1,000 the row reports its progress on stderr every virtual minute, and
+    // `--no-checks` turns the codec round trip and the view checks off (see the module docs).
     let false_positives_row = |n: usize, loss: f64, time: Duration| {
         let wall = Instant::now();
-        let r = scenario::false_positives(seed, n, loss, time, &config, link.clone());
+        let mut sim = Sim::new(
+            seed,
+            config.clone(),
+            LinkModel {
+                loss,
+                ..link.clone()
+            },
+        );
+        let checks = !(args.no_checks && n >= 1000);
+        sim.wire_roundtrip = checks;
+        sim.check_views = checks;
+        sim.add_converged(n);
+        let mut last_told = Duration::ZERO;
+        let r = scenario::false_positives_on(&mut sim, time, &mut |ran, r| {
+            if n >= 1000 && ran >= last_told + Duration::from_secs(60) {
+                last_told = ran;
+                eprintln!(
+                    "n = {n}, {:.0}% loss: {} of {} virtual s, {:.0} s wall; {} healthy members \
+                     declared failed, {} suspicion events",
+                    loss * 100.0,
+                    ran.as_secs(),
+                    time.as_secs(),
+                    wall.elapsed().as_secs_f64(),
+                    r.members_failed,
+                    r.suspicions
+                );
+            }
+        });
         row(
             "false positives",
             &format!(
-                "n = {n}, {:.0}% uniform loss, {} virtual s",
+                "n = {n}, {:.0}% uniform loss, {} virtual s{}",
                 loss * 100.0,
-                time.as_secs()
+                time.as_secs(),
+                if checks {
+                    ""
+                } else {
+                    ", no codec round trip or view checks"
+                }
             ),
             &format!(
                 "{} healthy members declared failed ({} failed events); {} suspicion events, \
@@ -414,7 +460,7 @@ fn main() {
             continue;
         }
         let (n, time) = if full {
-            (1000, Duration::from_secs(3600))
+            (1000, Duration::from_secs(args.fp_secs.unwrap_or(3600)))
         } else {
             (24, Duration::from_secs(30))
         };

@@ -164,10 +164,29 @@ pub fn false_positives(
 ) -> FalsePositiveReport {
     let mut sim = Sim::new(seed, config.clone(), LinkModel { loss, ..link });
     sim.add_converged(n);
-    count_false(&mut sim, duration, None)
+    count_false(&mut sim, duration, None, &mut |_, _| {})
 }
 
-fn count_false(sim: &mut Sim, duration: Duration, skip: Option<NodeId>) -> FalsePositiveReport {
+/// [`false_positives`] on a simulator the caller set up (its checks, its nodes), calling
+/// `progress` with the virtual time run so far and the counts so far after every 10 virtual
+/// seconds: an hour at n = 1,000 and heavy loss takes hours of wall time.
+pub fn false_positives_on(
+    sim: &mut Sim,
+    duration: Duration,
+    progress: &mut dyn FnMut(Duration, &FalsePositiveReport),
+) -> FalsePositiveReport {
+    count_false(sim, duration, None, progress)
+}
+
+/// Called by [`count_false_into`] after each slice of virtual time.
+type Progress<'a> = &'a mut dyn FnMut(Duration, &FalsePositiveReport);
+
+fn count_false(
+    sim: &mut Sim,
+    duration: Duration,
+    skip: Option<NodeId>,
+    progress: Progress<'_>,
+) -> FalsePositiveReport {
     let mut report = FalsePositiveReport {
         suspicions: 0,
         failed_events: 0,
@@ -175,7 +194,7 @@ fn count_false(sim: &mut Sim, duration: Duration, skip: Option<NodeId>) -> False
         refutations: 0,
     };
     let mut failed = HashSet::new();
-    count_false_into(sim, duration, skip, &mut report, &mut failed);
+    count_false_into(sim, duration, skip, &mut report, &mut failed, progress);
     report
 }
 
@@ -187,8 +206,10 @@ fn count_false_into(
     skip: Option<NodeId>,
     report: &mut FalsePositiveReport,
     failed: &mut HashSet<NodeId>,
+    progress: Progress<'_>,
 ) {
-    let until = sim.now() + duration;
+    let start = sim.now();
+    let until = start + duration;
     while sim.now() < until {
         sim.run_for(Duration::from_secs(10).min(until - sim.now()));
         for e in sim.take_events() {
@@ -201,8 +222,9 @@ fn count_false_into(
                 _ => {}
             }
         }
+        report.members_failed = failed.len();
+        progress(sim.now() - start, report);
     }
-    report.members_failed = failed.len();
     report.refutations = (0..sim.len() as NodeId)
         .filter_map(|id| sim.node(id))
         .map(|c| c.stats().refutations)
@@ -238,11 +260,25 @@ pub fn one_way_cut(
         refutations: 0,
     };
     let mut failed = HashSet::new();
-    count_false_into(&mut sim, cut_for, None, &mut report, &mut failed);
+    count_false_into(
+        &mut sim,
+        cut_for,
+        None,
+        &mut report,
+        &mut failed,
+        &mut |_, _| {},
+    );
     for to in upper {
         sim.set_one_way_loss(0, to, 0.0);
     }
-    count_false_into(&mut sim, after, None, &mut report, &mut failed);
+    count_false_into(
+        &mut sim,
+        after,
+        None,
+        &mut report,
+        &mut failed,
+        &mut |_, _| {},
+    );
     report
 }
 
