@@ -1377,12 +1377,21 @@ impl<T: Identity> Membership<T> {
             gossip.push(b);
         }
         let limit = self.retransmit_limit();
-        let skip = gossip.first().map(|u: &Update<T>| u.member.clone());
+        // Our own news rides first, until its retransmissions are spent. Queued freshest-first
+        // among everyone's, a refutation waited behind all newer news about others: under heavy
+        // loss in a large cluster, where suspicions are queued by the hundred, only the first of
+        // the refutation's own messages carried it, and when those few were lost it stayed
+        // queued, unsent, until the suspicion timed out everywhere.
+        if let Some(mine) = self.broadcasts.take(&self.me, budget, limit) {
+            budget = budget.saturating_sub(message::encoded_len(&mine));
+            gossip.push(mine);
+        }
+        let skip: Vec<T> = gossip.iter().map(|u| u.member.clone()).collect();
         self.broadcasts.fill(
             budget,
-            message::MAX_GOSSIP_UPDATES - 1,
+            message::MAX_GOSSIP_UPDATES - gossip.len().max(1),
             limit,
-            skip.as_ref(),
+            &skip,
             &mut gossip,
         );
         if payload == Payload::Gossip && gossip.is_empty() {

@@ -1,7 +1,8 @@
 //! The piggyback queue: membership updates waiting to ride on outgoing messages.
 //!
 //! One entry per member (newer news about a member replaces older news). Entries are picked
-//! freshest-first: fewest transmissions, then most recently queued. An entry is dropped after
+//! freshest-first: fewest transmissions, then most recently queued; [`Broadcasts::take`] picks
+//! one member's news out of that order (the core's own news, which rides first). An entry is dropped after
 //! it has been sent `limit` times, where the caller passes `λ · ceil(log10(n + 1))`.
 //!
 //! Dedicated gossip rounds draw on a budget of their own: [`Broadcasts::fill_round`] counts the
@@ -226,14 +227,14 @@ impl<T: Identity> Broadcasts<T> {
     }
 
     /// Appends to `out` the freshest updates that fit in `budget` bytes (at most `max_count`),
-    /// skipping news about `skip`, and counts one transmission for each; entries sent `limit`
-    /// times are dropped.
+    /// skipping news about the members in `skip`, and counts one transmission for each; entries
+    /// sent `limit` times are dropped.
     pub(crate) fn fill(
         &mut self,
         mut budget: usize,
         max_count: usize,
         limit: u32,
-        skip: Option<&T>,
+        skip: &[T],
         out: &mut Vec<Update<T>>,
     ) {
         if self.places.is_empty() {
@@ -254,7 +255,7 @@ impl<T: Identity> Broadcasts<T> {
                     break 'levels;
                 }
                 left -= 1;
-                if skip == Some(&entry.member) {
+                if skip.contains(&entry.member) {
                     continue;
                 }
                 if entry.size() <= budget {
@@ -266,20 +267,40 @@ impl<T: Identity> Broadcasts<T> {
             }
         }
         for place in picked {
-            let entry = &self.queue[place];
-            out.push(entry.update(self.addrs.get(place).and_then(Option::as_ref)));
-            let level = entry.transmits();
-            if level + 1 >= limit as usize {
-                let member = entry.member.clone();
-                self.places.remove(&member);
-                self.clear(place);
-            } else {
-                self.queue[place].set_transmits(level + 1);
-                self.count(level, -1);
-                self.count(level + 1, 1);
-            }
+            out.push(self.transmit(place, limit));
         }
         self.compact_if_sparse();
+    }
+
+    /// The news queued about `member`, if it fits in `budget` bytes, counted as transmitted once
+    /// (and dropped at `limit`) as [`Self::fill`] counts it: for news that must not wait behind
+    /// fresher news about others (a member's own refutation).
+    pub(crate) fn take(&mut self, member: &T, budget: usize, limit: u32) -> Option<Update<T>> {
+        let place = *self.places.get(member)? as usize;
+        if self.queue[place].size() > budget {
+            return None;
+        }
+        let update = self.transmit(place, limit);
+        self.compact_if_sparse();
+        Some(update)
+    }
+
+    /// The update of the live entry at `place`, with one more transmission counted; the entry
+    /// is dropped once sent `limit` times.
+    fn transmit(&mut self, place: usize, limit: u32) -> Update<T> {
+        let entry = &self.queue[place];
+        let update = entry.update(self.addrs.get(place).and_then(Option::as_ref));
+        let level = entry.transmits();
+        if level + 1 >= limit as usize {
+            let member = entry.member.clone();
+            self.places.remove(&member);
+            self.clear(place);
+        } else {
+            self.queue[place].set_transmits(level + 1);
+            self.count(level, -1);
+            self.count(level + 1, 1);
+        }
+        update
     }
 
     /// Appends to `out` the freshest updates that fit in `budget` bytes (at most `max_count`)
@@ -448,13 +469,13 @@ mod tests {
         b.push(alive(1, 0));
         b.push(alive(2, 0));
         let mut out = Vec::new();
-        b.fill(1000, 1, 2, None, &mut out);
+        b.fill(1000, 1, 2, &[], &mut out);
         assert_eq!(out[0].member, 2, "most recent first");
         out.clear();
-        b.fill(1000, 1, 2, None, &mut out);
+        b.fill(1000, 1, 2, &[], &mut out);
         assert_eq!(out[0].member, 1, "fewest transmissions first");
         out.clear();
-        b.fill(1000, 10, 2, None, &mut out);
+        b.fill(1000, 10, 2, &[], &mut out);
         assert_eq!(out.len(), 2);
         assert_eq!(b.len(), 0, "both sent twice, dropped");
     }
@@ -466,14 +487,14 @@ mod tests {
         b.push(alive(1, 5));
         assert_eq!(b.len(), 1);
         let mut out = Vec::new();
-        b.fill(1000, 10, 3, None, &mut out);
+        b.fill(1000, 10, 3, &[], &mut out);
         assert_eq!(out, vec![alive(1, 5)]);
         for i in 0..100 {
             b.push(alive(i, 0));
         }
         out.clear();
         let one = encoded_len(&alive(50, 0));
-        b.fill(one * 3, 100, 3, Some(&99), &mut out);
+        b.fill(one * 3, 100, 3, &[99], &mut out);
         assert!(out.len() <= 3 && !out.is_empty());
         assert!(out.iter().all(|u| u.member != 99));
     }
@@ -524,7 +545,7 @@ mod tests {
             "the same list is shared, not copied"
         );
         let mut out = Vec::new();
-        b.fill(10_000, 10, 1, None, &mut out);
+        b.fill(10_000, 10, 1, &[], &mut out);
         out.reverse();
         assert_eq!(out, updates);
         b.check_invariants();
@@ -667,7 +688,7 @@ mod tests {
                     Op::Fill { budget, max_count, limit, skip } => {
                         let (mut a, mut b) = (Vec::new(), Vec::new());
                         old.fill(budget, max_count, limit, skip.as_ref(), &mut a);
-                        new.fill(budget, max_count, limit, skip.as_ref(), &mut b);
+                        new.fill(budget, max_count, limit, skip.as_slice(), &mut b);
                         prop_assert_eq!(a, b);
                     }
                 }

@@ -331,11 +331,18 @@ impl<T: Identity> Membership<T> {
     }
 
     /// Our fresher news when `u` is stale bad news: a suspicion or death of a member we know
-    /// alive at a newer incarnation. Its sender missed the refutation, and its
-    /// own suspicion timer may still run: we tell it directly (see [`Self::correct`]).
+    /// alive at a newer incarnation, ourselves included. Its sender missed the refutation, and
+    /// its own suspicion timer may still run: we tell it directly (see [`Self::correct`]). About
+    /// ourselves this is the last chance: when every message of our refutation was lost, the
+    /// members holding the suspicion keep gossiping it, to us among others, and each one that
+    /// does is answered.
     pub(super) fn fresher_than(&self, u: &Update<T>) -> Option<Update<T>> {
-        if !matches!(u.state, State::Suspect | State::Dead) || u.member == self.me {
+        if !matches!(u.state, State::Suspect | State::Dead) {
             return None;
+        }
+        if u.member == self.me {
+            let mine = (self.incarnation, State::Alive);
+            return supersedes(mine, (u.incarnation, u.state)).then(|| self.my_update());
         }
         let (incarnation, state) = self.members.get(&u.member)?;
         if state != State::Alive || !supersedes((incarnation, state), (u.incarnation, u.state)) {

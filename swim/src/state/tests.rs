@@ -247,6 +247,108 @@ fn refutes_suspicion_and_uses_the_buddy_system() {
 }
 
 #[test]
+fn our_refutation_rides_first_however_much_news_is_queued() {
+    // Regression (simulator, n = 1,000 at 30 % loss): a refutation whose first messages were
+    // all lost stayed queued behind a burst of fresher news about others, unsent, until every
+    // member declared the refuter dead.
+    let t0 = Instant::now();
+    let others: Vec<u32> = (2..3000).collect();
+    let mut a = core_with(t0, 1, &others);
+    for chunk in others.chunks(message::MAX_GOSSIP_UPDATES) {
+        let news = chunk
+            .iter()
+            .map(|&m| update(m, 1, State::Alive, None))
+            .collect();
+        a.handle_message(t0, 2, gossip(Payload::Gossip, news));
+    }
+    a.handle_message(
+        t0,
+        3,
+        gossip(Payload::Gossip, vec![update(1, 0, State::Suspect, Some(3))]),
+    );
+    assert_eq!(a.incarnation(), 1);
+    let mine = update(1, 1, State::Alive, None);
+    // The refutation goes out at once, in messages of its own (to the suspector and others).
+    let first: Vec<_> = std::iter::from_fn(|| a.poll_transmit()).collect();
+    assert!(
+        first
+            .iter()
+            .any(|t| t.to == 3 && t.msg.gossip.contains(&mine))
+    );
+    // Then every probe carries it first until its retransmissions are spent, though thousands
+    // of updates about others are fresher.
+    let limit = a.retransmit_limit() as usize;
+    let mut carried = first
+        .iter()
+        .filter(|t| t.msg.gossip.contains(&mine))
+        .count();
+    let mut now = t0;
+    let mut pings = 0;
+    while carried < limit {
+        now += Duration::from_millis(100);
+        for t in advance(&mut a, now) {
+            if matches!(t.msg.payload, Payload::Ping { .. }) {
+                pings += 1;
+                assert_eq!(
+                    t.msg.gossip.first(),
+                    Some(&mine),
+                    "ping {pings} to {}",
+                    t.to
+                );
+            }
+            carried += usize::from(t.msg.gossip.contains(&mine));
+        }
+        assert!(
+            now < t0 + Duration::from_secs(30),
+            "carried {carried} times"
+        );
+    }
+    assert!(pings > 0);
+    assert!(
+        a.broadcasts.len() > 1000,
+        "news about others is still queued"
+    );
+}
+
+#[test]
+fn a_member_gossiping_stale_bad_news_about_us_gets_our_refutation_at_once() {
+    let t0 = Instant::now();
+    let mut a = core_with(t0, 1, &[2, 3, 4, 5]);
+    let stale = update(1, 0, State::Suspect, Some(2));
+    a.handle_message(t0, 2, gossip(Payload::Gossip, vec![stale.clone()]));
+    assert_eq!(a.incarnation(), 1);
+    while a.poll_transmit().is_some() {}
+    let mine = update(1, 1, State::Alive, None);
+    // Member 5 missed the refutation and gossips the old suspicion, to us as to anyone: it is
+    // told at once, and nothing is refuted again.
+    a.handle_message(t0, 5, gossip(Payload::Gossip, vec![stale]));
+    let tx = expect_message!(a, 5, Payload::Gossip);
+    assert!(tx.msg.gossip.contains(&mine), "{tx:?}");
+    assert_eq!(a.incarnation(), 1);
+    assert_eq!(a.stats().refutations, 1);
+    // A stale death the same way.
+    a.handle_message(
+        t0,
+        4,
+        gossip(Payload::Gossip, vec![update(1, 0, State::Dead, Some(2))]),
+    );
+    let tx = expect_message!(a, 4, Payload::Gossip);
+    assert!(tx.msg.gossip.contains(&mine), "{tx:?}");
+    // News at our own incarnation is refuted, as before, not answered with the old state.
+    a.handle_message(
+        t0,
+        3,
+        gossip(Payload::Gossip, vec![update(1, 1, State::Suspect, Some(3))]),
+    );
+    assert_eq!(a.incarnation(), 2);
+    let sent: Vec<_> = std::iter::from_fn(|| a.poll_transmit()).collect();
+    assert!(
+        sent.iter().all(|t| !t.msg.gossip.contains(&mine)),
+        "{sent:?}"
+    );
+}
+
+#[test]
 fn helper_forwards_ack_or_nacks() {
     let t0 = Instant::now();
     let mut h = core_with(t0, 2, &[1, 3]);
