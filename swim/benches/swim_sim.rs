@@ -398,13 +398,14 @@ fn main() {
                 ..link.clone()
             },
         );
-        let checks = !(args.no_checks && n >= 1000);
+        let large = n >= 1000;
+        let checks = !(args.no_checks && large);
         sim.wire_roundtrip = checks;
         sim.check_views = checks;
         sim.add_converged(n);
         let mut last_told = Duration::ZERO;
         let r = scenario::false_positives_on(&mut sim, time, &mut |ran, r| {
-            if n >= 1000 && ran >= last_told + Duration::from_secs(60) {
+            if large && ran >= last_told + Duration::from_secs(60) {
                 last_told = ran;
                 eprintln!(
                     "n = {n}, {:.0}% loss: {} of {} virtual s, {:.0} s wall; {} healthy members \

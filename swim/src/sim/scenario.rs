@@ -164,7 +164,7 @@ pub fn false_positives(
 ) -> FalsePositiveReport {
     let mut sim = Sim::new(seed, config.clone(), LinkModel { loss, ..link });
     sim.add_converged(n);
-    count_false(&mut sim, duration, None, &mut |_, _| {})
+    false_positives_on(&mut sim, duration, &mut |_, _| {})
 }
 
 /// [`false_positives`] on a simulator the caller set up (its checks, its nodes), calling

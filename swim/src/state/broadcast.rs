@@ -2,8 +2,8 @@
 //!
 //! One entry per member (newer news about a member replaces older news). Entries are picked
 //! freshest-first: fewest transmissions, then most recently queued; [`Broadcasts::take`] picks
-//! one member's news out of that order (the core's own news, which rides first). An entry is dropped after
-//! it has been sent `limit` times, where the caller passes `λ · ceil(log10(n + 1))`.
+//! one member's news out of that order (the core's own news, which rides first). An entry is
+//! dropped after it has been sent `limit` times, where the caller passes `λ · ceil(log10(n + 1))`.
 //!
 //! Dedicated gossip rounds draw on a budget of their own: [`Broadcasts::fill_round`] counts the
 //! rounds that carried an entry apart from its piggyback transmissions, and never drops it. A
