@@ -258,6 +258,23 @@ pub struct Message<T> {
     pub gossip: Vec<Update<T>>,
 }
 
+impl<T> Payload<T> {
+    /// The payload's name, for logs: `ping`, `ack`, `nack`, `ping-req`, `gossip`, `push-pull`,
+    /// `join` (a joiner's push-pull), `digest`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Payload::Ping { .. } => "ping",
+            Payload::Ack { .. } => "ack",
+            Payload::Nack { .. } => "nack",
+            Payload::PingReq { .. } => "ping-req",
+            Payload::Gossip => "gossip",
+            Payload::PushPull { join: true, .. } => "join",
+            Payload::PushPull { .. } => "push-pull",
+            Payload::Digest { .. } => "digest",
+        }
+    }
+}
+
 impl<T: Identity> Message<T> {
     /// Checks the list bounds and field combinations that [`decode`] enforces.
     pub fn check(&self) -> Result<(), CodecError> {

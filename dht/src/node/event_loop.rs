@@ -651,7 +651,10 @@ impl EventLoop {
             Told::Message(peer, bytes) if !self.core.admit_bytes(now, peer, bytes.len()) => {}
             Told::Message(peer, bytes) => {
                 match shoal_swim::message::decode::<PeerId>(&bytes, max) {
-                    Ok(msg) => self.core.handle_swim(now, unix, peer, msg),
+                    Ok(msg) => {
+                        tracing::trace!(%peer, kind = msg.payload.kind(), gossip = msg.gossip.len(), "SWIM message received");
+                        self.core.handle_swim(now, unix, peer, msg)
+                    }
                     Err(error) => {
                         self.wire.swim_malformed += 1;
                         tracing::debug!(%peer, %error, "malformed SWIM message");
@@ -882,6 +885,7 @@ impl EventLoop {
             }
         };
         let connected = self.swarm.is_connected(&to);
+        tracing::trace!(%to, kind = msg.payload.kind(), gossip = msg.gossip.len(), bytes = bytes.len(), connected, "SWIM message sent");
         if addrs.is_empty() && !connected {
             self.wire.swim_undeliverable += 1;
             return;
