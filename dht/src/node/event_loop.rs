@@ -652,7 +652,12 @@ impl EventLoop {
             Told::Message(peer, bytes) => {
                 match shoal_swim::message::decode::<PeerId>(&bytes, max) {
                     Ok(msg) => {
-                        tracing::trace!(%peer, kind = msg.payload.kind(), gossip = msg.gossip.len(), "SWIM message received");
+                        tracing::trace!(
+                            %peer,
+                            kind = msg.payload.kind(),
+                            gossip = msg.gossip.len(),
+                            "SWIM message received"
+                        );
                         self.core.handle_swim(now, unix, peer, msg)
                     }
                     Err(error) => {
@@ -885,7 +890,14 @@ impl EventLoop {
             }
         };
         let connected = self.swarm.is_connected(&to);
-        tracing::trace!(%to, kind = msg.payload.kind(), gossip = msg.gossip.len(), bytes = bytes.len(), connected, "SWIM message sent");
+        tracing::trace!(
+            %to,
+            kind = msg.payload.kind(),
+            gossip = msg.gossip.len(),
+            bytes = bytes.len(),
+            connected,
+            "SWIM message sent"
+        );
         if addrs.is_empty() && !connected {
             self.wire.swim_undeliverable += 1;
             return;

@@ -237,15 +237,7 @@ fn starvation_trace() {
                     pings_sink.borrow_mut().push((at, from, to, direct));
                 }
             }
-            let kind = match msg.payload {
-                Payload::Ping { .. } => "ping",
-                Payload::Ack { .. } => "ack",
-                Payload::Nack { .. } => "nack",
-                Payload::PingReq { .. } => "ping-req",
-                Payload::Gossip => "gossip",
-                Payload::PushPull { .. } => "push-pull",
-                Payload::Digest { .. } => "digest",
-            };
+            let kind = msg.payload.kind();
             let size = crate::message::to_vec(msg, 1 << 20).map_or(0, |v| v.len() as u64);
             let k = &mut *kinds_sink.borrow_mut();
             let e = k.entry(kind).or_default();
