@@ -43,7 +43,13 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
 /// and `malloc_trim` every few seconds gave back only part of it. A fixed threshold keeps the
 /// footprint small at the price of fresh pages for every check (a slower scrypt evaluation),
 /// which a running node pays once per member and minting would pay on every try; the figures
-/// are in docs/benchmarks.md, "Idle footprint". Elsewhere than glibc this does nothing.
+/// are in docs/benchmarks.md, "Idle footprint".
+///
+/// It also keeps one heap (`M_ARENA_MAX` 1) where glibc gives each thread that meets a busy
+/// heap one of its own (the runtime's workers and blocking threads), each
+/// keeping what a burst freed in it; small blocks still come from each thread's cache without a
+/// lock. At n = 50 that took a few hundred KiB off a node's own memory and the seed's peak
+/// (docs/benchmarks.md, membership). Elsewhere than glibc this does nothing.
 pub fn limit_retained_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -51,6 +57,11 @@ pub fn limit_retained_memory() {
         let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20) };
         if ok != 1 {
             tracing::debug!("mallopt(M_MMAP_THRESHOLD) refused");
+        }
+        // SAFETY: as above.
+        let ok = unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+        if ok != 1 {
+            tracing::debug!("mallopt(M_ARENA_MAX) refused");
         }
     }
 }
