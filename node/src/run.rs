@@ -46,23 +46,24 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
 /// are in docs/benchmarks.md, "Idle footprint".
 ///
 /// It also keeps one heap (`M_ARENA_MAX` 1) where glibc gives each thread that meets a busy
-/// heap one of its own (the runtime's workers and blocking threads), each
-/// keeping what a burst freed in it; small blocks still come from each thread's cache without a
-/// lock. At n = 50 that took a few hundred KiB off a node's own memory and the seed's peak
-/// (docs/benchmarks.md, membership). Elsewhere than glibc this does nothing.
+/// heap one of its own (the runtime's workers and blocking threads), each keeping what a burst
+/// freed in it; small blocks still come from each thread's cache without a lock. That lowered a
+/// node's own memory and the seed's peak at n = 50 (docs/benchmarks.md, membership). Elsewhere
+/// than glibc this does nothing.
 pub fn limit_retained_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        // SAFETY: mallopt only sets an allocator parameter.
-        let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20) };
-        if ok != 1 {
-            tracing::debug!("mallopt(M_MMAP_THRESHOLD) refused");
-        }
-        // SAFETY: as above.
-        let ok = unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
-        if ok != 1 {
-            tracing::debug!("mallopt(M_ARENA_MAX) refused");
-        }
+        set_malloc_parameter(libc::M_MMAP_THRESHOLD, 4 << 20, "M_MMAP_THRESHOLD");
+        set_malloc_parameter(libc::M_ARENA_MAX, 1, "M_ARENA_MAX");
+    }
+}
+
+/// Sets glibc's allocator parameter `param` (named `name` in the log if refused) to `value`.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn set_malloc_parameter(param: libc::c_int, value: libc::c_int, name: &str) {
+    // SAFETY: mallopt only sets an allocator parameter.
+    if unsafe { libc::mallopt(param, value) } != 1 {
+        tracing::debug!("mallopt({name}) refused");
     }
 }
 

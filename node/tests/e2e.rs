@@ -441,8 +441,9 @@ fn build_examples() -> (PathBuf, PathBuf) {
     let output = command
         .current_dir(workspace_root())
         // The test profile: `cargo test` built every dependency with it already, so only the
-        // examples are compiled here (with the dev profile, all 268 crates were, beside the
-        // other tests of this binary, which then ran on a machine this build kept busy).
+        // examples are compiled here (with the dev profile, every dependency was compiled again,
+        // beside the other tests of this binary, which then ran on a machine this build kept
+        // busy).
         .args([
             "build",
             "--profile",
