@@ -213,6 +213,11 @@ impl<T: Peer, P: Clone> Admission<T, P> {
         self.is_verified(peer) || self.is_checking(peer)
     }
 
+    /// Whether this node refused `peer`'s proof lately.
+    pub(super) fn is_refused(&self, peer: &T) -> bool {
+        self.refused.contains_key(peer)
+    }
+
     /// Listed members whose checks have not ended.
     pub(super) fn checking_len(&self) -> usize {
         self.checking.len()
@@ -909,7 +914,13 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         }
         self.stats.listed_unchecked += 1;
         self.admission.fresh.insert(member, now);
-        let needed = self.admission.held.contains_key(&member);
+        // Its held requests wait for the check; its held SWIM messages only for the listing,
+        // which releases them below (a joiner's push-pull that came before its proof).
+        let needed = self
+            .admission
+            .held
+            .get(&member)
+            .is_some_and(|q| q.items.iter().any(|item| matches!(item, Held::Request(..))));
         self.admission.checking.insert(
             member,
             Checking {

@@ -61,6 +61,11 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             let mut progress = false;
             while let Some(t) = self.swim.poll_transmit() {
                 progress = true;
+                // A seed SWIM joined through before its proof was in hand, refused since: it
+                // is told nothing more (SWIM keeps its seeds to push-pull with them later).
+                if self.admission.is_refused(&t.to) {
+                    continue;
+                }
                 let addrs = self.addrs_of(&t.to);
                 let mut msg = t.msg;
                 self.attach_proofs(now, &t.to, &mut msg, joiner == Some(t.to));
@@ -252,6 +257,7 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         // A gate check that never ends (a rate-limited exchange is shed without a report) must
         // not hold the join forever.
         let give_up = now + 2 * self.config.gate_timeout;
+        let redial_at = self.config.seed_redial.map(|after| now + after);
         self.ops.insert(
             op,
             Op::Join(Join {
@@ -261,81 +267,98 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 swim: None,
                 attempts: 0,
                 dials: 1,
+                redial_at,
+                retry_at: None,
                 give_up,
             }),
         );
-        self.ops
-            .set_deadline(op, self.next_join_timer(now, 1, give_up));
-        // A seed already listed (met on a connection before, its check perhaps still queued)
-        // settles nothing more: the join goes on now.
         self.advance_join(now, unix, op);
+        self.schedule_join(op);
     }
 
-    /// When a join whose seeds were dialed `dials` times acts next: its next redial, or when it
-    /// gives up waiting.
-    fn next_join_timer(&self, now: Instant, dials: u32, give_up: Instant) -> Instant {
-        match self.config.seed_redial {
-            Some(after) if dials < SEED_DIALS => (now + after).min(give_up),
-            _ => give_up,
+    /// Sets join `op`'s deadline to the soonest thing it waits for: a retry of SWIM's join, the
+    /// next dial of the seeds still awaited, or the end of its patience with them.
+    fn schedule_join(&mut self, op: OpId) {
+        let Some(Op::Join(join)) = self.ops.get_mut(op) else {
+            return;
+        };
+        let waiting = !join.waiting.is_empty();
+        let due = [
+            join.retry_at,
+            join.redial_at.filter(|_| waiting),
+            waiting.then_some(join.give_up),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        if let Some(at) = due {
+            self.ops.set_deadline(op, at);
         }
     }
 
-    /// A join's timer fired: seeds still awaited are dialed once more while attempts remain
-    /// ([`Action::Redial`]), and once the join's patience is spent it goes on with the seeds
-    /// admitted.
+    /// A join's timer fired: a failed SWIM join is tried again, seeds still awaited are dialed
+    /// once more while dials remain ([`Action::Redial`]), and once the join's patience with them
+    /// is spent it goes on with the seeds whose proofs are in hand, or fails without any.
     pub(super) fn on_join_timer(&mut self, now: Instant, unix: u64, op: OpId) {
         let Some(Op::Join(join)) = self.ops.get_mut(op) else {
             return;
         };
-        // A SWIM join attempted and none under way: one failed, and the next waited
-        // `seed_redial` for the seeds' fresh connections (without it, it went at once).
-        if join.swim.is_none() && join.attempts > 0 && self.config.seed_redial.is_some() {
-            self.advance_join(now, unix, op);
-            return;
+        if join.retry_at.is_some_and(|at| at <= now) {
+            join.retry_at = None;
         }
+        let mut redials = Vec::new();
         if now >= join.give_up {
-            self.on_join_deadline(now, unix, op);
-            return;
+            join.waiting.clear();
+        } else if join.redial_at.is_some_and(|at| at <= now) && !join.waiting.is_empty() {
+            join.dials += 1;
+            join.redial_at = match self.config.seed_redial {
+                Some(after) if join.dials < SEED_DIALS => Some(now + after),
+                _ => None,
+            };
+            redials = join
+                .seeds
+                .iter()
+                .filter(|(p, addrs)| join.waiting.contains(p) && !addrs.is_empty())
+                .map(|(peer, addrs)| Action::Redial {
+                    peer: *peer,
+                    addrs: addrs.clone(),
+                })
+                .collect();
         }
-        join.dials += 1;
-        let (dials, give_up) = (join.dials, join.give_up);
-        let redials: Vec<Action<T>> = join
-            .seeds
-            .iter()
-            .filter(|(p, addrs)| join.waiting.contains(p) && !addrs.is_empty())
-            .map(|(peer, addrs)| Action::Redial {
-                peer: *peer,
-                addrs: addrs.clone(),
-            })
-            .collect();
         for action in redials {
             self.push(action);
         }
-        let at = self.next_join_timer(now, dials, give_up);
-        self.ops.set_deadline(op, at);
+        self.advance_join(now, unix, op);
+        self.schedule_join(op);
     }
 
-    /// Starts SWIM's join of `op` as soon as one seed showed its proof (one seed's full state is
-    /// enough, and a dead or stalled seed must not hold the join until its gate check times
-    /// out), or once no seed is awaited; reports failure if none did.
+    /// Starts SWIM's join of `op` through every seed whose proof is in hand or still awaited,
+    /// unless one is under way or a retry waits for fresh connections; reports failure once no
+    /// seed is either.
+    ///
+    /// The join's push-pull does not wait for the seed's proof: it goes out with the connection
+    /// being made, beside the identity exchange, and each side holds the other's SWIM message
+    /// until the sender's proof is in hand ([`Core::handle_swim`]). A join then costs one
+    /// exchange on a fresh connection instead of two in turn (the proofs, then the push-pull),
+    /// each exposed to a lost segment's retransmission and to a seed busy with a whole cluster
+    /// joining at once.
     pub(super) fn advance_join(&mut self, now: Instant, unix: u64, op: OpId) {
         let Some(Op::Join(join)) = self.ops.get_mut(op) else {
             return;
         };
-        // A seed whose proof is in hand takes part in SWIM while its check runs.
         let admission = &self.admission;
-        let any_usable = join.seeds.iter().any(|(p, _)| admission.is_listed(p));
-        if join.swim.is_some() || (!join.waiting.is_empty() && !any_usable) {
-            return;
-        }
-        join.seeds.retain(|(p, _)| admission.is_listed(p));
+        let waiting = &join.waiting;
+        join.seeds
+            .retain(|(p, _)| admission.is_listed(p) || waiting.contains(p));
         if join.seeds.is_empty() {
             let tried = join.tried;
             self.ops.remove(op);
             self.reply(op, Reply::Join(Err(JoinError::NoSeedVerified { tried })));
             return;
         }
-        join.attempts += 1;
+        if join.swim.is_some() || join.retry_at.is_some() {
+            return;
+        }
         let seeds: Vec<T> = join.seeds.iter().map(|(p, _)| *p).collect();
         let id = self.swim.join(now, seeds);
         if let Some(Op::Join(join)) = self.ops.get_mut(op) {
@@ -364,14 +387,6 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
         }
     }
 
-    /// A join's seeds did not settle in time: it goes on with those admitted.
-    fn on_join_deadline(&mut self, now: Instant, unix: u64, op: OpId) {
-        if let Some(Op::Join(j)) = self.ops.get_mut(op) {
-            j.waiting.clear();
-        }
-        self.advance_join(now, unix, op);
-    }
-
     fn on_join_finished(
         &mut self,
         now: Instant,
@@ -397,33 +412,49 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
                 // members are saved).
                 self.timers
                     .set_by(Timer::Snapshot, now + SNAPSHOT_AFTER_JOIN);
+                let admission = &self.admission;
+                let verified_seeds = join
+                    .seeds
+                    .iter()
+                    .filter(|(p, _)| admission.is_listed(p))
+                    .count();
                 self.reply(
                     op,
                     Reply::Join(Ok(JoinOk {
-                        verified_seeds: join.seeds.len(),
+                        verified_seeds,
                         members,
                     })),
                 );
             }
-            Err(error) if join.attempts < JOIN_ATTEMPTS => {
+            Err(error) => {
+                // An attempt counts once a seed's proof was in hand when it failed: before that,
+                // its push-pull waited on connections still being made, which the seeds' own
+                // dials and the join's patience with them bound.
+                let admission = &self.admission;
+                if join.seeds.iter().any(|(p, _)| admission.is_listed(p)) {
+                    join.attempts += 1;
+                }
+                if join.attempts >= JOIN_ATTEMPTS {
+                    return self.reply(op, Reply::Join(Err(JoinError::Swim(error))));
+                }
                 // The seed may not have admitted us yet when our first push-pull came in, or
                 // the push-pull (or its answer) sits behind a segment TCP retransmits with
                 // backoff: the next attempt goes on fresh connections, once they had time.
                 tracing::debug!(%error, "SWIM join failed, retrying");
                 join.swim = None;
                 for (peer, addrs) in &join.seeds {
-                    self.push(Action::Reconnect {
-                        peer: *peer,
-                        addrs: addrs.clone(),
-                    });
+                    if self.admission.is_listed(peer) {
+                        self.push(Action::Reconnect {
+                            peer: *peer,
+                            addrs: addrs.clone(),
+                        });
+                    }
                 }
+                join.retry_at = self.config.seed_redial.map(|wait| now + wait);
                 self.ops.insert(op, Op::Join(join));
-                match self.config.seed_redial {
-                    Some(wait) => self.ops.set_deadline(op, now + wait),
-                    None => self.advance_join(now, unix, op),
-                }
+                self.advance_join(now, unix, op);
+                self.schedule_join(op);
             }
-            Err(error) => self.reply(op, Reply::Join(Err(JoinError::Swim(error)))),
         }
     }
 

@@ -64,10 +64,14 @@ pub(super) struct Join<T> {
     pub(super) tried: usize,
     /// SWIM's join command, once sent.
     pub(super) swim: Option<CommandId>,
-    /// SWIM joins tried.
+    /// SWIM joins that failed while a seed's proof was in hand.
     pub(super) attempts: u32,
     /// Dials of each waiting seed so far (the first included).
     pub(super) dials: u32,
+    /// When the waiting seeds are dialed again, while dials remain.
+    pub(super) redial_at: Option<Instant>,
+    /// When a failed SWIM join is tried again (on the fresh connections asked for).
+    pub(super) retry_at: Option<Instant>,
     /// When the join stops waiting for seeds that did not settle.
     pub(super) give_up: Instant,
 }

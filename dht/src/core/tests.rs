@@ -7,7 +7,7 @@ use serde_bytes::ByteBuf;
 use shoal_swim::{Credential, Message, Payload, State, Update};
 
 use super::*;
-use crate::api::{AnnounceError, GetError, JoinError, Path, Route};
+use crate::api::{AnnounceError, GetError, JoinError, JoinOk, Path, Route};
 use crate::lockstep::Announced;
 use crate::receipt::Receipt;
 use crate::record::NewRecord;
@@ -2027,9 +2027,10 @@ fn gets_and_puts_succeed_through_a_join_wave_and_a_kill_while_views_disagree() {
         v.sort();
         v
     };
-    // Until the seed has admitted a joiner (gossip spreads it to the rest within a few hundred
-    // milliseconds).
-    let seen = sim.run_until_cond(Duration::from_secs(5), Duration::from_millis(5), |s| {
+    // Until the seed has admitted a joiner, looked at every millisecond: its news reaches the
+    // rest within milliseconds here, as the seed takes the join's push-pull the moment the
+    // joiner's proof is in hand.
+    let seen = sim.run_until_cond(Duration::from_secs(5), Duration::from_millis(1), |s| {
         joiners.iter().any(|j| view(s, 0).contains(&SimPeer(*j)))
     });
     assert!(seen.is_some(), "seed 24: the seed never admitted a joiner");
@@ -2245,8 +2246,35 @@ fn a_copy_is_answered_when_kept_written_soon_and_flushed_within_the_delay() {
     assert!(writes(&drain(&mut core)).is_empty());
 }
 
+/// The SWIM messages among `actions` to `to` that are a push-pull (`join` or not), in order.
+fn push_pulls_to(actions: &[Action<SimPeer>], to: SimPeer, join: bool) -> Vec<Message<SimPeer>> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Swim { to: t, msg, .. }
+                if *t == to
+                    && matches!(msg.payload, Payload::PushPull { join: j, .. } if j == join) =>
+            {
+                Some(msg.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The answer to command `op` among `actions`.
+fn join_reply(actions: &[Action<SimPeer>], op: OpId) -> Option<&Result<JoinOk, JoinError>> {
+    actions.iter().find_map(|a| match a {
+        Action::Reply {
+            op: o,
+            reply: Reply::Join(r),
+        } if *o == op => Some(r),
+        _ => None,
+    })
+}
+
 #[test]
-fn a_join_starts_once_one_seed_is_admitted_without_waiting_for_a_stalled_one() {
+fn a_joins_push_pull_goes_to_every_seed_with_the_dial_without_waiting_for_a_proof() {
     let (mut core, now) = lone(0, false);
     let addr = |i: u32| vec![Address(format!("/sim/{i}").into_bytes())];
     core.handle_command(
@@ -2254,29 +2282,103 @@ fn a_join_starts_once_one_seed_is_admitted_without_waiting_for_a_stalled_one() {
         UNIX,
         Command::Join(vec![(SimPeer(1), addr(1)), (SimPeer(2), addr(2))]),
     );
-    let dials = drain(&mut core)
-        .into_iter()
+    let actions = drain(&mut core);
+    let dials = actions
+        .iter()
         .filter(|a| matches!(a, Action::Dial { .. }))
         .count();
     assert_eq!(dials, 2);
-    // Seed 1 passes the gate; seed 2 never answers.
+    for seed in [1, 2] {
+        assert_eq!(
+            push_pulls_to(&actions, SimPeer(seed), true).len(),
+            1,
+            "SWIM's join went out to seed {seed} beside its dial"
+        );
+    }
+    // Seed 1 passes the gate, seed 2 never answers: nothing is sent again meanwhile.
     core.handle_gate(now, UNIX, SimPeer(1), Ok(()));
-    let joins: Vec<SimPeer> = drain(&mut core)
-        .into_iter()
-        .filter_map(|a| match a {
-            Action::Swim { to, msg, .. }
-                if matches!(msg.payload, Payload::PushPull { join: true, .. }) =>
-            {
-                Some(to)
-            }
-            _ => None,
-        })
-        .collect();
-    assert_eq!(
-        joins,
-        [SimPeer(1)],
-        "SWIM's join went out through seed 1 at once"
+    assert!(push_pulls_to(&drain(&mut core), SimPeer(1), true).is_empty());
+}
+
+#[test]
+fn a_join_costs_one_exchange_each_side_holding_the_others_push_pull_until_its_proof_comes() {
+    let (mut joiner, t0) = lone(0, false);
+    let (mut seed, t1) = lone(1, false);
+    let now = t0.max(t1);
+    let op = joiner.handle_command(
+        now,
+        UNIX,
+        Command::Join(vec![(SimPeer(1), vec![Address(b"/sim/1".to_vec())])]),
     );
+    let push = push_pulls_to(&drain(&mut joiner), SimPeer(1), true);
+    assert_eq!(push.len(), 1);
+    // The push-pull comes before the joiner's proof (another stream of the same connection):
+    // the seed holds it, unanswered.
+    seed.handle_swim(now, UNIX, SimPeer(0), push[0].clone());
+    assert!(push_pulls_to(&drain(&mut seed), SimPeer(0), false).is_empty());
+    // The proof comes: the push-pull is taken and answered, and the joiner's check is left to
+    // the lowest priority, as nothing but SWIM waited on it.
+    seed.handle_presented(now, UNIX, SimPeer(0), &proof(0));
+    let actions = drain(&mut seed);
+    assert!(
+        actions.iter().any(|a| matches!(
+            a,
+            Action::Verify { peer, needed: false, .. } if *peer == SimPeer(0)
+        )),
+        "{actions:?}"
+    );
+    let answer = push_pulls_to(&actions, SimPeer(0), false);
+    assert_eq!(answer.len(), 1, "{actions:?}");
+    // The answer, likewise before the seed's proof: the joiner holds it, and the join waits.
+    joiner.handle_swim(now, UNIX, SimPeer(1), answer[0].clone());
+    assert_eq!(join_reply(&drain(&mut joiner), op), None);
+    joiner.handle_presented(now, UNIX, SimPeer(1), &proof(1));
+    let actions = drain(&mut joiner);
+    assert!(
+        matches!(
+            join_reply(&actions, op),
+            Some(Ok(JoinOk {
+                verified_seeds: 1,
+                members: 1
+            }))
+        ),
+        "{actions:?}"
+    );
+    assert!(joiner.is_live(&SimPeer(1)));
+}
+
+#[test]
+fn a_join_through_a_seed_refused_by_the_gate_fails_and_tells_the_seed_nothing_more() {
+    let (mut core, now) = lone(0, false);
+    let op = core.handle_command(
+        now,
+        UNIX,
+        Command::Join(vec![(SimPeer(1), vec![Address(b"/sim/1".to_vec())])]),
+    );
+    assert_eq!(push_pulls_to(&drain(&mut core), SimPeer(1), true).len(), 1);
+    // Its proof is for another key.
+    core.handle_gate(now, UNIX, SimPeer(1), Err(ProofError::WrongKey));
+    let actions = drain(&mut core);
+    assert!(
+        matches!(
+            join_reply(&actions, op),
+            Some(Err(JoinError::NoSeedVerified { tried: 1 }))
+        ),
+        "{actions:?}"
+    );
+    // SWIM keeps its seeds to push-pull with later; none of it reaches the refused one.
+    let mut at = now;
+    for _ in 0..600 {
+        at += Duration::from_millis(100);
+        core.handle_timeout(at, UNIX);
+        let actions = drain(&mut core);
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, Action::Swim { to, .. } if *to == SimPeer(1))),
+            "{actions:?}"
+        );
+    }
 }
 
 #[test]
