@@ -62,8 +62,9 @@ impl<T: Peer, C: Checks<T>> Core<T, C> {
             while let Some(t) = self.swim.poll_transmit() {
                 progress = true;
                 // A seed SWIM joined through before its proof was in hand, refused since: it
-                // is told nothing more (SWIM keeps its seeds to push-pull with them later).
-                if self.admission.is_refused(&t.to) {
+                // is told nothing more (SWIM keeps its seeds to push-pull with them later),
+                // unless it showed a valid proof after all.
+                if self.admission.is_refused(&t.to) && !self.admission.is_listed(&t.to) {
                     continue;
                 }
                 let addrs = self.addrs_of(&t.to);
