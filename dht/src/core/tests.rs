@@ -2386,7 +2386,7 @@ fn a_seed_whose_connection_is_late_is_dialed_again_up_to_the_bound_then_the_join
     let (mut core, start) = lone(0, false);
     let redial = core.config().seed_redial.expect("local config redials");
     let addr = |i: u32| vec![Address(format!("/sim/{i}").into_bytes())];
-    core.handle_command(
+    let op = core.handle_command(
         start,
         UNIX,
         Command::Join(vec![(SimPeer(1), addr(1)), (SimPeer(2), addr(2))]),
@@ -2423,17 +2423,9 @@ fn a_seed_whose_connection_is_late_is_dialed_again_up_to_the_bound_then_the_join
     assert!(redials_at(&mut core, at + redial).is_empty());
     let give_up = start + 2 * core.config().gate_timeout;
     assert_eq!(core.poll_timeout().map(|t| t <= give_up), Some(true));
-    let mut failed = None;
     core.handle_timeout(give_up, UNIX);
-    for action in drain(&mut core) {
-        if let Action::Reply {
-            reply: Reply::Join(r),
-            ..
-        } = action
-        {
-            failed = Some(r);
-        }
-    }
+    let actions = drain(&mut core);
+    let failed = join_reply(&actions, op);
     assert!(
         matches!(failed, Some(Err(JoinError::NoSeedVerified { tried: 2 }))),
         "{failed:?}"
@@ -2481,15 +2473,7 @@ fn a_swim_join_without_answer_is_tried_again_on_fresh_connections() {
     let seed = vec![Address(b"/sim/1".to_vec())];
     core.handle_command(start, UNIX, Command::Join(vec![(SimPeer(1), seed.clone())]));
     core.handle_gate(start, UNIX, SimPeer(1), Ok(()));
-    let pushes = |actions: &[Action<SimPeer>]| {
-        actions
-            .iter()
-            .filter(|a| {
-                matches!(a, Action::Swim { to, msg, .. }
-                    if *to == SimPeer(1) && matches!(msg.payload, Payload::PushPull { join: true, .. }))
-            })
-            .count()
-    };
+    let pushes = |actions: &[Action<SimPeer>]| push_pulls_to(actions, SimPeer(1), true).len();
     assert_eq!(pushes(&drain(&mut core)), 1);
     // The seed never answers: the attempt times out, the seed's connection is replaced, and the
     // next attempt waits for it.
@@ -2519,10 +2503,7 @@ fn a_join_through_a_seed_listed_already_starts_at_once() {
     core.handle_presented(now, UNIX, SimPeer(1), &proof(1));
     drain(&mut core);
     core.handle_command(now, UNIX, Command::Join(vec![(SimPeer(1), seed)]));
-    let joined = drain(&mut core).iter().any(|a| {
-        matches!(a, Action::Swim { to, msg, .. }
-            if *to == SimPeer(1) && matches!(msg.payload, Payload::PushPull { join: true, .. }))
-    });
+    let joined = !push_pulls_to(&drain(&mut core), SimPeer(1), true).is_empty();
     assert!(joined, "SWIM's join went out without waiting for the check");
 }
 
