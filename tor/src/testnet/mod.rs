@@ -73,14 +73,14 @@ pub enum TestNetError {
     },
     /// No usable consensus appeared in time.
     #[error(
-        "no usable consensus after {waited:?} (last seen: {last:?}); end of auth0's log:\n{log}"
+        "no usable consensus after {waited:?} (last seen: {last:?}); end of that node's log:\n{log}"
     )]
     ConsensusTimeout {
         /// How long it waited.
         waited: Duration,
         /// What the slowest DirPort served last, if anything.
         last: Option<String>,
-        /// The last lines of the first authority's log.
+        /// The last lines of the log of the node that still had none.
         log: String,
     },
 }
@@ -149,6 +149,23 @@ struct Node {
     data_dir: PathBuf,
     child: Child,
 }
+
+impl Node {
+    /// Sends `signal` to the node's `tor`.
+    fn signal(&self, signal: libc::c_int) {
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill(2) has no memory effects; `pid` is our own unreaped child, so it
+            // cannot have been recycled for another process.
+            unsafe {
+                libc::kill(pid, signal);
+            }
+        }
+    }
+}
+
+/// How often a node still without a usable consensus is told to fetch one again, once some
+/// node serves one.
+const NUDGE_EVERY: Duration = Duration::from_secs(5);
 
 /// Timings of a network start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -324,6 +341,14 @@ impl TestNetwork {
 
     /// Polls every DirPort until each serves a consensus in which all `nodes` run, `exits`
     /// of them exit and all are onion-service directories.
+    ///
+    /// Until the authorities publish their first consensus every relay's fetch of it fails,
+    /// and tor backs off after each failure by a random delay of up to three times the one
+    /// before, with no ceiling: after the seven or eight failures of a 20-40 s start a relay
+    /// may not ask again for minutes (seen here: 85 s on an idle machine, over 120 s on a busy
+    /// one). So once some node serves a usable consensus, every node that does not is sent
+    /// SIGHUP, which makes tor forget its download failures and fetch at once, and again every
+    /// [`NUDGE_EVERY`] while it still lags.
     fn wait_for_consensus(
         &mut self,
         nodes: usize,
@@ -334,6 +359,7 @@ impl TestNetwork {
         let usable = |s: &ConsensusSummary| {
             s.relays >= nodes && s.running >= nodes && s.exits >= exits && s.hsdirs >= nodes
         };
+        let mut nudged: Vec<Option<Instant>> = vec![None; self.nodes.len()];
         loop {
             for node in &mut self.nodes {
                 if let Ok(Some(status)) = node.child.try_wait() {
@@ -349,22 +375,31 @@ impl TestNetwork {
                 .iter()
                 .map(|n| dirport::consensus(n.dir_port))
                 .collect();
-            if summaries.iter().all(|s| s.as_ref().is_some_and(usable)) {
+            let ready: Vec<bool> = summaries
+                .iter()
+                .map(|s| s.as_ref().is_some_and(usable))
+                .collect();
+            if ready.iter().all(|&r| r) {
                 return Ok(());
             }
-            let last = summaries
-                .iter()
-                .zip(&self.nodes)
-                .find(|(s, _)| !s.as_ref().is_some_and(usable))
-                .map(|(s, n)| format!("{}: {:?}", n.nickname, s));
-            if Instant::now() >= deadline {
+            let now = Instant::now();
+            if ready.iter().any(|&r| r) {
+                for ((node, &ready), nudged) in self.nodes.iter().zip(&ready).zip(&mut nudged) {
+                    if !ready && nudged.is_none_or(|at| now.duration_since(at) >= NUDGE_EVERY) {
+                        tracing::debug!(node = %node.nickname, "no usable consensus yet; SIGHUP");
+                        node.signal(libc::SIGHUP);
+                        *nudged = Some(now);
+                    }
+                }
+            }
+            if now >= deadline {
+                let lagging = ready.iter().position(|&r| !r);
                 return Err(TestNetError::ConsensusTimeout {
                     waited: timeout,
-                    last,
-                    log: self
-                        .nodes
-                        .first()
-                        .map(|n| log_tail(&n.data_dir, 30))
+                    last: lagging
+                        .map(|i| format!("{}: {:?}", self.nodes[i].nickname, summaries[i])),
+                    log: lagging
+                        .map(|i| log_tail(&self.nodes[i].data_dir, 30))
                         .unwrap_or_default(),
                 });
             }
@@ -405,13 +440,7 @@ impl TestNetwork {
     /// Called by `drop`; calling it twice is harmless.
     pub fn stop(&mut self) {
         for node in &self.nodes {
-            if let Ok(pid) = libc::pid_t::try_from(node.child.id()) {
-                // SAFETY: kill(2) has no memory effects; `pid` is our own unreaped child,
-                // so it cannot have been recycled for another process.
-                unsafe {
-                    libc::kill(pid, libc::SIGINT);
-                }
-            }
+            node.signal(libc::SIGINT);
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         for node in &mut self.nodes {
