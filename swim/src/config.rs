@@ -70,7 +70,8 @@ pub struct Config {
     /// together it is connected to every member: telling them all costs one small message each
     /// and saves the epidemic's hops (each a round wait, often a new connection, and the proof
     /// fetch the DHT does before it lists a member). Past this many members the rest learn
-    /// from the ones told, in gossip rounds.
+    /// from the ones told, in gossip rounds. Joins that reach the seed within a quarter of
+    /// `gossip_interval` of its last announcement go out together in the next one.
     pub join_fanout: usize,
     /// Byte budget of the updates piggybacked on one message (on top of the message itself).
     /// Unit: bytes of CBOR. Default: 8 KiB (about 100 updates). Limits: 64 to

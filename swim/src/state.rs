@@ -368,6 +368,11 @@ pub struct Membership<T: Identity> {
     next_reconnect: Instant,
     next_gossip: Instant,
     last_round: Instant,
+    /// Members that joined through this node and are not announced yet (see
+    /// [`Membership::announce_join`]).
+    joiners: Vec<T>,
+    /// The earliest time the next announcement of joiners may go out.
+    next_announce: Instant,
     seeds: Vec<T>,
     join: Option<(CommandId, Instant)>,
     next_command: u64,
@@ -436,6 +441,8 @@ impl<T: Identity> Membership<T> {
             next_reconnect,
             next_gossip: now,
             last_round: now,
+            joiners: Vec::new(),
+            next_announce: now,
             seeds: Vec::new(),
             join: None,
             next_command: 0,
@@ -773,7 +780,7 @@ impl<T: Identity> Membership<T> {
                     self.send_push_pull(from.clone(), false, false);
                 }
                 if news {
-                    self.announce_join(&from);
+                    self.announce_join(now, from.clone());
                 }
                 if let Some((id, _)) = self.join.take() {
                     let live = self.live;
@@ -835,6 +842,9 @@ impl<T: Identity> Membership<T> {
             self.last_round = now;
             self.gossip_round();
         }
+        if !self.joiners.is_empty() && now >= self.next_announce {
+            self.flush_joiners(now);
+        }
         if now >= self.next_reconnect {
             self.next_reconnect = now
                 + self.config.reconnect_interval / 2
@@ -890,6 +900,9 @@ impl<T: Identity> Membership<T> {
         consider(self.next_reconnect);
         if self.broadcasts.len() > 0 && self.config.gossip_fanout > 0 {
             consider(self.next_gossip);
+        }
+        if !self.joiners.is_empty() {
+            consider(self.next_announce);
         }
         Some(next)
     }
@@ -1556,22 +1569,61 @@ impl<T: Identity> Membership<T> {
         })
     }
 
-    /// Tells up to `join_fanout` random members, each in a message of its own, that `joiner`
-    /// joined through this node (see [`Config::join_fanout`]).
-    fn announce_join(&mut self, joiner: &T) {
-        let Some(update) = self.update_of(joiner) else {
-            return;
-        };
-        if update.state != State::Alive {
+    /// Tells up to `join_fanout` random members that `joiner` joined through this node (see
+    /// [`Config::join_fanout`]): at once if no announcement went out in the last quarter of
+    /// `gossip_interval`, else with the others that join meanwhile, in one message per member.
+    /// In a network started together the joins reach a seed a few milliseconds apart; a
+    /// message per joiner and member made the seed send thousands of small messages while
+    /// it was the busiest node.
+    fn announce_join(&mut self, now: Instant, joiner: T) {
+        if self.config.join_fanout == 0 {
             return;
         }
-        for to in self.random_members(self.config.join_fanout, Some(joiner), false) {
+        if !self.joiners.contains(&joiner) && self.joiners.len() < message::MAX_GOSSIP_UPDATES {
+            self.joiners.push(joiner);
+        }
+        if now >= self.next_announce {
+            self.flush_joiners(now);
+        }
+    }
+
+    /// Sends the waiting joiners' news (those still alive, up to `gossip_budget` bytes; the
+    /// rest wait for the next announcement) to up to `join_fanout` random members, each told
+    /// of the joiners other than itself.
+    fn flush_joiners(&mut self, now: Instant) {
+        let budget = self.config.gossip_budget.get();
+        let mut used = 0;
+        let mut news: Vec<Update<T>> = Vec::new();
+        let mut later = Vec::new();
+        for joiner in std::mem::take(&mut self.joiners) {
+            let Some(update) = self.update_of(&joiner).filter(|u| u.state == State::Alive) else {
+                continue;
+            };
+            let len = message::encoded_len(&update);
+            if !news.is_empty() && used + len > budget {
+                later.push(joiner);
+                continue;
+            }
+            used += len;
+            news.push(update);
+        }
+        self.joiners = later;
+        if news.is_empty() {
+            return;
+        }
+        let except = (news.len() == 1).then(|| news[0].member.clone());
+        for to in self.random_members(self.config.join_fanout, except.as_ref(), false) {
+            let gossip: Vec<Update<T>> = news.iter().filter(|u| u.member != to).cloned().collect();
+            if gossip.is_empty() {
+                continue;
+            }
+            self.next_announce = now + self.config.gossip_interval / 4;
             self.stats.joins_announced += 1;
             self.push_transmit(Transmit {
                 to,
                 msg: Message {
                     payload: Payload::Gossip,
-                    gossip: vec![update.clone()],
+                    gossip,
                 },
             });
         }

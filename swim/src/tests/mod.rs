@@ -175,14 +175,16 @@ fn members_started_together_see_each_other_once_the_seed_announces_them() {
     let (announced, messages) = converge(32);
     let (gossiped, none) = converge(0);
     // The seed tells each member of every later joiner; a later joiner learns the earlier ones
-    // from the seed's answer. A few link delays (1-5 ms each), not gossip rounds (200 ms).
+    // from the seed's answer. A few link delays (1-5 ms each) and the quarter round (50 ms)
+    // that gathers the joins arriving together, not gossip rounds (200 ms).
     assert!(
-        announced <= Duration::from_millis(50),
+        announced <= Duration::from_millis(100),
         "announced joins converged in {announced:?} (gossip alone {gossiped:?})"
     );
     assert!(gossiped > announced, "{gossiped:?} vs {announced:?}");
-    // One message per (joiner, member the seed knew then): 0 + 1 + ... + 18.
-    assert_eq!(messages, (0..19).sum::<u64>());
+    // Joins that reach the seed together go out together: one message per member per
+    // announcement, not one per joiner and member (0 + 1 + ... + 18 = 171).
+    assert!(messages <= 2 * 19, "{messages} announcements");
     assert_eq!(none, 0);
 }
 
