@@ -227,12 +227,13 @@ pub enum NatAction {
         /// The relay.
         relay: PeerId,
     },
-    /// Open a new connection to `peer` through a relay, at `addr`, so DCUtR punches again.
+    /// Open a new connection to `peer` through a relay, at one of `addrs`, so DCUtR punches
+    /// again; [`Nat::on_repunch_failed`] if no connection opens.
     Repunch {
         /// The peer.
         peer: PeerId,
-        /// One of its circuit addresses.
-        addr: Multiaddr,
+        /// Its circuit addresses through relays that are live members (at least one).
+        addrs: Vec<Multiaddr>,
     },
 }
 
@@ -241,6 +242,9 @@ pub enum NatAction {
 struct Punch {
     /// Punches that failed.
     failures: u32,
+    /// Tries that failed: the punches, and the retries that could not reach the peer through
+    /// a relay to punch at all. Each doubles the wait for the next.
+    tries: u32,
     /// When to retry; `None` while a retry is under way or after the last one.
     due: Option<Instant>,
 }
@@ -301,6 +305,19 @@ pub struct Nat {
 /// Whether `addr` goes through a circuit relay.
 pub fn is_circuit(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| p == Protocol::P2pCircuit)
+}
+
+/// The relay a circuit address goes through: the peer named just before `/p2p-circuit`.
+pub(crate) fn circuit_relay(addr: &Multiaddr) -> Option<PeerId> {
+    let mut relay = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::P2p(peer) => relay = Some(peer),
+            Protocol::P2pCircuit => return relay,
+            _ => {}
+        }
+    }
+    None
 }
 
 impl Nat {
@@ -403,9 +420,22 @@ impl Nat {
     }
 
     /// DCUtR gave up punching a hole to `peer`: a retry is due after [`NatConfig::punch_retry`],
-    /// doubled for each earlier failure, unless this was the last allowed.
+    /// doubled for each earlier failed try, unless this was the last allowed.
     pub fn on_punch_failed(&mut self, now: Instant, peer: PeerId) {
         self.stats.hole_punch_failures += 1;
+        self.try_failed(now, peer, true);
+    }
+
+    /// The new relayed connection a retry asked for ([`NatAction::Repunch`]) did not open (its
+    /// relay went away, say): that try failed without a punch, and the next is scheduled as
+    /// after a failed punch. Without this a retry through a dead relay was the last one.
+    pub fn on_repunch_failed(&mut self, now: Instant, peer: PeerId) {
+        if self.punches.contains_key(&peer) {
+            self.try_failed(now, peer, false);
+        }
+    }
+
+    fn try_failed(&mut self, now: Instant, peer: PeerId, punched: bool) {
         if !self.punches.contains_key(&peer)
             && self.punches.len() >= MAX_PUNCHES
             && let Some((&idle, _)) = self.punches.iter().min_by_key(|(_, p)| p.due.is_some())
@@ -414,12 +444,15 @@ impl Nat {
         }
         let punch = self.punches.entry(peer).or_insert(Punch {
             failures: 0,
+            tries: 0,
             due: None,
         });
-        punch.failures = punch.failures.saturating_add(1);
-        punch.due = (punch.failures <= self.punch_retries).then(|| {
-            now + self.punch_retry * (1u32 << (punch.failures - 1).min(MAX_PUNCH_RETRIES))
-        });
+        if punched {
+            punch.failures = punch.failures.saturating_add(1);
+        }
+        punch.tries = punch.tries.saturating_add(1);
+        punch.due = (punch.tries <= self.punch_retries)
+            .then(|| now + self.punch_retry * (1u32 << (punch.tries - 1).min(MAX_PUNCH_RETRIES)));
     }
 
     /// Hole punches with `peer` that failed since the last direct connection to it.
@@ -492,8 +525,11 @@ impl Nat {
         self.actions.pop_front()
     }
 
-    /// Asks for a new relayed connection to each peer whose retry is due and that is a live
-    /// member reachable through a relay; one that is not is forgotten.
+    /// Asks for a new relayed connection to each peer whose retry is due, through the relays
+    /// of its circuit addresses that are live members. A peer that is no live member, or has no
+    /// circuit address, is forgotten; one whose circuits all go through relays gone (it has not
+    /// told of new ones yet) counts a failed try, so the next waits longer and the tries stay
+    /// bounded.
     fn repunch(&mut self, now: Instant, addrs_of: &impl Fn(&PeerId) -> Vec<Multiaddr>) {
         let due: Vec<PeerId> = self
             .punches
@@ -502,18 +538,24 @@ impl Nat {
             .map(|(peer, _)| *peer)
             .collect();
         for peer in due {
-            match addrs_of(&peer).into_iter().find(is_circuit) {
-                Some(addr) => {
-                    if let Some(p) = self.punches.get_mut(&peer) {
-                        p.due = None;
-                    }
-                    self.stats.punches_retried += 1;
-                    self.actions.push_back(NatAction::Repunch { peer, addr });
-                }
-                None => {
-                    self.punches.remove(&peer);
-                }
+            let circuits: Vec<Multiaddr> = addrs_of(&peer).into_iter().filter(is_circuit).collect();
+            if circuits.is_empty() {
+                self.punches.remove(&peer);
+                continue;
             }
+            let addrs: Vec<Multiaddr> = circuits
+                .into_iter()
+                .filter(|a| circuit_relay(a).is_some_and(|r| !addrs_of(&r).is_empty()))
+                .collect();
+            if addrs.is_empty() {
+                self.try_failed(now, peer, false);
+                continue;
+            }
+            if let Some(p) = self.punches.get_mut(&peer) {
+                p.due = None;
+            }
+            self.stats.punches_retried += 1;
+            self.actions.push_back(NatAction::Repunch { peer, addrs });
         }
     }
 
@@ -669,14 +711,15 @@ mod tests {
         let mut nat = Nat::new(&config);
         let now = Instant::now();
         let peer = PeerId::random();
+        let relay = PeerId::random();
         let circuit = addr(1)
-            .with(Protocol::P2p(PeerId::random()))
+            .with(Protocol::P2p(relay))
             .with(Protocol::P2pCircuit)
             .with(Protocol::P2p(peer));
-        let members = [(peer, addr(2)), (peer, circuit.clone())];
+        let members = [(peer, addr(2)), (peer, circuit.clone()), (relay, addr(1))];
         let repunch = NatAction::Repunch {
             peer,
-            addr: circuit.clone(),
+            addrs: vec![circuit.clone()],
         };
         nat.on_punch_failed(now, peer);
         assert_eq!(nat.punch_failures(&peer), 1);
@@ -715,6 +758,64 @@ mod tests {
         nat.on_punched(&other);
         assert_eq!(nat.punch_failures(&other), 0);
         assert_eq!(nat.stats().holes_punched, 1);
+    }
+
+    #[test]
+    fn a_retry_goes_through_live_relays_only_and_one_that_cannot_connect_is_not_the_last() {
+        let config = NatConfig {
+            punch_retry: Duration::from_secs(10),
+            punch_retries: 3,
+            ..NatConfig::default()
+        };
+        let mut nat = Nat::new(&config);
+        let now = Instant::now();
+        let peer = PeerId::random();
+        let (gone, live) = (PeerId::random(), PeerId::random());
+        let circuit = |relay: PeerId, i: u8| {
+            addr(i)
+                .with(Protocol::P2p(relay))
+                .with(Protocol::P2pCircuit)
+                .with(Protocol::P2p(peer))
+        };
+        let (via_gone, via_live) = (circuit(gone, 1), circuit(live, 2));
+        let members = [
+            (peer, addr(3)),
+            (peer, via_gone.clone()),
+            (peer, via_live.clone()),
+            (live, addr(2)),
+        ];
+        nat.on_punch_failed(now, peer);
+        let at = now + Duration::from_secs(10);
+        // The circuit through a relay that is no member is left out.
+        assert_eq!(
+            drain(&mut nat, at, &members),
+            vec![NatAction::Repunch {
+                peer,
+                addrs: vec![via_live.clone()]
+            }]
+        );
+        // The relayed connection did not open: not a punch failure, but the next try is due
+        // after twice the wait, as after one.
+        nat.on_repunch_failed(at, peer);
+        assert_eq!(nat.punch_failures(&peer), 1);
+        assert_eq!(nat.next_due(), Some(at + Duration::from_secs(20)));
+        // Its only circuit now goes through a relay gone: that try fails at once, without a
+        // dial, and the one after waits longer still.
+        let at = at + Duration::from_secs(20);
+        let stale = [(peer, addr(3)), (peer, via_gone)];
+        assert!(drain(&mut nat, at, &stale).is_empty());
+        assert_eq!(nat.next_due(), Some(at + Duration::from_secs(40)));
+        // The peer told of a new relay: the last allowed try goes through it.
+        let at = at + Duration::from_secs(40);
+        assert_eq!(drain(&mut nat, at, &members).len(), 1);
+        nat.on_repunch_failed(at, peer);
+        assert_eq!(nat.next_due(), None, "three tries were allowed");
+        assert_eq!(nat.stats().punches_retried, 2);
+        assert_eq!(nat.stats().hole_punch_failures, 1);
+        // A retry's dial that fails for a peer no longer tracked changes nothing.
+        let other = PeerId::random();
+        nat.on_repunch_failed(at, other);
+        assert!(!nat.punches.contains_key(&other));
     }
 
     #[test]

@@ -581,7 +581,21 @@ impl EventLoop {
                     Ok(()) => "closed".to_owned(),
                     Err(e) => e.to_string(),
                 };
-                self.traversal.on_listener_closed(now, listener_id, &why);
+                if let Some(relay) = self.traversal.on_listener_closed(now, listener_id, &why) {
+                    // AutoNAT tests circuit addresses too, and the swarm keeps what it confirmed
+                    // (under another form than the relay client's, which expires with the
+                    // reservation): without this the node announced a circuit through a relay
+                    // gone for good, and peers retried hole punches through it.
+                    let stale: Vec<Multiaddr> = self
+                        .swarm
+                        .external_addresses()
+                        .filter(|a| crate::nat::circuit_relay(a) == Some(relay))
+                        .cloned()
+                        .collect();
+                    for addr in stale {
+                        self.swarm.remove_external_address(&addr);
+                    }
+                }
                 if let Some((addr, reply)) = self.listens.remove(&listener_id) {
                     let _ = reply.send(Err(ListenError::Transport { addr, reason: why }));
                 }
@@ -635,6 +649,7 @@ impl EventLoop {
                 error,
             } => {
                 tracing::debug!(%peer, %error, "dial failed");
+                self.traversal.on_dial_failed(now, connection_id, &error);
                 self.fresh_ended(peer, connection_id);
                 let others = self.dial_ended(peer, connection_id).unwrap_or(false);
                 if !others && !self.swarm.is_connected(&peer) {

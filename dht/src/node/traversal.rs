@@ -24,6 +24,8 @@ pub(crate) struct Traversal {
     listeners: HashMap<ListenerId, PeerId>,
     /// Open connections that go through a relay.
     relayed: HashSet<ConnectionId>,
+    /// Dials of a hole punch retry not yet connected or failed, and their peers.
+    repunches: HashMap<ConnectionId, PeerId>,
     /// The address a UPnP gateway maps to this node's listen port, while it does.
     upnp_mapped: Option<Multiaddr>,
 }
@@ -35,6 +37,7 @@ impl Traversal {
             nat: Nat::new(config),
             listeners: HashMap::new(),
             relayed: HashSet::new(),
+            repunches: HashMap::new(),
             upnp_mapped: None,
         }
     }
@@ -80,20 +83,25 @@ impl Traversal {
                     }
                     tracing::info!(%relay, "relay released");
                 }
-                NatAction::Repunch { peer, addr } => {
+                NatAction::Repunch { peer, addrs } => {
                     if self.any_direct(swarm.behaviour().swim.connections_of(&peer)) {
                         self.nat.on_direct(&peer);
                         continue;
                     }
                     // A new relayed connection: DCUtR punches once on each.
                     let opts = DialOpts::peer_id(peer)
-                        .addresses(vec![addr.clone()])
+                        .addresses(addrs.clone())
                         .condition(PeerCondition::Always)
                         .build();
+                    let id = opts.connection_id();
                     match swarm.dial(opts) {
-                        Ok(()) => tracing::info!(%peer, %addr, "retrying a hole punch"),
+                        Ok(()) => {
+                            tracing::info!(%peer, ?addrs, "retrying a hole punch");
+                            self.repunches.insert(id, peer);
+                        }
                         Err(error) => {
-                            tracing::info!(%peer, %addr, %error, "cannot retry a hole punch")
+                            tracing::info!(%peer, ?addrs, %error, "cannot retry a hole punch");
+                            self.nat.on_repunch_failed(now, peer);
                         }
                     }
                 }
@@ -189,16 +197,23 @@ impl Traversal {
         self.nat.on_expired(addr);
     }
 
-    /// A listener closed: if it held a reservation, the reservation ended.
-    pub(crate) fn on_listener_closed(&mut self, now: Instant, id: ListenerId, reason: &str) {
-        if let Some(relay) = self.listeners.remove(&id) {
-            tracing::info!(%relay, %reason, "reservation ended");
-            self.nat.on_ended(now, relay);
-        }
+    /// A listener closed: if it held a reservation, the reservation ended, and the relay is
+    /// returned.
+    pub(crate) fn on_listener_closed(
+        &mut self,
+        now: Instant,
+        id: ListenerId,
+        reason: &str,
+    ) -> Option<PeerId> {
+        let relay = self.listeners.remove(&id)?;
+        tracing::info!(%relay, %reason, "reservation ended");
+        self.nat.on_ended(now, relay);
+        Some(relay)
     }
 
     /// A connection to `peer` opened; `relayed` if it goes through a relay.
     pub(crate) fn on_connected(&mut self, peer: &PeerId, id: ConnectionId, relayed: bool) {
+        self.repunches.remove(&id);
         if relayed {
             self.relayed.insert(id);
         } else {
@@ -209,6 +224,19 @@ impl Traversal {
     /// A connection closed.
     pub(crate) fn on_closed(&mut self, id: ConnectionId) {
         self.relayed.remove(&id);
+    }
+
+    /// A dial failed: if it was a hole punch retry's, that try failed and the next is due later.
+    pub(crate) fn on_dial_failed(
+        &mut self,
+        now: Instant,
+        id: ConnectionId,
+        error: &impl std::fmt::Display,
+    ) {
+        if let Some(peer) = self.repunches.remove(&id) {
+            tracing::info!(%peer, %error, "no relayed connection for a hole punch retry");
+            self.nat.on_repunch_failed(now, peer);
+        }
     }
 
     /// Whether one of `connections` is direct.
