@@ -593,6 +593,23 @@ mod tests {
         format!("/ip4/192.0.2.{i}/tcp/7401").parse().expect("valid")
     }
 
+    /// `peer`'s circuit address through `relay`, listening at `addr(i)`.
+    fn circuit(i: u8, relay: PeerId, peer: PeerId) -> Multiaddr {
+        addr(i)
+            .with(Protocol::P2p(relay))
+            .with(Protocol::P2pCircuit)
+            .with(Protocol::P2p(peer))
+    }
+
+    /// A node that retries a failed hole punch after 10 s (doubling), `retries` times.
+    fn retrying(retries: u32) -> Nat {
+        Nat::new(&NatConfig {
+            punch_retry: Duration::from_secs(10),
+            punch_retries: retries,
+            ..NatConfig::default()
+        })
+    }
+
     fn drain(nat: &mut Nat, now: Instant, members: &[(PeerId, Multiaddr)]) -> Vec<NatAction> {
         let addrs_of = |p: &PeerId| {
             members
@@ -703,19 +720,11 @@ mod tests {
 
     #[test]
     fn a_failed_hole_punch_is_retried_with_doubling_delays_until_direct_or_given_up() {
-        let config = NatConfig {
-            punch_retry: Duration::from_secs(10),
-            punch_retries: 2,
-            ..NatConfig::default()
-        };
-        let mut nat = Nat::new(&config);
+        let mut nat = retrying(2);
         let now = Instant::now();
         let peer = PeerId::random();
         let relay = PeerId::random();
-        let circuit = addr(1)
-            .with(Protocol::P2p(relay))
-            .with(Protocol::P2pCircuit)
-            .with(Protocol::P2p(peer));
+        let circuit = circuit(1, relay, peer);
         let members = [(peer, addr(2)), (peer, circuit.clone()), (relay, addr(1))];
         let repunch = NatAction::Repunch {
             peer,
@@ -762,22 +771,11 @@ mod tests {
 
     #[test]
     fn a_retry_goes_through_live_relays_only_and_one_that_cannot_connect_is_not_the_last() {
-        let config = NatConfig {
-            punch_retry: Duration::from_secs(10),
-            punch_retries: 3,
-            ..NatConfig::default()
-        };
-        let mut nat = Nat::new(&config);
+        let mut nat = retrying(3);
         let now = Instant::now();
         let peer = PeerId::random();
         let (gone, live) = (PeerId::random(), PeerId::random());
-        let circuit = |relay: PeerId, i: u8| {
-            addr(i)
-                .with(Protocol::P2p(relay))
-                .with(Protocol::P2pCircuit)
-                .with(Protocol::P2p(peer))
-        };
-        let (via_gone, via_live) = (circuit(gone, 1), circuit(live, 2));
+        let (via_gone, via_live) = (circuit(1, gone, peer), circuit(2, live, peer));
         let members = [
             (peer, addr(3)),
             (peer, via_gone.clone()),

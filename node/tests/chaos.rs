@@ -22,10 +22,10 @@
 //!
 //! Needs root, `ip` (iproute2) and `nft` (nftables); without them it fails saying so, unless
 //! `SHOAL_CHAOS=skip`. `SHOAL_CHAOS_ONLY=partition,freeze` runs only the named scenarios;
-//! `SHOAL_CHAOS_SEED=N` fixes the seed (printed otherwise). The short suite runs three scenarios at
-//! a time, the long one a scenario at a time; `SHOAL_CHAOS_LANES=N` sets how many. Node logs and configs are kept in
-//! the printed directory when the suite fails, or always with `SHOAL_CHAOS_KEEP=1`. The long
-//! version: `scripts/chaos`.
+//! `SHOAL_CHAOS_SEED=N` fixes the seed (printed otherwise). The short suite runs three
+//! scenarios at a time, the long one a scenario at a time; `SHOAL_CHAOS_LANES=N` sets how many.
+//! Node logs and configs are kept in the printed directory when the suite fails, or always with
+//! `SHOAL_CHAOS_KEEP=1`. The long version: `scripts/chaos`.
 
 mod chaos {
     pub(crate) mod cluster;
@@ -82,7 +82,7 @@ impl Mode {
             heal_limit: Duration::from_secs(90),
             // Three clusters of six mostly idle nodes share the two cores of CI without
             // bending the targets (no write lost, no false failure under loss, convergence),
-            // and the suite is the longest test binary: one at a time took four minutes.
+            // and one at a time the suite was the longest test binary (docs/faults.md).
             lanes: 3,
         }
     }
@@ -505,7 +505,6 @@ fn chaos_suite() {
     {
         mode.lanes = lanes;
     }
-    let mode = mode;
     // Each scenario's seed is drawn in the table's order whichever run, so a seed repeats a
     // scenario whatever the lanes and the SHOAL_CHAOS_ONLY filter.
     let mut rng = Rng::new(seed);
@@ -518,7 +517,7 @@ fn chaos_suite() {
     let lanes = mode.lanes.clamp(1, chosen.len().max(1));
     eprintln!("chaos: {} scenarios, {lanes} at a time", chosen.len());
     // Lane `l` runs scenarios l, l + lanes, ...: with three, loss then kill, partition then
-    // freeze, one-way then rolling (about 95, 85 and 80 s). The lanes are polled by one task,
+    // freeze, one-way then rolling, lanes of about equal length. The lanes are polled by one task,
     // so the blocking set-up of one scenario (`ip`, `nft`) never runs beside another's.
     let lane_runs = (0..lanes).map(|lane| {
         let mine: Vec<(usize, Scenario, u64)> =

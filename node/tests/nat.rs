@@ -750,6 +750,7 @@ async fn scenario(t: &Topology, ids: &[Identity], root: &Path) -> Result<Vec<Str
         .ok_or("the home node lists no relay")?;
     nodes.kill(killed);
     let kill_at = Instant::now();
+    let via_killed = format!("/p2p/{}/p2p-circuit", peers[killed]);
     loop {
         let node = info(&rpc[a]).await;
         let now = relays_of(&node);
@@ -760,7 +761,7 @@ async fn scenario(t: &Topology, ids: &[Identity], root: &Path) -> Result<Vec<Str
             .into_iter()
             .flatten()
             .filter_map(Value::as_str)
-            .filter(|addr| addr.contains(&format!("/p2p/{}/p2p-circuit", peers[killed])))
+            .filter(|addr| addr.contains(&via_killed))
             .collect();
         if now.len() >= before.len() && !now.contains(&peers[killed]) && through_killed.is_empty() {
             table.push(format!(

@@ -344,9 +344,9 @@ impl TestNetwork {
     ///
     /// Until the authorities publish their first consensus every relay's fetch of it fails,
     /// and tor backs off after each failure by a random delay of up to three times the one
-    /// before, with no ceiling: after the seven or eight failures of a 20-40 s start a relay
-    /// may not ask again for minutes (seen here: 85 s on an idle machine, over 120 s on a busy
-    /// one). So once some node serves a usable consensus, every node that does not is sent
+    /// before, with no ceiling: after the seven or eight failures of a start a relay may not
+    /// ask again for minutes (docs/tor.md has the runs). So once some node serves a usable
+    /// consensus, every node that does not is sent
     /// SIGHUP, which makes tor forget its download failures and fetch at once, and again every
     /// [`NUDGE_EVERY`] while it still lags.
     fn wait_for_consensus(
